@@ -1,0 +1,168 @@
+//! Kafka client settings and probes (rdkafka / librdkafka).
+//!
+//! One place decides the settings the delivery guarantees need: idempotent producers,
+//! manual commits, `read_committed` consumers. Services start from these builders and
+//! add only what is theirs.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::topics::Topic;
+
+/// Settings shared by every client: where, and a client id that names the service.
+pub fn base_config(brokers: &str, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("client.id", client_id)
+        // Fail fast on a dead broker address in logs, but keep retrying forever.
+        .set("socket.connection.setup.timeout.ms", "5000")
+        .set("reconnect.backoff.ms", "200")
+        .set("reconnect.backoff.max.ms", "10000");
+    c
+}
+
+/// An idempotent producer: retries never duplicate or reorder within a partition.
+pub fn producer_config(brokers: &str, client_id: &str) -> ClientConfig {
+    let mut c = base_config(brokers, client_id);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        // Keep retrying through a broker restart rather than failing the send.
+        .set("message.timeout.ms", "300000");
+    c
+}
+
+/// A transactional producer (consume-transform-produce). The id must be stable per
+/// input assignment so a restarted instance fences its zombie predecessor.
+pub fn transactional_producer_config(
+    brokers: &str,
+    client_id: &str,
+    transactional_id: &str,
+) -> ClientConfig {
+    let mut c = producer_config(brokers, client_id);
+    c.set("transactional.id", transactional_id).set("transaction.timeout.ms", "60000");
+    c
+}
+
+/// A group consumer that commits by hand and sees only committed transactions.
+pub fn consumer_config(brokers: &str, client_id: &str, group: &str) -> ClientConfig {
+    let mut c = base_config(brokers, client_id);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    c
+}
+
+/// Ask the cluster for metadata: the liveness probe for Kafka. Blocking; call from
+/// `spawn_blocking`. Returns the number of brokers seen.
+pub fn probe(client: &BaseConsumer, timeout: Duration) -> Result<usize, rdkafka::error::KafkaError> {
+    let md = client.fetch_metadata(None, timeout)?;
+    Ok(md.brokers().len())
+}
+
+/// A consumer with no group, for metadata and watermark queries.
+pub fn metadata_client(brokers: &str, client_id: &str) -> anyhow::Result<BaseConsumer> {
+    Ok(base_config(brokers, client_id).create()?)
+}
+
+/// Create topics that do not exist yet (existing ones are left as they are).
+pub async fn ensure_topics(brokers: &str, topics: &[Topic]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = base_config(brokers, "aifab-admin").create()?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t.name, t.partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .await?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// Lag of one partition: messages after the group's position up to the high watermark.
+///
+/// A group that never committed starts at `auto.offset.reset=earliest`, i.e. the low
+/// watermark, so everything still retained counts as lag.
+pub fn partition_lag(committed: Option<i64>, low_watermark: i64, high_watermark: i64) -> i64 {
+    let position = committed.unwrap_or(low_watermark).max(low_watermark);
+    (high_watermark - position).max(0)
+}
+
+/// Committed offset, watermarks and lag of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub partition: i32,
+    pub committed: Option<i64>,
+    pub low_watermark: i64,
+    pub high_watermark: i64,
+    pub lag: i64,
+}
+
+/// Read a group's committed offsets and the topic's watermarks (blocking).
+///
+/// `client` must be created with `group.id = group` (it never subscribes, so it does
+/// not join the group or disturb its members).
+pub fn group_offsets(
+    client: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<PartitionOffsets>> {
+    let md = client.fetch_metadata(Some(topic), timeout)?;
+    let Some(t) = md.topics().first() else { anyhow::bail!("topic {topic}: no metadata") };
+    if let Some(err) = t.error() {
+        anyhow::bail!("topic {topic}: {:?}", RDKafkaErrorCode::from(err));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in t.partitions() {
+        tpl.add_partition(topic, p.id());
+    }
+    let committed = client.committed_offsets(tpl, timeout)?;
+    let mut out = Vec::new();
+    for elem in committed.elements() {
+        let (low, high) = client.fetch_watermarks(topic, elem.partition(), timeout)?;
+        let committed = match elem.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        };
+        out.push(PartitionOffsets {
+            partition: elem.partition(),
+            committed,
+            low_watermark: low,
+            high_watermark: high,
+            lag: partition_lag(committed, low, high),
+        });
+    }
+    out.sort_by_key(|p| p.partition);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_lag;
+
+    #[test]
+    fn lag_counts_from_commit_or_low_watermark() {
+        assert_eq!(partition_lag(Some(40), 0, 100), 60);
+        assert_eq!(partition_lag(None, 0, 100), 100);
+        assert_eq!(partition_lag(None, 30, 100), 70, "deleted records are not lag");
+        assert_eq!(partition_lag(Some(10), 30, 100), 70, "commit below retention");
+        assert_eq!(partition_lag(Some(100), 0, 100), 0);
+        assert_eq!(partition_lag(Some(120), 0, 100), 0, "never negative");
+    }
+}

@@ -1,0 +1,30 @@
+//! aifab-core: what every aifab service shares.
+//!
+//! - [`topics`]: the one list of Kafka topics and NATS subjects.
+//! - [`messages`]: typed messages, the one source in code of the contract in `schemas/`.
+//! - [`config`]: command-line/env configuration pieces services flatten into their own.
+//! - [`kafka`], [`nats`], [`redis_store`]: broker clients with retry, backoff and probes.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics` on every service's port.
+//! - [`service`]: the start-up/shutdown skeleton each `main.rs` calls.
+//! - [`telemetry`], [`shutdown`], [`backoff`]: logs, metrics, signals, retry pacing.
+
+pub mod backoff;
+pub mod config;
+pub mod health;
+pub mod kafka;
+pub mod messages;
+pub mod nats;
+pub mod redis_store;
+pub mod schema;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topics;
+
+/// Milliseconds since the Unix epoch: the one clock every message carries.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

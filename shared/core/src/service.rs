@@ -1,0 +1,298 @@
+//! The start-up and shutdown skeleton every service's `main.rs` calls.
+//!
+//! ```text
+//! let svc = Service::init(ServiceSpec { name, default_port, needs }, &serve, &brokers).await?;
+//! let api = my_service::router(...);            // optional, may use svc.redis() etc.
+//! svc.serve(api).await?;                        // binds the port, /healthz /readyz /metrics
+//! my_service::run(&svc).await?;                 // until svc.shutdown is cancelled
+//! svc.finish().await;                           // drain HTTP, exit
+//! ```
+//!
+//! Dependencies are connected in the background with retry and backoff; a probe per
+//! dependency keeps `/readyz` true to what is reachable right now and logs every change.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::{BrokerArgs, ServeArgs};
+use crate::health::{ops_router, Readiness};
+use crate::redis_store::RedisHandle;
+use crate::telemetry::metric_name;
+
+/// Which dependencies a service needs (and so which readiness checks it has).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Needs {
+    pub kafka: bool,
+    pub nats: bool,
+    pub redis: bool,
+}
+
+/// What a service is: its name (used in logs, metrics, client ids) and default port.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceSpec {
+    pub name: &'static str,
+    pub default_port: u16,
+    pub needs: Needs,
+}
+
+pub struct Service {
+    pub spec: ServiceSpec,
+    pub brokers: BrokerArgs,
+    pub serve_args: ServeArgs,
+    /// Cancelled on SIGTERM/SIGINT (or by [`Service::stop`]).
+    pub shutdown: CancellationToken,
+    pub readiness: Readiness,
+    pub metrics: PrometheusHandle,
+    nats: Option<async_nats::Client>,
+    redis: Option<RedisHandle>,
+    tasks: Vec<JoinHandle<()>>,
+    http: Option<(std::net::SocketAddr, JoinHandle<()>)>,
+}
+
+/// How often a healthy dependency is re-checked.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+impl Service {
+    /// Logging, metrics, signal handling and background dependency connections.
+    pub async fn init(spec: ServiceSpec, serve: &ServeArgs, brokers: &BrokerArgs) -> anyhow::Result<Self> {
+        crate::telemetry::init_logging(serve.log_format, &serve.log);
+        let metrics = crate::telemetry::init_metrics()?;
+        let shutdown = crate::shutdown::on_signal();
+        Self::init_with(spec, serve, brokers, metrics, shutdown).await
+    }
+
+    /// As [`Service::init`] but with a given shutdown token (tests run services in-process).
+    pub async fn init_with(
+        spec: ServiceSpec,
+        serve: &ServeArgs,
+        brokers: &BrokerArgs,
+        metrics: PrometheusHandle,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let readiness = Readiness::new(spec.name);
+        let mut svc = Service {
+            spec,
+            brokers: brokers.clone(),
+            serve_args: serve.clone(),
+            shutdown,
+            readiness,
+            metrics,
+            nats: None,
+            redis: None,
+            tasks: Vec::new(),
+            http: None,
+        };
+        metrics::gauge!(metric_name(spec.name, "up")).set(1.0);
+        tracing::info!(service = spec.name, version = env!("CARGO_PKG_VERSION"), "starting");
+        if spec.needs.kafka {
+            svc.readiness.register("kafka", "not probed yet");
+            svc.spawn_kafka_probe()?;
+        }
+        if spec.needs.nats {
+            svc.readiness.register("nats", "not connected yet");
+            let client = crate::nats::connect(&brokers.nats_url, spec.name)
+                .await
+                .with_context(|| format!("bad NATS url {:?}", brokers.nats_url))?;
+            svc.spawn_nats_probe(client.clone());
+            svc.nats = Some(client);
+        }
+        if spec.needs.redis {
+            svc.readiness.register("redis", "not connected yet");
+            let handle = crate::redis_store::connect_in_background(&brokers.redis_url, svc.shutdown.clone())
+                .with_context(|| format!("bad Redis url {:?}", brokers.redis_url))?;
+            svc.spawn_redis_probe(handle.clone());
+            svc.redis = Some(handle);
+        }
+        Ok(svc)
+    }
+
+    /// The NATS client (present when the service needs NATS). It may be reconnecting.
+    pub fn nats(&self) -> anyhow::Result<async_nats::Client> {
+        self.nats.clone().context("this service was not configured to use NATS")
+    }
+
+    /// The Redis handle (present when the service needs Redis).
+    pub fn redis(&self) -> anyhow::Result<RedisHandle> {
+        self.redis.clone().context("this service was not configured to use Redis")
+    }
+
+    /// Bind the HTTP port and serve the ops routes plus `api`. Fails if the port is taken.
+    pub async fn serve(&mut self, api: Router) -> anyhow::Result<std::net::SocketAddr> {
+        let addr = self.serve_args.http_addr_or(self.spec.default_port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding HTTP address {addr} (set --http-addr / AIFAB_HTTP_ADDR)"))?;
+        let local = listener.local_addr()?;
+        let app = ops_router(self.readiness.clone(), self.metrics.clone()).merge(api);
+        let token = self.shutdown.clone();
+        let handle = tokio::spawn(async move {
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tracing::info!(service = self.spec.name, %local, "serving /healthz /readyz /metrics");
+        self.http = Some((local, handle));
+        Ok(local)
+    }
+
+    /// The address the HTTP server is bound to (after [`Service::serve`]).
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(|(a, _)| *a)
+    }
+
+    /// Wait until every readiness check passes (or shutdown). Returns false on shutdown.
+    pub async fn wait_ready(&self) -> bool {
+        loop {
+            if self.readiness.is_ready() {
+                return true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = self.shutdown.cancelled() => return false,
+            }
+        }
+    }
+
+    /// Ask the service to stop, as SIGTERM does.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// After shutdown was requested: let the HTTP server drain and background tasks end.
+    pub async fn finish(mut self) {
+        self.shutdown.cancel();
+        let grace = Duration::from_secs(self.serve_args.shutdown_grace_s);
+        if let Some((_, handle)) = self.http.take() {
+            if tokio::time::timeout(grace, handle).await.is_err() {
+                tracing::warn!(?grace, "HTTP server did not drain in time");
+            }
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(nats) = self.nats.take() {
+            // Flush buffered publishes before exiting; bounded so a dead NATS cannot hang us.
+            let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
+        }
+        tracing::info!(service = self.spec.name, "stopped");
+    }
+
+    fn spawn_kafka_probe(&mut self) -> anyhow::Result<()> {
+        let brokers = self.brokers.kafka_brokers.clone();
+        let client = std::sync::Arc::new(crate::kafka::metadata_client(
+            &brokers,
+            &format!("aifab-{}-probe", self.spec.name),
+        )?);
+        let readiness = self.readiness.clone();
+        let token = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let mut backoff = Backoff::for_dependencies();
+            loop {
+                let c = client.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    crate::kafka::probe(&c, Duration::from_secs(3))
+                })
+                .await;
+                let delay = match result {
+                    Ok(Ok(n)) => {
+                        if readiness.set("kafka", true, format!("{brokers} ({n} broker(s))")) {
+                            tracing::info!(%brokers, "kafka reachable");
+                        }
+                        backoff.reset();
+                        PROBE_INTERVAL
+                    }
+                    Ok(Err(e)) => {
+                        let delay = backoff.next_delay_jittered();
+                        readiness.set("kafka", false, e.to_string());
+                        tracing::warn!(%brokers, attempt = backoff.attempt(), retry_in = ?delay,
+                            error = %e, "kafka unreachable; retrying");
+                        delay
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "kafka probe task failed");
+                        PROBE_INTERVAL
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = token.cancelled() => return,
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    fn spawn_nats_probe(&mut self, client: async_nats::Client) {
+        let readiness = self.readiness.clone();
+        let token = self.shutdown.clone();
+        let url = self.brokers.nats_url.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let mut backoff = Backoff::for_dependencies();
+            loop {
+                let ok = crate::nats::is_connected(&client);
+                let delay = if ok {
+                    if readiness.set("nats", true, url.clone()) {
+                        tracing::info!(%url, "nats reachable");
+                    }
+                    backoff.reset();
+                    PROBE_INTERVAL
+                } else {
+                    let delay = backoff.next_delay_jittered();
+                    let state = format!("{:?}", client.connection_state());
+                    if readiness.set("nats", false, format!("{url}: {state}")) || backoff.attempt() % 10 == 1 {
+                        tracing::warn!(%url, %state, attempt = backoff.attempt(), "nats unreachable; client is retrying");
+                    }
+                    delay.min(Duration::from_secs(2))
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = token.cancelled() => return,
+                }
+            }
+        }));
+    }
+
+    fn spawn_redis_probe(&mut self, handle: RedisHandle) {
+        let readiness = self.readiness.clone();
+        let token = self.shutdown.clone();
+        let url = self.brokers.redis_url.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let mut backoff = Backoff::for_dependencies();
+            loop {
+                let result = match handle.try_get() {
+                    None => Err(anyhow::anyhow!("not connected yet")),
+                    Some(mut conn) => crate::redis_store::ping(&mut conn).await,
+                };
+                let delay = match result {
+                    Ok(()) => {
+                        if readiness.set("redis", true, url.clone()) {
+                            tracing::info!(%url, "redis reachable");
+                        }
+                        backoff.reset();
+                        PROBE_INTERVAL
+                    }
+                    Err(e) => {
+                        let delay = backoff.next_delay_jittered().min(Duration::from_secs(5));
+                        if readiness.set("redis", false, e.to_string()) {
+                            tracing::warn!(%url, error = %e, "redis unreachable; retrying");
+                        }
+                        delay
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = token.cancelled() => return,
+                }
+            }
+        }));
+    }
+}

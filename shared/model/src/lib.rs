@@ -1,0 +1,1 @@
+//! Model code: see issue work in progress.
