@@ -8,7 +8,8 @@
 #
 # The workspace is compiled once per target with BuildKit cache mounts for the cargo
 # registry and the target dir, so a rebuild after a code change only recompiles what
-# changed. librdkafka is built from source by rdkafka-sys (cmake-build feature).
+# changed. librdkafka is built from source by rdkafka-sys (cmake-build feature); its
+# 2.12 sources include <curl/curl.h> even with curl disabled, hence libcurl4-openssl-dev.
 
 # Binaries copied into the runtime images. A missing one fails the build, so a renamed
 # crate cannot silently ship an image without its service (tests/tests/compose.rs checks
@@ -20,7 +21,7 @@ ARG CUDA_VERSION=12.4.1
 # builder: CPU build on Debian bookworm (same glibc as the runtime image).
 FROM rust:1-bookworm AS builder
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake build-essential pkg-config zlib1g-dev \
+ && apt-get install -y --no-install-recommends cmake build-essential pkg-config zlib1g-dev libcurl4-openssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -49,7 +50,7 @@ COPY --from=rust:1-bookworm /usr/local/rustup /usr/local/rustup
 COPY --from=rust:1-bookworm /usr/local/cargo /usr/local/cargo
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      ca-certificates cmake build-essential pkg-config zlib1g-dev git \
+      ca-certificates cmake build-essential pkg-config zlib1g-dev libcurl4-openssl-dev git \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

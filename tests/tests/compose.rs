@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use serde_yaml::Value;
 
 const COMPOSE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose.yml");
-const PROMETHEUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus/prometheus.yml");
+const PROMETHEUS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/prometheus/prometheus.yml"
+);
 const DOCKERFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../Dockerfile");
 
 /// The workspace root (where docker-compose.yml lives).
@@ -28,7 +31,8 @@ fn root() -> PathBuf {
 fn parse_yaml(text: &str, what: &str) -> Value {
     let mut doc: Value =
         serde_yaml::from_str(text).unwrap_or_else(|e| panic!("{what} is not valid YAML: {e}"));
-    doc.apply_merge().unwrap_or_else(|e| panic!("{what}: bad `<<` merge key: {e}"));
+    doc.apply_merge()
+        .unwrap_or_else(|e| panic!("{what}: bad `<<` merge key: {e}"));
     doc
 }
 
@@ -69,7 +73,11 @@ fn assert_clean(what: &str, problems: Vec<String>) {
 fn services(doc: &Value) -> Vec<(String, &Value)> {
     doc.get("services")
         .and_then(Value::as_mapping)
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.as_str()?.to_string(), v))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v)))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -143,7 +151,11 @@ fn words(v: Option<&Value>) -> Vec<String> {
 /// word of `command` (the images' own entrypoint is tini, which execs the command).
 fn program(svc: &Value) -> Option<String> {
     let ep = argv(svc.get("entrypoint"));
-    let first = if ep.is_empty() { argv(svc.get("command")).into_iter().next() } else { ep.into_iter().next() };
+    let first = if ep.is_empty() {
+        argv(svc.get("command")).into_iter().next()
+    } else {
+        ep.into_iter().next()
+    };
     first.map(|p| p.rsplit('/').next().unwrap_or(&p).to_string())
 }
 
@@ -152,7 +164,9 @@ fn healthcheck_program(svc: &Value) -> Option<String> {
     let test = argv(svc.get("healthcheck").and_then(|h| h.get("test")));
     let cmd = match test.first().map(String::as_str) {
         Some("CMD") => test.get(1).cloned(),
-        Some("CMD-SHELL") => test.get(1).and_then(|s| s.split_whitespace().next().map(str::to_string)),
+        Some("CMD-SHELL") => test
+            .get(1)
+            .and_then(|s| s.split_whitespace().next().map(str::to_string)),
         Some("NONE") | None => None,
         Some(_) => test.first().cloned(),
     }?;
@@ -198,7 +212,10 @@ fn depends_on(svc: &Value) -> BTreeMap<String, (String, bool)> {
         Some(Value::Mapping(m)) => {
             for (k, v) in m {
                 let Some(k) = k.as_str() else { continue };
-                let cond = v.get("condition").and_then(Value::as_str).unwrap_or("service_started");
+                let cond = v
+                    .get("condition")
+                    .and_then(Value::as_str)
+                    .unwrap_or("service_started");
                 let required = v.get("required").and_then(Value::as_bool).unwrap_or(true);
                 out.insert(k.to_string(), (cond.to_string(), required));
             }
@@ -219,7 +236,10 @@ fn host_port(addr: &str) -> Option<(String, Option<u16>)> {
     }
     if let Some(v6) = addr.strip_prefix('[') {
         let (host, rest) = v6.split_once(']')?;
-        return Some((host.to_string(), rest.strip_prefix(':').and_then(|p| p.parse().ok())));
+        return Some((
+            host.to_string(),
+            rest.strip_prefix(':').and_then(|p| p.parse().ok()),
+        ));
     }
     match addr.rsplit_once(':') {
         Some((h, p)) => Some((h.to_string(), p.parse().ok())),
@@ -264,18 +284,33 @@ fn addresses(doc: &Value) -> Vec<Address> {
     for (name, svc) in services(doc) {
         let mut push = |kind: Kind, raw: &str, origin: String| {
             if let Some((host, port)) = host_port(raw) {
-                out.push(Address { kind, host, port, origin, service: name.clone() });
+                out.push(Address {
+                    kind,
+                    host,
+                    port,
+                    origin,
+                    service: name.clone(),
+                });
             }
         };
         for (key, value) in env(svc) {
             let Some(value) = value else { continue };
-            let list = || value.split([',', ' ']).filter(|s| !s.is_empty()).collect::<Vec<_>>();
+            let list = || {
+                value
+                    .split([',', ' '])
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+            };
             match key.as_str() {
-                "AIFAB_KAFKA_BROKERS" => {
-                    list().into_iter().for_each(|a| push(Kind::Kafka, a, format!("{name}: {key}")))
-                }
-                "AIFAB_NATS_URL" => list().into_iter().for_each(|a| push(Kind::Nats, a, format!("{name}: {key}"))),
-                "AIFAB_REDIS_URL" => list().into_iter().for_each(|a| push(Kind::Redis, a, format!("{name}: {key}"))),
+                "AIFAB_KAFKA_BROKERS" => list()
+                    .into_iter()
+                    .for_each(|a| push(Kind::Kafka, a, format!("{name}: {key}"))),
+                "AIFAB_NATS_URL" => list()
+                    .into_iter()
+                    .for_each(|a| push(Kind::Nats, a, format!("{name}: {key}"))),
+                "AIFAB_REDIS_URL" => list()
+                    .into_iter()
+                    .for_each(|a| push(Kind::Redis, a, format!("{name}: {key}"))),
                 _ => {
                     for w in list() {
                         if let Some(kind) = url_kind(w) {
@@ -322,20 +357,44 @@ struct ScrapeTarget {
 
 fn scrape_targets(prom: &Value) -> Vec<ScrapeTarget> {
     let mut out = Vec::new();
-    let configs = prom.get("scrape_configs").and_then(Value::as_sequence).cloned().unwrap_or_default();
+    let configs = prom
+        .get("scrape_configs")
+        .and_then(Value::as_sequence)
+        .cloned()
+        .unwrap_or_default();
     for sc in &configs {
         let job = sc.get("job_name").and_then(scalar).unwrap_or_default();
-        for st in sc.get("static_configs").and_then(Value::as_sequence).into_iter().flatten() {
+        for st in sc
+            .get("static_configs")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
             for t in string_list(st.get("targets")) {
                 if let Some((host, port)) = host_port(&t) {
-                    out.push(ScrapeTarget { job: job.clone(), host, port, dns: false });
+                    out.push(ScrapeTarget {
+                        job: job.clone(),
+                        host,
+                        port,
+                        dns: false,
+                    });
                 }
             }
         }
-        for dc in sc.get("dns_sd_configs").and_then(Value::as_sequence).into_iter().flatten() {
+        for dc in sc
+            .get("dns_sd_configs")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
             let port = dc.get("port").and_then(scalar).and_then(|p| p.parse().ok());
             for n in string_list(dc.get("names")) {
-                out.push(ScrapeTarget { job: job.clone(), host: n, port, dns: true });
+                out.push(ScrapeTarget {
+                    job: job.clone(),
+                    host: n,
+                    port,
+                    dns: true,
+                });
             }
         }
     }
@@ -369,7 +428,9 @@ fn check_addresses(doc: &Value, prom: &Value) -> Vec<String> {
         if a.kind == Kind::Kafka {
             // A client bootstraps on any listener but then connects to the advertised
             // address of that listener: it must be the one named after the service.
-            if let Some(adv) = service(doc, &a.host).and_then(|s| env_var(s, "KAFKA_ADVERTISED_LISTENERS")) {
+            if let Some(adv) =
+                service(doc, &a.host).and_then(|s| env_var(s, "KAFKA_ADVERTISED_LISTENERS"))
+            {
                 let in_stack: Vec<u16> = adv
                     .split(',')
                     .filter_map(host_port)
@@ -418,7 +479,9 @@ fn check_image_or_build(doc: &Value) -> Vec<String> {
     }
     for (name, svc) in services(doc) {
         if svc.get("image").is_none() && svc.get("build").is_none() {
-            problems.push(format!("service `{name}` has neither `image:` nor `build:`"));
+            problems.push(format!(
+                "service `{name}` has neither `image:` nor `build:`"
+            ));
         }
         if let Some(build) = svc.get("build") {
             if build.get("context").is_none() && build.as_str().is_none() {
@@ -442,7 +505,11 @@ struct Published {
 }
 
 fn port_range(s: &str) -> Result<Vec<u16>, String> {
-    let parse = |p: &str| p.trim().parse::<u16>().map_err(|_| format!("`{p}` is not a port"));
+    let parse = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("`{p}` is not a port"))
+    };
     match s.split_once('-') {
         Some((a, b)) => {
             let (a, b) = (parse(a)?, parse(b)?);
@@ -460,17 +527,27 @@ fn port_range(s: &str) -> Result<Vec<u16>, String> {
 fn published_ports(name: &str, svc: &Value) -> (Vec<Published>, Vec<String>) {
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    for entry in svc.get("ports").and_then(Value::as_sequence).into_iter().flatten() {
+    for entry in svc
+        .get("ports")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
         let (ip, host, proto, spec) = match entry {
             Value::Mapping(_) => {
                 let ip = entry.get("host_ip").and_then(scalar).unwrap_or_default();
                 let host = entry.get("published").and_then(scalar);
-                let proto = entry.get("protocol").and_then(scalar).unwrap_or_else(|| "tcp".into());
+                let proto = entry
+                    .get("protocol")
+                    .and_then(scalar)
+                    .unwrap_or_else(|| "tcp".into());
                 (ip, host, proto, format!("{:?}", entry))
             }
             other => {
                 let Some(spec) = scalar(other) else {
-                    problems.push(format!("service `{name}`: unreadable ports entry {other:?}"));
+                    problems.push(format!(
+                        "service `{name}`: unreadable ports entry {other:?}"
+                    ));
                     continue;
                 };
                 let (body, proto) = spec.split_once('/').unwrap_or((spec.as_str(), "tcp"));
@@ -497,7 +574,9 @@ fn published_ports(name: &str, svc: &Value) -> (Vec<Published>, Vec<String>) {
                 (ip, host, proto.to_string(), spec.clone())
             }
         };
-        let Some(host) = host.filter(|h| !h.is_empty()) else { continue }; // not published / ephemeral
+        let Some(host) = host.filter(|h| !h.is_empty()) else {
+            continue;
+        }; // not published / ephemeral
         match port_range(&host) {
             Ok(ports) => out.extend(ports.into_iter().map(|port| Published {
                 service: name.to_string(),
@@ -535,7 +614,10 @@ fn check_host_ports(doc: &Value) -> Vec<String> {
     }
     for (i, a) in all.iter().enumerate() {
         for b in &all[i + 1..] {
-            if a.port == b.port && a.proto == b.proto && (a.ip == b.ip || wildcard(&a.ip) || wildcard(&b.ip)) {
+            if a.port == b.port
+                && a.proto == b.proto
+                && (a.ip == b.ip || wildcard(&a.ip) || wildcard(&b.ip))
+            {
                 problems.push(format!(
                     "host port {}/{} is published twice: by `{}` (`{}`) and by `{}` (`{}`)",
                     a.port, a.proto, a.service, a.spec, b.service, b.spec
@@ -554,7 +636,8 @@ fn check_host_ports(doc: &Value) -> Vec<String> {
 fn workspace_binaries(root: &Path) -> BTreeSet<String> {
     let mut bins = BTreeSet::new();
     let dir = root.join("services");
-    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+    let entries =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
     for entry in entries.flatten() {
         let manifest = entry.path().join("Cargo.toml");
         if let Ok(text) = std::fs::read_to_string(&manifest) {
@@ -573,17 +656,25 @@ fn crate_binaries(manifest: &str, crate_dir: &Path) -> Vec<String> {
     for raw in manifest.lines() {
         let line = raw.trim();
         if line.starts_with("[[") {
-            section = line.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            section = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
             if section == "bin" {
                 declared.push((None, None));
             }
             continue;
         }
         if line.starts_with('[') {
-            section = line.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            section = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
             continue;
         }
-        let Some((key, value)) = line.split_once('=') else { continue };
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
         let value = value.split(" #").next().unwrap_or(value);
         match (section.as_str(), key.trim()) {
             ("package", "name") => package = Some(unquote(value)),
@@ -604,9 +695,9 @@ fn crate_binaries(manifest: &str, crate_dir: &Path) -> Vec<String> {
     let mut bins: Vec<String> = declared.iter().filter_map(|(n, _)| n.clone()).collect();
     if autobins {
         if let Some(pkg) = &package {
-            let main_claimed = declared
-                .iter()
-                .any(|(n, p)| p.as_deref() == Some("src/main.rs") || n.as_deref() == Some(pkg.as_str()));
+            let main_claimed = declared.iter().any(|(n, p)| {
+                p.as_deref() == Some("src/main.rs") || n.as_deref() == Some(pkg.as_str())
+            });
             if !main_claimed && crate_dir.join("src/main.rs").is_file() {
                 bins.push(pkg.clone());
             }
@@ -636,9 +727,14 @@ fn check_binaries(doc: &Value, bins: &BTreeSet<String>, dockerfile: &str) -> Vec
     let mut problems = Vec::new();
     let mut run = BTreeSet::new();
     for (name, svc) in services(doc) {
-        let progs = [("command", program(svc)), ("healthcheck", healthcheck_program(svc))];
+        let progs = [
+            ("command", program(svc)),
+            ("healthcheck", healthcheck_program(svc)),
+        ];
         for (field, prog) in progs {
-            let Some(prog) = prog.filter(|p| p.starts_with("aifab")) else { continue };
+            let Some(prog) = prog.filter(|p| p.starts_with("aifab")) else {
+                continue;
+            };
             run.insert(prog.clone());
             if !bins.contains(&prog) {
                 problems.push(format!(
@@ -655,7 +751,9 @@ fn check_binaries(doc: &Value, bins: &BTreeSet<String>, dockerfile: &str) -> Vec
     }
     for bin in bins.iter().filter(|b| b.as_str() != "aifab") {
         if !run.contains(bin) {
-            problems.push(format!("workspace binary `{bin}` is not run by any service in docker-compose.yml"));
+            problems.push(format!(
+                "workspace binary `{bin}` is not run by any service in docker-compose.yml"
+            ));
         }
     }
     problems
@@ -669,7 +767,9 @@ fn check_depends_on(doc: &Value) -> Vec<String> {
     for (name, svc) in services(doc) {
         for (target, (cond, required)) in depends_on(svc) {
             let Some(t) = service(doc, &target) else {
-                problems.push(format!("service `{name}` depends_on `{target}`, which is not a service in the file"));
+                problems.push(format!(
+                    "service `{name}` depends_on `{target}`, which is not a service in the file"
+                ));
                 continue;
             };
             match cond.as_str() {
@@ -682,14 +782,19 @@ fn check_depends_on(doc: &Value) -> Vec<String> {
                     }
                 }
                 "service_completed_successfully" => {
-                    let restart = t.get("restart").and_then(scalar).unwrap_or_else(|| "no".into());
+                    let restart = t
+                        .get("restart")
+                        .and_then(scalar)
+                        .unwrap_or_else(|| "no".into());
                     if restart != "no" && restart != "on-failure" {
                         problems.push(format!(
                             "service `{name}` waits for `{target}` to complete, but `{target}` has restart: {restart} (a one-shot must not restart)"
                         ));
                     }
                 }
-                other => problems.push(format!("service `{name}` depends_on `{target}` with unknown condition `{other}`")),
+                other => problems.push(format!(
+                    "service `{name}` depends_on `{target}` with unknown condition `{other}`"
+                )),
             }
             if required && profiles(svc).is_empty() && !profiles(t).is_empty() {
                 problems.push(format!(
@@ -714,7 +819,9 @@ fn reserves_nvidia_gpu(svc: &Value) -> bool {
         .and_then(Value::as_sequence);
     devices.into_iter().flatten().any(|d| {
         let nvidia = d.get("driver").and_then(Value::as_str) == Some("nvidia");
-        let gpu = string_list(d.get("capabilities")).iter().any(|c| c == "gpu");
+        let gpu = string_list(d.get("capabilities"))
+            .iter()
+            .any(|c| c == "gpu");
         let some = match d.get("count") {
             Some(Value::Number(n)) => n.as_u64().unwrap_or(0) >= 1,
             Some(Value::String(s)) => s == "all",
@@ -726,17 +833,29 @@ fn reserves_nvidia_gpu(svc: &Value) -> bool {
 
 fn check_gpu_worker(doc: &Value) -> Vec<String> {
     let mut problems = Vec::new();
-    let http_port = |svc: &Value| env_var(svc, "AIFAB_HTTP_ADDR").and_then(|a| host_port(&a)).and_then(|(_, p)| p);
+    let http_port = |svc: &Value| {
+        env_var(svc, "AIFAB_HTTP_ADDR")
+            .and_then(|a| host_port(&a))
+            .and_then(|(_, p)| p)
+    };
     let scalable = |name: &str, svc: &Value, problems: &mut Vec<String>| {
-        if svc.get("ports").and_then(Value::as_sequence).is_some_and(|p| !p.is_empty()) {
+        if svc
+            .get("ports")
+            .and_then(Value::as_sequence)
+            .is_some_and(|p| !p.is_empty())
+        {
             problems.push(format!("service `{name}` publishes host ports, so `docker compose up --scale {name}=N` would collide"));
         }
         if svc.get("container_name").is_some() {
-            problems.push(format!("service `{name}` sets container_name, so it cannot be scaled"));
+            problems.push(format!(
+                "service `{name}` sets container_name, so it cannot be scaled"
+            ));
         }
         if let Some(port) = http_port(svc) {
             if !string_list(svc.get("expose")).contains(&port.to_string()) {
-                problems.push(format!("service `{name}` does not `expose` its metrics port {port}"));
+                problems.push(format!(
+                    "service `{name}` does not `expose` its metrics port {port}"
+                ));
             }
         }
     };
@@ -744,16 +863,23 @@ fn check_gpu_worker(doc: &Value) -> Vec<String> {
         None => problems.push("no `inference-worker` service (the CPU worker)".to_string()),
         Some(svc) => {
             if !profiles(svc).is_empty() {
-                problems.push(format!("`inference-worker` is under profile(s) {:?}; the CPU worker runs by default", profiles(svc)));
+                problems.push(format!(
+                    "`inference-worker` is under profile(s) {:?}; the CPU worker runs by default",
+                    profiles(svc)
+                ));
             }
             if let Some(dev) = env_var(svc, "AIFAB_DEVICE").filter(|d| d != "cpu") {
-                problems.push(format!("`inference-worker` runs on AIFAB_DEVICE={dev}; the default worker runs on cpu"));
+                problems.push(format!(
+                    "`inference-worker` runs on AIFAB_DEVICE={dev}; the default worker runs on cpu"
+                ));
             }
             scalable("inference-worker", svc, &mut problems);
         }
     }
     match service(doc, "inference-worker-gpu") {
-        None => problems.push("no `inference-worker-gpu` service (the GPU worker under profile `gpu`)".to_string()),
+        None => problems.push(
+            "no `inference-worker-gpu` service (the GPU worker under profile `gpu`)".to_string(),
+        ),
         Some(svc) => {
             if !profiles(svc).iter().any(|p| p == "gpu") {
                 problems.push(format!(
@@ -769,7 +895,8 @@ fn check_gpu_worker(doc: &Value) -> Vec<String> {
                 );
             }
             if !env_var(svc, "AIFAB_DEVICE").is_some_and(|d| d.starts_with("cuda")) {
-                problems.push("`inference-worker-gpu` does not set AIFAB_DEVICE=cuda:N".to_string());
+                problems
+                    .push("`inference-worker-gpu` does not set AIFAB_DEVICE=cuda:N".to_string());
             }
             scalable("inference-worker-gpu", svc, &mut problems);
         }
@@ -778,7 +905,9 @@ fn check_gpu_worker(doc: &Value) -> Vec<String> {
     for (name, svc) in services(doc) {
         let cuda = env_var(svc, "AIFAB_DEVICE").is_some_and(|d| d.starts_with("cuda"));
         if cuda && !reserves_nvidia_gpu(svc) {
-            problems.push(format!("service `{name}` sets AIFAB_DEVICE=cuda:* but reserves no NVIDIA GPU"));
+            problems.push(format!(
+                "service `{name}` sets AIFAB_DEVICE=cuda:* but reserves no NVIDIA GPU"
+            ));
         }
         if reserves_nvidia_gpu(svc) && profiles(svc).is_empty() {
             problems.push(format!("service `{name}` reserves a GPU but is not under a profile: `up` fails on hosts without one"));
@@ -799,7 +928,9 @@ fn check_metrics_scraped(doc: &Value, prom: &Value) -> Vec<String> {
     let targets = scrape_targets(prom);
     let mut problems = Vec::new();
     for (name, svc) in services(doc) {
-        let Some(prog) = program(svc).filter(|p| p.starts_with("aifab-")) else { continue };
+        let Some(prog) = program(svc).filter(|p| p.starts_with("aifab-")) else {
+            continue;
+        };
         let Some(addr) = env_var(svc, "AIFAB_HTTP_ADDR") else {
             problems.push(format!(
                 "service `{name}` ({prog}) does not set AIFAB_HTTP_ADDR: it would listen on its loopback default, out of Prometheus' reach"
@@ -807,7 +938,9 @@ fn check_metrics_scraped(doc: &Value, prom: &Value) -> Vec<String> {
             continue;
         };
         let Some((ip, Some(port))) = host_port(&addr) else {
-            problems.push(format!("service `{name}`: AIFAB_HTTP_ADDR=`{addr}` is not host:port"));
+            problems.push(format!(
+                "service `{name}`: AIFAB_HTTP_ADDR=`{addr}` is not host:port"
+            ));
             continue;
         };
         if !["0.0.0.0", "::", ""].contains(&ip.as_str()) {
@@ -818,7 +951,9 @@ fn check_metrics_scraped(doc: &Value, prom: &Value) -> Vec<String> {
         match healthcheck_text(svc) {
             None => problems.push(format!("service `{name}` ({prog}) has no healthcheck")),
             Some(hc) if !hc.contains(&format!(":{port}")) && !hc.contains(&format!("/{port}")) => {
-                problems.push(format!("service `{name}`: healthcheck `{hc}` does not probe its port {port}"))
+                problems.push(format!(
+                    "service `{name}`: healthcheck `{hc}` does not probe its port {port}"
+                ))
             }
             Some(_) => {}
         }
@@ -839,8 +974,10 @@ fn check_metrics_scraped(doc: &Value, prom: &Value) -> Vec<String> {
                 ));
             }
         }
-        let scraped: Vec<&ScrapeTarget> =
-            targets.iter().filter(|t| t.host == name && t.port == Some(port)).collect();
+        let scraped: Vec<&ScrapeTarget> = targets
+            .iter()
+            .filter(|t| t.host == name && t.port == Some(port))
+            .collect();
         if scraped.is_empty() {
             problems.push(format!(
                 "service `{name}` ({prog}) serves /metrics on :{port}, but deploy/prometheus/prometheus.yml does not scrape `{name}:{port}`"
@@ -867,10 +1004,17 @@ fn check_volumes(doc: &Value, root: &Path) -> Vec<String> {
         .unwrap_or_default();
     let mut problems = Vec::new();
     for (name, svc) in services(doc) {
-        for v in svc.get("volumes").and_then(Value::as_sequence).into_iter().flatten() {
+        for v in svc
+            .get("volumes")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
             let (kind, source) = match v {
                 Value::Mapping(_) => (
-                    v.get("type").and_then(scalar).unwrap_or_else(|| "volume".into()),
+                    v.get("type")
+                        .and_then(scalar)
+                        .unwrap_or_else(|| "volume".into()),
                     v.get("source").and_then(scalar).unwrap_or_default(),
                 ),
                 other => {
@@ -880,7 +1024,11 @@ fn check_volumes(doc: &Value, root: &Path) -> Vec<String> {
                         continue; // anonymous volume
                     }
                     let src = parts[0].to_string();
-                    let kind = if src.starts_with(['.', '/', '~']) { "bind" } else { "volume" };
+                    let kind = if src.starts_with(['.', '/', '~']) {
+                        "bind"
+                    } else {
+                        "volume"
+                    };
                     (kind.to_string(), src)
                 }
             };
@@ -905,7 +1053,12 @@ fn check_kafka(doc: &Value, topics: &[(&str, i32)]) -> Vec<String> {
     let mut problems = Vec::new();
     let creators: Vec<(String, &Value)> = services(doc)
         .into_iter()
-        .filter(|(_, svc)| words(svc.get("command")).iter().chain(&words(svc.get("entrypoint"))).any(|w| w.ends_with("kafka-topics.sh")))
+        .filter(|(_, svc)| {
+            words(svc.get("command"))
+                .iter()
+                .chain(&words(svc.get("entrypoint")))
+                .any(|w| w.ends_with("kafka-topics.sh"))
+        })
         .filter(|(_, svc)| argv(svc.get("command")).join(" ").contains("--create"))
         .collect();
     let [(creator, init)] = creators.as_slice() else {
@@ -917,11 +1070,16 @@ fn check_kafka(doc: &Value, topics: &[(&str, i32)]) -> Vec<String> {
     };
     let script = argv(init.get("command")).join("\n");
     if !script.contains("--if-not-exists") {
-        problems.push(format!("`{creator}` creates topics without --if-not-exists: a restart of the stack would fail"));
+        problems.push(format!(
+            "`{creator}` creates topics without --if-not-exists: a restart of the stack would fail"
+        ));
     }
     for (topic, partitions) in topics {
         let found = script.lines().any(|line| {
-            let ws: Vec<&str> = line.split_whitespace().map(|w| w.trim_matches(|c: char| "\"'".contains(c))).collect();
+            let ws: Vec<&str> = line
+                .split_whitespace()
+                .map(|w| w.trim_matches(|c: char| "\"'".contains(c)))
+                .collect();
             ws.contains(topic) && ws.contains(&partitions.to_string().as_str())
         });
         if !found {
@@ -935,7 +1093,9 @@ fn check_kafka(doc: &Value, topics: &[(&str, i32)]) -> Vec<String> {
             continue;
         }
         let deps = service(doc, &a.service).map(depends_on).unwrap_or_default();
-        if deps.get(creator.as_str()).map(|(c, _)| c.as_str()) != Some("service_completed_successfully") {
+        if deps.get(creator.as_str()).map(|(c, _)| c.as_str())
+            != Some("service_completed_successfully")
+        {
             problems.push(format!(
                 "service `{}` uses Kafka but does not depend_on `{creator}` with condition service_completed_successfully",
                 a.service
@@ -965,7 +1125,10 @@ fn check_kafka(doc: &Value, topics: &[(&str, i32)]) -> Vec<String> {
 }
 
 fn core_topics() -> Vec<(&'static str, i32)> {
-    aifab_core::topics::TOPICS.iter().map(|t| (t.name, t.partitions)).collect()
+    aifab_core::topics::TOPICS
+        .iter()
+        .map(|t| (t.name, t.partitions))
+        .collect()
 }
 
 // ------------------------------------------------------------------------------------
@@ -997,10 +1160,13 @@ fn published_host_ports_do_not_collide() {
         .flat_map(|(n, svc)| published_ports(n, svc).0)
         .map(|p| p.port)
         .collect();
-    for port in [9092, 4222, 8222, 6379, 8080, 8084, 8085, 9090, 3000] {
-        assert!(published.contains(&port), "host port {port} is not published (published: {published:?})");
-    }
     assert_clean("host ports", check_host_ports(&s.compose));
+    for port in [9092, 4222, 8222, 6379, 8080, 8084, 8085, 9090, 3000] {
+        assert!(
+            published.contains(&port),
+            "host port {port} is not published (published: {published:?})"
+        );
+    }
 }
 
 #[test]
@@ -1011,7 +1177,10 @@ fn aifab_binaries_exist_in_the_workspace() {
         "the bin parser found no `aifab` CLI in services/*/Cargo.toml (found {:?})",
         s.bins
     );
-    assert_clean("binaries", check_binaries(&s.compose, &s.bins, &s.dockerfile));
+    assert_clean(
+        "binaries",
+        check_binaries(&s.compose, &s.bins, &s.dockerfile),
+    );
 }
 
 #[test]
@@ -1035,14 +1204,22 @@ fn volumes_are_declared_and_bind_mounts_exist() {
     let s = stack();
     assert_clean("volumes", check_volumes(&s.compose, &root()));
     let dashboards = root().join("deploy/grafana/dashboards");
-    assert!(dashboards.is_dir(), "{} is missing (Grafana's dashboards provider points at it)", dashboards.display());
+    assert!(
+        dashboards.is_dir(),
+        "{} is missing (Grafana's dashboards provider points at it)",
+        dashboards.display()
+    );
     let provisioning = root().join("deploy/grafana/provisioning");
     for sub in ["datasources", "dashboards"] {
         let dir = provisioning.join(sub);
         let yamls = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{} is missing: {e}", dir.display()))
             .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "yml" || x == "yaml"))
+            .filter(|e| {
+                e.path()
+                    .extension()
+                    .is_some_and(|x| x == "yml" || x == "yaml")
+            })
             .count();
         assert!(yamls > 0, "{} has no provisioning YAML", dir.display());
     }
@@ -1056,18 +1233,34 @@ fn kafka_init_creates_every_topic_of_aifab_core() {
 #[test]
 fn grafana_provisioning_and_dashboards_parse() {
     let dir = root().join("deploy/grafana");
-    let ds = read(&dir.join("provisioning/datasources/prometheus.yml").to_string_lossy());
+    let ds = read(
+        &dir.join("provisioning/datasources/prometheus.yml")
+            .to_string_lossy(),
+    );
     let ds = parse_yaml(&ds, "grafana datasource provisioning");
-    let url = ds["datasources"][0]["url"].as_str().unwrap_or_default().to_string();
+    let url = ds["datasources"][0]["url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let names = service_names(&stack().compose);
     let host = host_port(&url).map(|(h, _)| h).unwrap_or_default();
-    assert!(names.contains(&host), "Grafana's Prometheus datasource url `{url}` names `{host}`, not a compose service");
-    for e in std::fs::read_dir(dir.join("dashboards")).expect("deploy/grafana/dashboards").flatten() {
+    assert!(
+        names.contains(&host),
+        "Grafana's Prometheus datasource url `{url}` names `{host}`, not a compose service"
+    );
+    for e in std::fs::read_dir(dir.join("dashboards"))
+        .expect("deploy/grafana/dashboards")
+        .flatten()
+    {
         if e.path().extension().is_some_and(|x| x == "json") {
             let text = read(&e.path().to_string_lossy());
             let v: serde_json::Value = serde_json::from_str(&text)
                 .unwrap_or_else(|err| panic!("{} is not valid JSON: {err}", e.path().display()));
-            assert!(v.get("panels").is_some() && v.get("uid").is_some(), "{}: not a dashboard", e.path().display());
+            assert!(
+                v.get("panels").is_some() && v.get("uid").is_some(),
+                "{}: not a dashboard",
+                e.path().display()
+            );
         }
     }
 }
@@ -1123,15 +1316,23 @@ scrape_configs:
 "#;
 
 fn mentions(problems: &[String], needles: &[&str]) -> bool {
-    problems.iter().any(|p| needles.iter().all(|n| p.contains(n)))
+    problems
+        .iter()
+        .any(|p| needles.iter().all(|n| p.contains(n)))
 }
 
 #[test]
 fn checker_reports_a_broken_stack() {
     let doc = parse_yaml(BROKEN_COMPOSE, "broken compose");
     let prom = parse_yaml(BROKEN_PROMETHEUS, "broken prometheus");
-    let bins: BTreeSet<String> =
-        ["aifab", "aifab-ingest", "aifab-inference-worker", "aifab-monitor"].map(String::from).into();
+    let bins: BTreeSet<String> = [
+        "aifab",
+        "aifab-ingest",
+        "aifab-inference-worker",
+        "aifab-monitor",
+    ]
+    .map(String::from)
+    .into();
     let dockerfile = "ARG AIFAB_BINS=\"aifab aifab-ingest\"";
 
     let expect = |what: &str, problems: &[String], needles: &[&str]| {
@@ -1147,10 +1348,22 @@ fn checker_reports_a_broken_stack() {
     assert_eq!(p.len(), 1, "only `feature` lacks image/build: {p:?}");
 
     let p = check_addresses(&doc, &prom);
-    expect("dangling broker", &p, &["ingest: AIFAB_KAFKA_BROKERS", "`kafak`"]);
+    expect(
+        "dangling broker",
+        &p,
+        &["ingest: AIFAB_KAFKA_BROKERS", "`kafak`"],
+    );
     expect("dangling nats", &p, &["ingest: AIFAB_NATS_URL", "`nats`"]);
-    expect("wrong kafka listener", &p, &["feature: AIFAB_KAFKA_BROKERS", "kafka:9092", "19092"]);
-    expect("dangling scrape target", &p, &["prometheus.yml", "`grafana`"]);
+    expect(
+        "wrong kafka listener",
+        &p,
+        &["feature: AIFAB_KAFKA_BROKERS", "kafka:9092", "19092"],
+    );
+    expect(
+        "dangling scrape target",
+        &p,
+        &["prometheus.yml", "`grafana`"],
+    );
     assert!(
         !mentions(&p, &["topics:", "kafka:19092", "not a service"]),
         "kafka:19092 from --bootstrap-server is fine: {p:?}"
@@ -1158,29 +1371,56 @@ fn checker_reports_a_broken_stack() {
 
     let p = check_host_ports(&doc);
     expect("port collision", &p, &["9092/tcp", "`kafka`", "`ingest`"]);
-    expect("range collision", &p, &["8080/tcp", "`ingest`", "`inference-worker-gpu`"]);
+    expect(
+        "range collision",
+        &p,
+        &["8080/tcp", "`ingest`", "`inference-worker-gpu`"],
+    );
     assert!(!mentions(&p, &["8083"]), "8083 is published once: {p:?}");
 
     let p = check_binaries(&doc, &bins, dockerfile);
     expect("unknown binary", &p, &["`feature`", "`aifab-featurez`"]);
-    expect("binary not in image", &p, &["`inference-worker-gpu`", "Dockerfile"]);
+    expect(
+        "binary not in image",
+        &p,
+        &["`inference-worker-gpu`", "Dockerfile"],
+    );
     expect("unrun binary", &p, &["`aifab-monitor`", "not run"]);
-    assert!(!mentions(&p, &["`aifab`", "not run"]), "the CLI need not run as a service: {p:?}");
+    assert!(
+        !mentions(&p, &["`aifab`", "not run"]),
+        "the CLI need not run as a service: {p:?}"
+    );
 
     let p = check_depends_on(&doc);
     expect("dangling depends_on", &p, &["`ingest`", "`redis`"]);
-    expect("healthy without healthcheck", &p, &["`topics`", "service_healthy", "no healthcheck"]);
+    expect(
+        "healthy without healthcheck",
+        &p,
+        &["`topics`", "service_healthy", "no healthcheck"],
+    );
 
     let p = check_gpu_worker(&doc);
     expect("missing cpu worker", &p, &["no `inference-worker`"]);
     expect("gpu profile", &p, &["profile `gpu`"]);
     expect("gpu reservation", &p, &["does not reserve an NVIDIA GPU"]);
-    expect("gpu worker ports", &p, &["`inference-worker-gpu` publishes host ports"]);
+    expect(
+        "gpu worker ports",
+        &p,
+        &["`inference-worker-gpu` publishes host ports"],
+    );
 
     let p = check_metrics_scraped(&doc, &prom);
     expect("loopback listener", &p, &["`ingest`", "127.0.0.1"]);
-    expect("unscraped service", &p, &["`feature`", "does not scrape `feature:8081`"]);
-    expect("static worker target", &p, &["`inference-worker-gpu`", "dns_sd_configs"]);
+    expect(
+        "unscraped service",
+        &p,
+        &["`feature`", "does not scrape `feature:8081`"],
+    );
+    expect(
+        "static worker target",
+        &p,
+        &["`inference-worker-gpu`", "dns_sd_configs"],
+    );
 
     let p = check_volumes(&doc, &root());
     expect("undeclared volume", &p, &["`models`", "not declared"]);
@@ -1189,9 +1429,20 @@ fn checker_reports_a_broken_stack() {
     let p = check_kafka(&doc, &[("aifab.dlq", 1), ("aifab.usage", 4)]);
     expect("missing topic", &p, &["`aifab.usage`", "4 partition"]);
     expect("not idempotent", &p, &["--if-not-exists"]);
-    expect("no wait for topics", &p, &["`ingest`", "`topics`", "service_completed_successfully"]);
-    expect("transactions", &p, &["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR=1"]);
-    assert!(!mentions(&p, &["`aifab.dlq`"]), "aifab.dlq is created with 1 partition: {p:?}");
+    expect(
+        "no wait for topics",
+        &p,
+        &["`ingest`", "`topics`", "service_completed_successfully"],
+    );
+    expect(
+        "transactions",
+        &p,
+        &["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR=1"],
+    );
+    assert!(
+        !mentions(&p, &["`aifab.dlq`"]),
+        "aifab.dlq is created with 1 partition: {p:?}"
+    );
 }
 
 #[test]
@@ -1203,7 +1454,8 @@ fn port_and_address_parsers() {
     );
     let (ports, bad) = published_ports("s", &svc);
     assert!(bad.is_empty(), "{bad:?}");
-    let got: Vec<(String, u16, String)> = ports.into_iter().map(|p| (p.ip, p.port, p.proto)).collect();
+    let got: Vec<(String, u16, String)> =
+        ports.into_iter().map(|p| (p.ip, p.port, p.proto)).collect();
     assert_eq!(
         got,
         vec![
@@ -1213,10 +1465,22 @@ fn port_and_address_parsers() {
             ("0.0.0.0".into(), 8443, "tcp".into()),
         ]
     );
-    assert_eq!(host_port("nats://user:pw@nats:4222"), Some(("nats".into(), Some(4222))));
-    assert_eq!(host_port("redis://redis:6379/0"), Some(("redis".into(), Some(6379))));
-    assert_eq!(host_port("PLAINTEXT://kafka:19092"), Some(("kafka".into(), Some(19092))));
-    assert_eq!(host_port("0.0.0.0:8083"), Some(("0.0.0.0".into(), Some(8083))));
+    assert_eq!(
+        host_port("nats://user:pw@nats:4222"),
+        Some(("nats".into(), Some(4222)))
+    );
+    assert_eq!(
+        host_port("redis://redis:6379/0"),
+        Some(("redis".into(), Some(6379)))
+    );
+    assert_eq!(
+        host_port("PLAINTEXT://kafka:19092"),
+        Some(("kafka".into(), Some(19092)))
+    );
+    assert_eq!(
+        host_port("0.0.0.0:8083"),
+        Some(("0.0.0.0".into(), Some(8083)))
+    );
     assert_eq!(host_port("[::]:8083"), Some(("::".into(), Some(8083))));
 
     let dir = std::env::temp_dir().join(format!("aifab-compose-bins-{}", std::process::id()));
@@ -1227,7 +1491,8 @@ fn port_and_address_parsers() {
     let mut bins = crate_binaries(plain, &dir);
     bins.sort();
     assert_eq!(bins, vec!["aifab-x".to_string(), "extra".to_string()]);
-    let renamed = "[package]\nname = \"aifab-cli\"\n\n[[bin]]\nname = \"aifab\"\npath = \"src/main.rs\"\n";
+    let renamed =
+        "[package]\nname = \"aifab-cli\"\n\n[[bin]]\nname = \"aifab\"\npath = \"src/main.rs\"\n";
     let mut bins = crate_binaries(renamed, &dir);
     bins.sort();
     assert_eq!(bins, vec!["aifab".to_string(), "extra".to_string()]);

@@ -21,58 +21,29 @@ use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::{ValidationError, Validator};
 use serde_json::Value;
 
+/// Embed `schemas/<file>` under its message name.
+macro_rules! embed {
+    ($($name:literal => $file:literal,)*) => {
+        &[$(($name, include_str!(concat!("../../../schemas/", $file)))),*]
+    };
+}
+
 /// `(name/version, schema text)` for every schema file under `schemas/`.
-const SCHEMAS: &[(&str, &str)] = &[
-    (
-        "ingest.raw/v1",
-        include_str!("../../../schemas/ingest.raw.v1.json"),
-    ),
-    (
-        "inference.request/v1",
-        include_str!("../../../schemas/inference.request.v1.json"),
-    ),
-    (
-        "training.example/v1",
-        include_str!("../../../schemas/training.example.v1.json"),
-    ),
-    (
-        "prediction/v1",
-        include_str!("../../../schemas/prediction.v1.json"),
-    ),
-    ("usage/v1", include_str!("../../../schemas/usage.v1.json")),
-    (
-        "dead_letter/v1",
-        include_str!("../../../schemas/dead_letter.v1.json"),
-    ),
-    (
-        "model.event/v1",
-        include_str!("../../../schemas/model.event.v1.json"),
-    ),
-    (
-        "lag.reading/v1",
-        include_str!("../../../schemas/lag.reading.v1.json"),
-    ),
-    ("alert/v1", include_str!("../../../schemas/alert.v1.json")),
-    (
-        "budget.event/v1",
-        include_str!("../../../schemas/budget.event.v1.json"),
-    ),
-    (
-        "budget.set/v1",
-        include_str!("../../../schemas/budget.set.v1.json"),
-    ),
-    (
-        "scale.decision/v1",
-        include_str!("../../../schemas/scale.decision.v1.json"),
-    ),
-    (
-        "train.request/v1",
-        include_str!("../../../schemas/train.request.v1.json"),
-    ),
-    (
-        "replicas.report/v1",
-        include_str!("../../../schemas/replicas.report.v1.json"),
-    ),
+const SCHEMAS: &[(&str, &str)] = embed![
+    "ingest.raw/v1" => "ingest.raw.v1.json",
+    "inference.request/v1" => "inference.request.v1.json",
+    "training.example/v1" => "training.example.v1.json",
+    "prediction/v1" => "prediction.v1.json",
+    "usage/v1" => "usage.v1.json",
+    "dead_letter/v1" => "dead_letter.v1.json",
+    "model.event/v1" => "model.event.v1.json",
+    "lag.reading/v1" => "lag.reading.v1.json",
+    "alert/v1" => "alert.v1.json",
+    "budget.event/v1" => "budget.event.v1.json",
+    "budget.set/v1" => "budget.set.v1.json",
+    "scale.decision/v1" => "scale.decision.v1.json",
+    "train.request/v1" => "train.request.v1.json",
+    "replicas.report/v1" => "replicas.report.v1.json",
 ];
 
 /// The JSON Schema text of a message (`name/version`, e.g. `inference.request/v1`).

@@ -875,7 +875,7 @@ fn readme_examples_are_valid() {
         if let Err(v) = schema::validate(name, &json) {
             panic!("README example breaks {name}:{}\n{line}", reasons(&v));
         }
-        decode_as(name, line[start..=end].as_bytes()).unwrap();
+        decode_as(name, &line.as_bytes()[start..=end]).unwrap();
         seen += 1;
     }
     assert!(seen >= 1, "schemas/README.md shows no example record");
