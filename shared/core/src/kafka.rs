@@ -47,7 +47,10 @@ pub fn transactional_producer_config(
     transactional_id: &str,
 ) -> ClientConfig {
     let mut c = producer_config(brokers, client_id);
-    c.set("transactional.id", transactional_id).set("transaction.timeout.ms", "60000");
+    // librdkafka requires message.timeout.ms <= transaction.timeout.ms.
+    c.set("transactional.id", transactional_id)
+        .set("transaction.timeout.ms", "60000")
+        .set("message.timeout.ms", "60000");
     c
 }
 

@@ -1,0 +1,1 @@
+//! Dynamic batch planner (see lead).

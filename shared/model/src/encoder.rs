@@ -1,0 +1,193 @@
+//! The sentence encoder: BERT → attention-masked mean pooling → L2 normalisation
+//! (what sentence-transformers' all-MiniLM-L6-v2 does).
+//!
+//! The network itself is candle-transformers' `BertModel` for now; it sits behind this
+//! struct so a faster implementation can replace it without touching callers.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+
+use crate::device::dtype_for;
+use crate::error::{io_err, read_json, ModelError, Result};
+
+/// File names inside a model directory.
+pub const CONFIG_FILE: &str = "config.json";
+/// Encoder weights.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Tokenizer.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// A loaded sentence encoder on one device.
+pub struct Encoder {
+    model: BertModel,
+    config: Config,
+    device: Device,
+    dtype: DType,
+    pad_id: u32,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("hidden_size", &self.config.hidden_size)
+            .field("layers", &self.config.num_hidden_layers)
+            .field("max_position_embeddings", &self.config.max_position_embeddings)
+            .field("device", &self.device)
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+impl Encoder {
+    /// Loads `config.json` and `model.safetensors` from `model_dir` onto `device`, in the
+    /// dtype [`dtype_for`] picks (f32 on CPU, f16 on CUDA).
+    pub fn load(model_dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::load_with_dtype(model_dir, device, dtype_for(device))
+    }
+
+    /// Like [`load`](Self::load) with an explicit compute dtype.
+    pub fn load_with_dtype(model_dir: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
+        let dir = model_dir.as_ref();
+        if !dir.is_dir() {
+            return Err(ModelError::Invalid(format!(
+                "model directory {} does not exist",
+                dir.display()
+            )));
+        }
+        let config: Config = read_json(&dir.join(CONFIG_FILE))?;
+        validate_config(&config, &dir.join(CONFIG_FILE))?;
+        let weights_path = dir.join(WEIGHTS_FILE);
+        // Read into memory rather than mmap: the trainer may replace files in a model
+        // directory and a mapped file changing underneath would be undefined behaviour.
+        let bytes = std::fs::read(&weights_path).map_err(io_err("cannot read", &weights_path))?;
+        let vb = VarBuilder::from_buffered_safetensors(bytes, dtype, device).map_err(|e| {
+            ModelError::Invalid(format!("{}: not a safetensors file: {e}", weights_path.display()))
+        })?;
+        let model = BertModel::load(vb, &config).map_err(|e| {
+            ModelError::Invalid(format!(
+                "{}: weights do not match a BERT with the shapes in {CONFIG_FILE}: {e}",
+                weights_path.display()
+            ))
+        })?;
+        let pad_id = config.pad_token_id as u32;
+        Ok(Self {
+            model,
+            config,
+            device: device.clone(),
+            dtype,
+            pad_id,
+        })
+    }
+
+    /// Width of the embeddings (384 for all-MiniLM-L6-v2).
+    pub fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    /// Longest sequence the model accepts (512 for all-MiniLM-L6-v2).
+    pub fn max_position_embeddings(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    /// Vocabulary size from the config.
+    pub fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The id used to pad batches.
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// Embeds a batch of token-id sequences: unit-length vectors of `hidden_size()`.
+    ///
+    /// The batch is padded to its longest sequence; padding is masked out of attention
+    /// and pooling, so a sequence's embedding does not depend on what it is batched
+    /// with (up to float rounding).
+    pub fn embed(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let max_pos = self.config.max_position_embeddings;
+        let vocab = self.config.vocab_size;
+        for (i, seq) in batch.iter().enumerate() {
+            if seq.is_empty() {
+                return Err(ModelError::Input(format!("sequence {i} has no tokens")));
+            }
+            if seq.len() > max_pos {
+                return Err(ModelError::Input(format!(
+                    "sequence {i} has {} tokens, the model takes at most {max_pos}",
+                    seq.len()
+                )));
+            }
+            if let Some(&bad) = seq.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ModelError::Input(format!(
+                    "sequence {i} has token id {bad}, the vocabulary has {vocab} ids"
+                )));
+            }
+        }
+        let n = batch.len();
+        let len = batch.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(n * len);
+        let mut mask = Vec::with_capacity(n * len);
+        for seq in batch {
+            ids.extend_from_slice(seq);
+            ids.extend(std::iter::repeat_n(self.pad_id, len - seq.len()));
+            mask.extend(std::iter::repeat_n(1u32, seq.len()));
+            mask.extend(std::iter::repeat_n(0u32, len - seq.len()));
+        }
+        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
+        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
+        let token_types = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?; // (n, len, hidden)
+        let pooled = mean_pool_normalize(&hidden, &mask)?;
+        Ok(pooled.to_vec2::<f32>()?)
+    }
+}
+
+/// Attention-masked mean over the sequence axis, then L2 normalisation, in f32.
+fn mean_pool_normalize(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let hidden = hidden.to_dtype(DType::F32)?;
+    let mask = mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?; // (n, len, 1)
+    let summed = hidden.broadcast_mul(&mask)?.sum(1)?; // (n, hidden)
+    let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?; // (n, 1)
+    let mean = summed.broadcast_div(&counts)?;
+    let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+    Ok(mean.broadcast_div(&norms)?)
+}
+
+fn validate_config(c: &Config, path: &Path) -> Result<()> {
+    let bad = |what: String| Err(ModelError::Invalid(format!("{}: {what}", path.display())));
+    if c.hidden_size == 0 || c.num_attention_heads == 0 || c.num_hidden_layers == 0 {
+        return bad(format!(
+            "hidden_size, num_attention_heads and num_hidden_layers must be positive, got {}, {}, {}",
+            c.hidden_size, c.num_attention_heads, c.num_hidden_layers
+        ));
+    }
+    if c.hidden_size % c.num_attention_heads != 0 {
+        return bad(format!(
+            "hidden_size {} is not a multiple of num_attention_heads {}",
+            c.hidden_size, c.num_attention_heads
+        ));
+    }
+    if c.pad_token_id >= c.vocab_size {
+        return bad(format!(
+            "pad_token_id {} is outside the vocabulary of {}",
+            c.pad_token_id, c.vocab_size
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,419 @@
+//! Tests on the tiny random BERT (fast; no real model needed).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::head::{softmax, BIAS_TENSOR, HEAD_FILE, LABELS_FILE, WEIGHT_TENSOR};
+use crate::testing::*;
+use crate::*;
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "aifab-model-test-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tiny(seed: u64) -> (Scratch, TextTokenizer, Encoder) {
+    let dir = Scratch::new("bert");
+    write_tiny_bert(dir.path(), seed).unwrap();
+    let tok = TextTokenizer::from_file(dir.path().join("tokenizer.json"), 32).unwrap();
+    let enc = Encoder::load(dir.path(), &Device::Cpu).unwrap();
+    (dir, tok, enc)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+// ---------------------------------------------------------------- fixtures
+
+#[test]
+fn tiny_bert_is_deterministic_in_the_seed() {
+    let (a, b, c) = (Scratch::new("a"), Scratch::new("b"), Scratch::new("c"));
+    write_tiny_bert(a.path(), 7).unwrap();
+    write_tiny_bert(b.path(), 7).unwrap();
+    write_tiny_bert(c.path(), 8).unwrap();
+    let read = |d: &Scratch, f: &str| std::fs::read(d.path().join(f)).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt"] {
+        assert_eq!(read(&a, f), read(&b, f), "{f} differs for the same seed");
+    }
+    assert_ne!(read(&a, "model.safetensors"), read(&c, "model.safetensors"));
+    let v = tiny_vocab();
+    assert!(v.len() >= 100 && v.len() <= 130, "vocab size {}", v.len());
+    assert_eq!(&v[..5], ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]);
+}
+
+#[test]
+fn tiny_tokenizer_json_pads_to_128_as_packaged() {
+    // The fixture must behave like the packaged file, or the override test proves nothing.
+    let dir = Scratch::new("raw");
+    write_tiny_bert(dir.path(), 1).unwrap();
+    let raw = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
+    let e = raw.encode("the cat sat", true).unwrap();
+    assert_eq!(e.get_ids().len(), TINY_PACKAGED_PAD);
+}
+
+// ---------------------------------------------------------------- tokenizer
+
+#[test]
+fn tokenizer_override_removes_fixed_padding() {
+    let (dir, _, _) = tiny(1);
+    let tok = TextTokenizer::from_file(dir.path().join("tokenizer.json"), 128).unwrap();
+    let e = tok.encode("The cat sat on the mat.").unwrap();
+    // [CLS] the cat sat on the mat . [SEP]
+    assert_eq!(e.ids.len(), 9, "{:?}", e.ids);
+    assert!(!e.truncated);
+    assert_eq!(e.ids[0], 2, "[CLS] first");
+    assert_eq!(*e.ids.last().unwrap(), 3, "[SEP] last");
+    assert!(!e.ids.contains(&0), "no padding: {:?}", e.ids);
+    assert_eq!(tok.pad_id(), 0);
+    assert_eq!(tok.max_len(), 128);
+    // A model directory works as the path too.
+    let tok2 = TextTokenizer::from_file(dir.path(), 128).unwrap();
+    assert_eq!(tok2.encode("The cat sat on the mat.").unwrap(), e);
+}
+
+#[test]
+fn tokenizer_batch_is_not_padded_either() {
+    let (_d, tok, _) = tiny(1);
+    let out = tok.encode_batch(&["hello", "the quick brown fox jumps over the lazy dog"]).unwrap();
+    assert_eq!(out[0].ids.len(), 3);
+    assert_eq!(out[1].ids.len(), 11);
+    assert_eq!(out[0], tok.encode("hello").unwrap());
+    assert_eq!(out[1], tok.encode("the quick brown fox jumps over the lazy dog").unwrap());
+}
+
+#[test]
+fn tokenizer_truncates_at_max_len_and_flags_it() {
+    let (dir, _, _) = tiny(1);
+    let tok = TextTokenizer::from_file(dir.path().join("tokenizer.json"), 8).unwrap();
+    // Exactly 8 with the special tokens: not truncated.
+    let exact = tok.encode("a b c d e f").unwrap();
+    assert_eq!(exact.ids.len(), 8);
+    assert!(!exact.truncated);
+    // 9 tokens: cut to 8, right side, [SEP] kept.
+    let over = tok.encode("a b c d e f g").unwrap();
+    assert_eq!(over.ids.len(), 8);
+    assert!(over.truncated);
+    assert_eq!(over.ids[..7], exact.ids[..7], "right-side truncation keeps the start");
+    assert_eq!(*over.ids.last().unwrap(), 3);
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(20);
+    let batch = tok.encode_batch(&["hello", &long]).unwrap();
+    assert!(!batch[0].truncated);
+    assert!(batch[1].truncated);
+    assert_eq!(batch[1].ids.len(), 8);
+}
+
+#[test]
+fn tokenizer_rejects_max_len_that_leaves_no_room() {
+    let (dir, _, _) = tiny(1);
+    let err = TextTokenizer::from_file(dir.path().join("tokenizer.json"), 2).unwrap_err();
+    assert!(err.to_string().contains("special tokens"), "{err}");
+    let err = TextTokenizer::from_file(dir.path().join("nope.json"), 16).unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+#[test]
+fn tokenizer_spells_unknown_words_and_unks_digits() {
+    let (_d, tok, _) = tiny(1);
+    let e = tok.encode("zebra 42").unwrap();
+    // [CLS] z ##e ##b ##r ##a [UNK] [SEP]
+    assert_eq!(e.ids.len(), 8, "{:?}", e.ids);
+    assert_eq!(e.ids[6], 1);
+}
+
+// ---------------------------------------------------------------- encoder
+
+#[test]
+fn encoder_reports_its_shape() {
+    let (_d, _, enc) = tiny(1);
+    assert_eq!(enc.hidden_size(), TINY_HIDDEN);
+    assert_eq!(enc.max_position_embeddings(), TINY_MAX_POSITION);
+    assert_eq!(enc.vocab_size(), tiny_vocab().len());
+    assert_eq!(enc.dtype(), DType::F32);
+    assert!(enc.device().is_cpu());
+}
+
+#[test]
+fn embeddings_are_unit_norm_and_distinct() {
+    let (_d, tok, enc) = tiny(3);
+    let texts = ["hello world", "the cat sat on the mat", "i love this movie very much!", "bad"];
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t).unwrap().ids).collect();
+    let refs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+    let out = enc.embed(&refs).unwrap();
+    assert_eq!(out.len(), texts.len());
+    for v in &out {
+        assert_eq!(v.len(), TINY_HIDDEN);
+        assert!(v.iter().all(|x| x.is_finite()));
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+    }
+    for i in 0..out.len() {
+        for j in i + 1..out.len() {
+            assert!(cosine(&out[i], &out[j]) < 0.9999, "{i} and {j} embed the same");
+        }
+    }
+    assert!(enc.embed(&[]).unwrap().is_empty());
+}
+
+#[test]
+fn padding_does_not_change_an_embedding() {
+    let (_d, tok, enc) = tiny(5);
+    let short = tok.encode("the cat sat").unwrap().ids;
+    let long = tok
+        .encode("the quick brown fox jumps over the lazy dog and the cat sat on the mat")
+        .unwrap()
+        .ids;
+    assert!(long.len() > short.len() + 10);
+    let alone = enc.embed(&[&short]).unwrap().remove(0);
+    let batched = enc.embed(&[&long, &short]).unwrap();
+    let d = max_abs_diff(&alone, &batched[1]);
+    assert!(d < 1e-5, "short sequence changed by padding: max abs diff {d}");
+    let long_alone = enc.embed(&[&long]).unwrap().remove(0);
+    let d = max_abs_diff(&long_alone, &batched[0]);
+    assert!(d < 1e-5, "long sequence changed by batching: max abs diff {d}");
+    // And the mask matters: embedding the padded ids without a mask would differ.
+    let mut padded = short.clone();
+    padded.resize(long.len(), 0);
+    let unmasked = enc.embed(&[&padded]).unwrap().remove(0);
+    assert!(max_abs_diff(&alone, &unmasked) > 1e-3, "pad tokens had no effect at all?");
+}
+
+#[test]
+fn embed_matches_a_reference_pooling_over_the_raw_bert() {
+    // Mean pooling + L2 norm recomputed by hand from the raw BertModel output.
+    let (dir, tok, enc) = tiny(9);
+    let ids = tok.encode("hello world, this is a text").unwrap().ids;
+    let got = enc.embed(&[&ids]).unwrap().remove(0);
+
+    let cfg: candle_transformers::models::bert::Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.path().join("model.safetensors")], DType::F32, &Device::Cpu)
+            .unwrap()
+    };
+    let bert = candle_transformers::models::bert::BertModel::load(vb, &cfg).unwrap();
+    let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let hidden = bert.forward(&t, &t.zeros_like().unwrap(), None).unwrap();
+    let rows: Vec<Vec<f32>> = hidden.squeeze(0).unwrap().to_vec2().unwrap();
+    let mut mean = vec![0f64; TINY_HIDDEN];
+    for r in &rows {
+        for (m, x) in mean.iter_mut().zip(r) {
+            *m += *x as f64 / rows.len() as f64;
+        }
+    }
+    let norm = mean.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let want: Vec<f32> = mean.iter().map(|x| (x / norm) as f32).collect();
+    assert!(max_abs_diff(&got, &want) < 1e-5);
+}
+
+#[test]
+fn embed_rejects_bad_input() {
+    let (_d, _, enc) = tiny(1);
+    let empty: &[u32] = &[];
+    assert!(enc.embed(&[empty]).unwrap_err().to_string().contains("no tokens"));
+    let too_long = vec![5u32; TINY_MAX_POSITION + 1];
+    let err = enc.embed(&[&too_long]).unwrap_err().to_string();
+    assert!(err.contains("65 tokens") && err.contains("at most 64"), "{err}");
+    let err = enc.embed(&[&[2, 9999, 3]]).unwrap_err().to_string();
+    assert!(err.contains("9999"), "{err}");
+}
+
+#[test]
+fn an_unoverridden_tokenizer_would_break_the_tiny_model() {
+    // Proves the fixture catches a regression of the padding override: raw
+    // packaged padding gives 128 tokens, more than the tiny model's 64 positions.
+    let (dir, _, enc) = tiny(1);
+    let raw = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
+    let ids = raw.encode("hello", true).unwrap().get_ids().to_vec();
+    assert!(enc.embed(&[&ids]).is_err());
+}
+
+#[test]
+fn encoder_load_errors_are_clear() {
+    let missing = Scratch::new("missing");
+    let err = Encoder::load(missing.path().join("nope"), &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("does not exist"), "{err}");
+    let (dir, _, _) = tiny(1);
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let err = Encoder::load(dir.path(), &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+}
+
+// ---------------------------------------------------------------- head
+
+#[test]
+fn head_round_trips_and_softmax_sums_to_one() {
+    let d = Scratch::new("head");
+    write_random_head(d.path(), TINY_HIDDEN, &["neg", "neu", "pos"], 4).unwrap();
+    let head = ClassificationHead::load(d.path()).unwrap();
+    assert_eq!(head.labels(), ["neg", "neu", "pos"]);
+    assert_eq!(head.hidden_size(), TINY_HIDDEN);
+    let again = Scratch::new("head2");
+    head.save(again.path()).unwrap();
+    assert_eq!(ClassificationHead::load(again.path()).unwrap(), head);
+
+    let embs: Vec<Vec<f32>> = (0..5)
+        .map(|k| (0..TINY_HIDDEN).map(|i| ((i * 7 + k * 3) % 11) as f32 / 11.0 - 0.5).collect())
+        .collect();
+    let scores = head.scores(&embs);
+    assert_eq!(scores.len(), 5);
+    for s in &scores {
+        assert_eq!(s.len(), 3);
+        let sum: f32 = s.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-6, "sum {sum}");
+        assert!(s.iter().all(|p| *p >= 0.0 && *p <= 1.0));
+    }
+    let (label, map) = head.predict(&embs[0]).unwrap();
+    assert_eq!(map.len(), 3);
+    let best = map.iter().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+    assert_eq!(&label, best);
+    assert!((map.values().sum::<f32>() - 1.0).abs() < 1e-6);
+}
+
+#[test]
+fn softmax_is_stable_and_argmax_is_right() {
+    let p = softmax(&[1000.0, 1001.0, 999.0]);
+    assert!(p.iter().all(|x| x.is_finite()));
+    assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    assert!(p[1] > p[0] && p[0] > p[2]);
+    let head = ClassificationHead::new(
+        vec!["a".into(), "b".into()],
+        2,
+        vec![1.0, 0.0, 0.0, 1.0],
+        vec![0.0, 0.0],
+    )
+    .unwrap();
+    assert_eq!(head.predict(&[0.2, 0.9]).unwrap().0, "b");
+    assert_eq!(head.predict(&[0.9, 0.2]).unwrap().0, "a");
+    let s = head.scores(&[vec![0.0, 0.0]]);
+    assert!((s[0][0] - 0.5).abs() < 1e-7);
+}
+
+fn write_head_tensors(dir: &Path, weight: Tensor, bias: Tensor, labels: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let t: std::collections::HashMap<String, Tensor> =
+        [(WEIGHT_TENSOR.to_string(), weight), (BIAS_TENSOR.to_string(), bias)].into();
+    candle_core::safetensors::save(&t, dir.join(HEAD_FILE)).unwrap();
+    std::fs::write(dir.join(LABELS_FILE), serde_json::to_string(labels).unwrap()).unwrap();
+}
+
+#[test]
+fn head_shape_errors_are_clear() {
+    let cpu = &Device::Cpu;
+    let d = Scratch::new("bad-head");
+
+    // bias length differs from weight rows
+    write_head_tensors(d.path(), Tensor::zeros((3, 8), DType::F32, cpu).unwrap(), Tensor::zeros(2, DType::F32, cpu).unwrap(), &["a", "b", "c"]);
+    let err = ClassificationHead::load(d.path()).unwrap_err().to_string();
+    assert!(err.contains("2 entries") && err.contains("3 rows"), "{err}");
+
+    // labels count differs
+    write_head_tensors(d.path(), Tensor::zeros((3, 8), DType::F32, cpu).unwrap(), Tensor::zeros(3, DType::F32, cpu).unwrap(), &["a", "b"]);
+    let err = ClassificationHead::load(d.path()).unwrap_err().to_string();
+    assert!(err.contains("2 labels") && err.contains("3 classes"), "{err}");
+
+    // weight not a matrix
+    write_head_tensors(d.path(), Tensor::zeros(24, DType::F32, cpu).unwrap(), Tensor::zeros(3, DType::F32, cpu).unwrap(), &["a", "b", "c"]);
+    let err = ClassificationHead::load(d.path()).unwrap_err().to_string();
+    assert!(err.contains("classifier.weight") && err.contains("[24]"), "{err}");
+
+    // duplicate labels
+    write_head_tensors(d.path(), Tensor::zeros((2, 8), DType::F32, cpu).unwrap(), Tensor::zeros(2, DType::F32, cpu).unwrap(), &["a", "a"]);
+    let err = ClassificationHead::load(d.path()).unwrap_err().to_string();
+    assert!(err.contains("more than once"), "{err}");
+
+    // a missing tensor names what was found
+    std::fs::create_dir_all(d.path()).unwrap();
+    let t: std::collections::HashMap<String, Tensor> =
+        [("dense.weight".to_string(), Tensor::zeros((2, 8), DType::F32, cpu).unwrap())].into();
+    candle_core::safetensors::save(&t, d.path().join(HEAD_FILE)).unwrap();
+    let err = ClassificationHead::load(d.path()).unwrap_err().to_string();
+    assert!(err.contains("classifier.weight is missing") && err.contains("dense.weight"), "{err}");
+
+    // missing files
+    let empty = Scratch::new("empty-head");
+    let err = ClassificationHead::load(empty.path()).unwrap_err().to_string();
+    assert!(err.contains("head.safetensors") && err.contains("does not exist"), "{err}");
+
+    // f16 weights are accepted (converted)
+    write_head_tensors(d.path(), Tensor::ones((2, 8), DType::F16, cpu).unwrap(), Tensor::zeros(2, DType::F16, cpu).unwrap(), &["x", "y"]);
+    let h = ClassificationHead::load(d.path()).unwrap();
+    assert_eq!(h.weight(), &[1.0f32; 16][..]);
+}
+
+#[test]
+fn head_hidden_mismatch_names_both_sizes() {
+    let (_bd, _, enc) = tiny(1);
+    let hd = Scratch::new("head48");
+    write_random_head(hd.path(), 48, &["a", "b"], 1).unwrap();
+    let enc = Arc::new(enc);
+    let err = Classifier::load_head(enc.clone(), hd.path(), "v1").unwrap_err().to_string();
+    assert!(err.contains("48") && err.contains("32") && err.contains("hidden size mismatch"), "{err}");
+    let head = ClassificationHead::load(hd.path()).unwrap();
+    let err = Classifier::new(enc, head.clone(), "v1").unwrap_err().to_string();
+    assert!(err.contains("size 48") && err.contains("size 32"), "{err}");
+    assert!(head.try_scores(&[vec![0.0; 32]]).is_err());
+}
+
+// ---------------------------------------------------------------- classifier
+
+#[test]
+fn classifier_classifies_a_batch() {
+    let (_bd, tok, enc) = tiny(2);
+    let hd = Scratch::new("head");
+    write_random_head(hd.path(), TINY_HIDDEN, &["negative", "positive"], 11).unwrap();
+    let clf = Classifier::load_head(Arc::new(enc), hd.path(), "v7").unwrap();
+    assert_eq!(clf.version, "v7");
+    let texts = ["i love this movie", "terrible film", "hello"];
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t).unwrap().ids).collect();
+    let refs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+    let out = clf.classify(&refs).unwrap();
+    assert_eq!(out.len(), 3);
+    for (i, c) in out.iter().enumerate() {
+        assert_eq!(c.scores.len(), 2);
+        assert!((c.scores.values().sum::<f32>() - 1.0).abs() < 1e-6);
+        let best = c.scores.iter().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        assert_eq!(&c.label, best);
+        // Same as classifying alone (padding invariance carries through the head).
+        let alone = clf.classify(&[refs[i]]).unwrap().remove(0);
+        assert_eq!(alone.label, c.label);
+        for (k, v) in &c.scores {
+            assert!((alone.scores[k] - v).abs() < 1e-5);
+        }
+    }
+    let json = serde_json::to_value(&out[0]).unwrap();
+    assert!(json["label"].is_string() && json["scores"].is_object());
+    assert!(clf.classify(&[]).unwrap().is_empty());
+}
