@@ -1,1 +1,149 @@
-fn main() {}
+use std::time::Duration;
+
+use aifab::local::{self, SERVICES};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// aifab: production management for AI models. Operator CLI and local stack supervisor.
+#[derive(Debug, Parser)]
+#[command(name = "aifab", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start the local stack (Kafka, NATS, Redis) and every service, and supervise them:
+    /// crashed services restart with backoff; Ctrl-C or SIGTERM stops everything.
+    Up {
+        /// Do not run scripts/stack-up (the brokers are managed elsewhere).
+        #[arg(long, env = "AIFAB_NO_STACK")]
+        no_stack: bool,
+        /// Return once every service is ready, leaving the supervisor in the background
+        /// (stop it with `aifab down`).
+        #[arg(long, short)]
+        detach: bool,
+        /// Seconds to wait for every service to become ready.
+        #[arg(long, default_value_t = 120)]
+        ready_timeout_s: u64,
+    },
+    /// Stop the supervisor and its services (and with --stack, Kafka/NATS/Redis too).
+    Down {
+        /// Also stop the local brokers (scripts/stack-down).
+        #[arg(long)]
+        stack: bool,
+    },
+    /// Show every service's readiness (exit status 1 unless all are ready).
+    Status,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    aifab_core::telemetry::init_logging(aifab_core::config::LogFormat::Text, "info");
+    match cli.command {
+        Cmd::Up { no_stack, detach, ready_timeout_s } => up(no_stack, detach, ready_timeout_s).await,
+        Cmd::Down { stack } => down(stack).await,
+        Cmd::Status => {
+            let (table, ready) = aifab::status::table(SERVICES).await;
+            print!("{table}");
+            std::process::exit(if ready { 0 } else { 1 });
+        }
+    }
+}
+
+fn pid_file() -> std::path::PathBuf {
+    local::run_dir().join("supervisor.pid")
+}
+
+async fn up(no_stack: bool, detach: bool, ready_timeout_s: u64) -> anyhow::Result<()> {
+    if let Some(pid) = running_supervisor() {
+        println!("aifab is already up (supervisor pid {pid})");
+        return print_status_until_ready(Duration::from_secs(ready_timeout_s)).await;
+    }
+    if !no_stack {
+        local::run_script(&local::repo_root()?, "stack-up", &[])?;
+    }
+    if detach {
+        // Re-run ourselves in the foreground mode, in a new session, logging to a file.
+        std::fs::create_dir_all(local::log_dir())?;
+        let log_path = local::log_dir().join("supervisor.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let exe = std::env::current_exe()?;
+        std::process::Command::new("setsid")
+            .arg(exe)
+            .args(["up", "--no-stack"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the supervisor in the background")?;
+        println!("supervisor started in the background; log: {}", log_path.display());
+        return print_status_until_ready(Duration::from_secs(ready_timeout_s)).await;
+    }
+
+    std::fs::create_dir_all(local::run_dir())?;
+    std::fs::write(pid_file(), std::process::id().to_string())?;
+    let supervisor = aifab::supervisor::Supervisor::new(&local::bin_dir()?, &local::log_dir(), SERVICES)?;
+    let shutdown = aifab_core::shutdown::on_signal();
+    let report = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                r = print_status_until_ready(Duration::from_secs(ready_timeout_s)) => {
+                    if let Err(e) = r { eprintln!("{e:#}"); }
+                    println!("logs: {} — stop with Ctrl-C or `aifab down`", local::log_dir().display());
+                }
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    });
+    supervisor.run(shutdown, Duration::from_secs(40)).await?;
+    report.abort();
+    let _ = std::fs::remove_file(pid_file());
+    Ok(())
+}
+
+/// Poll until every service is ready, then print the table; on timeout print it and fail.
+async fn print_status_until_ready(timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (table, ready) = aifab::status::table(SERVICES).await;
+        if ready {
+            print!("{table}");
+            println!("all {} services ready", SERVICES.len());
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            print!("{table}");
+            anyhow::bail!("not every service became ready within {timeout:?}; logs in {}", local::log_dir().display());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The pid of a live supervisor, from its pid file.
+fn running_supervisor() -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file()).ok()?.trim().parse().ok()?;
+    std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+async fn down(stack: bool) -> anyhow::Result<()> {
+    match running_supervisor() {
+        Some(pid) => {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while running_supervisor().is_some() {
+                anyhow::ensure!(tokio::time::Instant::now() < deadline, "supervisor {pid} did not stop within 60s");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            println!("services stopped");
+        }
+        None => println!("no supervisor running"),
+    }
+    if stack {
+        local::run_script(&local::repo_root()?, "stack-down", &[])?;
+    }
+    Ok(())
+}

@@ -33,7 +33,11 @@ pub struct Classifier {
 impl Classifier {
     /// Pairs `encoder` and `head`, checking that the head takes the encoder's embedding
     /// width (the error names both sizes).
-    pub fn new(encoder: Arc<Encoder>, head: ClassificationHead, version: impl Into<String>) -> Result<Self> {
+    pub fn new(
+        encoder: Arc<Encoder>,
+        head: ClassificationHead,
+        version: impl Into<String>,
+    ) -> Result<Self> {
         head.check_hidden(encoder.hidden_size())?;
         Ok(Self {
             encoder,
@@ -43,7 +47,11 @@ impl Classifier {
     }
 
     /// Loads the head in `head_dir` for `encoder` (see [`ClassificationHead::load`]).
-    pub fn load_head(encoder: Arc<Encoder>, head_dir: impl AsRef<Path>, version: impl Into<String>) -> Result<Self> {
+    pub fn load_head(
+        encoder: Arc<Encoder>,
+        head_dir: impl AsRef<Path>,
+        version: impl Into<String>,
+    ) -> Result<Self> {
         let head = ClassificationHead::load_for_hidden(head_dir, encoder.hidden_size())?;
         Self::new(encoder, head, version)
     }

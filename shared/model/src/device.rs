@@ -32,7 +32,9 @@ impl FromStr for DeviceSpec {
 
     fn from_str(s: &str) -> Result<Self> {
         let t = s.trim().to_ascii_lowercase();
-        let invalid = || ModelError::InvalidDeviceSpec { found: s.to_string() };
+        let invalid = || ModelError::InvalidDeviceSpec {
+            found: s.to_string(),
+        };
         match t.as_str() {
             "cpu" => Ok(DeviceSpec::Cpu),
             "cuda" => Ok(DeviceSpec::Cuda(0)),
@@ -41,7 +43,9 @@ impl FromStr for DeviceSpec {
                 if idx.is_empty() || !idx.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(invalid());
                 }
-                idx.parse::<usize>().map(DeviceSpec::Cuda).map_err(|_| invalid())
+                idx.parse::<usize>()
+                    .map(DeviceSpec::Cuda)
+                    .map_err(|_| invalid())
             }
         }
     }
@@ -117,7 +121,9 @@ fn probe_f16(device: &Device) -> Result<()> {
     if v.iter().all(|x| (x - 0.5).abs() < 1e-3) {
         Ok(())
     } else {
-        Err(ModelError::DeviceUnavailable("f16 probe gave wrong results".into()))
+        Err(ModelError::DeviceUnavailable(
+            "f16 probe gave wrong results".into(),
+        ))
     }
 }
 
@@ -131,7 +137,10 @@ mod tests {
         assert_eq!("CPU".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
         assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
         assert_eq!("cuda:0".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
-        assert_eq!(" cuda:3 ".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        assert_eq!(
+            " cuda:3 ".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Cuda(3)
+        );
         for s in ["cpu", "cuda:0", "cuda:7"] {
             assert_eq!(s.parse::<DeviceSpec>().unwrap().to_string(), s);
         }
@@ -139,10 +148,16 @@ mod tests {
 
     #[test]
     fn rejects_invalid_specs() {
-        for s in ["", "gpu", "cuda:", "cuda:-1", "cuda:x", "cuda:+1", "cuda0", "cpu:0", "metal", "cuda:1:2"] {
+        for s in [
+            "", "gpu", "cuda:", "cuda:-1", "cuda:x", "cuda:+1", "cuda0", "cpu:0", "metal",
+            "cuda:1:2",
+        ] {
             let err = s.parse::<DeviceSpec>().unwrap_err();
             let msg = err.to_string();
-            assert!(msg.contains("expected `cpu`, `cuda` or `cuda:N`"), "{s:?}: {msg}");
+            assert!(
+                msg.contains("expected `cpu`, `cuda` or `cuda:N`"),
+                "{s:?}: {msg}"
+            );
             assert!(msg.contains(&format!("`{s}`")), "{s:?}: {msg}");
         }
     }
@@ -159,7 +174,9 @@ mod tests {
     fn cuda_without_feature_is_a_clear_error() {
         let err = select("cuda:0".parse().unwrap()).unwrap_err().to_string();
         assert!(
-            err.contains("this binary was built without CUDA support; rebuild with --features cuda"),
+            err.contains(
+                "this binary was built without CUDA support; rebuild with --features cuda"
+            ),
             "{err}"
         );
         assert!(err.contains("cuda:0"), "{err}");

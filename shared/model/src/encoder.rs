@@ -1,14 +1,17 @@
 //! The sentence encoder: BERT → attention-masked mean pooling → L2 normalisation
 //! (what sentence-transformers' all-MiniLM-L6-v2 does).
 //!
-//! The network itself is candle-transformers' `BertModel` for now; it sits behind this
-//! struct so a faster implementation can replace it without touching callers.
+//! The network is a plain candle BERT (`src/bert.rs`: candle-transformers' `BertModel`
+//! with its f16 attention-mask bug fixed); it sits behind this struct so a faster
+//! implementation can replace it without touching callers.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
+
+use crate::bert::Bert;
 
 use crate::device::dtype_for;
 use crate::error::{io_err, read_json, ModelError, Result};
@@ -22,7 +25,7 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// A loaded sentence encoder on one device.
 pub struct Encoder {
-    model: BertModel,
+    model: Bert,
     config: Config,
     device: Device,
     dtype: DType,
@@ -34,7 +37,10 @@ impl std::fmt::Debug for Encoder {
         f.debug_struct("Encoder")
             .field("hidden_size", &self.config.hidden_size)
             .field("layers", &self.config.num_hidden_layers)
-            .field("max_position_embeddings", &self.config.max_position_embeddings)
+            .field(
+                "max_position_embeddings",
+                &self.config.max_position_embeddings,
+            )
             .field("device", &self.device)
             .field("dtype", &self.dtype)
             .finish()
@@ -49,7 +55,11 @@ impl Encoder {
     }
 
     /// Like [`load`](Self::load) with an explicit compute dtype.
-    pub fn load_with_dtype(model_dir: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn load_with_dtype(
+        model_dir: impl AsRef<Path>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let dir = model_dir.as_ref();
         if !dir.is_dir() {
             return Err(ModelError::Invalid(format!(
@@ -64,9 +74,12 @@ impl Encoder {
         // directory and a mapped file changing underneath would be undefined behaviour.
         let bytes = std::fs::read(&weights_path).map_err(io_err("cannot read", &weights_path))?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, dtype, device).map_err(|e| {
-            ModelError::Invalid(format!("{}: not a safetensors file: {e}", weights_path.display()))
+            ModelError::Invalid(format!(
+                "{}: not a safetensors file: {e}",
+                weights_path.display()
+            ))
         })?;
-        let model = BertModel::load(vb, &config).map_err(|e| {
+        let model = Bert::load(vb, &config).map_err(|e| {
             ModelError::Invalid(format!(
                 "{}: weights do not match a BERT with the shapes in {CONFIG_FILE}: {e}",
                 weights_path.display()
@@ -152,7 +165,7 @@ impl Encoder {
         let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
         let token_types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?; // (n, len, hidden)
+        let hidden = self.model.forward(&ids, &token_types, &mask)?; // (n, len, hidden)
         let pooled = mean_pool_normalize(&hidden, &mask)?;
         Ok(pooled.to_vec2::<f32>()?)
     }
@@ -165,7 +178,11 @@ fn mean_pool_normalize(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let summed = hidden.broadcast_mul(&mask)?.sum(1)?; // (n, hidden)
     let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?; // (n, 1)
     let mean = summed.broadcast_div(&counts)?;
-    let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+    let norms = mean
+        .sqr()?
+        .sum_keepdim(1)?
+        .sqrt()?
+        .clamp(1e-12f32, f32::MAX)?;
     Ok(mean.broadcast_div(&norms)?)
 }
 
@@ -177,7 +194,7 @@ fn validate_config(c: &Config, path: &Path) -> Result<()> {
             c.hidden_size, c.num_attention_heads, c.num_hidden_layers
         ));
     }
-    if c.hidden_size % c.num_attention_heads != 0 {
+    if !c.hidden_size.is_multiple_of(c.num_attention_heads) {
         return bad(format!(
             "hidden_size {} is not a multiple of num_attention_heads {}",
             c.hidden_size, c.num_attention_heads

@@ -48,9 +48,16 @@ pub enum ModelError {
 /// `Result` with [`ModelError`].
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
-pub(crate) fn io_err(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ModelError {
+pub(crate) fn io_err(
+    action: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> ModelError {
     let path = path.into();
-    move |source| ModelError::Io { action, path, source }
+    move |source| ModelError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {

@@ -32,18 +32,29 @@ pub struct ClassificationHead {
 
 impl ClassificationHead {
     /// Builds a head from raw parts; `weight` is row-major `[labels.len(), hidden]`.
-    pub fn new(labels: Vec<String>, hidden: usize, weight: Vec<f32>, bias: Vec<f32>) -> Result<Self> {
+    pub fn new(
+        labels: Vec<String>,
+        hidden: usize,
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+    ) -> Result<Self> {
         let n = labels.len();
         if n == 0 {
-            return Err(ModelError::Invalid("a classification head needs at least one label".into()));
+            return Err(ModelError::Invalid(
+                "a classification head needs at least one label".into(),
+            ));
         }
         if hidden == 0 {
-            return Err(ModelError::Invalid("a classification head needs hidden size > 0".into()));
+            return Err(ModelError::Invalid(
+                "a classification head needs hidden size > 0".into(),
+            ));
         }
         let mut seen = HashSet::new();
         for l in &labels {
             if !seen.insert(l.as_str()) {
-                return Err(ModelError::Invalid(format!("label {l:?} appears more than once")));
+                return Err(ModelError::Invalid(format!(
+                    "label {l:?} appears more than once"
+                )));
             }
         }
         if weight.len() != n * hidden {
@@ -60,9 +71,16 @@ impl ClassificationHead {
             )));
         }
         if let Some(i) = weight.iter().chain(&bias).position(|v| !v.is_finite()) {
-            return Err(ModelError::Invalid(format!("head parameter {i} is not finite")));
+            return Err(ModelError::Invalid(format!(
+                "head parameter {i} is not finite"
+            )));
         }
-        Ok(Self { weight, bias, hidden, labels })
+        Ok(Self {
+            weight,
+            bias,
+            hidden,
+            labels,
+        })
     }
 
     /// Loads `head.safetensors` + `labels.json` from `dir`, checking that the shapes
@@ -72,22 +90,36 @@ impl ClassificationHead {
         let head_path = dir.join(HEAD_FILE);
         let labels_path = dir.join(LABELS_FILE);
         if !head_path.is_file() {
-            return Err(ModelError::Invalid(format!("head file {} does not exist", head_path.display())));
+            return Err(ModelError::Invalid(format!(
+                "head file {} does not exist",
+                head_path.display()
+            )));
         }
         let labels: Vec<String> = read_json(&labels_path)?;
         let tensors = candle_core::safetensors::load(&head_path, &Device::Cpu).map_err(|e| {
-            ModelError::Invalid(format!("{}: not a readable safetensors file: {e}", head_path.display()))
+            ModelError::Invalid(format!(
+                "{}: not a readable safetensors file: {e}",
+                head_path.display()
+            ))
         })?;
         let ctx = |msg: String| ModelError::Invalid(format!("{}: {msg}", head_path.display()));
         let weight = take(&tensors, WEIGHT_TENSOR, &head_path)?;
         let bias = take(&tensors, BIAS_TENSOR, &head_path)?;
         let (rows, hidden) = match weight.dims() {
             &[r, h] => (r, h),
-            other => return Err(ctx(format!("{WEIGHT_TENSOR} has shape {other:?}, expected [n_labels, hidden]"))),
+            other => {
+                return Err(ctx(format!(
+                    "{WEIGHT_TENSOR} has shape {other:?}, expected [n_labels, hidden]"
+                )))
+            }
         };
         let bias_len = match bias.dims() {
             &[b] => b,
-            other => return Err(ctx(format!("{BIAS_TENSOR} has shape {other:?}, expected [n_labels]"))),
+            other => {
+                return Err(ctx(format!(
+                    "{BIAS_TENSOR} has shape {other:?}, expected [n_labels]"
+                )))
+            }
         };
         if bias_len != rows {
             return Err(ctx(format!(
@@ -111,7 +143,8 @@ impl ClassificationHead {
     pub fn load_for_hidden(dir: impl AsRef<Path>, hidden: usize) -> Result<Self> {
         let dir = dir.as_ref();
         let head = Self::load(dir)?;
-        head.check_hidden(hidden).map_err(|e| ModelError::Invalid(format!("{}: {e}", dir.display())))?;
+        head.check_hidden(hidden)
+            .map_err(|e| ModelError::Invalid(format!("{}: {e}", dir.display())))?;
         Ok(head)
     }
 
@@ -135,8 +168,11 @@ impl ClassificationHead {
         let n = self.labels.len();
         let weight = Tensor::from_vec(self.weight.clone(), (n, self.hidden), &Device::Cpu)?;
         let bias = Tensor::from_vec(self.bias.clone(), n, &Device::Cpu)?;
-        let tensors: HashMap<String, Tensor> =
-            [(WEIGHT_TENSOR.to_string(), weight), (BIAS_TENSOR.to_string(), bias)].into();
+        let tensors: HashMap<String, Tensor> = [
+            (WEIGHT_TENSOR.to_string(), weight),
+            (BIAS_TENSOR.to_string(), bias),
+        ]
+        .into();
         let head_path = dir.join(HEAD_FILE);
         let tmp = tmp_name(&head_path);
         candle_core::safetensors::save(&tensors, &tmp)?;
@@ -198,12 +234,16 @@ impl ClassificationHead {
     /// If an embedding is not `hidden_size()` long; use [`try_scores`](Self::try_scores)
     /// for untrusted input ([`Classifier`](crate::Classifier) checks sizes at load).
     pub fn scores(&self, embeddings: &[Vec<f32>]) -> Vec<Vec<f32>> {
-        self.try_scores(embeddings).unwrap_or_else(|e| panic!("{e}"))
+        self.try_scores(embeddings)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// [`scores`](Self::scores) with an error instead of a panic on a size mismatch.
     pub fn try_scores(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
-        embeddings.iter().map(|e| Ok(softmax(&self.logits(e)?))).collect()
+        embeddings
+            .iter()
+            .map(|e| Ok(softmax(&self.logits(e)?)))
+            .collect()
     }
 
     /// The most probable label and every label's probability, for one embedding.
@@ -215,7 +255,12 @@ impl ClassificationHead {
     /// (argmax label, label → probability) from a probability row in label order.
     pub(crate) fn label_scores(&self, probs: &[f32]) -> (String, BTreeMap<String, f32>) {
         let best = argmax(probs);
-        let map = self.labels.iter().cloned().zip(probs.iter().copied()).collect();
+        let map = self
+            .labels
+            .iter()
+            .cloned()
+            .zip(probs.iter().copied())
+            .collect();
         (self.labels[best].clone(), map)
     }
 }
@@ -246,7 +291,11 @@ fn take<'a>(tensors: &'a HashMap<String, Tensor>, name: &str, path: &Path) -> Re
         ModelError::Invalid(format!(
             "{}: tensor {name} is missing (found: {})",
             path.display(),
-            if found.is_empty() { "none".to_string() } else { found.join(", ") }
+            if found.is_empty() {
+                "none".to_string()
+            } else {
+                found.join(", ")
+            }
         ))
     })
 }

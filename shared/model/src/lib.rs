@@ -20,6 +20,7 @@
 //! ```
 
 pub mod batcher;
+mod bert;
 pub mod classifier;
 pub mod device;
 pub mod encoder;

@@ -30,10 +30,10 @@ pub const TINY_PACKAGED_PAD: usize = 128;
 /// letters and `##letter` pieces; digits and other symbols become `[UNK]`).
 pub const TINY_WORDS: &[&str] = &[
     "the", "a", "an", "is", "was", "are", "cat", "dog", "sat", "on", "mat", "hello", "world",
-    "quick", "brown", "fox", "jumps", "over", "lazy", "and", "or", "of", "to", "in", "it",
-    "this", "that", "model", "text", "good", "bad", "great", "terrible", "movie", "film",
-    "love", "hate", "very", "not", "happy", "sad", "day", "night", "i", "you", "we",
-    "##s", "##ing", "##ed", "##ly", "##er",
+    "quick", "brown", "fox", "jumps", "over", "lazy", "and", "or", "of", "to", "in", "it", "this",
+    "that", "model", "text", "good", "bad", "great", "terrible", "movie", "film", "love", "hate",
+    "very", "not", "happy", "sad", "day", "night", "i", "you", "we", "##s", "##ing", "##ed",
+    "##ly", "##er",
 ];
 
 /// The tiny vocabulary in id order: `[PAD]`=0, `[UNK]`=1, `[CLS]`=2, `[SEP]`=3,
@@ -45,7 +45,11 @@ pub fn tiny_vocab() -> Vec<String> {
         .collect();
     v.extend(('a'..='z').map(|c| c.to_string()));
     v.extend(('a'..='z').map(|c| format!("##{c}")));
-    v.extend([".", ",", "!", "?", "'", "-", ":", ";", "(", ")"].iter().map(|s| s.to_string()));
+    v.extend(
+        [".", ",", "!", "?", "'", "-", ":", ";", "(", ")"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
     for w in TINY_WORDS {
         if !v.iter().any(|x| x == w) {
             v.push(w.to_string());
@@ -90,30 +94,117 @@ pub fn write_tiny_bert(dir: impl AsRef<Path>, seed: u64) -> Result<()> {
     let mut add = |name: &str, shape: &[usize], std: f32, mean: f32, rng: &mut Rng| -> Result<()> {
         let n: usize = shape.iter().product();
         let data: Vec<f32> = (0..n).map(|_| mean + std * rng.normal()).collect();
-        t.push((name.to_string(), Tensor::from_vec(data, shape, &Device::Cpu)?));
+        t.push((
+            name.to_string(),
+            Tensor::from_vec(data, shape, &Device::Cpu)?,
+        ));
         Ok(())
     };
-    add("embeddings.word_embeddings.weight", &[vocab.len(), h], 0.5, 0.0, &mut rng)?;
-    add("embeddings.position_embeddings.weight", &[TINY_MAX_POSITION, h], 0.5, 0.0, &mut rng)?;
-    add("embeddings.token_type_embeddings.weight", &[2, h], 0.1, 0.0, &mut rng)?;
+    add(
+        "embeddings.word_embeddings.weight",
+        &[vocab.len(), h],
+        0.5,
+        0.0,
+        &mut rng,
+    )?;
+    add(
+        "embeddings.position_embeddings.weight",
+        &[TINY_MAX_POSITION, h],
+        0.5,
+        0.0,
+        &mut rng,
+    )?;
+    add(
+        "embeddings.token_type_embeddings.weight",
+        &[2, h],
+        0.1,
+        0.0,
+        &mut rng,
+    )?;
     add("embeddings.LayerNorm.weight", &[h], 0.05, 1.0, &mut rng)?;
     add("embeddings.LayerNorm.bias", &[h], 0.05, 0.0, &mut rng)?;
     for l in 0..TINY_LAYERS {
         let p = format!("encoder.layer.{l}");
         for m in ["query", "key", "value"] {
-            add(&format!("{p}.attention.self.{m}.weight"), &[h, h], 0.3, 0.0, &mut rng)?;
-            add(&format!("{p}.attention.self.{m}.bias"), &[h], 0.05, 0.0, &mut rng)?;
+            add(
+                &format!("{p}.attention.self.{m}.weight"),
+                &[h, h],
+                0.3,
+                0.0,
+                &mut rng,
+            )?;
+            add(
+                &format!("{p}.attention.self.{m}.bias"),
+                &[h],
+                0.05,
+                0.0,
+                &mut rng,
+            )?;
         }
-        add(&format!("{p}.attention.output.dense.weight"), &[h, h], 0.2, 0.0, &mut rng)?;
-        add(&format!("{p}.attention.output.dense.bias"), &[h], 0.05, 0.0, &mut rng)?;
-        add(&format!("{p}.attention.output.LayerNorm.weight"), &[h], 0.05, 1.0, &mut rng)?;
-        add(&format!("{p}.attention.output.LayerNorm.bias"), &[h], 0.05, 0.0, &mut rng)?;
-        add(&format!("{p}.intermediate.dense.weight"), &[i, h], 0.2, 0.0, &mut rng)?;
-        add(&format!("{p}.intermediate.dense.bias"), &[i], 0.05, 0.0, &mut rng)?;
-        add(&format!("{p}.output.dense.weight"), &[h, i], 0.2, 0.0, &mut rng)?;
+        add(
+            &format!("{p}.attention.output.dense.weight"),
+            &[h, h],
+            0.2,
+            0.0,
+            &mut rng,
+        )?;
+        add(
+            &format!("{p}.attention.output.dense.bias"),
+            &[h],
+            0.05,
+            0.0,
+            &mut rng,
+        )?;
+        add(
+            &format!("{p}.attention.output.LayerNorm.weight"),
+            &[h],
+            0.05,
+            1.0,
+            &mut rng,
+        )?;
+        add(
+            &format!("{p}.attention.output.LayerNorm.bias"),
+            &[h],
+            0.05,
+            0.0,
+            &mut rng,
+        )?;
+        add(
+            &format!("{p}.intermediate.dense.weight"),
+            &[i, h],
+            0.2,
+            0.0,
+            &mut rng,
+        )?;
+        add(
+            &format!("{p}.intermediate.dense.bias"),
+            &[i],
+            0.05,
+            0.0,
+            &mut rng,
+        )?;
+        add(
+            &format!("{p}.output.dense.weight"),
+            &[h, i],
+            0.2,
+            0.0,
+            &mut rng,
+        )?;
         add(&format!("{p}.output.dense.bias"), &[h], 0.05, 0.0, &mut rng)?;
-        add(&format!("{p}.output.LayerNorm.weight"), &[h], 0.05, 1.0, &mut rng)?;
-        add(&format!("{p}.output.LayerNorm.bias"), &[h], 0.05, 0.0, &mut rng)?;
+        add(
+            &format!("{p}.output.LayerNorm.weight"),
+            &[h],
+            0.05,
+            1.0,
+            &mut rng,
+        )?;
+        add(
+            &format!("{p}.output.LayerNorm.bias"),
+            &[h],
+            0.05,
+            0.0,
+            &mut rng,
+        )?;
     }
     add("pooler.dense.weight", &[h, h], 0.1, 0.0, &mut rng)?;
     add("pooler.dense.bias", &[h], 0.02, 0.0, &mut rng)?;
@@ -129,19 +220,34 @@ pub fn write_tiny_bert(dir: impl AsRef<Path>, seed: u64) -> Result<()> {
 
 /// Writes a random head for embeddings of width `hidden` over `labels` into `dir`
 /// (`head.safetensors` + `labels.json`), deterministic in `seed`.
-pub fn write_random_head(dir: impl AsRef<Path>, hidden: usize, labels: &[&str], seed: u64) -> Result<()> {
+pub fn write_random_head(
+    dir: impl AsRef<Path>,
+    hidden: usize,
+    labels: &[&str],
+    seed: u64,
+) -> Result<()> {
     let mut rng = Rng::new(seed ^ 0x9E37_79B9_7F4A_7C15);
     let n = labels.len();
     let weight: Vec<f32> = (0..n * hidden).map(|_| rng.normal()).collect();
     let bias: Vec<f32> = (0..n).map(|_| 0.1 * rng.normal()).collect();
-    let head = ClassificationHead::new(labels.iter().map(|s| s.to_string()).collect(), hidden, weight, bias)?;
+    let head = ClassificationHead::new(
+        labels.iter().map(|s| s.to_string()).collect(),
+        hidden,
+        weight,
+        bias,
+    )?;
     head.save(dir)
 }
 
 /// A tokenizer.json in the packaged file's layout (BERT normaliser and pre-tokenizer,
 /// `[CLS] $A [SEP]` template, WordPiece model), padding to a fixed 128.
 fn tokenizer_json(vocab: &[String]) -> serde_json::Value {
-    let id = |tok: &str| vocab.iter().position(|v| v == tok).expect("special token in vocab");
+    let id = |tok: &str| {
+        vocab
+            .iter()
+            .position(|v| v == tok)
+            .expect("special token in vocab")
+    };
     let added: Vec<_> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
         .iter()
         .map(|t| {
@@ -149,8 +255,11 @@ fn tokenizer_json(vocab: &[String]) -> serde_json::Value {
                    "lstrip": false, "rstrip": false, "normalized": false})
         })
         .collect();
-    let vocab_map: serde_json::Map<String, serde_json::Value> =
-        vocab.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+    let vocab_map: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
     json!({
         "version": "1.0",
         "truncation": {"direction": "Right", "max_length": TINY_PACKAGED_PAD, "strategy": "LongestFirst", "stride": 0},

@@ -53,7 +53,10 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 // ---------------------------------------------------------------- fixtures
@@ -65,7 +68,12 @@ fn tiny_bert_is_deterministic_in_the_seed() {
     write_tiny_bert(b.path(), 7).unwrap();
     write_tiny_bert(c.path(), 8).unwrap();
     let read = |d: &Scratch, f: &str| std::fs::read(d.path().join(f)).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "vocab.txt",
+    ] {
         assert_eq!(read(&a, f), read(&b, f), "{f} differs for the same seed");
     }
     assert_ne!(read(&a, "model.safetensors"), read(&c, "model.safetensors"));
@@ -107,11 +115,17 @@ fn tokenizer_override_removes_fixed_padding() {
 #[test]
 fn tokenizer_batch_is_not_padded_either() {
     let (_d, tok, _) = tiny(1);
-    let out = tok.encode_batch(&["hello", "the quick brown fox jumps over the lazy dog"]).unwrap();
+    let out = tok
+        .encode_batch(&["hello", "the quick brown fox jumps over the lazy dog"])
+        .unwrap();
     assert_eq!(out[0].ids.len(), 3);
     assert_eq!(out[1].ids.len(), 11);
     assert_eq!(out[0], tok.encode("hello").unwrap());
-    assert_eq!(out[1], tok.encode("the quick brown fox jumps over the lazy dog").unwrap());
+    assert_eq!(
+        out[1],
+        tok.encode("the quick brown fox jumps over the lazy dog")
+            .unwrap()
+    );
 }
 
 #[test]
@@ -126,7 +140,11 @@ fn tokenizer_truncates_at_max_len_and_flags_it() {
     let over = tok.encode("a b c d e f g").unwrap();
     assert_eq!(over.ids.len(), 8);
     assert!(over.truncated);
-    assert_eq!(over.ids[..7], exact.ids[..7], "right-side truncation keeps the start");
+    assert_eq!(
+        over.ids[..7],
+        exact.ids[..7],
+        "right-side truncation keeps the start"
+    );
     assert_eq!(*over.ids.last().unwrap(), 3);
     let long = "the quick brown fox jumps over the lazy dog ".repeat(20);
     let batch = tok.encode_batch(&["hello", &long]).unwrap();
@@ -168,7 +186,12 @@ fn encoder_reports_its_shape() {
 #[test]
 fn embeddings_are_unit_norm_and_distinct() {
     let (_d, tok, enc) = tiny(3);
-    let texts = ["hello world", "the cat sat on the mat", "i love this movie very much!", "bad"];
+    let texts = [
+        "hello world",
+        "the cat sat on the mat",
+        "i love this movie very much!",
+        "bad",
+    ];
     let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t).unwrap().ids).collect();
     let refs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
     let out = enc.embed(&refs).unwrap();
@@ -181,7 +204,10 @@ fn embeddings_are_unit_norm_and_distinct() {
     }
     for i in 0..out.len() {
         for j in i + 1..out.len() {
-            assert!(cosine(&out[i], &out[j]) < 0.9999, "{i} and {j} embed the same");
+            assert!(
+                cosine(&out[i], &out[j]) < 0.9999,
+                "{i} and {j} embed the same"
+            );
         }
     }
     assert!(enc.embed(&[]).unwrap().is_empty());
@@ -199,32 +225,50 @@ fn padding_does_not_change_an_embedding() {
     let alone = enc.embed(&[&short]).unwrap().remove(0);
     let batched = enc.embed(&[&long, &short]).unwrap();
     let d = max_abs_diff(&alone, &batched[1]);
-    assert!(d < 1e-5, "short sequence changed by padding: max abs diff {d}");
+    assert!(
+        d < 1e-5,
+        "short sequence changed by padding: max abs diff {d}"
+    );
     let long_alone = enc.embed(&[&long]).unwrap().remove(0);
     let d = max_abs_diff(&long_alone, &batched[0]);
-    assert!(d < 1e-5, "long sequence changed by batching: max abs diff {d}");
+    assert!(
+        d < 1e-5,
+        "long sequence changed by batching: max abs diff {d}"
+    );
     // And the mask matters: embedding the padded ids without a mask would differ.
     let mut padded = short.clone();
     padded.resize(long.len(), 0);
     let unmasked = enc.embed(&[&padded]).unwrap().remove(0);
-    assert!(max_abs_diff(&alone, &unmasked) > 1e-3, "pad tokens had no effect at all?");
+    assert!(
+        max_abs_diff(&alone, &unmasked) > 1e-3,
+        "pad tokens had no effect at all?"
+    );
 }
 
 #[test]
-fn embed_matches_a_reference_pooling_over_the_raw_bert() {
-    // Mean pooling + L2 norm recomputed by hand from the raw BertModel output.
+fn embed_matches_candle_transformers_bert_plus_manual_pooling() {
+    // Our BERT (src/bert.rs) vs candle-transformers' BertModel in f32, with mean
+    // pooling + L2 norm recomputed by hand.
     let (dir, tok, enc) = tiny(9);
     let ids = tok.encode("hello world, this is a text").unwrap().ids;
     let got = enc.embed(&[&ids]).unwrap().remove(0);
 
     let cfg: candle_transformers::models::bert::Config =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
     let vb = unsafe {
-        candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.path().join("model.safetensors")], DType::F32, &Device::Cpu)
-            .unwrap()
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[dir.path().join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
     };
     let bert = candle_transformers::models::bert::BertModel::load(vb, &cfg).unwrap();
-    let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let t = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let hidden = bert.forward(&t, &t.zeros_like().unwrap(), None).unwrap();
     let rows: Vec<Vec<f32>> = hidden.squeeze(0).unwrap().to_vec2().unwrap();
     let mut mean = vec![0f64; TINY_HIDDEN];
@@ -239,13 +283,47 @@ fn embed_matches_a_reference_pooling_over_the_raw_bert() {
 }
 
 #[test]
+fn f16_embeddings_are_finite_and_close_to_f32() {
+    // candle-transformers' BertModel gives NaN in f16; ours must not.
+    let (dir, tok, enc32) = tiny(4);
+    let enc16 = Encoder::load_with_dtype(dir.path(), &Device::Cpu, DType::F16).unwrap();
+    assert_eq!(enc16.dtype(), DType::F16);
+    let short = tok.encode("hello world").unwrap().ids;
+    let long = tok
+        .encode("the quick brown fox jumps over the lazy dog again and again")
+        .unwrap()
+        .ids;
+    let a = enc32.embed(&[&short, &long]).unwrap();
+    let b = enc16.embed(&[&short, &long]).unwrap();
+    let alone = enc16.embed(&[&short]).unwrap().remove(0);
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            y.iter().all(|v| v.is_finite()),
+            "f16 gave non-finite values"
+        );
+        assert!(cosine(x, y) > 0.999, "f16 vs f32 cosine {}", cosine(x, y));
+    }
+    assert!(
+        cosine(&alone, &b[0]) > 0.9999,
+        "f16 padding changed the embedding"
+    );
+}
+
+#[test]
 fn embed_rejects_bad_input() {
     let (_d, _, enc) = tiny(1);
     let empty: &[u32] = &[];
-    assert!(enc.embed(&[empty]).unwrap_err().to_string().contains("no tokens"));
+    assert!(enc
+        .embed(&[empty])
+        .unwrap_err()
+        .to_string()
+        .contains("no tokens"));
     let too_long = vec![5u32; TINY_MAX_POSITION + 1];
     let err = enc.embed(&[&too_long]).unwrap_err().to_string();
-    assert!(err.contains("65 tokens") && err.contains("at most 64"), "{err}");
+    assert!(
+        err.contains("65 tokens") && err.contains("at most 64"),
+        "{err}"
+    );
     let err = enc.embed(&[&[2, 9999, 3]]).unwrap_err().to_string();
     assert!(err.contains("9999"), "{err}");
 }
@@ -263,11 +341,15 @@ fn an_unoverridden_tokenizer_would_break_the_tiny_model() {
 #[test]
 fn encoder_load_errors_are_clear() {
     let missing = Scratch::new("missing");
-    let err = Encoder::load(missing.path().join("nope"), &Device::Cpu).unwrap_err().to_string();
+    let err = Encoder::load(missing.path().join("nope"), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("does not exist"), "{err}");
     let (dir, _, _) = tiny(1);
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
-    let err = Encoder::load(dir.path(), &Device::Cpu).unwrap_err().to_string();
+    let err = Encoder::load(dir.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 }
 
@@ -285,7 +367,11 @@ fn head_round_trips_and_softmax_sums_to_one() {
     assert_eq!(ClassificationHead::load(again.path()).unwrap(), head);
 
     let embs: Vec<Vec<f32>> = (0..5)
-        .map(|k| (0..TINY_HIDDEN).map(|i| ((i * 7 + k * 3) % 11) as f32 / 11.0 - 0.5).collect())
+        .map(|k| {
+            (0..TINY_HIDDEN)
+                .map(|i| ((i * 7 + k * 3) % 11) as f32 / 11.0 - 0.5)
+                .collect()
+        })
         .collect();
     let scores = head.scores(&embs);
     assert_eq!(scores.len(), 5);
@@ -323,10 +409,17 @@ fn softmax_is_stable_and_argmax_is_right() {
 
 fn write_head_tensors(dir: &Path, weight: Tensor, bias: Tensor, labels: &[&str]) {
     std::fs::create_dir_all(dir).unwrap();
-    let t: std::collections::HashMap<String, Tensor> =
-        [(WEIGHT_TENSOR.to_string(), weight), (BIAS_TENSOR.to_string(), bias)].into();
+    let t: std::collections::HashMap<String, Tensor> = [
+        (WEIGHT_TENSOR.to_string(), weight),
+        (BIAS_TENSOR.to_string(), bias),
+    ]
+    .into();
     candle_core::safetensors::save(&t, dir.join(HEAD_FILE)).unwrap();
-    std::fs::write(dir.join(LABELS_FILE), serde_json::to_string(labels).unwrap()).unwrap();
+    std::fs::write(
+        dir.join(LABELS_FILE),
+        serde_json::to_string(labels).unwrap(),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -335,40 +428,82 @@ fn head_shape_errors_are_clear() {
     let d = Scratch::new("bad-head");
 
     // bias length differs from weight rows
-    write_head_tensors(d.path(), Tensor::zeros((3, 8), DType::F32, cpu).unwrap(), Tensor::zeros(2, DType::F32, cpu).unwrap(), &["a", "b", "c"]);
+    write_head_tensors(
+        d.path(),
+        Tensor::zeros((3, 8), DType::F32, cpu).unwrap(),
+        Tensor::zeros(2, DType::F32, cpu).unwrap(),
+        &["a", "b", "c"],
+    );
     let err = ClassificationHead::load(d.path()).unwrap_err().to_string();
     assert!(err.contains("2 entries") && err.contains("3 rows"), "{err}");
 
     // labels count differs
-    write_head_tensors(d.path(), Tensor::zeros((3, 8), DType::F32, cpu).unwrap(), Tensor::zeros(3, DType::F32, cpu).unwrap(), &["a", "b"]);
+    write_head_tensors(
+        d.path(),
+        Tensor::zeros((3, 8), DType::F32, cpu).unwrap(),
+        Tensor::zeros(3, DType::F32, cpu).unwrap(),
+        &["a", "b"],
+    );
     let err = ClassificationHead::load(d.path()).unwrap_err().to_string();
-    assert!(err.contains("2 labels") && err.contains("3 classes"), "{err}");
+    assert!(
+        err.contains("2 labels") && err.contains("3 classes"),
+        "{err}"
+    );
 
     // weight not a matrix
-    write_head_tensors(d.path(), Tensor::zeros(24, DType::F32, cpu).unwrap(), Tensor::zeros(3, DType::F32, cpu).unwrap(), &["a", "b", "c"]);
+    write_head_tensors(
+        d.path(),
+        Tensor::zeros(24, DType::F32, cpu).unwrap(),
+        Tensor::zeros(3, DType::F32, cpu).unwrap(),
+        &["a", "b", "c"],
+    );
     let err = ClassificationHead::load(d.path()).unwrap_err().to_string();
-    assert!(err.contains("classifier.weight") && err.contains("[24]"), "{err}");
+    assert!(
+        err.contains("classifier.weight") && err.contains("[24]"),
+        "{err}"
+    );
 
     // duplicate labels
-    write_head_tensors(d.path(), Tensor::zeros((2, 8), DType::F32, cpu).unwrap(), Tensor::zeros(2, DType::F32, cpu).unwrap(), &["a", "a"]);
+    write_head_tensors(
+        d.path(),
+        Tensor::zeros((2, 8), DType::F32, cpu).unwrap(),
+        Tensor::zeros(2, DType::F32, cpu).unwrap(),
+        &["a", "a"],
+    );
     let err = ClassificationHead::load(d.path()).unwrap_err().to_string();
     assert!(err.contains("more than once"), "{err}");
 
     // a missing tensor names what was found
     std::fs::create_dir_all(d.path()).unwrap();
-    let t: std::collections::HashMap<String, Tensor> =
-        [("dense.weight".to_string(), Tensor::zeros((2, 8), DType::F32, cpu).unwrap())].into();
+    let t: std::collections::HashMap<String, Tensor> = [(
+        "dense.weight".to_string(),
+        Tensor::zeros((2, 8), DType::F32, cpu).unwrap(),
+    )]
+    .into();
     candle_core::safetensors::save(&t, d.path().join(HEAD_FILE)).unwrap();
     let err = ClassificationHead::load(d.path()).unwrap_err().to_string();
-    assert!(err.contains("classifier.weight is missing") && err.contains("dense.weight"), "{err}");
+    assert!(
+        err.contains("classifier.weight is missing") && err.contains("dense.weight"),
+        "{err}"
+    );
 
     // missing files
     let empty = Scratch::new("empty-head");
-    let err = ClassificationHead::load(empty.path()).unwrap_err().to_string();
-    assert!(err.contains("head.safetensors") && err.contains("does not exist"), "{err}");
+    let err = ClassificationHead::load(empty.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("head.safetensors") && err.contains("does not exist"),
+        "{err}"
+    );
 
     // f16 weights are accepted (converted)
-    write_head_tensors(d.path(), Tensor::ones((2, 8), DType::F16, cpu).unwrap(), Tensor::zeros(2, DType::F16, cpu).unwrap(), &["x", "y"]);
+    write_head_tensors(
+        d.path(),
+        Tensor::ones((2, 8), DType::F16, cpu).unwrap(),
+        Tensor::zeros(2, DType::F16, cpu).unwrap(),
+        &["x", "y"],
+    );
     let h = ClassificationHead::load(d.path()).unwrap();
     assert_eq!(h.weight(), &[1.0f32; 16][..]);
 }
@@ -379,10 +514,17 @@ fn head_hidden_mismatch_names_both_sizes() {
     let hd = Scratch::new("head48");
     write_random_head(hd.path(), 48, &["a", "b"], 1).unwrap();
     let enc = Arc::new(enc);
-    let err = Classifier::load_head(enc.clone(), hd.path(), "v1").unwrap_err().to_string();
-    assert!(err.contains("48") && err.contains("32") && err.contains("hidden size mismatch"), "{err}");
+    let err = Classifier::load_head(enc.clone(), hd.path(), "v1")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("48") && err.contains("32") && err.contains("hidden size mismatch"),
+        "{err}"
+    );
     let head = ClassificationHead::load(hd.path()).unwrap();
-    let err = Classifier::new(enc, head.clone(), "v1").unwrap_err().to_string();
+    let err = Classifier::new(enc, head.clone(), "v1")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("size 48") && err.contains("size 32"), "{err}");
     assert!(head.try_scores(&[vec![0.0; 32]]).is_err());
 }
@@ -416,4 +558,14 @@ fn classifier_classifies_a_batch() {
     let json = serde_json::to_value(&out[0]).unwrap();
     assert!(json["label"].is_string() && json["scores"].is_object());
     assert!(clf.classify(&[]).unwrap().is_empty());
+}
+
+#[test]
+fn model_types_can_be_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Encoder>();
+    send_sync::<Classifier>();
+    send_sync::<ClassificationHead>();
+    send_sync::<TextTokenizer>();
+    send_sync::<ModelError>();
 }

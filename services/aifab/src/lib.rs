@@ -1,0 +1,6 @@
+//! The `aifab` operator CLI: the local stack supervisor (`up`, `down`, `status`) and
+//! admin verbs. It may call services' libraries; services never call it.
+
+pub mod local;
+pub mod status;
+pub mod supervisor;
