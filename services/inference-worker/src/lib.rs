@@ -1,10 +1,26 @@
-//! aifab inference-worker: Batches inference requests dynamically through candle and produces predictions and usage, exactly once.
+//! aifab inference-worker: consumes `aifab.inference.requests` in a consumer group,
+//! batches requests dynamically through candle, and produces `aifab.predictions` and
+//! `aifab.usage` exactly once (Kafka transactions). Model versions hot-swap between
+//! batches on NATS `aifab.model.*`.
 //!
-//! The binary (`main.rs`) only parses [`Config`] and calls [`run`]; everything here can
-//! be driven by tests without a broker.
+//! Modules: [`worker`] (the consume/batch/produce loop), [`model_slot`] (current model and
+//! hot swap), [`outputs`] (predictions and usage records, pure).
+
+pub mod model_slot;
+pub mod outputs;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use aifab_core::config::{BrokerArgs, ServeArgs};
 use aifab_core::service::{Needs, Service, ServiceSpec};
+use aifab_model::batcher::BatchLimits;
+use anyhow::Context;
+
+use crate::model_slot::{FollowPolicy, ModelSlot};
+use crate::worker::{Worker, WorkerSettings};
 
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "inference-worker",
@@ -14,19 +30,149 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 
 /// Command-line and environment configuration.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "aifab-inference-worker", version, about = "Batches inference requests dynamically through candle and produces predictions and usage, exactly once.")]
+#[command(
+    name = "aifab-inference-worker",
+    version,
+    about = "Batches inference requests dynamically through candle and produces predictions and usage, exactly once."
+)]
 pub struct Config {
     #[command(flatten)]
     pub brokers: BrokerArgs,
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    /// Encoder directory (config.json, model.safetensors, tokenizer.json); see scripts/fetch-model.
+    #[arg(long, env = "AIFAB_MODEL_DIR", default_value_t = default_model_dir())]
+    pub model_dir: String,
+
+    /// Classification head to serve at start (head.safetensors + labels.json). Without
+    /// it the worker is not ready and consumes nothing until a model event arrives.
+    #[arg(long, env = "AIFAB_HEAD_DIR")]
+    pub head_dir: Option<PathBuf>,
+
+    /// Version name of --head-dir (default: the directory's name).
+    #[arg(long, env = "AIFAB_MODEL_VERSION")]
+    pub model_version: Option<String>,
+
+    /// The task (model name) this worker serves; requests for other tasks are dead-lettered.
+    #[arg(long, env = "AIFAB_TASK", default_value = "default")]
+    pub task: String,
+
+    /// Which model events switch the served version.
+    #[arg(long, env = "AIFAB_FOLLOW", value_enum, default_value = "production")]
+    pub follow: FollowPolicy,
+
+    /// Device: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with --features cuda).
+    #[arg(long, env = "AIFAB_DEVICE", default_value = "cpu")]
+    pub device: String,
+
+    /// Most requests in one batch.
+    #[arg(long, env = "AIFAB_MAX_BATCH_SIZE", default_value_t = 32)]
+    pub max_batch_size: usize,
+
+    /// Most padded tokens (longest row × rows) in one batch.
+    #[arg(long, env = "AIFAB_MAX_BATCH_TOKENS", default_value_t = 4096)]
+    pub max_batch_tokens: usize,
+
+    /// Longest the first request in line waits for its batch to fill, in milliseconds.
+    #[arg(long, env = "AIFAB_MAX_WAIT_MS", default_value_t = 5)]
+    pub max_wait_ms: u64,
+
+    /// Most consumed requests held in memory before polling pauses.
+    #[arg(long, env = "AIFAB_MAX_QUEUE", default_value_t = 512)]
+    pub max_queue: usize,
+
+    /// Consumer group.
+    #[arg(long, env = "AIFAB_WORKER_GROUP", default_value = aifab_core::topics::groups::INFERENCE_WORKER)]
+    pub group: String,
+
+    /// Input topic.
+    #[arg(long, env = "AIFAB_INPUT_TOPIC", default_value = aifab_core::topics::INFERENCE_REQUESTS.name)]
+    pub input_topic: String,
+
+    /// This instance's name: the worker field of predictions and the Kafka transactional
+    /// id. Keep it stable across restarts of the same replica, so a restarted worker fences
+    /// its dead predecessor's open transaction at once. Default: `<hostname>-<http port>`.
+    #[arg(long, env = "AIFAB_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+}
+
+fn default_instance_id(addr: Option<std::net::SocketAddr>) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", addr.map(|a| a.port()).unwrap_or(0))
+}
+
+fn default_model_dir() -> String {
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    format!("{home}/.cache/aifab/models/all-minilm-l6-v2")
 }
 
 /// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
+    // A device that is not there is a start-up error, not a fallback.
+    let spec: aifab_model::DeviceSpec = config.device.parse()?;
+    let device = aifab_model::select(spec).with_context(|| format!("--device {}", config.device))?;
+    let device_kind = if device.is_cuda() { "cuda" } else { "cpu" }.to_string();
+    let model_dir = PathBuf::from(&config.model_dir);
+    let encoder = tokio::task::spawn_blocking(move || aifab_model::Encoder::load(&model_dir, &device))
+        .await?
+        .with_context(|| format!("loading the encoder from {} (run scripts/fetch-model?)", config.model_dir))?;
+    let slot = Arc::new(ModelSlot::new(Arc::new(encoder), svc.readiness.clone()));
+    if let Some(dir) = config.head_dir.clone() {
+        let version = config
+            .model_version
+            .clone()
+            .unwrap_or_else(|| dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
+        let s = slot.clone();
+        let d = dir.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || s.load(&d, &version)).await? {
+            // Stay up and say why: readiness shows it, and a model event can still fix it.
+            svc.readiness.set("model", false, format!("{}: {e:#}", dir.display()));
+            tracing::error!(dir = %dir.display(), error = %format!("{e:#}"), "initial model failed to load");
+        }
+    }
     svc.serve(axum::Router::new()).await?;
-    svc.shutdown.cancelled().await;
+
+    let events = tokio::spawn(model_slot::follow_events(
+        svc.nats()?,
+        slot.clone(),
+        config.task.clone(),
+        config.follow,
+        svc.shutdown.clone(),
+    ));
+
+    let settings = WorkerSettings {
+        brokers: config.brokers.kafka_brokers.clone(),
+        group: config.group.clone(),
+        input_topic: config.input_topic.clone(),
+        instance_id: config.instance_id.clone().unwrap_or_else(|| default_instance_id(svc.http_addr())),
+        task: config.task.clone(),
+        device_kind,
+        limits: BatchLimits {
+            max_batch_size: config.max_batch_size,
+            max_batch_tokens: config.max_batch_tokens,
+            max_wait: Duration::from_millis(config.max_wait_ms),
+        },
+        max_queue: config.max_queue.max(config.max_batch_size),
+    };
+    let worker = Worker::new(settings, slot)?;
+    let token = svc.shutdown.clone();
+    let loop_thread = std::thread::Builder::new()
+        .name("batch-loop".into())
+        .spawn(move || worker.run(token))
+        .context("starting the batch loop")?;
+    // Wait for the loop to end (shutdown, or a fatal error) without blocking the runtime.
+    let result = tokio::task::spawn_blocking(move || loop_thread.join()).await?;
+    svc.stop();
+    events.abort();
     svc.finish().await;
-    Ok(())
+    match result {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!("the batch loop panicked"),
+    }
 }

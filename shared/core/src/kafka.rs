@@ -49,8 +49,10 @@ pub fn transactional_producer_config(
     let mut c = producer_config(brokers, client_id);
     // librdkafka requires message.timeout.ms <= transaction.timeout.ms.
     c.set("transactional.id", transactional_id)
-        .set("transaction.timeout.ms", "60000")
-        .set("message.timeout.ms", "60000");
+        // Short, so the open transaction of a worker that died for good stops holding
+        // back read_committed consumers soon (a restart with the same id fences it at once).
+        .set("transaction.timeout.ms", "15000")
+        .set("message.timeout.ms", "15000");
     c
 }
 

@@ -206,6 +206,9 @@ pub struct Prediction {
     pub scores: BTreeMap<String, f32>,
     pub model_version: String,
     pub arm: Arm,
+    /// The batch that computed this (absent when nothing was computed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
     /// Rows in the batch that computed this (0 when not computed).
     pub batch_size: u32,
     /// From `received_at_ms` to the start of compute.

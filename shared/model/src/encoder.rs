@@ -23,6 +23,60 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// Tokenizer.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
+/// Which implementation of the network an [`Encoder`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum EncoderImpl {
+    /// The fastest accurate implementation for the device (see [`Encoder::load`]);
+    /// `AIFAB_ENCODER_IMPL` overrides it.
+    #[default]
+    Auto,
+    /// Plain candle tensors (`src/bert.rs`) in the compute dtype; the only choice on
+    /// CUDA.
+    Candle,
+}
+
+impl EncoderImpl {
+    /// The environment variable that overrides [`EncoderImpl::Auto`].
+    pub const ENV: &'static str = "AIFAB_ENCODER_IMPL";
+
+    /// The name accepted by [`FromStr`](std::str::FromStr) and printed by `Display`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EncoderImpl::Auto => "auto",
+            EncoderImpl::Candle => "candle",
+        }
+    }
+}
+
+impl std::fmt::Display for EncoderImpl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for EncoderImpl {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" | "default" => Ok(EncoderImpl::Auto),
+            "candle" => Ok(EncoderImpl::Candle),
+            other => Err(ModelError::Invalid(format!(
+                "unknown encoder implementation `{other}`: expected auto or candle"
+            ))),
+        }
+    }
+}
+
+/// How [`Encoder::load_with_options`] builds the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EncoderOptions {
+    /// The implementation; `Auto` picks per device (and honours `AIFAB_ENCODER_IMPL`).
+    pub implementation: EncoderImpl,
+    /// Compute dtype for the candle implementation; `None` = [`dtype_for`] the device.
+    pub dtype: Option<DType>,
+}
+
 /// A loaded sentence encoder on one device.
 pub struct Encoder {
     model: Bert,
@@ -52,6 +106,16 @@ impl Encoder {
     /// dtype [`dtype_for`] picks (f32 on CPU, f16 on CUDA).
     pub fn load(model_dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
         Self::load_with_dtype(model_dir, device, dtype_for(device))
+    }
+
+    /// Like [`load`](Self::load) with explicit options (implementation, dtype).
+    pub fn load_with_options(
+        model_dir: impl AsRef<Path>,
+        device: &Device,
+        options: EncoderOptions,
+    ) -> Result<Self> {
+        let dtype = options.dtype.unwrap_or_else(|| dtype_for(device));
+        Self::load_with_dtype(model_dir, device, dtype)
     }
 
     /// Like [`load`](Self::load) with an explicit compute dtype.

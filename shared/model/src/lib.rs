@@ -31,7 +31,7 @@ pub mod tokenize;
 
 pub use classifier::{Classification, Classifier};
 pub use device::{dtype_for, select, DeviceSpec};
-pub use encoder::Encoder;
+pub use encoder::{Encoder, EncoderImpl, EncoderOptions};
 pub use error::{ModelError, Result};
 pub use head::ClassificationHead;
 pub use tokenize::{Encoded, TextTokenizer};

@@ -1,0 +1,159 @@
+//! The model the worker serves now, and the hot swap that replaces it.
+//!
+//! The batch loop takes an `Arc` of the current classifier once per batch, so a batch is
+//! computed by exactly one version however the slot changes meanwhile. New versions load
+//! in the background (NATS `aifab.model.*`) and replace the slot between batches.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use aifab_core::health::Readiness;
+use aifab_core::messages::{decode, ModelEvent, ModelEventKind};
+use aifab_model::{ClassificationHead, Classifier, Encoder};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+/// Which model events move the worker to a new version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FollowPolicy {
+    /// The registry's `production` alias: promotions and rollbacks.
+    Production,
+    /// Every newly published version (for single-model setups and tests).
+    Latest,
+}
+
+/// Does this event move a worker of `task` following `policy`?
+pub fn should_follow(event: &ModelEvent, task: &str, policy: FollowPolicy) -> bool {
+    if event.task != task {
+        return false;
+    }
+    match (policy, event.kind) {
+        (FollowPolicy::Latest, ModelEventKind::Published) => true,
+        (_, ModelEventKind::Promoted | ModelEventKind::RolledBack) => {
+            event.alias.as_deref().is_none_or(|a| a == "production")
+        }
+        (FollowPolicy::Production, ModelEventKind::Published) => false,
+    }
+}
+
+/// `file:///a/b` or `/a/b` → `/a/b`. Other schemes need an object-store fetch first.
+pub fn artifact_dir(uri: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = uri.strip_prefix("file://") {
+        return Ok(PathBuf::from(p));
+    }
+    anyhow::ensure!(!uri.contains("://"), "unsupported artifact URI {uri:?}: expected file:// or a path");
+    Ok(PathBuf::from(uri))
+}
+
+pub struct ModelSlot {
+    encoder: Arc<Encoder>,
+    current: RwLock<Option<Arc<Classifier>>>,
+    readiness: Readiness,
+}
+
+impl ModelSlot {
+    pub fn new(encoder: Arc<Encoder>, readiness: Readiness) -> Self {
+        readiness.register("model", "no model loaded yet");
+        ModelSlot { encoder, current: RwLock::new(None), readiness }
+    }
+
+    pub fn current(&self) -> Option<Arc<Classifier>> {
+        self.current.read().expect("model slot lock").clone()
+    }
+
+    pub fn encoder(&self) -> &Arc<Encoder> {
+        &self.encoder
+    }
+
+    /// Load a head artifact (blocking) and make it current.
+    pub fn load(&self, dir: &Path, version: &str) -> anyhow::Result<()> {
+        let head = ClassificationHead::load(dir)?;
+        let classifier = Classifier::new(self.encoder.clone(), head, version.to_string())?;
+        let previous = self
+            .current
+            .write()
+            .expect("model slot lock")
+            .replace(Arc::new(classifier))
+            .map(|c| c.version.clone());
+        self.readiness.set("model", true, format!("version {version}"));
+        metrics::counter!("aifab_inference_worker_model_swaps_total").increment(1);
+        tracing::info!(version, previous = previous.as_deref().unwrap_or("none"), dir = %dir.display(), "model loaded");
+        Ok(())
+    }
+}
+
+/// Follow model events on NATS until shutdown, loading each followed version.
+pub async fn follow_events(
+    nats: async_nats::Client,
+    slot: Arc<ModelSlot>,
+    task: String,
+    policy: FollowPolicy,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut sub = nats.subscribe(aifab_core::topics::subjects::MODEL_ALL).await?;
+    loop {
+        let msg = tokio::select! {
+            m = sub.next() => match m { Some(m) => m, None => return Ok(()) },
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let event = match decode::<ModelEvent>(&msg.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(subject = %msg.subject, error = %e, "ignoring malformed model event");
+                continue;
+            }
+        };
+        if !should_follow(&event, &task, policy) {
+            continue;
+        }
+        let slot = slot.clone();
+        let version = event.version.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let dir = artifact_dir(&event.artifact_uri)?;
+            slot.load(&dir, &event.version)
+        })
+        .await?;
+        if let Err(e) = result {
+            metrics::counter!("aifab_inference_worker_model_load_failures_total").increment(1);
+            tracing::error!(version, error = %format!("{e:#}"), "new model version failed to load; keeping the current one");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aifab_core::messages::tag;
+
+    fn event(kind: ModelEventKind, task: &str, alias: Option<&str>) -> ModelEvent {
+        ModelEvent {
+            schema: tag(),
+            kind,
+            task: task.into(),
+            version: "v2".into(),
+            artifact_uri: "file:///tmp/x".into(),
+            alias: alias.map(Into::into),
+            metrics: Default::default(),
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn follows_production_moves_only() {
+        use FollowPolicy::*;
+        use ModelEventKind::*;
+        assert!(should_follow(&event(Promoted, "spam", Some("production")), "spam", Production));
+        assert!(should_follow(&event(RolledBack, "spam", None), "spam", Production));
+        assert!(!should_follow(&event(Promoted, "spam", Some("candidate")), "spam", Production));
+        assert!(!should_follow(&event(Published, "spam", None), "spam", Production));
+        assert!(should_follow(&event(Published, "spam", None), "spam", Latest));
+        assert!(!should_follow(&event(Published, "other", None), "spam", Latest));
+    }
+
+    #[test]
+    fn artifact_uris() {
+        assert_eq!(artifact_dir("file:///a/b").unwrap(), PathBuf::from("/a/b"));
+        assert_eq!(artifact_dir("/a/b").unwrap(), PathBuf::from("/a/b"));
+        assert!(artifact_dir("s3://bucket/x").is_err());
+    }
+}

@@ -1,0 +1,464 @@
+//! The consume → batch → compute → produce loop, exactly once.
+//!
+//! It runs on its own OS thread: librdkafka calls are blocking and so is the model, and a
+//! single thread makes the order of events simple to reason about:
+//!
+//! 1. poll the consumer (rebalance callbacks run only here, between batches, so no batch
+//!    ever straddles a revoked partition: queued messages of revoked partitions are
+//!    dropped and will be redelivered to their new owner from the committed offset);
+//! 2. ask the batch planner what to do;
+//! 3. run a batch inside one Kafka transaction: its predictions, usage records, dead
+//!    letters and its input offsets (`send_offsets_to_transaction`) commit together or
+//!    not at all. Downstream consumers read `read_committed`.
+//!
+//! On an abortable transaction error the batch is aborted and the consumer rewinds to
+//! the committed offsets; on a fatal one (e.g. fenced by a newer instance) the worker
+//! exits and its supervisor restarts it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aifab_core::messages::{decode, encode, tag, DeadLetter, InferenceRequest, SourceRef};
+use aifab_core::topics;
+use aifab_model::batcher::{self, BatchLimits, Pending, Plan};
+use aifab_model::{Classification, Classifier};
+use anyhow::Context as _;
+use base64::Engine as _;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::model_slot::ModelSlot;
+use crate::outputs::{self, BatchInfo};
+
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Rows whose padding would waste more than this share of a compute group start a new one.
+const MAX_PADDING_FRACTION: f64 = 0.25;
+
+/// Everything the loop needs, built by `lib.rs` from the config.
+pub struct WorkerSettings {
+    pub brokers: String,
+    pub group: String,
+    pub input_topic: String,
+    pub instance_id: String,
+    pub task: String,
+    pub device_kind: String,
+    pub limits: BatchLimits,
+    /// Most messages held in the queue before polling pauses.
+    pub max_queue: usize,
+}
+
+/// Records partitions revoked by a rebalance so the loop can drop their queued messages.
+#[derive(Default)]
+pub struct RebalanceTracker {
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for RebalanceTracker {}
+
+impl ConsumerContext for RebalanceTracker {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut revoked = self.revoked.lock().expect("rebalance lock");
+            for e in tpl.elements() {
+                revoked.push((e.topic().to_string(), e.partition()));
+            }
+            tracing::info!(partitions = tpl.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+}
+
+/// One consumed message waiting in the queue.
+struct Queued {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+    /// The decoded request, or why it could not be decoded (it goes to the DLQ).
+    request: Result<InferenceRequest, (String, String, Vec<u8>)>,
+    pending: Pending,
+}
+
+pub struct Worker {
+    settings: WorkerSettings,
+    consumer: BaseConsumer<RebalanceTracker>,
+    producer: BaseProducer,
+    slot: Arc<ModelSlot>,
+    queue: Vec<Queued>,
+    batch_seq: u64,
+    last_batch_end: Instant,
+}
+
+impl Worker {
+    pub fn new(settings: WorkerSettings, slot: Arc<ModelSlot>) -> anyhow::Result<Self> {
+        let client_id = format!("aifab-inference-worker-{}", settings.instance_id);
+        let consumer: BaseConsumer<RebalanceTracker> =
+            aifab_core::kafka::consumer_config(&settings.brokers, &client_id, &settings.group)
+                .create_with_context(RebalanceTracker::default())
+                .context("creating the Kafka consumer")?;
+        // One transactional id per instance; zombie instances are fenced by the consumer
+        // group generation sent with the offsets (KIP-447).
+        let txn_id = format!("aifab-inference-worker-{}", settings.instance_id);
+        let producer: BaseProducer =
+            aifab_core::kafka::transactional_producer_config(&settings.brokers, &client_id, &txn_id)
+                .create()
+                .context("creating the transactional producer")?;
+        Ok(Worker { settings, consumer, producer, slot, queue: Vec::new(), batch_seq: 0, last_batch_end: Instant::now() })
+    }
+
+    /// Run until `shutdown`; the batch in flight when it fires is finished and committed.
+    pub fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Wait for a model before taking any partition: a worker that cannot compute
+        // must not hold partitions other workers could serve.
+        while self.slot.current().is_none() {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        loop_until_ok(&shutdown, "initialising Kafka transactions", || {
+            self.producer.init_transactions(TXN_TIMEOUT)
+        })?;
+        self.consumer.subscribe(&[&self.settings.input_topic]).context("subscribing")?;
+        tracing::info!(topic = %self.settings.input_topic, group = %self.settings.group, "consuming");
+
+        while !shutdown.is_cancelled() {
+            let now = Instant::now();
+            let plan = batcher::plan(&self.pending(), &self.settings.limits, now);
+            match plan {
+                Plan::Run { take, expired, reason } => {
+                    metrics::counter!("aifab_inference_worker_batches_total", "reason" => reason.as_str()).increment(1);
+                    self.run_batch(take, &expired)?;
+                    // Keep the group membership alive and take what arrived meanwhile.
+                    self.poll(Duration::ZERO);
+                }
+                Plan::Wait { until } => self.poll(until.saturating_duration_since(now).min(Duration::from_millis(100))),
+                Plan::Idle => self.poll(Duration::from_millis(100)),
+            }
+        }
+        tracing::info!(queued = self.queue.len(), "stopping: queued messages stay uncommitted for the next owner");
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    fn pending(&self) -> Vec<Pending> {
+        self.queue.iter().map(|q| q.pending).collect()
+    }
+
+    /// Poll for up to `timeout`, then take whatever else is ready, up to `max_queue`.
+    fn poll(&mut self, timeout: Duration) {
+        let mut wait = timeout;
+        while self.queue.len() < self.settings.max_queue {
+            match self.consumer.poll(wait) {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    break;
+                }
+                Some(Ok(m)) => {
+                    let q = to_queued(&m, &self.settings.task);
+                    self.queue.push(q);
+                    wait = Duration::ZERO;
+                }
+            }
+        }
+        self.drop_revoked();
+        metrics::gauge!("aifab_inference_worker_queue_depth").set(self.queue.len() as f64);
+    }
+
+    fn drop_revoked(&mut self) {
+        let revoked: HashSet<(String, i32)> =
+            std::mem::take(&mut *self.consumer.context().revoked.lock().expect("rebalance lock")).into_iter().collect();
+        if revoked.is_empty() {
+            return;
+        }
+        let topic = self.settings.input_topic.clone();
+        let before = self.queue.len();
+        self.queue.retain(|q| !revoked.contains(&(topic.clone(), q.partition)));
+        tracing::info!(dropped = before - self.queue.len(), "dropped queued messages of revoked partitions");
+    }
+
+    /// Compute, produce and commit the first `take` queued messages in one transaction.
+    fn run_batch(&mut self, take: usize, expired: &[usize]) -> anyhow::Result<()> {
+        let Some(model) = self.slot.current() else { return Ok(()) };
+        let rows: Vec<Queued> = self.queue.drain(..take).collect();
+        self.batch_seq += 1;
+        let batch_id = format!("{}-{}", self.settings.instance_id, self.batch_seq);
+        let idle = self.last_batch_end.elapsed().as_secs_f64();
+        let expired: HashSet<usize> = expired.iter().copied().collect();
+
+        // Compute outside the transaction: it can be retried, the transaction cannot.
+        let compute_started_ms = aifab_core::now_ms();
+        let t = Instant::now();
+        let live: Vec<usize> = (0..rows.len())
+            .filter(|i| !expired.contains(i) && rows[*i].request.is_ok())
+            .collect();
+        let (results, compute_failures) = classify_rows(&model, &rows, &live);
+        let compute_seconds = t.elapsed().as_secs_f64();
+        let computed: Vec<usize> = live.iter().copied().filter(|i| results.contains_key(i)).collect();
+
+        let info = BatchInfo {
+            batch_id: &batch_id,
+            worker: &self.settings.instance_id,
+            task: &self.settings.task,
+            model_version: &model.version,
+            device_kind: &self.settings.device_kind,
+            batch_size: computed.len() as u32,
+            compute_started_ms,
+            compute_seconds,
+            idle_seconds: idle,
+            now_ms: aifab_core::now_ms(),
+        };
+        let mut records: Vec<(&'static str, Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>)> = Vec::new();
+        let mut results = results;
+        for (i, row) in rows.iter().enumerate() {
+            let source = SourceRef { topic: self.settings.input_topic.clone(), partition: row.partition, offset: row.offset };
+            match &row.request {
+                Err((kind, reason, original)) => {
+                    records.push(dead_letter(row, original, source, kind, reason));
+                }
+                Ok(req) if expired.contains(&i) => {
+                    metrics::counter!("aifab_inference_worker_requests_total", "outcome" => "expired").increment(1);
+                    let p = outputs::expired(req, &info);
+                    records.push((topics::PREDICTIONS.name, req.id.clone().into_bytes(), encode(&p), row.headers.clone()));
+                }
+                Ok(req) => match results.remove(&i) {
+                    Some(c) => {
+                        metrics::counter!("aifab_inference_worker_requests_total", "outcome" => "ok").increment(1);
+                        let p = outputs::computed(req, c, &info);
+                        records.push((topics::PREDICTIONS.name, req.id.clone().into_bytes(), encode(&p), row.headers.clone()));
+                    }
+                    None => {
+                        let reason = compute_failures.get(&i).cloned().unwrap_or_else(|| "not computed".into());
+                        let original = serde_json::to_vec(req).unwrap_or_default();
+                        records.push(dead_letter(row, &original, source, "model_rejected", &reason));
+                    }
+                },
+            }
+        }
+        let computed_reqs: Vec<&InferenceRequest> =
+            computed.iter().filter_map(|i| rows[*i].request.as_ref().ok()).collect();
+        for u in outputs::usage(&computed_reqs, &info) {
+            records.push((topics::USAGE.name, u.usage_id.clone().into_bytes(), encode(&u), Vec::new()));
+        }
+
+        let offsets = next_offsets(&self.settings.input_topic, &rows)?;
+        match self.commit(&records, &offsets) {
+            Ok(()) => {
+                metrics::histogram!("aifab_inference_worker_batch_size").record(computed.len() as f64);
+                metrics::histogram!("aifab_inference_worker_compute_seconds").record(compute_seconds);
+                self.last_batch_end = Instant::now();
+                Ok(())
+            }
+            Err(e) if is_fatal(&e) => Err(anyhow::anyhow!("fatal Kafka transaction error (fenced or broken producer): {e}")),
+            Err(e) => {
+                metrics::counter!("aifab_inference_worker_transactions_aborted_total").increment(1);
+                tracing::warn!(error = %e, batch = %batch_id, "transaction failed; aborting and rewinding to committed offsets");
+                if let Err(abort) = self.producer.abort_transaction(TXN_TIMEOUT) {
+                    anyhow::ensure!(!is_fatal(&abort), "abort failed fatally: {abort}");
+                }
+                self.rewind()?;
+                Ok(())
+            }
+        }
+    }
+
+    fn commit(
+        &self,
+        records: &[(&'static str, Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>)],
+        offsets: &TopicPartitionList,
+    ) -> Result<(), KafkaError> {
+        // Present whenever the consumer is subscribed; checked before the transaction
+        // starts so a missing one needs no abort.
+        let Some(cgm) = self.consumer.group_metadata() else {
+            return Err(KafkaError::Subscription("consumer has no group metadata yet".into()));
+        };
+        self.producer.begin_transaction()?;
+        for (topic, key, payload, headers) in records {
+            let mut h = OwnedHeaders::new();
+            for (k, v) in headers {
+                h = h.insert(Header { key: k, value: Some(v) });
+            }
+            let mut record = BaseRecord::to(topic).key(key).payload(payload).headers(h);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        self.producer.poll(Duration::from_millis(50));
+                    }
+                    Err((e, _)) => return Err(e),
+                }
+            }
+        }
+        self.producer.send_offsets_to_transaction(offsets, &cgm, TXN_TIMEOUT)?;
+        self.producer.commit_transaction(TXN_TIMEOUT)
+    }
+
+    /// After an abort: forget the queue and restart every assigned partition from its
+    /// committed offset, so the aborted batch is consumed again.
+    fn rewind(&mut self) -> anyhow::Result<()> {
+        self.queue.clear();
+        let committed = self.consumer.committed(TXN_TIMEOUT)?;
+        let mut tpl = TopicPartitionList::new();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            tpl.add_partition_offset(e.topic(), e.partition(), offset)?;
+        }
+        self.consumer.seek_partitions(tpl, TXN_TIMEOUT)?;
+        Ok(())
+    }
+}
+
+fn is_fatal(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t) if t.is_fatal())
+}
+
+/// Retry a start-up call that fails while the broker is down.
+fn loop_until_ok<T>(
+    shutdown: &CancellationToken,
+    what: &str,
+    mut f: impl FnMut() -> Result<T, KafkaError>,
+) -> anyhow::Result<T> {
+    let mut backoff = aifab_core::backoff::Backoff::for_dependencies();
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if is_fatal(&e) => anyhow::bail!("{what}: {e}"),
+            Err(e) => {
+                let delay = backoff.next_delay_jittered();
+                tracing::warn!(error = %e, retry_in = ?delay, "{what} failed; retrying");
+                anyhow::ensure!(!shutdown.is_cancelled(), "shut down while {what}");
+                std::thread::sleep(delay);
+            }
+        }
+    }
+}
+
+/// The offset after the last row of each partition in the batch (a batch is a prefix of
+/// the queue, and the queue keeps each partition in offset order).
+fn next_offsets(topic: &str, rows: &[Queued]) -> anyhow::Result<TopicPartitionList> {
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for r in rows {
+        let e = next.entry(r.partition).or_insert(r.offset + 1);
+        *e = (*e).max(r.offset + 1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in next {
+        tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
+    }
+    Ok(tpl)
+}
+
+/// Classify the `live` rows in length groups. A group the model rejects is retried row
+/// by row so one poison request cannot fail its neighbours.
+fn classify_rows(
+    model: &Classifier,
+    rows: &[Queued],
+    live: &[usize],
+) -> (BTreeMap<usize, Classification>, BTreeMap<usize, String>) {
+    let ids: Vec<&[u32]> = live.iter().map(|i| rows[*i].request.as_ref().unwrap().input_ids.as_slice()).collect();
+    let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
+    let mut results = BTreeMap::new();
+    let mut failures = BTreeMap::new();
+    for group in batcher::length_groups(&lengths, MAX_PADDING_FRACTION) {
+        let batch: Vec<&[u32]> = group.iter().map(|&g| ids[g]).collect();
+        match model.classify(&batch) {
+            Ok(out) => {
+                for (&g, c) in group.iter().zip(out) {
+                    results.insert(live[g], c);
+                }
+            }
+            Err(_) => {
+                for &g in &group {
+                    match model.classify(&[ids[g]]) {
+                        Ok(mut out) => {
+                            results.insert(live[g], out.remove(0));
+                        }
+                        Err(e) => {
+                            failures.insert(live[g], e.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (results, failures)
+}
+
+fn to_queued<M: Message>(m: &M, task: &str) -> Queued {
+    let payload = m.payload().unwrap_or_default();
+    let headers: Vec<(String, Vec<u8>)> = m
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+        .unwrap_or_default();
+    let now = Instant::now();
+    let request = match decode::<InferenceRequest>(payload) {
+        Err(e) => Err((e.kind().to_string(), e.to_string(), payload.to_vec())),
+        Ok(r) if r.task != task => Err((
+            "wrong_task".to_string(),
+            format!("task: this worker serves \"{task}\", found \"{}\"", r.task),
+            payload.to_vec(),
+        )),
+        Ok(r) if r.input_ids.is_empty() => {
+            Err(("missing_field".into(), "input_ids: expected at least one token, found none".into(), payload.to_vec()))
+        }
+        Ok(r) => Ok(r),
+    };
+    // The deadline counts from when ingest received the request, not from now.
+    let deadline = request.as_ref().ok().and_then(|r| {
+        let d = r.deadline_ms?;
+        let age_ms = (aifab_core::now_ms() - r.received_at_ms).max(0) as u64;
+        Some(match d.checked_sub(age_ms) {
+            Some(left) => now + Duration::from_millis(left),
+            None => now,
+        })
+    });
+    let tokens = request.as_ref().map(|r| r.input_ids.len()).unwrap_or(1);
+    Queued {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(|k| k.to_vec()),
+        headers,
+        request,
+        pending: Pending { tokens, enqueued_at: now, deadline },
+    }
+}
+
+fn dead_letter(
+    row: &Queued,
+    original: &[u8],
+    source: SourceRef,
+    kind: &str,
+    reason: &str,
+) -> (&'static str, Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>) {
+    metrics::counter!("aifab_inference_worker_dead_letters_total", "kind" => kind.to_string()).increment(1);
+    tracing::warn!(partition = source.partition, offset = source.offset, kind, reason, "dead-lettering request");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let dl = DeadLetter {
+        schema: tag(),
+        original_base64: b64.encode(original),
+        key_base64: row.key.as_ref().map(|k| b64.encode(k)),
+        source: Some(source),
+        stage: "inference-worker".into(),
+        error_kind: kind.to_string(),
+        reason: reason.to_string(),
+        tenant: row.request.as_ref().ok().map(|r| r.tenant.clone()),
+        at_ms: aifab_core::now_ms(),
+    };
+    let key = row.key.clone().unwrap_or_default();
+    (topics::DLQ.name, key, encode(&dl), row.headers.clone())
+}
