@@ -104,3 +104,137 @@ pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> 
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((code, body))
 }
+
+/// A tiny random BERT and two heads (v1: labels a/b, v2: labels x/y/z) in a temp dir,
+/// so worker tests need no real model.
+pub struct TinyModels {
+    pub _dir: tempfile::TempDir,
+    pub model_dir: std::path::PathBuf,
+    pub head_v1: std::path::PathBuf,
+    pub head_v2: std::path::PathBuf,
+}
+
+pub const V1_LABELS: &[&str] = &["a", "b"];
+pub const V2_LABELS: &[&str] = &["x", "y", "z"];
+
+pub fn tiny_models() -> TinyModels {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("encoder");
+    let head_v1 = dir.path().join("v1");
+    let head_v2 = dir.path().join("v2");
+    aifab_model::testing::write_tiny_bert(&model_dir, 7).unwrap();
+    aifab_model::testing::write_random_head(&head_v1, aifab_model::testing::TINY_HIDDEN, V1_LABELS, 1).unwrap();
+    aifab_model::testing::write_random_head(&head_v2, aifab_model::testing::TINY_HIDDEN, V2_LABELS, 2).unwrap();
+    TinyModels { _dir: dir, model_dir, head_v1, head_v2 }
+}
+
+/// `n` inference requests for `task` with ids `<prefix>-<i>`, token ids valid for the
+/// tiny BERT, lengths 3..40, produced to `topic` keyed by id.
+pub async fn produce_requests(topic: &str, task: &str, prefix: &str, range: std::ops::Range<usize>) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let p: FutureProducer = aifab_core::kafka::producer_config(&kafka_brokers(), "aifab-tests").create().unwrap();
+    let mut sends = Vec::new();
+    for i in range {
+        let len = 3 + (i * 7919) % 38;
+        let mut ids = vec![2u32];
+        ids.extend((0..len - 2).map(|j| 5 + ((i * 31 + j * 17) % 100) as u32));
+        ids.push(3);
+        let req = aifab_core::messages::InferenceRequest {
+            schema: aifab_core::messages::tag(),
+            id: format!("{prefix}-{i}"),
+            tenant: if i % 3 == 0 { "beta".into() } else { "acme".into() },
+            task: task.into(),
+            text: format!("request {i}"),
+            token_count: ids.len() as u32,
+            input_ids: ids,
+            truncation: aifab_core::messages::Truncation::None,
+            received_at_ms: aifab_core::now_ms(),
+            deadline_ms: None,
+            priority: 0,
+            attributes: Default::default(),
+        };
+        let payload = aifab_core::messages::encode(&req);
+        let p = p.clone();
+        let topic = topic.to_string();
+        sends.push(async move {
+            p.send(FutureRecord::to(&topic).key(&req.id).payload(&payload), Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce request");
+        });
+    }
+    futures::future::join_all(sends).await;
+}
+
+/// Reads `aifab.predictions` (read_committed) from the offsets it had when created, so a
+/// test sees only predictions produced after it started.
+pub struct PredictionReader {
+    consumer: rdkafka::consumer::BaseConsumer,
+    pub seen: Vec<aifab_core::messages::Prediction>,
+}
+
+impl PredictionReader {
+    pub fn new() -> Self {
+        use rdkafka::consumer::Consumer;
+        let topic = aifab_core::topics::PREDICTIONS.name;
+        let consumer: rdkafka::consumer::BaseConsumer =
+            aifab_core::kafka::consumer_config(&kafka_brokers(), "aifab-tests", &unique("reader"))
+                .create()
+                .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..aifab_core::topics::PREDICTIONS.partitions {
+            let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(high)).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        PredictionReader { consumer, seen: Vec::new() }
+    }
+
+    /// Read what is available within ~`budget`, keeping predictions whose id starts with `prefix`.
+    pub fn read(&mut self, prefix: &str, budget: Duration) {
+        use rdkafka::Message;
+        let deadline = std::time::Instant::now() + budget;
+        while std::time::Instant::now() < deadline {
+            match self.consumer.poll(Duration::from_millis(50)) {
+                None => continue,
+                Some(Err(e)) => panic!("reading predictions: {e}"),
+                Some(Ok(m)) => {
+                    let p: aifab_core::messages::Prediction =
+                        aifab_core::messages::decode(m.payload().unwrap_or_default()).expect("valid prediction");
+                    if p.id.starts_with(prefix) {
+                        self.seen.push(p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// True once the reader has consumed up to the current end of every partition.
+    pub fn caught_up(&self) -> bool {
+        use rdkafka::consumer::Consumer;
+        let topic = aifab_core::topics::PREDICTIONS.name;
+        let pos = self.consumer.position().unwrap();
+        (0..aifab_core::topics::PREDICTIONS.partitions).all(|p| {
+            let (_, high) = self.consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+            match pos.find_partition(topic, p).map(|e| e.offset()) {
+                Some(rdkafka::Offset::Offset(o)) => o >= high,
+                _ => false,
+            }
+        })
+    }
+
+    /// Predictions per request id.
+    pub fn counts(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut c = std::collections::BTreeMap::new();
+        for p in &self.seen {
+            *c.entry(p.id.clone()).or_insert(0) += 1;
+        }
+        c
+    }
+}
+
+impl Default for PredictionReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}

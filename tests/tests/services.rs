@@ -44,9 +44,10 @@ async fn exits_cleanly(mut child: Child, service: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_becomes_ready_serves_metrics_and_stops_on_sigterm() {
+    let models = aifab_tests::tiny_models();
     for service in SERVICES {
         let addr = format!("127.0.0.1:{}", free_port());
-        let extra = service_env(service);
+        let extra = service_env(service, &models);
         let child = start(service, &addr, &extra, false);
         let body = eventually(Duration::from_secs(60), &format!("{service} /readyz to be 200"), || {
             let addr = addr.clone();
@@ -70,9 +71,16 @@ async fn every_service_becomes_ready_serves_metrics_and_stops_on_sigterm() {
     }
 }
 
-/// Service-specific settings the tests need (none for most services).
-fn service_env(_service: &str) -> Vec<(&'static str, String)> {
-    Vec::new()
+/// Service-specific settings the tests need: the worker serves a tiny random model.
+fn service_env(service: &str, models: &aifab_tests::TinyModels) -> Vec<(&'static str, String)> {
+    match service {
+        "inference-worker" => vec![
+            ("AIFAB_MODEL_DIR", models.model_dir.display().to_string()),
+            ("AIFAB_HEAD_DIR", models.head_v1.display().to_string()),
+            ("AIFAB_INPUT_TOPIC", aifab_tests::unique("idle-requests")),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

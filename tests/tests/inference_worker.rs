@@ -1,0 +1,233 @@
+//! The inference worker against the live broker, with a tiny random BERT: exactly-once
+//! through repeated SIGKILLs, graceful SIGTERM, hot swap under load without mixed
+//! batches, and clear start-up failures.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::Duration;
+
+use aifab_core::kafka::{consumer_config, group_offsets};
+use aifab_core::messages::{encode, tag, ModelEvent, ModelEventKind, Outcome};
+use aifab_tests::*;
+use tokio::process::{Child, Command};
+
+struct WorkerRun {
+    topic: String,
+    group: String,
+    task: String,
+    models: TinyModels,
+}
+
+impl WorkerRun {
+    async fn new(partitions: i32) -> Self {
+        let topic = unique("requests");
+        create_topic(&topic, partitions).await;
+        WorkerRun { topic, group: unique("workers"), task: unique("task").replace('.', "-"), models: tiny_models() }
+    }
+
+    fn start(&self, instance: &str, batch: usize, extra: &[(&str, String)]) -> (Child, String) {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(bin_path("aifab-inference-worker"));
+        cmd.env("AIFAB_HTTP_ADDR", &addr)
+            .env("AIFAB_MODEL_DIR", &self.models.model_dir)
+            .env("AIFAB_HEAD_DIR", &self.models.head_v1)
+            .env("AIFAB_MODEL_VERSION", "v1")
+            .env("AIFAB_TASK", &self.task)
+            .env("AIFAB_INPUT_TOPIC", &self.topic)
+            .env("AIFAB_WORKER_GROUP", &self.group)
+            .env("AIFAB_INSTANCE_ID", instance)
+            .env("AIFAB_FOLLOW", "latest")
+            .env("AIFAB_MAX_BATCH_SIZE", batch.to_string())
+            .env("AIFAB_MAX_WAIT_MS", "2")
+            .env("AIFAB_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        (cmd.spawn().expect("start worker"), addr)
+    }
+
+    /// Wait until the group has committed everything in the input topic.
+    async fn drained(&self) {
+        let (brokers, group, topic) = (kafka_brokers(), self.group.clone(), self.topic.clone());
+        eventually(Duration::from_secs(120), "the worker group to reach lag 0", || {
+            let (brokers, group, topic) = (brokers.clone(), group.clone(), topic.clone());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let c = consumer_config(&brokers, "aifab-tests", &group).create().unwrap();
+                    let offs = group_offsets(&c, &topic, Duration::from_secs(10)).ok()?;
+                    (offs.iter().all(|p| p.committed.is_some()) && offs.iter().map(|p| p.lag).sum::<i64>() == 0)
+                        .then_some(())
+                })
+                .await
+                .unwrap()
+            }
+        })
+        .await;
+    }
+}
+
+fn sigkill(child: &mut Child) {
+    let pid = child.id().expect("running");
+    std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status().unwrap();
+}
+
+async fn read_until(reader: &mut PredictionReader, prefix: &str, distinct: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    while reader.counts().len() < distinct {
+        assert!(tokio::time::Instant::now() < deadline, "only {} of {distinct} predicted", reader.counts().len());
+        reader.read(prefix, Duration::from_millis(200));
+    }
+}
+
+/// Read until the reader has consumed to the end of every partition: with
+/// read_committed that waits for open transactions to end, so nothing is missed.
+async fn read_to_end(reader: &mut PredictionReader, prefix: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        reader.read(prefix, Duration::from_millis(300));
+        if reader.caught_up() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "predictions topic never settled");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_exactly_one_prediction_through_sigkills() {
+    let run = WorkerRun::new(4).await;
+    let prefix = unique("eos");
+    let n = 6000;
+    let mut reader = PredictionReader::new();
+    produce_requests(&run.topic, &run.task, &prefix, 0..n).await;
+
+    // Kill the same replica (same instance id, as a supervisor restarts it) three times
+    // mid-stream; each restart fences the dead one's open transaction.
+    let (mut worker, _) = run.start("eos-a", 4, &[]);
+    for k in 1..=3 {
+        read_until(&mut reader, &prefix, k * n / 6).await;
+        sigkill(&mut worker);
+        worker.wait().await.unwrap();
+        worker = run.start("eos-a", 4, &[]).0;
+    }
+    read_until(&mut reader, &prefix, n / 2 + 200).await;
+    sigkill(&mut worker);
+    worker.wait().await.unwrap();
+    // A second worker with another identity finishes the stream.
+    let (second, _) = run.start("eos-b", 32, &[]);
+    read_until(&mut reader, &prefix, n).await;
+    run.drained().await;
+    read_to_end(&mut reader, &prefix).await;
+
+    let counts = reader.counts();
+    let dupes: Vec<_> = counts.iter().filter(|(_, c)| **c != 1).take(5).collect();
+    assert_eq!(counts.len(), n, "every request predicted");
+    assert!(dupes.is_empty(), "requests with more than one committed prediction: {dupes:?}");
+    assert!(reader.seen.iter().all(|p| p.outcome == Outcome::Ok && p.model_version == "v1"));
+    let workers: BTreeSet<_> = reader.seen.iter().map(|p| p.worker.as_str()).collect();
+    assert_eq!(workers, BTreeSet::from(["eos-a", "eos-b"]));
+
+    // Graceful stop: SIGTERM exits 0.
+    sigterm(&second);
+    let mut second = second;
+    let status = tokio::time::timeout(Duration::from_secs(30), second.wait()).await.expect("exits").unwrap();
+    assert!(status.success(), "SIGTERM exit: {status}");
+    delete_topic(&run.topic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swap_under_load_never_mixes_versions_in_a_batch() {
+    let run = WorkerRun::new(2).await;
+    let prefix = unique("swap");
+    let n = 3000;
+    let mut reader = PredictionReader::new();
+    produce_requests(&run.topic, &run.task, &prefix, 0..n / 2).await;
+    let (mut worker, _) = run.start("swap-a", 8, &[]);
+    read_until(&mut reader, &prefix, 300).await;
+
+    let nats = async_nats::connect(nats_url()).await.unwrap();
+    let event = ModelEvent {
+        schema: tag(),
+        kind: ModelEventKind::Published,
+        task: run.task.clone(),
+        version: "v2".into(),
+        artifact_uri: format!("file://{}", run.models.head_v2.display()),
+        alias: None,
+        metrics: Default::default(),
+        at_ms: aifab_core::now_ms(),
+    };
+    nats.publish(aifab_core::topics::subjects::MODEL_PUBLISHED, encode(&event).into()).await.unwrap();
+    nats.flush().await.unwrap();
+    produce_requests(&run.topic, &run.task, &prefix, n / 2..n).await;
+    read_until(&mut reader, &prefix, n).await;
+    run.drained().await;
+    read_to_end(&mut reader, &prefix).await;
+
+    let counts = reader.counts();
+    assert_eq!(counts.len(), n);
+    assert!(counts.values().all(|c| *c == 1));
+    assert!(reader.seen.iter().all(|p| p.outcome == Outcome::Ok), "no errors during the swap");
+    let mut by_batch: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for p in &reader.seen {
+        by_batch.entry(p.batch_id.as_deref().unwrap()).or_default().insert(p.model_version.as_str());
+        let labels = if p.model_version == "v1" { V1_LABELS } else { V2_LABELS };
+        assert!(labels.contains(&p.label.as_deref().unwrap()), "label of {} from its own version", p.id);
+        assert_eq!(p.scores.len(), labels.len());
+    }
+    let mixed: Vec<_> = by_batch.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(mixed.is_empty(), "mixed-version batches: {mixed:?}");
+    let versions: BTreeSet<_> = reader.seen.iter().map(|p| p.model_version.as_str()).collect();
+    assert_eq!(versions, BTreeSet::from(["v1", "v2"]), "both versions served");
+    // Once v2 served, v1 never did again.
+    let first_v2 = reader.seen.iter().filter(|p| p.model_version == "v2").map(|p| p.produced_at_ms).min().unwrap();
+    let late_v1 = reader.seen.iter().filter(|p| p.model_version == "v1" && p.produced_at_ms > first_v2).count();
+    assert_eq!(late_v1, 0, "v1 predictions after the switch");
+    sigkill(&mut worker);
+    delete_topic(&run.topic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_model_fails_to_load_is_not_ready_and_consumes_nothing() {
+    let run = WorkerRun::new(1).await;
+    produce_requests(&run.topic, &run.task, &unique("idle"), 0..10).await;
+    let (worker, addr) = run.start("broken", 8, &[("AIFAB_HEAD_DIR", "/nonexistent/head".into())]);
+    let body = eventually(Duration::from_secs(60), "/readyz 503 naming the model", || {
+        let addr = addr.clone();
+        async move {
+            match http_get(&addr, "/readyz").await {
+                Ok((503, b)) if b.contains("\"model\":{\"ok\":false") && b.contains("kafka\":{\"ok\":true") => Some(b),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(body.contains("/nonexistent/head"), "the reason names the path: {body}");
+    // It never joined the group, so nothing was committed.
+    let (brokers, group, topic) = (kafka_brokers(), run.group.clone(), run.topic.clone());
+    let offs = tokio::task::spawn_blocking(move || {
+        let c = consumer_config(&brokers, "aifab-tests", &group).create().unwrap();
+        group_offsets(&c, &topic, Duration::from_secs(10)).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(offs.iter().all(|p| p.committed.is_none() && p.lag == 10), "{offs:?}");
+    drop(worker);
+    delete_topic(&run.topic).await;
+}
+
+#[tokio::test]
+async fn asking_for_a_missing_device_fails_at_start_up() {
+    let models = tiny_models();
+    let out = Command::new(bin_path("aifab-inference-worker"))
+        .env("AIFAB_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("AIFAB_MODEL_DIR", &models.model_dir)
+        .env("AIFAB_DEVICE", "cuda:7")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cuda:7") && stderr.to_lowercase().contains("cuda"), "clear error: {stderr}");
+}
