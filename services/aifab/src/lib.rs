@@ -4,3 +4,4 @@
 pub mod local;
 pub mod status;
 pub mod supervisor;
+pub mod train;

@@ -36,6 +36,8 @@ enum Cmd {
     },
     /// Show every service's readiness (exit status 1 unless all are ready).
     Status,
+    /// Train a classification head: offline from JSONL files, or by asking the trainer.
+    Train(aifab::train::TrainArgs),
 }
 
 #[tokio::main]
@@ -45,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Up { no_stack, detach, ready_timeout_s } => up(no_stack, detach, ready_timeout_s).await,
         Cmd::Down { stack } => down(stack).await,
+        Cmd::Train(args) => aifab::train::run(args).await,
         Cmd::Status => {
             let (table, ready) = aifab::status::table(SERVICES).await;
             print!("{table}");

@@ -1,10 +1,32 @@
-//! aifab feature: Tokenizes accepted records into inference requests and training examples; dedupe cache and per-tenant online features in Redis.
+//! aifab feature: turns accepted records (`aifab.features.in`) into tokenized inference
+//! requests (`aifab.inference.requests`) and training examples
+//! (`aifab.training.examples`), answers repeated texts from a Redis dedupe cache
+//! (`aifab.predictions`, outcome `cached`), and keeps per-tenant online features in Redis.
 //!
-//! The binary (`main.rs`) only parses [`Config`] and calls [`run`]; everything here can
-//! be driven by tests without a broker.
+//! Modules: [`stage`] (the transactional transform), [`tokenize`] (tokenizer and
+//! truncation policy), [`dedupe`] (cached answers and the cache filler), [`online`]
+//! (online feature counts), [`keys`] (the Redis key layout).
+//!
+//! The binary (`main.rs`) only parses [`Config`] and calls [`run`].
+
+pub mod dedupe;
+pub mod keys;
+pub mod online;
+pub mod stage;
+pub mod tokenize;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use aifab_core::config::{BrokerArgs, ServeArgs};
+use aifab_core::pipeline::{self, LoopSettings};
 use aifab_core::service::{Needs, Service, ServiceSpec};
+use aifab_core::topics;
+use anyhow::Context as _;
+
+use crate::keys::DedupeScope;
+use crate::tokenize::{FeatureTokenizer, TruncationPolicy};
 
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "feature",
@@ -14,19 +36,201 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 
 /// Command-line and environment configuration.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "aifab-feature", version, about = "Tokenizes accepted records into inference requests and training examples; dedupe cache and per-tenant online features in Redis.")]
+#[command(
+    name = "aifab-feature",
+    version,
+    about = "Tokenizes accepted records into inference requests and training examples; dedupe cache and per-tenant online features in Redis."
+)]
 pub struct Config {
     #[command(flatten)]
     pub brokers: BrokerArgs,
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    /// The model directory holding tokenizer.json (or the tokenizer.json file itself); see scripts/fetch-model.
+    #[arg(long, env = "AIFAB_MODEL_DIR", default_value_t = default_model_dir())]
+    pub model_dir: String,
+
+    /// Most tokens per text, special tokens included.
+    #[arg(long, env = "AIFAB_MAX_TOKENS", default_value_t = 128)]
+    pub max_tokens: usize,
+
+    /// What to do with a text over --max-tokens: keep its start (head), keep its end
+    /// (tail), or dead-letter it (reject). The request records which cut was made.
+    #[arg(long, env = "AIFAB_TRUNCATION", value_enum, default_value = "head")]
+    pub truncation: TruncationPolicy,
+
+    /// How long a computed prediction answers repeats of its text, seconds (0 = no dedupe cache).
+    #[arg(long, env = "AIFAB_DEDUPE_TTL_S", default_value_t = 3600)]
+    pub dedupe_ttl_s: u64,
+
+    /// Who shares cached answers: the same tenant only, or everyone.
+    #[arg(long, env = "AIFAB_DEDUPE_SCOPE", value_enum, default_value = "tenant")]
+    pub dedupe_scope: DedupeScope,
+
+    /// How long a request waits for its prediction to fill the cache, seconds.
+    #[arg(long, env = "AIFAB_PENDING_TTL_S", default_value_t = 3600)]
+    pub pending_ttl_s: u64,
+
+    /// Prefix of every Redis key this service reads or writes.
+    #[arg(long, env = "AIFAB_REDIS_PREFIX", default_value = "aifab")]
+    pub redis_prefix: String,
+
+    /// Input topic (records accepted by ingest).
+    #[arg(long, env = "AIFAB_FEATURES_TOPIC", default_value = topics::FEATURES_IN.name)]
+    pub features_topic: String,
+
+    /// Output topic of tokenized inference requests.
+    #[arg(long, env = "AIFAB_INFERENCE_TOPIC", default_value = topics::INFERENCE_REQUESTS.name)]
+    pub inference_topic: String,
+
+    /// Output topic of training examples.
+    #[arg(long, env = "AIFAB_TRAINING_TOPIC", default_value = topics::TRAINING_EXAMPLES.name)]
+    pub training_topic: String,
+
+    /// Predictions topic: cached answers are written to it, and computed ones read from it to fill the cache.
+    #[arg(long, env = "AIFAB_PREDICTIONS_TOPIC", default_value = topics::PREDICTIONS.name)]
+    pub predictions_topic: String,
+
+    /// Dead-letter topic.
+    #[arg(long, env = "AIFAB_DLQ_TOPIC", default_value = topics::DLQ.name)]
+    pub dlq_topic: String,
+
+    /// Consumer group of the feature stage.
+    #[arg(long, env = "AIFAB_FEATURE_GROUP", default_value = topics::groups::FEATURE)]
+    pub group: String,
+
+    /// Consumer group of the cache filler (reads the predictions topic).
+    #[arg(long, env = "AIFAB_FEATURE_CACHE_GROUP", default_value = "aifab-feature-cache")]
+    pub cache_group: String,
+
+    /// Task of records that name none.
+    #[arg(long, env = "AIFAB_DEFAULT_TASK", default_value = "default")]
+    pub default_task: String,
+
+    /// This replica's name, part of its Kafka transactional id. Keep it stable across
+    /// restarts of the same replica. Default: `<hostname>-<http port>`.
+    #[arg(long, env = "AIFAB_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Most messages per consumed batch (one transaction each).
+    #[arg(long, env = "AIFAB_CONSUME_BATCH", default_value_t = 2000)]
+    pub consume_batch: usize,
+
+    /// Longest a consumed batch waits to fill, milliseconds.
+    #[arg(long, env = "AIFAB_CONSUME_WAIT_MS", default_value_t = 20)]
+    pub consume_wait_ms: u64,
+}
+
+fn default_model_dir() -> String {
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    format!("{home}/.cache/aifab/models/all-minilm-l6-v2")
+}
+
+fn default_instance_id(addr: std::net::SocketAddr) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "feature".into());
+    format!("{host}-{}", addr.port())
 }
 
 /// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
+    let path = PathBuf::from(&config.model_dir);
+    let tokenizer = FeatureTokenizer::load(&path, config.max_tokens, config.truncation)
+        .with_context(|| format!("loading the tokenizer from {} (run scripts/fetch-model, or set AIFAB_MODEL_DIR)", path.display()))?;
+    tracing::info!(path = %path.display(), max_tokens = config.max_tokens, truncation = ?config.truncation, "tokenizer loaded");
+    let redis = svc.redis()?;
+    let keys = keys::Keys::new(&config.redis_prefix);
     svc.serve(axum::Router::new()).await?;
-    svc.shutdown.cancelled().await;
+    let instance = config.instance_id.clone().unwrap_or_else(|| default_instance_id(config.serve.http_addr_or(SPEC.default_port)));
+
+    let runtime = tokio::runtime::Handle::current();
+    let stage = stage::FeatureStage {
+        settings: stage::StageSettings {
+            inference_topic: config.inference_topic.clone(),
+            training_topic: config.training_topic.clone(),
+            predictions_topic: config.predictions_topic.clone(),
+            dlq_topic: config.dlq_topic.clone(),
+            default_task: config.default_task.clone(),
+            dedupe_ttl_s: config.dedupe_ttl_s,
+            dedupe_scope: config.dedupe_scope,
+            pending_ttl_s: config.pending_ttl_s,
+            worker_name: format!("feature-{instance}"),
+        },
+        tokenizer: Arc::new(tokenizer),
+        redis: redis.clone(),
+        keys: keys.clone(),
+        deltas: Default::default(),
+    };
+    let stage_settings = LoopSettings {
+        service: SPEC.name,
+        brokers: config.brokers.kafka_brokers.clone(),
+        group: config.group.clone(),
+        input_topic: config.features_topic.clone(),
+        client_id: format!("aifab-feature-{instance}"),
+        max_batch: config.consume_batch.max(1),
+        max_wait: Duration::from_millis(config.consume_wait_ms),
+        consumer_overrides: Vec::new(),
+    };
+    let (rt, token) = (runtime.clone(), svc.shutdown.clone());
+    let mut stage_loop =
+        pipeline::spawn_loop("feature-loop", move || pipeline::run_transactional(stage_settings, stage, rt, token))?;
+
+    let mut cache_loop = if config.dedupe_ttl_s > 0 {
+        let fill = dedupe::CacheFill { redis, keys, ttl_s: config.dedupe_ttl_s };
+        let settings = LoopSettings {
+            service: SPEC.name,
+            brokers: config.brokers.kafka_brokers.clone(),
+            group: config.cache_group.clone(),
+            input_topic: config.predictions_topic.clone(),
+            client_id: format!("aifab-feature-cache-{instance}"),
+            max_batch: 2000,
+            max_wait: Duration::from_millis(20),
+            consumer_overrides: Vec::new(),
+        };
+        let (rt, token) = (runtime, svc.shutdown.clone());
+        Some(pipeline::spawn_loop("cache-loop", move || pipeline::run_at_least_once(settings, fill, rt, token))?)
+    } else {
+        None
+    };
+
+    let cache_ended = async {
+        match cache_loop.as_mut() {
+            Some(h) => h.await,
+            None => std::future::pending().await,
+        }
+    };
+    let failure: Option<anyhow::Error> = tokio::select! {
+        _ = svc.shutdown.cancelled() => None,
+        r = &mut stage_loop => Some(r.context("feature loop").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("feature loop ended"))),
+        r = cache_ended => Some(r.context("cache loop").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("cache loop ended"))),
+    };
+    svc.stop();
+    let grace = Duration::from_secs(config.serve.shutdown_grace_s);
+    let mut loops = vec![("feature loop", stage_loop)];
+    if let Some(c) = cache_loop {
+        loops.push(("cache loop", c));
+    }
+    for (name, handle) in loops {
+        if handle.is_finished() {
+            continue;
+        }
+        match tokio::time::timeout(grace, handle).await {
+            Ok(Ok(Err(e))) => tracing::error!(error = %format!("{e:#}"), "{name} failed while stopping"),
+            Err(_) => tracing::warn!("{name} did not stop within the grace period"),
+            _ => {}
+        }
+    }
     svc.finish().await;
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(e) => {
+            tracing::error!(error = %format!("{e:#}"), "stopping after a fatal error");
+            Err(e)
+        }
+    }
 }

@@ -1,10 +1,35 @@
-//! aifab ingest: Validated entry: HTTP API and the aifab.ingest.raw topic; invalid input goes to aifab.dlq.
+//! aifab ingest: the validated entry. Takes texts over HTTP (`POST /v1/infer`,
+//! `POST /v1/examples`) and from `aifab.ingest.raw` (any Kafka producer), writes what it
+//! accepts to `aifab.features.in` and everything it refuses to `aifab.dlq`, and answers
+//! `GET /v1/predictions/{id}` from the predictions it stores.
 //!
-//! The binary (`main.rs`) only parses [`Config`] and calls [`run`]; everything here can
-//! be driven by tests without a broker.
+//! Modules: [`validate`] (pure checks, error kinds and reasons), [`tenants`] (API keys
+//! and tenant settings from a file and Redis), [`ratelimit`] (token buckets, pure),
+//! [`budget`] (over-budget tenants from NATS), [`raw`] (the Kafka path), [`http`] (the
+//! API), [`predictions`] (the predictions store), [`store`] (the Redis key layout).
+//!
+//! The binary (`main.rs`) only parses [`Config`] and calls [`run`].
+
+pub mod budget;
+pub mod http;
+pub mod predictions;
+pub mod ratelimit;
+pub mod raw;
+pub mod store;
+pub mod tenants;
+pub mod validate;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use aifab_core::config::{BrokerArgs, ServeArgs};
+use aifab_core::pipeline::{self, AtomicProducer, LoopSettings};
 use aifab_core::service::{Needs, Service, ServiceSpec};
+use aifab_core::topics;
+use anyhow::Context as _;
+
+use crate::tenants::{BudgetMode, Registry, StaticTenants, TenantSettings};
 
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "ingest",
@@ -14,19 +39,254 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 
 /// Command-line and environment configuration.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "aifab-ingest", version, about = "Validated entry: HTTP API and the aifab.ingest.raw topic; invalid input goes to aifab.dlq.")]
+#[command(
+    name = "aifab-ingest",
+    version,
+    about = "Validated entry: HTTP API and the aifab.ingest.raw topic; accepted records go to aifab.features.in, invalid input to aifab.dlq."
+)]
 pub struct Config {
     #[command(flatten)]
     pub brokers: BrokerArgs,
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    /// JSON file of API keys and tenant settings:
+    /// {"keys":[{"key":"...","tenant":"acme"}],"tenants":{"acme":{"rate_per_s":100,"burst":200,"budget_mode":"reject"}}}.
+    /// Keys and tenants can also be added at run time in Redis (see the README).
+    #[arg(long, env = "AIFAB_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// Prefix of every Redis key this service reads or writes.
+    #[arg(long, env = "AIFAB_REDIS_PREFIX", default_value = "aifab")]
+    pub redis_prefix: String,
+
+    /// Topic of raw records from external producers (input).
+    #[arg(long, env = "AIFAB_RAW_TOPIC", default_value = topics::INGEST_RAW.name)]
+    pub raw_topic: String,
+
+    /// Topic of accepted records (output; the feature service's input).
+    #[arg(long, env = "AIFAB_FEATURES_TOPIC", default_value = topics::FEATURES_IN.name)]
+    pub features_topic: String,
+
+    /// Dead-letter topic.
+    #[arg(long, env = "AIFAB_DLQ_TOPIC", default_value = topics::DLQ.name)]
+    pub dlq_topic: String,
+
+    /// Predictions topic (read to answer GET /v1/predictions/{id}).
+    #[arg(long, env = "AIFAB_PREDICTIONS_TOPIC", default_value = topics::PREDICTIONS.name)]
+    pub predictions_topic: String,
+
+    /// Consumer group of the raw-topic loop.
+    #[arg(long, env = "AIFAB_INGEST_GROUP", default_value = topics::groups::INGEST)]
+    pub group: String,
+
+    /// Consumer group of the predictions store.
+    #[arg(long, env = "AIFAB_INGEST_PREDICTIONS_GROUP", default_value = "aifab-ingest-predictions")]
+    pub predictions_group: String,
+
+    /// This replica's name, part of its Kafka transactional ids. Keep it stable across
+    /// restarts of the same replica. Default: `<hostname>-<http port>`.
+    #[arg(long, env = "AIFAB_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Task given to records that name none.
+    #[arg(long, env = "AIFAB_DEFAULT_TASK", default_value = "default")]
+    pub default_task: String,
+
+    /// Labels each task accepts, `task=label,label;task=...`; a labelled record for a
+    /// listed task with another label is refused (`unknown_label`). Unlisted tasks accept any label.
+    #[arg(long, env = "AIFAB_TASK_LABELS", default_value = "", value_parser = validate::parse_task_labels)]
+    pub task_labels: std::collections::BTreeMap<String, Vec<String>>,
+
+    /// Longest text in characters (the schema's limit is 20000).
+    #[arg(long, env = "AIFAB_MAX_TEXT_CHARS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=20_000))]
+    pub max_text_chars: u64,
+
+    /// Largest HTTP body in bytes (413 above).
+    #[arg(long, env = "AIFAB_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Most texts in one HTTP batch (413 above).
+    #[arg(long, env = "AIFAB_MAX_BATCH_ITEMS", default_value_t = 256)]
+    pub max_batch_items: usize,
+
+    /// Default per-tenant rate limit over HTTP, texts per second (0 = unlimited).
+    #[arg(long, env = "AIFAB_DEFAULT_RATE_PER_S", default_value_t = 1000.0)]
+    pub default_rate_per_s: f64,
+
+    /// Default per-tenant burst, texts.
+    #[arg(long, env = "AIFAB_DEFAULT_BURST", default_value_t = 2000.0)]
+    pub default_burst: f64,
+
+    /// What happens to a tenant over budget unless its settings say otherwise.
+    #[arg(long, env = "AIFAB_DEFAULT_BUDGET_MODE", value_enum, default_value = "reject")]
+    pub default_budget_mode: BudgetMode,
+
+    /// `priority` of a deprioritised tenant's inference requests (0 = normal; higher is served later).
+    #[arg(long, env = "AIFAB_DEPRIORITISED_PRIORITY", default_value_t = 9)]
+    pub deprioritised_priority: u8,
+
+    /// How long a request id stays claimed (duplicate-id window), seconds.
+    #[arg(long, env = "AIFAB_ID_TTL_S", default_value_t = 86_400)]
+    pub id_ttl_s: u64,
+
+    /// How long an Idempotency-Key's response is kept, seconds.
+    #[arg(long, env = "AIFAB_IDEMPOTENCY_TTL_S", default_value_t = 86_400)]
+    pub idempotency_ttl_s: u64,
+
+    /// How long a prediction stays readable through GET /v1/predictions/{id}, seconds.
+    #[arg(long, env = "AIFAB_PREDICTION_TTL_S", default_value_t = 86_400)]
+    pub prediction_ttl_s: u64,
+
+    /// Most messages per consumed batch (one transaction each).
+    #[arg(long, env = "AIFAB_CONSUME_BATCH", default_value_t = 2000)]
+    pub consume_batch: usize,
+
+    /// Longest a consumed batch waits to fill, milliseconds.
+    #[arg(long, env = "AIFAB_CONSUME_WAIT_MS", default_value_t = 20)]
+    pub consume_wait_ms: u64,
+
+    /// Longest an HTTP POST waits for Kafka to acknowledge its records, milliseconds.
+    #[arg(long, env = "AIFAB_PRODUCE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub produce_timeout_ms: u64,
+}
+
+fn default_instance_id(addr: Option<std::net::SocketAddr>) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ingest".into());
+    format!("{host}-{}", addr.map(|a| a.port()).unwrap_or(0))
 }
 
 /// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
-    svc.serve(axum::Router::new()).await?;
-    svc.shutdown.cancelled().await;
+    let statics = match &config.api_keys_file {
+        Some(path) => StaticTenants::load(path)?,
+        None => StaticTenants::default(),
+    };
+    tracing::info!(keys = statics.key_count(), "API keys loaded from the file");
+    let keys = store::Keys::new(&config.redis_prefix);
+    let defaults = TenantSettings {
+        rate_per_s: config.default_rate_per_s,
+        burst: config.default_burst,
+        budget_mode: config.default_budget_mode,
+        enabled: true,
+    };
+    let registry = Arc::new(Registry::new(statics, defaults, keys.clone()));
+    let budget = Arc::new(budget::BudgetBoard::new(keys.clone()));
+    let redis = svc.redis()?;
+    let rules = validate::Rules {
+        default_task: config.default_task.clone(),
+        labels: config.task_labels.clone(),
+        max_text_chars: config.max_text_chars as usize,
+        max_batch_items: config.max_batch_items,
+    };
+
+    // Bind first: the instance id defaults to the port.
+    let listener_probe = config.serve.http_addr_or(SPEC.default_port);
+    let instance = config.instance_id.clone().unwrap_or_else(|| default_instance_id(Some(listener_probe)));
+    let producer = AtomicProducer::start(
+        SPEC.name,
+        &config.brokers.kafka_brokers,
+        &format!("aifab-ingest-http-{instance}"),
+        svc.shutdown.clone(),
+    )?;
+    let api = Arc::new(http::Api {
+        settings: http::HttpSettings {
+            features_topic: config.features_topic.clone(),
+            dlq_topic: config.dlq_topic.clone(),
+            max_body_bytes: config.max_body_bytes,
+            id_ttl_s: config.id_ttl_s,
+            idempotency_ttl_s: config.idempotency_ttl_s,
+            deprioritised_priority: config.deprioritised_priority,
+            produce_timeout: Duration::from_millis(config.produce_timeout_ms),
+            default_tenant: defaults,
+        },
+        rules: rules.clone(),
+        registry: registry.clone(),
+        budget: budget.clone(),
+        limiters: ratelimit::Limiters::default(),
+        redis: redis.clone(),
+        producer,
+        keys: keys.clone(),
+    });
+    svc.serve(http::router(api)).await?;
+
+    let events = tokio::spawn(budget::follow_events(svc.nats()?, budget.clone(), redis.clone(), svc.shutdown.clone()));
+
+    let runtime = tokio::runtime::Handle::current();
+    let raw_stage = raw::RawStage {
+        settings: raw::RawSettings {
+            features_topic: config.features_topic.clone(),
+            dlq_topic: config.dlq_topic.clone(),
+            id_ttl_s: config.id_ttl_s,
+            deprioritised_priority: config.deprioritised_priority,
+        },
+        rules,
+        registry,
+        budget,
+        redis: redis.clone(),
+        keys: keys.clone(),
+    };
+    let raw_settings = LoopSettings {
+        service: SPEC.name,
+        brokers: config.brokers.kafka_brokers.clone(),
+        group: config.group.clone(),
+        input_topic: config.raw_topic.clone(),
+        client_id: format!("aifab-ingest-{instance}"),
+        max_batch: config.consume_batch.max(1),
+        max_wait: Duration::from_millis(config.consume_wait_ms),
+        consumer_overrides: Vec::new(),
+    };
+    let (rt, token) = (runtime.clone(), svc.shutdown.clone());
+    let mut raw_loop = pipeline::spawn_loop("raw-loop", move || {
+        pipeline::run_transactional(raw_settings, raw_stage, rt, token)
+    })?;
+
+    let store = predictions::PredictionStore { redis, keys, ttl_s: config.prediction_ttl_s };
+    let pred_settings = LoopSettings {
+        service: SPEC.name,
+        brokers: config.brokers.kafka_brokers.clone(),
+        group: config.predictions_group.clone(),
+        input_topic: config.predictions_topic.clone(),
+        client_id: format!("aifab-ingest-predictions-{instance}"),
+        max_batch: 2000,
+        max_wait: Duration::from_millis(20),
+        consumer_overrides: Vec::new(),
+    };
+    let (rt, token) = (runtime, svc.shutdown.clone());
+    let mut pred_loop = pipeline::spawn_loop("predictions-loop", move || {
+        pipeline::run_at_least_once(pred_settings, store, rt, token)
+    })?;
+
+    // Run until shutdown, or until a loop fails (then exit non-zero to be restarted).
+    let failure: Option<anyhow::Error> = tokio::select! {
+        _ = svc.shutdown.cancelled() => None,
+        r = &mut raw_loop => Some(r.context("raw loop").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("raw loop ended"))),
+        r = &mut pred_loop => Some(r.context("predictions loop").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("predictions loop ended"))),
+    };
+    svc.stop();
+    let grace = Duration::from_secs(config.serve.shutdown_grace_s);
+    for (name, handle) in [("raw loop", raw_loop), ("predictions loop", pred_loop)] {
+        if handle.is_finished() {
+            continue;
+        }
+        match tokio::time::timeout(grace, handle).await {
+            Ok(Ok(Err(e))) => tracing::error!(error = %format!("{e:#}"), "{name} failed while stopping"),
+            Err(_) => tracing::warn!("{name} did not stop within the grace period"),
+            _ => {}
+        }
+    }
+    events.abort();
     svc.finish().await;
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(e) => {
+            tracing::error!(error = %format!("{e:#}"), "stopping after a fatal error");
+            Err(e)
+        }
+    }
 }

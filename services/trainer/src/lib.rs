@@ -1,10 +1,22 @@
-//! aifab trainer: Trains, evaluates and registers classification heads; publishes model events on NATS.
+//! aifab trainer: keeps a bounded window of labelled examples per task (replayed from
+//! Kafka on restart), trains a classification head on encoder embeddings when triggered,
+//! evaluates it, registers the version, gates its promotion, and announces it on NATS.
 //!
-//! The binary (`main.rs`) only parses [`Config`] and calls [`run`]; everything here can
-//! be driven by tests without a broker.
+//! Modules: [`dataset`] (examples, window), [`embeddings`] (cached encoder embeddings),
+//! [`train`] (the head trainer), [`eval`] (metrics), [`job`] (one training job and its
+//! artifact), [`service`] (the Kafka/NATS/Redis edges).
+
+pub mod dataset;
+pub mod embeddings;
+pub mod eval;
+pub mod job;
+pub mod service;
+pub mod train;
+
+use std::path::PathBuf;
 
 use aifab_core::config::{BrokerArgs, ServeArgs};
-use aifab_core::service::{Needs, Service, ServiceSpec};
+use aifab_core::service::{Needs, ServiceSpec};
 
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "trainer",
@@ -14,19 +26,70 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 
 /// Command-line and environment configuration.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "aifab-trainer", version, about = "Trains, evaluates and registers classification heads; publishes model events on NATS.")]
+#[command(
+    name = "aifab-trainer",
+    version,
+    about = "Trains, evaluates and registers classification heads; publishes model events on NATS."
+)]
 pub struct Config {
     #[command(flatten)]
     pub brokers: BrokerArgs,
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    /// Encoder directory (config.json, model.safetensors, tokenizer.json); see scripts/fetch-model.
+    #[arg(long, env = "AIFAB_MODEL_DIR", default_value_t = default_model_dir())]
+    pub model_dir: String,
+
+    /// Where artifacts are written: `<dir>/<task>/<version>/`.
+    #[arg(long, env = "AIFAB_ARTIFACT_DIR", default_value_t = default_artifact_dir())]
+    pub artifact_dir: String,
+
+    /// Examples kept per task (the most recent ones).
+    #[arg(long, env = "AIFAB_TRAIN_WINDOW", default_value_t = 20_000)]
+    pub window: usize,
+
+    /// Train a task after this many new examples (0: only on request).
+    #[arg(long, env = "AIFAB_TRAIN_EVERY", default_value_t = 1000)]
+    pub train_every: usize,
+
+    /// Share of the window held out for evaluation.
+    #[arg(long, env = "AIFAB_EVAL_FRACTION", default_value_t = 0.2)]
+    pub eval_fraction: f64,
+
+    /// A candidate is promoted if its macro-F1 ≥ production's minus this.
+    #[arg(long, env = "AIFAB_PROMOTION_TOLERANCE", default_value_t = 0.01)]
+    pub promotion_tolerance: f64,
+
+    /// A task's first model is promoted if its macro-F1 reaches this.
+    #[arg(long, env = "AIFAB_PROMOTION_FLOOR", default_value_t = 0.5)]
+    pub promotion_floor: f64,
+
+    /// Max tokens per text (longer ones are truncated).
+    #[arg(long, env = "AIFAB_MAX_LEN", default_value_t = 128)]
+    pub max_len: usize,
+
+    /// Seed for splits, shuffling and initialisation.
+    #[arg(long, env = "AIFAB_TRAIN_SEED", default_value_t = 42)]
+    pub seed: u64,
+
+    /// Topic of labelled examples.
+    #[arg(long, env = "AIFAB_TRAINING_TOPIC", default_value = aifab_core::topics::TRAINING_EXAMPLES.name)]
+    pub input_topic: String,
+
+    /// Consumer group (its committed offsets mark which examples were already seen).
+    #[arg(long, env = "AIFAB_TRAINER_GROUP", default_value = aifab_core::topics::groups::TRAINER)]
+    pub group: String,
 }
 
-/// Start the service and run until SIGTERM/SIGINT.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
-    svc.serve(axum::Router::new()).await?;
-    svc.shutdown.cancelled().await;
-    svc.finish().await;
-    Ok(())
+pub fn default_model_dir() -> String {
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    format!("{home}/.cache/aifab/models/all-minilm-l6-v2")
 }
+
+pub fn default_artifact_dir() -> String {
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    PathBuf::from(home).join(".aifab/artifacts").display().to_string()
+}
+
+pub use service::run;

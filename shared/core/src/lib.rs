@@ -6,6 +6,7 @@
 //! - [`kafka`], [`nats`], [`redis_store`]: broker clients with retry, backoff and probes.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on every service's port.
 //! - [`service`]: the start-up/shutdown skeleton each `main.rs` calls.
+//! - [`pipeline`]: Kafka consume-transform-produce loops (transactional, at-least-once).
 //! - [`telemetry`], [`shutdown`], [`backoff`]: logs, metrics, signals, retry pacing.
 
 pub mod backoff;
@@ -14,7 +15,9 @@ pub mod health;
 pub mod kafka;
 pub mod messages;
 pub mod nats;
+pub mod pipeline;
 pub mod redis_store;
+pub mod registry;
 pub mod schema;
 pub mod service;
 pub mod shutdown;

@@ -375,9 +375,14 @@ pub enum BudgetEventKind {
     Warning,
     /// Spend reached the budget.
     Exceeded,
+    /// Where a budget stands now (not a threshold crossing): published periodically on
+    /// `aifab.budget.status` for every budget, so the autoscaler can project spend to the
+    /// period's end before any threshold is crossed.
+    Status,
 }
 
-/// `aifab.budget.warning` / `aifab.budget.exceeded`: at most once per tenant per period.
+/// `aifab.budget.warning` / `aifab.budget.exceeded`: at most once per tenant per period;
+/// `aifab.budget.status`: periodically, for every budget set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetEvent {
@@ -457,6 +462,37 @@ pub struct TrainRequest {
 }
 message!(TrainRequest, "train.request/v1");
 
+/// Where a training job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainStage {
+    Embedding,
+    Training,
+    Evaluating,
+    Done,
+    Failed,
+}
+
+/// `aifab.train.progress`: a training job's progress, for progress bars and dashboards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainProgress {
+    pub schema: SchemaTag<TrainProgress>,
+    pub task: String,
+    pub stage: TrainStage,
+    /// Units done and total in this stage (texts embedded, epochs run).
+    pub done: u64,
+    pub total: u64,
+    /// Validation loss of the last epoch (training stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_loss: Option<f64>,
+    /// The version registered (done stage) or the error (failed stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub at_ms: i64,
+}
+message!(TrainProgress, "train.progress/v1");
+
 /// `aifab.replicas.<service>`: how many replicas an actuator runs now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -485,6 +521,7 @@ pub const ALL_SCHEMAS: &[&str] = &[
     BudgetSet::SCHEMA,
     ScaleDecision::SCHEMA,
     TrainRequest::SCHEMA,
+    TrainProgress::SCHEMA,
     ReplicaReport::SCHEMA,
 ];
 
@@ -585,6 +622,6 @@ mod tests {
     #[test]
     fn schema_file_names() {
         assert_eq!(InferenceRequest::schema_file(), "inference.request.v1.json");
-        assert_eq!(ALL_SCHEMAS.len(), 14);
+        assert_eq!(ALL_SCHEMAS.len(), 15);
     }
 }

@@ -43,6 +43,7 @@ const SCHEMAS: &[(&str, &str)] = embed![
     "budget.set/v1" => "budget.set.v1.json",
     "scale.decision/v1" => "scale.decision.v1.json",
     "train.request/v1" => "train.request.v1.json",
+    "train.progress/v1" => "train.progress.v1.json",
     "replicas.report/v1" => "replicas.report.v1.json",
 ];
 

@@ -40,9 +40,13 @@ pub mod subjects {
     pub const MODEL_ROLLED_BACK: &str = "aifab.model.rolled_back";
     pub const MODEL_ALL: &str = "aifab.model.*";
     pub const TRAIN_REQUEST: &str = "aifab.train.request";
+    pub const TRAIN_PROGRESS: &str = "aifab.train.progress";
     pub const BUDGET_SET: &str = "aifab.budget.set";
     pub const BUDGET_WARNING: &str = "aifab.budget.warning";
     pub const BUDGET_EXCEEDED: &str = "aifab.budget.exceeded";
+    /// Periodic `budget.event/v1` with kind `status`: where every budget stands now.
+    pub const BUDGET_STATUS: &str = "aifab.budget.status";
+    pub const BUDGET_ALL: &str = "aifab.budget.*";
     pub const LAG_ALL: &str = "aifab.lag.*";
     pub const ALERTS_ALL: &str = "aifab.alerts.*";
     pub const SCALE_ALL: &str = "aifab.scale.*";

@@ -612,6 +612,22 @@ fn train_request() {
 }
 
 #[test]
+fn train_progress() {
+    let full = TrainProgress {
+        schema: tag(),
+        task: "sms_spam".into(),
+        stage: TrainStage::Training,
+        done: 12,
+        total: 200,
+        validation_loss: Some(0.08),
+        detail: Some("v3".into()),
+        at_ms: T0,
+    };
+    let minimal = TrainProgress { validation_loss: None, detail: None, stage: TrainStage::Embedding, ..full.clone() };
+    check_type(full, minimal);
+}
+
+#[test]
 fn replica_report() {
     let full = ReplicaReport {
         schema: tag(),
@@ -655,6 +671,7 @@ fn decode_as(name: &str, bytes: &[u8]) -> Result<Value, String> {
         BudgetSet,
         ScaleDecision,
         TrainRequest,
+        TrainProgress,
         ReplicaReport,
     );
     panic!("no Rust type for schema {name}: add it to decode_as in tests/contract.rs");

@@ -12,6 +12,8 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::Config;
 
 use crate::bert::Bert;
+use crate::cpu::ops::Isa;
+use crate::cpu::FastBert;
 
 use crate::device::dtype_for;
 use crate::error::{io_err, read_json, ModelError, Result};
@@ -30,9 +32,12 @@ pub enum EncoderImpl {
     /// `AIFAB_ENCODER_IMPL` overrides it.
     #[default]
     Auto,
-    /// Plain candle tensors (`src/bert.rs`) in the compute dtype; the only choice on
-    /// CUDA.
+    /// Plain candle tensors (`src/bert.rs`) in the compute dtype (f32 on the CPU
+    /// unless asked otherwise, f16 on CUDA); the only choice on CUDA.
     Candle,
+    /// The fast CPU path (`src/cpu/`): ragged batches, integer linear layers (10-bit
+    /// weights × 12-bit activations, i32 sums), f32 elsewhere. The CPU default.
+    FastI16,
 }
 
 impl EncoderImpl {
@@ -44,6 +49,7 @@ impl EncoderImpl {
         match self {
             EncoderImpl::Auto => "auto",
             EncoderImpl::Candle => "candle",
+            EncoderImpl::FastI16 => "fast-i16",
         }
     }
 }
@@ -60,9 +66,10 @@ impl std::str::FromStr for EncoderImpl {
     fn from_str(s: &str) -> Result<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "" | "auto" | "default" => Ok(EncoderImpl::Auto),
-            "candle" => Ok(EncoderImpl::Candle),
+            "candle" | "candle-f32" => Ok(EncoderImpl::Candle),
+            "fast" | "fast-i16" | "i16" | "int16" => Ok(EncoderImpl::FastI16),
             other => Err(ModelError::Invalid(format!(
-                "unknown encoder implementation `{other}`: expected auto or candle"
+                "unknown encoder implementation `{other}`: expected auto, candle or fast-i16"
             ))),
         }
     }
@@ -74,12 +81,22 @@ pub struct EncoderOptions {
     /// The implementation; `Auto` picks per device (and honours `AIFAB_ENCODER_IMPL`).
     pub implementation: EncoderImpl,
     /// Compute dtype for the candle implementation; `None` = [`dtype_for`] the device.
+    /// Asking for a dtype other than f32 on the CPU selects candle under `Auto`.
     pub dtype: Option<DType>,
+    /// Threads for the fast CPU path: `None` = rayon's global pool (sized by
+    /// `RAYON_NUM_THREADS`, else the number of CPUs); `Some(n)` = a pool of its own.
+    pub threads: Option<usize>,
+}
+
+enum Backend {
+    Candle(Bert),
+    Fast(FastBert),
 }
 
 /// A loaded sentence encoder on one device.
 pub struct Encoder {
-    model: Bert,
+    backend: Backend,
+    implementation: EncoderImpl,
     config: Config,
     device: Device,
     dtype: DType,
@@ -88,8 +105,12 @@ pub struct Encoder {
 
 impl std::fmt::Debug for Encoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Encoder")
-            .field("hidden_size", &self.config.hidden_size)
+        let mut d = f.debug_struct("Encoder");
+        d.field("implementation", &self.implementation);
+        if let Backend::Fast(fast) = &self.backend {
+            d.field("isa", &fast.isa()).field("threads", &fast.threads());
+        }
+        d.field("hidden_size", &self.config.hidden_size)
             .field("layers", &self.config.num_hidden_layers)
             .field(
                 "max_position_embeddings",
@@ -102,61 +123,113 @@ impl std::fmt::Debug for Encoder {
 }
 
 impl Encoder {
-    /// Loads `config.json` and `model.safetensors` from `model_dir` onto `device`, in the
-    /// dtype [`dtype_for`] picks (f32 on CPU, f16 on CUDA).
+    /// Loads `config.json` and `model.safetensors` from `model_dir` onto `device`.
+    ///
+    /// On the CPU this is the fast path ([`EncoderImpl::FastI16`]: ragged batches,
+    /// integer linear layers; embeddings within cosine ~0.9998 of f32), unless the
+    /// environment variable `AIFAB_ENCODER_IMPL` says otherwise (`candle` forces plain
+    /// f32 candle). On CUDA it is candle in the dtype [`dtype_for`] picks (f16).
     pub fn load(model_dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        Self::load_with_dtype(model_dir, device, dtype_for(device))
+        Self::load_with_options(model_dir, device, EncoderOptions::default())
     }
 
-    /// Like [`load`](Self::load) with explicit options (implementation, dtype).
+    /// Like [`load`](Self::load) with explicit options (implementation, dtype, threads).
+    ///
+    /// `Auto` resolves to `AIFAB_ENCODER_IMPL` when set, else the fast path on the CPU
+    /// (candle when a dtype other than f32 is asked for) and candle on other devices.
+    /// Asking for the fast path on a non-CPU device is an error.
     pub fn load_with_options(
         model_dir: impl AsRef<Path>,
         device: &Device,
         options: EncoderOptions,
     ) -> Result<Self> {
-        let dtype = options.dtype.unwrap_or_else(|| dtype_for(device));
-        Self::load_with_dtype(model_dir, device, dtype)
-    }
-
-    /// Like [`load`](Self::load) with an explicit compute dtype.
-    pub fn load_with_dtype(
-        model_dir: impl AsRef<Path>,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Self> {
-        let dir = model_dir.as_ref();
-        if !dir.is_dir() {
-            return Err(ModelError::Invalid(format!(
-                "model directory {} does not exist",
-                dir.display()
-            )));
+        let mut implementation = options.implementation;
+        if implementation == EncoderImpl::Auto {
+            if let Some(v) = std::env::var(EncoderImpl::ENV).ok().filter(|v| !v.trim().is_empty()) {
+                implementation = v.parse().map_err(|e| {
+                    ModelError::Invalid(format!("{}={v}: {e}", EncoderImpl::ENV))
+                })?;
+            }
         }
-        let config: Config = read_json(&dir.join(CONFIG_FILE))?;
-        validate_config(&config, &dir.join(CONFIG_FILE))?;
+        if implementation == EncoderImpl::Auto {
+            implementation = match (device, options.dtype) {
+                (Device::Cpu, None | Some(DType::F32)) => EncoderImpl::FastI16,
+                _ => EncoderImpl::Candle,
+            };
+        }
+        let (dir, config, bytes) = read_model(model_dir.as_ref())?;
         let weights_path = dir.join(WEIGHTS_FILE);
-        // Read into memory rather than mmap: the trainer may replace files in a model
-        // directory and a mapped file changing underneath would be undefined behaviour.
-        let bytes = std::fs::read(&weights_path).map_err(io_err("cannot read", &weights_path))?;
-        let vb = VarBuilder::from_buffered_safetensors(bytes, dtype, device).map_err(|e| {
-            ModelError::Invalid(format!(
-                "{}: not a safetensors file: {e}",
-                weights_path.display()
-            ))
-        })?;
-        let model = Bert::load(vb, &config).map_err(|e| {
-            ModelError::Invalid(format!(
-                "{}: weights do not match a BERT with the shapes in {CONFIG_FILE}: {e}",
-                weights_path.display()
-            ))
-        })?;
         let pad_id = config.pad_token_id as u32;
+        let (backend, dtype) = match implementation {
+            EncoderImpl::Candle | EncoderImpl::Auto => {
+                let dtype = options.dtype.unwrap_or_else(|| dtype_for(device));
+                let vb = VarBuilder::from_buffered_safetensors(bytes, dtype, device).map_err(|e| {
+                    ModelError::Invalid(format!(
+                        "{}: not a safetensors file: {e}",
+                        weights_path.display()
+                    ))
+                })?;
+                let model = Bert::load(vb, &config).map_err(|e| {
+                    ModelError::Invalid(format!(
+                        "{}: weights do not match a BERT with the shapes in {CONFIG_FILE}: {e}",
+                        weights_path.display()
+                    ))
+                })?;
+                (Backend::Candle(model), dtype)
+            }
+            fast => {
+                if !device.is_cpu() {
+                    return Err(ModelError::Invalid(format!(
+                        "encoder implementation {fast} runs on the CPU only, not on {device:?}"
+                    )));
+                }
+                if let Some(dt) = options.dtype.filter(|d| *d != DType::F32) {
+                    return Err(ModelError::Invalid(format!(
+                        "encoder implementation {fast} computes in f32/integers; dtype {dt:?} needs the candle implementation"
+                    )));
+                }
+                let model = FastBert::load(&bytes, &config, options.threads, Isa::detect())
+                    .map_err(|e| {
+                        ModelError::Invalid(format!(
+                            "{}: weights do not match a BERT with the shapes in {CONFIG_FILE}: {e}",
+                            weights_path.display()
+                        ))
+                    })?;
+                (Backend::Fast(model), DType::F32)
+            }
+        };
         Ok(Self {
-            model,
+            backend,
+            implementation,
             config,
             device: device.clone(),
             dtype,
             pad_id,
         })
+    }
+
+    /// Plain candle in an explicit compute dtype (f32, f16, bf16), on any device.
+    ///
+    /// This is the reference implementation; [`load`](Self::load) is faster on the CPU.
+    pub fn load_with_dtype(
+        model_dir: impl AsRef<Path>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        Self::load_with_options(
+            model_dir,
+            device,
+            EncoderOptions {
+                implementation: EncoderImpl::Candle,
+                dtype: Some(dtype),
+                threads: None,
+            },
+        )
+    }
+
+    /// The implementation this encoder runs (never `Auto`).
+    pub fn implementation(&self) -> EncoderImpl {
+        self.implementation
     }
 
     /// Width of the embeddings (384 for all-MiniLM-L6-v2).
@@ -216,6 +289,13 @@ impl Encoder {
                 )));
             }
         }
+        match &self.backend {
+            Backend::Fast(fast) => Ok(fast.embed(batch)),
+            Backend::Candle(model) => self.embed_candle(model, batch),
+        }
+    }
+
+    fn embed_candle(&self, model: &Bert, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         let n = batch.len();
         let len = batch.iter().map(|s| s.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(n * len);
@@ -229,10 +309,27 @@ impl Encoder {
         let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
         let token_types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &token_types, &mask)?; // (n, len, hidden)
+        let hidden = model.forward(&ids, &token_types, &mask)?; // (n, len, hidden)
         let pooled = mean_pool_normalize(&hidden, &mask)?;
         Ok(pooled.to_vec2::<f32>()?)
     }
+}
+
+/// Reads and checks `config.json`; reads `model.safetensors` into memory.
+fn read_model(dir: &Path) -> Result<(&Path, Config, Vec<u8>)> {
+    if !dir.is_dir() {
+        return Err(ModelError::Invalid(format!(
+            "model directory {} does not exist",
+            dir.display()
+        )));
+    }
+    let config: Config = read_json(&dir.join(CONFIG_FILE))?;
+    validate_config(&config, &dir.join(CONFIG_FILE))?;
+    let weights_path = dir.join(WEIGHTS_FILE);
+    // Read into memory rather than mmap: the trainer may replace files in a model
+    // directory and a mapped file changing underneath would be undefined behaviour.
+    let bytes = std::fs::read(&weights_path).map_err(io_err("cannot read", &weights_path))?;
+    Ok((dir, config, bytes))
 }
 
 /// Attention-masked mean over the sequence axis, then L2 normalisation, in f32.

@@ -215,7 +215,14 @@ fn embeddings_are_unit_norm_and_distinct() {
 
 #[test]
 fn padding_does_not_change_an_embedding() {
-    let (_d, tok, enc) = tiny(5);
+    let (d, tok, fast) = tiny(5);
+    let candle = Encoder::load_with_dtype(d.path(), &Device::Cpu, DType::F32).unwrap();
+    for enc in [fast, candle] {
+        padding_check(&tok, &enc);
+    }
+}
+
+fn padding_check(tok: &TextTokenizer, enc: &Encoder) {
     let short = tok.encode("the cat sat").unwrap().ids;
     let long = tok
         .encode("the quick brown fox jumps over the lazy dog and the cat sat on the mat")
@@ -249,7 +256,9 @@ fn padding_does_not_change_an_embedding() {
 fn embed_matches_candle_transformers_bert_plus_manual_pooling() {
     // Our BERT (src/bert.rs) vs candle-transformers' BertModel in f32, with mean
     // pooling + L2 norm recomputed by hand.
-    let (dir, tok, enc) = tiny(9);
+    let (dir, tok, _) = tiny(9);
+    let enc = Encoder::load_with_dtype(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(enc.implementation(), EncoderImpl::Candle);
     let ids = tok.encode("hello world, this is a text").unwrap().ids;
     let got = enc.embed(&[&ids]).unwrap().remove(0);
 
@@ -568,4 +577,161 @@ fn model_types_can_be_shared_across_threads() {
     send_sync::<ClassificationHead>();
     send_sync::<TextTokenizer>();
     send_sync::<ModelError>();
+}
+
+// ---------------------------------------------------------------------------------
+// The fast CPU path (src/cpu/) against plain candle on the tiny BERT.
+
+fn tiny_texts() -> Vec<&'static str> {
+    vec![
+        "hello world",
+        "the cat sat on the mat",
+        "i love this movie very much!",
+        "bad",
+        "the quick brown fox jumps over the lazy dog and the cat sat on the mat again and again",
+        "a",
+        "terrible film, not good at all. i hate it",
+    ]
+}
+
+fn fast_with(dir: &Path, isa: crate::cpu::ops::Isa, threads: usize) -> crate::cpu::FastBert {
+    let cfg: candle_transformers::models::bert::Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    crate::cpu::FastBert::load(&bytes, &cfg, Some(threads), isa).unwrap()
+}
+
+#[test]
+fn cpu_default_is_the_fast_path_and_candle_can_be_forced() {
+    let (dir, _, enc) = tiny(1);
+    // The default unless AIFAB_ENCODER_IMPL says otherwise (CI does not set it).
+    if std::env::var_os(EncoderImpl::ENV).is_none() {
+        assert_eq!(enc.implementation(), EncoderImpl::FastI16);
+    }
+    let forced = |implementation, dtype| {
+        Encoder::load_with_options(
+            dir.path(),
+            &Device::Cpu,
+            EncoderOptions {
+                implementation,
+                dtype,
+                threads: Some(1),
+            },
+        )
+    };
+    assert_eq!(
+        forced(EncoderImpl::Candle, None).unwrap().implementation(),
+        EncoderImpl::Candle
+    );
+    assert_eq!(
+        forced(EncoderImpl::FastI16, None).unwrap().implementation(),
+        EncoderImpl::FastI16
+    );
+    let f16 = forced(EncoderImpl::Auto, Some(DType::F16)).unwrap();
+    assert_eq!((f16.implementation(), f16.dtype()), (EncoderImpl::Candle, DType::F16));
+    let err = forced(EncoderImpl::FastI16, Some(DType::F16)).unwrap_err().to_string();
+    assert!(err.contains("fast-i16") && err.contains("candle"), "{err}");
+    assert!(format!("{enc:?}").contains("implementation"));
+    for (s, want) in [
+        ("candle", EncoderImpl::Candle),
+        ("fast-i16", EncoderImpl::FastI16),
+        ("FAST", EncoderImpl::FastI16),
+        ("auto", EncoderImpl::Auto),
+        ("", EncoderImpl::Auto),
+    ] {
+        assert_eq!(s.parse::<EncoderImpl>().unwrap(), want, "{s:?}");
+    }
+    for i in [EncoderImpl::Auto, EncoderImpl::Candle, EncoderImpl::FastI16] {
+        assert_eq!(i.to_string().parse::<EncoderImpl>().unwrap(), i);
+    }
+    let err = "gpu".parse::<EncoderImpl>().unwrap_err().to_string();
+    assert!(err.contains("`gpu`") && err.contains("candle"), "{err}");
+}
+
+#[test]
+fn fast_path_matches_candle_on_every_isa_and_thread_count() {
+    use crate::cpu::ops::Isa;
+    let (dir, tok, _) = tiny(11);
+    let candle = Encoder::load_with_dtype(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    let ids: Vec<Vec<u32>> = tiny_texts().iter().map(|t| tok.encode(t).unwrap().ids).collect();
+    let refs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+    let want = candle.embed(&refs).unwrap();
+    let mut isas = vec![Isa::Scalar];
+    if Isa::detect() != Isa::Scalar {
+        isas.push(Isa::detect());
+    }
+    let mut first: Option<Vec<Vec<f32>>> = None;
+    for &isa in &isas {
+        for threads in [1, 3] {
+            let fast = fast_with(dir.path(), isa, threads);
+            let got = fast.embed(&refs);
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let c = cosine(g, w);
+                assert!(c > 0.9995, "{isa:?} x{threads} text {i}: cosine {c}");
+                let norm: f32 = g.iter().map(|x| x * x).sum::<f32>().sqrt();
+                assert!((norm - 1.0).abs() < 1e-5);
+            }
+            // Same ISA: the thread count changes nothing; across ISAs only float
+            // rounding in the f32 parts differs (the integer products are exact).
+            match &first {
+                None => first = Some(got),
+                Some(f) => {
+                    for (g, w) in got.iter().zip(f) {
+                        assert!(max_abs_diff(g, w) < 1e-4, "{isa:?} x{threads} vs first");
+                    }
+                }
+            }
+        }
+        let one = fast_with(dir.path(), isa, 1).embed(&refs);
+        let three = fast_with(dir.path(), isa, 3).embed(&refs);
+        assert_eq!(one, three, "{isa:?}: thread count changed the result");
+    }
+}
+
+#[test]
+fn fast_path_embedding_does_not_depend_on_the_batch() {
+    // Ragged batches: each sequence sees only its own tokens, and every row is
+    // quantized on its own, so batching is exact, not just close.
+    let (dir, tok, _) = tiny(12);
+    let fast = fast_with(dir.path(), crate::cpu::ops::Isa::detect(), 2);
+    let ids: Vec<Vec<u32>> = tiny_texts().iter().map(|t| tok.encode(t).unwrap().ids).collect();
+    let refs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+    let batched = fast.embed(&refs);
+    for (i, r) in refs.iter().enumerate() {
+        assert_eq!(fast.embed(&[r]).remove(0), batched[i], "text {i}");
+    }
+    let mut rev = refs.clone();
+    rev.reverse();
+    let reversed = fast.embed(&rev);
+    for (i, v) in reversed.iter().rev().enumerate() {
+        assert_eq!(v, &batched[i]);
+    }
+    // Longest sequence the tiny model takes, and a batch with 1-token sequences.
+    let long: Vec<u32> = (0..TINY_MAX_POSITION as u32).map(|i| 5 + i % 40).collect();
+    let out = fast.embed(&[&long, &[2], &[2, 3]]);
+    let candle = Encoder::load_with_dtype(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    let want = candle.embed(&[&long, &[2], &[2, 3]]).unwrap();
+    for (g, w) in out.iter().zip(&want) {
+        assert!(cosine(g, w) > 0.9995, "cosine {}", cosine(g, w));
+    }
+}
+
+#[test]
+fn fast_path_is_safe_to_call_from_many_threads() {
+    let (_d, tok, enc) = tiny(13);
+    let enc = Arc::new(enc);
+    let ids: Vec<Vec<u32>> = tiny_texts().iter().map(|t| tok.encode(t).unwrap().ids).collect();
+    let refs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+    let want = enc.embed(&refs).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let (enc, refs, want) = (&enc, &refs, &want);
+            s.spawn(move || {
+                for _ in 0..5 {
+                    assert_eq!(&enc.embed(refs).unwrap(), want);
+                }
+            });
+        }
+    });
 }

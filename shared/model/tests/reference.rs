@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use aifab_model::{DType, Device, Encoder, TextTokenizer};
+use aifab_model::{DType, Device, Encoder, EncoderImpl, EncoderOptions, TextTokenizer};
 use serde::Deserialize;
 
 const MIN_COSINE: f64 = 0.999;
@@ -45,17 +45,37 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn embeddings_match_sentence_transformers() {
-    check(DType::F32);
+    check(Which::Candle(DType::F32));
 }
 
 /// f16 is what CUDA devices run; here it runs on the CPU to check the arithmetic
 /// (candle-transformers' own BertModel gives NaN in f16).
 #[test]
 fn f16_embeddings_match_sentence_transformers() {
-    check(DType::F16);
+    check(Which::Candle(DType::F16));
 }
 
-fn check(dtype: DType) {
+/// What `Encoder::load` runs on the CPU by default (the fast path), forced explicitly so
+/// `AIFAB_ENCODER_IMPL` in the environment cannot change what this test checks.
+#[test]
+fn cpu_default_fast_path_matches_sentence_transformers() {
+    check(Which::Fast(EncoderImpl::FastI16));
+}
+
+/// `Encoder::load` as callers use it (whatever the default or AIFAB_ENCODER_IMPL picks).
+#[test]
+fn default_load_matches_sentence_transformers() {
+    check(Which::Default);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Which {
+    Candle(DType),
+    Fast(EncoderImpl),
+    Default,
+}
+
+fn check(which: Which) {
     let dir = model_dir();
     assert!(
         dir.join("model.safetensors").is_file(),
@@ -92,8 +112,21 @@ fn check(dtype: DType) {
         "the reference set must exercise truncation"
     );
 
-    let enc = Encoder::load_with_dtype(&dir, &Device::Cpu, dtype).unwrap();
+    let enc = match which {
+        Which::Candle(dtype) => Encoder::load_with_dtype(&dir, &Device::Cpu, dtype).unwrap(),
+        Which::Fast(implementation) => Encoder::load_with_options(
+            &dir,
+            &Device::Cpu,
+            EncoderOptions {
+                implementation,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+        Which::Default => Encoder::load(&dir, &Device::Cpu).unwrap(),
+    };
     assert_eq!(enc.hidden_size(), 384);
+    let slow = which == Which::Candle(DType::F16);
 
     // All 16 in one padded batch, and each alone.
     let ids: Vec<&[u32]> = encoded.iter().map(|e| e.ids.as_slice()).collect();
@@ -103,7 +136,7 @@ fn check(dtype: DType) {
     let mut failures = Vec::new();
     for (i, want) in reference.embeddings.iter().enumerate() {
         // Alone too (no padding at all), in f32 only: f16 on the CPU is slow.
-        let alone = if dtype == DType::F32 {
+        let alone = if !slow {
             enc.embed(&[ids[i]]).unwrap().remove(0)
         } else {
             batched[i].clone()
@@ -119,14 +152,15 @@ fn check(dtype: DType) {
         }
     }
     eprintln!(
-        "{dtype:?} reference agreement over {} sentences: min cosine batched {min_batched:.9} (1 - {:.2e}), alone {min_alone:.9} (1 - {:.2e})",
+        "{which:?} ({}) reference agreement over {} sentences: min cosine batched {min_batched:.9} (1 - {:.2e}), alone {min_alone:.9} (1 - {:.2e})",
+        enc.implementation(),
         texts.len(),
         1.0 - min_batched,
         1.0 - min_alone
     );
     assert!(
         failures.is_empty(),
-        "{dtype:?}: cosine below {MIN_COSINE}:\n{}",
+        "{which:?}: cosine below {MIN_COSINE}:\n{}",
         failures.join("\n")
     );
 }

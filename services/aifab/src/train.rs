@@ -1,0 +1,171 @@
+//! `aifab train`: offline (`--train FILE --eval FILE`, no stack needed) or online (ask the
+//! trainer service over NATS and follow its progress).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aifab_core::messages::{decode, encode, tag, TrainProgress, TrainRequest, TrainStage};
+use aifab_core::topics::subjects;
+use aifab_trainer::dataset::read_jsonl;
+use aifab_trainer::job::{Progress, Trainer};
+use aifab_trainer::train::TrainConfig;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Train offline on this JSONL of {"text","label"} (needs --eval; no stack needed).
+    #[arg(long, requires = "eval")]
+    pub train: Option<PathBuf>,
+    /// Evaluate the offline model on this JSONL.
+    #[arg(long, requires = "train")]
+    pub eval: Option<PathBuf>,
+    /// Save the trained head (head.safetensors, labels.json, metrics.json) here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Online: ask the trainer service to train this task now and follow its progress.
+    #[arg(long, conflicts_with = "train")]
+    pub task: Option<String>,
+    /// Encoder directory.
+    #[arg(long, env = "AIFAB_MODEL_DIR", default_value_t = aifab_trainer::default_model_dir())]
+    pub model_dir: String,
+    #[arg(long, default_value_t = 128)]
+    pub max_len: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = TrainConfig::default().learning_rate)]
+    pub learning_rate: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
+    pub weight_decay: f64,
+    /// Most epochs.
+    #[arg(long, default_value_t = TrainConfig::default().max_epochs)]
+    pub max_epochs: usize,
+    /// Epochs without a better validation loss before stopping.
+    #[arg(long, default_value_t = TrainConfig::default().patience)]
+    pub patience: usize,
+    /// Embedding cache file (reused across runs; one per encoder). Default:
+    /// ~/.cache/aifab/embeddings/<encoder checksum>.bin. `none` disables it.
+    #[arg(long, env = "AIFAB_EMBEDDING_CACHE")]
+    pub embedding_cache: Option<String>,
+    #[arg(long, env = "AIFAB_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} {msg}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
+    match (&args.train, &args.eval, &args.task) {
+        (Some(train), Some(eval), _) => offline(&args, train.clone(), eval.clone()).await,
+        (None, None, Some(task)) => online(&args.nats_url, task).await,
+        _ => anyhow::bail!("give --train FILE --eval FILE (offline) or --task NAME (ask the trainer service)"),
+    }
+}
+
+async fn offline(args: &TrainArgs, train: PathBuf, eval: PathBuf) -> anyhow::Result<()> {
+    let train = read_jsonl(&train)?;
+    let eval = read_jsonl(&eval)?;
+    eprintln!("{} training and {} evaluation examples; encoder {}", train.len(), eval.len(), args.model_dir);
+    let cfg = TrainConfig {
+        seed: args.seed,
+        learning_rate: args.learning_rate,
+        weight_decay: args.weight_decay,
+        max_epochs: args.max_epochs,
+        patience: args.patience,
+        ..TrainConfig::default()
+    };
+    let (model_dir, max_len, out_dir) = (PathBuf::from(&args.model_dir), args.max_len, args.out.clone());
+    let cache_arg = args.embedding_cache.clone();
+    let out = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut trainer = Trainer::load(&model_dir, max_len, cfg)?;
+        let cache_path = match cache_arg.as_deref() {
+            Some("none") => None,
+            Some(p) => Some(PathBuf::from(p)),
+            None => {
+                let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+                Some(PathBuf::from(home).join(".cache/aifab/embeddings").join(format!("{}-{max_len}.bin", &trainer.encoder_sha256[..16])))
+            }
+        };
+        if let Some(p) = &cache_path {
+            trainer.cache = aifab_trainer::embeddings::EmbeddingCache::load(p)?;
+        }
+        let embed_bar = bar(0, "embedding");
+        let epoch_bar = bar(0, "training");
+        let out = trainer.run(&train, &eval, |p| match p {
+            Progress::Embedding { done, total } => {
+                embed_bar.set_length(total as u64);
+                embed_bar.set_position(done as u64);
+            }
+            Progress::Epoch(e) => {
+                embed_bar.finish();
+                epoch_bar.set_length(e.max_epochs as u64);
+                epoch_bar.set_position(e.epoch as u64);
+                epoch_bar.set_message(format!("val loss {:.4} acc {:.4}", e.validation_loss, e.validation_accuracy));
+            }
+            Progress::Evaluating => epoch_bar.finish(),
+        })?;
+        if let Some(p) = &cache_path {
+            trainer.cache.save(p)?;
+        }
+        if let Some(dir) = out_dir {
+            out.head.save(&dir)?;
+            std::fs::write(dir.join("metrics.json"), serde_json::to_vec_pretty(&out.evaluation)?)?;
+            eprintln!("head saved to {}", dir.display());
+        }
+        Ok(out)
+    })
+    .await??;
+    let e = &out.evaluation;
+    eprintln!("epochs {} (best {}), {} eval examples", out.report.epochs_run, out.report.best_epoch, e.examples);
+    for c in &e.per_class {
+        eprintln!("  {:<24} precision {:.4} recall {:.4} f1 {:.4} support {}", c.label, c.precision, c.recall, c.f1, c.support);
+    }
+    println!("accuracy {:.4}", e.accuracy);
+    println!("macro_f1 {:.4}", e.macro_f1);
+    Ok(())
+}
+
+async fn online(nats_url: &str, task: &str) -> anyhow::Result<()> {
+    let nats = async_nats::connect(nats_url).await?;
+    let mut progress = nats.subscribe(subjects::TRAIN_PROGRESS).await?;
+    let req = TrainRequest { schema: tag(), task: task.to_string(), requested_by: Some("aifab-cli".into()), at_ms: aifab_core::now_ms() };
+    nats.publish(subjects::TRAIN_REQUEST, encode(&req).into()).await?;
+    nats.flush().await?;
+    let pb = bar(0, "waiting");
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(120), progress.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("no progress from the trainer for 120s: is aifab-trainer running and does task {task:?} have examples?"))?
+            .ok_or_else(|| anyhow::anyhow!("NATS subscription closed"))?;
+        let Ok(p) = decode::<TrainProgress>(&msg.payload) else { continue };
+        if p.task != task {
+            continue;
+        }
+        match p.stage {
+            TrainStage::Done => {
+                pb.finish_and_clear();
+                println!("trained {task}: version {}", p.detail.unwrap_or_default());
+                return Ok(());
+            }
+            TrainStage::Failed => {
+                pb.finish_and_clear();
+                anyhow::bail!("training failed: {}", p.detail.unwrap_or_default());
+            }
+            stage => {
+                pb.set_prefix(format!("{stage:?}").to_lowercase());
+                pb.set_length(p.total);
+                pb.set_position(p.done);
+            }
+        }
+    }
+}

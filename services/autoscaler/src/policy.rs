@@ -1,0 +1,698 @@
+//! The scaling policy: a pure function from what was observed (lag readings, replicas,
+//! partitions, budget) and the policy's own small state to a desired replica count and a
+//! reason. No clocks, no I/O: the live autoscaler and `aifab simulate` run this same code.
+//!
+//! Two policies share the plumbing (clamping, stabilization, cooldowns):
+//!
+//! - [`PolicyKind::Keda`]: what KEDA's Kafka scaler and the HPA do. Desired replicas =
+//!   ceil(total lag / lag per replica) (`lagThreshold`), zero while the lag is at or under
+//!   the activation threshold, no change within the HPA's 10% tolerance, capped at the
+//!   partition count and min/max; up at once, down only to the highest recommendation of
+//!   the stabilization window.
+//! - [`PolicyKind::Aifab`]: provisions for the measured arrival rate rather than for the
+//!   backlog alone. It learns each replica's service rate while replicas are saturated
+//!   (a backlog at both ends of an interval: batches are full, so this is the batched
+//!   throughput, which KEDA never sees), estimates the arrival rate from the topic's
+//!   high watermarks, and adds what it takes to drain the backlog (projected along the
+//!   lag trend over a replica's start-up time) within a drain target:
+//!   `ceil(arrivals / (rate × target utilisation) + projected lag / (rate × drain_s))`.
+//!   Then it is budget-aware: replicas are capped so that running them to the period's
+//!   end stays within the remaining budget, with reason `budget_cap`.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+/// Which policy decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    /// Rate-based, learns per-replica throughput, budget-aware.
+    Aifab,
+    /// KEDA Kafka scaler + HPA defaults (lag per replica, activation, stabilization).
+    Keda,
+}
+
+impl PolicyKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Aifab => "aifab",
+            PolicyKind::Keda => "keda",
+        }
+    }
+}
+
+/// Policy settings. Times in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyConfig {
+    pub kind: PolicyKind,
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    /// Target lag per replica (KEDA's `lagThreshold`); the aifab policy falls back to it
+    /// before it has a rate estimate.
+    pub lag_per_replica: f64,
+    /// At or under this total lag with nothing arriving, the scaler is inactive and wants
+    /// `min_replicas` (KEDA's `activationLagThreshold`).
+    pub activation_lag: f64,
+    /// Scale down only to the highest recommendation of this trailing window.
+    pub scale_down_stabilization_s: f64,
+    /// Least time between two scale-ups (0: none).
+    pub scale_up_cooldown_s: f64,
+    /// Least time after any change before a scale-down.
+    pub scale_down_cooldown_s: f64,
+    /// Relative change under which the current count is kept (the HPA's 0.1).
+    pub tolerance: f64,
+    /// aifab: a replica's service rate (records/s at full batches) until one is measured.
+    pub replica_rate_per_s: f64,
+    /// aifab: learn the service rate from saturated intervals.
+    pub learn_rate: bool,
+    /// aifab: the utilisation provisioned for (headroom for noise and bursts).
+    pub target_utilization: f64,
+    /// aifab: drain a backlog within this long.
+    pub drain_s: f64,
+    /// aifab: how long a new replica takes to consume (start, model load, rebalance): the
+    /// lag trend is projected this far, and service-rate samples wait this long after a
+    /// change of replicas.
+    pub startup_s: f64,
+    /// aifab: a replica counts as saturated while the lag per replica is at least this.
+    pub saturation_lag_per_replica: f64,
+    /// aifab, budget: what one replica costs per hour (0: learn it from the burn rate).
+    pub replica_cost_per_hour: f64,
+    /// aifab, budget: the least replicas kept when the budget allows fewer (0 means the
+    /// budget is a hard limit).
+    pub min_replicas_over_budget: u32,
+}
+
+impl PolicyConfig {
+    /// Defaults for a policy kind (KEDA's and the HPA's for `Keda`).
+    pub fn new(kind: PolicyKind) -> Self {
+        PolicyConfig {
+            kind,
+            min_replicas: 1,
+            max_replicas: 8,
+            lag_per_replica: 100.0,
+            activation_lag: 0.0,
+            scale_down_stabilization_s: match kind {
+                PolicyKind::Keda => 300.0,
+                PolicyKind::Aifab => 120.0,
+            },
+            scale_up_cooldown_s: 0.0,
+            scale_down_cooldown_s: match kind {
+                PolicyKind::Keda => 0.0,
+                PolicyKind::Aifab => 30.0,
+            },
+            tolerance: 0.1,
+            replica_rate_per_s: 100.0,
+            learn_rate: true,
+            target_utilization: 0.8,
+            drain_s: 15.0,
+            startup_s: 15.0,
+            saturation_lag_per_replica: 64.0,
+            replica_cost_per_hour: 0.0,
+            min_replicas_over_budget: 0,
+        }
+    }
+}
+
+/// Where a budget stands, as the cost accountant last reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BudgetView {
+    /// Budget left in the period (negative: overspent).
+    pub remaining: f64,
+    /// Spend per hour over the recent window.
+    pub burn_rate_per_hour: f64,
+    /// Hours until the period ends.
+    pub hours_left: f64,
+}
+
+/// One evaluation's inputs: a lag reading plus what the actuator and budget say.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Observation {
+    pub at_ms: i64,
+    pub total_lag: i64,
+    pub lag_rate_per_s: f64,
+    /// Partitions of the consumed topic: more replicas than this would idle.
+    pub partitions: u32,
+    /// Sum of the partitions' high watermarks (records ever produced), when known.
+    pub produced_total: Option<i64>,
+    /// Sum of the group's committed offsets (records consumed), when known.
+    pub consumed_total: Option<i64>,
+    pub current_replicas: u32,
+    pub budget: Option<BudgetView>,
+}
+
+/// Why a decision came out as it did (machine-readable, in `ScaleDecision::reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// KEDA: from lag per replica.
+    Lag,
+    /// aifab: from the arrival rate and backlog.
+    ArrivalRate,
+    /// Lag at or under the activation threshold: down to the minimum.
+    Inactive,
+    /// KEDA: lag within the HPA's tolerance of the target: kept.
+    Steady,
+    /// A scale-down held at the highest recommendation of the window.
+    Stabilizing,
+    /// A change held back by a cooldown.
+    Cooldown,
+    /// Capped so projected spend stays within the remaining budget.
+    BudgetCap,
+    /// Capped at the configured maximum.
+    MaxReplicas,
+    /// Capped at the partition count.
+    Partitions,
+    /// Raised to the configured minimum.
+    MinReplicas,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Lag => "lag",
+            Reason::ArrivalRate => "arrival_rate",
+            Reason::Inactive => "inactive",
+            Reason::Steady => "steady",
+            Reason::Stabilizing => "stabilizing",
+            Reason::Cooldown => "cooldown",
+            Reason::BudgetCap => "budget_cap",
+            Reason::MaxReplicas => "max_replicas",
+            Reason::Partitions => "partitions",
+            Reason::MinReplicas => "min_replicas",
+        }
+    }
+}
+
+/// The policy's answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub desired: u32,
+    pub reason: Reason,
+    /// Human-readable: the numbers the decision came from.
+    pub detail: String,
+    /// The recommendation before stabilization, cooldowns and the budget.
+    pub recommended: u32,
+    /// The most replicas the budget allows, when a budget is known.
+    pub budget_cap: Option<u32>,
+    /// aifab: arrival-rate and per-replica service-rate estimates used (records/s).
+    pub arrival_rate_per_s: Option<f64>,
+    pub replica_rate_per_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Prev {
+    at_ms: i64,
+    total_lag: i64,
+    produced: Option<i64>,
+    consumed: Option<i64>,
+    replicas: u32,
+}
+
+/// What the policy remembers between evaluations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyState {
+    prev: Option<Prev>,
+    arrival_rate: Option<f64>,
+    replica_rate: Option<f64>,
+    /// (at_ms, recommendation) over the stabilization window.
+    recommendations: VecDeque<(i64, u32)>,
+    last_change_ms: Option<i64>,
+    last_up_ms: Option<i64>,
+    /// When the observed replica count last changed.
+    replicas_changed_ms: Option<i64>,
+}
+
+impl PolicyState {
+    /// The learned per-replica service rate, if any.
+    pub fn replica_rate(&self) -> Option<f64> {
+        self.replica_rate
+    }
+    pub fn arrival_rate(&self) -> Option<f64> {
+        self.arrival_rate
+    }
+}
+
+/// Smoothing of the arrival-rate estimate: quick to rise, slower to fall.
+const ARRIVAL_ALPHA_UP: f64 = 0.7;
+const ARRIVAL_ALPHA_DOWN: f64 = 0.3;
+const SERVICE_ALPHA: f64 = 0.3;
+
+/// Decide the desired replicas for one observation. Updates `state`.
+pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) -> Decision {
+    let current = obs.current_replicas;
+    let lag = obs.total_lag.max(0) as f64;
+    learn(cfg, state, obs);
+
+    // 1. The recommendation.
+    let (mut raw, mut reason, mut detail) = match cfg.kind {
+        PolicyKind::Keda => keda_recommendation(cfg, current, lag),
+        PolicyKind::Aifab => aifab_recommendation(cfg, state, obs, lag),
+    };
+
+    // 2. Bounds: partitions, max, min.
+    let hard_max = if obs.partitions > 0 { cfg.max_replicas.min(obs.partitions) } else { cfg.max_replicas };
+    if raw > hard_max {
+        if obs.partitions > 0 && obs.partitions <= cfg.max_replicas {
+            reason = Reason::Partitions;
+            detail = format!("{detail}; capped at the {} partitions", obs.partitions);
+        } else {
+            reason = Reason::MaxReplicas;
+            detail = format!("{detail}; capped at max {}", cfg.max_replicas);
+        }
+        raw = hard_max;
+    }
+    let floor = cfg.min_replicas.min(hard_max);
+    if raw < floor {
+        if reason != Reason::Inactive {
+            reason = Reason::MinReplicas;
+            detail = format!("{detail}; raised to min {}", cfg.min_replicas);
+        }
+        raw = floor;
+    }
+    let recommended = raw;
+
+    // 3. Stabilization and cooldowns.
+    let window_ms = (cfg.scale_down_stabilization_s * 1000.0) as i64;
+    state.recommendations.push_back((obs.at_ms, raw));
+    while state.recommendations.front().is_some_and(|(t, _)| *t < obs.at_ms - window_ms) {
+        state.recommendations.pop_front();
+    }
+    let mut desired = raw;
+    if raw > current {
+        if let Some(up) = state.last_up_ms {
+            let wait = cfg.scale_up_cooldown_s - (obs.at_ms - up) as f64 / 1000.0;
+            if wait > 0.0 {
+                desired = current;
+                reason = Reason::Cooldown;
+                detail = format!("{detail}; scale-up cooldown, {wait:.0} s left");
+            }
+        }
+    } else if raw < current {
+        let stabilized = state.recommendations.iter().map(|(_, r)| *r).max().unwrap_or(raw);
+        if stabilized >= current {
+            desired = current;
+            reason = Reason::Stabilizing;
+            detail = format!(
+                "{detail}; holding {current}: {stabilized} recommended within the last {:.0} s",
+                cfg.scale_down_stabilization_s
+            );
+        } else {
+            let since_change = state.last_change_ms.map(|t| (obs.at_ms - t) as f64 / 1000.0);
+            match since_change {
+                Some(s) if s < cfg.scale_down_cooldown_s => {
+                    desired = current;
+                    reason = Reason::Cooldown;
+                    detail = format!(
+                        "{detail}; scale-down cooldown, {:.0} s left",
+                        cfg.scale_down_cooldown_s - s
+                    );
+                }
+                _ => desired = stabilized,
+            }
+        }
+    }
+
+    // 4. The budget (aifab only): never plan to spend more than is left.
+    let mut budget_cap = None;
+    if cfg.kind == PolicyKind::Aifab {
+        if let Some(b) = obs.budget {
+            if let Some((cap, per_replica)) = budget_cap_for(cfg, &b, current) {
+                budget_cap = Some(cap);
+                if desired > cap {
+                    desired = cap;
+                    reason = Reason::BudgetCap;
+                    detail = format!(
+                        "{detail}; capped at {cap}: {:.4} left for {:.2} h at {:.4}/h per replica",
+                        b.remaining, b.hours_left, per_replica
+                    );
+                }
+            }
+        }
+    }
+
+    if desired != current {
+        state.last_change_ms = Some(obs.at_ms);
+        if desired > current {
+            state.last_up_ms = Some(obs.at_ms);
+        }
+    }
+
+    Decision {
+        desired,
+        reason,
+        detail,
+        recommended,
+        budget_cap,
+        arrival_rate_per_s: state.arrival_rate.filter(|_| cfg.kind == PolicyKind::Aifab),
+        replica_rate_per_s: (cfg.kind == PolicyKind::Aifab)
+            .then(|| state.replica_rate.unwrap_or(cfg.replica_rate_per_s)),
+    }
+}
+
+/// The most replicas affordable to the period's end, and the per-replica hourly cost used.
+pub fn budget_cap_for(cfg: &PolicyConfig, b: &BudgetView, current: u32) -> Option<(u32, f64)> {
+    let observed = (current > 0 && b.burn_rate_per_hour > 0.0).then(|| b.burn_rate_per_hour / current as f64);
+    let configured = (cfg.replica_cost_per_hour > 0.0).then_some(cfg.replica_cost_per_hour);
+    // The dearer of the two: a budget is a promise not to overspend.
+    let per_replica = match (configured, observed) {
+        (Some(c), Some(o)) => c.max(o),
+        (Some(c), None) => c,
+        (None, Some(o)) => o,
+        (None, None) => return None,
+    };
+    let cap = if b.remaining <= 0.0 {
+        0
+    } else if b.hours_left <= 0.0 {
+        u32::MAX
+    } else {
+        let n = b.remaining / (per_replica * b.hours_left);
+        if n >= u32::MAX as f64 { u32::MAX } else { n.floor() as u32 }
+    };
+    Some((cap.max(cfg.min_replicas_over_budget), per_replica))
+}
+
+fn keda_recommendation(cfg: &PolicyConfig, current: u32, lag: f64) -> (u32, Reason, String) {
+    if lag <= cfg.activation_lag {
+        return (0, Reason::Inactive, format!("lag {lag:.0} at or under activation {:.0}", cfg.activation_lag));
+    }
+    let per = cfg.lag_per_replica.max(1e-9);
+    let raw = (lag / per).ceil() as u32;
+    // The HPA keeps the current count when the metric is within tolerance of target.
+    if current > 0 {
+        let ratio = lag / (per * current as f64);
+        if (ratio - 1.0).abs() <= cfg.tolerance {
+            return (current, Reason::Steady, format!("lag {lag:.0} within {:.0}% of {per:.0} per replica", cfg.tolerance * 100.0));
+        }
+    }
+    (raw, Reason::Lag, format!("lag {lag:.0} / {per:.0} per replica → {raw}"))
+}
+
+fn aifab_recommendation(cfg: &PolicyConfig, state: &PolicyState, obs: &Observation, lag: f64) -> (u32, Reason, String) {
+    let Some(arrivals) = state.arrival_rate else {
+        // First reading: no rate yet, size for the backlog as KEDA would.
+        let (raw, _, d) = keda_recommendation(cfg, obs.current_replicas, lag);
+        return (raw, if raw == 0 { Reason::Inactive } else { Reason::Lag }, format!("{d} (no rate yet)"));
+    };
+    if lag <= cfg.activation_lag && arrivals < 0.5 {
+        return (0, Reason::Inactive, format!("lag {lag:.0}, arrivals {arrivals:.1}/s: idle"));
+    }
+    let rate = state.replica_rate.unwrap_or(cfg.replica_rate_per_s).max(1e-6);
+    let util = cfg.target_utilization.clamp(0.05, 1.0);
+    let for_arrivals = arrivals / (rate * util);
+    // The backlog a new replica would find once it is up, if the trend holds.
+    let projected = (lag + obs.lag_rate_per_s * cfg.startup_s).max(lag);
+    let for_backlog = projected / (rate * cfg.drain_s.max(1.0));
+    let need = for_arrivals + for_backlog;
+    let raw = (need - 1e-9).ceil().max(0.0) as u32;
+    let learned = if state.replica_rate.is_some() { "measured" } else { "assumed" };
+    (
+        raw,
+        Reason::ArrivalRate,
+        format!(
+            "arrivals {arrivals:.1}/s, lag {lag:.0} ({:+.1}/s), {rate:.1}/s per replica {learned} → {raw} \
+             ({for_arrivals:.2} for arrivals at {:.0}% + {for_backlog:.2} to drain in {:.0} s)",
+            obs.lag_rate_per_s,
+            util * 100.0,
+            cfg.drain_s
+        ),
+    )
+}
+
+/// Update the rate estimates from the change since the previous observation.
+fn learn(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) {
+    let replicas_changed = state.prev.map(|p| p.replicas != obs.current_replicas).unwrap_or(true);
+    if replicas_changed {
+        state.replicas_changed_ms = Some(obs.at_ms);
+    }
+    if let Some(p) = state.prev {
+        let dt = (obs.at_ms - p.at_ms) as f64 / 1000.0;
+        if dt > 0.0 {
+            let consumed_rate = match (p.consumed, obs.consumed_total) {
+                (Some(a), Some(b)) if b >= a => Some((b - a) as f64 / dt),
+                _ => None,
+            };
+            let arrival_sample = match (p.produced, obs.produced_total) {
+                (Some(a), Some(b)) if b >= a => Some((b - a) as f64 / dt),
+                _ => consumed_rate.map(|c| (c + obs.lag_rate_per_s).max(0.0)),
+            };
+            if let Some(s) = arrival_sample {
+                state.arrival_rate = Some(match state.arrival_rate {
+                    None => s,
+                    Some(old) => {
+                        let a = if s > old { ARRIVAL_ALPHA_UP } else { ARRIVAL_ALPHA_DOWN };
+                        a * s + (1.0 - a) * old
+                    }
+                });
+            }
+            // Saturated all interval long with the same replicas, settled: a service-rate sample.
+            let settled = state
+                .replicas_changed_ms
+                .is_some_and(|t| (obs.at_ms - t) as f64 / 1000.0 >= cfg.startup_s)
+                && !replicas_changed;
+            let n = obs.current_replicas as f64;
+            let saturated = n > 0.0
+                && (p.total_lag.min(obs.total_lag) as f64) >= cfg.saturation_lag_per_replica * n;
+            if cfg.learn_rate && settled && saturated {
+                if let Some(c) = consumed_rate {
+                    let prior = cfg.replica_rate_per_s;
+                    let sample = (c / n).clamp(prior / 4.0, prior * 4.0);
+                    state.replica_rate = Some(match state.replica_rate {
+                        None => sample,
+                        Some(old) => SERVICE_ALPHA * sample + (1.0 - SERVICE_ALPHA) * old,
+                    });
+                }
+            }
+        }
+    }
+    state.prev = Some(Prev {
+        at_ms: obs.at_ms,
+        total_lag: obs.total_lag,
+        produced: obs.produced_total,
+        consumed: obs.consumed_total,
+        replicas: obs.current_replicas,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(t_s: i64, lag: i64, current: u32) -> Observation {
+        Observation {
+            at_ms: t_s * 1000,
+            total_lag: lag,
+            lag_rate_per_s: 0.0,
+            partitions: 8,
+            produced_total: None,
+            consumed_total: None,
+            current_replicas: current,
+            budget: None,
+        }
+    }
+
+    /// Run a script of (t, lag) through a policy whose actuator applies every decision at
+    /// once; returns the desired replicas after each step.
+    fn script(cfg: &PolicyConfig, steps: &[(i64, i64)]) -> Vec<(u32, Reason)> {
+        let mut state = PolicyState::default();
+        let mut current = cfg.min_replicas;
+        steps
+            .iter()
+            .map(|&(t, lag)| {
+                let d = decide(cfg, &mut state, &obs(t, lag, current));
+                current = d.desired;
+                (d.desired, d.reason)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keda_scales_with_lag_up_at_once_down_after_the_window() {
+        let mut cfg = PolicyConfig::new(PolicyKind::Keda);
+        cfg.scale_down_stabilization_s = 60.0;
+        let out = script(&cfg, &[(0, 50), (15, 450), (30, 2000), (45, 100), (60, 0), (90, 0), (105, 0), (120, 0)]);
+        let desired: Vec<u32> = out.iter().map(|(d, _)| *d).collect();
+        // 450/100 → 5 at once; 2000/100 → 20, capped at the 8 partitions; then held
+        // until 60 s after the 8 was last recommended; then straight to the minimum.
+        assert_eq!(desired, vec![1, 5, 8, 8, 8, 8, 1, 1]);
+        assert_eq!(out[2].1, Reason::Partitions);
+        assert_eq!(out[3].1, Reason::Stabilizing);
+        assert_eq!(out[6].1, Reason::Inactive);
+    }
+
+    #[test]
+    fn keda_activation_tolerance_and_bounds() {
+        let mut cfg = PolicyConfig::new(PolicyKind::Keda);
+        cfg.activation_lag = 20.0;
+        cfg.min_replicas = 0;
+        cfg.max_replicas = 3;
+        let mut s = PolicyState::default();
+        assert_eq!(decide(&cfg, &mut s, &obs(0, 15, 0)).desired, 0, "under activation: stays at zero");
+        assert_eq!(decide(&cfg, &mut s, &obs(5, 21, 0)).desired, 1, "activated");
+        // 4 replicas' worth of lag with 4 running... but max is 3.
+        let d = decide(&cfg, &mut s, &obs(10, 1000, 1));
+        assert_eq!((d.desired, d.reason), (3, Reason::MaxReplicas));
+        // Within 10% of 100 per replica: keep.
+        let d = decide(&cfg, &mut s, &obs(15, 290, 3));
+        assert_eq!((d.desired, d.reason), (3, Reason::Steady));
+        let mut s = PolicyState::default();
+        let d = decide(&cfg, &mut s, &obs(0, 205, 2));
+        assert_eq!(d.desired, 2, "205 vs 200 target is within tolerance");
+    }
+
+    #[test]
+    fn partitions_cap_replicas() {
+        let cfg = PolicyConfig::new(PolicyKind::Keda);
+        let mut s = PolicyState::default();
+        let mut o = obs(0, 10_000, 1);
+        o.partitions = 4;
+        let d = decide(&cfg, &mut s, &o);
+        assert_eq!((d.desired, d.reason), (4, Reason::Partitions));
+    }
+
+    /// A replica-level simulation of the aifab policy's inputs: `arrivals` per second,
+    /// each replica serving `rate`/s, observed every 5 s.
+    struct Feed {
+        produced: i64,
+        consumed: i64,
+        t: i64,
+        lag_prev: i64,
+    }
+
+    impl Feed {
+        fn step(&mut self, arrivals: i64, served_per_s: i64, current: u32) -> Observation {
+            self.t += 5;
+            self.produced += arrivals * 5;
+            let backlog = self.produced - self.consumed;
+            self.consumed += backlog.min(served_per_s * current as i64 * 5);
+            let lag = self.produced - self.consumed;
+            let o = Observation {
+                at_ms: self.t * 1000,
+                total_lag: lag,
+                lag_rate_per_s: (lag - self.lag_prev) as f64 / 5.0,
+                partitions: 8,
+                produced_total: Some(self.produced),
+                consumed_total: Some(self.consumed),
+                current_replicas: current,
+                budget: None,
+            };
+            self.lag_prev = lag;
+            o
+        }
+    }
+
+    #[test]
+    fn aifab_learns_the_replica_rate_under_backlog_and_sizes_for_arrivals() {
+        let mut cfg = PolicyConfig::new(PolicyKind::Aifab);
+        cfg.replica_rate_per_s = 50.0; // a pessimistic prior; the truth is 100/s
+        cfg.startup_s = 5.0;
+        cfg.scale_down_cooldown_s = 0.0;
+        cfg.scale_down_stabilization_s = 0.0;
+        let mut state = PolicyState::default();
+        let mut feed = Feed { produced: 0, consumed: 0, t: 0, lag_prev: 0 };
+        // Hold replicas at 2 (an actuator that does not act) under 400/s arrivals:
+        // saturated, so the policy measures 100/s per replica.
+        for _ in 0..12 {
+            let o = feed.step(400, 100, 2);
+            decide(&cfg, &mut state, &o);
+        }
+        let learned = state.replica_rate().unwrap();
+        assert!((learned - 100.0).abs() < 5.0, "learned {learned}");
+        // Backlog gone, 400/s steady: 400 / (100 × 0.8) = 5 replicas.
+        let mut steady = Feed { produced: 0, consumed: 0, t: feed.t, lag_prev: 0 };
+        let mut d = None;
+        for _ in 0..6 {
+            let o = steady.step(400, 100, 5);
+            d = Some(decide(&cfg, &mut state, &o));
+        }
+        let d = d.unwrap();
+        assert_eq!(d.desired, 5, "{}", d.detail);
+        assert_eq!(d.reason, Reason::ArrivalRate);
+        assert!(d.detail.contains("measured"), "{}", d.detail);
+    }
+
+    #[test]
+    fn aifab_adds_replicas_to_drain_a_backlog_and_scales_down_after_the_window() {
+        let mut cfg = PolicyConfig::new(PolicyKind::Aifab);
+        cfg.scale_down_stabilization_s = 30.0;
+        cfg.scale_down_cooldown_s = 10.0;
+        cfg.learn_rate = false;
+        let mut state = PolicyState::default();
+        let mut feed = Feed { produced: 0, consumed: 0, t: 0, lag_prev: 0 };
+        let mut current = 1;
+        let mut history = Vec::new();
+        // 30 s of 300/s (a step), then 90 s of 50/s.
+        for i in 0..24 {
+            let arrivals = if i < 6 { 300 } else { 50 };
+            let o = feed.step(arrivals, 100, current);
+            let d = decide(&cfg, &mut state, &o);
+            history.push((d.desired, d.reason, o.total_lag));
+            current = d.desired;
+        }
+        let peak = history.iter().map(|h| h.0).max().unwrap();
+        assert!(peak >= 4, "scaled for 300/s at 100/s per replica: {history:?}");
+        assert_eq!(history.last().unwrap().0, 1, "back down once it is quiet: {history:?}");
+        assert!(history.iter().any(|h| h.1 == Reason::Stabilizing), "{history:?}");
+        // Never down while the backlog was still there.
+        for w in history.windows(2) {
+            if w[1].0 < w[0].0 {
+                assert!(w[0].2 < 100, "scaled down with lag {}: {history:?}", w[0].2);
+            }
+        }
+    }
+
+    #[test]
+    fn aifab_caps_replicas_to_the_budget_and_names_the_reason() {
+        let mut cfg = PolicyConfig::new(PolicyKind::Aifab);
+        cfg.replica_cost_per_hour = 1.0;
+        let mut state = PolicyState::default();
+        let mut o = obs(0, 5_000, 1);
+        // 6 left for 3 hours at 1/h per replica → 2 replicas.
+        o.budget = Some(BudgetView { remaining: 6.0, burn_rate_per_hour: 1.0, hours_left: 3.0 });
+        let d = decide(&cfg, &mut state, &o);
+        assert_eq!((d.desired, d.reason, d.budget_cap), (2, Reason::BudgetCap, Some(2)), "{}", d.detail);
+        assert!(d.recommended > 2);
+        assert!(d.detail.contains("capped at 2"), "{}", d.detail);
+        // The observed burn is dearer than configured: it wins.
+        o.at_ms += 5000;
+        o.current_replicas = 2;
+        o.budget = Some(BudgetView { remaining: 6.0, burn_rate_per_hour: 6.0, hours_left: 3.0 });
+        let d = decide(&cfg, &mut state, &o);
+        assert_eq!(d.desired, 0, "3/h per replica for 3 h is more than 6 left: {}", d.detail);
+        // Overspent: a floor can keep a replica anyway.
+        cfg.min_replicas_over_budget = 1;
+        o.budget = Some(BudgetView { remaining: -1.0, burn_rate_per_hour: 0.0, hours_left: 3.0 });
+        let d = decide(&cfg, &mut state, &o);
+        assert_eq!((d.desired, d.reason), (1, Reason::BudgetCap));
+        // KEDA ignores budgets.
+        let keda = PolicyConfig::new(PolicyKind::Keda);
+        let d = decide(&keda, &mut PolicyState::default(), &o);
+        assert_eq!(d.desired, 8);
+    }
+
+    #[test]
+    fn cooldowns_hold_changes() {
+        let mut cfg = PolicyConfig::new(PolicyKind::Keda);
+        cfg.scale_up_cooldown_s = 30.0;
+        cfg.scale_down_stabilization_s = 0.0;
+        cfg.scale_down_cooldown_s = 20.0;
+        let out = script(&cfg, &[(0, 300), (10, 600), (30, 600), (35, 100), (45, 100), (55, 100)]);
+        assert_eq!(out[0], (3, Reason::Lag));
+        assert_eq!(out[1], (3, Reason::Cooldown), "second scale-up within 30 s");
+        assert_eq!(out[2], (6, Reason::Lag));
+        assert_eq!(out[3], (6, Reason::Cooldown), "down within 20 s of the change");
+        assert_eq!(out[4], (6, Reason::Cooldown));
+        assert_eq!(out[5], (1, Reason::Lag));
+    }
+
+    #[test]
+    fn budget_cap_math() {
+        let cfg = PolicyConfig { replica_cost_per_hour: 0.5, ..PolicyConfig::new(PolicyKind::Aifab) };
+        let b = |remaining, burn, hours| BudgetView { remaining, burn_rate_per_hour: burn, hours_left: hours };
+        assert_eq!(budget_cap_for(&cfg, &b(10.0, 0.0, 4.0), 0), Some((5, 0.5)));
+        assert_eq!(budget_cap_for(&cfg, &b(10.0, 4.0, 4.0), 2), Some((1, 2.0)), "observed 2/h per replica");
+        assert_eq!(budget_cap_for(&cfg, &b(-3.0, 0.0, 4.0), 1).unwrap().0, 0);
+        let learn = PolicyConfig::new(PolicyKind::Aifab);
+        assert_eq!(budget_cap_for(&learn, &b(10.0, 0.0, 4.0), 0), None, "nothing to price replicas with");
+    }
+}

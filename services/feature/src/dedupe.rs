@@ -1,0 +1,149 @@
+//! The dedupe cache: a repeated text within `--dedupe-ttl-s` is answered from the
+//! prediction computed for it before, without inference.
+//!
+//! How the cache learns predictions (no coupling to any other service's storage):
+//!
+//! 1. When the feature stage sends a request to inference it notes
+//!    `<p>:feature:pending:<tenant>:<id>` → the request's dedupe hash.
+//! 2. [`CacheFill`] consumes `aifab.predictions` (its own consumer group, read_committed).
+//!    For a computed (`ok`, non-shadow) prediction with a pending note, it stores the
+//!    prediction under `<p>:feature:dedupe:<hash>` for the TTL and drops the note.
+//! 3. The feature stage looks up every new text's hash first; a hit becomes a
+//!    `prediction/v1` with outcome `cached` written straight to `aifab.predictions` in
+//!    the same transaction as the batch's other outputs, and no inference request.
+
+use std::collections::BTreeMap;
+
+use aifab_core::messages::{decode, tag, Arm, IngestRecord, Outcome, Prediction};
+use aifab_core::pipeline::{Consumed, Handler};
+use aifab_core::redis_store::RedisHandle;
+use anyhow::Context as _;
+
+use crate::keys::Keys;
+
+/// The answer for `rec` (id `id`, task `task`) from a cached prediction.
+pub fn cached_prediction(cached: &Prediction, rec: &IngestRecord, id: &str, task: &str, worker: &str, now_ms: i64) -> Prediction {
+    let received = rec.received_at_ms.unwrap_or(now_ms);
+    Prediction {
+        schema: tag(),
+        id: id.to_string(),
+        tenant: rec.tenant.clone(),
+        task: task.to_string(),
+        outcome: Outcome::Cached,
+        label: cached.label.clone(),
+        scores: cached.scores.clone(),
+        model_version: cached.model_version.clone(),
+        arm: cached.arm,
+        batch_id: None,
+        batch_size: 0,
+        queue_ms: (now_ms - received).max(0) as f64,
+        compute_ms: 0.0,
+        received_at_ms: received,
+        produced_at_ms: now_ms,
+        worker: worker.to_string(),
+    }
+}
+
+/// Whether a prediction may fill the cache: computed, a real answer, with a label.
+pub fn cacheable(p: &Prediction) -> bool {
+    p.outcome == Outcome::Ok && p.arm != Arm::Shadow && p.label.is_some()
+}
+
+/// Fills the cache from `aifab.predictions` (an at-least-once handler: writes are idempotent).
+pub struct CacheFill {
+    pub redis: RedisHandle,
+    pub keys: Keys,
+    pub ttl_s: u64,
+}
+
+impl Handler for CacheFill {
+    async fn handle(&mut self, batch: &[Consumed]) -> anyhow::Result<()> {
+        let mut conn = self.redis.try_get().context("redis is not connected")?;
+        let mut preds: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for m in batch {
+            if let Ok(p) = decode::<Prediction>(&m.payload) {
+                if cacheable(&p) {
+                    preds.insert(self.keys.pending(&p.tenant, &p.id), m.payload.clone());
+                }
+            }
+        }
+        if preds.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for k in preds.keys() {
+            pipe.cmd("GET").arg(k);
+        }
+        let hashes: Vec<Option<String>> = pipe.query_async(&mut conn).await.context("reading pending notes")?;
+        let mut pipe = redis::pipe();
+        let mut stored = 0u64;
+        for ((pending, payload), hash) in preds.iter().zip(hashes) {
+            if let Some(hash) = hash {
+                pipe.cmd("SET").arg(self.keys.dedupe(&hash)).arg(payload).arg("EX").arg(self.ttl_s.max(1)).ignore();
+                pipe.cmd("DEL").arg(pending).ignore();
+                stored += 1;
+            }
+        }
+        if stored > 0 {
+            pipe.exec_async(&mut conn).await.context("storing cache entries")?;
+        }
+        metrics::counter!("aifab_feature_dedupe_stored_total").increment(stored);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn computed() -> Prediction {
+        Prediction {
+            schema: tag(),
+            id: "first".into(),
+            tenant: "acme".into(),
+            task: "t".into(),
+            outcome: Outcome::Ok,
+            label: Some("spam".into()),
+            scores: [("spam".to_string(), 0.9f32), ("ham".to_string(), 0.1)].into(),
+            model_version: "v3".into(),
+            arm: Arm::Production,
+            batch_id: Some("w-1".into()),
+            batch_size: 8,
+            queue_ms: 3.0,
+            compute_ms: 12.0,
+            received_at_ms: 1,
+            produced_at_ms: 2,
+            worker: "w".into(),
+        }
+    }
+
+    #[test]
+    fn cached_answers_copy_the_label_and_say_so() {
+        let rec = IngestRecord {
+            schema: tag(),
+            id: Some("second".into()),
+            tenant: "acme".into(),
+            text: "x".into(),
+            task: Some("t".into()),
+            label: None,
+            deadline_ms: None,
+            received_at_ms: Some(1_000),
+            attributes: Default::default(),
+        };
+        let p = cached_prediction(&computed(), &rec, "second", "t", "feature-1", 1_250);
+        assert_eq!((p.id.as_str(), p.outcome, p.label.as_deref()), ("second", Outcome::Cached, Some("spam")));
+        assert_eq!((p.model_version.as_str(), p.batch_id.clone(), p.batch_size), ("v3", None, 0));
+        assert_eq!((p.queue_ms, p.compute_ms, p.worker.as_str()), (250.0, 0.0, "feature-1"));
+        assert_eq!(p.scores, computed().scores);
+        let v = serde_json::to_value(&p).unwrap();
+        aifab_core::schema::validate("prediction/v1", &v).unwrap();
+    }
+
+    #[test]
+    fn only_computed_answers_fill_the_cache() {
+        assert!(cacheable(&computed()));
+        assert!(!cacheable(&Prediction { outcome: Outcome::Cached, ..computed() }));
+        assert!(!cacheable(&Prediction { outcome: Outcome::Expired, label: None, ..computed() }));
+        assert!(!cacheable(&Prediction { arm: Arm::Shadow, ..computed() }));
+    }
+}

@@ -1,0 +1,83 @@
+//! The feature service's Redis key layout (documented in the README, "Ingest and
+//! features"). Every key starts with `--redis-prefix` (default `aifab`).
+//!
+//! | key | type | meaning |
+//! |---|---|---|
+//! | `<p>:feature:dedupe:<sha256>` | string: `prediction/v1` JSON, TTL `--dedupe-ttl-s` | a computed prediction for (scope, task, text) |
+//! | `<p>:feature:pending:<tenant>:<id>` | string: the dedupe hash, TTL `--pending-ttl-s` | a request sent to inference whose prediction may fill the cache |
+//! | `<p>:feature:tenant:<tenant>` | hash: `requests`, `examples`, `tokens`, `cached`, `truncated`, `first_seen_ms`, `last_seen_ms` | online features, all time |
+//! | `<p>:feature:tenant:<tenant>:minute:<unix minute>` | hash: `requests`, `tokens`, TTL 2 h | online features per minute (rolling windows) |
+
+use sha2::Digest;
+
+/// Seconds a per-minute online-features hash is kept.
+pub const MINUTE_TTL_S: u64 = 7200;
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys { prefix: prefix.trim_end_matches(':').to_string() }
+    }
+    pub fn dedupe(&self, hash: &str) -> String {
+        format!("{}:feature:dedupe:{hash}", self.prefix)
+    }
+    pub fn pending(&self, tenant: &str, id: &str) -> String {
+        format!("{}:feature:pending:{tenant}:{id}", self.prefix)
+    }
+    pub fn tenant(&self, tenant: &str) -> String {
+        format!("{}:feature:tenant:{tenant}", self.prefix)
+    }
+    pub fn tenant_minute(&self, tenant: &str, minute: i64) -> String {
+        format!("{}:feature:tenant:{tenant}:minute:{minute}", self.prefix)
+    }
+}
+
+/// Who shares dedupe cache entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DedupeScope {
+    /// Only requests of the same tenant (no tenant can learn what another one sent).
+    Tenant,
+    /// Every tenant: one computation per (task, text) platform-wide.
+    Global,
+}
+
+/// The dedupe hash of a text: sha256 over (scope, task, text), hex.
+pub fn dedupe_hash(scope: DedupeScope, tenant: &str, task: &str, text: &str) -> String {
+    let mut h = sha2::Sha256::new();
+    match scope {
+        DedupeScope::Tenant => h.update(tenant.as_bytes()),
+        DedupeScope::Global => h.update(b"*"),
+    }
+    h.update([0x1f]);
+    h.update(task.as_bytes());
+    h.update([0x1f]);
+    h.update(text.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_separate_scope_task_and_text() {
+        let a = dedupe_hash(DedupeScope::Tenant, "acme", "t", "hello");
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, dedupe_hash(DedupeScope::Tenant, "acme", "t", "hello"));
+        assert_ne!(a, dedupe_hash(DedupeScope::Tenant, "beta", "t", "hello"));
+        assert_ne!(a, dedupe_hash(DedupeScope::Tenant, "acme", "u", "hello"));
+        assert_ne!(a, dedupe_hash(DedupeScope::Tenant, "acme", "t", "hello!"));
+        assert_eq!(
+            dedupe_hash(DedupeScope::Global, "acme", "t", "hello"),
+            dedupe_hash(DedupeScope::Global, "beta", "t", "hello")
+        );
+        assert_ne!(dedupe_hash(DedupeScope::Global, "", "ab", "c"), dedupe_hash(DedupeScope::Global, "", "a", "bc"));
+        let k = Keys::new("p");
+        assert_eq!(k.pending("acme", "r1"), "p:feature:pending:acme:r1");
+        assert_eq!(k.tenant_minute("acme", 5), "p:feature:tenant:acme:minute:5");
+    }
+}

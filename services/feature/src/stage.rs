@@ -1,0 +1,254 @@
+//! The feature stage: `aifab.features.in` → `aifab.inference.requests` (tokenized),
+//! `aifab.training.examples` (labelled records), `aifab.predictions` (answers from the
+//! dedupe cache) and `aifab.dlq` (anything it cannot use), all in one Kafka transaction
+//! per batch with the input offsets.
+
+use std::sync::Arc;
+
+use aifab_core::messages::{decode, encode, tag, InferenceRequest, IngestRecord, Prediction, TrainingExample};
+use aifab_core::pipeline::{dead_letter, Consumed, Record, Transform};
+use aifab_core::redis_store::RedisHandle;
+use anyhow::Context as _;
+
+use crate::dedupe::cached_prediction;
+use crate::keys::{dedupe_hash, DedupeScope, Keys};
+use crate::online::Deltas;
+use crate::tokenize::FeatureTokenizer;
+
+#[derive(Debug, Clone)]
+pub struct StageSettings {
+    pub inference_topic: String,
+    pub training_topic: String,
+    pub predictions_topic: String,
+    pub dlq_topic: String,
+    pub default_task: String,
+    /// 0 turns the dedupe cache off.
+    pub dedupe_ttl_s: u64,
+    pub dedupe_scope: DedupeScope,
+    pub pending_ttl_s: u64,
+    /// The `worker` name of cached predictions.
+    pub worker_name: String,
+}
+
+pub struct FeatureStage {
+    pub settings: StageSettings,
+    pub tokenizer: Arc<FeatureTokenizer>,
+    pub redis: RedisHandle,
+    pub keys: Keys,
+    /// Counts of the batch in flight, written once it commits.
+    pub deltas: Deltas,
+}
+
+/// A decoded record this stage can use: id and receipt time present.
+pub fn accept(m: &Consumed) -> Result<IngestRecord, (&'static str, String)> {
+    let rec: IngestRecord = decode(&m.payload).map_err(|e| (e.kind(), e.to_string()))?;
+    if rec.id.as_deref().is_none_or(str::is_empty) {
+        return Err(("missing_field", "missing field \"id\": records on the features topic carry the id ingest assigned".into()));
+    }
+    if rec.received_at_ms.is_none() {
+        return Err(("missing_field", "missing field \"received_at_ms\": records on the features topic carry ingest's receipt time".into()));
+    }
+    if rec.text.is_empty() {
+        return Err(("empty_text", "field \"text\": \"\" is shorter than 1 character".into()));
+    }
+    Ok(rec)
+}
+
+/// `priority` from the record's header (set by ingest for deprioritised tenants).
+pub fn priority_of(m: &Consumed) -> u8 {
+    m.header("priority").and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+fn with_trace(mut r: Record, m: &Consumed, tenant: &str) -> Record {
+    r = r.header("tenant", tenant.to_string());
+    if let Some(tp) = m.header("traceparent") {
+        r = r.header("traceparent", tp.to_vec());
+    }
+    r
+}
+
+impl Transform for FeatureStage {
+    async fn transform(&mut self, batch: &[Consumed]) -> anyhow::Result<Vec<Record>> {
+        let s = &self.settings;
+        let now = aifab_core::now_ms();
+        self.deltas = Deltas::default();
+        let mut out: Vec<Record> = Vec::with_capacity(batch.len());
+        // Unlabelled records waiting for the cache and the tokenizer: (message, record, task, hash).
+        let mut infer: Vec<(&Consumed, IngestRecord, String, Option<String>)> = Vec::new();
+        for m in batch {
+            let rec = match accept(m) {
+                Ok(r) => r,
+                Err((kind, reason)) => {
+                    metrics::counter!("aifab_feature_dead_letters_total", "kind" => kind).increment(1);
+                    let tenant = serde_json::from_slice::<serde_json::Value>(&m.payload)
+                        .ok()
+                        .and_then(|v| v["tenant"].as_str().map(str::to_string));
+                    out.push(dead_letter(&s.dlq_topic, "feature", m, kind, &reason, tenant));
+                    continue;
+                }
+            };
+            let id = rec.id.clone().unwrap_or_default();
+            let task = rec.task.clone().unwrap_or_else(|| s.default_task.clone());
+            match &rec.label {
+                Some(label) => {
+                    let ex = TrainingExample {
+                        schema: tag(),
+                        id: id.clone(),
+                        tenant: rec.tenant.clone(),
+                        task,
+                        text: rec.text.clone(),
+                        label: label.clone(),
+                        received_at_ms: rec.received_at_ms.unwrap_or(now),
+                    };
+                    self.deltas.tenant(&rec.tenant, now).examples += 1;
+                    metrics::counter!("aifab_feature_records_total", "kind" => "training").increment(1);
+                    out.push(with_trace(Record::new(&s.training_topic, id, encode(&ex)), m, &rec.tenant));
+                }
+                None => {
+                    let hash = (s.dedupe_ttl_s > 0).then(|| dedupe_hash(s.dedupe_scope, &rec.tenant, &task, &rec.text));
+                    infer.push((m, rec, task, hash));
+                }
+            }
+        }
+
+        // The dedupe cache: one round trip for every lookup in the batch.
+        let mut hits: Vec<Option<Prediction>> = vec![None; infer.len()];
+        let hashed: Vec<usize> = (0..infer.len()).filter(|&i| infer[i].3.is_some()).collect();
+        if !hashed.is_empty() {
+            let mut conn = self.redis.try_get().context("redis is not connected")?;
+            let mut pipe = redis::pipe();
+            for &i in &hashed {
+                pipe.cmd("GET").arg(self.keys.dedupe(infer[i].3.as_deref().unwrap_or_default()));
+            }
+            let found: Vec<Option<Vec<u8>>> = pipe.query_async(&mut conn).await.context("dedupe lookups")?;
+            for (&i, f) in hashed.iter().zip(found) {
+                hits[i] = f.and_then(|bytes| decode::<Prediction>(&bytes).ok());
+            }
+            // Note the misses so their predictions can fill the cache.
+            let mut pipe = redis::pipe();
+            let mut notes = 0;
+            for &i in &hashed {
+                if hits[i].is_none() {
+                    let (_, rec, _, hash) = &infer[i];
+                    pipe.cmd("SET")
+                        .arg(self.keys.pending(&rec.tenant, rec.id.as_deref().unwrap_or_default()))
+                        .arg(hash.as_deref().unwrap_or_default())
+                        .arg("EX")
+                        .arg(s.pending_ttl_s.max(1))
+                        .ignore();
+                    notes += 1;
+                }
+            }
+            if notes > 0 {
+                pipe.exec_async(&mut conn).await.context("noting pending requests")?;
+            }
+        }
+
+        let texts: Vec<&str> = infer
+            .iter()
+            .zip(&hits)
+            .filter(|(_, h)| h.is_none())
+            .map(|((_, rec, _, _), _)| rec.text.as_str())
+            .collect();
+        let mut tokens = self.tokenizer.encode_batch(&texts).into_iter();
+        for ((m, rec, task, _), hit) in infer.iter().zip(hits) {
+            let id = rec.id.clone().unwrap_or_default();
+            if let Some(cached) = hit {
+                metrics::counter!("aifab_feature_dedupe_total", "result" => "hit").increment(1);
+                metrics::counter!("aifab_feature_records_total", "kind" => "cached").increment(1);
+                let d = self.deltas.tenant(&rec.tenant, now);
+                d.requests += 1;
+                d.cached += 1;
+                let p = cached_prediction(&cached, rec, &id, task, &s.worker_name, now);
+                out.push(with_trace(Record::new(&s.predictions_topic, id, encode(&p)), m, &rec.tenant));
+                continue;
+            }
+            if s.dedupe_ttl_s > 0 {
+                metrics::counter!("aifab_feature_dedupe_total", "result" => "miss").increment(1);
+            }
+            match tokens.next().expect("one tokenization per miss") {
+                Err(e) => {
+                    metrics::counter!("aifab_feature_dead_letters_total", "kind" => e.kind).increment(1);
+                    out.push(dead_letter(&s.dlq_topic, "feature", m, e.kind, &e.reason, Some(rec.tenant.clone())));
+                }
+                Ok(t) => {
+                    let n = t.ids.len() as u32;
+                    let truncated = t.truncation != aifab_core::messages::Truncation::None;
+                    let req = InferenceRequest {
+                        schema: tag(),
+                        id: id.clone(),
+                        tenant: rec.tenant.clone(),
+                        task: task.clone(),
+                        text: rec.text.clone(),
+                        input_ids: t.ids,
+                        token_count: n,
+                        truncation: t.truncation,
+                        received_at_ms: rec.received_at_ms.unwrap_or(now),
+                        deadline_ms: rec.deadline_ms,
+                        priority: priority_of(m),
+                        attributes: rec.attributes.clone(),
+                    };
+                    let d = self.deltas.tenant(&rec.tenant, now);
+                    d.requests += 1;
+                    d.tokens += n as u64;
+                    if truncated {
+                        d.truncated += 1;
+                        metrics::counter!("aifab_feature_truncated_total").increment(1);
+                    }
+                    metrics::counter!("aifab_feature_tokens_total").increment(n as u64);
+                    metrics::counter!("aifab_feature_records_total", "kind" => "inference").increment(1);
+                    out.push(with_trace(Record::new(&s.inference_topic, id, encode(&req)), m, &rec.tenant));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn committed(&mut self) {
+        let deltas = std::mem::take(&mut self.deltas);
+        if deltas.is_empty() {
+            return;
+        }
+        let Some(mut conn) = self.redis.try_get() else {
+            tracing::warn!("redis not connected; online features of one batch not written");
+            return;
+        };
+        if let Err(e) = deltas.write(&mut conn, &self.keys).await {
+            metrics::counter!("aifab_feature_online_write_failures_total").increment(1);
+            tracing::warn!(error = %e, "could not write online features");
+        }
+    }
+
+    fn aborted(&mut self) {
+        self.deltas = Deltas::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(payload: &[u8], headers: Vec<(String, Vec<u8>)>) -> Consumed {
+        Consumed { topic: "f".into(), partition: 0, offset: 1, key: None, payload: payload.to_vec(), headers, timestamp_ms: None }
+    }
+
+    #[test]
+    fn records_need_id_and_receipt_time() {
+        let ok = br#"{"schema":"ingest.raw/v1","id":"a","tenant":"acme","text":"hi","received_at_ms":5}"#;
+        assert_eq!(accept(&msg(ok, vec![])).unwrap().id.as_deref(), Some("a"));
+        let no_id = br#"{"schema":"ingest.raw/v1","tenant":"acme","text":"hi","received_at_ms":5}"#;
+        assert_eq!(accept(&msg(no_id, vec![])).unwrap_err().0, "missing_field");
+        let no_time = br#"{"schema":"ingest.raw/v1","id":"a","tenant":"acme","text":"hi"}"#;
+        assert!(accept(&msg(no_time, vec![])).unwrap_err().1.contains("received_at_ms"));
+        assert_eq!(accept(&msg(b"\xff", vec![])).unwrap_err().0, "not_utf8");
+        assert_eq!(accept(&msg(b"{", vec![])).unwrap_err().0, "not_json");
+        assert_eq!(accept(&msg(br#"{"schema":"x/v1"}"#, vec![])).unwrap_err().0, "wrong_schema");
+    }
+
+    #[test]
+    fn priority_comes_from_the_header() {
+        assert_eq!(priority_of(&msg(b"", vec![])), 0);
+        assert_eq!(priority_of(&msg(b"", vec![("priority".into(), b"9".to_vec())])), 9);
+        assert_eq!(priority_of(&msg(b"", vec![("priority".into(), b"high".to_vec())])), 0);
+    }
+}

@@ -1,0 +1,512 @@
+//! The HTTP API (axum): `POST /v1/infer`, `POST /v1/examples`, `GET /v1/predictions/{id}`.
+//!
+//! A POST goes: body (at most `--max-body-bytes`, else 413) → API key (401) → tenant
+//! enabled (403) → Idempotency-Key (replay / 409 in progress / 422 reused with another
+//! body) → validation (400 naming the field, 403 other tenant, 409 repeated id, 413 too
+//! many items) → rate limit (429 + Retry-After) → budget (429 + Retry-After, or
+//! deprioritised) → request ids claimed in Redis (409 if already used) → records written
+//! to `aifab.features.in` in one Kafka transaction → 202 with the ids.
+//!
+//! Every refused POST except 429 and an over-limit body is also written to `aifab.dlq`
+//! (stage `ingest`, no source, the body as sent) before the 4xx is answered; 429s are
+//! back-pressure, not bad input, and an over-limit body was never read.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aifab_core::messages::{encode, tag, DeadLetter, IngestRecord};
+use aifab_core::pipeline::{AtomicProducer, Record};
+use aifab_core::redis_store::RedisHandle;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine as _;
+use futures::StreamExt as _;
+use redis::aio::ConnectionManager;
+use serde_json::{json, Value};
+
+use crate::budget::BudgetBoard;
+use crate::ratelimit::{retry_after_secs, Limiters};
+use crate::store::{self, sha256_hex, Keys};
+use crate::tenants::{BudgetMode, Registry, TenantSettings};
+use crate::validate::{self, kind, Rejection, Route, Rules};
+
+/// What the HTTP API needs besides the shared state.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub features_topic: String,
+    pub dlq_topic: String,
+    pub max_body_bytes: usize,
+    pub id_ttl_s: u64,
+    pub idempotency_ttl_s: u64,
+    /// `priority` given to a deprioritised tenant's requests.
+    pub deprioritised_priority: u8,
+    /// Longest a POST waits for Kafka to acknowledge its records.
+    pub produce_timeout: Duration,
+    /// Settings of a tenant known only through a key added in Redis.
+    pub default_tenant: TenantSettings,
+}
+
+pub struct Api {
+    pub settings: HttpSettings,
+    pub rules: Rules,
+    pub registry: Arc<Registry>,
+    pub budget: Arc<BudgetBoard>,
+    pub limiters: Limiters,
+    pub redis: RedisHandle,
+    pub producer: AtomicProducer,
+    pub keys: Keys,
+}
+
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/v1/infer", post(infer))
+        .route("/v1/examples", post(examples))
+        .route("/v1/predictions/{id}", get(prediction))
+        // The body limit is enforced by the handlers, so the 413 is JSON like every error.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(api)
+}
+
+async fn infer(State(api): State<Arc<Api>>, request: Request) -> Response {
+    post_route(api, Route::Infer, request).await
+}
+
+async fn examples(State(api): State<Arc<Api>>, request: Request) -> Response {
+    post_route(api, Route::Examples, request).await
+}
+
+fn count(route: &str, status: StatusCode, started: Instant) {
+    metrics::counter!("aifab_ingest_http_requests_total", "route" => route.to_string(), "status" => status.as_u16().to_string())
+        .increment(1);
+    metrics::histogram!("aifab_ingest_http_request_seconds", "route" => route.to_string())
+        .record(started.elapsed().as_secs_f64());
+}
+
+async fn post_route(api: Arc<Api>, route: Route, request: Request) -> Response {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let response = handle_post(&api, route, &parts.headers, body).await;
+    count(route.name(), response.status(), started);
+    response
+}
+
+/// A JSON response with extra headers.
+fn respond(status: u16, body: Value, headers: &[(&str, String)]) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = (status, axum::Json(body)).into_response();
+    for (k, v) in headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    r
+}
+
+fn error(status: u16, kind: &str, reason: &str, headers: &[(&str, String)]) -> Response {
+    let mut h: Vec<(&str, String)> = headers.to_vec();
+    if status == 401 {
+        h.push(("www-authenticate", "Bearer realm=\"aifab\"".into()));
+    }
+    respond(status, json!({"error": kind, "reason": reason}), &h)
+}
+
+fn unavailable(what: &str) -> Response {
+    error(503, "unavailable", what, &[("retry-after", "1".into())])
+}
+
+/// The API key: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+pub fn api_key(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+            let k = v[7..].trim();
+            if !k.is_empty() {
+                return Some(k.to_string());
+            }
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+}
+
+enum Auth {
+    Tenant(String),
+    Refused(Rejection),
+}
+
+async fn authenticate(api: &Api, conn: &mut ConnectionManager, headers: &HeaderMap) -> redis::RedisResult<Auth> {
+    let Some(key) = api_key(headers) else {
+        return Ok(Auth::Refused(Rejection::new(
+            kind::MISSING_API_KEY,
+            "missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+        )));
+    };
+    Ok(match api.registry.tenant_for_key(conn, &key).await? {
+        Some(t) => Auth::Tenant(t),
+        None => Auth::Refused(Rejection::new(kind::BAD_API_KEY, "unknown API key")),
+    })
+}
+
+/// Write a refused HTTP request to the DLQ (best effort: the caller gets its 4xx anyway).
+async fn dead_letter(api: &Api, route: Route, body: &[u8], r: &Rejection) {
+    metrics::counter!("aifab_ingest_dead_letters_total", "source" => "http", "kind" => r.kind).increment(1);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let dl = DeadLetter {
+        schema: tag(),
+        original_base64: b64.encode(body),
+        key_base64: None,
+        source: None,
+        stage: "ingest".into(),
+        error_kind: r.kind.to_string(),
+        reason: r.reason.clone(),
+        tenant: r.tenant.clone(),
+        at_ms: aifab_core::now_ms(),
+    };
+    let mut record = Record::new(&api.settings.dlq_topic, uuid::Uuid::now_v7().to_string(), encode(&dl))
+        .header("route", format!("/v1/{}", route.name()));
+    if let Some(t) = &r.tenant {
+        record = record.header("tenant", t.clone());
+    }
+    if let Err(e) = api.producer.send(vec![record], api.settings.produce_timeout).await {
+        metrics::counter!("aifab_ingest_dead_letter_failures_total").increment(1);
+        tracing::error!(error = %e, kind = r.kind, "could not write a dead letter for a refused HTTP request");
+    }
+}
+
+/// Refuse: dead-letter it, answer the 4xx.
+async fn refuse(api: &Api, route: Route, body: &[u8], r: Rejection) -> Response {
+    tracing::debug!(kind = r.kind, reason = %r.reason, tenant = ?r.tenant, "refused HTTP request");
+    dead_letter(api, route, body, &r).await;
+    error(r.status, r.kind, &r.reason, &[])
+}
+
+/// What an Idempotency-Key lookup found.
+enum Idem {
+    /// This request owns the key now: finish or release it.
+    Claimed(String),
+    /// A stored response to replay.
+    Replay(Response),
+    /// An answer without further work (in progress, or reused with another body).
+    Answer(Response),
+}
+
+async fn idempotency(
+    api: &Api,
+    conn: &mut ConnectionManager,
+    tenant: &str,
+    route: Route,
+    key: &str,
+    body_sha: &str,
+) -> redis::RedisResult<Idem> {
+    let rkey = api.keys.idempotency(tenant, route.name(), key);
+    let pending = json!({"state": "pending", "body_sha256": body_sha}).to_string();
+    // Pending claims expire soon, so a crashed request does not block the key for long.
+    let set: Option<String> =
+        redis::cmd("SET").arg(&rkey).arg(pending).arg("NX").arg("EX").arg(60).query_async(conn).await?;
+    if set.is_some() {
+        return Ok(Idem::Claimed(rkey));
+    }
+    let stored: Option<String> = redis::cmd("GET").arg(&rkey).query_async(conn).await?;
+    let stored: Value = stored.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
+    if stored["body_sha256"].as_str() != Some(body_sha) {
+        return Ok(Idem::Answer(error(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+            &[],
+        )));
+    }
+    if stored["state"] == "done" {
+        let status = stored["status"].as_u64().unwrap_or(200) as u16;
+        let mut headers = vec![("idempotent-replayed", "true".to_string())];
+        if let Some(loc) = stored["location"].as_str() {
+            headers.push(("location", loc.to_string()));
+        }
+        metrics::counter!("aifab_ingest_idempotent_replays_total").increment(1);
+        return Ok(Idem::Replay(respond(status, stored["body"].clone(), &headers)));
+    }
+    Ok(Idem::Answer(error(
+        409,
+        "in_progress",
+        "a request with this Idempotency-Key is still being processed; retry shortly",
+        &[("retry-after", "1".into())],
+    )))
+}
+
+async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -> Response {
+    let max = api.settings.max_body_bytes;
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        metrics::counter!("aifab_ingest_http_body_too_large_total").increment(1);
+        error(413, kind::BODY_TOO_LARGE, &format!("body: more than the maximum of {max} bytes"), &[])
+    };
+    if declared.is_some_and(|n| n > max) {
+        return too_large();
+    }
+    let mut bytes: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(max));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) if bytes.len() + c.len() > max => return too_large(),
+            Ok(c) => bytes.extend_from_slice(&c),
+            Err(e) => return error(400, "bad_body", &format!("body: could not be read: {e}"), &[]),
+        }
+    }
+    let Some(mut conn) = api.redis.try_get() else { return unavailable("redis is not connected") };
+    let tenant = match authenticate(api, &mut conn, headers).await {
+        Ok(Auth::Tenant(t)) => t,
+        Ok(Auth::Refused(r)) => return refuse(api, route, &bytes, r).await,
+        Err(e) => return unavailable(&format!("redis: {e}")),
+    };
+    let settings = match api.registry.tenant(&mut conn, &tenant).await {
+        Ok(s) => s.unwrap_or(api.settings.default_tenant),
+        Err(e) => return unavailable(&format!("redis: {e}")),
+    };
+    if !settings.enabled {
+        let r = Rejection::new(kind::TENANT_DISABLED, format!("tenant \"{tenant}\" is disabled"))
+            .with_tenant(Some(&tenant));
+        return refuse(api, route, &bytes, r).await;
+    }
+
+    let mut idem_key: Option<String> = None;
+    if let Some(k) = headers.get("idempotency-key") {
+        let k = match k.to_str() {
+            Ok(k) if !k.trim().is_empty() && k.len() <= 255 => k.trim().to_string(),
+            _ => {
+                let r = Rejection::new(
+                    kind::INVALID_VALUE,
+                    "header \"Idempotency-Key\": expected 1 to 255 visible ASCII characters",
+                )
+                .with_tenant(Some(&tenant));
+                return refuse(api, route, &bytes, r).await;
+            }
+        };
+        match idempotency(api, &mut conn, &tenant, route, &k, &sha256_hex(&bytes)).await {
+            Ok(Idem::Claimed(rkey)) => idem_key = Some(rkey),
+            Ok(Idem::Replay(r)) | Ok(Idem::Answer(r)) => return r,
+            Err(e) => return unavailable(&format!("redis: {e}")),
+        }
+    }
+    let response = accept(api, &mut conn, route, &tenant, &settings, headers, &bytes).await;
+    if let Some(rkey) = idem_key {
+        let status = response.0;
+        let result: redis::RedisResult<()> = if (200..300).contains(&status) {
+            let mut stored = json!({"state": "done", "body_sha256": sha256_hex(&bytes), "status": status, "body": response.1});
+            if let Some(loc) = response.2.iter().find(|(k, _)| *k == "location") {
+                stored["location"] = json!(loc.1);
+            }
+            redis::cmd("SET")
+                .arg(&rkey)
+                .arg(stored.to_string())
+                .arg("EX")
+                .arg(api.settings.idempotency_ttl_s.max(1))
+                .exec_async(&mut conn)
+                .await
+        } else {
+            // Nothing was created: a retry with the same key should try again.
+            redis::cmd("DEL").arg(&rkey).exec_async(&mut conn).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not store the idempotent response");
+        }
+    }
+    respond(response.0, response.1, &response.2)
+}
+
+type Answer = (u16, Value, Vec<(&'static str, String)>);
+
+fn answer_error(status: u16, kind: &str, reason: &str, headers: Vec<(&'static str, String)>) -> Answer {
+    let mut h = headers;
+    if status == 401 {
+        h.push(("www-authenticate", "Bearer realm=\"aifab\"".into()));
+    }
+    (status, json!({"error": kind, "reason": reason}), h)
+}
+
+/// Validate, limit, claim ids, produce. Returns status, body, headers.
+async fn accept(
+    api: &Api,
+    conn: &mut ConnectionManager,
+    route: Route,
+    tenant: &str,
+    settings: &TenantSettings,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Answer {
+    let refused = |r: Rejection| async move {
+        dead_letter(api, route, bytes, &r).await;
+        answer_error(r.status, r.kind, &r.reason, Vec::new())
+    };
+    let parsed = match validate::http_body(bytes, route, tenant, &api.rules) {
+        Ok(p) => p,
+        Err(r) => return refused(r).await,
+    };
+    let n = parsed.records.len();
+    if let Err(wait) = api.limiters.check(tenant, settings.rate_per_s, settings.burst, n as f64) {
+        metrics::counter!("aifab_ingest_rate_limited_total").increment(1);
+        return answer_error(
+            429,
+            kind::RATE_LIMITED,
+            &format!(
+                "tenant \"{tenant}\" is over its rate limit of {} texts/s (burst {}); {n} text(s) in this request",
+                settings.rate_per_s, settings.burst
+            ),
+            vec![("retry-after", retry_after_secs(wait).to_string())],
+        );
+    }
+    let mut priority: Option<u8> = None;
+    match api.budget.exceeded(conn, tenant).await {
+        Ok(Some(ex)) => match settings.budget_mode {
+            BudgetMode::Reject => {
+                metrics::counter!("aifab_ingest_budget_rejected_total", "source" => "http").increment(1);
+                return answer_error(
+                    429,
+                    kind::BUDGET_EXCEEDED,
+                    &format!("{}; requests are rejected until the period ends", ex.describe(tenant)),
+                    vec![("retry-after", ex.retry_after_s(aifab_core::now_ms()).to_string())],
+                );
+            }
+            BudgetMode::Deprioritise => priority = Some(api.settings.deprioritised_priority),
+        },
+        Ok(None) => {}
+        Err(e) => return answer_error(503, "unavailable", &format!("redis: {e}"), vec![("retry-after", "1".into())]),
+    }
+
+    let mut records: Vec<IngestRecord> = parsed.records;
+    let now = aifab_core::now_ms();
+    for r in records.iter_mut() {
+        if r.id.is_none() {
+            r.id = Some(uuid::Uuid::now_v7().to_string());
+        }
+        r.received_at_ms = Some(now);
+    }
+    // Claim every id for this tenant: a repeated id is refused, and GET can answer 202.
+    let holder = format!("http:{}", uuid::Uuid::now_v7());
+    let claims: Vec<(String, String)> = records
+        .iter()
+        .map(|r| (api.keys.request_id(tenant, r.id.as_deref().unwrap_or_default()), holder.clone()))
+        .collect();
+    let claimed = match store::claim(conn, &claims, api.settings.id_ttl_s).await {
+        Ok(c) => c,
+        Err(e) => return answer_error(503, "unavailable", &format!("redis: {e}"), vec![("retry-after", "1".into())]),
+    };
+    let mine: Vec<String> =
+        claims.iter().zip(&claimed).filter(|(_, c)| c.is_none()).map(|((k, _), _)| k.clone()).collect();
+    if let Some(i) = claimed.iter().position(Option::is_some) {
+        let _ = store::release(conn, &mine).await;
+        let field = if parsed.batch { format!("{}[{i}].id", route.batch_field()) } else { "id".to_string() };
+        let r = Rejection::new(
+            kind::DUPLICATE_ID,
+            format!(
+                "field \"{field}\": \"{}\" was already used by an earlier request of tenant \"{tenant}\"",
+                records[i].id.as_deref().unwrap_or_default()
+            ),
+        )
+        .with_tenant(Some(tenant));
+        return refused(r).await;
+    }
+
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let out: Vec<Record> = records
+        .iter()
+        .map(|r| {
+            let id = r.id.clone().unwrap_or_default();
+            let mut rec = Record::new(&api.settings.features_topic, id, encode(r)).header("tenant", tenant);
+            if let Some(p) = priority {
+                rec = rec.header("priority", p.to_string());
+            }
+            if let Some(t) = &traceparent {
+                rec = rec.header("traceparent", t.clone());
+            }
+            rec
+        })
+        .collect();
+    if let Err(e) = api.producer.send(out, api.settings.produce_timeout).await {
+        let _ = store::release(conn, &mine).await;
+        tracing::warn!(error = %e, tenant, "could not write accepted records");
+        return answer_error(503, "unavailable", &format!("kafka: {e}"), vec![("retry-after", "1".into())]);
+    }
+    metrics::counter!("aifab_ingest_records_total", "source" => "http", "route" => route.name()).increment(n as u64);
+    let ids: Vec<String> = records.iter().map(|r| r.id.clone().unwrap_or_default()).collect();
+    let mut body = json!({"ids": ids, "accepted": n});
+    let mut headers = Vec::new();
+    if !parsed.batch {
+        body["id"] = json!(ids[0]);
+        headers.push(("location", format!("/v1/predictions/{}", ids[0])));
+    }
+    if priority.is_some() {
+        body["deprioritised"] = json!(true);
+    }
+    (202, body, headers)
+}
+
+async fn prediction(State(api): State<Arc<Api>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    let r = get_prediction(&api, &id, &headers).await;
+    count("predictions", r.status(), started);
+    r
+}
+
+async fn get_prediction(api: &Api, id: &str, headers: &HeaderMap) -> Response {
+    let Some(mut conn) = api.redis.try_get() else { return unavailable("redis is not connected") };
+    let tenant = match authenticate(api, &mut conn, headers).await {
+        Ok(Auth::Tenant(t)) => t,
+        Ok(Auth::Refused(r)) => return error(401, r.kind, &r.reason, &[]),
+        Err(e) => return unavailable(&format!("redis: {e}")),
+    };
+    // Keys are per tenant, so another tenant's id is simply not found: same 404 as an id
+    // nobody used, which leaks nothing.
+    let stored: redis::RedisResult<Option<String>> =
+        redis::cmd("GET").arg(api.keys.prediction(&tenant, id)).query_async(&mut conn).await;
+    match stored {
+        Ok(Some(json)) => {
+            let mut r = (StatusCode::OK, json).into_response();
+            r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+            return r;
+        }
+        Ok(None) => {}
+        Err(e) => return unavailable(&format!("redis: {e}")),
+    }
+    let pending: redis::RedisResult<bool> =
+        redis::cmd("EXISTS").arg(api.keys.request_id(&tenant, id)).query_async(&mut conn).await;
+    match pending {
+        Ok(true) => respond(
+            202,
+            json!({"id": id, "status": "pending", "reason": "accepted; no prediction yet"}),
+            &[("retry-after", "1".into())],
+        ),
+        Ok(false) => error(404, "not_found", &format!("no request with id \"{id}\" for this API key's tenant"), &[]),
+        Err(e) => unavailable(&format!("redis: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_from_either_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(api_key(&h), None);
+        h.insert("x-api-key", HeaderValue::from_static(" k1 "));
+        assert_eq!(api_key(&h).as_deref(), Some("k1"));
+        h.insert("authorization", HeaderValue::from_static("Bearer k2"));
+        assert_eq!(api_key(&h).as_deref(), Some("k2"), "Authorization wins");
+        h.insert("authorization", HeaderValue::from_static("Basic abc"));
+        assert_eq!(api_key(&h).as_deref(), Some("k1"));
+        h.insert("authorization", HeaderValue::from_static("bearer   "));
+        h.remove("x-api-key");
+        assert_eq!(api_key(&h), None);
+    }
+}

@@ -1,0 +1,111 @@
+//! Ingest's Redis key layout, in one place (documented in the README, "Ingest and
+//! features"). Every key starts with the configured prefix (`--redis-prefix`, default
+//! `aifab`), so tests and several deployments can share one Redis.
+//!
+//! | key | type | written by | meaning |
+//! |---|---|---|---|
+//! | `<p>:ingest:apikey:<sha256 hex of key>` | string: tenant | operators | an API key added at run time |
+//! | `<p>:ingest:tenant:<tenant>` | hash: `rate_per_s`, `burst`, `budget_mode`, `enabled` | operators | a tenant added (or its settings changed) at run time |
+//! | `<p>:ingest:id:<tenant>:<id>` | string: who claimed it, TTL `--id-ttl-s` | ingest | request ids in use (duplicate-id check, "pending" answers) |
+//! | `<p>:ingest:idem:<tenant>:<route>:<sha256 hex of Idempotency-Key>` | string: JSON, TTL `--idempotency-ttl-s` | ingest | the stored response of an idempotent POST |
+//! | `<p>:ingest:prediction:<tenant>:<id>` | string: `prediction/v1` JSON, TTL `--prediction-ttl-s` | ingest's predictions consumer | answers for `GET /v1/predictions/{id}` |
+//! | `<p>:ingest:budget:<tenant>` | string: JSON, expires at the end of the budget period | ingest (from NATS `aifab.budget.exceeded`) | the tenant is over budget |
+
+use redis::aio::ConnectionManager;
+use sha2::Digest;
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys { prefix: prefix.trim_end_matches(':').to_string() }
+    }
+    pub fn api_key(&self, key_sha256: &str) -> String {
+        format!("{}:ingest:apikey:{key_sha256}", self.prefix)
+    }
+    pub fn tenant(&self, tenant: &str) -> String {
+        format!("{}:ingest:tenant:{tenant}", self.prefix)
+    }
+    pub fn request_id(&self, tenant: &str, id: &str) -> String {
+        format!("{}:ingest:id:{tenant}:{id}", self.prefix)
+    }
+    pub fn idempotency(&self, tenant: &str, route: &str, key: &str) -> String {
+        format!("{}:ingest:idem:{tenant}:{route}:{}", self.prefix, sha256_hex(key.as_bytes()))
+    }
+    pub fn prediction(&self, tenant: &str, id: &str) -> String {
+        format!("{}:ingest:prediction:{tenant}:{id}", self.prefix)
+    }
+    pub fn budget(&self, tenant: &str) -> String {
+        format!("{}:ingest:budget:{tenant}", self.prefix)
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = sha2::Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Claim request ids: `SET key value NX EX ttl` for each, in one round trip, then read
+/// the current holder of every key that was already taken. Returns, per key, `None` when
+/// this call claimed it and `Some(holder)` when someone had it.
+pub async fn claim(
+    conn: &mut ConnectionManager,
+    claims: &[(String, String)],
+    ttl_s: u64,
+) -> redis::RedisResult<Vec<Option<String>>> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for (key, value) in claims {
+        pipe.cmd("SET").arg(key).arg(value).arg("NX").arg("EX").arg(ttl_s.max(1));
+    }
+    let set: Vec<Option<String>> = pipe.query_async(conn).await?;
+    let taken: Vec<usize> = set.iter().enumerate().filter(|(_, r)| r.is_none()).map(|(i, _)| i).collect();
+    let mut out: Vec<Option<String>> = vec![None; claims.len()];
+    if !taken.is_empty() {
+        let mut pipe = redis::pipe();
+        for &i in &taken {
+            pipe.cmd("GET").arg(&claims[i].0);
+        }
+        let holders: Vec<Option<String>> = pipe.query_async(conn).await?;
+        for (&i, h) in taken.iter().zip(holders) {
+            // Expired between the two calls: count it as someone else's, to be safe.
+            out[i] = Some(h.unwrap_or_default());
+        }
+    }
+    Ok(out)
+}
+
+/// Release claims made by a request that then failed.
+pub async fn release(conn: &mut ConnectionManager, keys: &[String]) -> redis::RedisResult<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    redis::cmd("DEL").arg(keys).exec_async(conn).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let k = Keys::new("t1:");
+        assert_eq!(k.tenant("acme"), "t1:ingest:tenant:acme");
+        assert_eq!(k.request_id("acme", "r:1"), "t1:ingest:id:acme:r:1");
+        assert_eq!(k.prediction("acme", "r1"), "t1:ingest:prediction:acme:r1");
+        assert_eq!(
+            k.api_key(&sha256_hex(b"abc")),
+            "t1:ingest:apikey:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(k.idempotency("acme", "infer", "key-1").starts_with("t1:ingest:idem:acme:infer:"));
+    }
+}

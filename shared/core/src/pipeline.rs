@@ -1,0 +1,688 @@
+//! Kafka consume → transform → produce loops, the two ways services need them.
+//!
+//! - [`run_transactional`]: exactly once. Each batch's output records **and** its input
+//!   offsets (`send_offsets_to_transaction`) commit in one Kafka transaction, so a record
+//!   consumed once yields its outputs once however often the service dies; downstream
+//!   reads `read_committed`. Used by ingest (`aifab.ingest.raw` → `aifab.features.in` /
+//!   `aifab.dlq`) and feature (`aifab.features.in` → `aifab.inference.requests` /
+//!   `aifab.training.examples` / `aifab.predictions` / `aifab.dlq`).
+//! - [`run_at_least_once`]: for consumers whose only effects are idempotent writes
+//!   elsewhere (Redis): handle a batch, then commit its offsets. A crash in between
+//!   replays the batch, which rewrites the same values.
+//!
+//! Both run on their own OS thread (librdkafka calls block) and call the async stage on
+//! a tokio runtime handle. A batch is up to `max_batch` messages, or what arrived within
+//! `max_wait` of its first message. Rebalance callbacks run only inside `poll`, so a
+//! batch never straddles a rebalance: messages of partitions revoked while the batch was
+//! being collected are dropped (their new owner reads them from the committed offset),
+//! and a transaction whose group generation went stale is fenced by the broker (KIP-447)
+//! and aborted.
+//!
+//! A stage error (Redis down, say) is transient: the batch is dropped, the consumer
+//! rewinds to its committed offsets and the loop backs off and tries again. Nothing is
+//! committed for a batch that was not fully handled.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::messages::{encode, tag, DeadLetter, SourceRef};
+use crate::telemetry::metric_name;
+
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One consumed Kafka message, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    /// The value; empty for a null (tombstone) value.
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The record's timestamp (ms since the epoch), when it has one.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Consumed {
+    /// The first header called `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    }
+
+    /// Where this message came from, for dead letters.
+    pub fn source(&self) -> SourceRef {
+        SourceRef { topic: self.topic.clone(), partition: self.partition, offset: self.offset }
+    }
+
+    pub fn from_message<M: Message>(m: &M) -> Self {
+        Consumed {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers: m
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                .unwrap_or_default(),
+            timestamp_ms: m.timestamp().to_millis(),
+        }
+    }
+}
+
+/// One record to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    pub fn new(topic: impl Into<String>, key: impl Into<Vec<u8>>, payload: Vec<u8>) -> Self {
+        Record { topic: topic.into(), key: key.into(), payload, headers: Vec::new() }
+    }
+
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// rdkafka headers for this record.
+    pub fn owned_headers(&self) -> OwnedHeaders {
+        let mut h = OwnedHeaders::new_with_capacity(self.headers.len());
+        for (k, v) in &self.headers {
+            h = h.insert(Header { key: k, value: Some(v) });
+        }
+        h
+    }
+}
+
+/// A dead letter for a consumed message: the original bytes and key (base64), where it
+/// came from, which stage refused it, why. Keyed like the original; headers kept.
+pub fn dead_letter(
+    dlq_topic: &str,
+    stage: &str,
+    msg: &Consumed,
+    error_kind: &str,
+    reason: &str,
+    tenant: Option<String>,
+) -> Record {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let dl = DeadLetter {
+        schema: tag(),
+        original_base64: b64.encode(&msg.payload),
+        key_base64: msg.key.as_ref().map(|k| b64.encode(k)),
+        source: Some(msg.source()),
+        stage: stage.to_string(),
+        error_kind: error_kind.to_string(),
+        reason: reason.to_string(),
+        tenant,
+        at_ms: crate::now_ms(),
+    };
+    Record {
+        topic: dlq_topic.to_string(),
+        key: msg.key.clone().unwrap_or_default(),
+        payload: encode(&dl),
+        headers: msg.headers.clone(),
+    }
+}
+
+/// Where and how a loop consumes.
+#[derive(Debug, Clone)]
+pub struct LoopSettings {
+    /// The service's name: metric names (`aifab_<service>_pipeline_*`) and logs.
+    pub service: &'static str,
+    pub brokers: String,
+    pub group: String,
+    pub input_topic: String,
+    /// Kafka client id; for [`run_transactional`] also the transactional id, which must be
+    /// stable per replica so a restarted replica fences its dead predecessor at once.
+    pub client_id: String,
+    /// Most messages in one batch.
+    pub max_batch: usize,
+    /// Longest a batch waits to fill after its first message.
+    pub max_wait: Duration,
+    /// Extra consumer settings (e.g. `auto.offset.reset`).
+    pub consumer_overrides: Vec<(String, String)>,
+}
+
+/// The transform of a [`run_transactional`] loop.
+#[allow(async_fn_in_trait)]
+pub trait Transform {
+    /// Turn a batch into the records to produce. An error means "try again later": the
+    /// batch is not committed and will be consumed again.
+    async fn transform(&mut self, batch: &[Consumed]) -> anyhow::Result<Vec<Record>>;
+
+    /// Called after the batch's outputs and offsets committed (e.g. to update counters
+    /// that must not count a batch twice).
+    async fn committed(&mut self) {}
+
+    /// Called when the batch's transaction was aborted (its outputs are discarded).
+    fn aborted(&mut self) {}
+}
+
+/// The handler of a [`run_at_least_once`] loop.
+#[allow(async_fn_in_trait)]
+pub trait Handler {
+    /// Handle a batch; an error means "try again later" (nothing is committed).
+    async fn handle(&mut self, batch: &[Consumed]) -> anyhow::Result<()>;
+}
+
+/// Records partitions revoked by rebalances, so the loop can drop collected messages.
+#[derive(Default)]
+pub struct RebalanceTracker {
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl RebalanceTracker {
+    fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().expect("rebalance lock"))
+    }
+}
+
+impl ClientContext for RebalanceTracker {}
+
+impl ConsumerContext for RebalanceTracker {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut revoked = self.revoked.lock().expect("rebalance lock");
+            for e in tpl.elements() {
+                revoked.push((e.topic().to_string(), e.partition()));
+            }
+            tracing::info!(partitions = tpl.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+}
+
+type LoopConsumer = BaseConsumer<RebalanceTracker>;
+
+fn consumer(settings: &LoopSettings) -> anyhow::Result<LoopConsumer> {
+    let mut config = crate::kafka::consumer_config(&settings.brokers, &settings.client_id, &settings.group);
+    for (k, v) in &settings.consumer_overrides {
+        config.set(k, v);
+    }
+    let consumer: LoopConsumer =
+        config.create_with_context(RebalanceTracker::default()).context("creating the Kafka consumer")?;
+    consumer
+        .subscribe(&[&settings.input_topic])
+        .with_context(|| format!("subscribing to {}", settings.input_topic))?;
+    Ok(consumer)
+}
+
+/// Collect one batch: wait up to 100 ms for a first message (so shutdown is seen), then
+/// take more until `max_batch` or `max_wait` after the first.
+fn poll_batch(consumer: &LoopConsumer, settings: &LoopSettings) -> Vec<Consumed> {
+    let mut batch: Vec<Consumed> = Vec::new();
+    let mut first_at: Option<Instant> = None;
+    while batch.len() < settings.max_batch {
+        let wait = match first_at {
+            None => Duration::from_millis(100),
+            Some(t) => match settings.max_wait.checked_sub(t.elapsed()) {
+                Some(left) => left,
+                None => break,
+            },
+        };
+        let polled = consumer.poll(wait);
+        // Messages collected before a revocation belong to their partitions' next owner.
+        let revoked: HashSet<(String, i32)> = consumer.context().take_revoked().into_iter().collect();
+        if !revoked.is_empty() {
+            let before = batch.len();
+            batch.retain(|m| !revoked.contains(&(m.topic.clone(), m.partition)));
+            if before != batch.len() {
+                tracing::info!(dropped = before - batch.len(), "dropped collected messages of revoked partitions");
+            }
+        }
+        match polled {
+            None => {
+                if first_at.is_none() {
+                    break;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, topic = %settings.input_topic, "consumer error");
+                break;
+            }
+            Some(Ok(m)) => {
+                batch.push(Consumed::from_message(&m));
+                first_at.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+    batch
+}
+
+/// The offset after the last message of each partition in the batch.
+pub fn next_offsets(batch: &[Consumed]) -> anyhow::Result<TopicPartitionList> {
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for m in batch {
+        let e = next.entry((m.topic.as_str(), m.partition)).or_insert(m.offset + 1);
+        *e = (*e).max(m.offset + 1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, p), o) in next {
+        tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
+    }
+    Ok(tpl)
+}
+
+/// Restart every assigned partition from its committed offset.
+fn rewind(consumer: &LoopConsumer) -> anyhow::Result<()> {
+    let committed = consumer.committed(TXN_TIMEOUT)?;
+    let mut tpl = TopicPartitionList::new();
+    for e in committed.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        tpl.add_partition_offset(e.topic(), e.partition(), offset)?;
+    }
+    if tpl.count() > 0 {
+        consumer.seek_partitions(tpl, TXN_TIMEOUT)?;
+    }
+    Ok(())
+}
+
+fn is_fatal(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t) if t.is_fatal())
+}
+
+/// Retry a start-up call that fails while the broker is down.
+fn until_ok<T>(
+    shutdown: &CancellationToken,
+    what: &str,
+    mut f: impl FnMut() -> Result<T, KafkaError>,
+) -> anyhow::Result<Option<T>> {
+    let mut backoff = Backoff::for_dependencies();
+    loop {
+        match f() {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if is_fatal(&e) => anyhow::bail!("{what}: {e}"),
+            Err(e) => {
+                let delay = backoff.next_delay_jittered();
+                tracing::warn!(error = %e, retry_in = ?delay, "{what} failed; retrying");
+                if sleep_or_shutdown(shutdown, delay) {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// Sleep; true when shutdown came first.
+fn sleep_or_shutdown(shutdown: &CancellationToken, d: Duration) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if shutdown.is_cancelled() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
+    }
+    shutdown.is_cancelled()
+}
+
+/// Produce `records` and commit them with the batch's offsets in one transaction.
+fn commit_batch(
+    producer: &BaseProducer,
+    consumer: &LoopConsumer,
+    records: &[Record],
+    offsets: &TopicPartitionList,
+) -> Result<(), KafkaError> {
+    let Some(cgm) = consumer.group_metadata() else {
+        return Err(KafkaError::Subscription("consumer has no group metadata yet".into()));
+    };
+    producer.begin_transaction()?;
+    for r in records {
+        let mut record = BaseRecord::to(&r.topic).key(&r.key).payload(&r.payload).headers(r.owned_headers());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+    producer.send_offsets_to_transaction(offsets, &cgm, TXN_TIMEOUT)?;
+    producer.commit_transaction(TXN_TIMEOUT)
+}
+
+/// Run an exactly-once consume-transform-produce loop until `shutdown` (blocking: call it
+/// on its own thread). The batch in flight when shutdown fires is finished and committed.
+/// Returns an error only on a fatal producer error (fenced by a newer instance with the
+/// same transactional id, say): the service should exit and be restarted.
+pub fn run_transactional<T: Transform>(
+    settings: LoopSettings,
+    mut stage: T,
+    runtime: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let svc = settings.service;
+    let producer: BaseProducer =
+        crate::kafka::transactional_producer_config(&settings.brokers, &settings.client_id, &settings.client_id)
+            .create()
+            .context("creating the transactional producer")?;
+    if until_ok(&shutdown, "initialising Kafka transactions", || producer.init_transactions(TXN_TIMEOUT))?.is_none() {
+        return Ok(());
+    }
+    let consumer = consumer(&settings)?;
+    tracing::info!(topic = %settings.input_topic, group = %settings.group, "consuming (transactional)");
+    let mut backoff = Backoff::for_dependencies();
+    while !shutdown.is_cancelled() {
+        let batch = poll_batch(&consumer, &settings);
+        if batch.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let records = match runtime.block_on(stage.transform(&batch)) {
+            Ok(r) => r,
+            Err(e) => {
+                stage.aborted();
+                metrics::counter!(metric_name(svc, "pipeline_retries_total"), "reason" => "stage").increment(1);
+                let delay = backoff.next_delay_jittered();
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, messages = batch.len(),
+                    "batch failed; rewinding to the committed offsets to retry");
+                sleep_or_shutdown(&shutdown, delay);
+                rewind(&consumer)?;
+                continue;
+            }
+        };
+        let offsets = next_offsets(&batch)?;
+        match commit_batch(&producer, &consumer, &records, &offsets) {
+            Ok(()) => {
+                backoff.reset();
+                runtime.block_on(stage.committed());
+                metrics::counter!(metric_name(svc, "pipeline_messages_total")).increment(batch.len() as u64);
+                metrics::counter!(metric_name(svc, "pipeline_records_produced_total")).increment(records.len() as u64);
+                metrics::histogram!(metric_name(svc, "pipeline_batch_seconds")).record(started.elapsed().as_secs_f64());
+            }
+            Err(e) if is_fatal(&e) => {
+                stage.aborted();
+                anyhow::bail!("fatal Kafka transaction error (fenced by a newer instance, or a broken producer): {e}");
+            }
+            Err(e) => {
+                stage.aborted();
+                metrics::counter!(metric_name(svc, "pipeline_retries_total"), "reason" => "transaction").increment(1);
+                tracing::warn!(error = %e, "transaction failed; aborting and rewinding to the committed offsets");
+                if let Err(abort) = producer.abort_transaction(TXN_TIMEOUT) {
+                    anyhow::ensure!(!is_fatal(&abort), "abort failed fatally: {abort}");
+                    tracing::warn!(error = %abort, "abort failed");
+                }
+                sleep_or_shutdown(&shutdown, backoff.next_delay_jittered().min(Duration::from_secs(2)));
+                rewind(&consumer)?;
+            }
+        }
+    }
+    tracing::info!(topic = %settings.input_topic, "stopping the transactional loop");
+    consumer.unsubscribe();
+    Ok(())
+}
+
+/// Run an at-least-once loop until `shutdown` (blocking: call it on its own thread):
+/// handle each batch, then commit its offsets synchronously.
+pub fn run_at_least_once<H: Handler>(
+    settings: LoopSettings,
+    mut handler: H,
+    runtime: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let svc = settings.service;
+    let consumer = loop {
+        match consumer(&settings) {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "creating the consumer failed; retrying");
+                if sleep_or_shutdown(&shutdown, Duration::from_secs(2)) {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    tracing::info!(topic = %settings.input_topic, group = %settings.group, "consuming (at least once)");
+    let mut backoff = Backoff::for_dependencies();
+    while !shutdown.is_cancelled() {
+        let batch = poll_batch(&consumer, &settings);
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(e) = runtime.block_on(handler.handle(&batch)) {
+            metrics::counter!(metric_name(svc, "pipeline_retries_total"), "reason" => "handler").increment(1);
+            let delay = backoff.next_delay_jittered();
+            tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, topic = %settings.input_topic,
+                "batch failed; rewinding to the committed offsets to retry");
+            sleep_or_shutdown(&shutdown, delay);
+            rewind(&consumer)?;
+            continue;
+        }
+        backoff.reset();
+        let offsets = next_offsets(&batch)?;
+        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+            // A rebalance took the partitions: the new owner repeats the batch (idempotent).
+            tracing::warn!(error = %e, topic = %settings.input_topic, "offset commit failed");
+        }
+        metrics::counter!(metric_name(svc, "pipeline_messages_total")).increment(batch.len() as u64);
+    }
+    consumer.unsubscribe();
+    Ok(())
+}
+
+/// Start a loop on its own OS thread; the returned handle resolves when it ends.
+pub fn spawn_loop<F>(name: &str, f: F) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>>
+where
+    F: FnOnce() -> anyhow::Result<()> + Send + 'static,
+{
+    let thread = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .with_context(|| format!("starting thread {name}"))?;
+    let name = name.to_string();
+    Ok(tokio::task::spawn_blocking(move || match thread.join() {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!("{name} panicked")),
+    }))
+}
+
+/// Produces sets of records atomically, for callers that are not consuming Kafka (an
+/// HTTP handler, say): each [`AtomicProducer::send`] call's records all commit or none
+/// do. Calls arriving within a couple of milliseconds of each other share one Kafka
+/// transaction ("group commit"), so throughput does not pay one transaction per call;
+/// if that transaction fails every call in it gets the error and none of their records
+/// become visible to `read_committed` consumers, so a caller can report failure and let
+/// its client retry without leaving half a batch behind.
+#[derive(Clone)]
+pub struct AtomicProducer {
+    tx: std::sync::mpsc::SyncSender<AtomicJob>,
+}
+
+struct AtomicJob {
+    records: Vec<Record>,
+    reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Most records in one group-committed transaction.
+const GROUP_MAX_RECORDS: usize = 5_000;
+/// How long a transaction waits for more callers after the first.
+const GROUP_LINGER: Duration = Duration::from_millis(2);
+
+impl AtomicProducer {
+    /// Start the producer thread. `transactional_id` must be stable per replica (a restart
+    /// fences its predecessor) and differ from every other producer's.
+    pub fn start(
+        service: &'static str,
+        brokers: &str,
+        transactional_id: &str,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<AtomicJob>(10_000);
+        let brokers = brokers.to_string();
+        let id = transactional_id.to_string();
+        std::thread::Builder::new()
+            .name("atomic-producer".into())
+            .spawn(move || {
+                if let Err(e) = atomic_loop(service, &brokers, &id, rx, shutdown) {
+                    tracing::error!(error = %format!("{e:#}"), "atomic producer stopped");
+                }
+            })
+            .context("starting the atomic producer thread")?;
+        Ok(AtomicProducer { tx })
+    }
+
+    /// Produce `records` in one transaction; `Err` says why nothing was written.
+    pub async fn send(&self, records: Vec<Record>, timeout: Duration) -> Result<(), String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx.try_send(AtomicJob { records, reply }).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => "producer queue full (overloaded)".to_string(),
+            std::sync::mpsc::TrySendError::Disconnected(_) => "producer stopped".to_string(),
+        })?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("producer stopped".into()),
+            Err(_) => Err(format!("Kafka did not acknowledge within {timeout:?}")),
+        }
+    }
+}
+
+fn atomic_loop(
+    service: &'static str,
+    brokers: &str,
+    id: &str,
+    rx: std::sync::mpsc::Receiver<AtomicJob>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let make = || -> anyhow::Result<Option<BaseProducer>> {
+        let p: BaseProducer = crate::kafka::transactional_producer_config(brokers, id, id)
+            .create()
+            .context("creating the transactional producer")?;
+        Ok(until_ok(&shutdown, "initialising Kafka transactions", || p.init_transactions(TXN_TIMEOUT))?.map(|_| p))
+    };
+    let Some(mut producer) = make()? else { return Ok(()) };
+    loop {
+        let first = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(j) => j,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        let mut jobs = vec![first];
+        let mut n = jobs[0].records.len();
+        let until = Instant::now() + GROUP_LINGER;
+        while n < GROUP_MAX_RECORDS {
+            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(j) => {
+                    n += j.records.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        // A caller that gave up waiting was told it failed: do not write its records.
+        jobs.retain(|j| !j.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let result = (|| -> Result<(), KafkaError> {
+            producer.begin_transaction()?;
+            for r in jobs.iter().flat_map(|j| j.records.iter()) {
+                let mut record =
+                    BaseRecord::to(&r.topic).key(&r.key).payload(&r.payload).headers(r.owned_headers());
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            record = back;
+                            producer.poll(Duration::from_millis(10));
+                        }
+                        Err((e, _)) => return Err(e),
+                    }
+                }
+            }
+            producer.commit_transaction(TXN_TIMEOUT)
+        })();
+        match result {
+            Ok(()) => {
+                metrics::counter!(metric_name(service, "atomic_transactions_total"), "result" => "ok").increment(1);
+                for j in jobs {
+                    let _ = j.reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                metrics::counter!(metric_name(service, "atomic_transactions_total"), "result" => "failed").increment(1);
+                tracing::warn!(error = %e, calls = jobs.len(), "transaction failed; nothing of it was written");
+                let fatal = is_fatal(&e) || producer.abort_transaction(TXN_TIMEOUT).map_err(|a| is_fatal(&a)).err() == Some(true);
+                for j in jobs {
+                    let _ = j.reply.send(Err(format!("Kafka transaction failed: {e}")));
+                }
+                if fatal {
+                    tracing::warn!("recreating the transactional producer after a fatal error");
+                    match make()? {
+                        Some(p) => producer = p,
+                        None => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, partition: i32, offset: i64) -> Consumed {
+        Consumed {
+            topic: topic.into(),
+            partition,
+            offset,
+            key: Some(b"k".to_vec()),
+            payload: vec![0xff, b'x'],
+            headers: vec![("tenant".into(), b"acme".to_vec())],
+            timestamp_ms: None,
+        }
+    }
+
+    #[test]
+    fn next_offsets_are_one_past_the_last_per_partition() {
+        let batch = [msg("t", 0, 5), msg("t", 1, 9), msg("t", 0, 7), msg("u", 0, 1)];
+        let tpl = next_offsets(&batch).unwrap();
+        assert_eq!(tpl.find_partition("t", 0).unwrap().offset(), Offset::Offset(8));
+        assert_eq!(tpl.find_partition("t", 1).unwrap().offset(), Offset::Offset(10));
+        assert_eq!(tpl.find_partition("u", 0).unwrap().offset(), Offset::Offset(2));
+        assert_eq!(tpl.count(), 3);
+    }
+
+    #[test]
+    fn dead_letters_keep_bytes_source_and_reason() {
+        let r = dead_letter("dlq", "ingest", &msg("raw", 2, 41), "not_utf8", "not UTF-8", None);
+        assert_eq!((r.topic.as_str(), r.key.as_slice()), ("dlq", b"k".as_slice()));
+        assert_eq!(r.headers, vec![("tenant".to_string(), b"acme".to_vec())]);
+        let dl: DeadLetter = crate::messages::decode(&r.payload).unwrap();
+        assert_eq!(dl.original_base64, "/3g=");
+        assert_eq!(dl.key_base64.as_deref(), Some("aw=="));
+        assert_eq!(dl.source, Some(SourceRef { topic: "raw".into(), partition: 2, offset: 41 }));
+        assert_eq!((dl.stage.as_str(), dl.error_kind.as_str()), ("ingest", "not_utf8"));
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        crate::schema::validate("dead_letter/v1", &v).unwrap();
+    }
+}
