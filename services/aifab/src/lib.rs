@@ -2,6 +2,7 @@
 //! admin verbs. It may call services' libraries; services never call it.
 
 pub mod local;
+pub mod models;
 pub mod status;
 pub mod supervisor;
 pub mod train;

@@ -38,6 +38,8 @@ enum Cmd {
     Status,
     /// Train a classification head: offline from JSONL files, or by asking the trainer.
     Train(aifab::train::TrainArgs),
+    /// The model registry: list, show, promote, roll back.
+    Models(aifab::models::ModelsArgs),
 }
 
 #[tokio::main]
@@ -48,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Up { no_stack, detach, ready_timeout_s } => up(no_stack, detach, ready_timeout_s).await,
         Cmd::Down { stack } => down(stack).await,
         Cmd::Train(args) => aifab::train::run(args).await,
+        Cmd::Models(args) => aifab::models::run(args).await,
         Cmd::Status => {
             let (table, ready) = aifab::status::table(SERVICES).await;
             print!("{table}");
@@ -149,4 +152,13 @@ async fn down(stack: bool) -> anyhow::Result<()> {
         local::run_script(&local::repo_root()?, "stack-down", &[])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -25,7 +25,7 @@ use crate::worker::{Worker, WorkerSettings};
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "inference-worker",
     default_port: 8083,
-    needs: Needs { kafka: true, nats: true, redis: false },
+    needs: Needs { kafka: true, nats: true, redis: true },
 };
 
 /// Command-line and environment configuration.
@@ -46,7 +46,8 @@ pub struct Config {
     pub model_dir: String,
 
     /// Classification head to serve at start (head.safetensors + labels.json). Without
-    /// it the worker is not ready and consumes nothing until a model event arrives.
+    /// it the worker serves the registry's `production` version of --task (from Redis),
+    /// and is not ready and consumes nothing until one exists.
     #[arg(long, env = "AIFAB_HEAD_DIR")]
     pub head_dir: Option<PathBuf>,
 
@@ -137,6 +138,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     svc.serve(axum::Router::new()).await?;
+
+    // No head given: serve the registry's production version, as soon as there is one.
+    if config.head_dir.is_none() {
+        tokio::spawn(model_slot::load_production(
+            svc.redis()?,
+            slot.clone(),
+            config.task.clone(),
+            svc.shutdown.clone(),
+        ));
+    }
 
     let events = tokio::spawn(model_slot::follow_events(
         svc.nats()?,

@@ -82,6 +82,51 @@ impl ModelSlot {
     }
 }
 
+/// Load the registry's production version of `task` once it exists (polling Redis),
+/// unless a model event got there first.
+pub async fn load_production(
+    redis: aifab_core::redis_store::RedisHandle,
+    slot: Arc<ModelSlot>,
+    task: String,
+    shutdown: CancellationToken,
+) {
+    let Ok(conn) = redis.get().await else { return };
+    let mut registry = aifab_core::registry::Registry::new(conn);
+    let mut said_waiting = false;
+    while slot.current().is_none() && !shutdown.is_cancelled() {
+        match registry.resolve(&task, aifab_core::registry::PRODUCTION).await {
+            Ok(Some(record)) => {
+                let s = slot.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let dir = artifact_dir(&record.artifact_uri)?;
+                    s.load(&dir, &record.version)
+                })
+                .await;
+                match result {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => {
+                        slot.readiness.set("model", false, format!("production model of {task}: {e:#}"));
+                        tracing::error!(%task, error = %format!("{e:#}"), "production model failed to load");
+                    }
+                    Err(e) => tracing::error!(error = %e, "model load task failed"),
+                }
+            }
+            Ok(None) => {
+                if !said_waiting {
+                    slot.readiness.set("model", false, format!("no production model for task {task:?} yet"));
+                    tracing::warn!(%task, "no production model in the registry yet; waiting");
+                    said_waiting = true;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the registry failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// Follow model events on NATS until shutdown, loading each followed version.
 pub async fn follow_events(
     nats: async_nats::Client,

@@ -1,0 +1,127 @@
+//! `aifab models`: list, show, promote and roll back registry versions. Promotions and
+//! rollbacks are announced on NATS, so workers following `production` switch at once.
+
+use aifab_core::messages::ModelEventKind;
+use aifab_core::registry::{promotion_gate, GateDecision, Registry, CANDIDATE, PRODUCTION};
+use aifab_trainer::service::publish_event;
+use anyhow::Context;
+
+#[derive(Debug, clap::Args)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    pub command: ModelsCmd,
+    #[arg(long, env = "AIFAB_REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
+    pub redis_url: String,
+    #[arg(long, env = "AIFAB_NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
+    pub nats_url: String,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ModelsCmd {
+    /// Every version of every task (or one task), with metrics and aliases.
+    List {
+        #[arg(long)]
+        task: Option<String>,
+    },
+    /// One version's registry record as JSON.
+    Show {
+        task: String,
+        #[arg(value_name = "VERSION")]
+        model_version: String,
+    },
+    /// Make a version production (the candidate when no version is given). The promotion
+    /// gate applies unless --force.
+    Promote {
+        task: String,
+        #[arg(value_name = "VERSION")]
+        model_version: Option<String>,
+        /// Skip the macro-F1 gate.
+        #[arg(long)]
+        force: bool,
+        /// Allowed macro-F1 drop against production.
+        #[arg(long, default_value_t = 0.01)]
+        tolerance: f64,
+    },
+    /// Point production back at the previous production version (or --to VERSION).
+    Rollback {
+        task: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
+    let client = redis::Client::open(args.redis_url.as_str())?;
+    let conn = client
+        .get_connection_manager()
+        .await
+        .with_context(|| format!("connecting to Redis at {} (is the stack up?)", args.redis_url))?;
+    let mut registry = Registry::new(conn);
+    match args.command {
+        ModelsCmd::List { task } => {
+            let tasks = match task {
+                Some(t) => vec![t],
+                None => registry.tasks().await?,
+            };
+            println!("{:<20} {:<8} {:<10} {:<10} {:<8} {}", "TASK", "VERSION", "ACCURACY", "MACRO_F1", "EXAMPLES", "ALIASES");
+            for t in tasks {
+                let production = registry.alias(&t, PRODUCTION).await?;
+                let candidate = registry.alias(&t, CANDIDATE).await?;
+                for r in registry.list(&t).await? {
+                    let mut aliases = Vec::new();
+                    if production.as_deref() == Some(&r.version) {
+                        aliases.push(PRODUCTION);
+                    }
+                    if candidate.as_deref() == Some(&r.version) {
+                        aliases.push(CANDIDATE);
+                    }
+                    println!(
+                        "{:<20} {:<8} {:<10.4} {:<10.4} {:<8} {}",
+                        t,
+                        r.version,
+                        r.metrics.get("accuracy").copied().unwrap_or(f64::NAN),
+                        r.metrics.get("macro_f1").copied().unwrap_or(f64::NAN),
+                        r.train_examples,
+                        aliases.join(",")
+                    );
+                }
+            }
+        }
+        ModelsCmd::Show { task, model_version: version } => {
+            let r = registry.get(&task, &version).await?.with_context(|| format!("{task} has no version {version}"))?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        ModelsCmd::Promote { task, model_version: version, force, tolerance } => {
+            let version = match version {
+                Some(v) => v,
+                None => registry.alias(&task, CANDIDATE).await?.with_context(|| format!("{task} has no candidate"))?,
+            };
+            let record = registry.get(&task, &version).await?.with_context(|| format!("{task} has no version {version}"))?;
+            if !force {
+                let prod_f1 = registry.resolve(&task, PRODUCTION).await?.and_then(|p| p.metrics.get("macro_f1").copied());
+                let f1 = record.metrics.get("macro_f1").copied().unwrap_or(0.0);
+                if let GateDecision::Reject { reason } = promotion_gate(f1, prod_f1, tolerance, 0.0) {
+                    anyhow::bail!("not promoted: {reason} (use --force to override)");
+                }
+            }
+            registry.set_production(&task, &version).await?;
+            publish(&args.nats_url, ModelEventKind::Promoted, &record).await?;
+            println!("{task}: production is now {version}");
+        }
+        ModelsCmd::Rollback { task, to } => {
+            let version = registry
+                .rollback(&task, to.as_deref())
+                .await?
+                .with_context(|| format!("{task} has no earlier production version to roll back to"))?;
+            let record = registry.get(&task, &version).await?.with_context(|| format!("{task} has no version {version}"))?;
+            publish(&args.nats_url, ModelEventKind::RolledBack, &record).await?;
+            println!("{task}: production rolled back to {version}");
+        }
+    }
+    Ok(())
+}
+
+async fn publish(nats_url: &str, kind: ModelEventKind, record: &aifab_core::registry::ModelRecord) -> anyhow::Result<()> {
+    let nats = async_nats::connect(nats_url).await.with_context(|| format!("connecting to NATS at {nats_url}"))?;
+    publish_event(&nats, kind, record, Some(PRODUCTION)).await
+}
