@@ -1,8 +1,10 @@
 //! The `aifab` operator CLI: the local stack supervisor (`up`, `down`, `status`) and
 //! admin verbs. It may call services' libraries; services never call it.
 
+pub mod costs;
 pub mod local;
 pub mod models;
+pub mod simulate;
 pub mod status;
 pub mod supervisor;
 pub mod train;

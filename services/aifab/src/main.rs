@@ -38,6 +38,11 @@ enum Cmd {
     Status,
     /// Train a classification head: offline from JSONL files, or by asking the trainer.
     Train(aifab::train::TrainArgs),
+    /// Replay an arrival trace through fixed, KEDA-style and aifab's budget-aware scaling
+    /// and report SLO-violation seconds, worker-hours and cost (table, PNG, one line each).
+    Simulate(aifab::simulate::SimulateArgs),
+    /// Spend, budgets, burn rate and cost per 1,000 predictions; `costs budget` sets a budget.
+    Costs(aifab::costs::CostsArgs),
     /// The model registry: list, show, promote, roll back.
     Models(aifab::models::ModelsArgs),
 }
@@ -50,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Up { no_stack, detach, ready_timeout_s } => up(no_stack, detach, ready_timeout_s).await,
         Cmd::Down { stack } => down(stack).await,
         Cmd::Train(args) => aifab::train::run(args).await,
+        Cmd::Simulate(args) => aifab::simulate::run(args),
+        Cmd::Costs(args) => aifab::costs::run(args).await,
         Cmd::Models(args) => aifab::models::run(args).await,
         Cmd::Status => {
             let (table, ready) = aifab::status::table(SERVICES).await;

@@ -14,12 +14,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// Train offline on this JSONL of {"text","label"} (needs --eval; no stack needed).
-    #[arg(long, requires = "eval")]
+    /// Train offline on this JSONL of {"text","label"} (no stack needed).
+    #[arg(long)]
     pub train: Option<PathBuf>,
     /// Evaluate the offline model on this JSONL.
-    #[arg(long, requires = "train")]
+    #[arg(long, requires = "train", conflicts_with = "eval_fraction")]
     pub eval: Option<PathBuf>,
+    /// Without --eval: hold out this share of --train (seeded) for evaluation.
+    #[arg(long, requires = "train")]
+    pub eval_fraction: Option<f64>,
     /// Save the trained head (head.safetensors, labels.json, metrics.json) here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -39,6 +42,9 @@ pub struct TrainArgs {
     /// AdamW weight decay.
     #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
     pub weight_decay: f64,
+    /// Inverse L2 strength (scikit-learn's C).
+    #[arg(long, default_value_t = TrainConfig::default().c)]
+    pub c: f64,
     /// Most epochs.
     #[arg(long, default_value_t = TrainConfig::default().max_epochs)]
     pub max_epochs: usize,
@@ -65,16 +71,20 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
-    match (&args.train, &args.eval, &args.task) {
-        (Some(train), Some(eval), _) => offline(&args, train.clone(), eval.clone()).await,
-        (None, None, Some(task)) => online(&args.nats_url, task).await,
-        _ => anyhow::bail!("give --train FILE --eval FILE (offline) or --task NAME (ask the trainer service)"),
+    match (&args.train, &args.task) {
+        (Some(train), _) => offline(&args, train.clone()).await,
+        (None, Some(task)) => online(&args.nats_url, task).await,
+        _ => anyhow::bail!("give --train FILE with --eval FILE or --eval-fraction F (offline), or --task NAME (ask the trainer service)"),
     }
 }
 
-async fn offline(args: &TrainArgs, train: PathBuf, eval: PathBuf) -> anyhow::Result<()> {
-    let train = read_jsonl(&train)?;
-    let eval = read_jsonl(&eval)?;
+async fn offline(args: &TrainArgs, train: PathBuf) -> anyhow::Result<()> {
+    let all = read_jsonl(&train)?;
+    let (train, eval) = match (&args.eval, args.eval_fraction) {
+        (Some(eval), _) => (all, read_jsonl(eval)?),
+        (None, Some(f)) if f > 0.0 && f < 1.0 => aifab_trainer::dataset::split(&all, f, args.seed),
+        _ => anyhow::bail!("give --eval FILE, or --eval-fraction between 0 and 1"),
+    };
     eprintln!("{} training and {} evaluation examples; encoder {}", train.len(), eval.len(), args.model_dir);
     let cfg = TrainConfig {
         seed: args.seed,
@@ -82,6 +92,7 @@ async fn offline(args: &TrainArgs, train: PathBuf, eval: PathBuf) -> anyhow::Res
         weight_decay: args.weight_decay,
         max_epochs: args.max_epochs,
         patience: args.patience,
+        c: args.c,
         ..TrainConfig::default()
     };
     let (model_dir, max_len, out_dir) = (PathBuf::from(&args.model_dir), args.max_len, args.out.clone());

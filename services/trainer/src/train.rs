@@ -24,18 +24,24 @@ pub struct TrainConfig {
     /// Share of the training examples held out for early stopping.
     pub validation_fraction: f64,
     pub seed: u64,
+    /// After early stopping picked the epoch count, retrain on training + validation.
+    pub refit: bool,
+    /// Inverse L2 strength, as scikit-learn's `C`: larger fits the training set harder.
+    pub c: f64,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            max_epochs: 200,
-            patience: 15,
-            learning_rate: 0.01,
-            weight_decay: 0.01,
+            max_epochs: 300,
+            patience: 20,
+            learning_rate: 0.05,
+            weight_decay: 0.0,
             batch_size: 128,
             validation_fraction: 0.1,
             seed: 42,
+            refit: false,
+            c: 10.0,
         }
     }
 }
@@ -72,7 +78,6 @@ pub fn train_head(
     anyhow::ensure!(labels.len() >= 2, "need at least two labels, found {}", labels.len());
     let hidden = x[0].len();
     let n_labels = labels.len();
-    let dev = Device::Cpu;
 
     // Deterministic split into training and validation.
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
@@ -82,76 +87,26 @@ pub fn train_head(
     let (val_idx, train_idx) = order.split_at(n_val);
     let train_idx = train_idx.to_vec();
     let val_idx = if val_idx.is_empty() { train_idx.clone() } else { val_idx.to_vec() };
+    let train_examples = train_idx.len();
+    let validation_examples = if n_val > 0 { val_idx.len() } else { 0 };
 
-    // Standardisation statistics from the training split.
-    let mut mean = vec![0f64; hidden];
-    let mut var = vec![0f64; hidden];
-    for &i in &train_idx {
-        for (m, v) in mean.iter_mut().zip(&x[i]) {
-            *m += *v as f64;
-        }
+    // Find the best epoch count on the validation split, then refit on every example
+    // for that many epochs: early stopping without losing a tenth of the data.
+    let search = fit(x, y, &train_idx, Some(&val_idx), n_labels, cfg, cfg.max_epochs, &mut rng, &mut on_epoch)?;
+    let mut all_idx = train_idx.clone();
+    if n_val > 0 {
+        all_idx.extend_from_slice(&val_idx);
     }
-    mean.iter_mut().for_each(|m| *m /= train_idx.len() as f64);
-    for &i in &train_idx {
-        for ((s, v), m) in var.iter_mut().zip(&x[i]).zip(&mean) {
-            *s += (*v as f64 - m).powi(2);
-        }
-    }
-    let std: Vec<f64> = var.iter().map(|s| (s / train_idx.len() as f64).sqrt().max(1e-6)).collect();
-    let standardise = |idx: &[usize]| -> anyhow::Result<(Tensor, Tensor)> {
-        let mut flat = Vec::with_capacity(idx.len() * hidden);
-        for &i in idx {
-            flat.extend(x[i].iter().zip(&mean).zip(&std).map(|((v, m), s)| ((*v as f64 - m) / s) as f32));
-        }
-        let xs = Tensor::from_vec(flat, (idx.len(), hidden), &dev)?;
-        let ys = Tensor::from_vec(idx.iter().map(|&i| y[i] as u32).collect::<Vec<_>>(), idx.len(), &dev)?;
-        Ok((xs, ys))
+    let final_fit = if n_val > 0 && cfg.refit {
+        fit(x, y, &all_idx, None, n_labels, cfg, search.best_epoch, &mut rng, &mut |_| {})?
+    } else {
+        search.clone()
     };
-    let (val_x, val_y) = standardise(&val_idx)?;
-
-    // Zero initialisation: the problem is convex, and zeros make runs reproducible.
-    let w = Var::zeros((n_labels, hidden), DType::F32, &dev)?;
-    let b = Var::zeros(n_labels, DType::F32, &dev)?;
-    let mut opt = AdamW::new(
-        vec![w.clone(), b.clone()],
-        ParamsAdamW { lr: cfg.learning_rate, weight_decay: cfg.weight_decay, ..Default::default() },
-    )?;
-    let forward = |xs: &Tensor| -> candle_core::Result<Tensor> { xs.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor()) };
-
-    let mut best = (f64::INFINITY, 0usize, w.as_tensor().copy()?, b.as_tensor().copy()?);
-    let mut epochs_run = 0;
-    let mut train_order = train_idx.clone();
-    for epoch in 1..=cfg.max_epochs {
-        epochs_run = epoch;
-        train_order.shuffle(&mut rng);
-        let mut loss_sum = 0.0;
-        for chunk in train_order.chunks(cfg.batch_size.max(1)) {
-            let (xs, ys) = standardise(chunk)?;
-            let loss = candle_nn::loss::cross_entropy(&forward(&xs)?, &ys)?;
-            opt.backward_step(&loss)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
-        }
-        let logits = forward(&val_x)?;
-        let val_loss = candle_nn::loss::cross_entropy(&logits, &val_y)?.to_scalar::<f32>()? as f64;
-        let predicted = logits.argmax(D::Minus1)?;
-        let correct = predicted.eq(&val_y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64;
-        on_epoch(EpochProgress {
-            epoch,
-            max_epochs: cfg.max_epochs,
-            train_loss: loss_sum / train_order.len() as f64,
-            validation_loss: val_loss,
-            validation_accuracy: correct / val_idx.len() as f64,
-        });
-        if val_loss < best.0 - 1e-6 {
-            best = (val_loss, epoch, w.as_tensor().copy()?, b.as_tensor().copy()?);
-        } else if epoch - best.1 >= cfg.patience {
-            break;
-        }
-    }
+    let (w_std, b_std, mean, std) = (final_fit.weight, final_fit.bias, final_fit.mean, final_fit.std);
+    let best = (search.best_loss, search.best_epoch);
+    let epochs_run = search.epochs_run;
 
     // Fold the standardisation in: W·((x-m)/s) + b = (W/s)·x + (b - W·(m/s)).
-    let w_std: Vec<Vec<f32>> = best.2.to_vec2()?;
-    let b_std: Vec<f32> = best.3.to_vec1()?;
     let mut weight = Vec::with_capacity(n_labels * hidden);
     let mut bias = Vec::with_capacity(n_labels);
     for (row, b0) in w_std.iter().zip(&b_std) {
@@ -168,10 +123,127 @@ pub fn train_head(
         epochs_run,
         best_epoch: best.1,
         best_validation_loss: best.0,
-        train_examples: train_idx.len(),
-        validation_examples: val_idx.len(),
+        train_examples,
+        validation_examples,
     };
     Ok((head, report))
+}
+
+#[derive(Clone)]
+struct Fit {
+    weight: Vec<Vec<f32>>,
+    bias: Vec<f32>,
+    mean: Vec<f64>,
+    std: Vec<f64>,
+    best_epoch: usize,
+    best_loss: f64,
+    epochs_run: usize,
+}
+
+/// Train softmax regression on standardised `idx` rows for up to `epochs` epochs. With a
+/// validation set, keep the weights of the epoch with the lowest validation loss and stop
+/// after `patience` epochs without improvement; without one, keep the last epoch's.
+#[allow(clippy::too_many_arguments)]
+fn fit(
+    x: &[Vec<f32>],
+    y: &[usize],
+    idx: &[usize],
+    val_idx: Option<&[usize]>,
+    n_labels: usize,
+    cfg: &TrainConfig,
+    epochs: usize,
+    rng: &mut rand::rngs::StdRng,
+    on_epoch: &mut dyn FnMut(EpochProgress),
+) -> anyhow::Result<Fit> {
+    let hidden = x[0].len();
+    let dev = Device::Cpu;
+    let mut mean = vec![0f64; hidden];
+    let mut var = vec![0f64; hidden];
+    for &i in idx {
+        for (m, v) in mean.iter_mut().zip(&x[i]) {
+            *m += *v as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= idx.len() as f64);
+    for &i in idx {
+        for ((s, v), m) in var.iter_mut().zip(&x[i]).zip(&mean) {
+            *s += (*v as f64 - m).powi(2);
+        }
+    }
+    // Centre only: the embeddings are already on one scale (unit norm), and keeping
+    // that scale is what makes the L2 penalty mean what it does in logistic regression.
+    // (Per-dimension scaling blows up near-constant directions and the head overfits
+    // them on small training sets.)
+    let _ = &var;
+    let std: Vec<f64> = vec![1.0; hidden];
+    let standardise = |rows: &[usize]| -> anyhow::Result<(Tensor, Tensor)> {
+        let mut flat = Vec::with_capacity(rows.len() * hidden);
+        for &i in rows {
+            flat.extend(x[i].iter().zip(&mean).zip(&std).map(|((v, m), s)| ((*v as f64 - m) / s) as f32));
+        }
+        let xs = Tensor::from_vec(flat, (rows.len(), hidden), &dev)?;
+        let ys = Tensor::from_vec(rows.iter().map(|&i| y[i] as u32).collect::<Vec<_>>(), rows.len(), &dev)?;
+        Ok((xs, ys))
+    };
+    let val = match val_idx {
+        Some(v) => Some((standardise(v)?, v.len())),
+        None => None,
+    };
+
+    // Zero initialisation: the problem is convex, and zeros make runs reproducible.
+    let w = Var::zeros((n_labels, hidden), DType::F32, &dev)?;
+    let b = Var::zeros(n_labels, DType::F32, &dev)?;
+    let mut opt = AdamW::new(
+        vec![w.clone(), b.clone()],
+        ParamsAdamW { lr: cfg.learning_rate, weight_decay: cfg.weight_decay, ..Default::default() },
+    )?;
+    let forward = |xs: &Tensor| -> candle_core::Result<Tensor> { xs.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor()) };
+
+    let mut best = (f64::INFINITY, 0usize, w.as_tensor().copy()?, b.as_tensor().copy()?);
+    let mut epochs_run = 0;
+    let mut order = idx.to_vec();
+    for epoch in 1..=epochs.max(1) {
+        epochs_run = epoch;
+        order.shuffle(rng);
+        let mut loss_sum = 0.0;
+        for chunk in order.chunks(cfg.batch_size.max(1)) {
+            let (xs, ys) = standardise(chunk)?;
+            let ce = candle_nn::loss::cross_entropy(&forward(&xs)?, &ys)?;
+            // L2 penalty as in logistic regression: ||W||² / (2·C·n) per example.
+            let penalty = (w.as_tensor().sqr()?.sum_all()? * (0.5 / (cfg.c * idx.len() as f64)))?;
+            let loss = (ce + penalty)?;
+            opt.backward_step(&loss)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+        }
+        let Some(((val_x, val_y), n_val)) = &val else {
+            best = (f64::NAN, epoch, w.as_tensor().copy()?, b.as_tensor().copy()?);
+            continue;
+        };
+        let logits = forward(val_x)?;
+        let val_loss = candle_nn::loss::cross_entropy(&logits, val_y)?.to_scalar::<f32>()? as f64;
+        let correct = logits.argmax(D::Minus1)?.eq(val_y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64;
+        on_epoch(EpochProgress {
+            epoch,
+            max_epochs: epochs,
+            train_loss: loss_sum / order.len() as f64,
+            validation_loss: val_loss,
+            validation_accuracy: correct / *n_val as f64,
+        });
+        if val_loss < best.0 - 1e-6 {
+            best = (val_loss, epoch, w.as_tensor().copy()?, b.as_tensor().copy()?);
+        } else if epoch - best.1 >= cfg.patience {
+            break;
+        }
+    }
+    Ok(Fit {
+        weight: best.2.to_vec2()?,
+        bias: best.3.to_vec1()?,
+        mean,
+        std,
+        best_epoch: best.1,
+        best_loss: best.0,
+        epochs_run,
+    })
 }
 
 #[cfg(test)]
