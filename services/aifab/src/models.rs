@@ -2,7 +2,7 @@
 //! rollbacks are announced on NATS, so workers following `production` switch at once.
 
 use aifab_core::messages::ModelEventKind;
-use aifab_core::registry::{promotion_gate, GateDecision, Registry, CANDIDATE, PRODUCTION};
+use aifab_core::registry::{promotion_gate, GateDecision, Registry, Rollout, CANDIDATE, PRODUCTION};
 use aifab_trainer::service::publish_event;
 use anyhow::Context;
 
@@ -41,6 +41,20 @@ pub enum ModelsCmd {
         /// Allowed macro-F1 drop against production.
         #[arg(long, default_value_t = 0.01)]
         tolerance: f64,
+    },
+    /// Give the candidate traffic: a canary share of requests (stable by request id), or
+    /// shadow (computed and recorded for every request, never served), or none.
+    Rollout {
+        task: String,
+        /// Share of requests (0..1) the candidate serves.
+        #[arg(long, conflicts_with_all = ["shadow", "off"])]
+        canary: Option<f64>,
+        /// Compute the candidate on every request without serving it.
+        #[arg(long, conflicts_with = "off")]
+        shadow: bool,
+        /// Stop giving the candidate traffic.
+        #[arg(long)]
+        off: bool,
     },
     /// Point production back at the previous production version (or --to VERSION).
     Rollback {
@@ -107,6 +121,22 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             registry.set_production(&task, &version).await?;
             publish(&args.nats_url, ModelEventKind::Promoted, &record).await?;
             println!("{task}: production is now {version}");
+        }
+        ModelsCmd::Rollout { task, canary, shadow, off } => {
+            let rollout = match (canary, shadow, off) {
+                (Some(share), false, false) => {
+                    anyhow::ensure!((0.0..=1.0).contains(&share), "--canary takes a share between 0 and 1, found {share}");
+                    Rollout::Canary { share }
+                }
+                (None, true, false) => Rollout::Shadow,
+                (None, false, true) => Rollout::Off,
+                _ => anyhow::bail!("give one of --canary SHARE, --shadow or --off"),
+            };
+            if rollout != Rollout::Off {
+                registry.alias(&task, CANDIDATE).await?.with_context(|| format!("{task} has no candidate to roll out"))?;
+            }
+            registry.set_rollout(&task, rollout).await?;
+            println!("{task}: candidate rollout is now {}", serde_json::to_string(&rollout)?);
         }
         ModelsCmd::Rollback { task, to } => {
             let version = registry

@@ -149,6 +149,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
 
+    tokio::spawn(model_slot::follow_rollout(svc.redis()?, slot.clone(), config.task.clone(), svc.shutdown.clone()));
+
     let events = tokio::spawn(model_slot::follow_events(
         svc.nats()?,
         slot.clone(),

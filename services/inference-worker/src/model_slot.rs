@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use aifab_core::health::Readiness;
 use aifab_core::messages::{decode, ModelEvent, ModelEventKind};
+use aifab_core::registry::{Registry, Rollout, CANDIDATE};
 use aifab_model::{ClassificationHead, Classifier, Encoder};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -48,17 +49,39 @@ pub fn artifact_dir(uri: &str) -> anyhow::Result<PathBuf> {
 pub struct ModelSlot {
     encoder: Arc<Encoder>,
     current: RwLock<Option<Arc<Classifier>>>,
+    /// The registry's candidate and how it takes traffic (canary share or shadow).
+    candidate: RwLock<Option<(Arc<Classifier>, Rollout)>>,
     readiness: Readiness,
 }
 
 impl ModelSlot {
     pub fn new(encoder: Arc<Encoder>, readiness: Readiness) -> Self {
         readiness.register("model", "no model loaded yet");
-        ModelSlot { encoder, current: RwLock::new(None), readiness }
+        ModelSlot { encoder, current: RwLock::new(None), candidate: RwLock::new(None), readiness }
     }
 
     pub fn current(&self) -> Option<Arc<Classifier>> {
         self.current.read().expect("model slot lock").clone()
+    }
+
+    /// The candidate taking canary or shadow traffic, if any.
+    pub fn candidate(&self) -> Option<(Arc<Classifier>, Rollout)> {
+        self.candidate.read().expect("model slot lock").clone()
+    }
+
+    /// Load a candidate head (blocking) for `rollout`, or clear it with `Rollout::Off`.
+    pub fn set_candidate(&self, head: Option<(&Path, &str)>, rollout: Rollout) -> anyhow::Result<()> {
+        let value = match (head, rollout) {
+            (_, Rollout::Off) | (None, _) => None,
+            (Some((dir, version)), rollout) => {
+                let h = ClassificationHead::load(dir)?;
+                Some((Arc::new(Classifier::new(self.encoder.clone(), h, version.to_string())?), rollout))
+            }
+        };
+        let changed = value.as_ref().map(|(c, r)| (c.version.clone(), *r));
+        *self.candidate.write().expect("model slot lock") = value;
+        tracing::info!(candidate = ?changed, "rollout changed");
+        Ok(())
     }
 
     pub fn encoder(&self) -> &Arc<Encoder> {
@@ -79,6 +102,51 @@ impl ModelSlot {
         metrics::counter!("aifab_inference_worker_model_swaps_total").increment(1);
         tracing::info!(version, previous = previous.as_deref().unwrap_or("none"), dir = %dir.display(), "model loaded");
         Ok(())
+    }
+}
+
+/// Keep the candidate in step with the registry's `candidate` alias and rollout
+/// (`aifab models rollout`), polling Redis every two seconds.
+pub async fn follow_rollout(
+    redis: aifab_core::redis_store::RedisHandle,
+    slot: Arc<ModelSlot>,
+    task: String,
+    shutdown: CancellationToken,
+) {
+    let Ok(conn) = redis.get().await else { return };
+    let mut registry = Registry::new(conn);
+    loop {
+        let wanted = async {
+            let rollout = registry.rollout(&task).await?;
+            let record = if rollout == Rollout::Off { None } else { registry.resolve(&task, CANDIDATE).await? };
+            Ok::<_, redis::RedisError>((rollout, record))
+        }
+        .await;
+        match wanted {
+            Ok((rollout, record)) => {
+                let have = slot.candidate().map(|(c, r)| (c.version.clone(), r));
+                let want = record.as_ref().filter(|_| rollout != Rollout::Off).map(|r| (r.version.clone(), rollout));
+                if have != want {
+                    let s = slot.clone();
+                    let result = tokio::task::spawn_blocking(move || match record {
+                        Some(r) if rollout != Rollout::Off => {
+                            let dir = artifact_dir(&r.artifact_uri)?;
+                            s.set_candidate(Some((&dir, &r.version)), rollout)
+                        }
+                        _ => s.set_candidate(None, Rollout::Off),
+                    })
+                    .await;
+                    if let Ok(Err(e)) = result {
+                        tracing::error!(%task, error = %format!("{e:#}"), "candidate failed to load");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the rollout failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = shutdown.cancelled() => return,
+        }
     }
 }
 

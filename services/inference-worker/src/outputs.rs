@@ -23,7 +23,7 @@ pub struct BatchInfo<'a> {
     pub now_ms: i64,
 }
 
-pub fn computed(req: &InferenceRequest, c: Classification, b: &BatchInfo) -> Prediction {
+pub fn computed(req: &InferenceRequest, c: Classification, b: &BatchInfo, arm: Arm) -> Prediction {
     Prediction {
         schema: tag(),
         id: req.id.clone(),
@@ -33,7 +33,7 @@ pub fn computed(req: &InferenceRequest, c: Classification, b: &BatchInfo) -> Pre
         label: Some(c.label),
         scores: c.scores,
         model_version: b.model_version.to_string(),
-        arm: Arm::Production,
+        arm,
         batch_id: Some(b.batch_id.to_string()),
         batch_size: b.batch_size,
         queue_ms: (b.compute_started_ms - req.received_at_ms).max(0) as f64,
@@ -157,7 +157,7 @@ mod tests {
     fn predictions_carry_version_and_timings() {
         let r = req("1", "acme", 10);
         let c = Classification { label: "spam".into(), scores: [("spam".to_string(), 0.9), ("ham".to_string(), 0.1)].into() };
-        let p = computed(&r, c, &info());
+        let p = computed(&r, c, &info(), Arm::Production);
         assert_eq!(p.model_version, "v1");
         assert_eq!(p.outcome, Outcome::Ok);
         assert_eq!(p.queue_ms, 250.0);

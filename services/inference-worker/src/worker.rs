@@ -19,7 +19,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aifab_core::messages::{decode, encode, tag, DeadLetter, InferenceRequest, SourceRef};
+use aifab_core::messages::{decode, encode, tag, Arm, DeadLetter, InferenceRequest, SourceRef};
+use aifab_core::registry::{canary_arm, Rollout};
 use aifab_core::topics;
 use aifab_model::batcher::{self, BatchLimits, Pending, Plan};
 use aifab_model::{Classification, Classifier};
@@ -197,15 +198,38 @@ impl Worker {
         let idle = self.last_batch_end.elapsed().as_secs_f64();
         let expired: HashSet<usize> = expired.iter().copied().collect();
 
-        // Compute outside the transaction: it can be retried, the transaction cannot.
-        let compute_started_ms = aifab_core::now_ms();
-        let t = Instant::now();
+        // Which arm serves each live row: production, or the candidate's canary share
+        // (by a stable hash of the request id). In shadow mode the candidate also
+        // computes every row, recorded but not served.
+        let candidate = self.slot.candidate();
         let live: Vec<usize> = (0..rows.len())
             .filter(|i| !expired.contains(i) && rows[*i].request.is_ok())
             .collect();
-        let (results, compute_failures) = classify_rows(&model, &rows, &live);
+        let (canary_rows, production_rows): (Vec<usize>, Vec<usize>) = live.iter().partition(|&&i| match &candidate {
+            Some((_, Rollout::Canary { share })) => canary_arm(&rows[i].request.as_ref().expect("live rows decoded").id, *share),
+            _ => false,
+        });
+
+        // Compute outside the transaction: it can be retried, the transaction cannot.
+        let compute_started_ms = aifab_core::now_ms();
+        let t = Instant::now();
+        let (mut results, mut compute_failures) = classify_rows(&model, &rows, &production_rows);
+        let mut canary_results = BTreeMap::new();
+        let mut shadow_results = BTreeMap::new();
+        if let Some((c, rollout)) = &candidate {
+            match rollout {
+                Rollout::Canary { .. } if !canary_rows.is_empty() => {
+                    let (r, f) = classify_rows(c, &rows, &canary_rows);
+                    canary_results = r;
+                    compute_failures.extend(f);
+                }
+                Rollout::Shadow => shadow_results = classify_rows(c, &rows, &live).0,
+                _ => {}
+            }
+        }
         let compute_seconds = t.elapsed().as_secs_f64();
-        let computed: Vec<usize> = live.iter().copied().filter(|i| results.contains_key(i)).collect();
+        let computed: Vec<usize> =
+            live.iter().copied().filter(|i| results.contains_key(i) || canary_results.contains_key(i)).collect();
 
         let info = BatchInfo {
             batch_id: &batch_id,
@@ -213,14 +237,29 @@ impl Worker {
             task: &self.settings.task,
             model_version: &model.version,
             device_kind: &self.settings.device_kind,
-            batch_size: computed.len() as u32,
+            batch_size: results.len() as u32,
             compute_started_ms,
             compute_seconds,
             idle_seconds: idle,
             now_ms: aifab_core::now_ms(),
         };
+        // Each arm is its own compute batch of one version, with its own batch id.
+        let canary_batch_id = format!("{batch_id}-canary");
+        let shadow_batch_id = format!("{batch_id}-shadow");
+        let candidate_version = candidate.as_ref().map(|(c, _)| c.version.clone()).unwrap_or_default();
+        let canary_info = BatchInfo {
+            batch_id: &canary_batch_id,
+            model_version: &candidate_version,
+            batch_size: canary_results.len() as u32,
+            ..info.clone()
+        };
+        let shadow_info = BatchInfo {
+            batch_id: &shadow_batch_id,
+            model_version: &candidate_version,
+            batch_size: shadow_results.len() as u32,
+            ..info.clone()
+        };
         let mut records: Vec<(&'static str, Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>)> = Vec::new();
-        let mut results = results;
         for (i, row) in rows.iter().enumerate() {
             let source = SourceRef { topic: self.settings.input_topic.clone(), partition: row.partition, offset: row.offset };
             match &row.request {
@@ -232,18 +271,28 @@ impl Worker {
                     let p = outputs::expired(req, &info);
                     records.push((topics::PREDICTIONS.name, req.id.clone().into_bytes(), encode(&p), row.headers.clone()));
                 }
-                Ok(req) => match results.remove(&i) {
-                    Some(c) => {
-                        metrics::counter!("aifab_inference_worker_requests_total", "outcome" => "ok").increment(1);
-                        let p = outputs::computed(req, c, &info);
+                Ok(req) => {
+                    let served = match (results.remove(&i), canary_results.remove(&i)) {
+                        (Some(c), _) => Some(outputs::computed(req, c, &info, Arm::Production)),
+                        (None, Some(c)) => Some(outputs::computed(req, c, &canary_info, Arm::Canary)),
+                        (None, None) => None,
+                    };
+                    match served {
+                        Some(p) => {
+                            metrics::counter!("aifab_inference_worker_requests_total", "outcome" => "ok").increment(1);
+                            records.push((topics::PREDICTIONS.name, req.id.clone().into_bytes(), encode(&p), row.headers.clone()));
+                        }
+                        None => {
+                            let reason = compute_failures.remove(&i).unwrap_or_else(|| "not computed".into());
+                            let original = serde_json::to_vec(req).unwrap_or_default();
+                            records.push(dead_letter(row, &original, source, "model_rejected", &reason));
+                        }
+                    }
+                    if let Some(c) = shadow_results.remove(&i) {
+                        let p = outputs::computed(req, c, &shadow_info, Arm::Shadow);
                         records.push((topics::PREDICTIONS.name, req.id.clone().into_bytes(), encode(&p), row.headers.clone()));
                     }
-                    None => {
-                        let reason = compute_failures.get(&i).cloned().unwrap_or_else(|| "not computed".into());
-                        let original = serde_json::to_vec(req).unwrap_or_default();
-                        records.push(dead_letter(row, &original, source, "model_rejected", &reason));
-                    }
-                },
+                }
             }
         }
         let computed_reqs: Vec<&InferenceRequest> =
