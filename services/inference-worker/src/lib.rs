@@ -83,6 +83,11 @@ pub struct Config {
     #[arg(long, env = "AIFAB_MAX_QUEUE", default_value_t = 512)]
     pub max_queue: usize,
 
+    /// Under backlog, consecutive batches share one Kafka transaction for up to this
+    /// many milliseconds (fewer commits; outputs become visible at the commit).
+    #[arg(long, env = "AIFAB_MAX_TXN_MS", default_value_t = 250)]
+    pub max_txn_ms: u64,
+
     /// Consumer group.
     #[arg(long, env = "AIFAB_WORKER_GROUP", default_value = aifab_core::topics::groups::INFERENCE_WORKER)]
     pub group: String,
@@ -172,6 +177,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_wait: Duration::from_millis(config.max_wait_ms),
         },
         max_queue: config.max_queue.max(config.max_batch_size),
+        max_txn: Duration::from_millis(config.max_txn_ms),
     };
     let worker = Worker::new(settings, slot)?;
     let token = svc.shutdown.clone();

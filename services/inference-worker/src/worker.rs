@@ -51,6 +51,18 @@ pub struct WorkerSettings {
     pub limits: BatchLimits,
     /// Most messages held in the queue before polling pauses.
     pub max_queue: usize,
+    /// Under backlog, consecutive batches share one transaction for up to this long:
+    /// a commit costs a broker round trip per partition, which at batch size 1 would cost
+    /// more than the compute.
+    pub max_txn: Duration,
+}
+
+/// A transaction that has outputs in it but is not committed yet.
+struct OpenTxn {
+    started: Instant,
+    /// Next offset per input partition of every batch in it.
+    next_offsets: BTreeMap<i32, i64>,
+    batches: u32,
 }
 
 /// Records partitions revoked by a rebalance so the loop can drop their queued messages.
@@ -98,6 +110,7 @@ pub struct Worker {
     queue: Vec<Queued>,
     batch_seq: u64,
     last_batch_end: Instant,
+    open_txn: Option<OpenTxn>,
 }
 
 impl Worker {
@@ -114,7 +127,16 @@ impl Worker {
             aifab_core::kafka::transactional_producer_config(&settings.brokers, &client_id, &txn_id)
                 .create()
                 .context("creating the transactional producer")?;
-        Ok(Worker { settings, consumer, producer, slot, queue: Vec::new(), batch_seq: 0, last_batch_end: Instant::now() })
+        Ok(Worker {
+            settings,
+            consumer,
+            producer,
+            slot,
+            queue: Vec::new(),
+            batch_seq: 0,
+            last_batch_end: Instant::now(),
+            open_txn: None,
+        })
     }
 
     /// Run until `shutdown`; the batch in flight when it fires is finished and committed.
@@ -140,13 +162,28 @@ impl Worker {
                 Plan::Run { take, expired, reason } => {
                     metrics::counter!("aifab_inference_worker_batches_total", "reason" => reason.as_str()).increment(1);
                     self.run_batch(take, &expired)?;
-                    // Keep the group membership alive and take what arrived meanwhile.
-                    self.poll(Duration::ZERO);
+                    // Under backlog, go on with the next full batch in the same
+                    // transaction, without polling (a poll may revoke partitions, and no
+                    // open transaction may straddle a revocation).
+                    let backlog = self.queue.len() >= self.settings.limits.max_batch_size;
+                    let young = self.open_txn.as_ref().is_some_and(|t| t.started.elapsed() < self.settings.max_txn);
+                    if !(backlog && young) {
+                        self.commit_open()?;
+                        // Keep the group membership alive and take what arrived meanwhile.
+                        self.poll(Duration::ZERO);
+                    }
                 }
-                Plan::Wait { until } => self.poll(until.saturating_duration_since(now).min(Duration::from_millis(100))),
-                Plan::Idle => self.poll(Duration::from_millis(100)),
+                Plan::Wait { until } => {
+                    self.commit_open()?;
+                    self.poll(until.saturating_duration_since(now).min(Duration::from_millis(100)))
+                }
+                Plan::Idle => {
+                    self.commit_open()?;
+                    self.poll(Duration::from_millis(100))
+                }
             }
         }
+        self.commit_open()?;
         tracing::info!(queued = self.queue.len(), "stopping: queued messages stay uncommitted for the next owner");
         self.consumer.unsubscribe();
         Ok(())
@@ -301,38 +338,33 @@ impl Worker {
             records.push((topics::USAGE.name, u.usage_id.clone().into_bytes(), encode(&u), Vec::new()));
         }
 
-        let offsets = next_offsets(&self.settings.input_topic, &rows)?;
-        match self.commit(&records, &offsets) {
+        match self.send_in_txn(&records, &rows) {
             Ok(()) => {
                 metrics::histogram!("aifab_inference_worker_batch_size").record(computed.len() as f64);
                 metrics::histogram!("aifab_inference_worker_compute_seconds").record(compute_seconds);
                 self.last_batch_end = Instant::now();
                 Ok(())
             }
-            Err(e) if is_fatal(&e) => Err(anyhow::anyhow!("fatal Kafka transaction error (fenced or broken producer): {e}")),
-            Err(e) => {
-                metrics::counter!("aifab_inference_worker_transactions_aborted_total").increment(1);
-                tracing::warn!(error = %e, batch = %batch_id, "transaction failed; aborting and rewinding to committed offsets");
-                if let Err(abort) = self.producer.abort_transaction(TXN_TIMEOUT) {
-                    anyhow::ensure!(!is_fatal(&abort), "abort failed fatally: {abort}");
-                }
-                self.rewind()?;
-                Ok(())
-            }
+            Err(e) => self.on_txn_error(e, &batch_id),
         }
     }
 
-    fn commit(
-        &self,
+    /// Put a batch's outputs into the open transaction (beginning one if needed) and
+    /// remember its input offsets for the commit.
+    fn send_in_txn(
+        &mut self,
         records: &[(&'static str, Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>)],
-        offsets: &TopicPartitionList,
+        rows: &[Queued],
     ) -> Result<(), KafkaError> {
-        // Present whenever the consumer is subscribed; checked before the transaction
-        // starts so a missing one needs no abort.
-        let Some(cgm) = self.consumer.group_metadata() else {
-            return Err(KafkaError::Subscription("consumer has no group metadata yet".into()));
-        };
-        self.producer.begin_transaction()?;
+        if self.open_txn.is_none() {
+            // Present whenever the consumer is subscribed; checked before the transaction
+            // starts so a missing one needs no abort.
+            if self.consumer.group_metadata().is_none() {
+                return Err(KafkaError::Subscription("consumer has no group metadata yet".into()));
+            }
+            self.producer.begin_transaction()?;
+            self.open_txn = Some(OpenTxn { started: Instant::now(), next_offsets: BTreeMap::new(), batches: 0 });
+        }
         for (topic, key, payload, headers) in records {
             let mut h = OwnedHeaders::new();
             for (k, v) in headers {
@@ -350,8 +382,54 @@ impl Worker {
                 }
             }
         }
-        self.producer.send_offsets_to_transaction(offsets, &cgm, TXN_TIMEOUT)?;
-        self.producer.commit_transaction(TXN_TIMEOUT)
+        let txn = self.open_txn.as_mut().expect("opened above");
+        for r in rows {
+            let e = txn.next_offsets.entry(r.partition).or_insert(r.offset + 1);
+            *e = (*e).max(r.offset + 1);
+        }
+        txn.batches += 1;
+        Ok(())
+    }
+
+    /// Commit the open transaction with its input offsets (`send_offsets_to_transaction`).
+    fn commit_open(&mut self) -> anyhow::Result<()> {
+        let Some(txn) = self.open_txn.take() else { return Ok(()) };
+        let result = (|| {
+            let cgm = self
+                .consumer
+                .group_metadata()
+                .ok_or_else(|| KafkaError::Subscription("consumer has no group metadata".into()))?;
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in &txn.next_offsets {
+                tpl.add_partition_offset(&self.settings.input_topic, *p, Offset::Offset(*o))?;
+            }
+            self.producer.send_offsets_to_transaction(&tpl, &cgm, TXN_TIMEOUT)?;
+            self.producer.commit_transaction(TXN_TIMEOUT)
+        })();
+        match result {
+            Ok(()) => {
+                metrics::histogram!("aifab_inference_worker_batches_per_transaction").record(txn.batches as f64);
+                Ok(())
+            }
+            Err(e) => self.on_txn_error(e, "open transaction"),
+        }
+    }
+
+    /// Abortable errors: abort and rewind to the committed offsets (the batches are
+    /// consumed again). Fatal ones (fenced by a newer instance): stop the worker.
+    fn on_txn_error(&mut self, e: KafkaError, what: &str) -> anyhow::Result<()> {
+        if is_fatal(&e) {
+            anyhow::bail!("fatal Kafka transaction error (fenced or broken producer): {e}");
+        }
+        metrics::counter!("aifab_inference_worker_transactions_aborted_total").increment(1);
+        tracing::warn!(error = %e, batch = %what, "transaction failed; aborting and rewinding to committed offsets");
+        if self.open_txn.take().is_some() || matches!(e, KafkaError::Transaction(_)) {
+            if let Err(abort) = self.producer.abort_transaction(TXN_TIMEOUT) {
+                anyhow::ensure!(!is_fatal(&abort), "abort failed fatally: {abort}");
+            }
+        }
+        self.rewind()?;
+        Ok(())
     }
 
     /// After an abort: forget the queue and restart every assigned partition from its
@@ -395,21 +473,6 @@ fn loop_until_ok<T>(
             }
         }
     }
-}
-
-/// The offset after the last row of each partition in the batch (a batch is a prefix of
-/// the queue, and the queue keeps each partition in offset order).
-fn next_offsets(topic: &str, rows: &[Queued]) -> anyhow::Result<TopicPartitionList> {
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    for r in rows {
-        let e = next.entry(r.partition).or_insert(r.offset + 1);
-        *e = (*e).max(r.offset + 1);
-    }
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in next {
-        tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
-    }
-    Ok(tpl)
 }
 
 /// Classify the `live` rows in length groups. A group the model rejects is retried row
