@@ -125,7 +125,7 @@ async fn print_status_until_ready(timeout: Duration) -> anyhow::Result<()> {
         let (table, ready) = aifab::status::table(SERVICES).await;
         if ready {
             print!("{table}");
-            println!("all {} services ready", SERVICES.len());
+            println!("all {} services up", SERVICES.len());
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {

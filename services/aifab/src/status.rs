@@ -11,6 +11,9 @@ pub enum Health {
     Ready,
     /// Up but not ready; the failing checks and why.
     NotReady(Vec<String>),
+    /// Up with every dependency, only waiting for a model to serve (an inference worker
+    /// before the first training): healthy, just idle.
+    AwaitingModel(String),
     /// Nothing answers on its port.
     Down(String),
 }
@@ -33,6 +36,9 @@ pub async fn probe(client: &reqwest::Client, addr: &str) -> Health {
         Err(e) => Health::Down(if e.is_connect() { "not running".into() } else { e.to_string() }),
         Ok(resp) => match resp.json::<ReadyReport>().await {
             Ok(r) if r.ready => Health::Ready,
+            Ok(r) if r.checks.iter().all(|(name, c)| c.ok || name == "model") => {
+                Health::AwaitingModel(r.checks.get("model").map(|c| c.detail.clone()).unwrap_or_default())
+            }
             Ok(r) => Health::NotReady(
                 r.checks
                     .into_iter()
@@ -45,7 +51,8 @@ pub async fn probe(client: &reqwest::Client, addr: &str) -> Health {
     }
 }
 
-/// Probe every service and render the table.
+/// Probe every service and render the table. The flag is true when every service is
+/// ready or only waiting for a model.
 pub async fn table(services: &[LocalService]) -> (String, bool) {
     let client = reqwest::Client::new();
     let mut out = format!("{:<18} {:<16} {:<10} {}\n", "SERVICE", "ADDRESS", "STATE", "DETAIL");
@@ -54,10 +61,11 @@ pub async fn table(services: &[LocalService]) -> (String, bool) {
         let health = probe(&client, &s.addr()).await;
         let (state, detail) = match &health {
             Health::Ready => ("ready", String::new()),
+            Health::AwaitingModel(why) => ("no-model", format!("{why} (train one: aifab train --task NAME)")),
             Health::NotReady(why) => ("not-ready", why.join("; ")),
             Health::Down(why) => ("down", why.clone()),
         };
-        all_ready &= health == Health::Ready;
+        all_ready &= matches!(health, Health::Ready | Health::AwaitingModel(_));
         out.push_str(&format!("{:<18} {:<16} {:<10} {}\n", s.name, s.addr(), state, detail));
     }
     (out, all_ready)
