@@ -84,8 +84,11 @@ pub struct Config {
     #[arg(long, env = "AIFAB_AUTOSCALER_REPLICA_RATE", default_value_t = 100.0)]
     pub replica_rate_per_s: f64,
     /// aifab: utilisation to provision for.
-    #[arg(long, env = "AIFAB_AUTOSCALER_TARGET_UTILIZATION", default_value_t = 0.8)]
+    #[arg(long, env = "AIFAB_AUTOSCALER_TARGET_UTILIZATION", default_value_t = 0.85)]
     pub target_utilization: f64,
+    /// aifab: scale down only to a count that stays at or under this utilisation.
+    #[arg(long, env = "AIFAB_AUTOSCALER_SCALE_DOWN_UTILIZATION", default_value_t = 0.6)]
+    pub scale_down_utilization: f64,
     /// aifab: drain a backlog within this many seconds.
     #[arg(long, env = "AIFAB_AUTOSCALER_DRAIN_S", default_value_t = 15.0)]
     pub drain_s: f64,
@@ -155,6 +158,7 @@ impl Config {
         }
         p.replica_rate_per_s = self.replica_rate_per_s;
         p.target_utilization = self.target_utilization;
+        p.scale_down_utilization = self.scale_down_utilization;
         p.drain_s = self.drain_s;
         p.startup_s = self.startup_s;
         p.replica_cost_per_hour = self.replica_cost_per_hour;

@@ -15,7 +15,9 @@
 //!   throughput, which KEDA never sees), estimates the arrival rate from the topic's
 //!   high watermarks, and adds what it takes to drain the backlog (projected along the
 //!   lag trend over a replica's start-up time) within a drain target:
-//!   `ceil(arrivals / (rate × target utilisation) + projected lag / (rate × drain_s))`.
+//!   `ceil(max(arrivals / (rate × target utilisation), (arrivals + projected lag / drain_s) / rate))`.
+//!   It scales down only as far as keeps utilisation under a lower mark (a dead band:
+//!   every change costs a rebalance pause).
 //!   Then it is budget-aware: replicas are capped so that running them to the period's
 //!   end stays within the remaining budget, with reason `budget_cap`.
 
@@ -68,6 +70,9 @@ pub struct PolicyConfig {
     pub learn_rate: bool,
     /// aifab: the utilisation provisioned for (headroom for noise and bursts).
     pub target_utilization: f64,
+    /// aifab: scale down only to a count that stays at or under this utilisation (a dead
+    /// band below `target_utilization`; 0: none).
+    pub scale_down_utilization: f64,
     /// aifab: drain a backlog within this long.
     pub drain_s: f64,
     /// aifab: how long a new replica takes to consume (start, model load, rebalance): the
@@ -104,7 +109,8 @@ impl PolicyConfig {
             tolerance: 0.1,
             replica_rate_per_s: 100.0,
             learn_rate: true,
-            target_utilization: 0.8,
+            target_utilization: 0.85,
+            scale_down_utilization: 0.6,
             drain_s: 15.0,
             startup_s: 15.0,
             saturation_lag_per_replica: 64.0,
@@ -237,6 +243,9 @@ impl PolicyState {
 const ARRIVAL_ALPHA_UP: f64 = 0.7;
 const ARRIVAL_ALPHA_DOWN: f64 = 0.3;
 const SERVICE_ALPHA: f64 = 0.3;
+/// Beyond a replica's start-up, how long a group takes to settle (rebalance) before its
+/// throughput is measured.
+const SETTLE_EXTRA_S: f64 = 5.0;
 
 /// Decide the desired replicas for one observation. Updates `state`.
 pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) -> Decision {
@@ -318,6 +327,13 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
     if cfg.kind == PolicyKind::Aifab {
         if let Some(b) = obs.budget {
             if let Some((cap, per_replica)) = budget_cap_for(cfg, &b, current) {
+                // The largest count under the cap that adds capacity (see
+                // `effective_replicas`): 7 replicas over 8 partitions serve like 4.
+                let cap = if cfg.kind == PolicyKind::Aifab && cap < u32::MAX {
+                    replicas_for(effective_replicas(cap, obs.partitions), obs.partitions).min(cap)
+                } else {
+                    cap
+                };
                 budget_cap = Some(cap);
                 if desired > cap {
                     desired = cap;
@@ -348,6 +364,33 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
         replica_rate_per_s: (cfg.kind == PolicyKind::Aifab)
             .then(|| state.replica_rate.unwrap_or(cfg.replica_rate_per_s)),
     }
+}
+
+/// How many replicas' worth of work `n` consumers of `partitions` evenly loaded
+/// partitions do: the busiest holds `ceil(partitions / n)` of them and sets the pace, so
+/// the group serves `partitions / ceil(partitions / n)` replicas' worth (8 partitions: 1,
+/// 2, 2.67, 4, 4, 4, 4, 8). Without a partition count, `n`.
+pub fn effective_replicas(n: u32, partitions: u32) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    if partitions == 0 {
+        return n as f64;
+    }
+    let n = n.min(partitions);
+    partitions as f64 / partitions.div_ceil(n) as f64
+}
+
+/// The fewest replicas whose effective capacity is at least `need` replicas' worth (at
+/// most the partition count, which is all that can help).
+pub fn replicas_for(need: f64, partitions: u32) -> u32 {
+    if need <= 1e-9 {
+        return 0;
+    }
+    if partitions == 0 {
+        return (need - 1e-9).ceil() as u32;
+    }
+    (1..=partitions).find(|&n| effective_replicas(n, partitions) >= need - 1e-9).unwrap_or(partitions)
 }
 
 /// The most replicas affordable to the period's end, and the per-replica hourly cost used.
@@ -400,18 +443,38 @@ fn aifab_recommendation(cfg: &PolicyConfig, state: &PolicyState, obs: &Observati
     let rate = state.replica_rate.unwrap_or(cfg.replica_rate_per_s).max(1e-6);
     let util = cfg.target_utilization.clamp(0.05, 1.0);
     let for_arrivals = arrivals / (rate * util);
-    // The backlog a new replica would find once it is up, if the trend holds.
-    let projected = (lag + obs.lag_rate_per_s * cfg.startup_s).max(lag);
-    let for_backlog = projected / (rate * cfg.drain_s.max(1.0));
-    let need = for_arrivals + for_backlog;
-    let raw = (need - 1e-9).ceil().max(0.0) as u32;
+    // The backlog a new replica would find once it is up, if the trend holds. Only growth
+    // that the arrival rate explains counts (arrivals beyond what the running replicas
+    // serve): a lag that jumps because the group paused to rebalance is not more load.
+    let shortfall = (arrivals - obs.current_replicas as f64 * rate).max(0.0);
+    let growth = obs.lag_rate_per_s.max(0.0).min(shortfall);
+    let projected = lag + growth * cfg.startup_s;
+    // Draining needs the arrivals plus the backlog over the drain time served, at full
+    // utilisation (draining is brief); steady state needs the arrivals at the target.
+    let drain_rate = projected / cfg.drain_s.max(1.0);
+    let for_drain = (arrivals + drain_rate) / rate;
+    let for_backlog = (for_drain - for_arrivals).max(0.0);
+    let need = for_arrivals.max(for_drain);
+    let p = obs.partitions;
+    let mut raw = replicas_for(need, p);
+    // A dead band against flapping (every change pauses the group for a rebalance): go
+    // down only as far as keeps utilisation at or under the scale-down mark.
+    let current = obs.current_replicas;
+    let mut held = String::new();
+    if raw < current && cfg.scale_down_utilization > 0.0 && cfg.scale_down_utilization < util {
+        let keep = replicas_for((arrivals / (rate * cfg.scale_down_utilization)).max(for_drain), p);
+        if keep > raw {
+            raw = keep.min(current);
+            held = format!(", held at {raw} for ≤ {:.0}% after scaling down", cfg.scale_down_utilization * 100.0);
+        }
+    }
     let learned = if state.replica_rate.is_some() { "measured" } else { "assumed" };
     (
         raw,
         Reason::ArrivalRate,
         format!(
             "arrivals {arrivals:.1}/s, lag {lag:.0} ({:+.1}/s), {rate:.1}/s per replica {learned} → {raw} \
-             ({for_arrivals:.2} for arrivals at {:.0}% + {for_backlog:.2} to drain in {:.0} s)",
+             ({for_arrivals:.2} for arrivals at {:.0}%, +{for_backlog:.2} to drain the backlog in {:.0} s{held})",
             obs.lag_rate_per_s,
             util * 100.0,
             cfg.drain_s
@@ -445,18 +508,23 @@ fn learn(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) {
                     }
                 });
             }
-            // Saturated all interval long with the same replicas, settled: a service-rate sample.
+            // Saturated all interval long with the same replicas, settled (started, and the
+            // group rebalanced, with an interval to spare): a service-rate sample.
             let settled = state
                 .replicas_changed_ms
-                .is_some_and(|t| (obs.at_ms - t) as f64 / 1000.0 >= cfg.startup_s)
+                .is_some_and(|t| (obs.at_ms - t) as f64 / 1000.0 >= cfg.startup_s + SETTLE_EXTRA_S + dt)
                 && !replicas_changed;
             let n = obs.current_replicas as f64;
-            let saturated = n > 0.0
-                && (p.total_lag.min(obs.total_lag) as f64) >= cfg.saturation_lag_per_replica * n;
+            // A backlog at both ends of at least half an interval's work per replica (and
+            // a few batches): every replica was busy all along.
+            let per_replica = cfg.saturation_lag_per_replica.max(state.replica_rate.unwrap_or(cfg.replica_rate_per_s) * dt / 2.0);
+            let saturated = n > 0.0 && (p.total_lag.min(obs.total_lag) as f64) >= per_replica * n;
             if cfg.learn_rate && settled && saturated {
                 if let Some(c) = consumed_rate {
                     let prior = cfg.replica_rate_per_s;
-                    let sample = (c / n).clamp(prior / 4.0, prior * 4.0);
+                    // Per replica of useful parallelism: with 8 partitions, 3 replicas
+                    // work like 2.67 (the one with 2 partitions idles part of the time).
+                    let sample = (c / effective_replicas(obs.current_replicas, obs.partitions)).clamp(prior / 4.0, prior * 4.0);
                     state.replica_rate = Some(match state.replica_rate {
                         None => sample,
                         Some(old) => SERVICE_ALPHA * sample + (1.0 - SERVICE_ALPHA) * old,
@@ -598,15 +666,16 @@ mod tests {
         }
         let learned = state.replica_rate().unwrap();
         assert!((learned - 100.0).abs() < 5.0, "learned {learned}");
-        // Backlog gone, 400/s steady: 400 / (100 × 0.8) = 5 replicas.
+        // Backlog gone, 400/s steady: 400 / (100 × 0.85) = 4.7 replicas' worth, and over 8
+        // partitions 5 to 7 replicas serve no faster than 4: 8.
         let mut steady = Feed { produced: 0, consumed: 0, t: feed.t, lag_prev: 0 };
         let mut d = None;
         for _ in 0..6 {
-            let o = steady.step(400, 100, 5);
+            let o = steady.step(400, 100, 8);
             d = Some(decide(&cfg, &mut state, &o));
         }
         let d = d.unwrap();
-        assert_eq!(d.desired, 5, "{}", d.detail);
+        assert_eq!(d.desired, 8, "{}", d.detail);
         assert_eq!(d.reason, Reason::ArrivalRate);
         assert!(d.detail.contains("measured"), "{}", d.detail);
     }
@@ -683,6 +752,21 @@ mod tests {
         assert_eq!(out[3], (6, Reason::Cooldown), "down within 20 s of the change");
         assert_eq!(out[4], (6, Reason::Cooldown));
         assert_eq!(out[5], (1, Reason::Lag));
+    }
+
+    #[test]
+    fn replicas_are_counted_by_the_partitions_they_can_use() {
+        let e: Vec<f64> = (1..=8).map(|n| effective_replicas(n, 8)).collect();
+        assert_eq!(e, vec![1.0, 2.0, 8.0 / 3.0, 4.0, 4.0, 4.0, 4.0, 8.0]);
+        assert_eq!(effective_replicas(12, 8), 8.0);
+        assert_eq!(effective_replicas(3, 0), 3.0);
+        // Needing 4.2 replicas' worth over 8 partitions means 8: 5, 6 and 7 serve like 4.
+        assert_eq!(replicas_for(4.2, 8), 8);
+        assert_eq!(replicas_for(4.0, 8), 4);
+        assert_eq!(replicas_for(2.5, 8), 3);
+        assert_eq!(replicas_for(2.5, 0), 3);
+        assert_eq!(replicas_for(0.0, 8), 0);
+        assert_eq!(replicas_for(99.0, 8), 8);
     }
 
     #[test]

@@ -285,11 +285,13 @@ async fn docker_swarm_updates_the_service_replicas() {
     assert_eq!(d.replicas().await.unwrap(), 2);
     assert_eq!(d.scale(5).await.unwrap(), 5);
     assert_eq!(d.replicas().await.unwrap(), 5);
-    let f = fake.lock().unwrap();
-    let update = f.requests.iter().find(|r| r.path == "/services/svc123/update").unwrap();
-    assert_eq!(update.query["version"], "41");
-    assert_eq!(update.body["Mode"]["Replicated"]["Replicas"], 5);
-    assert_eq!(update.body["Labels"]["a"], "b", "the rest of the spec is sent back unchanged");
+    {
+        let f = fake.lock().unwrap();
+        let update = f.requests.iter().find(|r| r.path == "/services/svc123/update").unwrap();
+        assert_eq!(update.query["version"], "41");
+        assert_eq!(update.body["Mode"]["Replicated"]["Replicas"], 5);
+        assert_eq!(update.body["Labels"]["a"], "b", "the rest of the spec is sent back unchanged");
+    }
     let missing = DockerActuator::new(&base, DockerMode::Swarm, "aifab", "nope", 30).unwrap();
     let err = missing.replicas().await.unwrap_err().to_string();
     assert!(err.contains("404") && err.contains("service not found"), "{err}");

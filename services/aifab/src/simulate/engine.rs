@@ -19,7 +19,7 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
-use aifab_autoscaler::policy::{decide, BudgetView, Observation, PolicyConfig, PolicyState};
+use aifab_autoscaler::policy::{decide, BudgetView, Observation, PolicyConfig, PolicyKind, PolicyState};
 use hdrhistogram::Histogram;
 
 /// Throughput of one worker by batch size, from the worker benchmark.
@@ -122,6 +122,8 @@ pub struct SimResult {
     pub requests: u64,
     pub completed: u64,
     pub scale_events: u32,
+    /// The per-replica service rate the policy learned, if it learned one.
+    pub learned_rate: Option<f64>,
     pub samples: Vec<Sample>,
 }
 
@@ -426,6 +428,14 @@ pub fn simulate(name: &str, arrivals: &[u32], cfg: &SimConfig, run: &Run) -> Sim
         }
     };
     sim.push(0.0, Kind::Second(0));
+    // AIFAB_SIM_DEBUG=DIR: one CSV of decisions per policy run, for tuning.
+    let mut debug = std::env::var_os("AIFAB_SIM_DEBUG").and_then(|dir| {
+        let f = std::fs::File::create(std::path::Path::new(&dir).join(format!("{name}.csv"))).ok()?;
+        let mut w = std::io::BufWriter::new(f);
+        use std::io::Write;
+        let _ = writeln!(w, "t_s,lag,replicas,desired,arrivals_per_s,replica_rate_per_s,reason,recommended");
+        Some(w)
+    });
     let mut prev_lag: Option<(f64, i64)> = None;
     let mut replica_seconds = 0.0;
     while let Some(ev) = sim.heap.pop() {
@@ -497,6 +507,21 @@ pub fn simulate(name: &str, arrivals: &[u32], cfg: &SimConfig, run: &Run) -> Sim
                         budget,
                     };
                     let decision = decide(p, state, &obs);
+                    if let Some(out) = debug.as_mut() {
+                        use std::io::Write;
+                        let _ = writeln!(
+                            out,
+                            "{:.0},{},{},{},{:.1},{:.1},{},{}",
+                            sim.t,
+                            lag,
+                            sim.replicas(),
+                            decision.desired,
+                            decision.arrival_rate_per_s.unwrap_or(0.0),
+                            decision.replica_rate_per_s.unwrap_or(0.0),
+                            decision.reason.as_str(),
+                            decision.recommended
+                        );
+                    }
                     sim.apply(decision.desired);
                     sim.push(sim.t + cfg.interval_s, Kind::Decide);
                 }
@@ -522,6 +547,7 @@ pub fn simulate(name: &str, arrivals: &[u32], cfg: &SimConfig, run: &Run) -> Sim
         requests: sim.produced,
         completed: sim.consumed,
         scale_events: sim.scale_events,
+        learned_rate: policy.as_ref().filter(|(p, _)| p.kind == PolicyKind::Aifab).and_then(|(_, s)| s.replica_rate()),
         samples: sim.samples,
     }
 }
@@ -529,7 +555,6 @@ pub fn simulate(name: &str, arrivals: &[u32], cfg: &SimConfig, run: &Run) -> Sim
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aifab_autoscaler::policy::PolicyKind;
 
     fn cfg() -> SimConfig {
         SimConfig {

@@ -35,8 +35,9 @@ pub struct SimulateArgs {
     /// What one worker costs per hour.
     #[arg(long, default_value_t = 0.20)]
     pub price_per_worker_hour: f64,
-    /// Arrivals per second in the trace's busiest minute.
-    #[arg(long, default_value_t = 600.0)]
+    /// Arrivals per second in the trace's busiest minute (default: about 73% of what 8
+    /// workers serve).
+    #[arg(long, default_value_t = 450.0)]
     pub peak_rps: f64,
     /// Simulated seconds (default: the trace's own span; synthetic and pods: 86400).
     #[arg(long)]
@@ -47,12 +48,14 @@ pub struct SimulateArgs {
     /// Random seed for the arrivals (the same arrivals for every policy).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// A worker's throughput by batch size, `BATCH:SEQ_PER_S,...` (default: the worker
-    /// benchmark on a 2-core CPU, candle f32, all-MiniLM-L6-v2).
-    #[arg(long, default_value = "1:44,8:84,32:106,64:91")]
+    /// A worker's throughput by batch size, `BATCH:SEQ_PER_S,...`, interpolated in
+    /// log2(batch). Default: the worker benchmark through Kafka (`load-tests/bench-pipeline`,
+    /// all-MiniLM-L6-v2 on a 2-core CPU: `pipeline_b1` 42.4, `pipeline_b32` 77.2 seq/s).
+    #[arg(long, default_value = "1:42.4,32:77.2")]
     pub service_rates: String,
-    /// Fixed cost of every batch (Kafka transaction, polling), milliseconds.
-    #[arg(long, default_value_t = 4.0)]
+    /// Fixed cost added to every batch, milliseconds (the pipeline figures include the
+    /// Kafka transaction already).
+    #[arg(long, default_value_t = 0.0)]
     pub batch_overhead_ms: f64,
     /// The worker's largest batch.
     #[arg(long, default_value_t = 32)]
@@ -79,8 +82,11 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 100.0)]
     pub lag_per_replica: f64,
     /// aifab: utilisation to provision for.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.85)]
     pub target_utilization: f64,
+    /// aifab: scale down only to a count that stays at or under this utilisation.
+    #[arg(long, default_value_t = 0.6)]
+    pub scale_down_utilization: f64,
     /// aifab: seconds to drain a backlog in.
     #[arg(long, default_value_t = 15.0)]
     pub drain_s: f64,
@@ -132,6 +138,7 @@ impl SimulateArgs {
         aifab.replica_rate_per_s = sat;
         aifab.startup_s = self.startup_s;
         aifab.target_utilization = self.target_utilization;
+        aifab.scale_down_utilization = self.scale_down_utilization;
         aifab.drain_s = self.drain_s;
         aifab.scale_down_stabilization_s = self.stabilization_s;
         aifab.replica_cost_per_hour = self.price_per_worker_hour;
@@ -202,8 +209,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<10} {:>11} {:>12} {:>9} {:>8} {:>8} {:>9} {:>10} {:>7} {:>7}",
-        "POLICY", "SLO_VIOL_S", "WORKER_H", "COST", "P50_MS", "P99_MS", "MAX_REPL", "MEAN_REPL", "SCALES", "BUDGET"
+        "{:<10} {:>11} {:>12} {:>9} {:>8} {:>8} {:>9} {:>10} {:>7} {:>7} {:>9}",
+        "POLICY", "SLO_VIOL_S", "WORKER_H", "COST", "P50_MS", "P99_MS", "MAX_REPL", "MEAN_REPL", "SCALES", "BUDGET", "RATE/REPL"
     );
     for r in &results {
         let budget = match args.budget {
@@ -211,9 +218,10 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             Some(b) if r.cost <= b + 1e-9 => "within",
             Some(_) => "OVER",
         };
+        let learned = r.learned_rate.map(|x| format!("{x:.1}/s")).unwrap_or_else(|| "-".into());
         println!(
-            "{:<10} {:>11} {:>12.2} {:>9.2} {:>8.0} {:>8.0} {:>9} {:>10.2} {:>7} {:>7}",
-            r.name, r.slo_violation_s, r.worker_hours, r.cost, r.p50_ms, r.p99_ms, r.max_replicas, r.mean_replicas, r.scale_events, budget
+            "{:<10} {:>11} {:>12.2} {:>9.2} {:>8.0} {:>8.0} {:>9} {:>10.2} {:>7} {:>7} {:>9}",
+            r.name, r.slo_violation_s, r.worker_hours, r.cost, r.p50_ms, r.p99_ms, r.max_replicas, r.mean_replicas, r.scale_events, budget, learned
         );
     }
     if let (Some(k), Some(a)) = (results.iter().find(|r| r.name == "keda"), results.iter().find(|r| r.name == "aifab")) {

@@ -57,8 +57,9 @@ fn short(v: f64) -> String {
     }
 }
 
-/// One panel: a title, axes with 5 ticks, and one line per series.
-fn panel(area: &Area, title: &str, t_max_h: f64, series: &[(&str, RGBColor, Vec<(f64, f64)>)]) -> anyhow::Result<()> {
+/// One panel: a title, axes with 5 ticks, and one line per series. Text and legend go on
+/// `root` (chart coordinates are the backend's, i.e. the root's).
+fn panel(root: &Area, area: &Area, title: &str, t_max_h: f64, series: &[(&str, RGBColor, Vec<(f64, f64)>)]) -> anyhow::Result<()> {
     let y_max = nice_max(series.iter().flat_map(|(_, _, p)| p.iter().map(|(_, y)| *y)).fold(0.0, f64::max) * 1.05);
     let mut chart = ChartBuilder::on(area)
         .margin_top(28)
@@ -74,11 +75,11 @@ fn panel(area: &Area, title: &str, t_max_h: f64, series: &[(&str, RGBColor, Vec<
         chart.draw_series(LineSeries::new([(0.0, y), (t_max_h, y)], &grey)).map_err(|e| anyhow::anyhow!("plot: {e}"))?;
         let (px, py) = chart.backend_coord(&(0.0, y));
         let label = short(y);
-        text(area, px - 8 * label.len() as i32 - 6, py - 4, &label, 1, &black);
+        text(root, px - 8 * label.len() as i32 - 6, py - 4, &label, 1, &black);
         let x = t_max_h * k as f64 / 5.0;
         let (px, py) = chart.backend_coord(&(x, 0.0));
         let label = format!("{x:.1}h");
-        text(area, px - 4 * label.len() as i32, py + 6, &label, 1, &black);
+        text(root, px - 4 * label.len() as i32, py + 6, &label, 1, &black);
     }
     chart
         .draw_series(LineSeries::new([(0.0, 0.0), (0.0, y_max)], &black))
@@ -88,17 +89,17 @@ fn panel(area: &Area, title: &str, t_max_h: f64, series: &[(&str, RGBColor, Vec<
         .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
     for (_, color, points) in series {
         chart
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(points.iter().copied(), color))
             .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
     }
     // Title and legend along the top.
     let (x0, y0) = chart.backend_coord(&(0.0, y_max));
-    text(area, x0, y0 - 22, title, 2, &black);
+    text(root, x0, y0 - 22, title, 2, &black);
     let mut lx = x0 + 16 * title.len() as i32 + 30;
     for (name, color, _) in series {
-        area.draw(&Rectangle::new([(lx, y0 - 20), (lx + 18, y0 - 8)], color.filled()))
+        root.draw(&Rectangle::new([(lx, y0 - 20), (lx + 18, y0 - 8)], color.filled()))
             .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
-        text(area, lx + 24, y0 - 18, name, 1, &black);
+        text(root, lx + 24, y0 - 18, name, 1, &black);
         lx += 24 + 8 * name.len() as i32 + 24;
     }
     Ok(())
@@ -123,19 +124,19 @@ pub fn write(path: &Path, trace_name: &str, results: &[SimResult]) -> anyhow::Re
         .first()
         .map(|r| r.samples.iter().skip(1).map(|s| (h(s.t_s), s.arrivals_per_s)).collect())
         .unwrap_or_default();
-    panel(&panels[0], "arrivals/s", t_max_h, &[("arrivals", COLORS[0], arrivals)])?;
+    panel(&root, &panels[0], "arrivals/s", t_max_h, &[("arrivals", COLORS[0], arrivals)])?;
     let replicas: Vec<(&str, RGBColor, Vec<(f64, f64)>)> = results
         .iter()
         .enumerate()
         .map(|(i, r)| (r.name.as_str(), COLORS[(i + 1) % COLORS.len()], r.samples.iter().map(|s| (h(s.t_s), s.replicas as f64)).collect()))
         .collect();
-    panel(&panels[1], "replicas", t_max_h, &replicas)?;
+    panel(&root, &panels[1], "replicas", t_max_h, &replicas)?;
     let lag: Vec<(&str, RGBColor, Vec<(f64, f64)>)> = results
         .iter()
         .enumerate()
         .map(|(i, r)| (r.name.as_str(), COLORS[(i + 1) % COLORS.len()], r.samples.iter().map(|s| (h(s.t_s), s.lag as f64)).collect()))
         .collect();
-    panel(&panels[2], "lag (records)", t_max_h, &lag)?;
+    panel(&root, &panels[2], "lag (records)", t_max_h, &lag)?;
     root.present().map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     Ok(())
 }
