@@ -56,6 +56,12 @@ impl Classifier {
         Self::new(encoder, head, version)
     }
 
+    /// The same head and version on another encoder (e.g. one loaded with
+    /// [`Encoder::load_with_impl`] to evaluate the head with another implementation).
+    pub fn with_encoder(&self, encoder: Arc<Encoder>) -> Result<Self> {
+        Self::new(encoder, self.head.clone(), self.version.clone())
+    }
+
     /// Classifies a batch of token-id sequences (see [`Encoder::embed`]).
     pub fn classify(&self, batch: &[&[u32]]) -> Result<Vec<Classification>> {
         let embeddings = self.encoder.embed(batch)?;

@@ -13,7 +13,7 @@ use candle_transformers::models::bert::Config;
 
 use crate::bert::Bert;
 use crate::cpu::ops::Isa;
-use crate::cpu::FastBert;
+use crate::cpu::{FastBert, Precision};
 
 use crate::device::dtype_for;
 use crate::error::{io_err, read_json, ModelError, Result};
@@ -38,6 +38,9 @@ pub enum EncoderImpl {
     /// The fast CPU path (`src/cpu/`): ragged batches, integer linear layers (10-bit
     /// weights × 12-bit activations, i32 sums), f32 elsewhere. The CPU default.
     FastI16,
+    /// The fast CPU path with f32 linear layers (the `gemm` crate): same batching and
+    /// fusion, f32 accuracy, slower than `FastI16`.
+    FastF32,
 }
 
 impl EncoderImpl {
@@ -50,6 +53,7 @@ impl EncoderImpl {
             EncoderImpl::Auto => "auto",
             EncoderImpl::Candle => "candle",
             EncoderImpl::FastI16 => "fast-i16",
+            EncoderImpl::FastF32 => "fast-f32",
         }
     }
 }
@@ -68,8 +72,9 @@ impl std::str::FromStr for EncoderImpl {
             "" | "auto" | "default" => Ok(EncoderImpl::Auto),
             "candle" | "candle-f32" => Ok(EncoderImpl::Candle),
             "fast" | "fast-i16" | "i16" | "int16" => Ok(EncoderImpl::FastI16),
+            "fast-f32" => Ok(EncoderImpl::FastF32),
             other => Err(ModelError::Invalid(format!(
-                "unknown encoder implementation `{other}`: expected auto, candle or fast-i16"
+                "unknown encoder implementation `{other}`: expected auto, candle, fast-i16 or fast-f32"
             ))),
         }
     }
@@ -108,7 +113,8 @@ impl std::fmt::Debug for Encoder {
         let mut d = f.debug_struct("Encoder");
         d.field("implementation", &self.implementation);
         if let Backend::Fast(fast) = &self.backend {
-            d.field("isa", &fast.isa()).field("threads", &fast.threads());
+            d.field("isa", &fast.isa())
+                .field("threads", &fast.threads());
         }
         d.field("hidden_size", &self.config.hidden_size)
             .field("layers", &self.config.num_hidden_layers)
@@ -145,10 +151,13 @@ impl Encoder {
     ) -> Result<Self> {
         let mut implementation = options.implementation;
         if implementation == EncoderImpl::Auto {
-            if let Some(v) = std::env::var(EncoderImpl::ENV).ok().filter(|v| !v.trim().is_empty()) {
-                implementation = v.parse().map_err(|e| {
-                    ModelError::Invalid(format!("{}={v}: {e}", EncoderImpl::ENV))
-                })?;
+            if let Some(v) = std::env::var(EncoderImpl::ENV)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+            {
+                implementation = v
+                    .parse()
+                    .map_err(|e| ModelError::Invalid(format!("{}={v}: {e}", EncoderImpl::ENV)))?;
             }
         }
         if implementation == EncoderImpl::Auto {
@@ -163,12 +172,13 @@ impl Encoder {
         let (backend, dtype) = match implementation {
             EncoderImpl::Candle | EncoderImpl::Auto => {
                 let dtype = options.dtype.unwrap_or_else(|| dtype_for(device));
-                let vb = VarBuilder::from_buffered_safetensors(bytes, dtype, device).map_err(|e| {
-                    ModelError::Invalid(format!(
-                        "{}: not a safetensors file: {e}",
-                        weights_path.display()
-                    ))
-                })?;
+                let vb =
+                    VarBuilder::from_buffered_safetensors(bytes, dtype, device).map_err(|e| {
+                        ModelError::Invalid(format!(
+                            "{}: not a safetensors file: {e}",
+                            weights_path.display()
+                        ))
+                    })?;
                 let model = Bert::load(vb, &config).map_err(|e| {
                     ModelError::Invalid(format!(
                         "{}: weights do not match a BERT with the shapes in {CONFIG_FILE}: {e}",
@@ -188,13 +198,19 @@ impl Encoder {
                         "encoder implementation {fast} computes in f32/integers; dtype {dt:?} needs the candle implementation"
                     )));
                 }
-                let model = FastBert::load(&bytes, &config, options.threads, Isa::detect())
-                    .map_err(|e| {
-                        ModelError::Invalid(format!(
+                let precision = if fast == EncoderImpl::FastF32 {
+                    Precision::F32
+                } else {
+                    Precision::I16
+                };
+                let model =
+                    FastBert::load(&bytes, &config, options.threads, Isa::detect(), precision)
+                        .map_err(|e| {
+                            ModelError::Invalid(format!(
                             "{}: weights do not match a BERT with the shapes in {CONFIG_FILE}: {e}",
                             weights_path.display()
                         ))
-                    })?;
+                        })?;
                 (Backend::Fast(model), DType::F32)
             }
         };
@@ -206,6 +222,24 @@ impl Encoder {
             dtype,
             pad_id,
         })
+    }
+
+    /// [`load`](Self::load) with a given implementation, e.g. to evaluate a head on the
+    /// same texts with `EncoderImpl::Candle` (plain f32) and `EncoderImpl::FastI16`
+    /// (the CPU default) and compare accuracy.
+    pub fn load_with_impl(
+        model_dir: impl AsRef<Path>,
+        device: &Device,
+        implementation: EncoderImpl,
+    ) -> Result<Self> {
+        Self::load_with_options(
+            model_dir,
+            device,
+            EncoderOptions {
+                implementation,
+                ..Default::default()
+            },
+        )
     }
 
     /// Plain candle in an explicit compute dtype (f32, f16, bf16), on any device.
@@ -225,6 +259,13 @@ impl Encoder {
                 threads: None,
             },
         )
+    }
+
+    /// Time per stage of the fast CPU path summed over all calls so far, as
+    /// `stage=ms ...`; counted only while the environment variable
+    /// `AIFAB_ENCODER_PROFILE` is set (a tuning aid, used by load-tests/bench-model).
+    pub fn cpu_stage_report() -> String {
+        crate::cpu::stage_report()
     }
 
     /// The implementation this encoder runs (never `Auto`).

@@ -22,6 +22,7 @@
 pub mod batcher;
 mod bert;
 mod cpu;
+
 pub mod classifier;
 pub mod device;
 pub mod encoder;

@@ -598,7 +598,8 @@ fn fast_with(dir: &Path, isa: crate::cpu::ops::Isa, threads: usize) -> crate::cp
     let cfg: candle_transformers::models::bert::Config =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
-    crate::cpu::FastBert::load(&bytes, &cfg, Some(threads), isa).unwrap()
+    crate::cpu::FastBert::load(&bytes, &cfg, Some(threads), isa, crate::cpu::Precision::I16)
+        .unwrap()
 }
 
 #[test]
@@ -628,8 +629,13 @@ fn cpu_default_is_the_fast_path_and_candle_can_be_forced() {
         EncoderImpl::FastI16
     );
     let f16 = forced(EncoderImpl::Auto, Some(DType::F16)).unwrap();
-    assert_eq!((f16.implementation(), f16.dtype()), (EncoderImpl::Candle, DType::F16));
-    let err = forced(EncoderImpl::FastI16, Some(DType::F16)).unwrap_err().to_string();
+    assert_eq!(
+        (f16.implementation(), f16.dtype()),
+        (EncoderImpl::Candle, DType::F16)
+    );
+    let err = forced(EncoderImpl::FastI16, Some(DType::F16))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("fast-i16") && err.contains("candle"), "{err}");
     assert!(format!("{enc:?}").contains("implementation"));
     for (s, want) in [
@@ -641,7 +647,12 @@ fn cpu_default_is_the_fast_path_and_candle_can_be_forced() {
     ] {
         assert_eq!(s.parse::<EncoderImpl>().unwrap(), want, "{s:?}");
     }
-    for i in [EncoderImpl::Auto, EncoderImpl::Candle, EncoderImpl::FastI16] {
+    for i in [
+        EncoderImpl::Auto,
+        EncoderImpl::Candle,
+        EncoderImpl::FastI16,
+        EncoderImpl::FastF32,
+    ] {
         assert_eq!(i.to_string().parse::<EncoderImpl>().unwrap(), i);
     }
     let err = "gpu".parse::<EncoderImpl>().unwrap_err().to_string();
@@ -653,7 +664,10 @@ fn fast_path_matches_candle_on_every_isa_and_thread_count() {
     use crate::cpu::ops::Isa;
     let (dir, tok, _) = tiny(11);
     let candle = Encoder::load_with_dtype(dir.path(), &Device::Cpu, DType::F32).unwrap();
-    let ids: Vec<Vec<u32>> = tiny_texts().iter().map(|t| tok.encode(t).unwrap().ids).collect();
+    let ids: Vec<Vec<u32>> = tiny_texts()
+        .iter()
+        .map(|t| tok.encode(t).unwrap().ids)
+        .collect();
     let refs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
     let want = candle.embed(&refs).unwrap();
     let mut isas = vec![Isa::Scalar];
@@ -695,7 +709,10 @@ fn fast_path_embedding_does_not_depend_on_the_batch() {
     // quantized on its own, so batching is exact, not just close.
     let (dir, tok, _) = tiny(12);
     let fast = fast_with(dir.path(), crate::cpu::ops::Isa::detect(), 2);
-    let ids: Vec<Vec<u32>> = tiny_texts().iter().map(|t| tok.encode(t).unwrap().ids).collect();
+    let ids: Vec<Vec<u32>> = tiny_texts()
+        .iter()
+        .map(|t| tok.encode(t).unwrap().ids)
+        .collect();
     let refs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
     let batched = fast.embed(&refs);
     for (i, r) in refs.iter().enumerate() {
@@ -721,7 +738,10 @@ fn fast_path_embedding_does_not_depend_on_the_batch() {
 fn fast_path_is_safe_to_call_from_many_threads() {
     let (_d, tok, enc) = tiny(13);
     let enc = Arc::new(enc);
-    let ids: Vec<Vec<u32>> = tiny_texts().iter().map(|t| tok.encode(t).unwrap().ids).collect();
+    let ids: Vec<Vec<u32>> = tiny_texts()
+        .iter()
+        .map(|t| tok.encode(t).unwrap().ids)
+        .collect();
     let refs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
     let want = enc.embed(&refs).unwrap();
     std::thread::scope(|s| {
@@ -734,4 +754,66 @@ fn fast_path_is_safe_to_call_from_many_threads() {
             });
         }
     });
+}
+
+#[test]
+fn a_head_can_be_evaluated_with_either_implementation() {
+    let (dir, tok, fast) = tiny(15);
+    let head_dir = Scratch::new("head");
+    write_random_head(head_dir.path(), TINY_HIDDEN, &["neg", "pos"], 3).unwrap();
+    let clf = Classifier::load_head(Arc::new(fast), head_dir.path(), "v1").unwrap();
+    let candle = Encoder::load_with_impl(dir.path(), &Device::Cpu, EncoderImpl::Candle).unwrap();
+    let other = clf.with_encoder(Arc::new(candle)).unwrap();
+    assert_eq!(other.encoder.implementation(), EncoderImpl::Candle);
+    assert_eq!(other.version, "v1");
+    let ids: Vec<Vec<u32>> = tiny_texts()
+        .iter()
+        .map(|t| tok.encode(t).unwrap().ids)
+        .collect();
+    let refs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+    let (a, b) = (clf.classify(&refs).unwrap(), other.classify(&refs).unwrap());
+    for (x, y) in a.iter().zip(&b) {
+        for (label, p) in &x.scores {
+            assert!(
+                (p - y.scores[label]).abs() < 1e-2,
+                "{label}: {p} vs {}",
+                y.scores[label]
+            );
+        }
+    }
+}
+
+#[test]
+fn fast_f32_variant_matches_candle_closely() {
+    let (dir, tok, _) = tiny(14);
+    let candle = Encoder::load_with_dtype(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    let f32v = Encoder::load_with_options(
+        dir.path(),
+        &Device::Cpu,
+        EncoderOptions {
+            implementation: EncoderImpl::FastF32,
+            threads: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(f32v.implementation(), EncoderImpl::FastF32);
+    let ids: Vec<Vec<u32>> = tiny_texts()
+        .iter()
+        .map(|t| tok.encode(t).unwrap().ids)
+        .collect();
+    let refs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+    let want = candle.embed(&refs).unwrap();
+    let got = f32v.embed(&refs).unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            max_abs_diff(g, w) < 2e-5,
+            "text {i}: {}",
+            max_abs_diff(g, w)
+        );
+    }
+    for (i, r) in refs.iter().enumerate() {
+        let alone = f32v.embed(&[r]).unwrap().remove(0);
+        assert!(max_abs_diff(&alone, &got[i]) < 1e-5);
+    }
 }

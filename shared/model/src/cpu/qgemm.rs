@@ -22,6 +22,8 @@ use super::par::{for_ranges, SyncPtr};
 pub(crate) const NR: usize = 16;
 /// Rows per micro-tile.
 pub(crate) const MR: usize = 6;
+/// Rows per cache block (a multiple of MR).
+const MC: usize = 96;
 /// Weight quantization levels (±).
 pub(crate) const W_MAX: f32 = 511.0;
 /// Longest k range summed in i32 (KC · W_MAX · A_MAX < 2³¹).
@@ -110,12 +112,36 @@ pub(crate) fn qgemm(
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { panels_avx2(a, a_scales, m, w, act, cp, panels) },
-            _ => panels_body(Isa::Scalar, a, a_scales, m, w, act, cp, panels, kernel_scalar),
+            _ => panels_body(
+                Isa::Scalar,
+                a,
+                a_scales,
+                m,
+                w,
+                act,
+                cp,
+                panels,
+                kernel_scalar,
+                None,
+            ),
         }
     });
 }
 
 type Kernel = unsafe fn(usize, *const i16, usize, *const i16, usize, &mut [[i32; NR]; MR]);
+type FusedKernel = unsafe fn(usize, *const i16, usize, *const i16, usize, &Epilogue);
+
+/// Where and how a micro-kernel writes its tile: `c[r][j] = act(acc · a_scales[r] ·
+/// w_scales[j] + bias[j])` for `j < nv`.
+pub(crate) struct Epilogue {
+    a_scales: *const f32,
+    w_scales: *const f32,
+    bias: *const f32,
+    act: Act,
+    c: *mut f32,
+    ldc: usize,
+    nv: usize,
+}
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -128,7 +154,18 @@ unsafe fn panels_avx2(
     c: SyncPtr<f32>,
     panels: std::ops::Range<usize>,
 ) {
-    panels_body(Isa::Avx2, a, a_scales, m, w, act, c, panels, kernel_avx2)
+    panels_body(
+        Isa::Avx2,
+        a,
+        a_scales,
+        m,
+        w,
+        act,
+        c,
+        panels,
+        kernel_avx2,
+        Some(fused_avx2),
+    )
 }
 
 #[inline(always)]
@@ -143,67 +180,101 @@ fn panels_body(
     c: SyncPtr<f32>,
     panels: std::ops::Range<usize>,
     kernel: Kernel,
+    fused: Option<FusedKernel>,
 ) {
     let (n, kp) = (w.n, w.kp);
     let chunks = kp.div_ceil(KC);
     let mut tile = [[0i32; NR]; MR];
     let mut ftile = [[0f32; NR]; MR];
-    for p in panels {
-        let wp = &w.panels[p * kp * NR..(p + 1) * kp * NR];
-        let n0 = p * NR;
-        let nv = NR.min(n - n0);
-        let ws = &w.scales[n0..n0 + NR];
-        let wb = &w.bias[n0..n0 + NR];
-        let mut i0 = 0;
-        while i0 < m {
-            let r = MR.min(m - i0);
-            if chunks == 1 {
-                // SAFETY: rows i0..i0+r of `a` hold kp values each; the panel holds kp·NR.
-                unsafe { kernel(r, a.as_ptr().add(i0 * kp), kp, wp.as_ptr(), kp / 2, &mut tile) };
-                for rr in 0..r {
-                    let sa = a_scales[i0 + rr];
-                    for j in 0..NR {
-                        ftile[rr][j] = tile[rr][j] as f32 * (sa * ws[j]) + wb[j];
-                    }
+    // Blocks of MC rows (their activations stay in L1/L2) × the panels (each panel's
+    // weights stay in L1 across the block's tiles).
+    let mut m0 = 0;
+    while m0 < m {
+        let m1 = (m0 + MC).min(m);
+        for p in panels.clone() {
+            let wp = &w.panels[p * kp * NR..(p + 1) * kp * NR];
+            let n0 = p * NR;
+            let nv = NR.min(n - n0);
+            let ws = &w.scales[n0..n0 + NR];
+            let wb = &w.bias[n0..n0 + NR];
+            let mut i0 = m0;
+            while i0 < m1 {
+                let r = MR.min(m1 - i0);
+                if chunks == 1 && fused.is_some() {
+                    let epi = Epilogue {
+                        a_scales: a_scales[i0..i0 + r].as_ptr(),
+                        w_scales: ws.as_ptr(),
+                        bias: wb.as_ptr(),
+                        act,
+                        // SAFETY: rows i0..i0+r, columns n0..n0+nv of c belong to this panel.
+                        c: unsafe { c.at(i0 * n + n0) },
+                        ldc: n,
+                        nv,
+                    };
+                    unsafe {
+                        (fused.unwrap())(r, a.as_ptr().add(i0 * kp), kp, wp.as_ptr(), kp / 2, &epi)
+                    };
+                    i0 += r;
+                    continue;
                 }
-            } else {
-                for row in ftile.iter_mut().take(r) {
-                    row.iter_mut().for_each(|x| *x = 0.0);
-                }
-                for ch in 0..chunks {
-                    let start = ch * KC;
-                    let len = KC.min(kp - start);
+                if chunks == 1 {
+                    // SAFETY: rows i0..i0+r of `a` hold kp values each; the panel holds kp·NR.
                     unsafe {
                         kernel(
                             r,
-                            a.as_ptr().add(i0 * kp + start),
+                            a.as_ptr().add(i0 * kp),
                             kp,
-                            wp.as_ptr().add(start * NR),
-                            len / 2,
+                            wp.as_ptr(),
+                            kp / 2,
                             &mut tile,
                         )
                     };
                     for rr in 0..r {
+                        let sa = a_scales[i0 + rr];
                         for j in 0..NR {
-                            ftile[rr][j] += tile[rr][j] as f32;
+                            ftile[rr][j] = tile[rr][j] as f32 * (sa * ws[j]) + wb[j];
+                        }
+                    }
+                } else {
+                    for row in ftile.iter_mut().take(r) {
+                        row.iter_mut().for_each(|x| *x = 0.0);
+                    }
+                    for ch in 0..chunks {
+                        let start = ch * KC;
+                        let len = KC.min(kp - start);
+                        unsafe {
+                            kernel(
+                                r,
+                                a.as_ptr().add(i0 * kp + start),
+                                kp,
+                                wp.as_ptr().add(start * NR),
+                                len / 2,
+                                &mut tile,
+                            )
+                        };
+                        for rr in 0..r {
+                            for j in 0..NR {
+                                ftile[rr][j] += tile[rr][j] as f32;
+                            }
+                        }
+                    }
+                    for rr in 0..r {
+                        let sa = a_scales[i0 + rr];
+                        for j in 0..NR {
+                            ftile[rr][j] = ftile[rr][j] * (sa * ws[j]) + wb[j];
                         }
                     }
                 }
-                for rr in 0..r {
-                    let sa = a_scales[i0 + rr];
-                    for j in 0..NR {
-                        ftile[rr][j] = ftile[rr][j] * (sa * ws[j]) + wb[j];
-                    }
+                for (rr, row) in ftile.iter_mut().enumerate().take(r) {
+                    activate(isa, act, &mut row[..nv]);
+                    // SAFETY: row i0+rr, columns n0..n0+nv belong to this panel.
+                    let dst = unsafe { c.slice((i0 + rr) * n + n0, nv) };
+                    dst.copy_from_slice(&row[..nv]);
                 }
+                i0 += r;
             }
-            for (rr, row) in ftile.iter_mut().enumerate().take(r) {
-                activate(isa, act, &mut row[..nv]);
-                // SAFETY: row i0+rr, columns n0..n0+nv belong to this panel.
-                let dst = unsafe { c.slice((i0 + rr) * n + n0, nv) };
-                dst.copy_from_slice(&row[..nv]);
-            }
-            i0 += r;
         }
+        m0 = m1;
     }
 }
 
@@ -251,14 +322,34 @@ unsafe fn kernel_avx2(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn kernel_avx2_r<const R: usize>(
+unsafe fn fused_avx2(
+    rows: usize,
     a: *const i16,
     lda: usize,
     w: *const i16,
     pairs: usize,
-    out: &mut [[i32; NR]; MR],
+    epi: &Epilogue,
 ) {
+    match rows {
+        6 => fused_avx2_r::<6>(a, lda, w, pairs, epi),
+        5 => fused_avx2_r::<5>(a, lda, w, pairs, epi),
+        4 => fused_avx2_r::<4>(a, lda, w, pairs, epi),
+        3 => fused_avx2_r::<3>(a, lda, w, pairs, epi),
+        2 => fused_avx2_r::<2>(a, lda, w, pairs, epi),
+        1 => fused_avx2_r::<1>(a, lda, w, pairs, epi),
+        _ => unreachable!("rows {rows}"),
+    }
+}
+
+/// The i32 sums of an R × 16 tile over `pairs` k-pairs.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_avx2<const R: usize>(
+    a: *const i16,
+    lda: usize,
+    w: *const i16,
+    pairs: usize,
+) -> ([__m256i; R], [__m256i; R]) {
     let mut acc0 = [_mm256_setzero_si256(); R];
     let mut acc1 = [_mm256_setzero_si256(); R];
     let mut rows = [a; R];
@@ -277,9 +368,55 @@ unsafe fn kernel_avx2_r<const R: usize>(
         }
         wp = wp.add(2 * NR);
     }
+    (acc0, acc1)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn kernel_avx2_r<const R: usize>(
+    a: *const i16,
+    lda: usize,
+    w: *const i16,
+    pairs: usize,
+    out: &mut [[i32; NR]; MR],
+) {
+    let (acc0, acc1) = tile_avx2::<R>(a, lda, w, pairs);
     for r in 0..R {
         _mm256_storeu_si256(out[r].as_mut_ptr() as *mut __m256i, acc0[r]);
         _mm256_storeu_si256(out[r].as_mut_ptr().add(8) as *mut __m256i, acc1[r]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fused_avx2_r<const R: usize>(
+    a: *const i16,
+    lda: usize,
+    w: *const i16,
+    pairs: usize,
+    epi: &Epilogue,
+) {
+    use super::ops::act256;
+    let (acc0, acc1) = tile_avx2::<R>(a, lda, w, pairs);
+    let ws0 = _mm256_loadu_ps(epi.w_scales);
+    let ws1 = _mm256_loadu_ps(epi.w_scales.add(8));
+    let b0 = _mm256_loadu_ps(epi.bias);
+    let b1 = _mm256_loadu_ps(epi.bias.add(8));
+    for r in 0..R {
+        let sa = _mm256_set1_ps(*epi.a_scales.add(r));
+        let f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc0[r]), _mm256_mul_ps(sa, ws0), b0);
+        let f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc1[r]), _mm256_mul_ps(sa, ws1), b1);
+        let (f0, f1) = (act256(epi.act, f0), act256(epi.act, f1));
+        let dst = epi.c.add(r * epi.ldc);
+        if epi.nv == NR {
+            _mm256_storeu_ps(dst, f0);
+            _mm256_storeu_ps(dst.add(8), f1);
+        } else {
+            let mut tmp = [0f32; NR];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), f0);
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), f1);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, epi.nv);
+        }
     }
 }
 
@@ -289,7 +426,9 @@ mod tests {
     use crate::cpu::ops::{quantize_row, A_MAX};
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
@@ -310,7 +449,13 @@ mod tests {
     fn qgemm_matches_scalar_and_f32() {
         let isa = Isa::detect();
         let mut seed = 7u64;
-        for &(m, k, n) in &[(1, 2, 1), (7, 33, 17), (13, 384, 48), (6, 4100, 20), (25, 64, 32)] {
+        for &(m, k, n) in &[
+            (1, 2, 1),
+            (7, 33, 17),
+            (13, 384, 48),
+            (6, 4100, 20),
+            (25, 64, 32),
+        ] {
             let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed) * 3.0).collect();
             let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed) * 0.2).collect();
             let b: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
@@ -325,59 +470,29 @@ mod tests {
                 qgemm(isa, 2, &q, &s, m, &lin, act, &mut c);
                 qgemm(Isa::Scalar, 1, &q, &s, m, &lin, act, &mut c0);
                 for (i, (a, b)) in c.iter().zip(&c0).enumerate() {
-                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{m}x{k}x{n} [{i}]: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{m}x{k}x{n} [{i}]: {a} vs {b}"
+                    );
                 }
                 if act == Act::None {
                     let mut err = 0f32;
                     let mut scale = 0f32;
                     for i in 0..m {
                         for j in 0..n {
-                            let want: f32 = (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum::<f32>() + b[j];
+                            let want: f32 =
+                                (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum::<f32>() + b[j];
                             err = err.max((c[i * n + j] - want).abs());
                             scale = scale.max(want.abs());
                         }
                     }
-                    assert!(err <= 2e-3 * scale.max(1.0), "{m}x{k}x{n}: error {err} (scale {scale})");
+                    assert!(
+                        err <= 2e-3 * scale.max(1.0),
+                        "{m}x{k}x{n}: error {err} (scale {scale})"
+                    );
                 }
             }
         }
         let _ = A_MAX;
-    }
-}
-
-#[cfg(test)]
-mod bench {
-    use super::*;
-
-    /// `cargo test --release -p aifab-model --lib qgemm_speed -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn qgemm_speed() {
-        let isa = Isa::detect();
-        for threads in [1usize, 2] {
-            for &(m, k, n) in &[(25, 384, 1152), (810, 384, 1152), (810, 384, 1536), (810, 1536, 384)] {
-                let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
-                let b = vec![0.1f32; n];
-                let lin = QLinear::new(&w, &b, n, k);
-                let kp = lin.kp;
-                let a: Vec<i16> = (0..m * kp).map(|i| ((i * 31 % 4000) as i32 - 2000) as i16).collect();
-                let s = vec![1e-3f32; m];
-                let mut c = vec![0f32; m * n];
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                let reps = (2e9 / (m * k * n) as f64).ceil() as usize;
-                pool.install(|| {
-                    qgemm(isa, threads, &a, &s, m, &lin, Act::None, &mut c);
-                    let t0 = std::time::Instant::now();
-                    for _ in 0..reps {
-                        qgemm(isa, threads, &a, &s, m, &lin, Act::None, &mut c);
-                    }
-                    let dt = t0.elapsed().as_secs_f64();
-                    eprintln!(
-                        "{isa:?} x{threads} m{m} k{k} n{n}: {:.1} GMAC/s",
-                        (m * k * n * reps) as f64 / dt / 1e9
-                    );
-                });
-            }
-        }
     }
 }
