@@ -114,7 +114,7 @@ pub struct Config {
     pub instance_id: Option<String>,
 
     /// Most messages per consumed batch (one transaction each).
-    #[arg(long, env = "AIFAB_CONSUME_BATCH", default_value_t = 2000)]
+    #[arg(long, env = "AIFAB_CONSUME_BATCH", default_value_t = 10_000)]
     pub consume_batch: usize,
 
     /// Longest a consumed batch waits to fill, milliseconds.
@@ -164,7 +164,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokenizer: Arc::new(tokenizer),
         redis: redis.clone(),
         keys: keys.clone(),
-        deltas: Default::default(),
     };
     let stage_settings = LoopSettings {
         service: SPEC.name,

@@ -35,13 +35,15 @@ pub struct FeatureStage {
     pub tokenizer: Arc<FeatureTokenizer>,
     pub redis: RedisHandle,
     pub keys: Keys,
-    /// Counts of the batch in flight, written once it commits.
-    pub deltas: Deltas,
 }
 
 /// A decoded record this stage can use: id and receipt time present.
 pub fn accept(m: &Consumed) -> Result<IngestRecord, (&'static str, String)> {
-    let rec: IngestRecord = decode(&m.payload).map_err(|e| (e.kind(), e.to_string()))?;
+    // One pass for the usual case (ingest wrote it); the slower decode explains a failure.
+    let rec: IngestRecord = match serde_json::from_slice(&m.payload) {
+        Ok(r) => r,
+        Err(_) => decode(&m.payload).map_err(|e| (e.kind(), e.to_string()))?,
+    };
     if rec.id.as_deref().is_none_or(str::is_empty) {
         return Err(("missing_field", "missing field \"id\": records on the features topic carry the id ingest assigned".into()));
     }
@@ -68,10 +70,13 @@ fn with_trace(mut r: Record, m: &Consumed, tenant: &str) -> Record {
 }
 
 impl Transform for FeatureStage {
-    async fn transform(&mut self, batch: &[Consumed]) -> anyhow::Result<Vec<Record>> {
+    /// The batch's online-feature counts, written once it commits.
+    type Done = Deltas;
+
+    async fn transform(&mut self, batch: &[Consumed]) -> anyhow::Result<(Vec<Record>, Deltas)> {
         let s = &self.settings;
         let now = aifab_core::now_ms();
-        self.deltas = Deltas::default();
+        let mut deltas = Deltas::default();
         let mut out: Vec<Record> = Vec::with_capacity(batch.len());
         // Unlabelled records waiting for the cache and the tokenizer: (message, record, task, hash).
         let mut infer: Vec<(&Consumed, IngestRecord, String, Option<String>)> = Vec::new();
@@ -100,7 +105,7 @@ impl Transform for FeatureStage {
                         label: label.clone(),
                         received_at_ms: rec.received_at_ms.unwrap_or(now),
                     };
-                    self.deltas.tenant(&rec.tenant, now).examples += 1;
+                    deltas.tenant(&rec.tenant, now).examples += 1;
                     metrics::counter!("aifab_feature_records_total", "kind" => "training").increment(1);
                     out.push(with_trace(Record::new(&s.training_topic, id, encode(&ex)), m, &rec.tenant));
                 }
@@ -156,7 +161,7 @@ impl Transform for FeatureStage {
             if let Some(cached) = hit {
                 metrics::counter!("aifab_feature_dedupe_total", "result" => "hit").increment(1);
                 metrics::counter!("aifab_feature_records_total", "kind" => "cached").increment(1);
-                let d = self.deltas.tenant(&rec.tenant, now);
+                let d = deltas.tenant(&rec.tenant, now);
                 d.requests += 1;
                 d.cached += 1;
                 let p = cached_prediction(&cached, rec, &id, task, &s.worker_name, now);
@@ -188,7 +193,7 @@ impl Transform for FeatureStage {
                         priority: priority_of(m),
                         attributes: rec.attributes.clone(),
                     };
-                    let d = self.deltas.tenant(&rec.tenant, now);
+                    let d = deltas.tenant(&rec.tenant, now);
                     d.requests += 1;
                     d.tokens += n as u64;
                     if truncated {
@@ -201,11 +206,10 @@ impl Transform for FeatureStage {
                 }
             }
         }
-        Ok(out)
+        Ok((out, deltas))
     }
 
-    async fn committed(&mut self) {
-        let deltas = std::mem::take(&mut self.deltas);
+    async fn committed(&mut self, deltas: Deltas) {
         if deltas.is_empty() {
             return;
         }
@@ -217,10 +221,6 @@ impl Transform for FeatureStage {
             metrics::counter!("aifab_feature_online_write_failures_total").increment(1);
             tracing::warn!(error = %e, "could not write online features");
         }
-    }
-
-    fn aborted(&mut self) {
-        self.deltas = Deltas::default();
     }
 }
 

@@ -139,7 +139,7 @@ pub struct Config {
     pub prediction_ttl_s: u64,
 
     /// Most messages per consumed batch (one transaction each).
-    #[arg(long, env = "AIFAB_CONSUME_BATCH", default_value_t = 2000)]
+    #[arg(long, env = "AIFAB_CONSUME_BATCH", default_value_t = 10_000)]
     pub consume_batch: usize,
 
     /// Longest a consumed batch waits to fill, milliseconds.

@@ -77,7 +77,9 @@ pub fn tenant_verdict(
 }
 
 impl Transform for RawStage {
-    async fn transform(&mut self, batch: &[Consumed]) -> anyhow::Result<Vec<Record>> {
+    type Done = ();
+
+    async fn transform(&mut self, batch: &[Consumed]) -> anyhow::Result<(Vec<Record>, ())> {
         let mut conn = self.redis.try_get().context("redis is not connected")?;
         let parsed: Vec<Result<IngestRecord, Rejection>> =
             batch.iter().map(|m| validate::raw_record(&m.payload, &self.rules)).collect();
@@ -182,7 +184,7 @@ impl Transform for RawStage {
         if refused > 0 {
             tracing::info!(refused, accepted, "dead-lettered raw records");
         }
-        Ok(out)
+        Ok((out, ()))
     }
 }
 

@@ -154,7 +154,9 @@ fn check_record(value: Value, rules: &Rules, name: &str) -> Result<IngestRecord,
         }
         None => {}
     }
-    if let Err(violations) = schema::validate(IngestRecord::SCHEMA, &value) {
+    // Fast path: most records are valid, and a yes/no check is cheaper than collecting errors.
+    let valid = schema::validator(IngestRecord::SCHEMA).is_some_and(|v| v.is_valid(&value));
+    if let Err(violations) = if valid { Ok(()) } else { schema::validate(IngestRecord::SCHEMA, &value) } {
         let kind = kind_of(&violations[0]);
         let text = schema::describe(&violations);
         let text = if name.is_empty() {

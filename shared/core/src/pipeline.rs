@@ -164,16 +164,17 @@ pub struct LoopSettings {
 /// The transform of a [`run_transactional`] loop.
 #[allow(async_fn_in_trait)]
 pub trait Transform {
+    /// What [`Transform::committed`] gets back once a batch committed (e.g. counters that
+    /// must not count a batch twice). Dropped unused when the batch's transaction aborts.
+    type Done;
+
     /// Turn a batch into the records to produce. An error means "try again later": the
-    /// batch is not committed and will be consumed again.
-    async fn transform(&mut self, batch: &[Consumed]) -> anyhow::Result<Vec<Record>>;
+    /// batch is not committed and will be consumed again. It may run while the previous
+    /// batch's transaction is still committing, so keep per-batch state in `Done`.
+    async fn transform(&mut self, batch: &[Consumed]) -> anyhow::Result<(Vec<Record>, Self::Done)>;
 
-    /// Called after the batch's outputs and offsets committed (e.g. to update counters
-    /// that must not count a batch twice).
-    async fn committed(&mut self) {}
-
-    /// Called when the batch's transaction was aborted (its outputs are discarded).
-    fn aborted(&mut self) {}
+    /// Called after the batch's outputs and offsets committed.
+    async fn committed(&mut self, _done: Self::Done) {}
 }
 
 /// The handler of a [`run_at_least_once`] loop.
@@ -286,6 +287,63 @@ pub fn next_offsets(batch: &[Consumed]) -> anyhow::Result<TopicPartitionList> {
     Ok(tpl)
 }
 
+/// The offsets to commit for a batch: one past its last message per partition, or the
+/// consumer's position when that is further. The position only moves past messages the
+/// loop has polled (all of them are in the batch) and past transaction control records;
+/// committing it keeps a drained group's lag at 0 on a topic written transactionally,
+/// whose partitions end with a commit marker, instead of 1 per partition forever.
+fn commit_offsets(consumer: &LoopConsumer, batch: &[Consumed]) -> anyhow::Result<TopicPartitionList> {
+    let mut tpl = next_offsets(batch)?;
+    if let Ok(position) = consumer.position() {
+        let ahead: Vec<(String, i32, i64)> = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let Offset::Offset(next) = e.offset() else { return None };
+                match position.find_partition(e.topic(), e.partition()).map(|p| p.offset()) {
+                    Some(Offset::Offset(pos)) if pos > next => Some((e.topic().to_string(), e.partition(), pos)),
+                    _ => None,
+                }
+            })
+            .collect();
+        for (topic, partition, pos) in ahead {
+            tpl.set_partition_offset(&topic, partition, Offset::Offset(pos))?;
+        }
+    }
+    Ok(tpl)
+}
+
+/// Offsets this loop committed last, per partition.
+type Committed = std::collections::HashMap<(String, i32), i64>;
+
+fn remember(committed: &mut Committed, tpl: &TopicPartitionList) {
+    for e in tpl.elements() {
+        if let Offset::Offset(o) = e.offset() {
+            committed.insert((e.topic().to_string(), e.partition()), o);
+        }
+    }
+}
+
+/// While idle: the loop was handed no message since its last commit, so a position past
+/// the committed offset can only have moved over transaction control records. Commit it,
+/// so a drained group shows lag 0 (the trailing commit marker is not work left).
+fn commit_idle_position(consumer: &LoopConsumer, committed: &mut Committed) {
+    let Ok(position) = consumer.position() else { return };
+    let mut tpl = TopicPartitionList::new();
+    for e in position.elements() {
+        if let (Offset::Offset(pos), Some(&done)) =
+            (e.offset(), committed.get(&(e.topic().to_string(), e.partition())))
+        {
+            if pos > done {
+                let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(pos));
+            }
+        }
+    }
+    if tpl.count() > 0 && consumer.commit(&tpl, CommitMode::Sync).is_ok() {
+        remember(committed, &tpl);
+    }
+}
+
 /// Restart every assigned partition from its committed offset.
 fn rewind(consumer: &LoopConsumer) -> anyhow::Result<()> {
     let committed = consumer.committed(TXN_TIMEOUT)?;
@@ -344,13 +402,10 @@ fn sleep_or_shutdown(shutdown: &CancellationToken, d: Duration) -> bool {
 /// Produce `records` and commit them with the batch's offsets in one transaction.
 fn commit_batch(
     producer: &BaseProducer,
-    consumer: &LoopConsumer,
+    cgm: &rdkafka::consumer::ConsumerGroupMetadata,
     records: &[Record],
     offsets: &TopicPartitionList,
 ) -> Result<(), KafkaError> {
-    let Some(cgm) = consumer.group_metadata() else {
-        return Err(KafkaError::Subscription("consumer has no group metadata yet".into()));
-    };
     producer.begin_transaction()?;
     for r in records {
         let mut record = BaseRecord::to(&r.topic).key(&r.key).payload(&r.payload).headers(r.owned_headers());
@@ -365,14 +420,28 @@ fn commit_batch(
             }
         }
     }
-    producer.send_offsets_to_transaction(offsets, &cgm, TXN_TIMEOUT)?;
+    producer.send_offsets_to_transaction(offsets, cgm, TXN_TIMEOUT)?;
     producer.commit_transaction(TXN_TIMEOUT)
+}
+
+/// A batch whose transaction is committing on a helper thread.
+struct InFlight<D> {
+    handle: std::thread::JoinHandle<Result<(), KafkaError>>,
+    done: D,
+    offsets: TopicPartitionList,
+    messages: usize,
+    records: usize,
+    started: Instant,
 }
 
 /// Run an exactly-once consume-transform-produce loop until `shutdown` (blocking: call it
 /// on its own thread). The batch in flight when shutdown fires is finished and committed.
 /// Returns an error only on a fatal producer error (fenced by a newer instance with the
 /// same transactional id, say): the service should exit and be restarted.
+///
+/// Batch N's transaction commits on a helper thread while batch N+1 is polled and
+/// transformed; N+1's transaction begins only after N's settled, and if N's failed, N+1
+/// is dropped too and both are consumed again from the committed offsets.
 pub fn run_transactional<T: Transform>(
     settings: LoopSettings,
     mut stage: T,
@@ -387,19 +456,67 @@ pub fn run_transactional<T: Transform>(
     if until_ok(&shutdown, "initialising Kafka transactions", || producer.init_transactions(TXN_TIMEOUT))?.is_none() {
         return Ok(());
     }
+    let producer = std::sync::Arc::new(producer);
     let consumer = consumer(&settings)?;
     tracing::info!(topic = %settings.input_topic, group = %settings.group, "consuming (transactional)");
     let mut backoff = Backoff::for_dependencies();
+    let mut committed = Committed::new();
+    let mut inflight: Option<InFlight<T::Done>> = None;
+
+    // Wait for the batch in flight; false when its transaction failed (and was aborted).
+    let settle = |f: InFlight<T::Done>, stage: &mut T, committed: &mut Committed| -> anyhow::Result<bool> {
+        let result = f.handle.join().unwrap_or_else(|_| Err(KafkaError::Canceled));
+        match result {
+            Ok(()) => {
+                remember(committed, &f.offsets);
+                runtime.block_on(stage.committed(f.done));
+                metrics::counter!(metric_name(svc, "pipeline_messages_total")).increment(f.messages as u64);
+                metrics::counter!(metric_name(svc, "pipeline_records_produced_total")).increment(f.records as u64);
+                metrics::histogram!(metric_name(svc, "pipeline_batch_seconds")).record(f.started.elapsed().as_secs_f64());
+                Ok(true)
+            }
+            Err(e) if is_fatal(&e) => {
+                anyhow::bail!("fatal Kafka transaction error (fenced by a newer instance, or a broken producer): {e}")
+            }
+            Err(e) => {
+                metrics::counter!(metric_name(svc, "pipeline_retries_total"), "reason" => "transaction").increment(1);
+                tracing::warn!(error = %e, "transaction failed; aborting and rewinding to the committed offsets");
+                if let Err(abort) = producer.abort_transaction(TXN_TIMEOUT) {
+                    anyhow::ensure!(!is_fatal(&abort), "abort failed fatally: {abort}");
+                    tracing::warn!(error = %abort, "abort failed");
+                }
+                Ok(false)
+            }
+        }
+    };
+
     while !shutdown.is_cancelled() {
         let batch = poll_batch(&consumer, &settings);
         if batch.is_empty() {
+            match inflight.take() {
+                Some(f) => {
+                    if !settle(f, &mut stage, &mut committed)? {
+                        sleep_or_shutdown(&shutdown, backoff.next_delay_jittered().min(Duration::from_secs(2)));
+                        rewind(&consumer)?;
+                    }
+                }
+                None => commit_idle_position(&consumer, &mut committed),
+            }
             continue;
         }
         let started = Instant::now();
-        let records = match runtime.block_on(stage.transform(&batch)) {
+        let out = runtime.block_on(stage.transform(&batch));
+        // The previous batch decides whether this one stands.
+        if let Some(f) = inflight.take() {
+            if !settle(f, &mut stage, &mut committed)? {
+                sleep_or_shutdown(&shutdown, backoff.next_delay_jittered().min(Duration::from_secs(2)));
+                rewind(&consumer)?;
+                continue;
+            }
+        }
+        let (records, done) = match out {
             Ok(r) => r,
             Err(e) => {
-                stage.aborted();
                 metrics::counter!(metric_name(svc, "pipeline_retries_total"), "reason" => "stage").increment(1);
                 let delay = backoff.next_delay_jittered();
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, messages = batch.len(),
@@ -409,30 +526,24 @@ pub fn run_transactional<T: Transform>(
                 continue;
             }
         };
-        let offsets = next_offsets(&batch)?;
-        match commit_batch(&producer, &consumer, &records, &offsets) {
-            Ok(()) => {
-                backoff.reset();
-                runtime.block_on(stage.committed());
-                metrics::counter!(metric_name(svc, "pipeline_messages_total")).increment(batch.len() as u64);
-                metrics::counter!(metric_name(svc, "pipeline_records_produced_total")).increment(records.len() as u64);
-                metrics::histogram!(metric_name(svc, "pipeline_batch_seconds")).record(started.elapsed().as_secs_f64());
-            }
-            Err(e) if is_fatal(&e) => {
-                stage.aborted();
-                anyhow::bail!("fatal Kafka transaction error (fenced by a newer instance, or a broken producer): {e}");
-            }
-            Err(e) => {
-                stage.aborted();
-                metrics::counter!(metric_name(svc, "pipeline_retries_total"), "reason" => "transaction").increment(1);
-                tracing::warn!(error = %e, "transaction failed; aborting and rewinding to the committed offsets");
-                if let Err(abort) = producer.abort_transaction(TXN_TIMEOUT) {
-                    anyhow::ensure!(!is_fatal(&abort), "abort failed fatally: {abort}");
-                    tracing::warn!(error = %abort, "abort failed");
-                }
-                sleep_or_shutdown(&shutdown, backoff.next_delay_jittered().min(Duration::from_secs(2)));
-                rewind(&consumer)?;
-            }
+        let Some(cgm) = consumer.group_metadata() else {
+            tracing::warn!("consumer has no group metadata yet; consuming the batch again");
+            rewind(&consumer)?;
+            continue;
+        };
+        backoff.reset();
+        let offsets = commit_offsets(&consumer, &batch)?;
+        let (p, o) = (producer.clone(), offsets.clone());
+        let n_records = records.len();
+        let handle = std::thread::Builder::new()
+            .name(format!("{svc}-commit"))
+            .spawn(move || commit_batch(&p, &cgm, &records, &o))
+            .context("starting a commit thread")?;
+        inflight = Some(InFlight { handle, done, offsets, messages: batch.len(), records: n_records, started });
+    }
+    if let Some(f) = inflight.take() {
+        if !settle(f, &mut stage, &mut committed)? {
+            tracing::warn!("the last batch's transaction failed; it will be consumed again");
         }
     }
     tracing::info!(topic = %settings.input_topic, "stopping the transactional loop");
@@ -462,9 +573,11 @@ pub fn run_at_least_once<H: Handler>(
     };
     tracing::info!(topic = %settings.input_topic, group = %settings.group, "consuming (at least once)");
     let mut backoff = Backoff::for_dependencies();
+    let mut committed = Committed::new();
     while !shutdown.is_cancelled() {
         let batch = poll_batch(&consumer, &settings);
         if batch.is_empty() {
+            commit_idle_position(&consumer, &mut committed);
             continue;
         }
         if let Err(e) = runtime.block_on(handler.handle(&batch)) {
@@ -477,10 +590,11 @@ pub fn run_at_least_once<H: Handler>(
             continue;
         }
         backoff.reset();
-        let offsets = next_offsets(&batch)?;
-        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+        let offsets = commit_offsets(&consumer, &batch)?;
+        match consumer.commit(&offsets, CommitMode::Sync) {
+            Ok(()) => remember(&mut committed, &offsets),
             // A rebalance took the partitions: the new owner repeats the batch (idempotent).
-            tracing::warn!(error = %e, topic = %settings.input_topic, "offset commit failed");
+            Err(e) => tracing::warn!(error = %e, topic = %settings.input_topic, "offset commit failed"),
         }
         metrics::counter!(metric_name(svc, "pipeline_messages_total")).increment(batch.len() as u64);
     }

@@ -1,0 +1,362 @@
+//! Ingest + feature throughput over the local broker, next to a bare rdkafka producer
+//! writing the same payloads to the same broker in the same run (issue 4, item 5).
+//!
+//! 1. The bare producer: `--messages` `ingest.raw/v1` records with 30-word texts, keyed
+//!    by id, written with the platform's producer settings (idempotent, acks=all, lz4)
+//!    into a fresh raw topic; messages per second from the first send to the last ack.
+//! 2. The pipeline: release `aifab-ingest` and `aifab-feature` started on that topic
+//!    (fresh output topics, groups and Redis prefix; the real tokenizer); it validates,
+//!    claims ids in Redis, writes `features.in` transactionally, tokenizes, checks the
+//!    dedupe cache, writes `inference.requests` transactionally and keeps online
+//!    features. Its throughput is the messages divided by the time from the first
+//!    accepted record (its broker timestamp) to the last inference request, so
+//!    process start-up and group joins are not counted; every message must come out
+//!    exactly once, none dead-lettered.
+//!
+//! Ends with `key value` lines: producer_msgs_per_s, ingest_msgs_per_s,
+//! feature_msgs_per_s, ingest_feature_msgs_per_s, the CPU time each service spent per
+//! message (ingest_cpu_us_per_msg, feature_cpu_us_per_msg: throughput per core does not
+//! depend on what else the machine runs), and last `ingest_vs_producer <ratio>`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Message};
+
+#[derive(Parser)]
+#[command(about = "Ingest + feature throughput vs a bare rdkafka producer on the same broker.")]
+struct Args {
+    /// Messages to push.
+    #[arg(long, default_value_t = 200_000)]
+    messages: usize,
+    /// Words per text.
+    #[arg(long, default_value_t = 30)]
+    words: usize,
+    /// Partitions of every bench topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Model directory holding tokenizer.json (default: AIFAB_MODEL_DIR or the fetch-model cache).
+    #[arg(long, env = "AIFAB_MODEL_DIR")]
+    model_dir: Option<PathBuf>,
+    #[arg(long, env = "AIFAB_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Directory of the aifab-ingest / aifab-feature binaries (default: next to this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Longest the pipeline may take, seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout_s: u64,
+}
+
+const WORDS: &[&str] = &[
+    "the", "a", "free", "call", "now", "you", "have", "won", "prize", "claim", "your", "text", "reply", "stop",
+    "meeting", "tomorrow", "lunch", "at", "noon", "see", "soon", "love", "home", "late", "tonight", "ok", "sure",
+    "thanks", "mobile", "offer", "cash", "week", "urgent", "account", "please", "send", "number", "when", "are",
+    "we", "going", "movie", "great", "day", "sorry", "missed", "message", "back", "later", "good", "morning",
+    "network", "customer", "service", "delivery", "order", "today", "friday", "weekend", "plans", "dinner",
+];
+
+/// A deterministic 30-word text per index.
+fn text(i: usize, words: usize) -> String {
+    let mut x = (i as u64).wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    let mut out = Vec::with_capacity(words);
+    for _ in 0..words {
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        out.push(WORDS[(x % WORDS.len() as u64) as usize]);
+    }
+    out.join(" ")
+}
+
+struct Counting;
+impl ClientContext for Counting {}
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = r {
+            eprintln!("delivery failed: {e}");
+        }
+    }
+}
+
+fn admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    Ok(aifab_core::kafka::base_config(brokers, "aifab-bench-admin").create()?)
+}
+
+/// Number of committed records in a topic, and the first/last record timestamps (ms).
+fn scan(brokers: &str, topic: &str, expect: usize, timeout: Duration) -> anyhow::Result<(usize, HashSet<String>, i64, i64)> {
+    let group = format!("bench-scan-{}", uuid_ish());
+    let c: BaseConsumer = aifab_core::kafka::consumer_config(brokers, "aifab-bench", &group).create()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    let (mut n, mut first, mut last) = (0usize, i64::MAX, i64::MIN);
+    let mut keys = HashSet::new();
+    let deadline = Instant::now() + timeout;
+    let mut idle = 0;
+    while Instant::now() < deadline {
+        match c.poll(Duration::from_millis(200)) {
+            None => {
+                idle += 1;
+                if n >= expect && idle > 5 {
+                    break;
+                }
+                if expect == 0 && idle > 10 {
+                    break;
+                }
+            }
+            Some(Err(e)) => anyhow::bail!("reading {topic}: {e}"),
+            Some(Ok(m)) => {
+                idle = 0;
+                n += 1;
+                if let Some(k) = m.key() {
+                    keys.insert(String::from_utf8_lossy(k).to_string());
+                }
+                if let Some(ts) = m.timestamp().to_millis() {
+                    first = first.min(ts);
+                    last = last.max(ts);
+                }
+            }
+        }
+    }
+    Ok((n, keys, first, last))
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc.
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+fn uuid_ish() -> String {
+    format!("{}-{}", std::process::id(), aifab_core::now_ms())
+}
+
+/// The group's total lag on the topic, once it has committed on every partition.
+fn lag(brokers: &str, group: &str, topic: &str) -> Option<i64> {
+    let c: BaseConsumer = aifab_core::kafka::consumer_config(brokers, "aifab-bench", group).create().ok()?;
+    let offs = aifab_core::kafka::group_offsets(&c, topic, Duration::from_secs(10)).ok()?;
+    offs.iter().all(|p| p.committed.is_some()).then(|| offs.iter().map(|p| p.lag).sum())
+}
+
+/// Progress: (committed messages, high watermark) summed over partitions.
+fn progress(brokers: &str, group: &str, topic: &str) -> (i64, i64) {
+    let Ok(c) = aifab_core::kafka::consumer_config(brokers, "aifab-bench", group).create::<BaseConsumer>() else {
+        return (0, 0);
+    };
+    match aifab_core::kafka::group_offsets(&c, topic, Duration::from_secs(10)) {
+        Ok(offs) => (offs.iter().map(|p| p.committed.unwrap_or(0)).sum(), offs.iter().map(|p| p.high_watermark).sum()),
+        Err(_) => (0, 0),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let model_dir = args.model_dir.clone().unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/aifab/models/all-minilm-l6-v2")
+    });
+    anyhow::ensure!(
+        model_dir.join("tokenizer.json").is_file(),
+        "no tokenizer.json in {} (run scripts/fetch-model)",
+        model_dir.display()
+    );
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?.parent().context("exe dir")?.to_path_buf(),
+    };
+    let run = format!("bench.ingest.{}", uuid_ish());
+    let n = args.messages;
+    let topics: Vec<String> =
+        ["raw", "features", "inference", "training", "predictions", "dlq"].iter().map(|t| format!("{run}.{t}")).collect();
+    let (raw, features, inference, dlq) = (&topics[0], &topics[1], &topics[2], &topics[5]);
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, if t.ends_with(".dlq") { 1 } else { args.partitions }, TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin(&args.brokers)?.create_topics(&new, &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+
+    // ---------------------------------------------------------------- payloads
+    let payloads: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let id = format!("b-{i}");
+            let v = serde_json::json!({"schema": "ingest.raw/v1", "id": id, "tenant": "bench", "task": "default", "text": text(i, args.words)});
+            (id, serde_json::to_vec(&v).expect("json"))
+        })
+        .collect();
+    let bytes: usize = payloads.iter().map(|p| p.1.len()).sum();
+    eprintln!("{n} payloads of {} words, {} bytes on average", args.words, bytes / n.max(1));
+
+    // ---------------------------------------------------------------- 1. bare producer
+    let producer: ThreadedProducer<Counting> =
+        aifab_core::kafka::producer_config(&args.brokers, "aifab-bench-producer").create_with_context(Counting)?;
+    let t0 = Instant::now();
+    for (id, payload) in &payloads {
+        let mut record = BaseRecord::to(raw).key(id).payload(payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => anyhow::bail!("producing: {e}"),
+            }
+        }
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(120))?;
+    let producer_s = t0.elapsed().as_secs_f64();
+    let producer_rate = n as f64 / producer_s;
+    eprintln!("bare producer: {n} messages in {producer_s:.2}s = {producer_rate:.0} msg/s");
+    drop(producer);
+
+    // ---------------------------------------------------------------- 2. ingest + feature
+    let dir = tempfile::tempdir()?;
+    let keys = dir.path().join("keys.json");
+    std::fs::write(&keys, r#"{"keys":[{"key":"bench-key","tenant":"bench"}],"tenants":{"bench":{"rate_per_s":0}}}"#)?;
+    let env: Vec<(&str, String)> = vec![
+        ("AIFAB_KAFKA_BROKERS", args.brokers.clone()),
+        ("AIFAB_RAW_TOPIC", raw.clone()),
+        ("AIFAB_FEATURES_TOPIC", features.clone()),
+        ("AIFAB_INFERENCE_TOPIC", inference.clone()),
+        ("AIFAB_TRAINING_TOPIC", topics[3].clone()),
+        ("AIFAB_PREDICTIONS_TOPIC", topics[4].clone()),
+        ("AIFAB_DLQ_TOPIC", dlq.clone()),
+        ("AIFAB_REDIS_PREFIX", run.clone()),
+        ("AIFAB_INGEST_GROUP", format!("{run}.ingest")),
+        ("AIFAB_INGEST_PREDICTIONS_GROUP", format!("{run}.ingest-predictions")),
+        ("AIFAB_FEATURE_GROUP", format!("{run}.feature")),
+        ("AIFAB_FEATURE_CACHE_GROUP", format!("{run}.feature-cache")),
+        ("AIFAB_API_KEYS_FILE", keys.display().to_string()),
+        ("AIFAB_MODEL_DIR", model_dir.display().to_string()),
+        // Short: keep the bench's claimed ids from lingering in Redis.
+        ("AIFAB_ID_TTL_S", "600".into()),
+        ("AIFAB_DEDUPE_TTL_S", "600".into()),
+        ("AIFAB_PENDING_TTL_S", "600".into()),
+        ("AIFAB_LOG", std::env::var("AIFAB_LOG").unwrap_or_else(|_| "warn".into())),
+    ];
+    let mut children = Vec::new();
+    for service in ["ingest", "feature"] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut cmd = tokio::process::Command::new(bin_dir.join(format!("aifab-{service}")));
+        cmd.env("AIFAB_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        children.push(cmd.spawn().with_context(|| format!("starting aifab-{service} from {}", bin_dir.display()))?);
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.timeout_s);
+    // Done when ingest has committed the whole raw topic and feature the whole features topic.
+    let ingest_group = format!("{run}.ingest");
+    let feature_group = format!("{run}.feature");
+    let mut last_report = Instant::now();
+    // CPU each service had used before its first commit (start-up, tokenizer load): not counted.
+    let (mut ingest_base, mut feature_base) = (0.0, 0.0);
+    loop {
+        anyhow::ensure!(Instant::now() < deadline, "the pipeline did not finish within {}s", args.timeout_s);
+        for c in children.iter_mut() {
+            if let Some(status) = c.try_wait()? {
+                anyhow::bail!("a service exited early: {status}");
+            }
+        }
+        let (b, i, f) = (args.brokers.clone(), ingest_group.clone(), feature_group.clone());
+        let (raw_t, feat_t) = (raw.clone(), features.clone());
+        let (done, ip, fp) = tokio::task::spawn_blocking(move || {
+            (
+                lag(&b, &i, &raw_t) == Some(0) && lag(&b, &f, &feat_t) == Some(0),
+                progress(&b, &i, &raw_t),
+                progress(&b, &f, &feat_t),
+            )
+        })
+        .await?;
+        if ip.0 == 0 {
+            ingest_base = cpu_seconds(children[0].id());
+        }
+        if fp.0 == 0 {
+            feature_base = cpu_seconds(children[1].id());
+        }
+        if done {
+            break;
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            last_report = Instant::now();
+            eprintln!(
+                "{:>5.1}s ingest committed {}/{} of the raw topic, feature {}/{} of the features topic",
+                started.elapsed().as_secs_f64(),
+                ip.0,
+                ip.1,
+                fp.0,
+                fp.1
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("pipeline drained {:.1}s after start", started.elapsed().as_secs_f64());
+    // At most one poll interval (250 ms) of work is in the base; small against the run.
+    let ingest_us = (cpu_seconds(children[0].id()) - ingest_base) * 1e6 / n as f64;
+    let feature_us = (cpu_seconds(children[1].id()) - feature_base) * 1e6 / n as f64;
+    for c in children.iter() {
+        if let Some(pid) = c.id() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+    }
+    for mut c in children {
+        let _ = tokio::time::timeout(Duration::from_secs(30), c.wait()).await;
+    }
+
+    let b = args.brokers.clone();
+    let (f_t, i_t, d_t) = (features.clone(), inference.clone(), dlq.clone());
+    let ((nf, _, f_first, f_last), (ni, ikeys, i_first, i_last), (nd, _, _, _)) = tokio::task::spawn_blocking(move || {
+        anyhow::Ok((
+            scan(&b, &f_t, n, Duration::from_secs(120))?,
+            scan(&b, &i_t, n, Duration::from_secs(120))?,
+            scan(&b, &d_t, 0, Duration::from_secs(5))?,
+        ))
+    })
+    .await??;
+    anyhow::ensure!(nd == 0, "{nd} messages were dead-lettered");
+    anyhow::ensure!(nf == n, "features topic has {nf} records, expected {n}");
+    anyhow::ensure!(ni == n && ikeys.len() == n, "inference topic has {ni} records ({} distinct), expected {n}", ikeys.len());
+    let secs = |a: i64, b: i64| ((b - a).max(1)) as f64 / 1000.0;
+    let ingest_rate = n as f64 / secs(f_first, f_last);
+    let feature_rate = n as f64 / secs(i_first, i_last);
+    let pipeline_rate = n as f64 / secs(f_first, i_last);
+    let _ = admin(&args.brokers)?.delete_topics(&topics.iter().map(String::as_str).collect::<Vec<_>>(), &AdminOptions::new()).await;
+
+    println!("messages {n}");
+    println!("words_per_text {}", args.words);
+    println!("producer_msgs_per_s {producer_rate:.0}");
+    println!("ingest_msgs_per_s {ingest_rate:.0}");
+    println!("feature_msgs_per_s {feature_rate:.0}");
+    println!("ingest_feature_msgs_per_s {pipeline_rate:.0}");
+    println!("ingest_cpu_us_per_msg {ingest_us:.1}");
+    println!("feature_cpu_us_per_msg {feature_us:.1}");
+    println!("cpus {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!("ingest_vs_producer {:.2}", pipeline_rate / producer_rate);
+    Ok(())
+}
