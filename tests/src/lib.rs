@@ -238,3 +238,241 @@ impl Default for PredictionReader {
         Self::new()
     }
 }
+
+// ---------------------------------------------------------------- helpers for HTTP APIs and topics
+
+/// An HTTP response read by [`http_request`].
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Send one HTTP/1.0 request on loopback (no keep-alive, so no chunked replies) and read
+/// the whole response.
+pub async fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpResponse { status, headers, body: body.to_string() })
+}
+
+/// Decode standard base64 (with or without padding); panics on bad input.
+pub fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {s:?}"),
+        }
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|b| *b != b'=').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= val(*c) << (18 - 6 * i);
+        }
+        out.push((n >> 16) as u8);
+        if chunk.len() > 2 {
+            out.push((n >> 8) as u8);
+        }
+        if chunk.len() > 3 {
+            out.push(n as u8);
+        }
+    }
+    out
+}
+
+/// One record read by [`TopicReader`].
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl ReadRecord {
+    pub fn key_str(&self) -> String {
+        String::from_utf8_lossy(self.key.as_deref().unwrap_or_default()).to_string()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).to_string())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("record is JSON")
+    }
+}
+
+/// Reads a whole topic from the beginning, read_committed (as downstream consumers do).
+pub struct TopicReader {
+    topic: String,
+    consumer: rdkafka::consumer::BaseConsumer,
+    pub records: Vec<ReadRecord>,
+}
+
+impl TopicReader {
+    pub fn new(topic: &str) -> Self {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::BaseConsumer =
+            aifab_core::kafka::consumer_config(&kafka_brokers(), "aifab-tests", &unique("reader")).create().unwrap();
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        TopicReader { topic: topic.to_string(), consumer, records: Vec::new() }
+    }
+
+    /// Read what arrives within `budget`.
+    pub fn read(&mut self, budget: Duration) {
+        use rdkafka::message::{Headers, Message};
+        let deadline = std::time::Instant::now() + budget;
+        while std::time::Instant::now() < deadline {
+            match self.consumer.poll(Duration::from_millis(50)) {
+                None => continue,
+                Some(Err(e)) => panic!("reading {}: {e}", self.topic),
+                Some(Ok(m)) => self.records.push(ReadRecord {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                        .unwrap_or_default(),
+                }),
+            }
+        }
+    }
+
+    /// Read until `done(records)` holds, or panic after `timeout` saying how many were read.
+    pub async fn read_until(&mut self, timeout: Duration, what: &str, done: impl Fn(&[ReadRecord]) -> bool) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !done(&self.records) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what} on {} ({} records read)",
+                self.topic,
+                self.records.len()
+            );
+            self.read(Duration::from_millis(200));
+        }
+    }
+
+    /// Read until this reader has consumed to the end of every partition (read_committed:
+    /// waits for open transactions), then a little more.
+    pub async fn read_to_end(&mut self, timeout: Duration) {
+        use rdkafka::consumer::Consumer;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.read(Duration::from_millis(300));
+            let pos = self.consumer.position().unwrap();
+            let done = pos.elements().iter().all(|e| {
+                let (_, high) = self.consumer.fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(10)).unwrap();
+                match e.offset() {
+                    rdkafka::Offset::Offset(o) => o >= high,
+                    _ => high == 0,
+                }
+            });
+            if done {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{} never settled", self.topic);
+        }
+    }
+}
+
+/// Produce records (key, value, headers) to `topic` in order, with an idempotent producer;
+/// returns each record's (partition, offset).
+pub async fn produce_raw(topic: &str, records: &[(Option<String>, Vec<u8>, Vec<(String, String)>)]) -> Vec<(i32, i64)> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let p: FutureProducer = aifab_core::kafka::producer_config(&kafka_brokers(), "aifab-tests").create().unwrap();
+    let mut sends = Vec::new();
+    for (key, value, headers) in records {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+        }
+        let mut r: FutureRecord<'_, String, Vec<u8>> = FutureRecord::to(topic).payload(value).headers(h);
+        if let Some(k) = key {
+            r = r.key(k);
+        }
+        // Enqueued in order here; delivered in order per partition (idempotent producer).
+        sends.push(p.send_result(r).map_err(|(e, _)| e).expect("enqueue"));
+    }
+    let mut out = Vec::new();
+    for s in sends {
+        let d = s.await.expect("delivery future").map_err(|(e, _)| e).expect("delivered");
+        out.push((d.partition, d.offset));
+    }
+    out
+}
+
+/// Start a service binary with `envs` (plus its HTTP address and `AIFAB_LOG=warn`); its
+/// logs go to the test's stderr. Returns the child and its address.
+pub fn spawn_service(service: &str, envs: &[(&str, String)]) -> (tokio::process::Child, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = tokio::process::Command::new(bin_path(&format!("aifab-{service}")));
+    cmd.env("AIFAB_HTTP_ADDR", &addr)
+        .env("AIFAB_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    (cmd.spawn().unwrap_or_else(|e| panic!("starting aifab-{service}: {e}")), addr)
+}
+
+/// Wait until a service at `addr` answers /readyz 200.
+pub async fn wait_ready(addr: &str, what: &str) {
+    eventually(Duration::from_secs(60), &format!("{what} /readyz 200"), || {
+        let addr = addr.to_string();
+        async move { matches!(http_get(&addr, "/readyz").await, Ok((200, _))).then_some(()) }
+    })
+    .await;
+}

@@ -1,10 +1,37 @@
-//! aifab monitor: Measures consumer lag, latency and throughput; raises SLO alerts; serves the dashboard.
+//! aifab monitor: on an interval, reads committed offsets and high watermarks of every
+//! watched consumer group and publishes `aifab.lag.<group>` (per partition and total, with
+//! the rate of change); consumes `aifab.predictions` (and `aifab.dlq`) for end-to-end
+//! latency percentiles and throughput per model and tenant over a rolling window; SLO
+//! rules raise and resolve `aifab.alerts.<rule>`. Everything is on `/metrics`, and
+//! `GET /v1/stats` serves the current window.
 //!
-//! The binary (`main.rs`) only parses [`Config`] and calls [`run`]; everything here can
-//! be driven by tests without a broker.
+//! - [`lag`]: lag readings and rates, watch lists, assignment parsing (pure).
+//! - [`window`]: rolling hdrhistogram windows (pure).
+//! - [`slo`]: the rules (pure).
+
+pub mod lag;
+pub mod slo;
+pub mod window;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aifab_core::config::{BrokerArgs, ServeArgs};
+use aifab_core::messages::{decode, encode, Alert, DeadLetter, LagReading, Outcome, Prediction};
 use aifab_core::service::{Needs, Service, ServiceSpec};
+use aifab_core::topics::{self, groups, subjects};
+use anyhow::Context;
+use axum::{extract::State, routing::get, Json, Router};
+use futures::StreamExt;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::Message;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::lag::LagTracker;
+use crate::slo::{Measurements, SloConfig, SloEngine};
+use crate::window::{Key, WindowStats, Windows};
 
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "monitor",
@@ -20,13 +47,428 @@ pub struct Config {
     pub brokers: BrokerArgs,
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    /// Milliseconds between lag readings (and SLO evaluations).
+    #[arg(long, env = "AIFAB_MONITOR_INTERVAL_MS", default_value_t = 5000)]
+    pub interval_ms: u64,
+    /// Groups to watch always, `GROUP=TOPIC,...`.
+    #[arg(long, env = "AIFAB_MONITOR_WATCH", default_value = "")]
+    pub watch: String,
+    /// Also watch every consumer group named `--group-prefix*` on `--topic-prefix*` topics.
+    #[arg(long, env = "AIFAB_MONITOR_DISCOVER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub discover: bool,
+    /// Prefix of discovered groups.
+    #[arg(long, env = "AIFAB_MONITOR_GROUP_PREFIX", default_value = "aifab-")]
+    pub group_prefix: String,
+    /// Prefix of discovered topics.
+    #[arg(long, env = "AIFAB_MONITOR_TOPIC_PREFIX", default_value = "aifab.")]
+    pub topic_prefix: String,
+    /// Seconds between group discoveries.
+    #[arg(long, env = "AIFAB_MONITOR_DISCOVER_EVERY_S", default_value_t = 30)]
+    pub discover_every_s: u64,
+    /// This monitor's consumer group (predictions and dead letters).
+    #[arg(long, env = "AIFAB_MONITOR_GROUP", default_value = groups::MONITOR)]
+    pub group: String,
+    /// Predictions topic.
+    #[arg(long, env = "AIFAB_MONITOR_PREDICTIONS_TOPIC", default_value = topics::PREDICTIONS.name)]
+    pub predictions_topic: String,
+    /// Dead-letter topic.
+    #[arg(long, env = "AIFAB_MONITOR_DLQ_TOPIC", default_value = topics::DLQ.name)]
+    pub dlq_topic: String,
+    /// Rolling window of latency, throughput and DLQ rate, seconds.
+    #[arg(long, env = "AIFAB_MONITOR_WINDOW_S", default_value_t = 60)]
+    pub window_s: u64,
+    /// SLO: p99 end-to-end latency, milliseconds (0: off).
+    #[arg(long, env = "AIFAB_SLO_P99_MS", default_value_t = 1000.0)]
+    pub slo_p99_ms: f64,
+    /// SLO: share of predictions that may fail (expire) (0: off).
+    #[arg(long, env = "AIFAB_SLO_ERROR_RATE", default_value_t = 0.01)]
+    pub slo_error_rate: f64,
+    /// SLO: most lag of any watched group, records (0: off).
+    #[arg(long, env = "AIFAB_SLO_MAX_LAG", default_value_t = 10_000)]
+    pub slo_max_lag: i64,
+    /// SLO: most dead letters per second (0: off).
+    #[arg(long, env = "AIFAB_SLO_DLQ_PER_S", default_value_t = 1.0)]
+    pub slo_dlq_per_s: f64,
+    /// SLO: latency and error rules need this many predictions in the window.
+    #[arg(long, env = "AIFAB_SLO_MIN_SAMPLES", default_value_t = 20)]
+    pub slo_min_samples: u64,
+    /// SLO: consecutive evaluations before a rule fires or resolves.
+    #[arg(long, env = "AIFAB_SLO_FOR_EVALS", default_value_t = 2)]
+    pub slo_for_evals: u32,
+}
+
+impl Config {
+    pub fn slo(&self) -> SloConfig {
+        SloConfig {
+            p99_ms: self.slo_p99_ms,
+            error_rate: self.slo_error_rate,
+            max_lag: self.slo_max_lag,
+            dlq_per_s: self.slo_dlq_per_s,
+            min_samples: self.slo_min_samples,
+            for_evals: self.slo_for_evals,
+        }
+    }
+}
+
+/// The consumer group each service uses and the topic it reads, for discovered groups
+/// that have no members right now.
+const KNOWN: &[(&str, &str)] = &[
+    (groups::INGEST, topics::INGEST_RAW.name),
+    (groups::FEATURE, topics::FEATURES_IN.name),
+    (groups::INFERENCE_WORKER, topics::INFERENCE_REQUESTS.name),
+    (groups::TRAINER, topics::TRAINING_EXAMPLES.name),
+    (groups::MONITOR, topics::PREDICTIONS.name),
+    (groups::COST_ACCOUNTANT, topics::USAGE.name),
+];
+
+/// `GET /v1/stats`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatsReport {
+    pub window_s: f64,
+    pub overall: Option<WindowStats>,
+    /// Keyed `task@version`.
+    pub models: BTreeMap<String, WindowStats>,
+    pub tenants: BTreeMap<String, WindowStats>,
+    pub dead_letters_per_s: f64,
+    pub lag: Vec<LagReading>,
+    pub alerts_firing: Vec<Alert>,
+}
+
+#[derive(Default)]
+struct Shared {
+    latest_lag: BTreeMap<(String, String), LagReading>,
+    report: StatsReport,
+    firing: BTreeMap<String, Alert>,
 }
 
 /// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let static_watch = lag::parse_watch(&config.watch).map_err(|e| anyhow::anyhow!("--watch: {e}"))?;
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
-    svc.serve(axum::Router::new()).await?;
-    svc.shutdown.cancelled().await;
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let windows = Arc::new(Mutex::new(Windows::new(config.window_s as i64 * 1000, 12)));
+    let api = Router::new()
+        .route(
+            "/v1/stats",
+            get(|State(s): State<Arc<Mutex<Shared>>>| async move { Json(s.lock().expect("stats lock").report.clone()) }),
+        )
+        .with_state(shared.clone());
+    svc.serve(api).await?;
+    let nats = svc.nats()?;
+
+    // Lag: blocking librdkafka calls on their own thread, readings sent here.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<LagReading>(256);
+    let poller = {
+        let config = config.clone();
+        let token = svc.shutdown.clone();
+        std::thread::Builder::new()
+            .name("lag-poller".into())
+            .spawn(move || lag_poller(config, static_watch, tx, token))
+            .context("starting the lag poller")?
+    };
+    let consumer = tokio::spawn(consume_predictions(config.clone(), windows.clone(), svc.shutdown.clone()));
+
+    let slo = config.slo();
+    let mut engine = SloEngine::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(config.interval_ms.max(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = svc.shutdown.cancelled() => break,
+            Some(reading) = rx.recv() => {
+                publish_lag(&nats, &reading).await;
+                shared.lock().expect("stats lock").latest_lag.insert((reading.group.clone(), reading.topic.clone()), reading);
+            }
+            _ = tick.tick() => {
+                let now = aifab_core::now_ms();
+                let (stats, dlq) = {
+                    let mut w = windows.lock().expect("windows lock");
+                    (w.stats(now), w.dead_letters_per_s(now))
+                };
+                let window_s = config.window_s as f64;
+                let mut sh = shared.lock().expect("stats lock");
+                let report = build_report(window_s, &stats, dlq, &sh.latest_lag, &sh.firing);
+                let mut lag_by_group: BTreeMap<String, i64> = BTreeMap::new();
+                for r in sh.latest_lag.values() {
+                    let e = lag_by_group.entry(r.group.clone()).or_default();
+                    *e = (*e).max(r.total_lag);
+                }
+                let all = stats.get(&Key::All);
+                let m = Measurements {
+                    window_s,
+                    predictions: all.map(|s| s.count).unwrap_or(0),
+                    p99_ms: all.and_then(|s| s.p99_ms),
+                    error_rate: all.map(|s| s.error_rate).unwrap_or(0.0),
+                    lag: lag_by_group,
+                    dlq_per_s: dlq,
+                };
+                let alerts = engine.evaluate(&slo, &m, now);
+                for a in &alerts {
+                    match a.state {
+                        aifab_core::messages::AlertState::Firing => { sh.firing.insert(a.rule.clone(), a.clone()); }
+                        aifab_core::messages::AlertState::Resolved => { sh.firing.remove(&a.rule); }
+                    }
+                    metrics::gauge!("aifab_monitor_alert_firing", "rule" => a.rule.clone())
+                        .set(if a.state == aifab_core::messages::AlertState::Firing { 1.0 } else { 0.0 });
+                }
+                sh.report = StatsReport { alerts_firing: sh.firing.values().cloned().collect(), ..report };
+                drop(sh);
+                export_window_metrics(&stats, dlq);
+                for a in alerts {
+                    tracing::warn!(rule = %a.rule, state = ?a.state, value = a.value, threshold = a.threshold, message = %a.message, "alert");
+                    if let Err(e) = nats.publish(subjects::alert(&a.rule), encode(&a).into()).await {
+                        tracing::warn!(error = %e, "publishing an alert failed");
+                    }
+                }
+            }
+        }
+    }
+    consumer.abort();
+    let _ = tokio::task::spawn_blocking(move || poller.join()).await;
     svc.finish().await;
     Ok(())
+}
+
+fn model_key(task: &str, version: &str) -> String {
+    format!("{task}@{version}")
+}
+
+fn build_report(
+    window_s: f64,
+    stats: &BTreeMap<Key, WindowStats>,
+    dlq: f64,
+    lag: &BTreeMap<(String, String), LagReading>,
+    firing: &BTreeMap<String, Alert>,
+) -> StatsReport {
+    let mut r = StatsReport { window_s, dead_letters_per_s: dlq, ..Default::default() };
+    for (k, s) in stats {
+        match k {
+            Key::All => r.overall = Some(s.clone()),
+            Key::Model(t, v) => {
+                r.models.insert(model_key(t, v), s.clone());
+            }
+            Key::Tenant(t) => {
+                r.tenants.insert(t.clone(), s.clone());
+            }
+        }
+    }
+    r.lag = lag.values().cloned().collect();
+    r.alerts_firing = firing.values().cloned().collect();
+    r
+}
+
+fn export_window_metrics(stats: &BTreeMap<Key, WindowStats>, dlq: f64) {
+    for (k, s) in stats {
+        let (scope, key) = match k {
+            Key::All => ("all", "all".to_string()),
+            Key::Model(t, v) => ("model", model_key(t, v)),
+            Key::Tenant(t) => ("tenant", t.clone()),
+        };
+        for (q, v) in [("0.5", s.p50_ms), ("0.9", s.p90_ms), ("0.99", s.p99_ms)] {
+            if let Some(v) = v {
+                metrics::gauge!("aifab_monitor_window_latency_seconds", "scope" => scope, "key" => key.clone(), "quantile" => q)
+                    .set(v / 1000.0);
+            }
+        }
+        metrics::gauge!("aifab_monitor_window_predictions_per_second", "scope" => scope, "key" => key.clone()).set(s.per_second);
+        metrics::gauge!("aifab_monitor_window_error_ratio", "scope" => scope, "key" => key).set(s.error_rate);
+    }
+    metrics::gauge!("aifab_monitor_window_dead_letters_per_second").set(dlq);
+}
+
+async fn publish_lag(nats: &async_nats::Client, r: &LagReading) {
+    let labels = [("group", r.group.clone()), ("topic", r.topic.clone())];
+    metrics::gauge!("aifab_monitor_consumer_lag_records", &labels).set(r.total_lag as f64);
+    metrics::gauge!("aifab_monitor_consumer_lag_rate_records_per_second", &labels).set(r.lag_rate_per_s);
+    for p in &r.partitions {
+        metrics::gauge!("aifab_monitor_consumer_lag_partition_records",
+            "group" => r.group.clone(), "topic" => r.topic.clone(), "partition" => p.partition.to_string())
+        .set(p.lag as f64);
+    }
+    if let Err(e) = nats.publish(subjects::lag(&r.group), encode(r).into()).await {
+        tracing::warn!(error = %e, "publishing a lag reading failed");
+    }
+}
+
+/// The watched (group, topic) pairs: the static list plus discovered groups.
+struct Watch {
+    config: Config,
+    static_watch: BTreeSet<(String, String)>,
+    discovered: BTreeSet<(String, String)>,
+    /// Groups already probed for committed offsets (probing is one request per topic).
+    probed: BTreeSet<String>,
+    clients: BTreeMap<String, BaseConsumer>,
+}
+
+impl Watch {
+    fn client(&mut self, group: &str) -> anyhow::Result<&BaseConsumer> {
+        if !self.clients.contains_key(group) {
+            let c: BaseConsumer = aifab_core::kafka::consumer_config(&self.config.brokers.kafka_brokers, "aifab-monitor-lag", group)
+                .create()
+                .with_context(|| format!("offsets client for group {group}"))?;
+            self.clients.insert(group.to_string(), c);
+        }
+        Ok(&self.clients[group])
+    }
+
+    fn discover(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let brokers = self.config.brokers.kafka_brokers.clone();
+        let list = {
+            let c: BaseConsumer = aifab_core::kafka::metadata_client(&brokers, "aifab-monitor-groups")?;
+            c.fetch_group_list(None, timeout)?
+                .groups()
+                .iter()
+                .filter(|g| g.name().starts_with(&self.config.group_prefix))
+                .filter(|g| g.protocol_type().is_empty() || g.protocol_type() == "consumer")
+                .map(|g| {
+                    let topics: BTreeSet<String> = g
+                        .members()
+                        .iter()
+                        .filter_map(|m| m.assignment())
+                        .flat_map(lag::assignment_topics)
+                        .collect();
+                    (g.name().to_string(), topics)
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut found = BTreeSet::new();
+        for (group, mut topics) in list {
+            topics.retain(|t| t.starts_with(&self.config.topic_prefix));
+            for (g, t) in KNOWN {
+                if *g == group {
+                    topics.insert(t.to_string());
+                }
+            }
+            if topics.is_empty() && !self.probed.contains(&group) {
+                // No members and not a known service: look for committed offsets.
+                self.probed.insert(group.clone());
+                let prefix = self.config.topic_prefix.clone();
+                for t in topics::TOPICS.iter().filter(|t| t.name.starts_with(&prefix)) {
+                    let c = self.client(&group)?;
+                    if let Ok(offs) = aifab_core::kafka::group_offsets(c, t.name, timeout) {
+                        if offs.iter().any(|p| p.committed.is_some()) {
+                            topics.insert(t.name.to_string());
+                        }
+                    }
+                }
+            }
+            for t in topics {
+                found.insert((group.clone(), t));
+            }
+        }
+        // Keep earlier discoveries of groups that still exist but went quiet.
+        self.discovered.extend(found);
+        Ok(())
+    }
+
+    fn pairs(&self) -> BTreeSet<(String, String)> {
+        self.static_watch.union(&self.discovered).cloned().collect()
+    }
+}
+
+fn lag_poller(config: Config, static_watch: BTreeSet<(String, String)>, tx: tokio::sync::mpsc::Sender<LagReading>, token: CancellationToken) {
+    let interval = Duration::from_millis(config.interval_ms.max(100));
+    let timeout = Duration::from_secs(5);
+    let discover_every = Duration::from_secs(config.discover_every_s.max(1));
+    let mut watch = Watch { config: config.clone(), static_watch, discovered: BTreeSet::new(), probed: BTreeSet::new(), clients: BTreeMap::new() };
+    let mut tracker = LagTracker::default();
+    let mut last_discovery: Option<std::time::Instant> = None;
+    let mut warned = false;
+    while !token.is_cancelled() {
+        let started = std::time::Instant::now();
+        if config.discover && last_discovery.is_none_or(|t| t.elapsed() >= discover_every) {
+            match watch.discover(timeout) {
+                Ok(()) => last_discovery = Some(std::time::Instant::now()),
+                Err(e) => tracing::debug!(error = %format!("{e:#}"), "group discovery failed"),
+            }
+        }
+        let pairs = watch.pairs();
+        tracker.retain(&pairs);
+        for (group, topic) in &pairs {
+            if token.is_cancelled() {
+                return;
+            }
+            let at = aifab_core::now_ms();
+            let result = watch.client(group).and_then(|c| aifab_core::kafka::group_offsets(c, topic, timeout));
+            match result {
+                Ok(offs) => {
+                    warned = false;
+                    let reading = tracker.observe(group, topic, &offs, at);
+                    if tx.blocking_send(reading).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(%group, %topic, error = %format!("{e:#}"), "reading offsets failed; retrying");
+                        warned = true;
+                    }
+                }
+            }
+        }
+        // Sleep out the interval in small steps so SIGTERM is quick.
+        while started.elapsed() < interval && !token.is_cancelled() {
+            std::thread::sleep(Duration::from_millis(50).min(interval));
+        }
+    }
+}
+
+async fn consume_predictions(config: Config, windows: Arc<Mutex<Windows>>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut cc = aifab_core::kafka::consumer_config(&config.brokers.kafka_brokers, "aifab-monitor", &config.group);
+    // Statistics, not a pipeline stage: start at the end and let the client commit.
+    cc.set("auto.offset.reset", "latest")
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "true");
+    let consumer: StreamConsumer = cc.create().context("creating the predictions consumer")?;
+    consumer
+        .subscribe(&[&config.predictions_topic, &config.dlq_topic])
+        .context("subscribing to predictions")?;
+    let mut stream = consumer.stream();
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            m = stream.next() => m,
+        };
+        let Some(msg) = msg else { return Ok(()) };
+        let m = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "predictions consumer error");
+                continue;
+            }
+        };
+        let now = aifab_core::now_ms();
+        let payload = m.payload().unwrap_or_default();
+        if m.topic() == config.dlq_topic {
+            metrics::counter!("aifab_monitor_dead_letters_total").increment(1);
+            if let Ok(dl) = decode::<DeadLetter>(payload) {
+                metrics::counter!("aifab_monitor_dead_letters_by_stage_total", "stage" => dl.stage, "error_kind" => dl.error_kind)
+                    .increment(1);
+            }
+            windows.lock().expect("windows lock").record_dead_letter(now);
+            continue;
+        }
+        match decode::<Prediction>(payload) {
+            Ok(p) => {
+                let latency_ms = (p.produced_at_ms - p.received_at_ms).max(0) as f64;
+                let error = p.outcome == Outcome::Expired;
+                let outcome = match p.outcome {
+                    Outcome::Ok => "ok",
+                    Outcome::Expired => "expired",
+                    Outcome::Cached => "cached",
+                };
+                metrics::counter!("aifab_monitor_predictions_total",
+                    "task" => p.task.clone(), "model_version" => p.model_version.clone(),
+                    "tenant" => p.tenant.clone(), "outcome" => outcome)
+                .increment(1);
+                metrics::histogram!("aifab_monitor_e2e_latency_seconds", "task" => p.task.clone()).record(latency_ms / 1000.0);
+                windows.lock().expect("windows lock").record(now, latency_ms, error, &p.task, &p.model_version, &p.tenant);
+            }
+            Err(e) => {
+                metrics::counter!("aifab_monitor_decode_errors_total", "topic" => m.topic().to_string()).increment(1);
+                tracing::debug!(error = %e, "undecodable prediction");
+            }
+        }
+    }
 }
