@@ -2,9 +2,11 @@
 //! admin verbs. It may call services' libraries; services never call it.
 
 pub mod costs;
+pub mod demo;
 pub mod local;
 pub mod models;
 pub mod simulate;
 pub mod status;
+pub mod stream;
 pub mod supervisor;
 pub mod train;

@@ -14,6 +14,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// The whole loop on the local stack: bring it up, train on a labelled data set
+    /// (default: the built-in SMS Spam Collection), stream its test split through Kafka,
+    /// and report accuracy, throughput, latency and cost.
+    Demo(aifab::demo::DemoArgs),
     /// Start the local stack (Kafka, NATS, Redis) and every service, and supervise them:
     /// crashed services restart with backoff; Ctrl-C or SIGTERM stops everything.
     Up {
@@ -45,12 +49,16 @@ enum Cmd {
     Costs(aifab::costs::CostsArgs),
     /// The model registry: list, show, promote, roll back.
     Models(aifab::models::ModelsArgs),
+    /// Write JSON lines (a file or stdin) to a topic, each checked against its schema.
+    Produce(aifab::stream::ProduceArgs),
+    /// Print a topic's messages as JSON lines (read_committed, no consumer group).
+    Consume(aifab::stream::ConsumeArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    aifab_core::telemetry::init_logging(aifab_core::config::LogFormat::Text, "info");
+    aifab_core::telemetry::init_cli_logging(&std::env::var("AIFAB_LOG").unwrap_or_else(|_| "info".into()));
     match cli.command {
         Cmd::Up { no_stack, detach, ready_timeout_s } => up(no_stack, detach, ready_timeout_s).await,
         Cmd::Down { stack } => down(stack).await,
@@ -58,6 +66,9 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Simulate(args) => aifab::simulate::run(args),
         Cmd::Costs(args) => aifab::costs::run(args).await,
         Cmd::Models(args) => aifab::models::run(args).await,
+        Cmd::Demo(args) => aifab::demo::run(args).await,
+        Cmd::Produce(args) => aifab::stream::produce(args).await,
+        Cmd::Consume(args) => aifab::stream::consume(args).await,
         Cmd::Status => {
             let (table, ready) = aifab::status::table(SERVICES).await;
             print!("{table}");
@@ -76,7 +87,10 @@ async fn up(no_stack: bool, detach: bool, ready_timeout_s: u64) -> anyhow::Resul
         return print_status_until_ready(Duration::from_secs(ready_timeout_s)).await;
     }
     if !no_stack {
-        local::run_script(&local::repo_root()?, "stack-up", &[])?;
+        let root = local::repo_root()?;
+        local::run_script(&root, "stack-up", &[])?;
+        // feature, trainer and the worker read the encoder from the model cache.
+        local::run_script(&root, "fetch-model", &[])?;
     }
     if detach {
         // Re-run ourselves in the foreground mode, in a new session, logging to a file.

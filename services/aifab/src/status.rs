@@ -51,6 +51,23 @@ pub async fn probe(client: &reqwest::Client, addr: &str) -> Health {
     }
 }
 
+/// Wait until the service at `addr` is ready (a worker: serving a model). The error
+/// says what it still lacked.
+pub async fn wait_ready(addr: &str, timeout: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let health = probe(&client, addr).await;
+        if health == Health::Ready {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("{addr} not ready after {timeout:?}: {health:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Probe every service and render the table. The flag is true when every service is
 /// ready or only waiting for a model.
 pub async fn table(services: &[LocalService]) -> (String, bool) {

@@ -73,7 +73,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
     match (&args.train, &args.task) {
         (Some(train), _) => offline(&args, train.clone()).await,
-        (None, Some(task)) => online(&args.nats_url, task).await,
+        (None, Some(task)) => request_and_follow(&args.nats_url, task).await,
         _ => anyhow::bail!("give --train FILE with --eval FILE or --eval-fraction F (offline), or --task NAME (ask the trainer service)"),
     }
 }
@@ -146,7 +146,9 @@ async fn offline(args: &TrainArgs, train: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn online(nats_url: &str, task: &str) -> anyhow::Result<()> {
+/// Ask the trainer (NATS `aifab.train.request`) to train `task` now and follow its
+/// progress events with a bar until the job is done.
+pub async fn request_and_follow(nats_url: &str, task: &str) -> anyhow::Result<()> {
     let nats = async_nats::connect(nats_url).await?;
     let mut progress = nats.subscribe(subjects::TRAIN_PROGRESS).await?;
     let req = TrainRequest { schema: tag(), task: task.to_string(), requested_by: Some("aifab-cli".into()), at_ms: aifab_core::now_ms() };

@@ -18,13 +18,18 @@ pub struct Example {
 /// the line.
 pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Example>> {
     let body = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_jsonl(&body, &path.display().to_string())
+}
+
+/// Parse JSONL text of `{"text": ..., "label": ...}`; `origin` names it in errors.
+pub fn parse_jsonl(body: &str, origin: &str) -> anyhow::Result<Vec<Example>> {
     let mut out = Vec::new();
     for (n, line) in body.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not JSON", path.display(), n + 1))?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{origin}:{}: not JSON", n + 1))?;
         let text = v.get("text").and_then(|t| t.as_str());
         let label = v.get("label").map(|l| match l {
             serde_json::Value::String(s) => s.clone(),
@@ -32,10 +37,10 @@ pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Example>> {
         });
         match (text, label) {
             (Some(t), Some(l)) if !t.trim().is_empty() => out.push(Example { text: t.to_string(), label: l }),
-            _ => anyhow::bail!("{}:{}: expected {{\"text\": non-empty string, \"label\": ...}}", path.display(), n + 1),
+            _ => anyhow::bail!("{origin}:{}: expected {{\"text\": non-empty string, \"label\": ...}}", n + 1),
         }
     }
-    anyhow::ensure!(!out.is_empty(), "{}: no examples", path.display());
+    anyhow::ensure!(!out.is_empty(), "{origin}: no examples");
     Ok(out)
 }
 

@@ -21,6 +21,15 @@ pub fn init_logging(format: LogFormat, filter: &str) {
     drop(result);
 }
 
+/// Text logs on stderr, for command-line tools whose stdout is their output (JSON
+/// lines, tables) and must not be mixed with log lines.
+pub fn init_cli_logging(filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = fmt::layer().with_target(false).with_ansi(ansi).with_writer(std::io::stderr);
+    drop(tracing_subscriber::registry().with(filter).with(layer).try_init());
+}
+
 /// Install the Prometheus recorder and return the handle that renders `/metrics`.
 ///
 /// Only one recorder can exist per process; a second call returns a handle to a fresh
