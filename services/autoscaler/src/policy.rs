@@ -86,6 +86,9 @@ pub struct PolicyConfig {
     /// aifab, budget: the least replicas kept when the budget allows fewer (0 means the
     /// budget is a hard limit).
     pub min_replicas_over_budget: u32,
+    /// aifab, budget: a burst above the count the budget sustains to the period's end is
+    /// allowed when this long of it is affordable on top of that count (0: no bursts).
+    pub budget_burst_s: f64,
 }
 
 impl PolicyConfig {
@@ -116,6 +119,7 @@ impl PolicyConfig {
             saturation_lag_per_replica: 64.0,
             replica_cost_per_hour: 0.0,
             min_replicas_over_budget: 0,
+            budget_burst_s: 3600.0,
         }
     }
 }
@@ -326,21 +330,20 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
     let mut budget_cap = None;
     if cfg.kind == PolicyKind::Aifab {
         if let Some(b) = obs.budget {
-            if let Some((cap, per_replica)) = budget_cap_for(cfg, &b, current) {
-                // The largest count under the cap that adds capacity (see
-                // `effective_replicas`): 7 replicas over 8 partitions serve like 4.
-                let cap = if cfg.kind == PolicyKind::Aifab && cap < u32::MAX {
-                    replicas_for(effective_replicas(cap, obs.partitions), obs.partitions).min(cap)
-                } else {
-                    cap
-                };
+            if let Some(bc) = budget_cap_for(cfg, &b, current, obs.partitions) {
+                let cap = bc.cap;
                 budget_cap = Some(cap);
                 if desired > cap {
                     desired = cap;
                     reason = Reason::BudgetCap;
+                    let burst = if cap > bc.sustained {
+                        format!(" (sustains {} to the period's end, {cap} for {:.2} h)", bc.sustained, bc.burst_h)
+                    } else {
+                        String::new()
+                    };
                     detail = format!(
-                        "{detail}; capped at {cap}: {:.4} left for {:.2} h at {:.4}/h per replica",
-                        b.remaining, b.hours_left, per_replica
+                        "{detail}; capped at {cap}: {:.4} left for {:.2} h at {:.4}/h per replica{burst}",
+                        b.remaining, b.hours_left, bc.per_replica
                     );
                 }
             }
@@ -393,8 +396,40 @@ pub fn replicas_for(need: f64, partitions: u32) -> u32 {
     (1..=partitions).find(|&n| effective_replicas(n, partitions) >= need - 1e-9).unwrap_or(partitions)
 }
 
-/// The most replicas affordable to the period's end, and the per-replica hourly cost used.
-pub fn budget_cap_for(cfg: &PolicyConfig, b: &BudgetView, current: u32) -> Option<(u32, f64)> {
+/// What the budget allows now: the most replicas, and how that was worked out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetCap {
+    /// The most replicas to run now (a count that adds capacity over the partitions).
+    pub cap: u32,
+    /// The per-replica hourly cost used.
+    pub per_replica: f64,
+    /// The most useful replicas affordable without a break to the period's end.
+    pub sustained: u32,
+    /// How long a burst above `sustained` is paid for in advance, hours.
+    pub burst_h: f64,
+}
+
+/// The most useful replicas at or under `n`: over 8 partitions 7, 6 and 5 replicas serve
+/// no more than 4, so a cap of 7 is a cap of 4.
+fn useful_at_most(n: u32, partitions: u32) -> u32 {
+    if n == u32::MAX || n == 0 {
+        return n;
+    }
+    replicas_for(effective_replicas(n, partitions), partitions).min(n)
+}
+
+/// The most replicas the budget allows now (`None`: nothing to price replicas with).
+///
+/// `sustained` is the most useful replicas that could run from now to the period's end.
+/// A policy that scales with load runs under that most of the time, and the rounding to
+/// useful counts wastes the rest (6.75 affordable over 8 partitions sustains only 4), so
+/// bursts above it are allowed when the budget can pay for the burst for
+/// `budget_burst_s` *and* still for `sustained` replicas for the rest of the period:
+/// `cap × cost × burst + sustained × cost × (hours_left − burst) ≤ remaining`. A burst
+/// therefore never lowers what can be sustained afterwards, and as the period's end
+/// nears (hours left ≤ the burst) the cap is the sustainable count. A budget that cannot
+/// keep one replica to the period's end allows no bursts (only `min_replicas_over_budget`).
+pub fn budget_cap_for(cfg: &PolicyConfig, b: &BudgetView, current: u32, partitions: u32) -> Option<BudgetCap> {
     let observed = (current > 0 && b.burn_rate_per_hour > 0.0).then(|| b.burn_rate_per_hour / current as f64);
     let configured = (cfg.replica_cost_per_hour > 0.0).then_some(cfg.replica_cost_per_hour);
     // The dearer of the two: a budget is a promise not to overspend.
@@ -404,15 +439,24 @@ pub fn budget_cap_for(cfg: &PolicyConfig, b: &BudgetView, current: u32) -> Optio
         (None, Some(o)) => o,
         (None, None) => return None,
     };
-    let cap = if b.remaining <= 0.0 {
-        0
+    let count = |x: f64| if x >= u32::MAX as f64 { u32::MAX } else { x.max(0.0).floor() as u32 };
+    let burst_h = (cfg.budget_burst_s / 3600.0).max(0.0).min(b.hours_left.max(0.0));
+    let (cap, sustained) = if b.remaining <= 0.0 {
+        (0, 0)
     } else if b.hours_left <= 0.0 {
-        u32::MAX
+        (u32::MAX, u32::MAX)
     } else {
-        let n = b.remaining / (per_replica * b.hours_left);
-        if n >= u32::MAX as f64 { u32::MAX } else { n.floor() as u32 }
+        let sustained = useful_at_most(count(b.remaining / (per_replica * b.hours_left)), partitions);
+        let cap = if burst_h > 0.0 && sustained > 0 {
+            let left = b.remaining - sustained as f64 * per_replica * (b.hours_left - burst_h);
+            useful_at_most(count(left / (per_replica * burst_h)), partitions).max(sustained)
+        } else {
+            sustained
+        };
+        (cap, sustained)
     };
-    Some((cap.max(cfg.min_replicas_over_budget), per_replica))
+    let floor = cfg.min_replicas_over_budget;
+    Some(BudgetCap { cap: cap.max(floor), per_replica, sustained: sustained.max(floor), burst_h })
 }
 
 fn keda_recommendation(cfg: &PolicyConfig, current: u32, lag: f64) -> (u32, Reason, String) {
@@ -773,10 +817,55 @@ mod tests {
     fn budget_cap_math() {
         let cfg = PolicyConfig { replica_cost_per_hour: 0.5, ..PolicyConfig::new(PolicyKind::Aifab) };
         let b = |remaining, burn, hours| BudgetView { remaining, burn_rate_per_hour: burn, hours_left: hours };
-        assert_eq!(budget_cap_for(&cfg, &b(10.0, 0.0, 4.0), 0), Some((5, 0.5)));
-        assert_eq!(budget_cap_for(&cfg, &b(10.0, 4.0, 4.0), 2), Some((1, 2.0)), "observed 2/h per replica");
-        assert_eq!(budget_cap_for(&cfg, &b(-3.0, 0.0, 4.0), 1).unwrap().0, 0);
+        let cap = |cfg: &PolicyConfig, v: BudgetView, current, partitions| budget_cap_for(cfg, &v, current, partitions).map(|c| (c.cap, c.per_replica));
+        // 10 left for 4 h at 0.5/h: exactly 5 sustained, nothing left over for a burst.
+        assert_eq!(cap(&cfg, b(10.0, 0.0, 4.0), 0, 0), Some((5, 0.5)));
+        // Observed 2/h per replica: 1.25 on average sustains 1, and 10 - 1 × 2 × 3 h pays
+        // for an hour of 2.
+        let c = budget_cap_for(&cfg, &b(10.0, 4.0, 4.0), 2, 0).unwrap();
+        assert_eq!((c.sustained, c.cap, c.per_replica), (1, 2, 2.0), "observed 2/h per replica: {c:?}");
+        assert_eq!(cap(&cfg, b(1.5, 0.0, 4.0), 0, 0).unwrap().0, 0, "not one replica to the end: no burst either");
+        assert_eq!(cap(&cfg, b(-3.0, 0.0, 4.0), 1, 0).unwrap().0, 0);
         let learn = PolicyConfig::new(PolicyKind::Aifab);
-        assert_eq!(budget_cap_for(&learn, &b(10.0, 0.0, 4.0), 0), None, "nothing to price replicas with");
+        assert_eq!(budget_cap_for(&learn, &b(10.0, 0.0, 4.0), 0, 0), None, "nothing to price replicas with");
+        // Over 8 partitions 5 affordable sustains 4 (5 serve like 4): the 1 replica-hour
+        // per hour left over pays for bursts. 4 × 0.5 × 3 h reserved, 4 left for the 1-h burst.
+        let c = budget_cap_for(&cfg, &b(10.0, 0.0, 4.0), 0, 8).unwrap();
+        assert_eq!((c.sustained, c.cap, c.burst_h), (4, 8, 1.0), "{c:?}");
+        // No bursts configured: the sustainable count, as useful counts go.
+        let no_burst = PolicyConfig { budget_burst_s: 0.0, ..cfg.clone() };
+        assert_eq!(cap(&no_burst, b(10.0, 0.0, 4.0), 0, 8).unwrap().0, 4);
+        // In the period's last hour the burst is the rest of the period: sustained only.
+        assert_eq!(cap(&cfg, b(3.5, 0.0, 1.0), 0, 8).unwrap().0, 4, "7 affordable serve like 4");
+    }
+
+    /// The rounding to useful counts used to make the budget cap a cliff: 6.75 replicas
+    /// affordable on average over 8 partitions capped the policy at 4 for the whole
+    /// period, so a burst that needed 8 built a backlog though most of the budget was
+    /// never spent. Now the burst runs and what is sustained afterwards is no less.
+    #[test]
+    fn aifab_bursts_over_the_sustainable_count_when_the_budget_has_room() {
+        let mut cfg = PolicyConfig::new(PolicyKind::Aifab);
+        cfg.replica_cost_per_hour = 0.2;
+        cfg.learn_rate = false;
+        let mut state = PolicyState::default();
+        // 29.7 left for 22 h at 0.2/h: 6.75 replicas on average; 8 partitions.
+        let view = BudgetView { remaining: 29.7, burn_rate_per_hour: 0.8, hours_left: 22.0 };
+        let mut o = obs(0, 20_000, 4);
+        o.budget = Some(view);
+        let d = decide(&cfg, &mut state, &o);
+        assert_eq!((d.desired, d.budget_cap), (8, Some(8)), "{}", d.detail);
+        assert_eq!(d.reason, Reason::Partitions);
+        // After an hour at 8 the 4 are still sustainable.
+        let after = BudgetView { remaining: 29.7 - 8.0 * 0.2, burn_rate_per_hour: 1.6, hours_left: 21.0 };
+        let c = budget_cap_for(&cfg, &after, 8, 8).unwrap();
+        assert!(c.sustained >= 4, "{c:?}");
+        // A budget that sustains 4 but not an hour at 8 on top: capped at 4, and said so.
+        let tight = BudgetView { remaining: 0.2 * 4.0 * 22.0 + 0.5, burn_rate_per_hour: 0.8, hours_left: 22.0 };
+        o.at_ms += 5000;
+        o.budget = Some(tight);
+        let d = decide(&cfg, &mut state, &o);
+        assert_eq!((d.desired, d.reason, d.budget_cap), (4, Reason::BudgetCap, Some(4)), "{}", d.detail);
+        assert!(d.detail.contains("capped at 4"), "{}", d.detail);
     }
 }
