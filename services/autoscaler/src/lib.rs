@@ -87,7 +87,7 @@ pub struct Config {
     #[arg(long, env = "AIFAB_AUTOSCALER_TARGET_UTILIZATION", default_value_t = 0.85)]
     pub target_utilization: f64,
     /// aifab: scale down only to a count that stays at or under this utilisation.
-    #[arg(long, env = "AIFAB_AUTOSCALER_SCALE_DOWN_UTILIZATION", default_value_t = 0.6)]
+    #[arg(long, env = "AIFAB_AUTOSCALER_SCALE_DOWN_UTILIZATION", default_value_t = 0.7)]
     pub scale_down_utilization: f64,
     /// aifab: drain a backlog within this many seconds.
     #[arg(long, env = "AIFAB_AUTOSCALER_DRAIN_S", default_value_t = 15.0)]

@@ -15,11 +15,18 @@
 //!   throughput, which KEDA never sees), estimates the arrival rate from the topic's
 //!   high watermarks, and adds what it takes to drain the backlog (projected along the
 //!   lag trend over a replica's start-up time) within a drain target:
-//!   `ceil(max(arrivals / (rate × target utilisation), (arrivals + projected lag / drain_s) / rate))`.
+//!   `ceil(max(arrivals / (rate × target utilisation), (arrivals + projected lag / drain_s) / rate))`,
+//!   rounded up to a count that adds capacity over the partitions (over 8 partitions 5 to
+//!   7 replicas serve like 4). When that already means scaling up, it sizes for the
+//!   arrivals expected once the new replicas are up (the arrival rate's trend over a
+//!   start-up), so a ramp costs one start-up and rebalance rather than one per step.
 //!   It scales down only as far as keeps utilisation under a lower mark (a dead band:
 //!   every change costs a rebalance pause).
-//!   Then it is budget-aware: replicas are capped so that running them to the period's
-//!   end stays within the remaining budget, with reason `budget_cap`.
+//!   Then it is budget-aware: replicas are capped at the most useful count the remaining
+//!   budget sustains to the period's end, or above it for a burst when the budget pays
+//!   for an hour of the burst (`budget_burst_s`) and still for the sustained count for the
+//!   rest of the period (a burst never lowers what can be sustained), with reason
+//!   `budget_cap`.
 
 use std::collections::VecDeque;
 
@@ -113,7 +120,7 @@ impl PolicyConfig {
             replica_rate_per_s: 100.0,
             learn_rate: true,
             target_utilization: 0.85,
-            scale_down_utilization: 0.6,
+            scale_down_utilization: 0.7,
             drain_s: 15.0,
             startup_s: 15.0,
             saturation_lag_per_replica: 64.0,
@@ -224,6 +231,8 @@ struct Prev {
 pub struct PolicyState {
     prev: Option<Prev>,
     arrival_rate: Option<f64>,
+    /// How fast the arrival rate changes (records/s per second), smoothed.
+    arrival_trend: f64,
     replica_rate: Option<f64>,
     /// (at_ms, recommendation) over the stabilization window.
     recommendations: VecDeque<(i64, u32)>,
@@ -247,6 +256,8 @@ impl PolicyState {
 const ARRIVAL_ALPHA_UP: f64 = 0.7;
 const ARRIVAL_ALPHA_DOWN: f64 = 0.3;
 const SERVICE_ALPHA: f64 = 0.3;
+/// Smoothing of the arrival rate's trend.
+const TREND_ALPHA: f64 = 0.5;
 /// Beyond a replica's start-up, how long a group takes to settle (rebalance) before its
 /// throughput is measured.
 const SETTLE_EXTRA_S: f64 = 5.0;
@@ -486,21 +497,38 @@ fn aifab_recommendation(cfg: &PolicyConfig, state: &PolicyState, obs: &Observati
     }
     let rate = state.replica_rate.unwrap_or(cfg.replica_rate_per_s).max(1e-6);
     let util = cfg.target_utilization.clamp(0.05, 1.0);
-    let for_arrivals = arrivals / (rate * util);
     // The backlog a new replica would find once it is up, if the trend holds. Only growth
     // that the arrival rate explains counts (arrivals beyond what the running replicas
     // serve): a lag that jumps because the group paused to rebalance is not more load.
-    let shortfall = (arrivals - obs.current_replicas as f64 * rate).max(0.0);
+    // (Counted by the partitions they can use: 6 replicas over 8 partitions serve like 4.)
+    let shortfall = (arrivals - effective_replicas(obs.current_replicas, obs.partitions) * rate).max(0.0);
     let growth = obs.lag_rate_per_s.max(0.0).min(shortfall);
     let projected = lag + growth * cfg.startup_s;
     // Draining needs the arrivals plus the backlog over the drain time served, at full
     // utilisation (draining is brief); steady state needs the arrivals at the target.
     let drain_rate = projected / cfg.drain_s.max(1.0);
-    let for_drain = (arrivals + drain_rate) / rate;
-    let for_backlog = (for_drain - for_arrivals).max(0.0);
-    let need = for_arrivals.max(for_drain);
+    let size = |arrivals: f64| {
+        let for_arrivals = arrivals / (rate * util);
+        let for_drain = (arrivals + drain_rate) / rate;
+        (for_arrivals, for_drain)
+    };
+    let (mut for_arrivals, mut for_drain) = size(arrivals);
     let p = obs.partitions;
-    let mut raw = replicas_for(need, p);
+    let mut raw = replicas_for(for_arrivals.max(for_drain), p);
+    // Scaling up anyway: size for the arrivals when the new replicas will be up, if the
+    // rate keeps rising as it has, rather than for now and again one start-up later
+    // (every step costs a start-up and a rebalance pause).
+    let mut ahead = String::new();
+    let rising = state.arrival_trend.max(0.0) * cfg.startup_s;
+    if raw > obs.current_replicas && rising > 0.0 {
+        (for_arrivals, for_drain) = size(arrivals + rising);
+        let further = replicas_for(for_arrivals.max(for_drain), p);
+        if further > raw {
+            ahead = format!(", {:.0}/s by the time they are up", arrivals + rising);
+            raw = further;
+        }
+    }
+    let for_backlog = (for_drain - for_arrivals).max(0.0);
     // A dead band against flapping (every change pauses the group for a rebalance): go
     // down only as far as keeps utilisation at or under the scale-down mark.
     let current = obs.current_replicas;
@@ -518,7 +546,7 @@ fn aifab_recommendation(cfg: &PolicyConfig, state: &PolicyState, obs: &Observati
         Reason::ArrivalRate,
         format!(
             "arrivals {arrivals:.1}/s, lag {lag:.0} ({:+.1}/s), {rate:.1}/s per replica {learned} → {raw} \
-             ({for_arrivals:.2} for arrivals at {:.0}%, +{for_backlog:.2} to drain the backlog in {:.0} s{held})",
+             ({for_arrivals:.2} for arrivals at {:.0}%, +{for_backlog:.2} to drain the backlog in {:.0} s{ahead}{held})",
             obs.lag_rate_per_s,
             util * 100.0,
             cfg.drain_s
@@ -544,13 +572,18 @@ fn learn(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) {
                 _ => consumed_rate.map(|c| (c + obs.lag_rate_per_s).max(0.0)),
             };
             if let Some(s) = arrival_sample {
-                state.arrival_rate = Some(match state.arrival_rate {
+                let next = match state.arrival_rate {
                     None => s,
                     Some(old) => {
                         let a = if s > old { ARRIVAL_ALPHA_UP } else { ARRIVAL_ALPHA_DOWN };
                         a * s + (1.0 - a) * old
                     }
-                });
+                };
+                if let Some(old) = state.arrival_rate {
+                    let slope = (next - old) / dt;
+                    state.arrival_trend = TREND_ALPHA * slope + (1.0 - TREND_ALPHA) * state.arrival_trend;
+                }
+                state.arrival_rate = Some(next);
             }
             // Saturated all interval long with the same replicas, settled (started, and the
             // group rebalanced, with an interval to spare): a service-rate sample.
@@ -722,6 +755,36 @@ mod tests {
         assert_eq!(d.desired, 8, "{}", d.detail);
         assert_eq!(d.reason, Reason::ArrivalRate);
         assert!(d.detail.contains("measured"), "{}", d.detail);
+    }
+
+    /// On a ramp, scaling up one start-up at a time costs a start-up and a rebalance pause
+    /// per step while the backlog grows; once the policy scales up it sizes for the
+    /// arrivals when the new replicas will be up. A trend alone scales nothing up.
+    #[test]
+    fn aifab_scaling_up_on_a_ramp_sizes_for_the_arrivals_after_start_up() {
+        let mut cfg = PolicyConfig::new(PolicyKind::Aifab);
+        cfg.learn_rate = false; // 100/s per replica
+        cfg.startup_s = 15.0;
+        let run = |ramp: &[i64]| {
+            let mut state = PolicyState::default();
+            let mut feed = Feed { produced: 0, consumed: 0, t: 0, lag_prev: 0 };
+            // An actuator that does not act: 2 replicas serve 200/s all along.
+            ramp.iter().map(|&a| decide(&cfg, &mut state, &feed.step(a, 100, 2))).collect::<Vec<_>>()
+        };
+        // Rising 4/s every second up to 140/s: 2 replicas are enough now, so no more than
+        // 2, however steep the ramp.
+        let rising = run(&[40, 60, 80, 100, 120, 140]);
+        assert!(rising.iter().all(|d| d.desired <= 2), "{:?}", rising.iter().map(|d| &d.detail).collect::<Vec<_>>());
+        // At 180/s: 180 / (100 × 0.85) = 2.1 replicas' worth, 3 for now; but 60/s more are
+        // coming within a start-up: 240 / 85 = 2.8, so 4.
+        let rising = run(&[40, 60, 80, 100, 120, 140, 160, 180]);
+        let d = rising.last().unwrap();
+        assert_eq!(d.desired, 4, "{}", d.detail);
+        assert!(d.detail.contains("by the time they are up"), "{}", d.detail);
+        // The same arrivals, steady: 3.
+        let steady = run(&[180; 8]);
+        let d = steady.last().unwrap();
+        assert_eq!(d.desired, 3, "{}", d.detail);
     }
 
     #[test]

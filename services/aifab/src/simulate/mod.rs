@@ -85,7 +85,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 0.85)]
     pub target_utilization: f64,
     /// aifab: scale down only to a count that stays at or under this utilisation.
-    #[arg(long, default_value_t = 0.6)]
+    #[arg(long, default_value_t = 0.7)]
     pub scale_down_utilization: f64,
     /// aifab: seconds to drain a backlog in.
     #[arg(long, default_value_t = 15.0)]
