@@ -87,7 +87,7 @@ pub struct Config {
     #[arg(long, env = "AIFAB_AUTOSCALER_TARGET_UTILIZATION", default_value_t = 0.85)]
     pub target_utilization: f64,
     /// aifab: scale down only to a count that stays at or under this utilisation.
-    #[arg(long, env = "AIFAB_AUTOSCALER_SCALE_DOWN_UTILIZATION", default_value_t = 0.6)]
+    #[arg(long, env = "AIFAB_AUTOSCALER_SCALE_DOWN_UTILIZATION", default_value_t = 0.7)]
     pub scale_down_utilization: f64,
     /// aifab: drain a backlog within this many seconds.
     #[arg(long, env = "AIFAB_AUTOSCALER_DRAIN_S", default_value_t = 15.0)]
@@ -105,6 +105,10 @@ pub struct Config {
     /// Replicas kept even when the budget allows fewer (0: the budget is a hard limit).
     #[arg(long, env = "AIFAB_AUTOSCALER_MIN_REPLICAS_OVER_BUDGET", default_value_t = 0)]
     pub min_replicas_over_budget: u32,
+    /// Bursts above the replicas the budget sustains to the period's end are allowed when
+    /// this many seconds of the burst are affordable on top of them (0: no bursts).
+    #[arg(long, env = "AIFAB_AUTOSCALER_BUDGET_BURST_S", default_value_t = 3600.0)]
+    pub budget_burst_s: f64,
     /// Ignore budget reports older than this many seconds.
     #[arg(long, env = "AIFAB_AUTOSCALER_BUDGET_MAX_AGE_S", default_value_t = 300)]
     pub budget_max_age_s: u64,
@@ -163,6 +167,7 @@ impl Config {
         p.startup_s = self.startup_s;
         p.replica_cost_per_hour = self.replica_cost_per_hour;
         p.min_replicas_over_budget = self.min_replicas_over_budget;
+        p.budget_burst_s = self.budget_burst_s;
         p
     }
 

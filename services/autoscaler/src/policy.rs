@@ -15,11 +15,18 @@
 //!   throughput, which KEDA never sees), estimates the arrival rate from the topic's
 //!   high watermarks, and adds what it takes to drain the backlog (projected along the
 //!   lag trend over a replica's start-up time) within a drain target:
-//!   `ceil(max(arrivals / (rate × target utilisation), (arrivals + projected lag / drain_s) / rate))`.
+//!   `ceil(max(arrivals / (rate × target utilisation), (arrivals + projected lag / drain_s) / rate))`,
+//!   rounded up to a count that adds capacity over the partitions (over 8 partitions 5 to
+//!   7 replicas serve like 4). When that already means scaling up, it sizes for the
+//!   arrivals expected once the new replicas are up (the arrival rate's trend over a
+//!   start-up), so a ramp costs one start-up and rebalance rather than one per step.
 //!   It scales down only as far as keeps utilisation under a lower mark (a dead band:
 //!   every change costs a rebalance pause).
-//!   Then it is budget-aware: replicas are capped so that running them to the period's
-//!   end stays within the remaining budget, with reason `budget_cap`.
+//!   Then it is budget-aware: replicas are capped at the most useful count the remaining
+//!   budget sustains to the period's end, or above it for a burst when the budget pays
+//!   for an hour of the burst (`budget_burst_s`) and still for the sustained count for the
+//!   rest of the period (a burst never lowers what can be sustained), with reason
+//!   `budget_cap`.
 
 use std::collections::VecDeque;
 
@@ -86,6 +93,9 @@ pub struct PolicyConfig {
     /// aifab, budget: the least replicas kept when the budget allows fewer (0 means the
     /// budget is a hard limit).
     pub min_replicas_over_budget: u32,
+    /// aifab, budget: a burst above the count the budget sustains to the period's end is
+    /// allowed when this long of it is affordable on top of that count (0: no bursts).
+    pub budget_burst_s: f64,
 }
 
 impl PolicyConfig {
@@ -110,12 +120,13 @@ impl PolicyConfig {
             replica_rate_per_s: 100.0,
             learn_rate: true,
             target_utilization: 0.85,
-            scale_down_utilization: 0.6,
+            scale_down_utilization: 0.7,
             drain_s: 15.0,
             startup_s: 15.0,
             saturation_lag_per_replica: 64.0,
             replica_cost_per_hour: 0.0,
             min_replicas_over_budget: 0,
+            budget_burst_s: 3600.0,
         }
     }
 }
@@ -220,6 +231,8 @@ struct Prev {
 pub struct PolicyState {
     prev: Option<Prev>,
     arrival_rate: Option<f64>,
+    /// How fast the arrival rate changes (records/s per second), smoothed.
+    arrival_trend: f64,
     replica_rate: Option<f64>,
     /// (at_ms, recommendation) over the stabilization window.
     recommendations: VecDeque<(i64, u32)>,
@@ -243,6 +256,8 @@ impl PolicyState {
 const ARRIVAL_ALPHA_UP: f64 = 0.7;
 const ARRIVAL_ALPHA_DOWN: f64 = 0.3;
 const SERVICE_ALPHA: f64 = 0.3;
+/// Smoothing of the arrival rate's trend.
+const TREND_ALPHA: f64 = 0.5;
 /// Beyond a replica's start-up, how long a group takes to settle (rebalance) before its
 /// throughput is measured.
 const SETTLE_EXTRA_S: f64 = 5.0;
@@ -326,21 +341,20 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
     let mut budget_cap = None;
     if cfg.kind == PolicyKind::Aifab {
         if let Some(b) = obs.budget {
-            if let Some((cap, per_replica)) = budget_cap_for(cfg, &b, current) {
-                // The largest count under the cap that adds capacity (see
-                // `effective_replicas`): 7 replicas over 8 partitions serve like 4.
-                let cap = if cfg.kind == PolicyKind::Aifab && cap < u32::MAX {
-                    replicas_for(effective_replicas(cap, obs.partitions), obs.partitions).min(cap)
-                } else {
-                    cap
-                };
+            if let Some(bc) = budget_cap_for(cfg, &b, current, obs.partitions) {
+                let cap = bc.cap;
                 budget_cap = Some(cap);
                 if desired > cap {
                     desired = cap;
                     reason = Reason::BudgetCap;
+                    let burst = if cap > bc.sustained {
+                        format!(" (sustains {} to the period's end, {cap} for {:.2} h)", bc.sustained, bc.burst_h)
+                    } else {
+                        String::new()
+                    };
                     detail = format!(
-                        "{detail}; capped at {cap}: {:.4} left for {:.2} h at {:.4}/h per replica",
-                        b.remaining, b.hours_left, per_replica
+                        "{detail}; capped at {cap}: {:.4} left for {:.2} h at {:.4}/h per replica{burst}",
+                        b.remaining, b.hours_left, bc.per_replica
                     );
                 }
             }
@@ -393,8 +407,40 @@ pub fn replicas_for(need: f64, partitions: u32) -> u32 {
     (1..=partitions).find(|&n| effective_replicas(n, partitions) >= need - 1e-9).unwrap_or(partitions)
 }
 
-/// The most replicas affordable to the period's end, and the per-replica hourly cost used.
-pub fn budget_cap_for(cfg: &PolicyConfig, b: &BudgetView, current: u32) -> Option<(u32, f64)> {
+/// What the budget allows now: the most replicas, and how that was worked out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetCap {
+    /// The most replicas to run now (a count that adds capacity over the partitions).
+    pub cap: u32,
+    /// The per-replica hourly cost used.
+    pub per_replica: f64,
+    /// The most useful replicas affordable without a break to the period's end.
+    pub sustained: u32,
+    /// How long a burst above `sustained` is paid for in advance, hours.
+    pub burst_h: f64,
+}
+
+/// The most useful replicas at or under `n`: over 8 partitions 7, 6 and 5 replicas serve
+/// no more than 4, so a cap of 7 is a cap of 4.
+fn useful_at_most(n: u32, partitions: u32) -> u32 {
+    if n == u32::MAX || n == 0 {
+        return n;
+    }
+    replicas_for(effective_replicas(n, partitions), partitions).min(n)
+}
+
+/// The most replicas the budget allows now (`None`: nothing to price replicas with).
+///
+/// `sustained` is the most useful replicas that could run from now to the period's end.
+/// A policy that scales with load runs under that most of the time, and the rounding to
+/// useful counts wastes the rest (6.75 affordable over 8 partitions sustains only 4), so
+/// bursts above it are allowed when the budget can pay for the burst for
+/// `budget_burst_s` *and* still for `sustained` replicas for the rest of the period:
+/// `cap × cost × burst + sustained × cost × (hours_left − burst) ≤ remaining`. A burst
+/// therefore never lowers what can be sustained afterwards, and as the period's end
+/// nears (hours left ≤ the burst) the cap is the sustainable count. A budget that cannot
+/// keep one replica to the period's end allows no bursts (only `min_replicas_over_budget`).
+pub fn budget_cap_for(cfg: &PolicyConfig, b: &BudgetView, current: u32, partitions: u32) -> Option<BudgetCap> {
     let observed = (current > 0 && b.burn_rate_per_hour > 0.0).then(|| b.burn_rate_per_hour / current as f64);
     let configured = (cfg.replica_cost_per_hour > 0.0).then_some(cfg.replica_cost_per_hour);
     // The dearer of the two: a budget is a promise not to overspend.
@@ -404,15 +450,24 @@ pub fn budget_cap_for(cfg: &PolicyConfig, b: &BudgetView, current: u32) -> Optio
         (None, Some(o)) => o,
         (None, None) => return None,
     };
-    let cap = if b.remaining <= 0.0 {
-        0
+    let count = |x: f64| if x >= u32::MAX as f64 { u32::MAX } else { x.max(0.0).floor() as u32 };
+    let burst_h = (cfg.budget_burst_s / 3600.0).max(0.0).min(b.hours_left.max(0.0));
+    let (cap, sustained) = if b.remaining <= 0.0 {
+        (0, 0)
     } else if b.hours_left <= 0.0 {
-        u32::MAX
+        (u32::MAX, u32::MAX)
     } else {
-        let n = b.remaining / (per_replica * b.hours_left);
-        if n >= u32::MAX as f64 { u32::MAX } else { n.floor() as u32 }
+        let sustained = useful_at_most(count(b.remaining / (per_replica * b.hours_left)), partitions);
+        let cap = if burst_h > 0.0 && sustained > 0 {
+            let left = b.remaining - sustained as f64 * per_replica * (b.hours_left - burst_h);
+            useful_at_most(count(left / (per_replica * burst_h)), partitions).max(sustained)
+        } else {
+            sustained
+        };
+        (cap, sustained)
     };
-    Some((cap.max(cfg.min_replicas_over_budget), per_replica))
+    let floor = cfg.min_replicas_over_budget;
+    Some(BudgetCap { cap: cap.max(floor), per_replica, sustained: sustained.max(floor), burst_h })
 }
 
 fn keda_recommendation(cfg: &PolicyConfig, current: u32, lag: f64) -> (u32, Reason, String) {
@@ -442,21 +497,38 @@ fn aifab_recommendation(cfg: &PolicyConfig, state: &PolicyState, obs: &Observati
     }
     let rate = state.replica_rate.unwrap_or(cfg.replica_rate_per_s).max(1e-6);
     let util = cfg.target_utilization.clamp(0.05, 1.0);
-    let for_arrivals = arrivals / (rate * util);
     // The backlog a new replica would find once it is up, if the trend holds. Only growth
     // that the arrival rate explains counts (arrivals beyond what the running replicas
     // serve): a lag that jumps because the group paused to rebalance is not more load.
-    let shortfall = (arrivals - obs.current_replicas as f64 * rate).max(0.0);
+    // (Counted by the partitions they can use: 6 replicas over 8 partitions serve like 4.)
+    let shortfall = (arrivals - effective_replicas(obs.current_replicas, obs.partitions) * rate).max(0.0);
     let growth = obs.lag_rate_per_s.max(0.0).min(shortfall);
     let projected = lag + growth * cfg.startup_s;
     // Draining needs the arrivals plus the backlog over the drain time served, at full
     // utilisation (draining is brief); steady state needs the arrivals at the target.
     let drain_rate = projected / cfg.drain_s.max(1.0);
-    let for_drain = (arrivals + drain_rate) / rate;
-    let for_backlog = (for_drain - for_arrivals).max(0.0);
-    let need = for_arrivals.max(for_drain);
+    let size = |arrivals: f64| {
+        let for_arrivals = arrivals / (rate * util);
+        let for_drain = (arrivals + drain_rate) / rate;
+        (for_arrivals, for_drain)
+    };
+    let (mut for_arrivals, mut for_drain) = size(arrivals);
     let p = obs.partitions;
-    let mut raw = replicas_for(need, p);
+    let mut raw = replicas_for(for_arrivals.max(for_drain), p);
+    // Scaling up anyway: size for the arrivals when the new replicas will be up, if the
+    // rate keeps rising as it has, rather than for now and again one start-up later
+    // (every step costs a start-up and a rebalance pause).
+    let mut ahead = String::new();
+    let rising = state.arrival_trend.max(0.0) * cfg.startup_s;
+    if raw > obs.current_replicas && rising > 0.0 {
+        (for_arrivals, for_drain) = size(arrivals + rising);
+        let further = replicas_for(for_arrivals.max(for_drain), p);
+        if further > raw {
+            ahead = format!(", {:.0}/s by the time they are up", arrivals + rising);
+            raw = further;
+        }
+    }
+    let for_backlog = (for_drain - for_arrivals).max(0.0);
     // A dead band against flapping (every change pauses the group for a rebalance): go
     // down only as far as keeps utilisation at or under the scale-down mark.
     let current = obs.current_replicas;
@@ -474,7 +546,7 @@ fn aifab_recommendation(cfg: &PolicyConfig, state: &PolicyState, obs: &Observati
         Reason::ArrivalRate,
         format!(
             "arrivals {arrivals:.1}/s, lag {lag:.0} ({:+.1}/s), {rate:.1}/s per replica {learned} → {raw} \
-             ({for_arrivals:.2} for arrivals at {:.0}%, +{for_backlog:.2} to drain the backlog in {:.0} s{held})",
+             ({for_arrivals:.2} for arrivals at {:.0}%, +{for_backlog:.2} to drain the backlog in {:.0} s{ahead}{held})",
             obs.lag_rate_per_s,
             util * 100.0,
             cfg.drain_s
@@ -500,13 +572,18 @@ fn learn(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) {
                 _ => consumed_rate.map(|c| (c + obs.lag_rate_per_s).max(0.0)),
             };
             if let Some(s) = arrival_sample {
-                state.arrival_rate = Some(match state.arrival_rate {
+                let next = match state.arrival_rate {
                     None => s,
                     Some(old) => {
                         let a = if s > old { ARRIVAL_ALPHA_UP } else { ARRIVAL_ALPHA_DOWN };
                         a * s + (1.0 - a) * old
                     }
-                });
+                };
+                if let Some(old) = state.arrival_rate {
+                    let slope = (next - old) / dt;
+                    state.arrival_trend = TREND_ALPHA * slope + (1.0 - TREND_ALPHA) * state.arrival_trend;
+                }
+                state.arrival_rate = Some(next);
             }
             // Saturated all interval long with the same replicas, settled (started, and the
             // group rebalanced, with an interval to spare): a service-rate sample.
@@ -680,6 +757,36 @@ mod tests {
         assert!(d.detail.contains("measured"), "{}", d.detail);
     }
 
+    /// On a ramp, scaling up one start-up at a time costs a start-up and a rebalance pause
+    /// per step while the backlog grows; once the policy scales up it sizes for the
+    /// arrivals when the new replicas will be up. A trend alone scales nothing up.
+    #[test]
+    fn aifab_scaling_up_on_a_ramp_sizes_for_the_arrivals_after_start_up() {
+        let mut cfg = PolicyConfig::new(PolicyKind::Aifab);
+        cfg.learn_rate = false; // 100/s per replica
+        cfg.startup_s = 15.0;
+        let run = |ramp: &[i64]| {
+            let mut state = PolicyState::default();
+            let mut feed = Feed { produced: 0, consumed: 0, t: 0, lag_prev: 0 };
+            // An actuator that does not act: 2 replicas serve 200/s all along.
+            ramp.iter().map(|&a| decide(&cfg, &mut state, &feed.step(a, 100, 2))).collect::<Vec<_>>()
+        };
+        // Rising 4/s every second up to 140/s: 2 replicas are enough now, so no more than
+        // 2, however steep the ramp.
+        let rising = run(&[40, 60, 80, 100, 120, 140]);
+        assert!(rising.iter().all(|d| d.desired <= 2), "{:?}", rising.iter().map(|d| &d.detail).collect::<Vec<_>>());
+        // At 180/s: 180 / (100 × 0.85) = 2.1 replicas' worth, 3 for now; but 60/s more are
+        // coming within a start-up: 240 / 85 = 2.8, so 4.
+        let rising = run(&[40, 60, 80, 100, 120, 140, 160, 180]);
+        let d = rising.last().unwrap();
+        assert_eq!(d.desired, 4, "{}", d.detail);
+        assert!(d.detail.contains("by the time they are up"), "{}", d.detail);
+        // The same arrivals, steady: 3.
+        let steady = run(&[180; 8]);
+        let d = steady.last().unwrap();
+        assert_eq!(d.desired, 3, "{}", d.detail);
+    }
+
     #[test]
     fn aifab_adds_replicas_to_drain_a_backlog_and_scales_down_after_the_window() {
         let mut cfg = PolicyConfig::new(PolicyKind::Aifab);
@@ -773,10 +880,55 @@ mod tests {
     fn budget_cap_math() {
         let cfg = PolicyConfig { replica_cost_per_hour: 0.5, ..PolicyConfig::new(PolicyKind::Aifab) };
         let b = |remaining, burn, hours| BudgetView { remaining, burn_rate_per_hour: burn, hours_left: hours };
-        assert_eq!(budget_cap_for(&cfg, &b(10.0, 0.0, 4.0), 0), Some((5, 0.5)));
-        assert_eq!(budget_cap_for(&cfg, &b(10.0, 4.0, 4.0), 2), Some((1, 2.0)), "observed 2/h per replica");
-        assert_eq!(budget_cap_for(&cfg, &b(-3.0, 0.0, 4.0), 1).unwrap().0, 0);
+        let cap = |cfg: &PolicyConfig, v: BudgetView, current, partitions| budget_cap_for(cfg, &v, current, partitions).map(|c| (c.cap, c.per_replica));
+        // 10 left for 4 h at 0.5/h: exactly 5 sustained, nothing left over for a burst.
+        assert_eq!(cap(&cfg, b(10.0, 0.0, 4.0), 0, 0), Some((5, 0.5)));
+        // Observed 2/h per replica: 1.25 on average sustains 1, and 10 - 1 × 2 × 3 h pays
+        // for an hour of 2.
+        let c = budget_cap_for(&cfg, &b(10.0, 4.0, 4.0), 2, 0).unwrap();
+        assert_eq!((c.sustained, c.cap, c.per_replica), (1, 2, 2.0), "observed 2/h per replica: {c:?}");
+        assert_eq!(cap(&cfg, b(1.5, 0.0, 4.0), 0, 0).unwrap().0, 0, "not one replica to the end: no burst either");
+        assert_eq!(cap(&cfg, b(-3.0, 0.0, 4.0), 1, 0).unwrap().0, 0);
         let learn = PolicyConfig::new(PolicyKind::Aifab);
-        assert_eq!(budget_cap_for(&learn, &b(10.0, 0.0, 4.0), 0), None, "nothing to price replicas with");
+        assert_eq!(budget_cap_for(&learn, &b(10.0, 0.0, 4.0), 0, 0), None, "nothing to price replicas with");
+        // Over 8 partitions 5 affordable sustains 4 (5 serve like 4): the 1 replica-hour
+        // per hour left over pays for bursts. 4 × 0.5 × 3 h reserved, 4 left for the 1-h burst.
+        let c = budget_cap_for(&cfg, &b(10.0, 0.0, 4.0), 0, 8).unwrap();
+        assert_eq!((c.sustained, c.cap, c.burst_h), (4, 8, 1.0), "{c:?}");
+        // No bursts configured: the sustainable count, as useful counts go.
+        let no_burst = PolicyConfig { budget_burst_s: 0.0, ..cfg.clone() };
+        assert_eq!(cap(&no_burst, b(10.0, 0.0, 4.0), 0, 8).unwrap().0, 4);
+        // In the period's last hour the burst is the rest of the period: sustained only.
+        assert_eq!(cap(&cfg, b(3.5, 0.0, 1.0), 0, 8).unwrap().0, 4, "7 affordable serve like 4");
+    }
+
+    /// The rounding to useful counts used to make the budget cap a cliff: 6.75 replicas
+    /// affordable on average over 8 partitions capped the policy at 4 for the whole
+    /// period, so a burst that needed 8 built a backlog though most of the budget was
+    /// never spent. Now the burst runs and what is sustained afterwards is no less.
+    #[test]
+    fn aifab_bursts_over_the_sustainable_count_when_the_budget_has_room() {
+        let mut cfg = PolicyConfig::new(PolicyKind::Aifab);
+        cfg.replica_cost_per_hour = 0.2;
+        cfg.learn_rate = false;
+        let mut state = PolicyState::default();
+        // 29.7 left for 22 h at 0.2/h: 6.75 replicas on average; 8 partitions.
+        let view = BudgetView { remaining: 29.7, burn_rate_per_hour: 0.8, hours_left: 22.0 };
+        let mut o = obs(0, 20_000, 4);
+        o.budget = Some(view);
+        let d = decide(&cfg, &mut state, &o);
+        assert_eq!((d.desired, d.budget_cap), (8, Some(8)), "{}", d.detail);
+        assert_eq!(d.reason, Reason::Partitions);
+        // After an hour at 8 the 4 are still sustainable.
+        let after = BudgetView { remaining: 29.7 - 8.0 * 0.2, burn_rate_per_hour: 1.6, hours_left: 21.0 };
+        let c = budget_cap_for(&cfg, &after, 8, 8).unwrap();
+        assert!(c.sustained >= 4, "{c:?}");
+        // A budget that sustains 4 but not an hour at 8 on top: capped at 4, and said so.
+        let tight = BudgetView { remaining: 0.2 * 4.0 * 22.0 + 0.5, burn_rate_per_hour: 0.8, hours_left: 22.0 };
+        o.at_ms += 5000;
+        o.budget = Some(tight);
+        let d = decide(&cfg, &mut state, &o);
+        assert_eq!((d.desired, d.reason, d.budget_cap), (4, Reason::BudgetCap, Some(4)), "{}", d.detail);
+        assert!(d.detail.contains("capped at 4"), "{}", d.detail);
     }
 }

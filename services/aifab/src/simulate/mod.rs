@@ -85,7 +85,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 0.85)]
     pub target_utilization: f64,
     /// aifab: scale down only to a count that stays at or under this utilisation.
-    #[arg(long, default_value_t = 0.6)]
+    #[arg(long, default_value_t = 0.7)]
     pub scale_down_utilization: f64,
     /// aifab: seconds to drain a backlog in.
     #[arg(long, default_value_t = 15.0)]
@@ -93,6 +93,10 @@ pub struct SimulateArgs {
     /// aifab: scale-down stabilization window, seconds.
     #[arg(long, default_value_t = 120.0)]
     pub stabilization_s: f64,
+    /// aifab: a burst above the replicas the budget sustains to the end is allowed when
+    /// this many seconds of it are affordable on top of them (0: no bursts).
+    #[arg(long, default_value_t = 3600.0)]
+    pub budget_burst_s: f64,
     /// KEDA/HPA: scale-down stabilization window, seconds.
     #[arg(long, default_value_t = 300.0)]
     pub keda_stabilization_s: f64,
@@ -142,6 +146,7 @@ impl SimulateArgs {
         aifab.drain_s = self.drain_s;
         aifab.scale_down_stabilization_s = self.stabilization_s;
         aifab.replica_cost_per_hour = self.price_per_worker_hour;
+        aifab.budget_burst_s = self.budget_burst_s;
         vec![
             ("fixed".into(), Run::Fixed(fixed)),
             ("keda".into(), Run::Policy(keda)),
