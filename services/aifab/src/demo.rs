@@ -127,7 +127,7 @@ pub fn summarize(labels: &[String], sent_ms: &[i64], answers: &HashMap<usize, An
     }
     versions.sort();
     let first_ms = sent_ms.iter().copied().min().unwrap_or(0);
-    let span_s = ((last_ms - first_ms) as f64 / 1000.0).max(1e-3);
+    let span_s = if answers.is_empty() { 0.0 } else { ((last_ms - first_ms) as f64 / 1000.0).max(1e-3) };
     let quantile = |q: f64| if answers.is_empty() { 0.0 } else { hist.value_at_quantile(q) as f64 };
     Summary {
         sent: labels.len(),
