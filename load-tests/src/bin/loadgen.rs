@@ -29,6 +29,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -764,6 +765,14 @@ async fn start_target(args: &Args, run_id: &str, keep: &mut Option<tempfile::Tem
     let predictions_topic = args.predictions_topic.clone();
     if args.worker == WorkerKind::None {
         let topic = args.topic.clone().context("--worker none needs --topic (the running worker's input topic)")?;
+        let (b, t) = (brokers.clone(), topic.clone());
+        let partitions = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+            let c = aifab_core::kafka::metadata_client(&b, "aifab-loadgen")?;
+            let md = c.fetch_metadata(Some(&t), Duration::from_secs(10))?;
+            Ok(md.topics().first().filter(|m| m.error().is_none()).map_or(0, |m| m.partitions().len()))
+        })
+        .await??;
+        anyhow::ensure!(partitions > 0, "topic {topic} does not exist on {brokers} (expected the running worker's input topic)");
         return Ok(Target { topic, task: args.task.clone(), predictions_topic, workers: None, producer, run_id: run_id.into() });
     }
     anyhow::ensure!(args.topic.is_none(), "started workers get a fresh input topic: drop --topic, or pass --worker none");
@@ -839,6 +848,7 @@ fn print_summary(steps: &[Step], sat: Option<&SaturationReport>) {
             println!("step{k}_p99_ms {:.1}", s.latency.p99_ms);
             println!("step{k}_throughput {:.1}", s.throughput);
             println!("step{k}_lost {}", s.lost);
+            println!("step{k}_send_errors {}", s.send_errors);
         }
         println!("p99_target_ms {:.1}", sat.p99_target_ms);
         println!("saturation_rate {}", sat.max_rate.map_or("none".into(), |r| format!("{r:.1}")));
@@ -848,6 +858,7 @@ fn print_summary(steps: &[Step], sat: Option<&SaturationReport>) {
     println!("scenario {}", serde_json::to_value(s.scenario).unwrap().as_str().unwrap_or("?"));
     println!("offered_rate {:.1}", s.offered_rate);
     println!("requests {}", s.requests);
+    println!("send_errors {}", s.send_errors);
     println!("throughput {:.1}", s.throughput);
     println!("p50_ms {:.1}", s.latency.p50_ms);
     println!("p90_ms {:.1}", s.latency.p90_ms);
