@@ -47,8 +47,8 @@ pub async fn delete_topic(name: &str) {
     let _ = admin().delete_topics(&[name], &AdminOptions::new()).await;
 }
 
-/// Run `f` until it returns `Some`, or panic after `timeout` with `what`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+/// Run `f` until it returns `Some` (that value), or `None` once `timeout` has passed.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -56,21 +56,36 @@ where
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(v) = f().await {
-            return v;
+            return Some(v);
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
+/// Run `f` until it returns `Some`, or panic after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    match wait_for(timeout, f).await {
+        Some(v) => v,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
 /// Path of a workspace binary (built by `cargo build --workspace --bins`, which
-/// `scripts/test` runs before the tests).
+/// `scripts/test` runs before the tests), next to the running executable: a test runs
+/// from `target/<profile>/deps/`, a binary (load-tests' `chaos`) from `target/<profile>/`.
 pub fn bin_path(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let mut profile_dir = exe.parent().expect("exe dir");
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir = profile_dir.parent().expect("target dir");
+    }
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
@@ -128,31 +143,37 @@ pub fn tiny_models() -> TinyModels {
     TinyModels { _dir: dir, model_dir, head_v1, head_v2 }
 }
 
-/// `n` inference requests for `task` with ids `<prefix>-<i>`, token ids valid for the
-/// tiny BERT, lengths 3..40, produced to `topic` keyed by id.
+/// Inference request number `i` for `task` with id `<prefix>-<i>`: token ids valid for
+/// the tiny BERT (and any real vocabulary), lengths 3..40, tenant `beta` for every third
+/// and `acme` otherwise (callers may overwrite `tenant` and `received_at_ms`).
+pub fn request(task: &str, prefix: &str, i: usize) -> aifab_core::messages::InferenceRequest {
+    let len = 3 + (i * 7919) % 38;
+    let mut ids = vec![2u32];
+    ids.extend((0..len - 2).map(|j| 5 + ((i * 31 + j * 17) % 100) as u32));
+    ids.push(3);
+    aifab_core::messages::InferenceRequest {
+        schema: aifab_core::messages::tag(),
+        id: format!("{prefix}-{i}"),
+        tenant: if i % 3 == 0 { "beta".into() } else { "acme".into() },
+        task: task.into(),
+        text: format!("request {i}"),
+        token_count: ids.len() as u32,
+        input_ids: ids,
+        truncation: aifab_core::messages::Truncation::None,
+        received_at_ms: aifab_core::now_ms(),
+        deadline_ms: None,
+        priority: 0,
+        attributes: Default::default(),
+    }
+}
+
+/// `n` inference requests ([`request`]) produced to `topic` keyed by id.
 pub async fn produce_requests(topic: &str, task: &str, prefix: &str, range: std::ops::Range<usize>) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let p: FutureProducer = aifab_core::kafka::producer_config(&kafka_brokers(), "aifab-tests").create().unwrap();
     let mut sends = Vec::new();
     for i in range {
-        let len = 3 + (i * 7919) % 38;
-        let mut ids = vec![2u32];
-        ids.extend((0..len - 2).map(|j| 5 + ((i * 31 + j * 17) % 100) as u32));
-        ids.push(3);
-        let req = aifab_core::messages::InferenceRequest {
-            schema: aifab_core::messages::tag(),
-            id: format!("{prefix}-{i}"),
-            tenant: if i % 3 == 0 { "beta".into() } else { "acme".into() },
-            task: task.into(),
-            text: format!("request {i}"),
-            token_count: ids.len() as u32,
-            input_ids: ids,
-            truncation: aifab_core::messages::Truncation::None,
-            received_at_ms: aifab_core::now_ms(),
-            deadline_ms: None,
-            priority: 0,
-            attributes: Default::default(),
-        };
+        let req = request(task, prefix, i);
         let payload = aifab_core::messages::encode(&req);
         let p = p.clone();
         let topic = topic.to_string();
@@ -170,24 +191,33 @@ pub async fn produce_requests(topic: &str, task: &str, prefix: &str, range: std:
 /// test sees only predictions produced after it started.
 pub struct PredictionReader {
     consumer: rdkafka::consumer::BaseConsumer,
+    topic: String,
     pub seen: Vec<aifab_core::messages::Prediction>,
+    /// When each of `seen` was read (same index).
+    pub received: Vec<std::time::Instant>,
 }
 
 impl PredictionReader {
     pub fn new() -> Self {
+        Self::on(aifab_core::topics::PREDICTIONS.name)
+    }
+
+    /// A reader of another predictions topic, from its current end.
+    pub fn on(topic: &str) -> Self {
         use rdkafka::consumer::Consumer;
-        let topic = aifab_core::topics::PREDICTIONS.name;
         let consumer: rdkafka::consumer::BaseConsumer =
             aifab_core::kafka::consumer_config(&kafka_brokers(), "aifab-tests", &unique("reader"))
                 .create()
                 .unwrap();
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
         let mut tpl = rdkafka::TopicPartitionList::new();
-        for p in 0..aifab_core::topics::PREDICTIONS.partitions {
-            let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
-            tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(high)).unwrap();
+        for p in md.topics()[0].partitions() {
+            let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).unwrap();
+            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(high)).unwrap();
         }
+        assert!(tpl.count() > 0, "topic {topic} has no partitions");
         consumer.assign(&tpl).unwrap();
-        PredictionReader { consumer, seen: Vec::new() }
+        PredictionReader { consumer, topic: topic.to_string(), seen: Vec::new(), received: Vec::new() }
     }
 
     /// Read what is available within ~`budget`, keeping predictions whose id starts with `prefix`.
@@ -203,8 +233,41 @@ impl PredictionReader {
                         aifab_core::messages::decode(m.payload().unwrap_or_default()).expect("valid prediction");
                     if p.id.starts_with(prefix) {
                         self.seen.push(p);
+                        self.received.push(std::time::Instant::now());
                     }
                 }
+            }
+        }
+    }
+
+    /// Read until predictions for `distinct` different ids (with `prefix`) have arrived;
+    /// false if `timeout` passed first.
+    pub fn read_until(&mut self, prefix: &str, distinct: usize, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut ids: std::collections::HashSet<String> = self.seen.iter().map(|p| p.id.clone()).collect();
+        while ids.len() < distinct {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            let before = self.seen.len();
+            self.read(prefix, Duration::from_millis(200));
+            ids.extend(self.seen[before..].iter().map(|p| p.id.clone()));
+        }
+        true
+    }
+
+    /// Read until the reader has consumed to the end of every partition: with
+    /// read_committed that waits for open transactions to end, so nothing is missed.
+    /// False if `timeout` passed first.
+    pub fn read_to_end(&mut self, prefix: &str, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            self.read(prefix, Duration::from_millis(300));
+            if self.caught_up() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
             }
         }
     }
@@ -212,12 +275,11 @@ impl PredictionReader {
     /// True once the reader has consumed up to the current end of every partition.
     pub fn caught_up(&self) -> bool {
         use rdkafka::consumer::Consumer;
-        let topic = aifab_core::topics::PREDICTIONS.name;
         let pos = self.consumer.position().unwrap();
-        (0..aifab_core::topics::PREDICTIONS.partitions).all(|p| {
-            let (_, high) = self.consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
-            match pos.find_partition(topic, p).map(|e| e.offset()) {
-                Some(rdkafka::Offset::Offset(o)) => o >= high,
+        pos.elements().iter().all(|e| {
+            let (_, high) = self.consumer.fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(10)).unwrap();
+            match e.offset() {
+                rdkafka::Offset::Offset(o) => o >= high,
                 _ => false,
             }
         })
@@ -475,4 +537,169 @@ pub async fn wait_ready(addr: &str, what: &str) {
         async move { matches!(http_get(&addr, "/readyz").await, Ok((200, _))).then_some(()) }
     })
     .await;
+}
+
+// ---------------------------------------------------------------- inference workers
+
+/// An inference-worker deployment on its own input topic and group: start replicas of
+/// it, kill them, and wait for the group to drain. `tests/tests/inference_worker.rs` and
+/// load-tests' `chaos` and `loadgen` use it.
+pub struct WorkerRun {
+    pub topic: String,
+    pub group: String,
+    pub task: String,
+    pub model_dir: std::path::PathBuf,
+    pub head_dir: std::path::PathBuf,
+    pub version: String,
+    /// The tiny models when [`WorkerRun::new`] made them (keeps their temp dir alive).
+    pub models: Option<TinyModels>,
+}
+
+impl WorkerRun {
+    /// A fresh input topic with `partitions`, a fresh group and task, and the tiny models
+    /// (head v1).
+    pub async fn new(partitions: i32) -> Self {
+        let models = tiny_models();
+        let mut run = Self::with_model(partitions, &models.model_dir, &models.head_v1, "v1").await;
+        run.models = Some(models);
+        run
+    }
+
+    /// A fresh input topic, group and task served by the encoder in `model_dir` with the
+    /// head in `head_dir` (version `version`).
+    pub async fn with_model(partitions: i32, model_dir: &std::path::Path, head_dir: &std::path::Path, version: &str) -> Self {
+        let topic = unique("requests");
+        create_topic(&topic, partitions).await;
+        WorkerRun {
+            topic,
+            group: unique("workers"),
+            task: unique("task").replace('.', "-"),
+            model_dir: model_dir.to_path_buf(),
+            head_dir: head_dir.to_path_buf(),
+            version: version.to_string(),
+            models: None,
+        }
+    }
+
+    /// The tiny models ([`WorkerRun::new`] only).
+    pub fn tiny(&self) -> &TinyModels {
+        self.models.as_ref().expect("WorkerRun::new made tiny models")
+    }
+
+    /// Start a replica named `instance` (its transactional id: a restart under the same
+    /// name fences the dead one's open transaction) with max batch size `batch`;
+    /// `extra` environment overrides the defaults. Returns the child and its HTTP address.
+    pub fn start(&self, instance: &str, batch: usize, extra: &[(&str, String)]) -> (tokio::process::Child, String) {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = tokio::process::Command::new(bin_path("aifab-inference-worker"));
+        cmd.env("AIFAB_HTTP_ADDR", &addr)
+            .env("AIFAB_KAFKA_BROKERS", kafka_brokers())
+            .env("AIFAB_NATS_URL", nats_url())
+            .env("AIFAB_MODEL_DIR", &self.model_dir)
+            .env("AIFAB_HEAD_DIR", &self.head_dir)
+            .env("AIFAB_MODEL_VERSION", &self.version)
+            .env("AIFAB_TASK", &self.task)
+            .env("AIFAB_INPUT_TOPIC", &self.topic)
+            .env("AIFAB_WORKER_GROUP", &self.group)
+            .env("AIFAB_INSTANCE_ID", instance)
+            .env("AIFAB_FOLLOW", "latest")
+            .env("AIFAB_MAX_BATCH_SIZE", batch.to_string())
+            .env("AIFAB_MAX_WAIT_MS", "2")
+            .env("AIFAB_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        (cmd.spawn().expect("start worker"), addr)
+    }
+
+    /// Wait until the group has committed everything in the input topic; false if
+    /// `timeout` passed first.
+    pub async fn wait_drained(&self, timeout: Duration) -> bool {
+        let (brokers, group, topic) = (kafka_brokers(), self.group.clone(), self.topic.clone());
+        wait_for(timeout, || {
+            let (brokers, group, topic) = (brokers.clone(), group.clone(), topic.clone());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let c = aifab_core::kafka::consumer_config(&brokers, "aifab-tests", &group).create().unwrap();
+                    let offs = aifab_core::kafka::group_offsets(&c, &topic, Duration::from_secs(10)).ok()?;
+                    (offs.iter().all(|p| p.committed.is_some()) && offs.iter().map(|p| p.lag).sum::<i64>() == 0)
+                        .then_some(())
+                })
+                .await
+                .unwrap()
+            }
+        })
+        .await
+        .is_some()
+    }
+
+    /// [`WorkerRun::wait_drained`] for two minutes, or panic.
+    pub async fn drained(&self) {
+        assert!(self.wait_drained(Duration::from_secs(120)).await, "the worker group never reached lag 0");
+    }
+}
+
+/// SIGKILL a child (no chance to commit or abort anything).
+pub fn sigkill(child: &mut tokio::process::Child) {
+    let pid = child.id().expect("running");
+    let status = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -KILL {pid}");
+}
+
+/// Counts per request id of what a read_committed reader saw, against the ids expected:
+/// how many were never predicted and how many more than once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    pub requests: usize,
+    pub lost: usize,
+    pub duplicated: usize,
+}
+
+/// [`Delivery`] of `expected` ids given the predictions per id in `counts` (ids not
+/// expected are ignored).
+pub fn delivery<'a>(
+    expected: impl IntoIterator<Item = &'a str>,
+    counts: &std::collections::BTreeMap<String, usize>,
+) -> Delivery {
+    delivery_of_counts(expected.into_iter().map(|id| counts.get(id).copied().unwrap_or(0)))
+}
+
+/// [`Delivery`] from the number of committed predictions of each expected request: 0 is
+/// lost, more than 1 duplicated.
+pub fn delivery_of_counts(counts: impl IntoIterator<Item = usize>) -> Delivery {
+    let mut d = Delivery::default();
+    for c in counts {
+        d.requests += 1;
+        match c {
+            0 => d.lost += 1,
+            1 => {}
+            _ => d.duplicated += 1,
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn delivery_counts_missing_and_repeated_ids() {
+        let counts: std::collections::BTreeMap<String, usize> =
+            [("r-0", 1), ("r-1", 2), ("r-3", 1), ("other", 5)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let ids: Vec<String> = (0..4).map(|i| format!("r-{i}")).collect();
+        assert_eq!(delivery(ids.iter().map(String::as_str), &counts), Delivery { requests: 4, lost: 1, duplicated: 1 });
+    }
+
+    #[test]
+    fn request_ids_and_lengths() {
+        let r = request("t", "p", 5);
+        assert_eq!(r.id, "p-5");
+        assert_eq!(r.token_count as usize, r.input_ids.len());
+        assert!((3..=40).contains(&r.input_ids.len()));
+        assert_eq!((r.input_ids[0], *r.input_ids.last().unwrap()), (2, 3));
+    }
 }

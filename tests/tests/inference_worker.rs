@@ -3,96 +3,20 @@
 //! batches, and clear start-up failures.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Stdio;
 use std::time::Duration;
 
 use aifab_core::kafka::{consumer_config, group_offsets};
 use aifab_core::messages::{encode, tag, ModelEvent, ModelEventKind, Outcome};
 use aifab_tests::*;
-use tokio::process::{Child, Command};
-
-struct WorkerRun {
-    topic: String,
-    group: String,
-    task: String,
-    models: TinyModels,
-}
-
-impl WorkerRun {
-    async fn new(partitions: i32) -> Self {
-        let topic = unique("requests");
-        create_topic(&topic, partitions).await;
-        WorkerRun { topic, group: unique("workers"), task: unique("task").replace('.', "-"), models: tiny_models() }
-    }
-
-    fn start(&self, instance: &str, batch: usize, extra: &[(&str, String)]) -> (Child, String) {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(bin_path("aifab-inference-worker"));
-        cmd.env("AIFAB_HTTP_ADDR", &addr)
-            .env("AIFAB_MODEL_DIR", &self.models.model_dir)
-            .env("AIFAB_HEAD_DIR", &self.models.head_v1)
-            .env("AIFAB_MODEL_VERSION", "v1")
-            .env("AIFAB_TASK", &self.task)
-            .env("AIFAB_INPUT_TOPIC", &self.topic)
-            .env("AIFAB_WORKER_GROUP", &self.group)
-            .env("AIFAB_INSTANCE_ID", instance)
-            .env("AIFAB_FOLLOW", "latest")
-            .env("AIFAB_MAX_BATCH_SIZE", batch.to_string())
-            .env("AIFAB_MAX_WAIT_MS", "2")
-            .env("AIFAB_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        (cmd.spawn().expect("start worker"), addr)
-    }
-
-    /// Wait until the group has committed everything in the input topic.
-    async fn drained(&self) {
-        let (brokers, group, topic) = (kafka_brokers(), self.group.clone(), self.topic.clone());
-        eventually(Duration::from_secs(120), "the worker group to reach lag 0", || {
-            let (brokers, group, topic) = (brokers.clone(), group.clone(), topic.clone());
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    let c = consumer_config(&brokers, "aifab-tests", &group).create().unwrap();
-                    let offs = group_offsets(&c, &topic, Duration::from_secs(10)).ok()?;
-                    (offs.iter().all(|p| p.committed.is_some()) && offs.iter().map(|p| p.lag).sum::<i64>() == 0)
-                        .then_some(())
-                })
-                .await
-                .unwrap()
-            }
-        })
-        .await;
-    }
-}
-
-fn sigkill(child: &mut Child) {
-    let pid = child.id().expect("running");
-    std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status().unwrap();
-}
+use tokio::process::Command;
 
 async fn read_until(reader: &mut PredictionReader, prefix: &str, distinct: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    while reader.counts().len() < distinct {
-        assert!(tokio::time::Instant::now() < deadline, "only {} of {distinct} predicted", reader.counts().len());
-        reader.read(prefix, Duration::from_millis(200));
-    }
+    let ok = reader.read_until(prefix, distinct, Duration::from_secs(180));
+    assert!(ok, "only {} of {distinct} predicted", reader.counts().len());
 }
 
-/// Read until the reader has consumed to the end of every partition: with
-/// read_committed that waits for open transactions to end, so nothing is missed.
 async fn read_to_end(reader: &mut PredictionReader, prefix: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        reader.read(prefix, Duration::from_millis(300));
-        if reader.caught_up() {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "predictions topic never settled");
-    }
+    assert!(reader.read_to_end(prefix, Duration::from_secs(90)), "predictions topic never settled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +77,7 @@ async fn hot_swap_under_load_never_mixes_versions_in_a_batch() {
         kind: ModelEventKind::Published,
         task: run.task.clone(),
         version: "v2".into(),
-        artifact_uri: format!("file://{}", run.models.head_v2.display()),
+        artifact_uri: format!("file://{}", run.tiny().head_v2.display()),
         alias: None,
         metrics: Default::default(),
         at_ms: aifab_core::now_ms(),
