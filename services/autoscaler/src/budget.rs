@@ -7,42 +7,7 @@ use aifab_core::messages::BudgetEvent;
 
 use crate::policy::BudgetView;
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-const DAY_MS: i64 = 86_400_000;
-
-/// When a budget period (`YYYY-MM-DD` or `YYYY-MM`, UTC) ends, in ms since the epoch.
-pub fn period_end_ms(period: &str) -> Option<i64> {
-    let parts: Vec<&str> = period.split('-').collect();
-    let y: i64 = parts.first()?.parse().ok()?;
-    let m: u32 = parts.get(1)?.parse().ok()?;
-    if !(1..=12).contains(&m) {
-        return None;
-    }
-    match parts.len() {
-        2 => {
-            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-            Some(days_from_civil(ny, nm, 1) * DAY_MS)
-        }
-        3 => {
-            let d: u32 = parts[2].parse().ok()?;
-            if !(1..=31).contains(&d) {
-                return None;
-            }
-            Some((days_from_civil(y, m, d) + 1) * DAY_MS)
-        }
-        _ => None,
-    }
-}
+pub use aifab_core::period::{days_from_civil, period_end_ms, DAY_MS};
 
 /// The latest budget report per period for one tenant.
 #[derive(Debug, Clone)]

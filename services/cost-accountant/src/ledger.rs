@@ -61,42 +61,7 @@ impl PriceTable {
 
 // ----------------------------------------------------------------------------- periods
 
-const DAY_MS: i64 = 86_400_000;
-
-/// (year, month, day) of a day number since 1970-01-01 (H. Hinnant's algorithm).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `YYYY-MM-DD` (UTC) of a timestamp.
-pub fn day_of(at_ms: i64) -> String {
-    let (y, m, d) = civil_from_days(at_ms.div_euclid(DAY_MS));
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// `YYYY-MM` (UTC) of a timestamp.
-pub fn month_of(at_ms: i64) -> String {
-    day_of(at_ms)[..7].to_string()
-}
+pub use aifab_core::period::{civil_from_days, day_of, days_from_civil, month_of, period_bounds, DAY_MS};
 
 pub fn period_of(kind: BudgetPeriod, at_ms: i64) -> String {
     match kind {
@@ -109,31 +74,6 @@ pub fn period_kind_name(kind: BudgetPeriod) -> &'static str {
     match kind {
         BudgetPeriod::Day => "day",
         BudgetPeriod::Month => "month",
-    }
-}
-
-/// Start and end (ms) of a period string `YYYY-MM-DD` or `YYYY-MM`.
-pub fn period_bounds(period: &str) -> Option<(i64, i64)> {
-    let parts: Vec<&str> = period.split('-').collect();
-    let y: i64 = parts.first()?.parse().ok()?;
-    let m: u32 = parts.get(1)?.parse().ok()?;
-    if !(1..=12).contains(&m) {
-        return None;
-    }
-    match parts.len() {
-        2 => {
-            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-            Some((days_from_civil(y, m, 1) * DAY_MS, days_from_civil(ny, nm, 1) * DAY_MS))
-        }
-        3 => {
-            let d: u32 = parts[2].parse().ok()?;
-            if !(1..=31).contains(&d) || day_of(days_from_civil(y, m, d) * DAY_MS) != period {
-                return None;
-            }
-            let start = days_from_civil(y, m, d) * DAY_MS;
-            Some((start, start + DAY_MS))
-        }
-        _ => None,
     }
 }
 

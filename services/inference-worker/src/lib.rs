@@ -124,6 +124,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let spec: aifab_model::DeviceSpec = config.device.parse()?;
     let device = aifab_model::select(spec).with_context(|| format!("--device {}", config.device))?;
     let device_kind = if device.is_cuda() { "cuda" } else { "cpu" }.to_string();
+    tracing::info!(device = %config.device, kind = %device_kind, "inference device");
     let model_dir = PathBuf::from(&config.model_dir);
     let encoder = tokio::task::spawn_blocking(move || aifab_model::Encoder::load(&model_dir, &device))
         .await?

@@ -58,53 +58,7 @@ impl Exceeded {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        _ => 28,
-    }
-}
-
-/// When a budget period ends (ms since the epoch, UTC): `YYYY-MM` → the first day of the
-/// next month, `YYYY-MM-DD` → the next midnight. `None` for anything else.
-pub fn period_end_ms(period: &str) -> Option<i64> {
-    let parts: Vec<&str> = period.split('-').collect();
-    let num = |s: &str, len: usize| -> Option<i64> {
-        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten()
-    };
-    let day_ms = 86_400_000;
-    match parts.as_slice() {
-        [y, m] => {
-            let (y, m) = (num(y, 4)?, num(m, 2)?);
-            if !(1..=12).contains(&m) {
-                return None;
-            }
-            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-            Some(days_from_civil(ny, nm, 1) * day_ms)
-        }
-        [y, m, d] => {
-            let (y, m, d) = (num(y, 4)?, num(m, 2)?, num(d, 2)?);
-            if !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m) {
-                return None;
-            }
-            Some((days_from_civil(y, m, d) + 1) * day_ms)
-        }
-        _ => None,
-    }
-}
+pub use aifab_core::period::period_end_ms;
 
 /// Which tenants are over budget, as this replica knows it.
 pub struct BudgetBoard {

@@ -15,6 +15,7 @@ pub mod health;
 pub mod kafka;
 pub mod messages;
 pub mod nats;
+pub mod period;
 pub mod pipeline;
 pub mod redis_store;
 pub mod registry;
