@@ -5,10 +5,18 @@
 //! rules raise and resolve `aifab.alerts.<rule>`. Everything is on `/metrics`, and
 //! `GET /v1/stats` serves the current window.
 //!
+//! It also serves the dashboard: `GET /` (one self-contained page) polls
+//! `GET /v1/dashboard`, which adds to the window and lag readings the autoscaler's
+//! decisions and replica reports (NATS `aifab.scale.*`, `aifab.replicas.*`), budget
+//! reports (`aifab.budget.*`), the cost accountant's `GET /v1/costs` (`--costs-url`) and
+//! the model registry (Redis).
+//!
+//! - [`dashboard`]: what is collected for the dashboard and its JSON (pure).
 //! - [`lag`]: lag readings and rates, watch lists, assignment parsing (pure).
 //! - [`window`]: rolling hdrhistogram windows (pure).
 //! - [`slo`]: the rules (pure).
 
+pub mod dashboard;
 pub mod lag;
 pub mod slo;
 pub mod window;
@@ -18,11 +26,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aifab_core::config::{BrokerArgs, ServeArgs};
-use aifab_core::messages::{decode, encode, Alert, DeadLetter, LagReading, Outcome, Prediction};
+use aifab_core::messages::{decode, encode, Alert, BudgetEvent, DeadLetter, LagReading, Outcome, Prediction, ReplicaReport, ScaleDecision};
 use aifab_core::service::{Needs, Service, ServiceSpec};
 use aifab_core::topics::{self, groups, subjects};
 use anyhow::Context;
-use axum::{extract::State, routing::get, Json, Router};
+use axum::{extract::State, response::Html, routing::get, Json, Router};
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::Message;
@@ -36,12 +44,24 @@ use crate::window::{Key, WindowStats, Windows};
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "monitor",
     default_port: 8084,
-    needs: Needs { kafka: true, nats: true, redis: false },
+    // Redis holds the model registry the dashboard shows; readiness includes it.
+    needs: Needs { kafka: true, nats: true, redis: true },
 };
 
 /// Command-line and environment configuration.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "aifab-monitor", version, about = "Measures consumer lag, latency and throughput; raises SLO alerts; serves the dashboard.")]
+#[command(
+    name = "aifab-monitor",
+    version,
+    about = "Measures consumer lag, latency and throughput; raises SLO alerts; serves the dashboard.",
+    long_about = "Measures consumer lag, latency and throughput; raises SLO alerts; serves the dashboard.\n\n\
+        GET / is a live dashboard page (throughput, latency percentiles, lag per group, replicas and \
+        scale decisions, spend vs budget per tenant, model versions and their metrics); it polls \
+        GET /v1/dashboard. GET /v1/stats serves the rolling window alone.\n\n\
+        Needs Kafka, NATS and Redis (the model registry): /readyz is 503 while any is unreachable. \
+        The cost accountant (--costs-url) is optional: while it is unreachable the dashboard says so \
+        and keeps the budget reports it hears on NATS."
+)]
 pub struct Config {
     #[command(flatten)]
     pub brokers: BrokerArgs,
@@ -96,9 +116,31 @@ pub struct Config {
     /// SLO: consecutive evaluations before a rule fires or resolves.
     #[arg(long, env = "AIFAB_SLO_FOR_EVALS", default_value_t = 2)]
     pub slo_for_evals: u32,
+
+    /// Dashboard: the cost accountant's base URL, for `GET /v1/costs` (today's spend per
+    /// tenant). Empty: off (budget reports on NATS still show).
+    #[arg(long, env = "AIFAB_MONITOR_COSTS_URL", default_value = "http://127.0.0.1:8085")]
+    pub costs_url: String,
+    /// Dashboard: milliseconds between fetches of the cost report and the model registry.
+    #[arg(long, env = "AIFAB_MONITOR_DASHBOARD_REFRESH_MS", default_value_t = 5000)]
+    pub dashboard_refresh_ms: u64,
+    /// Dashboard: budget reports, replica reports and scale decisions older than this many
+    /// seconds are left out.
+    #[arg(long, env = "AIFAB_MONITOR_DASHBOARD_MAX_AGE_S", default_value_t = 600)]
+    pub dashboard_max_age_s: u64,
+    /// Dashboard: model versions shown per task (the newest; aliased versions always).
+    #[arg(long, env = "AIFAB_MONITOR_DASHBOARD_VERSIONS", default_value_t = 5)]
+    pub dashboard_versions: usize,
 }
 
 impl Config {
+    pub fn dashboard_limits(&self) -> dashboard::Limits {
+        dashboard::Limits {
+            max_age_ms: self.dashboard_max_age_s.saturating_mul(1000).min(i64::MAX as u64) as i64,
+            versions_per_task: self.dashboard_versions.max(1),
+        }
+    }
+
     pub fn slo(&self) -> SloConfig {
         SloConfig {
             p99_ms: self.slo_p99_ms,
@@ -135,27 +177,47 @@ pub struct StatsReport {
     pub alerts_firing: Vec<Alert>,
 }
 
-#[derive(Default)]
 struct Shared {
     latest_lag: BTreeMap<(String, String), LagReading>,
     report: StatsReport,
     firing: BTreeMap<String, Alert>,
+    dash: dashboard::Collected,
 }
+
+type SharedState = Arc<Mutex<Shared>>;
 
 /// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let static_watch = lag::parse_watch(&config.watch).map_err(|e| anyhow::anyhow!("--watch: {e}"))?;
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    let costs_from = if config.costs_url.trim().is_empty() { "off (--costs-url is empty)".to_string() } else { costs_endpoint(&config.costs_url) };
+    let shared = Arc::new(Mutex::new(Shared {
+        latest_lag: BTreeMap::new(),
+        report: StatsReport::default(),
+        firing: BTreeMap::new(),
+        dash: dashboard::Collected::new(costs_from),
+    }));
     let windows = Arc::new(Mutex::new(Windows::new(config.window_s as i64 * 1000, 12)));
+    let limits = config.dashboard_limits();
     let api = Router::new()
+        .route("/", get(|| async { Html(dashboard::PAGE) }))
         .route(
             "/v1/stats",
-            get(|State(s): State<Arc<Mutex<Shared>>>| async move { Json(s.lock().expect("stats lock").report.clone()) }),
+            get(|State(s): State<SharedState>| async move { Json(s.lock().expect("stats lock").report.clone()) }),
+        )
+        .route(
+            "/v1/dashboard",
+            get(move |State(s): State<SharedState>| async move {
+                let d = dashboard::build(&s.lock().expect("stats lock").dash, aifab_core::now_ms(), limits);
+                Json(d)
+            }),
         )
         .with_state(shared.clone());
     svc.serve(api).await?;
     let nats = svc.nats()?;
+    let redis = svc.redis()?;
+    let listener = tokio::spawn(listen_control(nats.clone(), shared.clone(), svc.shutdown.clone()));
+    let refresher = tokio::spawn(refresh_sources(config.clone(), redis, shared.clone(), svc.shutdown.clone()));
 
     // Lag: blocking librdkafka calls on their own thread, readings sent here.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<LagReading>(256);
@@ -178,7 +240,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = svc.shutdown.cancelled() => break,
             Some(reading) = rx.recv() => {
                 publish_lag(&nats, &reading).await;
-                shared.lock().expect("stats lock").latest_lag.insert((reading.group.clone(), reading.topic.clone()), reading);
+                let mut sh = shared.lock().expect("stats lock");
+                sh.dash.on_lag(&reading);
+                sh.latest_lag.insert((reading.group.clone(), reading.topic.clone()), reading);
             }
             _ = tick.tick() => {
                 let now = aifab_core::now_ms();
@@ -213,6 +277,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         .set(if a.state == aifab_core::messages::AlertState::Firing { 1.0 } else { 0.0 });
                 }
                 sh.report = StatsReport { alerts_firing: sh.firing.values().cloned().collect(), ..report };
+                let report = sh.report.clone();
+                sh.dash.on_report(report, now);
                 drop(sh);
                 export_window_metrics(&stats, dlq);
                 for a in alerts {
@@ -225,12 +291,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     consumer.abort();
+    listener.abort();
+    refresher.abort();
     let _ = tokio::task::spawn_blocking(move || poller.join()).await;
     svc.finish().await;
     Ok(())
 }
 
-fn model_key(task: &str, version: &str) -> String {
+pub(crate) fn model_key(task: &str, version: &str) -> String {
     format!("{task}@{version}")
 }
 
@@ -470,5 +538,148 @@ async fn consume_predictions(config: Config, windows: Arc<Mutex<Windows>>, shutd
                 tracing::debug!(error = %e, "undecodable prediction");
             }
         }
+    }
+}
+
+/// The dashboard's control-plane inputs: scale decisions, replica reports, budget reports.
+async fn listen_control(nats: async_nats::Client, shared: SharedState, shutdown: CancellationToken) {
+    let subscribe = |subject: &'static str| {
+        let nats = nats.clone();
+        async move {
+            match nats.subscribe(subject).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(subject, error = %e, "subscribing failed; the dashboard will not show it");
+                    None
+                }
+            }
+        }
+    };
+    let (Some(mut scale), Some(mut replicas), Some(mut budget)) =
+        (subscribe(subjects::SCALE_ALL).await, subscribe(subjects::REPLICAS_ALL).await, subscribe(subjects::BUDGET_ALL).await)
+    else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(m) = scale.next() => match decode::<ScaleDecision>(&m.payload) {
+                Ok(d) => shared.lock().expect("stats lock").dash.on_decision(d),
+                Err(e) => tracing::debug!(subject = %m.subject, error = %e, "undecodable scale decision"),
+            },
+            Some(m) = replicas.next() => match decode::<ReplicaReport>(&m.payload) {
+                Ok(r) => shared.lock().expect("stats lock").dash.on_replicas(r),
+                Err(e) => tracing::debug!(subject = %m.subject, error = %e, "undecodable replica report"),
+            },
+            Some(m) = budget.next() => {
+                // `aifab.budget.set` shares the wildcard; only reports are budget events.
+                if m.subject.as_str() == subjects::BUDGET_SET {
+                    continue;
+                }
+                match decode::<BudgetEvent>(&m.payload) {
+                    Ok(e) => shared.lock().expect("stats lock").dash.on_budget(e),
+                    Err(e) => tracing::debug!(subject = %m.subject, error = %e, "undecodable budget report"),
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+/// `<base>/v1/costs`.
+fn costs_endpoint(base: &str) -> String {
+    format!("{}/v1/costs", base.trim().trim_end_matches('/'))
+}
+
+async fn fetch_costs(http: &reqwest::Client, url: &str) -> Result<dashboard::CostsSnapshot, String> {
+    let resp = http.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(format!("GET {url}: {status}: {}", body.chars().take(200).collect::<String>()));
+    }
+    resp.json::<dashboard::CostsSnapshot>().await.map_err(|e| format!("GET {url}: not a cost report: {e}"))
+}
+
+async fn fetch_registry(conn: redis::aio::ConnectionManager) -> Result<Vec<dashboard::TaskModels>, String> {
+    use aifab_core::registry::{Registry, CANDIDATE, PRODUCTION};
+    let mut reg = Registry::new(conn);
+    let mut out = Vec::new();
+    for task in reg.tasks().await.map_err(|e| format!("registry tasks: {e}"))? {
+        let records = reg.list(&task).await.map_err(|e| format!("registry {task}: {e}"))?;
+        let mut aliases = BTreeMap::new();
+        for alias in [PRODUCTION, CANDIDATE] {
+            if let Some(v) = reg.alias(&task, alias).await.map_err(|e| format!("registry {task} {alias}: {e}"))? {
+                aliases.insert(alias.to_string(), v);
+            }
+        }
+        let rollout = reg.rollout(&task).await.map_err(|e| format!("registry {task} rollout: {e}"))?;
+        out.push(dashboard::TaskModels { task, records, aliases, rollout });
+    }
+    Ok(out)
+}
+
+/// Model metrics and aliases on `/metrics`, for Grafana: the versions the dashboard shows.
+/// Alias series that moved away are set to 0 (the exporter cannot delete a series).
+fn export_model_metrics(tasks: &[dashboard::TaskModels], limits: dashboard::Limits, exported: &mut BTreeSet<(String, String, String)>) {
+    let mut now_set = BTreeSet::new();
+    for tm in tasks {
+        let aliased: BTreeSet<&String> = tm.aliases.values().collect();
+        let n = tm.records.len();
+        for (i, r) in tm.records.iter().enumerate() {
+            if i + limits.versions_per_task < n && !aliased.contains(&r.version) {
+                continue;
+            }
+            for (name, v) in &r.metrics {
+                metrics::gauge!("aifab_monitor_model_metric_ratio",
+                    "task" => r.task.clone(), "version" => r.version.clone(), "metric" => name.clone())
+                .set(*v);
+            }
+        }
+        for (alias, version) in &tm.aliases {
+            now_set.insert((tm.task.clone(), alias.clone(), version.clone()));
+        }
+    }
+    for (task, alias, version) in exported.difference(&now_set) {
+        metrics::gauge!("aifab_monitor_model_alias_info", "task" => task.clone(), "alias" => alias.clone(), "version" => version.clone()).set(0.0);
+    }
+    for (task, alias, version) in &now_set {
+        metrics::gauge!("aifab_monitor_model_alias_info", "task" => task.clone(), "alias" => alias.clone(), "version" => version.clone()).set(1.0);
+    }
+    *exported = now_set;
+}
+
+/// Every `--dashboard-refresh-ms`: the cost report and the model registry.
+async fn refresh_sources(config: Config, redis: aifab_core::redis_store::RedisHandle, shared: SharedState, shutdown: CancellationToken) {
+    let costs_url = (!config.costs_url.trim().is_empty()).then(|| costs_endpoint(&config.costs_url));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("an HTTP client with a timeout builds");
+    let limits = config.dashboard_limits();
+    let mut exported = BTreeSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(config.dashboard_refresh_ms.max(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(url) = &costs_url {
+            let result = fetch_costs(&http, url).await;
+            if let Err(e) = &result {
+                tracing::debug!(error = %e, "cost report fetch failed");
+            }
+            shared.lock().expect("stats lock").dash.costs.update(result, aifab_core::now_ms());
+        }
+        let result = match redis.try_get() {
+            None => Err("redis is not connected yet".to_string()),
+            Some(conn) => fetch_registry(conn).await,
+        };
+        match &result {
+            Ok(tasks) => export_model_metrics(tasks, limits, &mut exported),
+            Err(e) => tracing::debug!(error = %e, "registry read failed"),
+        }
+        shared.lock().expect("stats lock").dash.registry.update(result, aifab_core::now_ms());
     }
 }
