@@ -271,9 +271,9 @@ impl DockerActuator {
             .inspect_container(&template_id, None)
             .await
             .map_err(docker_err(format!("GET /containers/{template_id}/json")))?;
-        let mut next = all.iter().map(|r| r.number).max().unwrap_or(0) + 1;
-        for _ in 0..missing {
-            let (name, body, extra_networks) = self.create_body(&template, next);
+        let next = all.iter().map(|r| r.number).max().unwrap_or(0) + 1;
+        for number in next..next + missing {
+            let (name, body, extra_networks) = self.create_body(&template, number);
             let created = docker
                 .create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
                 .await
@@ -293,8 +293,7 @@ impl DockerActuator {
                 .start_container(&id, None)
                 .await
                 .map_err(docker_err(format!("POST /containers/{id}/start")))?;
-            tracing::info!(container = %id, number = next, %name, "docker: created replica");
-            next += 1;
+            tracing::info!(container = %id, number, %name, "docker: created replica");
         }
         Ok(n)
     }

@@ -399,12 +399,13 @@ async fn kubernetes_finds_the_cluster_in_the_kubeconfig() {
     let k = KubeActuator::from_config(config, "ml", "aifab-inference-worker").unwrap();
     assert_eq!(k.replicas().await.unwrap(), 2);
     assert_eq!(k.scale(3).await.unwrap(), 3);
-    let f = fake.lock().unwrap();
-    assert_eq!(f.kube_replicas, 3);
-    assert!(f.requests.iter().all(|r| r.headers["authorization"] == "Bearer sa-token"));
+    {
+        let f = fake.lock().unwrap();
+        assert_eq!(f.kube_replicas, 3);
+        assert!(f.requests.iter().all(|r| r.headers["authorization"] == "Bearer sa-token"));
+    }
 
-    // --kube-api URL: that address (no service account mounted here, so no token).
-    drop(f);
+    // --kube-api URL: that address.
     let config = KubeActuator::config(Some(&base)).await.unwrap();
     assert_eq!(config.cluster_url.to_string().trim_end_matches('/'), base);
     let err = KubeActuator::config(Some("::")).await.unwrap_err().to_string();
