@@ -2,26 +2,36 @@
 //! `aifab up` supervisor (it listens on `aifab.scale.<service>` itself); these two are run
 //! by the autoscaler when `--actuator docker|kubernetes`:
 //!
-//! - [`DockerActuator`]: the Docker Engine API. `compose` mode does what
-//!   `docker compose up --scale` does: counts the service's containers by their compose
-//!   labels, starts stopped ones and creates new ones from a running replica's
-//!   configuration (next container number, host port bindings dropped), and stops and
-//!   removes the highest-numbered ones to scale down. `swarm` mode updates a swarm
-//!   service's replica count (`POST /services/{id}/update`).
-//! - [`KubeActuator`]: the Kubernetes API: reads and merge-patches the Deployment's
-//!   `scale` subresource (`PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}/scale`).
-//!
-//! Both are small HTTP clients on `reqwest` (rather than bollard and kube + k8s-openapi,
-//! which would add many minutes of build time on a 2-core machine for four requests each).
-//! The Docker client talks over the Unix socket or TCP; the Kubernetes client talks plain
-//! HTTP, so in a cluster it runs beside `kubectl proxy` (or any HTTP route to the API
-//! server) and sends the service account's bearer token when one is mounted.
+//! - [`DockerActuator`]: the Docker Engine API through [`bollard`], over the Unix socket
+//!   or plain TCP (the API version is negotiated with the daemon on first use). `compose`
+//!   mode does what `docker compose up --scale` does: counts the service's containers by
+//!   their compose labels, starts stopped ones and creates new ones from a running
+//!   replica's configuration (next container number, host port bindings dropped), and
+//!   stops and removes the highest-numbered ones to scale down. `swarm` mode updates a
+//!   swarm service's replica count (`POST /services/{id}/update` with the version read).
+//! - [`KubeActuator`]: the Kubernetes API through [`kube`] (`k8s-openapi` types): reads
+//!   and merge-patches the Deployment's `scale` subresource
+//!   (`PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}/scale`). Without
+//!   `--kube-api` it finds the cluster as `kubectl` does ([`kube::Config::infer`]:
+//!   `$KUBECONFIG` or `~/.kube/config`, else the pod's service account, over HTTPS with
+//!   the cluster's CA); with `--kube-api URL` it talks to that address (for example
+//!   `kubectl proxy` on `http://127.0.0.1:8001`) and sends the mounted service-account
+//!   token when there is one.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use reqwest::{Client, Method, StatusCode, Url};
-use serde_json::{json, Value};
+use anyhow::{anyhow, bail, Context};
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum, EndpointSettings, NetworkConnectRequest, NetworkingConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions, UpdateServiceOptions,
+};
+use bollard::Docker;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v1::Scale;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use tokio::sync::OnceCell;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ActuatorKind {
@@ -71,13 +81,18 @@ impl Actuator {
     }
 }
 
-async fn check(resp: reqwest::Response, what: &str) -> anyhow::Result<reqwest::Response> {
-    let status = resp.status();
-    if status.is_success() || status == StatusCode::NOT_MODIFIED {
-        return Ok(resp);
+/// `e` and its sources, each once (some errors repeat their source in their message).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        source = s.source();
     }
-    let body = resp.text().await.unwrap_or_default();
-    bail!("{what}: HTTP {status}: {}", body.trim())
+    out
 }
 
 // ------------------------------------------------------------------------------ docker
@@ -87,8 +102,10 @@ const LABEL_SERVICE: &str = "com.docker.compose.service";
 const LABEL_NUMBER: &str = "com.docker.compose.container-number";
 
 pub struct DockerActuator {
-    client: Client,
-    base: Url,
+    /// As connected, at bollard's API version.
+    client: Docker,
+    /// The same, once the API version has been negotiated with the daemon.
+    negotiated: OnceCell<Docker>,
     mode: DockerMode,
     project: String,
     service: String,
@@ -102,23 +119,30 @@ struct Replica {
     running: bool,
 }
 
+/// A failed Docker call: `docker <what>: <bollard's error>` (for an error answer:
+/// "Docker responded with status code 404: <the daemon's message>").
+fn docker_err(what: impl std::fmt::Display) -> impl FnOnce(bollard::errors::Error) -> anyhow::Error {
+    move |e| anyhow!("docker {what}: {}", chain(&e))
+}
+
 impl DockerActuator {
     /// `host`: `unix:///var/run/docker.sock`, `tcp://host:port` or `http://host:port`.
     /// `project`/`service`: the compose project and service (swarm: the service name).
     pub fn new(host: &str, mode: DockerMode, project: &str, service: &str, stop_timeout_s: u64) -> anyhow::Result<Self> {
-        let builder = Client::builder().timeout(Duration::from_secs(stop_timeout_s + 30));
-        let (client, base) = if let Some(path) = host.strip_prefix("unix://") {
-            (builder.unix_socket(path).build()?, Url::parse("http://docker")?)
-        } else if let Some(rest) = host.strip_prefix("tcp://") {
-            (builder.build()?, Url::parse(&format!("http://{rest}"))?)
-        } else if host.starts_with("http://") {
-            (builder.build()?, Url::parse(host)?)
+        // Per-request timeout: a stop waits up to `stop_timeout_s` for the container.
+        let timeout = stop_timeout_s + 30;
+        let client = if host.starts_with("unix://") {
+            Docker::connect_with_unix(host, timeout, bollard::API_DEFAULT_VERSION)
+                .with_context(|| format!("docker host {host}"))?
+        } else if host.starts_with("tcp://") || host.starts_with("http://") {
+            Docker::connect_with_http(host, timeout, bollard::API_DEFAULT_VERSION)
+                .with_context(|| format!("docker host {host}"))?
         } else {
             bail!("docker host {host:?}: expected unix:///path, tcp://host:port or http://host:port");
         };
         Ok(DockerActuator {
             client,
-            base,
+            negotiated: OnceCell::new(),
             mode,
             project: project.to_string(),
             service: service.to_string(),
@@ -126,64 +150,47 @@ impl DockerActuator {
         })
     }
 
-    fn url(&self, path: &str, query: &[(&str, &str)]) -> anyhow::Result<Url> {
-        let mut url = self.base.join(path)?;
-        if !query.is_empty() {
-            let mut q = url.query_pairs_mut();
-            for (k, v) in query {
-                q.append_pair(k, v);
-            }
-        }
-        Ok(url)
-    }
-
-    async fn call(&self, method: Method, path: &str, query: &[(&str, &str)], body: Option<Value>) -> anyhow::Result<reqwest::Response> {
-        let url = self.url(path, query)?;
-        let mut req = self.client.request(method.clone(), url.clone());
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.with_context(|| format!("docker {method} {}", url.path()))?;
-        check(resp, &format!("docker {method} {}", url.path())).await
+    /// The client at the newest API version both sides speak (asked once; a failure is
+    /// retried on the next call).
+    async fn docker(&self) -> anyhow::Result<&Docker> {
+        self.negotiated
+            .get_or_try_init(|| async { self.client.clone().negotiate_version().await.map_err(docker_err("GET /version")) })
+            .await
     }
 
     async fn containers(&self) -> anyhow::Result<Vec<Replica>> {
-        let filters = json!({ "label": [
-            format!("{LABEL_PROJECT}={}", self.project),
-            format!("{LABEL_SERVICE}={}", self.service),
-        ]})
-        .to_string();
-        let list: Value = self
-            .call(Method::GET, "/containers/json", &[("all", "true"), ("filters", &filters)], None)
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_PROJECT}={}", self.project), format!("{LABEL_SERVICE}={}", self.service)],
+        )]);
+        let list = self
+            .docker()
             .await?
-            .json()
-            .await?;
+            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+            .await
+            .map_err(docker_err("GET /containers/json"))?;
         let mut out: Vec<Replica> = list
-            .as_array()
-            .context("docker /containers/json: expected an array")?
-            .iter()
+            .into_iter()
             .filter_map(|c| {
-                let number = c["Labels"][LABEL_NUMBER].as_str()?.parse().ok()?;
-                Some(Replica {
-                    id: c["Id"].as_str()?.to_string(),
-                    number,
-                    running: c["State"].as_str() == Some("running"),
-                })
+                let number = c.labels.as_ref()?.get(LABEL_NUMBER)?.parse().ok()?;
+                Some(Replica { id: c.id?, number, running: c.state == Some(ContainerSummaryStateEnum::RUNNING) })
             })
             .collect();
         out.sort_by_key(|r| r.number);
         Ok(out)
     }
 
-    async fn swarm_service(&self) -> anyhow::Result<(String, u64, Value)> {
-        let svc: Value = self
-            .call(Method::GET, &format!("/services/{}", self.service), &[], None)
+    /// The swarm service's id, version and spec.
+    async fn swarm_service(&self) -> anyhow::Result<(String, u64, bollard::models::ServiceSpec)> {
+        let svc = self
+            .docker()
             .await?
-            .json()
-            .await?;
-        let id = svc["ID"].as_str().context("swarm service without ID")?.to_string();
-        let version = svc["Version"]["Index"].as_u64().context("swarm service without Version.Index")?;
-        Ok((id, version, svc["Spec"].clone()))
+            .inspect_service(&self.service, None)
+            .await
+            .map_err(docker_err(format!("GET /services/{}", self.service)))?;
+        let id = svc.id.context("swarm service without ID")?;
+        let version = svc.version.and_then(|v| v.index).context("swarm service without Version.Index")?;
+        Ok((id, version, svc.spec.unwrap_or_default()))
     }
 
     pub async fn replicas(&self) -> anyhow::Result<u32> {
@@ -191,10 +198,7 @@ impl DockerActuator {
             DockerMode::Compose => Ok(self.containers().await?.iter().filter(|r| r.running).count() as u32),
             DockerMode::Swarm => {
                 let (_, _, spec) = self.swarm_service().await?;
-                spec["Mode"]["Replicated"]["Replicas"]
-                    .as_u64()
-                    .map(|n| n as u32)
-                    .context("swarm service is not replicated (Spec.Mode.Replicated.Replicas)")
+                replicated(&spec).map(|n| n as u32)
             }
         }
     }
@@ -203,9 +207,19 @@ impl DockerActuator {
         match self.mode {
             DockerMode::Swarm => {
                 let (id, version, mut spec) = self.swarm_service().await?;
-                spec["Mode"]["Replicated"]["Replicas"] = json!(n);
-                self.call(Method::POST, &format!("/services/{id}/update"), &[("version", &version.to_string())], Some(spec))
-                    .await?;
+                replicated(&spec)?;
+                if let Some(r) = spec.mode.as_mut().and_then(|m| m.replicated.as_mut()) {
+                    r.replicas = Some(n.into());
+                }
+                let options = UpdateServiceOptions {
+                    version: i32::try_from(version).with_context(|| format!("swarm service version {version}"))?,
+                    ..Default::default()
+                };
+                self.docker()
+                    .await?
+                    .update_service(&id, spec, options, None)
+                    .await
+                    .map_err(docker_err(format!("POST /services/{id}/update")))?;
                 Ok(n)
             }
             DockerMode::Compose => self.scale_compose(n).await,
@@ -213,15 +227,22 @@ impl DockerActuator {
     }
 
     async fn scale_compose(&self, n: u32) -> anyhow::Result<u32> {
+        let docker = self.docker().await?;
         let all = self.containers().await?;
         let running: Vec<&Replica> = all.iter().filter(|r| r.running).collect();
         let have = running.len() as u32;
         if n < have {
             // Highest numbers first, as compose does.
             for r in running.iter().rev().take((have - n) as usize) {
-                let t = self.stop_timeout_s.to_string();
-                self.call(Method::POST, &format!("/containers/{}/stop", r.id), &[("t", &t)], None).await?;
-                self.call(Method::DELETE, &format!("/containers/{}", r.id), &[], None).await?;
+                let t = i32::try_from(self.stop_timeout_s).unwrap_or(i32::MAX);
+                docker
+                    .stop_container(&r.id, Some(StopContainerOptions { t: Some(t), signal: None }))
+                    .await
+                    .map_err(docker_err(format!("POST /containers/{}/stop", r.id)))?;
+                docker
+                    .remove_container(&r.id, None::<RemoveContainerOptions>)
+                    .await
+                    .map_err(docker_err(format!("DELETE /containers/{}", r.id)))?;
                 tracing::info!(container = %r.id, number = r.number, "docker: removed replica");
             }
             return Ok(n);
@@ -232,7 +253,10 @@ impl DockerActuator {
             if missing == 0 {
                 break;
             }
-            self.call(Method::POST, &format!("/containers/{}/start", r.id), &[], None).await?;
+            docker
+                .start_container(&r.id, None)
+                .await
+                .map_err(docker_err(format!("POST /containers/{}/start", r.id)))?;
             tracing::info!(container = %r.id, number = r.number, "docker: started stopped replica");
             missing -= 1;
         }
@@ -243,133 +267,182 @@ impl DockerActuator {
             .first()
             .map(|r| r.id.clone())
             .with_context(|| format!("compose service {}/{} has no container to copy; start one with docker compose up", self.project, self.service))?;
-        let template: Value = self
-            .call(Method::GET, &format!("/containers/{template_id}/json"), &[], None)
-            .await?
-            .json()
-            .await?;
-        let mut next = all.iter().map(|r| r.number).max().unwrap_or(0) + 1;
-        for _ in 0..missing {
-            let (name, body, extra_networks) = self.create_body(&template, next)?;
-            let created: Value = self
-                .call(Method::POST, "/containers/create", &[("name", &name)], Some(body))
-                .await?
-                .json()
-                .await?;
-            let id = created["Id"].as_str().context("container create: no Id")?.to_string();
+        let template = docker
+            .inspect_container(&template_id, None)
+            .await
+            .map_err(docker_err(format!("GET /containers/{template_id}/json")))?;
+        let next = all.iter().map(|r| r.number).max().unwrap_or(0) + 1;
+        for number in next..next + missing {
+            let (name, body, extra_networks) = self.create_body(&template, number);
+            let created = docker
+                .create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
+                .await
+                .map_err(docker_err(format!("POST /containers/create?name={name}")))?;
+            let id = created.id;
             for net in extra_networks {
-                self.call(
-                    Method::POST,
-                    &format!("/networks/{net}/connect"),
-                    &[],
-                    Some(json!({ "Container": id, "EndpointConfig": { "Aliases": [self.service] } })),
-                )
-                .await?;
+                let connect = NetworkConnectRequest {
+                    container: id.clone(),
+                    endpoint_config: Some(EndpointSettings { aliases: Some(vec![self.service.clone()]), ..Default::default() }),
+                };
+                docker
+                    .connect_network(&net, connect)
+                    .await
+                    .map_err(docker_err(format!("POST /networks/{net}/connect")))?;
             }
-            self.call(Method::POST, &format!("/containers/{id}/start"), &[], None).await?;
-            tracing::info!(container = %id, number = next, %name, "docker: created replica");
-            next += 1;
+            docker
+                .start_container(&id, None)
+                .await
+                .map_err(docker_err(format!("POST /containers/{id}/start")))?;
+            tracing::info!(container = %id, number, %name, "docker: created replica");
         }
         Ok(n)
     }
 
     /// The create request for replica `number`, copied from `template` (an inspect
     /// answer): its name, body, and the networks to connect after the first.
-    fn create_body(&self, template: &Value, number: u32) -> anyhow::Result<(String, Value, Vec<String>)> {
-        let cfg = &template["Config"];
-        let mut labels = cfg["Labels"].as_object().cloned().unwrap_or_default();
-        labels.insert(LABEL_NUMBER.into(), json!(number.to_string()));
-        let mut host = template["HostConfig"].clone();
-        if let Some(h) = host.as_object_mut() {
-            // Replicas cannot share host ports (compose refuses to scale those too).
-            h.remove("PortBindings");
-            h.insert("PublishAllPorts".into(), json!(false));
-        }
-        let mut networks: Vec<String> = template["NetworkSettings"]["Networks"]
-            .as_object()
+    fn create_body(&self, template: &ContainerInspectResponse, number: u32) -> (String, ContainerCreateBody, Vec<String>) {
+        let cfg = template.config.clone().unwrap_or_default();
+        let mut labels = cfg.labels.unwrap_or_default();
+        labels.insert(LABEL_NUMBER.into(), number.to_string());
+        let mut host = template.host_config.clone().unwrap_or_default();
+        // Replicas cannot share host ports (compose refuses to scale those too).
+        host.port_bindings = None;
+        host.publish_all_ports = Some(false);
+        let mut networks: Vec<String> = template
+            .network_settings
+            .as_ref()
+            .and_then(|s| s.networks.as_ref())
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default();
         networks.sort();
-        let mut body = json!({
-            "Image": cfg["Image"],
-            "Labels": labels,
-            "HostConfig": host,
+        let networking_config = networks.first().map(|first| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                first.clone(),
+                EndpointSettings { aliases: Some(vec![self.service.clone()]), ..Default::default() },
+            )])),
         });
-        for key in ["Env", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts", "Healthcheck", "StopSignal"] {
-            if !cfg[key].is_null() {
-                body[key] = cfg[key].clone();
-            }
-        }
-        if let Some(first) = networks.first() {
-            body["NetworkingConfig"] = json!({ "EndpointsConfig": { first: { "Aliases": [self.service] } } });
-        }
+        let body = ContainerCreateBody {
+            image: cfg.image,
+            labels: Some(labels),
+            host_config: Some(host),
+            env: cfg.env,
+            cmd: cfg.cmd,
+            entrypoint: cfg.entrypoint,
+            working_dir: cfg.working_dir,
+            user: cfg.user,
+            exposed_ports: cfg.exposed_ports,
+            healthcheck: cfg.healthcheck,
+            stop_signal: cfg.stop_signal,
+            networking_config,
+            ..Default::default()
+        };
         let name = format!("{}-{}-{}", self.project, self.service, number);
-        Ok((name, body, networks.into_iter().skip(1).collect()))
+        (name, body, networks.into_iter().skip(1).collect())
     }
+}
+
+/// A swarm spec's replica count, or why it has none.
+fn replicated(spec: &bollard::models::ServiceSpec) -> anyhow::Result<i64> {
+    spec.mode
+        .as_ref()
+        .and_then(|m| m.replicated.as_ref())
+        .and_then(|r| r.replicas)
+        .context("swarm service is not replicated (Spec.Mode.Replicated.Replicas)")
 }
 
 // -------------------------------------------------------------------------- kubernetes
 
 pub struct KubeActuator {
-    client: Client,
-    scale_url: Url,
-    token: Option<String>,
+    api: Api<Deployment>,
+    deployment: String,
+    /// The scale subresource's path, for messages.
+    path: String,
 }
 
 /// Where a pod finds its service account.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
+/// Requests that get no answer in this long fail (kube sets no read timeout by default).
+const KUBE_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failed Kubernetes call: `kubernetes <what>: HTTP <code> <reason>: <message>` for an
+/// error answer (the API server's `Status`), else kube's error and its causes.
+fn kube_err(what: &str, e: kube::Error) -> anyhow::Error {
+    match &e {
+        kube::Error::Api(s) => anyhow!("kubernetes {what}: HTTP {} {}: {}", s.code, s.reason, s.message.trim()),
+        _ => anyhow!("kubernetes {what}: {}", chain(&e)),
+    }
+}
+
 impl KubeActuator {
-    /// `api`: the API server's base URL (`http://127.0.0.1:8001` with `kubectl proxy`).
+    /// `api`: the API server's base URL (`http://127.0.0.1:8001` with `kubectl proxy`, or
+    /// `https://...`), with an optional bearer token.
     pub fn new(api: &str, namespace: &str, deployment: &str, token: Option<String>) -> anyhow::Result<Self> {
-        let base = Url::parse(api).with_context(|| format!("--kube-api {api:?}"))?;
-        if base.scheme() != "http" {
-            bail!(
-                "--kube-api {api}: this client speaks plain HTTP; run the autoscaler beside `kubectl proxy` \
-                 and use --kube-api http://127.0.0.1:8001"
-            );
-        }
-        let scale_url = base.join(&format!("/apis/apps/v1/namespaces/{namespace}/deployments/{deployment}/scale"))?;
-        Ok(KubeActuator { client: Client::builder().timeout(Duration::from_secs(30)).build()?, scale_url, token })
+        let mut config = kube::Config::new(api.parse().with_context(|| format!("--kube-api {api:?}"))?);
+        config.auth_info.token = token.map(Into::into);
+        Self::from_config(config, namespace, deployment)
     }
 
-    /// The mounted service-account token and namespace, when running in a pod.
-    pub fn service_account() -> (Option<String>, Option<String>) {
-        let read = |f: &str| {
-            std::fs::read_to_string(format!("{SERVICE_ACCOUNT_DIR}/{f}")).ok().map(|s| s.trim().to_string())
+    /// From a complete client configuration (see [`KubeActuator::config`]).
+    pub fn from_config(mut config: kube::Config, namespace: &str, deployment: &str) -> anyhow::Result<Self> {
+        config.read_timeout.get_or_insert(KUBE_READ_TIMEOUT);
+        let client = kube::Client::try_from(config).context("kubernetes client")?;
+        Ok(KubeActuator {
+            api: Api::namespaced(client, namespace),
+            deployment: deployment.to_string(),
+            path: format!("/apis/apps/v1/namespaces/{namespace}/deployments/{deployment}/scale"),
+        })
+    }
+
+    /// The client configuration for `--kube-api`: none, as `kubectl` finds the cluster
+    /// ([`kube::Config::infer`]: `$KUBECONFIG` or `~/.kube/config`, else the pod's service
+    /// account); a URL, that address with the mounted service account's token (re-read as
+    /// it rotates), CA and namespace when there is one. Its `default_namespace` is the
+    /// namespace to use when none is given.
+    pub async fn config(api: Option<&str>) -> anyhow::Result<kube::Config> {
+        let Some(api) = api else {
+            return kube::Config::infer()
+                .await
+                .map_err(|e| anyhow!("kubernetes: no kubeconfig or in-cluster service account ({}); set --kube-api", chain(&e)));
         };
-        (read("token"), read("namespace"))
+        let mut config = kube::Config::new(api.parse().with_context(|| format!("--kube-api {api:?}"))?);
+        let sa = std::path::Path::new(SERVICE_ACCOUNT_DIR);
+        if sa.join("token").exists() {
+            config.auth_info.token_file = Some(sa.join("token").display().to_string());
+        }
+        if config.cluster_url.scheme_str() == Some("https") && sa.join("ca.crt").exists() {
+            config.root_cert_file = Some(sa.join("ca.crt"));
+        }
+        if let Ok(ns) = std::fs::read_to_string(sa.join("namespace")) {
+            config.default_namespace = ns.trim().to_string();
+        }
+        Ok(config)
     }
 
-    fn request(&self, method: Method) -> reqwest::RequestBuilder {
-        let mut req = self.client.request(method, self.scale_url.clone()).header("Accept", "application/json");
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        req
+    fn replicas_of(&self, what: &str, scale: &Scale) -> anyhow::Result<u32> {
+        scale
+            .status
+            .as_ref()
+            .map(|s| s.replicas)
+            .or_else(|| scale.spec.as_ref().and_then(|s| s.replicas))
+            .map(|n| n.max(0) as u32)
+            .with_context(|| format!("kubernetes {what}: no status.replicas or spec.replicas in {scale:?}"))
     }
 
     pub async fn replicas(&self) -> anyhow::Result<u32> {
-        let what = format!("kubernetes GET {}", self.scale_url.path());
-        let resp = self.request(Method::GET).send().await.with_context(|| what.clone())?;
-        let scale: Value = check(resp, &what).await?.json().await?;
-        scale["status"]["replicas"]
-            .as_u64()
-            .or_else(|| scale["spec"]["replicas"].as_u64())
-            .map(|n| n as u32)
-            .with_context(|| format!("{what}: no status.replicas or spec.replicas in {scale}"))
+        let what = format!("GET {}", self.path);
+        let scale = self.api.get_scale(&self.deployment).await.map_err(|e| kube_err(&what, e))?;
+        self.replicas_of(&what, &scale)
     }
 
     pub async fn scale(&self, n: u32) -> anyhow::Result<u32> {
-        let what = format!("kubernetes PATCH {}", self.scale_url.path());
-        let resp = self
-            .request(Method::PATCH)
-            .header("Content-Type", "application/merge-patch+json")
-            .body(json!({ "spec": { "replicas": n } }).to_string())
-            .send()
+        let what = format!("PATCH {}", self.path);
+        let patch = Patch::Merge(json!({ "spec": { "replicas": n } }));
+        let scale = self
+            .api
+            .patch_scale(&self.deployment, &PatchParams::default(), &patch)
             .await
-            .with_context(|| what.clone())?;
-        let scale: Value = check(resp, &what).await?.json().await?;
-        Ok(scale["spec"]["replicas"].as_u64().map(|v| v as u32).unwrap_or(n))
+            .map_err(|e| kube_err(&what, e))?;
+        Ok(scale.spec.and_then(|s| s.replicas).map(|v| v.max(0) as u32).unwrap_or(n))
     }
 }

@@ -132,10 +132,12 @@ pub struct Config {
     /// Seconds a stopped replica gets to drain (SIGTERM) before SIGKILL.
     #[arg(long, env = "AIFAB_DOCKER_STOP_TIMEOUT_S", default_value_t = 30)]
     pub docker_stop_timeout_s: u64,
-    /// Kubernetes API base URL (plain HTTP, e.g. `kubectl proxy`).
-    #[arg(long, env = "AIFAB_KUBE_API", default_value = "http://127.0.0.1:8001")]
-    pub kube_api: String,
-    /// Kubernetes namespace (default: the pod's own, else `default`).
+    /// Kubernetes API server URL (e.g. `http://127.0.0.1:8001` for `kubectl proxy`; the
+    /// mounted service-account token is sent). Default: found as kubectl does
+    /// ($KUBECONFIG or ~/.kube/config, else the pod's service account).
+    #[arg(long, env = "AIFAB_KUBE_API")]
+    pub kube_api: Option<String>,
+    /// Kubernetes namespace (default: the kubeconfig context's or the pod's own, else `default`).
     #[arg(long, env = "AIFAB_KUBE_NAMESPACE")]
     pub kube_namespace: Option<String>,
     /// Kubernetes Deployment to scale.
@@ -171,7 +173,7 @@ impl Config {
         p
     }
 
-    fn build_actuator(&self) -> anyhow::Result<Option<Actuator>> {
+    async fn build_actuator(&self) -> anyhow::Result<Option<Actuator>> {
         Ok(match self.actuator {
             ActuatorKind::None => None,
             ActuatorKind::Docker => Some(Actuator::Docker(DockerActuator::new(
@@ -182,9 +184,9 @@ impl Config {
                 self.docker_stop_timeout_s,
             )?)),
             ActuatorKind::Kubernetes => {
-                let (token, ns) = KubeActuator::service_account();
-                let ns = self.kube_namespace.clone().or(ns).unwrap_or_else(|| "default".into());
-                Some(Actuator::Kubernetes(KubeActuator::new(&self.kube_api, &ns, &self.kube_deployment, token)?))
+                let config = KubeActuator::config(self.kube_api.as_deref()).await?;
+                let ns = self.kube_namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+                Some(Actuator::Kubernetes(KubeActuator::from_config(config, &ns, &self.kube_deployment)?))
             }
         })
     }
@@ -294,7 +296,7 @@ fn router(state: ApiState) -> Router {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
     let policy = config.policy_config();
-    let actuator = config.build_actuator()?.map(Arc::new);
+    let actuator = config.build_actuator().await?.map(Arc::new);
     let history = Arc::new(Mutex::new(VecDeque::new()));
     svc.serve(router(ApiState { history: history.clone(), policy: Arc::new(policy.clone()) })).await?;
     let nats = svc.nats()?;

@@ -1,5 +1,6 @@
-//! The Docker Engine and Kubernetes actuators against fake API servers (small axum
-//! servers in the test that keep state and record every request).
+//! The Docker Engine and Kubernetes actuators (bollard and kube clients) against fake API
+//! servers (small axum servers in the test that keep state, record every request and
+//! answer as the Docker Engine and the Kubernetes API server do, errors included).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,9 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone)]
 struct Request {
     method: Method,
+    /// Without the API version prefix (`/v1.44`), which is in `api_version`.
     path: String,
+    api_version: Option<String>,
     query: BTreeMap<String, String>,
     headers: HeaderMap,
     body: Value,
@@ -84,11 +87,18 @@ fn compose_labels(number: u32) -> BTreeMap<String, String> {
 async fn docker(State(fake): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
     let query = query_of(&uri);
-    let path = uri.path().to_string();
+    // The Engine serves every route with or without a `/v<major>.<minor>` prefix.
+    let mut parts: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+    let api_version = match parts.first() {
+        Some(v) if v.starts_with('v') && v[1..].split('.').all(|n| n.parse::<u32>().is_ok()) => Some(parts.remove(0)[1..].to_string()),
+        _ => None,
+    };
+    let path = format!("/{}", parts.join("/"));
     let mut f = fake.lock().unwrap();
-    f.requests.push(Request { method: method.clone(), path: path.clone(), query: query.clone(), headers, body: body.clone() });
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    f.requests.push(Request { method: method.clone(), path: path.clone(), api_version, query: query.clone(), headers, body: body.clone() });
     match (method.as_str(), parts.as_slice()) {
+        // An older daemon than bollard's default API version: the client must step down.
+        ("GET", ["version"]) => Json(json!({"Version": "25.0.5", "ApiVersion": "1.44", "MinAPIVersion": "1.24", "Os": "linux"})).into_response(),
         ("GET", ["containers", "json"]) => {
             assert_eq!(query.get("all").map(String::as_str), Some("true"));
             let filters: Value = serde_json::from_str(&query["filters"]).unwrap();
@@ -161,20 +171,35 @@ async fn docker(State(fake): State<Shared>, method: Method, uri: Uri, headers: H
             f.swarm = (f.swarm.0 + 1, body["Mode"]["Replicated"]["Replicas"].as_u64().unwrap() as u32);
             Json(json!({"Warnings": null})).into_response()
         }
-        _ => (StatusCode::NOT_FOUND, format!("no route {method} {path}")).into_response(),
+        _ => (StatusCode::NOT_FOUND, Json(json!({"message": format!("page not found: {method} {path}")}))).into_response(),
     }
+}
+
+/// A Kubernetes API error answer (`Status`), as the API server sends it.
+fn kube_status(code: StatusCode, reason: &str, message: &str) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    (code, Json(body)).into_response()
 }
 
 async fn kube(State(fake): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
     let path = uri.path().to_string();
     let mut f = fake.lock().unwrap();
-    f.requests.push(Request { method: method.clone(), path: path.clone(), query: query_of(&uri), headers: headers.clone(), body: body.clone() });
-    if path != "/apis/apps/v1/namespaces/ml/deployments/aifab-inference-worker/scale" {
-        return (StatusCode::NOT_FOUND, Json(json!({"kind": "Status", "message": "deployments.apps not found"}))).into_response();
-    }
+    f.requests.push(Request { method: method.clone(), path: path.clone(), api_version: None, query: query_of(&uri), headers: headers.clone(), body: body.clone() });
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer sa-token") {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"kind": "Status", "message": "Unauthorized"}))).into_response();
+        return kube_status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
+    let Some(name) = path.strip_prefix("/apis/apps/v1/namespaces/ml/deployments/").and_then(|p| p.strip_suffix("/scale")) else {
+        return kube_status(StatusCode::NOT_FOUND, "NotFound", &format!("the server could not find the requested resource ({path})"));
+    };
+    if name != "aifab-inference-worker" {
+        return kube_status(StatusCode::NOT_FOUND, "NotFound", &format!("deployments.apps \"{name}\" not found"));
+    }
+    if method != Method::GET && method != Method::PATCH {
+        return kube_status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", &format!("{method} is not supported"));
     }
     if method == Method::PATCH {
         assert_eq!(headers["content-type"], "application/merge-patch+json");
@@ -220,6 +245,16 @@ async fn docker_compose_scales_up_by_copying_a_replica_and_down_by_removing_the_
     let d = DockerActuator::new(&host, DockerMode::Compose, "aifab", "inference-worker", 7).unwrap();
 
     assert_eq!(d.replicas().await.unwrap(), 1, "only the inference-worker service counts");
+    {
+        // The API version is asked once, first; nothing newer than the daemon's is used.
+        let f = fake.lock().unwrap();
+        assert_eq!(f.requests[0].path, "/version");
+        assert_eq!(f.requests.iter().filter(|r| r.path == "/version").count(), 1);
+        let req = f.requests.iter().find(|r| r.path == "/containers/json").unwrap();
+        assert!(matches!(req.api_version.as_deref(), None | Some("1.44")), "{req:?}");
+        let filters: Value = serde_json::from_str(&req.query["filters"]).unwrap();
+        assert_eq!(filters, json!({"label": ["com.docker.compose.project=aifab", "com.docker.compose.service=inference-worker"]}));
+    }
     assert_eq!(d.scale(3).await.unwrap(), 3);
     assert_eq!(d.replicas().await.unwrap(), 3);
     {
@@ -252,6 +287,8 @@ async fn docker_compose_scales_up_by_copying_a_replica_and_down_by_removing_the_
     assert_eq!(stops[0].query["t"], "7", "the stop timeout lets the worker drain");
     let removed: Vec<&str> = f.requests.iter().filter(|r| r.method == Method::DELETE).map(|r| r.path.as_str()).collect();
     assert_eq!(removed, vec!["/containers/c4", "/containers/c3"], "highest number first");
+    assert!(f.requests.iter().all(|r| matches!(r.api_version.as_deref(), None | Some("1.44"))));
+    assert_eq!(f.requests.iter().filter(|r| r.path == "/version").count(), 1, "negotiated once");
     let left: Vec<u32> = f.containers.iter().filter(|c| c.labels["com.docker.compose.service"] == "inference-worker").map(|c| c.number).collect();
     assert_eq!(left, vec![1]);
 }
@@ -291,10 +328,11 @@ async fn docker_swarm_updates_the_service_replicas() {
         assert_eq!(update.query["version"], "41");
         assert_eq!(update.body["Mode"]["Replicated"]["Replicas"], 5);
         assert_eq!(update.body["Labels"]["a"], "b", "the rest of the spec is sent back unchanged");
+        assert_eq!(update.body["Name"], "inference-worker");
     }
     let missing = DockerActuator::new(&base, DockerMode::Swarm, "aifab", "nope", 30).unwrap();
     let err = missing.replicas().await.unwrap_err().to_string();
-    assert!(err.contains("404") && err.contains("service not found"), "{err}");
+    assert!(err.contains("404") && err.contains("service not found") && err.contains("docker GET /services/nope"), "{err}");
 }
 
 #[tokio::test]
@@ -316,12 +354,60 @@ async fn kubernetes_patches_the_deployment_scale_subresource() {
     // Wrong token and wrong deployment: errors that quote the API server.
     let bad = KubeActuator::new(&base, "ml", "aifab-inference-worker", Some("nope".into())).unwrap();
     let err = bad.scale(2).await.unwrap_err().to_string();
-    assert!(err.contains("401") && err.contains("Unauthorized"), "{err}");
+    assert!(err.contains("401") && err.contains("Unauthorized") && err.contains("PATCH /apis/apps/v1/namespaces/ml/deployments/aifab-inference-worker/scale"), "{err}");
     let gone = KubeActuator::new(&base, "ml", "other", Some("sa-token".into())).unwrap();
     let err = gone.replicas().await.unwrap_err().to_string();
-    assert!(err.contains("404") && err.contains("/deployments/other/scale"), "{err}");
+    assert!(err.contains("404") && err.contains("/deployments/other/scale") && err.contains(r#"deployments.apps "other" not found"#), "{err}");
     assert_eq!(fake.lock().unwrap().kube_replicas, 4, "failed calls changed nothing");
-    // HTTPS needs a proxy in front (this client speaks plain HTTP).
-    let err = KubeActuator::new("https://10.0.0.1:443", "ml", "d", None).err().unwrap().to_string();
-    assert!(err.contains("kubectl proxy"), "{err}");
+    // A bad --kube-api is refused up front; an HTTPS one is fine (TLS is rustls).
+    let err = KubeActuator::new("not a url", "ml", "d", None).err().unwrap().to_string();
+    assert!(err.contains("--kube-api"), "{err}");
+    assert!(KubeActuator::new("https://10.0.0.1:443", "ml", "d", None).is_ok());
+    // Nothing listening: the error names the call and the cause.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let down = KubeActuator::new(&format!("http://{closed}"), "ml", "aifab-inference-worker", None).unwrap();
+    let err = down.replicas().await.unwrap_err().to_string();
+    assert!(err.contains("kubernetes GET /apis/apps/v1/namespaces/ml/deployments/aifab-inference-worker/scale"), "{err}");
+}
+
+/// Without `--kube-api` the cluster is found as kubectl finds it: here `$KUBECONFIG`,
+/// whose context names the server, the token and the namespace.
+#[tokio::test]
+async fn kubernetes_finds_the_cluster_in_the_kubeconfig() {
+    let fake = fake_with(vec![]);
+    fake.lock().unwrap().kube_replicas = 2;
+    let base = serve_tcp(Router::new().fallback(kube).with_state(fake.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+             clusters:\n- name: fake\n  cluster:\n    server: {base}\n\
+             users:\n- name: sa\n  user:\n    token: sa-token\n\
+             contexts:\n- name: test\n  context:\n    cluster: fake\n    user: sa\n    namespace: ml\n"
+        ),
+    )
+    .unwrap();
+    // The only test in this binary that reads the environment's kubeconfig.
+    std::env::set_var("KUBECONFIG", &path);
+    let config = KubeActuator::config(None).await.unwrap();
+    assert_eq!(config.default_namespace, "ml", "the context's namespace");
+    let k = KubeActuator::from_config(config, "ml", "aifab-inference-worker").unwrap();
+    assert_eq!(k.replicas().await.unwrap(), 2);
+    assert_eq!(k.scale(3).await.unwrap(), 3);
+    {
+        let f = fake.lock().unwrap();
+        assert_eq!(f.kube_replicas, 3);
+        assert!(f.requests.iter().all(|r| r.headers["authorization"] == "Bearer sa-token"));
+    }
+
+    // --kube-api URL: that address.
+    let config = KubeActuator::config(Some(&base)).await.unwrap();
+    assert_eq!(config.cluster_url.to_string().trim_end_matches('/'), base);
+    let err = KubeActuator::config(Some("::")).await.unwrap_err().to_string();
+    assert!(err.contains("--kube-api"), "{err}");
 }
