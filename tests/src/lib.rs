@@ -667,6 +667,7 @@ impl WorkerRun {
         cmd.env("AIFAB_HTTP_ADDR", &addr)
             .env("AIFAB_KAFKA_BROKERS", &self.endpoints.kafka)
             .env("AIFAB_NATS_URL", &self.endpoints.nats)
+            .env("AIFAB_REDIS_URL", &self.endpoints.redis)
             .env("AIFAB_MODEL_DIR", &self.model_dir)
             .env("AIFAB_HEAD_DIR", &self.head_dir)
             .env("AIFAB_MODEL_VERSION", &self.version)
