@@ -19,21 +19,41 @@ pub fn redis_url() -> String {
     std::env::var("AIFAB_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// Where the broker, NATS and Redis are: the shared local stack ([`Endpoints::shared`],
+/// from the `AIFAB_*` variables) or a [`PrivateStack`] a fault test may stop and restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub kafka: String,
+    pub nats: String,
+    pub redis: String,
+}
+
+impl Endpoints {
+    pub fn shared() -> Self {
+        Endpoints { kafka: kafka_brokers(), nats: nats_url(), redis: redis_url() }
+    }
+}
+
 /// A name no earlier run used, so tests never see each other's data.
 pub fn unique(prefix: &str) -> String {
     format!("test.{prefix}.{}", uuid::Uuid::new_v4().simple())
 }
 
-fn admin() -> AdminClient<DefaultClientContext> {
-    aifab_core::kafka::base_config(&kafka_brokers(), "aifab-tests-admin")
+fn admin(brokers: &str) -> AdminClient<DefaultClientContext> {
+    aifab_core::kafka::base_config(brokers, "aifab-tests-admin")
         .create()
         .expect("admin client")
 }
 
 /// Create a fresh topic; panics with the broker's reason if it cannot.
 pub async fn create_topic(name: &str, partitions: i32) {
+    create_topic_on(&kafka_brokers(), name, partitions).await
+}
+
+/// [`create_topic`] on the broker at `brokers`.
+pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let res = admin()
+    let res = admin(brokers)
         .create_topics(&[NewTopic::new(name, partitions, TopicReplication::Fixed(1))], &opts)
         .await
         .expect("create_topics request");
@@ -44,7 +64,7 @@ pub async fn create_topic(name: &str, partitions: i32) {
 
 /// Delete a test topic (best effort: a leftover topic harms nothing).
 pub async fn delete_topic(name: &str) {
-    let _ = admin().delete_topics(&[name], &AdminOptions::new()).await;
+    let _ = admin(&kafka_brokers()).delete_topics(&[name], &AdminOptions::new()).await;
 }
 
 /// Run `f` until it returns `Some` (that value), or `None` once `timeout` has passed.
@@ -169,8 +189,14 @@ pub fn request(task: &str, prefix: &str, i: usize) -> aifab_core::messages::Infe
 
 /// `n` inference requests ([`request`]) produced to `topic` keyed by id.
 pub async fn produce_requests(topic: &str, task: &str, prefix: &str, range: std::ops::Range<usize>) {
+    produce_requests_on(&kafka_brokers(), topic, task, prefix, range).await
+}
+
+/// [`produce_requests`] to the broker at `brokers`. Each send is retried by the idempotent
+/// producer (through a broker restart too) until it is acknowledged, or panics.
+pub async fn produce_requests_on(brokers: &str, topic: &str, task: &str, prefix: &str, range: std::ops::Range<usize>) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let p: FutureProducer = aifab_core::kafka::producer_config(&kafka_brokers(), "aifab-tests").create().unwrap();
+    let p: FutureProducer = aifab_core::kafka::producer_config(brokers, "aifab-tests").create().unwrap();
     let mut sends = Vec::new();
     for i in range {
         let req = request(task, prefix, i);
@@ -204,15 +230,31 @@ impl PredictionReader {
 
     /// A reader of another predictions topic, from its current end.
     pub fn on(topic: &str) -> Self {
+        Self::on_brokers(&kafka_brokers(), topic)
+    }
+
+    /// A reader of `topic` on the broker at `brokers`, from its current end.
+    pub fn on_brokers(brokers: &str, topic: &str) -> Self {
         use rdkafka::consumer::Consumer;
         let consumer: rdkafka::consumer::BaseConsumer =
-            aifab_core::kafka::consumer_config(&kafka_brokers(), "aifab-tests", &unique("reader"))
+            aifab_core::kafka::consumer_config(brokers, "aifab-tests", &unique("reader"))
                 .create()
                 .unwrap();
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
         let mut tpl = rdkafka::TopicPartitionList::new();
         for p in md.topics()[0].partitions() {
-            let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).unwrap();
+            // A broker that just started may not have elected the partition's leader yet.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let high = loop {
+                match consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)) {
+                    Ok((_, high)) => break high,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        eprintln!("watermarks of {topic}/{}: {e}; retrying", p.id());
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => panic!("watermarks of {topic}/{}: {e}", p.id()),
+                }
+            };
             tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(high)).unwrap();
         }
         assert!(tpl.count() > 0, "topic {topic} has no partitions");
@@ -227,6 +269,9 @@ impl PredictionReader {
         while std::time::Instant::now() < deadline {
             match self.consumer.poll(Duration::from_millis(50)) {
                 None => continue,
+                // A broker restart (tests/tests/faults.rs) surfaces as transport errors
+                // until the client reconnects; the consumer resumes where it was.
+                Some(Err(e)) if is_transient(&e) => eprintln!("reading predictions: {e}; continuing"),
                 Some(Err(e)) => panic!("reading predictions: {e}"),
                 Some(Ok(m)) => {
                     let p: aifab_core::messages::Prediction =
@@ -293,6 +338,15 @@ impl PredictionReader {
         }
         c
     }
+}
+
+/// A consumer error that a reconnect ends (the broker went away and comes back).
+fn is_transient(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::BrokerTransportFailure | C::AllBrokersDown | C::NotLeaderForPartition | C::LeaderNotAvailable)
+    )
 }
 
 impl Default for PredictionReader {
@@ -553,14 +607,21 @@ pub struct WorkerRun {
     pub version: String,
     /// The tiny models when [`WorkerRun::new`] made them (keeps their temp dir alive).
     pub models: Option<TinyModels>,
+    /// The broker and NATS the replicas use (the shared stack unless [`WorkerRun::new_on`]).
+    pub endpoints: Endpoints,
 }
 
 impl WorkerRun {
     /// A fresh input topic with `partitions`, a fresh group and task, and the tiny models
     /// (head v1).
     pub async fn new(partitions: i32) -> Self {
+        Self::new_on(Endpoints::shared(), partitions).await
+    }
+
+    /// [`WorkerRun::new`] on another stack (a [`PrivateStack`]).
+    pub async fn new_on(endpoints: Endpoints, partitions: i32) -> Self {
         let models = tiny_models();
-        let mut run = Self::with_model(partitions, &models.model_dir, &models.head_v1, "v1").await;
+        let mut run = Self::with_model_on(endpoints, partitions, &models.model_dir, &models.head_v1, "v1").await;
         run.models = Some(models);
         run
     }
@@ -568,8 +629,18 @@ impl WorkerRun {
     /// A fresh input topic, group and task served by the encoder in `model_dir` with the
     /// head in `head_dir` (version `version`).
     pub async fn with_model(partitions: i32, model_dir: &std::path::Path, head_dir: &std::path::Path, version: &str) -> Self {
+        Self::with_model_on(Endpoints::shared(), partitions, model_dir, head_dir, version).await
+    }
+
+    async fn with_model_on(
+        endpoints: Endpoints,
+        partitions: i32,
+        model_dir: &std::path::Path,
+        head_dir: &std::path::Path,
+        version: &str,
+    ) -> Self {
         let topic = unique("requests");
-        create_topic(&topic, partitions).await;
+        create_topic_on(&endpoints.kafka, &topic, partitions).await;
         WorkerRun {
             topic,
             group: unique("workers"),
@@ -578,6 +649,7 @@ impl WorkerRun {
             head_dir: head_dir.to_path_buf(),
             version: version.to_string(),
             models: None,
+            endpoints,
         }
     }
 
@@ -593,8 +665,9 @@ impl WorkerRun {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut cmd = tokio::process::Command::new(bin_path("aifab-inference-worker"));
         cmd.env("AIFAB_HTTP_ADDR", &addr)
-            .env("AIFAB_KAFKA_BROKERS", kafka_brokers())
-            .env("AIFAB_NATS_URL", nats_url())
+            .env("AIFAB_KAFKA_BROKERS", &self.endpoints.kafka)
+            .env("AIFAB_NATS_URL", &self.endpoints.nats)
+            .env("AIFAB_REDIS_URL", &self.endpoints.redis)
             .env("AIFAB_MODEL_DIR", &self.model_dir)
             .env("AIFAB_HEAD_DIR", &self.head_dir)
             .env("AIFAB_MODEL_VERSION", &self.version)
@@ -618,7 +691,7 @@ impl WorkerRun {
     /// Wait until the group has committed everything in the input topic; false if
     /// `timeout` passed first.
     pub async fn wait_drained(&self, timeout: Duration) -> bool {
-        let (brokers, group, topic) = (kafka_brokers(), self.group.clone(), self.topic.clone());
+        let (brokers, group, topic) = (self.endpoints.kafka.clone(), self.group.clone(), self.topic.clone());
         wait_for(timeout, || {
             let (brokers, group, topic) = (brokers.clone(), group.clone(), topic.clone());
             async move {
@@ -680,6 +753,378 @@ pub fn delivery_of_counts(counts: impl IntoIterator<Item = usize>) -> Delivery {
         }
     }
     d
+}
+
+// ---------------------------------------------------------------- worker-kill chaos
+
+/// A worker-kill scenario for [`kill_chaos`].
+#[derive(Debug, Clone)]
+pub struct KillPlan {
+    /// Requests produced to the run's input topic before the first worker starts.
+    pub requests: usize,
+    /// SIGKILLs, one each time another 1/(kills+1) of the requests have a committed
+    /// prediction.
+    pub kills: usize,
+    /// The worker's max batch size.
+    pub batch: usize,
+    /// Instance id of the replica that is killed and restarted under the same id (so the
+    /// restart fences the dead one's open transaction, as a supervisor's restart does).
+    pub instance: String,
+    /// After the last kill, start this (instance id, max batch) instead of restarting
+    /// `instance`: another identity finishes the stream.
+    pub finisher: Option<(String, usize)>,
+    /// Longest wait for each phase (a kill point, the rest of the stream, the drain).
+    pub timeout: Duration,
+}
+
+/// What [`kill_chaos`] saw.
+#[derive(Debug)]
+pub struct KillReport {
+    pub kills: usize,
+    /// Per request id, against a read_committed reader read to the end of the topic.
+    pub delivery: Delivery,
+    /// Every committed prediction of the run (duplicates included).
+    pub predictions: Vec<aifab_core::messages::Prediction>,
+    /// From the first worker's start to the reader reaching the end.
+    pub elapsed: Duration,
+    /// False if a wait ran out (then the missing ids count as lost).
+    pub completed: bool,
+    /// The replica still running at the end (the caller stops it).
+    pub last: tokio::process::Child,
+}
+
+/// Produce `plan.requests` requests to `run`'s topic, start one worker, SIGKILL it
+/// `plan.kills` times mid-stream (restarting it each time), let the last one finish, wait
+/// for lag 0 and count every committed prediction per request id. `load-tests`' `chaos`
+/// and `tests/tests/inference_worker.rs` run this.
+pub async fn kill_chaos(run: &WorkerRun, plan: &KillPlan) -> KillReport {
+    let n = plan.requests;
+    let prefix = unique("chaos");
+    let brokers = run.endpoints.kafka.clone();
+    let mut reader = tokio::task::spawn_blocking(move || {
+        PredictionReader::on_brokers(&brokers, aifab_core::topics::PREDICTIONS.name)
+    })
+    .await
+    .unwrap();
+    let t = std::time::Instant::now();
+    produce_requests_on(&run.endpoints.kafka, &run.topic, &run.task, &prefix, 0..n).await;
+    eprintln!("produced {n} requests to {} in {:.1}s", run.topic, t.elapsed().as_secs_f64());
+
+    let started = std::time::Instant::now();
+    let (mut worker, _) = run.start(&plan.instance, plan.batch, &[]);
+    let mut kills = 0;
+    let mut completed = true;
+    for k in 1..=plan.kills {
+        let at = k * n / (plan.kills + 1);
+        if !reader.read_until(&prefix, at, plan.timeout) {
+            eprintln!("only {} distinct predictions after {:?}; no more kills", reader.counts().len(), plan.timeout);
+            completed = false;
+            break;
+        }
+        sigkill(&mut worker);
+        worker.wait().await.expect("wait for the killed worker");
+        kills += 1;
+        let (name, batch) = match &plan.finisher {
+            Some((name, batch)) if k == plan.kills => (name.as_str(), *batch),
+            _ => (plan.instance.as_str(), plan.batch),
+        };
+        eprintln!(
+            "kill {k}: SIGKILL at {} distinct predictions ({:.1}s), starting {name}",
+            reader.counts().len(),
+            started.elapsed().as_secs_f64()
+        );
+        worker = run.start(name, batch, &[]).0;
+    }
+    if completed && !reader.read_until(&prefix, n, plan.timeout) {
+        eprintln!("only {} of {n} requests predicted after {:?}", reader.counts().len(), plan.timeout);
+        completed = false;
+    }
+    if !run.wait_drained(plan.timeout).await {
+        eprintln!("the worker group did not reach lag 0 within {:?}", plan.timeout);
+        completed = false;
+    }
+    // read_committed: reading to the end waits out open transactions, so every committed
+    // prediction (a duplicate too) is counted.
+    if !reader.read_to_end(&prefix, Duration::from_secs(90)) {
+        eprintln!("the predictions topic never settled");
+        completed = false;
+    }
+    let elapsed = started.elapsed();
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    let delivery = delivery(ids.iter().map(String::as_str), &reader.counts());
+    KillReport { kills, delivery, predictions: reader.seen, elapsed, completed, last: worker }
+}
+
+// ---------------------------------------------------------------- dead letters
+
+/// The high watermark of each partition of `aifab.dlq` now: read dead letters from here.
+pub async fn dlq_high_watermark() -> Vec<i64> {
+    tokio::task::spawn_blocking(|| {
+        use rdkafka::consumer::Consumer;
+        let c = aifab_core::kafka::metadata_client(&kafka_brokers(), "aifab-tests").unwrap();
+        (0..aifab_core::topics::DLQ.partitions)
+            .map(|p| c.fetch_watermarks(aifab_core::topics::DLQ.name, p, Duration::from_secs(10)).unwrap().1)
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+/// The first `n` dead letters in `aifab.dlq` after offsets `from` whose source is
+/// `source_topic` (read_committed); panics if fewer arrive within `timeout`.
+pub async fn dead_letters_from(
+    from: Vec<i64>,
+    source_topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<aifab_core::messages::DeadLetter> {
+    let source_topic = source_topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::Message;
+        let c: BaseConsumer =
+            aifab_core::kafka::consumer_config(&kafka_brokers(), "aifab-tests", &unique("dlq")).create().unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (p, o) in from.iter().enumerate() {
+            tpl.add_partition_offset(aifab_core::topics::DLQ.name, p as i32, rdkafka::Offset::Offset(*o)).unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        let deadline = std::time::Instant::now() + timeout;
+        let mut found = Vec::new();
+        while found.len() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {n} dead letters from {source_topic} within {timeout:?}",
+                found.len()
+            );
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                if let Ok(dl) = aifab_core::messages::decode::<aifab_core::messages::DeadLetter>(m.payload().unwrap_or_default()) {
+                    if dl.source.as_ref().is_some_and(|s| s.topic == source_topic) {
+                        found.push(dl);
+                    }
+                }
+            }
+        }
+        found
+    })
+    .await
+    .unwrap()
+}
+
+// ---------------------------------------------------------------- dates
+
+/// (year, month) of the civil (proleptic Gregorian) date `days` days after 1970-01-01.
+pub fn civil_year_month(days: i64) -> (i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    (y, m)
+}
+
+/// This month, UTC, as a budget period (`YYYY-MM`).
+pub fn this_month_utc() -> String {
+    let (y, m) = civil_year_month(aifab_core::now_ms() / 86_400_000);
+    format!("{y:04}-{m:02}")
+}
+
+// ---------------------------------------------------------------- private stacks (fault tests)
+
+/// True when something accepts TCP connections on 127.0.0.1:`port`.
+pub fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).is_ok()
+}
+
+/// SIGTERM process `pid` and wait (up to `timeout`) until it is gone; panics if it is not.
+pub async fn terminate_pid(pid: u32, timeout: Duration) {
+    let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -TERM {pid}");
+    let alive = move || std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
+    eventually(timeout, &format!("pid {pid} to exit after SIGTERM"), || async move { (!alive()).then_some(()) }).await;
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The parts of a [`PrivateStack`] that can be stopped and started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Kafka,
+    Nats,
+    Redis,
+}
+
+/// A Kafka + NATS + Redis stack of the test's own, on free loopback ports and a temp data
+/// dir, started by `scripts/stack-up` (with the topics of `shared/core/src/topics.rs`):
+/// fault tests stop and restart its parts without touching the shared stack. Dropping it
+/// runs `scripts/stack-down` for it.
+pub struct PrivateStack {
+    pub dir: tempfile::TempDir,
+    pub kafka_port: u16,
+    pub kafka_controller_port: u16,
+    pub nats_port: u16,
+    pub nats_monitor_port: u16,
+    pub redis_port: u16,
+}
+
+impl PrivateStack {
+    /// Start one (Kafka with a 512 MiB heap); panics with stack-up's output if it fails.
+    pub async fn up() -> Self {
+        let stack = PrivateStack {
+            dir: tempfile::Builder::new().prefix("aifab-private-stack-").tempdir().unwrap(),
+            kafka_port: free_port(),
+            kafka_controller_port: free_port(),
+            nats_port: free_port(),
+            nats_monitor_port: free_port(),
+            redis_port: free_port(),
+        };
+        stack.start().await;
+        stack
+    }
+
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            kafka: format!("127.0.0.1:{}", self.kafka_port),
+            nats: format!("nats://127.0.0.1:{}", self.nats_port),
+            redis: format!("redis://127.0.0.1:{}", self.redis_port),
+        }
+    }
+
+    fn script(&self, name: &str) -> std::process::Command {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let mut cmd = std::process::Command::new(root.join("scripts").join(name));
+        cmd.env("AIFAB_DATA_DIR", self.dir.path())
+            .env("AIFAB_KAFKA_PORT", self.kafka_port.to_string())
+            .env("AIFAB_KAFKA_CONTROLLER_PORT", self.kafka_controller_port.to_string())
+            .env("AIFAB_NATS_PORT", self.nats_port.to_string())
+            .env("AIFAB_NATS_MONITOR_PORT", self.nats_monitor_port.to_string())
+            .env("AIFAB_REDIS_PORT", self.redis_port.to_string())
+            .env("AIFAB_KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m")
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    /// `scripts/stack-up` for this stack: starts whatever part is not running (on the
+    /// same data dir) and waits until it answers.
+    pub async fn start(&self) {
+        let mut cmd = self.script("stack-up");
+        let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("run scripts/stack-up");
+        assert!(
+            out.status.success(),
+            "private stack-up failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The pid of a running part, from stack-up's pid file.
+    pub fn pid(&self, c: Component) -> u32 {
+        let file = match c {
+            Component::Kafka => "kafka/kafka.pid",
+            Component::Nats => "nats/nats.pid",
+            Component::Redis => "redis/redis.pid",
+        };
+        let path = self.dir.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.trim().parse().unwrap_or_else(|e| panic!("{}: {e}: {text:?}", path.display()))
+    }
+
+    /// Stop one part gracefully (SIGTERM, then wait for it to exit).
+    pub async fn stop(&self, c: Component) {
+        terminate_pid(self.pid(c), Duration::from_secs(60)).await;
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        let _ = self.script("stack-down").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
+    }
+}
+
+/// A NATS or Redis server of the test's own on a free port (no broker: lighter than a
+/// [`PrivateStack`]), that a test stops and starts again on the same port and data dir.
+pub struct PrivateServer {
+    pub port: u16,
+    program: String,
+    args: Vec<String>,
+    pub dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateServer {
+    /// `nats-server` on loopback (JetStream on, store in the temp dir).
+    pub async fn nats() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let args = ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", &dir.path().display().to_string()]
+            .map(String::from)
+            .to_vec();
+        Self::start_new("nats-server", args, port, dir).await
+    }
+
+    /// `redis-server` on loopback with an append-only file in the temp dir (what it holds
+    /// survives a restart).
+    pub async fn redis() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let args = [
+            "--bind", "127.0.0.1", "--port", &port.to_string(), "--dir", &dir.path().display().to_string(),
+            "--appendonly", "yes", "--save", "", "--daemonize", "no",
+        ]
+        .map(String::from)
+        .to_vec();
+        Self::start_new("redis-server", args, port, dir).await
+    }
+
+    async fn start_new(program: &str, args: Vec<String>, port: u16, dir: tempfile::TempDir) -> Self {
+        let mut s = PrivateServer { port, program: program.into(), args, dir, child: None };
+        s.start().await;
+        s
+    }
+
+    /// Start it (again), and wait until its port accepts connections.
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.program);
+        let child = std::process::Command::new(&self.program)
+            .args(&self.args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.program));
+        self.child = Some(child);
+        let port = self.port;
+        eventually(Duration::from_secs(30), &format!("{} on :{port}", self.program), || async move {
+            port_open(port).then_some(())
+        })
+        .await;
+    }
+
+    /// SIGTERM it and wait for it to exit.
+    pub async fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let status = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        assert!(status.success());
+        let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+        assert!(!port_open(self.port), "{} still listening after exit ({status})", self.program);
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use aifab_core::messages::{decode, encode, tag, BudgetEvent, BudgetEventKind, BudgetPeriod, BudgetSet, DeadLetter, UsageRecord};
+use aifab_core::messages::{decode, encode, tag, BudgetEvent, BudgetEventKind, BudgetPeriod, BudgetSet, UsageRecord};
 use aifab_core::topics::subjects;
 use aifab_tests::*;
 use futures::StreamExt;
@@ -160,7 +160,7 @@ async fn usage_is_charged_once_through_duplicates_and_a_replay() {
     assert_eq!(metric(&metrics, "aifab_cost_accountant_usage_records_total{result=\"duplicate\"}"), Some(n as f64), "{metrics}");
 
     // The bad record is a dead letter naming where it came from.
-    let dl = find_dead_letter(dlq_start, &topic).await;
+    let dl = dead_letters_from(dlq_start, &topic, 1, Duration::from_secs(60)).await.remove(0);
     assert_eq!(dl.stage, "cost-accountant");
     assert!(dl.reason.contains("tenant"), "{}", dl.reason);
 
@@ -180,45 +180,6 @@ async fn usage_is_charged_once_through_duplicates_and_a_replay() {
     assert_eq!(metric(&metrics, "aifab_cost_accountant_usage_records_total{result=\"duplicate\"}"), Some(2.0 * n as f64));
     assert_eq!(metric(&metrics, "aifab_cost_accountant_usage_records_total{result=\"charged\"}"), None, "nothing charged twice");
     delete_topic(&topic).await;
-}
-
-async fn dlq_high_watermark() -> Vec<i64> {
-    tokio::task::spawn_blocking(|| {
-        let c = aifab_core::kafka::metadata_client(&kafka_brokers(), "aifab-tests").unwrap();
-        use rdkafka::consumer::Consumer;
-        (0..aifab_core::topics::DLQ.partitions)
-            .map(|p| c.fetch_watermarks(aifab_core::topics::DLQ.name, p, Duration::from_secs(10)).unwrap().1)
-            .collect()
-    })
-    .await
-    .unwrap()
-}
-
-async fn find_dead_letter(from: Vec<i64>, source_topic: &str) -> DeadLetter {
-    let source_topic = source_topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        use rdkafka::Message;
-        let c: BaseConsumer = aifab_core::kafka::consumer_config(&kafka_brokers(), "aifab-tests", &unique("dlq")).create().unwrap();
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for (p, o) in from.iter().enumerate() {
-            tpl.add_partition_offset(aifab_core::topics::DLQ.name, p as i32, rdkafka::Offset::Offset(*o)).unwrap();
-        }
-        c.assign(&tpl).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while std::time::Instant::now() < deadline {
-            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-                if let Ok(dl) = decode::<DeadLetter>(m.payload().unwrap_or_default()) {
-                    if dl.source.as_ref().is_some_and(|s| s.topic == source_topic) {
-                        return dl;
-                    }
-                }
-            }
-        }
-        panic!("no dead letter from {source_topic}");
-    })
-    .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

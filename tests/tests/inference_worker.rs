@@ -19,43 +19,35 @@ async fn read_to_end(reader: &mut PredictionReader, prefix: &str) {
     assert!(reader.read_to_end(prefix, Duration::from_secs(90)), "predictions topic never settled");
 }
 
+/// The `load-tests/chaos` scenario (the same code, `kill_chaos`): 20,000 requests, the
+/// replica SIGKILLed five times mid-stream — restarted under its instance id after the
+/// first four, replaced by a second identity after the fifth — and a read_committed
+/// reader sees every request predicted exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_gets_exactly_one_prediction_through_sigkills() {
     let run = WorkerRun::new(4).await;
-    let prefix = unique("eos");
-    let n = 6000;
-    let mut reader = PredictionReader::new();
-    produce_requests(&run.topic, &run.task, &prefix, 0..n).await;
-
-    // Kill the same replica (same instance id, as a supervisor restarts it) three times
-    // mid-stream; each restart fences the dead one's open transaction.
-    let (mut worker, _) = run.start("eos-a", 4, &[]);
-    for k in 1..=3 {
-        read_until(&mut reader, &prefix, k * n / 6).await;
-        sigkill(&mut worker);
-        worker.wait().await.unwrap();
-        worker = run.start("eos-a", 4, &[]).0;
-    }
-    read_until(&mut reader, &prefix, n / 2 + 200).await;
-    sigkill(&mut worker);
-    worker.wait().await.unwrap();
-    // A second worker with another identity finishes the stream.
-    let (second, _) = run.start("eos-b", 32, &[]);
-    read_until(&mut reader, &prefix, n).await;
-    run.drained().await;
-    read_to_end(&mut reader, &prefix).await;
-
-    let counts = reader.counts();
-    let dupes: Vec<_> = counts.iter().filter(|(_, c)| **c != 1).take(5).collect();
-    assert_eq!(counts.len(), n, "every request predicted");
-    assert!(dupes.is_empty(), "requests with more than one committed prediction: {dupes:?}");
-    assert!(reader.seen.iter().all(|p| p.outcome == Outcome::Ok && p.model_version == "v1"));
-    let workers: BTreeSet<_> = reader.seen.iter().map(|p| p.worker.as_str()).collect();
+    let n = 20_000;
+    let plan = KillPlan {
+        requests: n,
+        kills: 5,
+        batch: 16,
+        instance: "eos-a".into(),
+        finisher: Some(("eos-b".into(), 32)),
+        timeout: Duration::from_secs(180),
+    };
+    let report = kill_chaos(&run, &plan).await;
+    eprintln!("{} kills, {:?}, {:.1}s", report.kills, report.delivery, report.elapsed.as_secs_f64());
+    assert!(report.completed, "every wait finished in time");
+    assert_eq!(report.kills, 5);
+    assert_eq!(report.delivery, Delivery { requests: n, lost: 0, duplicated: 0 });
+    assert_eq!(report.predictions.len(), n, "committed predictions");
+    assert!(report.predictions.iter().all(|p| p.outcome == Outcome::Ok && p.model_version == "v1"));
+    let workers: BTreeSet<_> = report.predictions.iter().map(|p| p.worker.as_str()).collect();
     assert_eq!(workers, BTreeSet::from(["eos-a", "eos-b"]));
 
     // Graceful stop: SIGTERM exits 0.
+    let mut second = report.last;
     sigterm(&second);
-    let mut second = second;
     let status = tokio::time::timeout(Duration::from_secs(30), second.wait()).await.expect("exits").unwrap();
     assert!(status.success(), "SIGTERM exit: {status}");
     delete_topic(&run.topic).await;

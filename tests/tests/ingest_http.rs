@@ -391,12 +391,7 @@ async fn rate_limits_and_budgets_answer_429_with_retry_after_or_deprioritise() {
 
     // Budget exceeded (NATS, from the cost accountant): reject vs deprioritise.
     let nats = async_nats::connect(nats_url()).await.unwrap();
-    let period = {
-        // This month, UTC.
-        let days = aifab_core::now_ms() / 86_400_000;
-        let (y, m) = civil_year_month(days);
-        format!("{y:04}-{m:02}")
-    };
+    let period = this_month_utc();
     for tenant in [run.over(), run.low()] {
         let e = BudgetEvent {
             schema: tag(),
@@ -444,18 +439,6 @@ async fn rate_limits_and_budgets_answer_429_with_retry_after_or_deprioritise() {
 }
 
 /// (year, month) of a day count since 1970-01-01.
-fn civil_year_month(days: i64) -> (i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    (y, m)
-}
-
 /// The sha256 of a key, as an operator computes it (`printf %s "$KEY" | sha256sum`).
 fn sha256_hex(bytes: &[u8]) -> String {
     use std::io::Write;

@@ -4,12 +4,13 @@
 //! so the restart fences the dead one's open transaction), the last one left to finish;
 //! then every committed prediction is counted with a read_committed reader.
 //!
-//! The fixtures are the ones `tests/tests/inference_worker.rs` uses (`aifab_tests`).
+//! The scenario is `aifab_tests::kill_chaos`, the one `tests/tests/inference_worker.rs`
+//! runs (with a second worker identity finishing the stream).
 //! Ends with `requests <n> lost <n> duplicated <n>`; exits 1 if any was lost or duplicated.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aifab_tests::{delivery, produce_requests, sigkill, unique, PredictionReader, WorkerRun};
+use aifab_tests::{kill_chaos, unique, KillPlan, WorkerRun};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -35,57 +36,28 @@ struct Args {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let n = args.requests;
-    let timeout = Duration::from_secs(args.timeout_s);
     let run = WorkerRun::new(args.partitions).await;
-    let prefix = unique("chaos");
-    let mut reader = tokio::task::spawn_blocking(PredictionReader::new).await?;
-    let t = Instant::now();
-    produce_requests(&run.topic, &run.task, &prefix, 0..n).await;
-    eprintln!("produced {n} requests to {} in {:.1}s", run.topic, t.elapsed().as_secs_f64());
-
-    let started = Instant::now();
-    let instance = format!("chaos-{}", &prefix[prefix.len() - 8..]);
-    let (mut worker, _) = run.start(&instance, args.batch, &[]);
-    let mut kills = 0;
-    for k in 1..=args.kills {
-        let at = k * n / (args.kills + 1);
-        if !reader.read_until(&prefix, at, timeout) {
-            eprintln!("only {} distinct predictions after {timeout:?}; no more kills", reader.counts().len());
-            break;
-        }
-        sigkill(&mut worker);
-        worker.wait().await?;
-        kills += 1;
-        eprintln!(
-            "kill {k}: SIGKILL at {} distinct predictions ({:.1}s), restarting {instance}",
-            reader.counts().len(),
-            started.elapsed().as_secs_f64()
-        );
-        worker = run.start(&instance, args.batch, &[]).0;
-    }
-    if !reader.read_until(&prefix, n, timeout) {
-        eprintln!("only {} of {n} requests predicted after {timeout:?}", reader.counts().len());
-    }
-    let drained = run.wait_drained(timeout).await;
-    if !drained {
-        eprintln!("the worker group did not reach lag 0 within {timeout:?}");
-    }
-    // read_committed: reading to the end waits out open transactions, so every committed
-    // prediction (a duplicate too) is counted.
-    if !reader.read_to_end(&prefix, Duration::from_secs(90)) {
-        eprintln!("the predictions topic never settled");
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    aifab_tests::sigterm(&worker);
-    let _ = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await;
+    let plan = KillPlan {
+        requests: args.requests,
+        kills: args.kills,
+        batch: args.batch,
+        instance: {
+            let id = unique("chaos");
+            format!("chaos-{}", &id[id.len() - 8..])
+        },
+        finisher: None,
+        timeout: Duration::from_secs(args.timeout_s),
+    };
+    let report = kill_chaos(&run, &plan).await;
+    let mut last = report.last;
+    aifab_tests::sigterm(&last);
+    let _ = tokio::time::timeout(Duration::from_secs(30), last.wait()).await;
     aifab_tests::delete_topic(&run.topic).await;
 
-    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
-    let d = delivery(ids.iter().map(String::as_str), &reader.counts());
-    println!("kills {kills}");
-    println!("committed_predictions {}", reader.seen.len());
-    println!("elapsed_s {elapsed:.1}");
+    let d = report.delivery;
+    println!("kills {}", report.kills);
+    println!("committed_predictions {}", report.predictions.len());
+    println!("elapsed_s {:.1}", report.elapsed.as_secs_f64());
     println!("requests {} lost {} duplicated {}", d.requests, d.lost, d.duplicated);
     if d.lost > 0 || d.duplicated > 0 {
         std::process::exit(1);

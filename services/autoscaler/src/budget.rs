@@ -43,7 +43,7 @@ impl BudgetTracker {
     pub fn view(&self, now_ms: i64) -> Option<BudgetView> {
         self.latest
             .values()
-            .filter(|ev| now_ms - ev.at_ms <= self.max_age_ms)
+            .filter(|ev| now_ms.saturating_sub(ev.at_ms) <= self.max_age_ms)
             .filter_map(|ev| {
                 let end = period_end_ms(&ev.period)?;
                 (end > now_ms).then(|| BudgetView {

@@ -36,7 +36,7 @@ pub fn cached_prediction(cached: &Prediction, rec: &IngestRecord, id: &str, task
         arm: cached.arm,
         batch_id: None,
         batch_size: 0,
-        queue_ms: (now_ms - received).max(0) as f64,
+        queue_ms: now_ms.saturating_sub(received).max(0) as f64,
         compute_ms: 0.0,
         received_at_ms: received,
         produced_at_ms: now_ms,

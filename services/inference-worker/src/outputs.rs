@@ -36,7 +36,7 @@ pub fn computed(req: &InferenceRequest, c: Classification, b: &BatchInfo, arm: A
         arm,
         batch_id: Some(b.batch_id.to_string()),
         batch_size: b.batch_size,
-        queue_ms: (b.compute_started_ms - req.received_at_ms).max(0) as f64,
+        queue_ms: b.compute_started_ms.saturating_sub(req.received_at_ms).max(0) as f64,
         compute_ms: b.compute_seconds * 1000.0,
         received_at_ms: req.received_at_ms,
         produced_at_ms: b.now_ms,
@@ -57,7 +57,7 @@ pub fn expired(req: &InferenceRequest, b: &BatchInfo) -> Prediction {
         arm: Arm::Production,
         batch_id: None,
         batch_size: 0,
-        queue_ms: (b.now_ms - req.received_at_ms).max(0) as f64,
+        queue_ms: b.now_ms.saturating_sub(req.received_at_ms).max(0) as f64,
         compute_ms: 0.0,
         received_at_ms: req.received_at_ms,
         produced_at_ms: b.now_ms,
@@ -120,6 +120,20 @@ mod tests {
             deadline_ms: None,
             priority: 0,
             attributes: Default::default(),
+        }
+    }
+
+    /// Regression: a request with `received_at_ms` far in the past (i64::MIN, from outside
+    /// input) panicked the batch loop with "attempt to subtract with overflow"; found by
+    /// `tests/tests/faults.rs`'s poison-request test.
+    #[test]
+    fn extreme_receipt_times_do_not_overflow() {
+        let mut r = req("r", "acme", 3);
+        for at in [i64::MIN, i64::MAX] {
+            r.received_at_ms = at;
+            let c = Classification { label: "a".into(), scores: BTreeMap::new() };
+            assert!(computed(&r, c, &info(), Arm::Production).queue_ms >= 0.0);
+            assert!(expired(&r, &info()).queue_ms >= 0.0);
         }
     }
 

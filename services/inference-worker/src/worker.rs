@@ -530,15 +530,8 @@ fn to_queued<M: Message>(m: &M, task: &str) -> Queued {
         }
         Ok(r) => Ok(r),
     };
-    // The deadline counts from when ingest received the request, not from now.
-    let deadline = request.as_ref().ok().and_then(|r| {
-        let d = r.deadline_ms?;
-        let age_ms = (aifab_core::now_ms() - r.received_at_ms).max(0) as u64;
-        Some(match d.checked_sub(age_ms) {
-            Some(left) => now + Duration::from_millis(left),
-            None => now,
-        })
-    });
+    let deadline =
+        request.as_ref().ok().and_then(|r| deadline_at(now, aifab_core::now_ms(), r.received_at_ms, r.deadline_ms?));
     let tokens = request.as_ref().map(|r| r.input_ids.len()).unwrap_or(1);
     Queued {
         partition: m.partition(),
@@ -573,4 +566,45 @@ fn dead_letter(
     };
     let key = row.key.clone().unwrap_or_default();
     (topics::DLQ.name, key, encode(&dl), row.headers.clone())
+}
+
+/// When a request received at `received_at_ms` (wall clock) with `deadline_ms` expires, as
+/// an `Instant` given that it is `now` / `now_ms`. The deadline counts from when ingest
+/// received the request, not from now. The fields come from outside input, so the
+/// arithmetic saturates: a receipt in the future counts as now, one in the far past (or a
+/// deadline of 0) has already expired, and a deadline too far ahead to represent is no
+/// deadline (`None`) rather than an `Instant` overflow (a panic).
+fn deadline_at(now: Instant, now_ms: i64, received_at_ms: i64, deadline_ms: u64) -> Option<Instant> {
+    let age_ms = u64::try_from(now_ms.saturating_sub(received_at_ms)).unwrap_or(0);
+    match deadline_ms.checked_sub(age_ms) {
+        Some(left) => now.checked_add(Duration::from_millis(left)),
+        None => Some(now),
+    }
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_count_from_receipt() {
+        let now = Instant::now();
+        assert_eq!(deadline_at(now, 10_000, 9_000, 5_000), Some(now + Duration::from_millis(4_000)));
+        assert_eq!(deadline_at(now, 10_000, 2_000, 5_000), Some(now), "already past");
+        assert_eq!(deadline_at(now, 10_000, 12_000, 5_000), Some(now + Duration::from_millis(5_000)), "receipt in the future");
+    }
+
+    /// Regression: a request with `deadline_ms` u64::MAX (or `received_at_ms` i64::MIN)
+    /// panicked the worker ("overflow when adding duration to instant" / subtract with
+    /// overflow), a poison message that crash-looped its partition.
+    #[test]
+    fn extreme_fields_do_not_overflow() {
+        let now = Instant::now();
+        let now_ms = aifab_core::now_ms();
+        assert!(deadline_at(now, now_ms, now_ms, u64::MAX).is_none_or(|d| d > now + Duration::from_secs(86_400)));
+        assert!(deadline_at(now, now_ms, i64::MIN, u64::MAX).is_none_or(|d| d > now));
+        assert_eq!(deadline_at(now, now_ms, i64::MIN, 1_000), Some(now));
+        assert_eq!(deadline_at(now, i64::MIN, i64::MAX, 1_000), Some(now + Duration::from_millis(1_000)));
+        assert_eq!(deadline_at(now, now_ms, i64::MAX, 0), Some(now));
+    }
 }

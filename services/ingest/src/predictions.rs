@@ -26,7 +26,7 @@ pub fn keep_for_s(p: &Prediction, ttl_s: u64, now_ms: i64) -> Option<u64> {
     if p.arm == Arm::Shadow {
         return None;
     }
-    let age_s = ((now_ms - p.produced_at_ms).max(0) / 1000) as u64;
+    let age_s = (now_ms.saturating_sub(p.produced_at_ms).max(0) / 1000) as u64;
     ttl_s.checked_sub(age_s).filter(|left| *left > 0)
 }
 

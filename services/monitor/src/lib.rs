@@ -519,7 +519,7 @@ async fn consume_predictions(config: Config, windows: Arc<Mutex<Windows>>, shutd
         }
         match decode::<Prediction>(payload) {
             Ok(p) => {
-                let latency_ms = (p.produced_at_ms - p.received_at_ms).max(0) as f64;
+                let latency_ms = p.produced_at_ms.saturating_sub(p.received_at_ms).max(0) as f64;
                 let error = p.outcome == Outcome::Expired;
                 let outcome = match p.outcome {
                     Outcome::Ok => "ok",
