@@ -312,15 +312,19 @@ fn s3_store(bucket: &str, s3: &S3Config) -> object_store::Result<object_store::a
         b = b.with_secret_access_key(k);
     }
     // `from_env` reads AWS_REGION and AWS_DEFAULT_REGION (the first wins; default us-east-1).
+    // Fail in seconds, not minutes, when the store is down: a few quick retries. (Client
+    // options first: they hold allow_http, which the next step may set.)
+    let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(30), ..RetryConfig::default() };
+    let mut options = ClientOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(60));
+    if let Some(allow) = b.get_config_value(&AmazonS3ConfigKey::Client(object_store::ClientConfigKey::AllowHttp)) {
+        options = options.with_allow_http(allow.eq_ignore_ascii_case("true"));
+    }
+    b = b.with_retry(retry).with_client_options(options);
     let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
     if endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) {
         b = b.with_allow_http(true);
     }
-    // Fail in seconds, not minutes, when the store is down: a few quick retries.
-    let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(30), ..RetryConfig::default() };
-    b.with_retry(retry)
-        .with_client_options(ClientOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(60)))
-        .build()
+    b.build()
 }
 
 /// reqwest is built without a bundled TLS crypto provider (the workspace already has
@@ -444,6 +448,8 @@ mod tests {
         let err = fetch_version("s3://nobody/models/spam/v1", &["labels.json"], cache.path(), &s3).await.unwrap_err();
         let msg = format!("{err}");
         assert!(msg.contains("s3://nobody/models/spam/v1/labels.json") && msg.contains("the store said"), "{msg}");
+        // It got as far as connecting (not a client-side configuration error).
+        assert!(!msg.contains("BadScheme") && msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
         assert!(started.elapsed() < Duration::from_secs(30), "gave up after {:?}", started.elapsed());
     }
 }
