@@ -55,6 +55,14 @@ pub struct Config {
     #[arg(long, env = "AIFAB_MODEL_VERSION")]
     pub model_version: Option<String>,
 
+    /// Where heads of s3:// registry versions are downloaded before loading (local
+    /// artifact URIs are read in place).
+    #[arg(long, env = "AIFAB_ARTIFACT_CACHE_DIR", default_value_t = aifab_core::artifacts::default_cache_dir())]
+    pub artifact_cache_dir: String,
+
+    #[command(flatten)]
+    pub s3: aifab_core::artifacts::S3Args,
+
     /// The task (model name) this worker serves; requests for other tasks are dead-lettered.
     #[arg(long, env = "AIFAB_TASK", default_value = "default")]
     pub task: String,
@@ -129,7 +137,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let encoder = tokio::task::spawn_blocking(move || aifab_model::Encoder::load(&model_dir, &device))
         .await?
         .with_context(|| format!("loading the encoder from {} (run scripts/fetch-model?)", config.model_dir))?;
-    let slot = Arc::new(ModelSlot::new(Arc::new(encoder), svc.readiness.clone()));
+    let fetch = model_slot::ArtifactFetch { cache_dir: PathBuf::from(&config.artifact_cache_dir), s3: config.s3.config() };
+    let slot = Arc::new(ModelSlot::with_fetch(Arc::new(encoder), svc.readiness.clone(), fetch));
     if let Some(dir) = config.head_dir.clone() {
         let version = config
             .model_version

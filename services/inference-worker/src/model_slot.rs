@@ -10,7 +10,10 @@ use std::sync::{Arc, RwLock};
 use aifab_core::health::Readiness;
 use aifab_core::messages::{decode, ModelEvent, ModelEventKind};
 use aifab_core::registry::{Registry, Rollout, CANDIDATE};
+use aifab_core::artifacts::{fetch_version, S3Config};
+use aifab_model::head::{HEAD_FILE, LABELS_FILE};
 use aifab_model::{ClassificationHead, Classifier, Encoder};
+use anyhow::Context;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -37,13 +40,28 @@ pub fn should_follow(event: &ModelEvent, task: &str, policy: FollowPolicy) -> bo
     }
 }
 
-/// `file:///a/b` or `/a/b` → `/a/b`. Other schemes need an object-store fetch first.
-pub fn artifact_dir(uri: &str) -> anyhow::Result<PathBuf> {
-    if let Some(p) = uri.strip_prefix("file://") {
-        return Ok(PathBuf::from(p));
+/// Where the worker gets a registry version's head from: local artifact URIs are read in
+/// place, s3:// ones are downloaded into `cache_dir` first (`aifab_core::artifacts`).
+#[derive(Debug, Clone)]
+pub struct ArtifactFetch {
+    pub cache_dir: PathBuf,
+    pub s3: S3Config,
+}
+
+impl Default for ArtifactFetch {
+    fn default() -> Self {
+        ArtifactFetch { cache_dir: PathBuf::from(aifab_core::artifacts::default_cache_dir()), s3: S3Config::default() }
     }
-    anyhow::ensure!(!uri.contains("://"), "unsupported artifact URI {uri:?}: expected file:// or a path");
-    Ok(PathBuf::from(uri))
+}
+
+impl ArtifactFetch {
+    /// The local directory holding the head files of the version at `uri`.
+    pub async fn head_dir(&self, uri: &str) -> anyhow::Result<PathBuf> {
+        let dir = fetch_version(uri, &[HEAD_FILE, LABELS_FILE], &self.cache_dir, &self.s3)
+            .await
+            .with_context(|| format!("fetching the head of {uri}"))?;
+        Ok(dir)
+    }
 }
 
 pub struct ModelSlot {
@@ -52,12 +70,32 @@ pub struct ModelSlot {
     /// The registry's candidate and how it takes traffic (canary share or shadow).
     candidate: RwLock<Option<(Arc<Classifier>, Rollout)>>,
     readiness: Readiness,
+    fetch: ArtifactFetch,
 }
 
 impl ModelSlot {
     pub fn new(encoder: Arc<Encoder>, readiness: Readiness) -> Self {
+        Self::with_fetch(encoder, readiness, ArtifactFetch::default())
+    }
+
+    /// A slot that fetches registry versions' heads with `fetch`.
+    pub fn with_fetch(encoder: Arc<Encoder>, readiness: Readiness, fetch: ArtifactFetch) -> Self {
         readiness.register("model", "no model loaded yet");
-        ModelSlot { encoder, current: RwLock::new(None), candidate: RwLock::new(None), readiness }
+        ModelSlot { encoder, current: RwLock::new(None), candidate: RwLock::new(None), readiness, fetch }
+    }
+
+    /// Fetch the head of the version at `uri` (download if remote), then make it current.
+    pub async fn load_uri(self: &Arc<Self>, uri: &str, version: &str) -> anyhow::Result<()> {
+        let dir = self.fetch.head_dir(uri).await?;
+        let (s, v) = (self.clone(), version.to_string());
+        tokio::task::spawn_blocking(move || s.load(&dir, &v)).await.context("model load task")?
+    }
+
+    /// Fetch the head at `uri` and make it the candidate under `rollout`.
+    pub async fn set_candidate_uri(self: &Arc<Self>, uri: &str, version: &str, rollout: Rollout) -> anyhow::Result<()> {
+        let dir = self.fetch.head_dir(uri).await?;
+        let (s, v) = (self.clone(), version.to_string());
+        tokio::task::spawn_blocking(move || s.set_candidate(Some((&dir, &v)), rollout)).await.context("model load task")?
     }
 
     pub fn current(&self) -> Option<Arc<Classifier>> {
@@ -127,16 +165,11 @@ pub async fn follow_rollout(
                 let have = slot.candidate().map(|(c, r)| (c.version.clone(), r));
                 let want = record.as_ref().filter(|_| rollout != Rollout::Off).map(|r| (r.version.clone(), rollout));
                 if have != want {
-                    let s = slot.clone();
-                    let result = tokio::task::spawn_blocking(move || match record {
-                        Some(r) if rollout != Rollout::Off => {
-                            let dir = artifact_dir(&r.artifact_uri)?;
-                            s.set_candidate(Some((&dir, &r.version)), rollout)
-                        }
-                        _ => s.set_candidate(None, Rollout::Off),
-                    })
-                    .await;
-                    if let Ok(Err(e)) = result {
+                    let result = match record {
+                        Some(r) if rollout != Rollout::Off => slot.set_candidate_uri(&r.artifact_uri, &r.version, rollout).await,
+                        _ => slot.set_candidate(None, Rollout::Off),
+                    };
+                    if let Err(e) = result {
                         tracing::error!(%task, error = %format!("{e:#}"), "candidate failed to load");
                     }
                 }
@@ -163,22 +196,13 @@ pub async fn load_production(
     let mut said_waiting = false;
     while slot.current().is_none() && !shutdown.is_cancelled() {
         match registry.resolve(&task, aifab_core::registry::PRODUCTION).await {
-            Ok(Some(record)) => {
-                let s = slot.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    let dir = artifact_dir(&record.artifact_uri)?;
-                    s.load(&dir, &record.version)
-                })
-                .await;
-                match result {
-                    Ok(Ok(())) => return,
-                    Ok(Err(e)) => {
-                        slot.readiness.set("model", false, format!("production model of {task}: {e:#}"));
-                        tracing::error!(%task, error = %format!("{e:#}"), "production model failed to load");
-                    }
-                    Err(e) => tracing::error!(error = %e, "model load task failed"),
+            Ok(Some(record)) => match slot.load_uri(&record.artifact_uri, &record.version).await {
+                Ok(()) => return,
+                Err(e) => {
+                    slot.readiness.set("model", false, format!("production model of {task}: {e:#}"));
+                    tracing::error!(%task, error = %format!("{e:#}"), "production model failed to load");
                 }
-            }
+            },
             Ok(None) => {
                 if !said_waiting {
                     slot.readiness.set("model", false, format!("no production model for task {task:?} yet"));
@@ -219,16 +243,9 @@ pub async fn follow_events(
         if !should_follow(&event, &task, policy) {
             continue;
         }
-        let slot = slot.clone();
-        let version = event.version.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let dir = artifact_dir(&event.artifact_uri)?;
-            slot.load(&dir, &event.version)
-        })
-        .await?;
-        if let Err(e) = result {
+        if let Err(e) = slot.load_uri(&event.artifact_uri, &event.version).await {
             metrics::counter!("aifab_inference_worker_model_load_failures_total").increment(1);
-            tracing::error!(version, error = %format!("{e:#}"), "new model version failed to load; keeping the current one");
+            tracing::error!(version = %event.version, error = %format!("{e:#}"), "new model version failed to load; keeping the current one");
         }
     }
 }
@@ -263,10 +280,19 @@ mod tests {
         assert!(!should_follow(&event(Published, "other", None), "spam", Latest));
     }
 
-    #[test]
-    fn artifact_uris() {
-        assert_eq!(artifact_dir("file:///a/b").unwrap(), PathBuf::from("/a/b"));
-        assert_eq!(artifact_dir("/a/b").unwrap(), PathBuf::from("/a/b"));
-        assert!(artifact_dir("s3://bucket/x").is_err());
+    #[tokio::test]
+    async fn local_heads_are_read_in_place_and_missing_ones_name_the_uri() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = dir.path().join("spam/v1");
+        aifab_model::testing::write_random_head(&head, 8, &["a", "b"], 1).unwrap();
+        let fetch = ArtifactFetch { cache_dir: dir.path().join("cache"), s3: S3Config::default() };
+        let uri = format!("file://{}", head.display());
+        assert_eq!(fetch.head_dir(&uri).await.unwrap(), head);
+        assert_eq!(fetch.head_dir(&head.display().to_string()).await.unwrap(), head);
+        let missing = format!("file://{}", dir.path().join("spam/v2").display());
+        let err = format!("{:#}", fetch.head_dir(&missing).await.unwrap_err());
+        assert!(err.contains(&missing) && err.contains(HEAD_FILE), "{err}");
+        let err = format!("{:#}", fetch.head_dir("gs://bucket/x").await.unwrap_err());
+        assert!(err.contains("unsupported scheme"), "{err}");
     }
 }

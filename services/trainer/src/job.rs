@@ -2,7 +2,9 @@
 //! trainer service and, offline, by `aifab train --train FILE --eval FILE`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use aifab_core::artifacts::{ArtifactLocation, ArtifactStore};
 
 use aifab_model::{ClassificationHead, Encoder, TextTokenizer};
 use anyhow::Context;
@@ -107,13 +109,12 @@ struct Manifest<'a> {
     created_at_ms: i64,
 }
 
-/// Write `head.safetensors`, `labels.json`, `metrics.json` and `manifest.json` into
-/// `<root>/<task>/<version>/`; returns that directory.
-pub fn write_artifact(root: &Path, task: &str, version: &str, trainer: &Trainer, out: &JobOutput) -> anyhow::Result<PathBuf> {
-    let dir = root.join(task).join(version);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    out.head.save(&dir)?;
-    std::fs::write(dir.join("metrics.json"), serde_json::to_vec_pretty(&out.evaluation)?)?;
+/// A version's files: `head.safetensors`, `labels.json`, `metrics.json` and
+/// `manifest.json` (the manifest names the encoder and its weights' SHA-256).
+pub fn artifact_files(task: &str, version: &str, trainer: &Trainer, out: &JobOutput) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut files: Vec<(String, Vec<u8>)> =
+        out.head.to_files()?.into_iter().map(|(name, bytes)| (name.to_string(), bytes)).collect();
+    files.push(("metrics.json".into(), serde_json::to_vec_pretty(&out.evaluation)?));
     let manifest = Manifest {
         task,
         version,
@@ -127,6 +128,21 @@ pub fn write_artifact(root: &Path, task: &str, version: &str, trainer: &Trainer,
         best_epoch: out.report.best_epoch,
         created_at_ms: aifab_core::now_ms(),
     };
-    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
-    Ok(dir)
+    files.push(("manifest.json".into(), serde_json::to_vec_pretty(&manifest)?));
+    Ok(files)
+}
+
+/// Write a version's files to `<store root>/<task>/<version>/`; returns that location
+/// (its URI is the registry record's `artifact_uri`). The manifest goes last, so a
+/// version with a manifest is complete.
+pub async fn write_artifact(
+    store: &ArtifactStore,
+    task: &str,
+    version: &str,
+    files: &[(String, Vec<u8>)],
+) -> anyhow::Result<ArtifactLocation> {
+    let (manifest, rest): (Vec<_>, Vec<_>) = files.iter().cloned().partition(|(name, _)| name == "manifest.json");
+    let rel = format!("{task}/{version}");
+    store.put_all(&rel, &rest).await?;
+    Ok(store.put_all(&rel, &manifest).await?)
 }

@@ -41,9 +41,19 @@ pub struct Config {
     #[arg(long, env = "AIFAB_MODEL_DIR", default_value_t = default_model_dir())]
     pub model_dir: String,
 
-    /// Where artifacts are written: `<dir>/<task>/<version>/`.
+    /// Where artifacts are written when --artifact-store is not given: `<dir>/<task>/<version>/`.
     #[arg(long, env = "AIFAB_ARTIFACT_DIR", default_value_t = default_artifact_dir())]
     pub artifact_dir: String,
+
+    /// Artifact store URL: a path, `file:///abs/dir` or `s3://bucket/prefix` (S3 or any
+    /// S3-compatible store; credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
+    /// region from AWS_REGION, endpoint from --artifact-store-endpoint). Versions go to
+    /// `<store>/<task>/<version>/`. Default: --artifact-dir.
+    #[arg(long, env = "AIFAB_ARTIFACT_STORE")]
+    pub artifact_store: Option<String>,
+
+    #[command(flatten)]
+    pub s3: aifab_core::artifacts::S3Args,
 
     /// Examples kept per task (the most recent ones).
     #[arg(long, env = "AIFAB_TRAIN_WINDOW", default_value_t = 20_000)]
@@ -85,6 +95,13 @@ pub struct Config {
 pub fn default_model_dir() -> String {
     let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
     format!("{home}/.cache/aifab/models/all-minilm-l6-v2")
+}
+
+impl Config {
+    /// The artifact store URL in force: --artifact-store, else --artifact-dir.
+    pub fn artifact_store_url(&self) -> &str {
+        self.artifact_store.as_deref().filter(|s| !s.trim().is_empty()).unwrap_or(&self.artifact_dir)
+    }
 }
 
 pub fn default_artifact_dir() -> String {

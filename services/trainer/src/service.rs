@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aifab_core::artifacts::ArtifactStore;
 use aifab_core::messages::{decode, encode, tag, ModelEvent, ModelEventKind, TrainProgress, TrainRequest, TrainStage, TrainingExample};
 use aifab_core::registry::{promotion_gate, GateDecision, ModelRecord, Registry, CANDIDATE, PRODUCTION};
 use aifab_core::service::Service;
@@ -20,7 +21,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::dataset::{split, Example, TrainingWindow};
-use crate::job::{write_artifact, Progress, Trainer};
+use crate::job::{artifact_files, write_artifact, Progress, Trainer};
 use crate::train::TrainConfig;
 use crate::{Config, SPEC};
 
@@ -37,6 +38,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let max_len = config.max_len;
     let trainer = tokio::task::spawn_blocking(move || Trainer::load(&model_dir, max_len, train_config)).await??;
     let trainer = Arc::new(Mutex::new(trainer));
+    // A store that is misconfigured or unreachable is a start-up error, not a failure
+    // discovered after the first training job.
+    let store = ArtifactStore::open(config.artifact_store_url(), &config.s3.config())?;
+    store.probe().await.context("checking the artifact store (--artifact-store)")?;
+    tracing::info!(store = %store.root(), "artifact store");
 
     let window = Arc::new(Mutex::new(TrainingWindow::new(config.window)));
     let (tx, rx) = mpsc::unbounded_channel::<String>();
@@ -63,7 +69,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(conn) => Registry::new(conn),
             Err(e) => return Err(anyhow::anyhow!(e)),
         };
-        run_jobs(rx, trainer, window, registry, nats, consumer, config).await
+        run_jobs(rx, trainer, window, registry, store, nats, consumer, config).await
     });
 
     shutdown.cancelled().await;
@@ -185,11 +191,13 @@ fn progress_message(task: &str, stage: TrainStage, done: u64, total: u64, loss: 
     TrainProgress { schema: tag(), task: task.to_string(), stage, done, total, validation_loss: loss, detail, at_ms: aifab_core::now_ms() }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_jobs(
     mut triggers: mpsc::UnboundedReceiver<String>,
     trainer: Arc<Mutex<Trainer>>,
     window: Arc<Mutex<TrainingWindow>>,
     mut registry: Registry,
+    store: ArtifactStore,
     nats: async_nats::Client,
     consumer: Arc<StreamConsumer>,
     config: Config,
@@ -204,7 +212,7 @@ async fn run_jobs(
             tracing::warn!(%task, examples = examples.len(), "too few examples to train; skipping");
             continue;
         }
-        match train_one(&task, examples, &trainer, &mut registry, &nats, &config).await {
+        match train_one(&task, examples, &trainer, &mut registry, &store, &nats, &config).await {
             Ok(version) => {
                 metrics::counter!("aifab_trainer_jobs_total", "result" => "ok").increment(1);
                 tracing::info!(%task, %version, "training job done");
@@ -230,6 +238,7 @@ async fn train_one(
     examples: Vec<Example>,
     trainer: &Arc<Mutex<Trainer>>,
     registry: &mut Registry,
+    store: &ArtifactStore,
     nats: &async_nats::Client,
     config: &Config,
 ) -> anyhow::Result<String> {
@@ -260,18 +269,18 @@ async fn train_one(
     let (out, encoder, encoder_sha256) = job.await??;
     let _ = forward.await;
 
-    let root = PathBuf::from(&config.artifact_dir);
-    let dir = {
+    let files = {
         let t = trainer.lock().expect("trainer lock");
-        write_artifact(&root, task, &version, &t, &out)?
+        artifact_files(task, &version, &t, &out)?
     };
+    let location = write_artifact(store, task, &version, &files).await?;
     let mut metrics_map = std::collections::BTreeMap::new();
     metrics_map.insert("accuracy".to_string(), out.evaluation.accuracy);
     metrics_map.insert("macro_f1".to_string(), out.evaluation.macro_f1);
     let record = ModelRecord {
         task: task.to_string(),
         version: version.clone(),
-        artifact_uri: format!("file://{}", dir.display()),
+        artifact_uri: location.uri(),
         encoder,
         encoder_sha256,
         labels: out.head.labels().to_vec(),

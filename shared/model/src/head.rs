@@ -160,11 +160,9 @@ impl ClassificationHead {
         Ok(())
     }
 
-    /// Writes `head.safetensors` and `labels.json` into `dir` (created if missing). Each
-    /// file is written to a temporary name and renamed into place.
-    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
-        let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+    /// The head's files as bytes: (`head.safetensors`, its contents), (`labels.json`, its
+    /// contents), for stores that are not a local directory.
+    pub fn to_files(&self) -> Result<[(&'static str, Vec<u8>); 2]> {
         let n = self.labels.len();
         let weight = Tensor::from_vec(self.weight.clone(), (n, self.hidden), &Device::Cpu)?;
         let bias = Tensor::from_vec(self.bias.clone(), n, &Device::Cpu)?;
@@ -173,16 +171,23 @@ impl ClassificationHead {
             (BIAS_TENSOR.to_string(), bias),
         ]
         .into();
-        let head_path = dir.join(HEAD_FILE);
-        let tmp = tmp_name(&head_path);
-        candle_core::safetensors::save(&tensors, &tmp)?;
-        std::fs::rename(&tmp, &head_path).map_err(io_err("cannot rename into", &head_path))?;
+        let head = safetensors::tensor::serialize(&tensors, None)
+            .map_err(|e| ModelError::Invalid(format!("serialising the head: {e}")))?;
+        let labels = serde_json::to_string_pretty(&self.labels).expect("strings serialise") + "\n";
+        Ok([(HEAD_FILE, head), (LABELS_FILE, labels.into_bytes())])
+    }
 
-        let labels_path = dir.join(LABELS_FILE);
-        let tmp = tmp_name(&labels_path);
-        let json = serde_json::to_string_pretty(&self.labels).expect("strings serialise");
-        std::fs::write(&tmp, json + "\n").map_err(io_err("cannot write", &tmp))?;
-        std::fs::rename(&tmp, &labels_path).map_err(io_err("cannot rename into", &labels_path))?;
+    /// Writes `head.safetensors` and `labels.json` into `dir` (created if missing). Each
+    /// file is written to a temporary name and renamed into place.
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+        for (name, bytes) in self.to_files()? {
+            let path = dir.join(name);
+            let tmp = tmp_name(&path);
+            std::fs::write(&tmp, bytes).map_err(io_err("cannot write", &tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io_err("cannot rename into", &path))?;
+        }
         Ok(())
     }
 
