@@ -58,6 +58,7 @@ enum Cmd {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    aifab_core::artifacts::install_tls_provider();
     aifab_core::telemetry::init_cli_logging(&std::env::var("AIFAB_LOG").unwrap_or_else(|_| "info".into()));
     match cli.command {
         Cmd::Up { no_stack, detach, ready_timeout_s } => up(no_stack, detach, ready_timeout_s).await,

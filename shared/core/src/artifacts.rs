@@ -329,7 +329,9 @@ fn s3_store(bucket: &str, s3: &S3Config) -> object_store::Result<object_store::a
 
 /// reqwest is built without a bundled TLS crypto provider (the workspace already has
 /// ring through rustls; aws-lc-rs would be a second, large C build): install ring once.
-fn install_tls_provider() {
+/// Every process that builds a reqwest client calls this first (services through
+/// `Service::init`, the CLI at start), or the client panics.
+pub fn install_tls_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();

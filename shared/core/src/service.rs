@@ -75,6 +75,7 @@ impl Service {
         metrics: PrometheusHandle,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        crate::artifacts::install_tls_provider();
         let readiness = Readiness::new(spec.name);
         let mut svc = Service {
             spec,
