@@ -128,6 +128,12 @@ pub fn sigterm(child: &tokio::process::Child) {
 }
 
 /// GET a URL on loopback with a bare HTTP/1.0 request: status code and body.
+/// The value of the first line of a Prometheus text page that starts with `line_prefix`
+/// (a metric name with its labels, as rendered).
+pub fn metric(text: &str, line_prefix: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(line_prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -678,8 +684,8 @@ impl WorkerRun {
             .env("AIFAB_FOLLOW", "latest")
             .env("AIFAB_MAX_BATCH_SIZE", batch.to_string())
             .env("AIFAB_MAX_WAIT_MS", "2")
-            .env("AIFAB_LOG", "warn")
-            .stdout(std::process::Stdio::null())
+            .env("AIFAB_LOG", std::env::var("AIFAB_TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(service_log(instance))
             .stderr(std::process::Stdio::inherit())
             .kill_on_drop(true);
         for (k, v) in extra {
@@ -1146,5 +1152,18 @@ mod unit {
         assert_eq!(r.token_count as usize, r.input_ids.len());
         assert!((3..=40).contains(&r.input_ids.len()));
         assert_eq!((r.input_ids[0], *r.input_ids.last().unwrap()), (2, 3));
+    }
+}
+
+/// Where a service started by a test writes its log (stdout): nowhere, unless
+/// `AIFAB_TEST_LOG_DIR` names a directory, then `<dir>/<name>.log` (appended, so a
+/// restarted replica's log follows its predecessor's). `AIFAB_TEST_SERVICE_LOG` sets the
+/// level filter (default `warn`).
+pub fn service_log(name: &str) -> std::process::Stdio {
+    let Some(dir) = std::env::var_os("AIFAB_TEST_LOG_DIR") else { return std::process::Stdio::null() };
+    let path = std::path::Path::new(&dir).join(format!("{name}.log"));
+    match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        Ok(f) => f.into(),
+        Err(e) => panic!("AIFAB_TEST_LOG_DIR: cannot open {}: {e}", path.display()),
     }
 }

@@ -118,10 +118,6 @@ async fn group_drained(group: &str, topic: &str) {
     .await;
 }
 
-fn metric(text: &str, line_prefix: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(line_prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_is_charged_once_through_duplicates_and_a_replay() {
     let topic = unique("usage");

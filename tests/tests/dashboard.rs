@@ -405,6 +405,29 @@ async fn the_page_renders_what_the_dashboard_json_says() {
     assert_eq!(cell(r, "aliases").1, "candidatecanary 25%");
     assert_eq!(cell(r, "live_count").1, "10");
 
+    // `aifab status` prints the same values from the same JSON.
+    let out = std::process::Command::new(bin_path("aifab"))
+        .args(["status", "--monitor-url", &format!("http://{addr}")])
+        .env("AIFAB_LOG", "warn")
+        .output()
+        .expect("run aifab status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |cells: &[&str]| {
+        text.lines()
+            .find(|l| l.split_whitespace().take(cells.len()).eq(cells.iter().copied()))
+            .unwrap_or_else(|| panic!("aifab status has no line starting {cells:?}:\n{text}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    let lag = line(&[&group, &requests]);
+    assert_eq!((lag[2], lag[4]), ("30", "2"), "lag and partitions");
+    assert_eq!(line(&[&service])[1..4], ["3", "3", "lag:"]);
+    let spent = format!("{:.4}", t["spent"].as_f64().unwrap());
+    assert_eq!(line(&[&tenant])[2..5], [spent.as_str(), "USD", "1.00"]);
+    assert_eq!(line(&[&task, "v1"])[2..5], ["production", "-", "0.9561"]);
+    assert_eq!(line(&[&task, "v2"])[2..6], ["candidate", "canary", "25%", "0.9402"]);
+    assert!(text.lines().any(|l| l.starts_with("throughput (last ") && l.contains(" predictions/s, p50 ")), "{text}");
+
     // A screenshot, for people.
     let shot = bin_path("aifab-monitor").parent().unwrap().join("dashboard-screenshot.png");
     let _ = std::fs::remove_file(&shot);

@@ -1,11 +1,12 @@
-//! Faults survived: NATS and Redis restarted under a running ingest (private servers), and
-//! poison requests on a worker's partition. Worker SIGKILLs are `inference_worker.rs`'s
+//! Faults survived: the broker restarted mid-run (on a private stack), NATS and Redis
+//! restarted under a running ingest (private servers), and poison requests on a worker's
+//! partition. Worker SIGKILLs are `inference_worker.rs`'s
 //! `every_request_gets_exactly_one_prediction_through_sigkills` (20,000 requests, 5 kills);
 //! a worker whose model fails to load is `inference_worker.rs`'s
 //! `a_worker_whose_model_fails_to_load_is_not_ready_and_consumes_nothing`; bad input at
 //! ingest is `ingest_bad_input.rs`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aifab_core::messages::{encode, tag, BudgetEvent, BudgetEventKind, Outcome};
 use aifab_tests::*;
@@ -24,6 +25,82 @@ async fn wait_readyz(addr: &str, code: u16, needle: &str, what: &str) {
 
 fn still_running(child: &mut tokio::process::Child, what: &str) {
     assert!(child.try_wait().unwrap().is_none(), "{what} exited: {:?}", child.try_wait());
+}
+
+/// The broker (a private one) stopped with SIGTERM while the worker works through a
+/// backlog, kept down until the worker has had to retry a transactional call (or abort a
+/// transaction), and started again on the same data dir, with
+/// requests produced before, during and after the outage: the worker keeps running
+/// without a restart and a read_committed reader sees every request predicted exactly
+/// once (the worker's path is transactional).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
+    let t0 = Instant::now();
+    let stack = PrivateStack::up().await;
+    let ep = stack.endpoints();
+    eprintln!("private stack up on {} in {:.1}s", ep.kafka, t0.elapsed().as_secs_f64());
+    let run = WorkerRun::new_on(ep.clone(), 4).await;
+    let prefix = unique("restart");
+    let brokers = ep.kafka.clone();
+    let mut reader = tokio::task::spawn_blocking(move || {
+        PredictionReader::on_brokers(&brokers, aifab_core::topics::PREDICTIONS.name)
+    })
+    .await
+    .unwrap();
+    let (before, during, after) = (0..4000, 4000..5000, 5000..6000);
+    let n = after.end;
+    produce_requests_on(&ep.kafka, &run.topic, &run.task, &prefix, before.clone()).await;
+    // Batch size 1: the backlog lasts, so a transaction is open when the broker goes.
+    let (mut worker, addr) = run.start("restart-a", 1, &[]);
+    assert!(reader.read_until(&prefix, 200, Duration::from_secs(120)), "first predictions");
+
+    let t = Instant::now();
+    stack.stop(Component::Kafka).await;
+    eprintln!("broker stopped after {:.1}s", t.elapsed().as_secs_f64());
+    // Requests keep coming while the broker is away: the idempotent producer retries them.
+    let producing = {
+        let (ep, run_topic, task, prefix) = (ep.clone(), run.topic.clone(), run.task.clone(), prefix.clone());
+        tokio::spawn(async move { produce_requests_on(&ep.kafka, &run_topic, &task, &prefix, during).await })
+    };
+    wait_readyz(&addr, 503, r#""kafka":{"ok":false"#, "the worker to report the broker down").await;
+    // Down until the worker has met the outage inside a transaction: a commit (or an
+    // abort) it had to retry, or a transaction it aborted.
+    eventually(Duration::from_secs(90), "the worker to retry or abort a transaction", || {
+        let addr = addr.clone();
+        async move {
+            let page = http_get(&addr, "/metrics").await.ok()?.1;
+            let met = ["aifab_inference_worker_transaction_retries_total", "aifab_inference_worker_transactions_aborted_total"]
+                .iter()
+                .any(|m| metric(&page, m).is_some_and(|v| v >= 1.0));
+            met.then_some(())
+        }
+    })
+    .await;
+    // And down for longer than message.timeout.ms (15 s): outputs still in flight when it
+    // went fail delivery, so their transaction has to be aborted and its batches redone.
+    // The length of the outage is the scenario, not a wait for something.
+    let outage = Duration::from_secs(20);
+    tokio::time::sleep(outage.saturating_sub(t.elapsed())).await;
+    still_running(&mut worker, "the worker while the broker is down");
+    stack.start().await;
+    eprintln!("broker back after {:.1}s down", t.elapsed().as_secs_f64());
+    producing.await.expect("requests produced during the outage delivered");
+    produce_requests_on(&ep.kafka, &run.topic, &run.task, &prefix, after).await;
+
+    assert!(reader.read_until(&prefix, n, Duration::from_secs(180)), "only {} of {n} predicted", reader.counts().len());
+    assert!(run.wait_drained(Duration::from_secs(60)).await, "the worker group never reached lag 0");
+    assert!(reader.read_to_end(&prefix, Duration::from_secs(60)), "predictions topic never settled");
+    wait_readyz(&addr, 200, r#""kafka":{"ok":true"#, "the worker ready again").await;
+    still_running(&mut worker, "the worker after the restart");
+
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    let d = delivery(ids.iter().map(String::as_str), &reader.counts());
+    eprintln!("{d:?} in {:.1}s", t0.elapsed().as_secs_f64());
+    assert_eq!(d, Delivery { requests: n, lost: 0, duplicated: 0 });
+    assert!(reader.seen.iter().all(|p| p.outcome == Outcome::Ok));
+    sigterm(&worker);
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await.expect("exits").unwrap();
+    assert!(status.success(), "SIGTERM exit after the restart: {status}");
 }
 
 async fn post(addr: &str, key: &str, body: &str) -> HttpResponse {

@@ -32,6 +32,12 @@ pub const SERVICES: &[LocalService] = &[
     LocalService { name: "autoscaler", port: 8086 },
 ];
 
+/// The local monitor's base URL (its dashboard feeds `aifab status`).
+pub fn monitor_url() -> String {
+    let monitor = SERVICES.iter().find(|s| s.name == "monitor").expect("the monitor is a local service");
+    format!("http://{}", monitor.addr())
+}
+
 /// `$AIFAB_HOME` or `~/.aifab`: pid files, logs.
 pub fn home() -> PathBuf {
     std::env::var_os("AIFAB_HOME")

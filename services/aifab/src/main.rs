@@ -31,6 +31,10 @@ enum Cmd {
         /// Seconds to wait for every service to become ready.
         #[arg(long, default_value_t = 120)]
         ready_timeout_s: u64,
+        /// Once ready, redraw the status table (services, lag, throughput, models,
+        /// spend) every N seconds.
+        #[arg(long, default_value_t = 2)]
+        live_every_s: u64,
     },
     /// Stop the supervisor and its services (and with --stack, Kafka/NATS/Redis too).
     Down {
@@ -38,8 +42,10 @@ enum Cmd {
         #[arg(long)]
         stack: bool,
     },
-    /// Show every service's readiness (exit status 1 unless all are ready).
-    Status,
+    /// Every service's readiness, then throughput, latency, lag per consumer group,
+    /// replicas, model versions and spend vs budget from the monitor's dashboard
+    /// (exit status 1 unless every service is ready).
+    Status(aifab::status::StatusArgs),
     /// Train a classification head: offline from JSONL files, or by asking the trainer.
     Train(aifab::train::TrainArgs),
     /// Replay an arrival trace through fixed, KEDA-style and aifab's budget-aware scaling
@@ -61,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
     aifab_core::artifacts::install_tls_provider();
     aifab_core::telemetry::init_cli_logging(&std::env::var("AIFAB_LOG").unwrap_or_else(|_| "info".into()));
     match cli.command {
-        Cmd::Up { no_stack, detach, ready_timeout_s } => up(no_stack, detach, ready_timeout_s).await,
+        Cmd::Up { no_stack, detach, ready_timeout_s, live_every_s } => up(no_stack, detach, ready_timeout_s, live_every_s.max(1)).await,
         Cmd::Down { stack } => down(stack).await,
         Cmd::Train(args) => aifab::train::run(args).await,
         Cmd::Simulate(args) => aifab::simulate::run(args),
@@ -70,9 +76,8 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Demo(args) => aifab::demo::run(args).await,
         Cmd::Produce(args) => aifab::stream::produce(args).await,
         Cmd::Consume(args) => aifab::stream::consume(args).await,
-        Cmd::Status => {
-            let (table, ready) = aifab::status::table(SERVICES).await;
-            print!("{table}");
+        Cmd::Status(args) => {
+            let ready = aifab::status::run(SERVICES, args).await?;
             std::process::exit(if ready { 0 } else { 1 });
         }
     }
@@ -82,7 +87,7 @@ fn pid_file() -> std::path::PathBuf {
     local::run_dir().join("supervisor.pid")
 }
 
-async fn up(no_stack: bool, detach: bool, ready_timeout_s: u64) -> anyhow::Result<()> {
+async fn up(no_stack: bool, detach: bool, ready_timeout_s: u64, live_every_s: u64) -> anyhow::Result<()> {
     if let Some(pid) = running_supervisor() {
         println!("aifab is already up (supervisor pid {pid})");
         return print_status_until_ready(Duration::from_secs(ready_timeout_s)).await;
@@ -122,6 +127,9 @@ async fn up(no_stack: bool, detach: bool, ready_timeout_s: u64) -> anyhow::Resul
                 r = print_status_until_ready(Duration::from_secs(ready_timeout_s)) => {
                     if let Err(e) = r { eprintln!("{e:#}"); }
                     println!("logs: {} — stop with Ctrl-C or `aifab down`", local::log_dir().display());
+                    // From here on the table stays live (redrawn on a terminal, printed on
+                    // changes otherwise) until the supervisor stops.
+                    aifab::status::live(SERVICES, &local::monitor_url(), Duration::from_secs(live_every_s), &shutdown).await;
                 }
                 _ = shutdown.cancelled() => {}
             }

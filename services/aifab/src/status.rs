@@ -1,10 +1,25 @@
-//! `aifab status`: every service's readiness, read from its `/readyz`.
+//! `aifab status`: every service's readiness (its `/readyz`), then what the monitor's
+//! dashboard knows (`GET /v1/dashboard`): throughput and latency, consumer lag per group,
+//! worker replicas, model versions, and spend against budget per tenant.
 
+use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
 
+use aifab_core::dashboard::Dashboard;
 use serde::Deserialize;
 
 use crate::local::LocalService;
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The monitor whose dashboard gives lag, throughput, models and spend.
+    #[arg(long, env = "AIFAB_MONITOR_URL", default_value_t = crate::local::monitor_url())]
+    pub monitor_url: String,
+    /// Redraw every N seconds until Ctrl-C (on a terminal in place; otherwise printed
+    /// again whenever a service changes state). 0: print once.
+    #[arg(long, default_value_t = 0)]
+    pub watch_s: u64,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Health {
@@ -86,4 +101,188 @@ pub async fn table(services: &[LocalService]) -> (String, bool) {
         out.push_str(&format!("{:<18} {:<16} {:<10} {}\n", s.name, s.addr(), state, detail));
     }
     (out, all_ready)
+}
+
+/// The whole report: the services table, then the dashboard's sections (or why they are
+/// missing). The flag is [`table`]'s.
+pub async fn report(services: &[LocalService], monitor_url: &str) -> (String, String, bool) {
+    let (services_table, ready) = table(services).await;
+    let dashboard = match fetch_dashboard(monitor_url).await {
+        Ok(d) => render_dashboard(&d),
+        Err(e) => format!("\nno dashboard from the monitor ({e}): lag, throughput, models and spend unknown\n"),
+    };
+    (services_table, dashboard, ready)
+}
+
+pub async fn fetch_dashboard(monitor_url: &str) -> anyhow::Result<Dashboard> {
+    let url = format!("{}/v1/dashboard", monitor_url.trim_end_matches('/'));
+    let resp = reqwest::Client::new().get(&url).timeout(Duration::from_secs(3)).send().await?.error_for_status()?;
+    Ok(resp.json().await?)
+}
+
+/// `aifab status`: print once (exit status 1 unless every service is ready) or, with
+/// `--watch-s`, keep the report live until Ctrl-C.
+pub async fn run(services: &[LocalService], args: StatusArgs) -> anyhow::Result<bool> {
+    if args.watch_s == 0 {
+        let (t, d, ready) = report(services, &args.monitor_url).await;
+        print!("{t}{d}");
+        return Ok(ready);
+    }
+    let shutdown = aifab_core::shutdown::on_signal();
+    live(services, &args.monitor_url, Duration::from_secs(args.watch_s), &shutdown).await;
+    Ok(true)
+}
+
+/// Keep the report on screen until `stop`: redrawn in place on a terminal; otherwise (a
+/// log file) printed whenever the services table changes, so the log is not flooded.
+pub async fn live(services: &[LocalService], monitor_url: &str, every: Duration, stop: &tokio_util::sync::CancellationToken) {
+    let tty = std::io::stdout().is_terminal();
+    let mut last_services = String::new();
+    while !stop.is_cancelled() {
+        let (t, d, _) = report(services, monitor_url).await;
+        if tty {
+            let at = aifab_core::period::clock_of(aifab_core::now_ms()) + " UTC";
+            print!("\x1b[H\x1b[2J{t}{d}\n{at}, every {}s; Ctrl-C to stop\n", every.as_secs());
+        } else if t != last_services {
+            print!("{t}{d}");
+        }
+        let _ = std::io::stdout().flush();
+        last_services = t;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+}
+
+/// Column-aligned rows under a header; the last column is left unpadded.
+fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let n = cells.len();
+        let mut l = String::new();
+        for (i, (c, w)) in cells.into_iter().zip(&widths).enumerate() {
+            if i + 1 == n {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into())
+}
+
+/// The dashboard as text: throughput, lag per group, replicas, models, spend, alerts.
+pub fn render_dashboard(d: &Dashboard) -> String {
+    let mut out = String::new();
+    let t = &d.throughput;
+    out.push_str(&format!(
+        "\nthroughput (last {:.0} s): {:.1} predictions/s, p50 {} ms, p99 {} ms, errors {:.1}%, dead letters {:.1}/s\n",
+        d.window_s,
+        t.per_second,
+        opt(d.latency_ms.p50, 0),
+        opt(d.latency_ms.p99, 0),
+        t.error_rate * 100.0,
+        t.dead_letters_per_s
+    ));
+
+    out.push('\n');
+    if d.lag.is_empty() {
+        out.push_str("consumer lag: no readings yet\n");
+    } else {
+        let rows: Vec<Vec<String>> = d
+            .lag
+            .iter()
+            .map(|l| vec![l.group.clone(), l.topic.clone(), l.total_lag.to_string(), format!("{:+.1}", l.lag_rate_per_s), l.partitions.to_string()])
+            .collect();
+        out.push_str(&columns(&["GROUP", "TOPIC", "LAG", "LAG/S", "PARTITIONS"], &rows));
+    }
+
+    let scaled: Vec<Vec<String>> = d
+        .services
+        .iter()
+        .map(|s| {
+            vec![
+                s.service.clone(),
+                s.replicas.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                s.desired_replicas.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                match (&s.reason, &s.detail) {
+                    (Some(r), Some(detail)) if !detail.is_empty() => format!("{r}: {detail}"),
+                    (Some(r), _) => r.clone(),
+                    _ => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    if !scaled.is_empty() {
+        out.push('\n');
+        out.push_str(&columns(&["SCALED SERVICE", "REPLICAS", "DESIRED", "LAST DECISION"], &scaled));
+    }
+
+    out.push('\n');
+    if d.models.is_empty() {
+        out.push_str("models: none registered (train one: aifab train --task NAME)\n");
+    } else {
+        let rows: Vec<Vec<String>> = d
+            .models
+            .iter()
+            .map(|m| {
+                vec![
+                    m.task.clone(),
+                    m.version.clone(),
+                    if m.aliases.is_empty() { "-".into() } else { m.aliases.join(",") },
+                    m.rollout.clone().unwrap_or_else(|| "-".into()),
+                    opt(m.accuracy, 4),
+                    m.live.as_ref().map(|l| format!("{:.1}", l.per_second)).unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        out.push_str(&columns(&["TASK", "VERSION", "ALIASES", "ROLLOUT", "ACCURACY", "PREDICTIONS/S"], &rows));
+    }
+
+    out.push('\n');
+    if d.tenants.is_empty() {
+        out.push_str("spend: nothing charged yet\n");
+    } else {
+        let rows: Vec<Vec<String>> = d
+            .tenants
+            .iter()
+            .map(|t| {
+                vec![
+                    t.tenant.clone(),
+                    t.period.clone(),
+                    format!("{:.4} {}", t.spent, t.currency),
+                    opt(t.budget, 2),
+                    t.used_ratio.map(|u| format!("{:.0}%", u * 100.0)).unwrap_or_else(|| "-".into()),
+                    format!("{:.4}", t.burn_rate_per_hour),
+                    t.state.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&columns(&["TENANT", "PERIOD", "SPENT", "BUDGET", "USED", "BURN/H", "STATE"], &rows));
+    }
+
+    for a in &d.alerts_firing {
+        out.push_str(&format!("\nALERT {}: {}\n", a.rule, a.message));
+    }
+    for (name, s) in [("costs", &d.sources.costs), ("registry", &d.sources.registry)] {
+        if !s.ok {
+            out.push_str(&format!("\n{name} unavailable ({}): {}\n", s.from, s.error.as_deref().unwrap_or("not fetched yet")));
+        }
+    }
+    out
 }

@@ -11,9 +11,13 @@
 //!    letters and its input offsets (`send_offsets_to_transaction`) commit together or
 //!    not at all. Downstream consumers read `read_committed`.
 //!
-//! On an abortable transaction error the batch is aborted and the consumer rewinds to
-//! the committed offsets; on a fatal one (e.g. fenced by a newer instance) the worker
-//! exits and its supervisor restarts it.
+//! A transactional call that times out (the broker is away) is made again; on an abortable
+//! error the transaction is aborted and the consumer rewinds to the committed offsets. A
+//! fatal one means this producer is fenced: after a broker outage longer than
+//! `transaction.timeout.ms` the coordinator aborts the open transaction and bumps the
+//! producer epoch. The worker then drops the producer, makes a new one under the same
+//! transactional id (whose `init_transactions` settles any transaction left over) and
+//! rewinds, like a restarted process would, but without giving up its model or partitions.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -21,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use aifab_core::messages::{decode, encode, tag, Arm, DeadLetter, InferenceRequest, SourceRef};
 use aifab_core::registry::{canary_arm, Rollout};
+use aifab_core::kafka::{retry_transactional, txn_action, TxnAction};
 use aifab_core::topics;
 use aifab_model::batcher::{self, BatchLimits, Pending, Plan};
 use aifab_model::{Classification, Classifier};
@@ -36,7 +41,11 @@ use tokio_util::sync::CancellationToken;
 use crate::model_slot::ModelSlot;
 use crate::outputs::{self, BatchInfo};
 
-const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one transactional call may block. A call that times out is made again (see
+/// [`retry_transactional`]), so this bounds how long the loop goes without logging or
+/// counting that the broker is away, not how long a transaction may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(10);
+const TXN_RETRIES: &str = "aifab_inference_worker_transaction_retries_total";
 /// Rows whose padding would waste more than this share of a compute group start a new one.
 const MAX_PADDING_FRACTION: f64 = 0.25;
 
@@ -106,6 +115,8 @@ pub struct Worker {
     settings: WorkerSettings,
     consumer: BaseConsumer<RebalanceTracker>,
     producer: BaseProducer,
+    /// Set by `run`; lets the producer's re-initialisation give up on shutdown.
+    shutdown: CancellationToken,
     slot: Arc<ModelSlot>,
     queue: Vec<Queued>,
     batch_seq: u64,
@@ -115,22 +126,17 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(settings: WorkerSettings, slot: Arc<ModelSlot>) -> anyhow::Result<Self> {
-        let client_id = format!("aifab-inference-worker-{}", settings.instance_id);
+        let client_id = client_id(&settings);
         let consumer: BaseConsumer<RebalanceTracker> =
             aifab_core::kafka::consumer_config(&settings.brokers, &client_id, &settings.group)
                 .create_with_context(RebalanceTracker::default())
                 .context("creating the Kafka consumer")?;
-        // One transactional id per instance; zombie instances are fenced by the consumer
-        // group generation sent with the offsets (KIP-447).
-        let txn_id = format!("aifab-inference-worker-{}", settings.instance_id);
-        let producer: BaseProducer =
-            aifab_core::kafka::transactional_producer_config(&settings.brokers, &client_id, &txn_id)
-                .create()
-                .context("creating the transactional producer")?;
+        let producer = transactional_producer(&settings)?;
         Ok(Worker {
             settings,
             consumer,
             producer,
+            shutdown: CancellationToken::new(),
             slot,
             queue: Vec::new(),
             batch_seq: 0,
@@ -141,6 +147,7 @@ impl Worker {
 
     /// Run until `shutdown`; the batch in flight when it fires is finished and committed.
     pub fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.shutdown = shutdown.clone();
         // Wait for a model before taking any partition: a worker that cannot compute
         // must not hold partitions other workers could serve.
         while self.slot.current().is_none() {
@@ -211,6 +218,8 @@ impl Worker {
             }
         }
         self.drop_revoked();
+        // Delivery reports of committed batches (commit_transaction waited for them).
+        self.producer.poll(Duration::ZERO);
         metrics::gauge!("aifab_inference_worker_queue_depth").set(self.queue.len() as f64);
     }
 
@@ -392,6 +401,9 @@ impl Worker {
     }
 
     /// Commit the open transaction with its input offsets (`send_offsets_to_transaction`).
+    /// A call that timed out (the broker is away) is retried as it is, as librdkafka
+    /// requires: aborting a commit in progress would leave the producer stuck between
+    /// the two, failing every later transaction.
     fn commit_open(&mut self) -> anyhow::Result<()> {
         let Some(txn) = self.open_txn.take() else { return Ok(()) };
         let result = (|| {
@@ -403,40 +415,75 @@ impl Worker {
             for (p, o) in &txn.next_offsets {
                 tpl.add_partition_offset(&self.settings.input_topic, *p, Offset::Offset(*o))?;
             }
-            self.producer.send_offsets_to_transaction(&tpl, &cgm, TXN_TIMEOUT)?;
-            self.producer.commit_transaction(TXN_TIMEOUT)
+            retry_transactional(&self.producer, TXN_RETRIES, "send_offsets", || {
+                self.producer.send_offsets_to_transaction(&tpl, &cgm, TXN_TIMEOUT)
+            })?;
+            retry_transactional(&self.producer, TXN_RETRIES, "commit", || self.producer.commit_transaction(TXN_TIMEOUT))
         })();
         match result {
             Ok(()) => {
+                tracing::debug!(batches = txn.batches, offsets = ?txn.next_offsets, "transaction committed");
                 metrics::histogram!("aifab_inference_worker_batches_per_transaction").record(txn.batches as f64);
                 Ok(())
             }
-            Err(e) => self.on_txn_error(e, "open transaction"),
+            Err(e) => {
+                self.open_txn = Some(txn);
+                self.on_txn_error(e, "open transaction")
+            }
         }
     }
 
     /// Abortable errors: abort and rewind to the committed offsets (the batches are
-    /// consumed again). Fatal ones (fenced by a newer instance): stop the worker.
+    /// consumed again). Fatal ones (fenced): a new producer, then the same rewind.
     fn on_txn_error(&mut self, e: KafkaError, what: &str) -> anyhow::Result<()> {
-        if is_fatal(&e) {
-            anyhow::bail!("fatal Kafka transaction error (fenced or broken producer): {e}");
+        if txn_action(&e) == TxnAction::Fatal {
+            return self.replace_producer(e);
         }
         metrics::counter!("aifab_inference_worker_transactions_aborted_total").increment(1);
         tracing::warn!(error = %e, batch = %what, "transaction failed; aborting and rewinding to committed offsets");
+        // A transaction exists to abort when one was begun, or when the failed call was a
+        // transactional one (begin itself failing leaves the producer in the abortable
+        // state of the transaction before).
         if self.open_txn.take().is_some() || matches!(e, KafkaError::Transaction(_)) {
-            if let Err(abort) = self.producer.abort_transaction(TXN_TIMEOUT) {
-                anyhow::ensure!(!is_fatal(&abort), "abort failed fatally: {abort}");
+            match retry_transactional(&self.producer, TXN_RETRIES, "abort", || self.producer.abort_transaction(TXN_TIMEOUT)) {
+                Ok(()) => tracing::info!("transaction aborted"),
+                Err(abort) if txn_action(&abort) == TxnAction::Fatal => return self.replace_producer(abort),
+                Err(abort) => anyhow::bail!("aborting the failed transaction: {abort}"),
             }
         }
-        self.rewind()?;
-        Ok(())
+        self.rewind()
+    }
+
+    /// The producer is fenced or broken: make a new one under the same transactional id and
+    /// consume the lost transaction's batches again. Its `init_transactions` fences what is
+    /// left of the old producer's transaction, so nothing of it is ever committed.
+    fn replace_producer(&mut self, e: KafkaError) -> anyhow::Result<()> {
+        metrics::counter!("aifab_inference_worker_producer_restarts_total").increment(1);
+        tracing::error!(error = %e, "the transactional producer is fenced or broken; replacing it");
+        self.open_txn = None;
+        self.producer = transactional_producer(&self.settings)?;
+        let shutdown = self.shutdown.clone();
+        loop_until_ok(&shutdown, "initialising Kafka transactions", || self.producer.init_transactions(TXN_TIMEOUT))?;
+        tracing::info!("new transactional producer ready");
+        self.rewind()
     }
 
     /// After an abort: forget the queue and restart every assigned partition from its
-    /// committed offset, so the aborted batch is consumed again.
+    /// committed offset, so the aborted batch is consumed again. While the broker is away
+    /// the committed offsets cannot be read; the worker waits for it rather than exit.
     fn rewind(&mut self) -> anyhow::Result<()> {
         self.queue.clear();
-        let committed = self.consumer.committed(TXN_TIMEOUT)?;
+        let mut backoff = aifab_core::backoff::Backoff::for_dependencies();
+        let committed = loop {
+            match self.consumer.committed(TXN_TIMEOUT) {
+                Ok(c) => break c,
+                Err(e) => {
+                    let delay = backoff.next_delay_jittered();
+                    tracing::warn!(error = %e, retry_in = ?delay, "reading committed offsets to rewind failed; retrying");
+                    std::thread::sleep(delay);
+                }
+            }
+        };
         let mut tpl = TopicPartitionList::new();
         for e in committed.elements() {
             let offset = match e.offset() {
@@ -445,13 +492,26 @@ impl Worker {
             };
             tpl.add_partition_offset(e.topic(), e.partition(), offset)?;
         }
-        self.consumer.seek_partitions(tpl, TXN_TIMEOUT)?;
+        tracing::info!(partitions = tpl.count(), "rewinding to the committed offsets");
+        if tpl.count() > 0 {
+            self.consumer.seek_partitions(tpl, TXN_TIMEOUT)?;
+        }
         Ok(())
     }
 }
 
-fn is_fatal(e: &KafkaError) -> bool {
-    matches!(e, KafkaError::Transaction(t) if t.is_fatal())
+fn client_id(settings: &WorkerSettings) -> String {
+    format!("aifab-inference-worker-{}", settings.instance_id)
+}
+
+/// One transactional id per instance: a restarted instance fences its predecessor's open
+/// transaction; zombie instances are fenced by the consumer group generation sent with
+/// the offsets (KIP-447).
+fn transactional_producer(settings: &WorkerSettings) -> anyhow::Result<BaseProducer> {
+    let id = client_id(settings);
+    aifab_core::kafka::transactional_producer_config(&settings.brokers, &id, &id)
+        .create()
+        .context("creating the transactional producer")
 }
 
 /// Retry a start-up call that fails while the broker is down.
@@ -464,7 +524,7 @@ fn loop_until_ok<T>(
     loop {
         match f() {
             Ok(v) => return Ok(v),
-            Err(e) if is_fatal(&e) => anyhow::bail!("{what}: {e}"),
+            Err(e) if txn_action(&e) == TxnAction::Fatal => anyhow::bail!("{what}: {e}"),
             Err(e) => {
                 let delay = backoff.next_delay_jittered();
                 tracing::warn!(error = %e, retry_in = ?delay, "{what} failed; retrying");

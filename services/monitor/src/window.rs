@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+
+pub use aifab_core::dashboard::WindowStats;
 
 /// What a window is kept for.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -38,19 +39,6 @@ struct Slot {
     start_ms: i64,
     stats: BTreeMap<Key, Stats>,
     dead_letters: u64,
-}
-
-/// A window's numbers for one key.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct WindowStats {
-    pub count: u64,
-    pub per_second: f64,
-    pub errors: u64,
-    pub error_rate: f64,
-    pub p50_ms: Option<f64>,
-    pub p90_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub max_ms: Option<f64>,
 }
 
 /// Predictions and dead letters over the last `window_ms`, in `slots` slices.

@@ -4,13 +4,14 @@
 //! manual commits, `read_committed` consumers. Services start from these builders and
 //! add only what is theirs.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::BaseProducer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::topics::Topic;
@@ -169,5 +170,54 @@ mod tests {
         assert_eq!(partition_lag(Some(10), 30, 100), 70, "commit below retention");
         assert_eq!(partition_lag(Some(100), 0, 100), 0);
         assert_eq!(partition_lag(Some(120), 0, 100), 0, "never negative");
+    }
+}
+
+/// What librdkafka says to do after a failed transactional call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnAction {
+    /// The call timed out or met a passing condition: make the same call again. Aborting
+    /// instead (a commit in progress, say) leaves the producer stuck between the two.
+    Retry,
+    /// The transaction is lost: abort it and consume its inputs again.
+    Abort,
+    /// The producer is unusable (fenced): replace it, or exit.
+    Fatal,
+}
+
+pub fn txn_action(e: &KafkaError) -> TxnAction {
+    match e {
+        KafkaError::Transaction(t) if t.is_fatal() => TxnAction::Fatal,
+        KafkaError::Transaction(t) if t.txn_requires_abort() => TxnAction::Abort,
+        KafkaError::Transaction(t) if t.is_retriable() => TxnAction::Retry,
+        _ => TxnAction::Abort,
+    }
+}
+
+/// Make the transactional call `call` (`commit`, `abort`, `send_offsets`) until it
+/// succeeds or fails for a reason other than a retriable one; the error returned is never
+/// retriable. Each retry counts in `retries_metric` (labelled `call`). Between tries the
+/// producer's event queue is served: an abort completes only once the delivery reports of
+/// the messages it purges have been polled.
+pub fn retry_transactional(
+    producer: &BaseProducer,
+    retries_metric: &str,
+    call: &'static str,
+    mut f: impl FnMut() -> Result<(), KafkaError>,
+) -> Result<(), KafkaError> {
+    let mut backoff = crate::backoff::Backoff::for_dependencies();
+    loop {
+        match f() {
+            Err(e) if txn_action(&e) == TxnAction::Retry => {
+                metrics::counter!(retries_metric.to_string(), "call" => call).increment(1);
+                let delay = backoff.next_delay_jittered();
+                tracing::warn!(error = %e, retry_in = ?delay, "transaction {call} failed; retrying");
+                let until = Instant::now() + delay;
+                while let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+                    producer.poll(left.min(Duration::from_millis(50)));
+                }
+            }
+            other => return other,
+        }
     }
 }

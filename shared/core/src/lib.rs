@@ -13,6 +13,7 @@
 pub mod artifacts;
 pub mod backoff;
 pub mod config;
+pub mod dashboard;
 pub mod health;
 pub mod kafka;
 pub mod messages;

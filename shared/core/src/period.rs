@@ -35,6 +35,12 @@ pub fn day_of(at_ms: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// `HH:MM:SS` (UTC) of a timestamp in ms.
+pub fn clock_of(at_ms: i64) -> String {
+    let s = at_ms.div_euclid(1000).rem_euclid(DAY_MS / 1000);
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
 /// `YYYY-MM` (UTC) of a timestamp in ms.
 pub fn month_of(at_ms: i64) -> String {
     day_of(at_ms)[..7].to_string()
@@ -87,6 +93,9 @@ mod tests {
             assert_eq!(days_from_civil(y, m, dd), d);
         }
         assert_eq!(day_of(0), "1970-01-01");
+        assert_eq!(clock_of(0), "00:00:00");
+        assert_eq!(clock_of(1_795_910_400_000 + 13 * 3_600_000 + 5 * 60_000 + 9_999), "13:05:09");
+        assert_eq!(clock_of(-1_000), "23:59:59");
         assert_eq!(day_of(951_782_400_000), "2000-02-29");
         assert_eq!(month_of(1_795_910_400_000 + 3_600_000), "2026-11");
     }

@@ -37,6 +37,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::kafka::retry_transactional;
 use crate::messages::{encode, tag, DeadLetter, SourceRef};
 use crate::telemetry::metric_name;
 
@@ -402,6 +403,7 @@ fn sleep_or_shutdown(shutdown: &CancellationToken, d: Duration) -> bool {
 /// Produce `records` and commit them with the batch's offsets in one transaction.
 fn commit_batch(
     producer: &BaseProducer,
+    retries_metric: &str,
     cgm: &rdkafka::consumer::ConsumerGroupMetadata,
     records: &[Record],
     offsets: &TopicPartitionList,
@@ -420,8 +422,10 @@ fn commit_batch(
             }
         }
     }
-    producer.send_offsets_to_transaction(offsets, cgm, TXN_TIMEOUT)?;
-    producer.commit_transaction(TXN_TIMEOUT)
+    retry_transactional(producer, retries_metric, "send_offsets", || {
+        producer.send_offsets_to_transaction(offsets, cgm, TXN_TIMEOUT)
+    })?;
+    retry_transactional(producer, retries_metric, "commit", || producer.commit_transaction(TXN_TIMEOUT))
 }
 
 /// A batch whose transaction is committing on a helper thread.
@@ -449,6 +453,7 @@ pub fn run_transactional<T: Transform>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let svc = settings.service;
+    let retries_metric = metric_name(svc, "pipeline_transaction_retries_total");
     let producer: BaseProducer =
         crate::kafka::transactional_producer_config(&settings.brokers, &settings.client_id, &settings.client_id)
             .create()
@@ -481,11 +486,14 @@ pub fn run_transactional<T: Transform>(
             Err(e) => {
                 metrics::counter!(metric_name(svc, "pipeline_retries_total"), "reason" => "transaction").increment(1);
                 tracing::warn!(error = %e, "transaction failed; aborting and rewinding to the committed offsets");
-                if let Err(abort) = producer.abort_transaction(TXN_TIMEOUT) {
-                    anyhow::ensure!(!is_fatal(&abort), "abort failed fatally: {abort}");
-                    tracing::warn!(error = %abort, "abort failed");
+                match retry_transactional(&producer, &retries_metric, "abort", || producer.abort_transaction(TXN_TIMEOUT)) {
+                    Ok(()) => Ok(false),
+                    Err(abort) if is_fatal(&abort) => anyhow::bail!("abort failed fatally: {abort}"),
+                    Err(abort) => {
+                        tracing::warn!(error = %abort, "abort failed");
+                        Ok(false)
+                    }
                 }
-                Ok(false)
             }
         }
     };
@@ -533,11 +541,11 @@ pub fn run_transactional<T: Transform>(
         };
         backoff.reset();
         let offsets = commit_offsets(&consumer, &batch)?;
-        let (p, o) = (producer.clone(), offsets.clone());
+        let (p, o, retries) = (producer.clone(), offsets.clone(), retries_metric.clone());
         let n_records = records.len();
         let handle = std::thread::Builder::new()
             .name(format!("{svc}-commit"))
-            .spawn(move || commit_batch(&p, &cgm, &records, &o))
+            .spawn(move || commit_batch(&p, &retries, &cgm, &records, &o))
             .context("starting a commit thread")?;
         inflight = Some(InFlight { handle, done, offsets, messages: batch.len(), records: n_records, started });
     }
