@@ -412,6 +412,7 @@ async fn the_page_renders_what_the_dashboard_json_says() {
         .output()
         .expect("run aifab status");
     let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("aifab status:\n{text}");
     let line = |cells: &[&str]| {
         text.lines()
             .find(|l| l.split_whitespace().take(cells.len()).eq(cells.iter().copied()))

@@ -1,4 +1,4 @@
-//! Bad input through ingest and feature over Kafka and HTTP (issue 4, item 4): 1,000 valid
+//! Bad input through ingest and feature over Kafka and HTTP: 1,000 valid
 //! and 1,000 invalid messages over 17 kinds of bad input. Every valid message reaches its
 //! next topic (`features.in`) exactly once and the one after it (inference requests or
 //! training examples) exactly once; every invalid one is in the DLQ exactly once with

@@ -1,5 +1,5 @@
 //! Ingest + feature throughput over the local broker, next to a bare rdkafka producer
-//! writing the same payloads to the same broker in the same run (issue 4, item 5).
+//! writing the same payloads to the same broker in the same run.
 //!
 //! 1. The bare producer: `--messages` `ingest.raw/v1` records with 30-word texts, keyed
 //!    by id, written with the platform's producer settings (idempotent, acks=all, lz4)

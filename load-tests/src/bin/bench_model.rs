@@ -386,11 +386,8 @@ fn main() -> Result<()> {
         if let Some(p) = peer_rate {
             results.push((format!("peer_b{b}"), p));
             for (key, rate) in &figures {
-                let rkey = if key == "candle" {
-                    format!("candle_vs_peer_b{b}")
-                } else {
-                    format!("{}_vs_peer_b{b}", key.trim_start_matches("candle_"))
-                };
+                // `candle_vs_peer_bN` for the default, `candle_<impl>_vs_peer_bN` for the others.
+                let rkey = format!("{key}_vs_peer_b{b}");
                 ratios.push((rkey, rate / p));
             }
         }

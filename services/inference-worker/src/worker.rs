@@ -46,7 +46,8 @@ use crate::outputs::{self, BatchInfo};
 /// counting that the broker is away, not how long a transaction may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(10);
 const TXN_RETRIES: &str = "aifab_inference_worker_transaction_retries_total";
-/// Rows whose padding would waste more than this share of a compute group start a new one.
+/// Rows whose padding would waste more than this share of a compute group start a new one
+/// (for encoders that pad).
 const MAX_PADDING_FRACTION: f64 = 0.25;
 
 /// Everything the loop needs, built by `lib.rs` from the config.
@@ -546,7 +547,9 @@ fn classify_rows(
     let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
     let mut results = BTreeMap::new();
     let mut failures = BTreeMap::new();
-    for group in batcher::length_groups(&lengths, MAX_PADDING_FRACTION) {
+    // Padding is waste only where the encoder pads; a ragged one takes the batch whole.
+    let max_padding = if model.encoder.implementation().is_ragged() { 1.0 } else { MAX_PADDING_FRACTION };
+    for group in batcher::length_groups(&lengths, max_padding) {
         let batch: Vec<&[u32]> = group.iter().map(|&g| ids[g]).collect();
         match model.classify(&batch) {
             Ok(out) => {

@@ -298,5 +298,7 @@ mod tests {
         }
         assert_eq!(length_groups(&[], 0.2), Vec::<Vec<usize>>::new());
         assert_eq!(length_groups(&[5, 5, 5], 0.0), vec![vec![0, 1, 2]]);
+        // 1.0: any padding is acceptable (a ragged encoder), one group sorted by length.
+        assert_eq!(length_groups(&[90, 3, 40, 7], 1.0), vec![vec![1, 3, 2, 0]]);
     }
 }

@@ -47,6 +47,13 @@ impl EncoderImpl {
     /// The environment variable that overrides [`EncoderImpl::Auto`].
     pub const ENV: &'static str = "AIFAB_ENCODER_IMPL";
 
+    /// True when a batch costs only its real tokens (the fast CPU path packs sequences
+    /// without padding), so grouping rows of similar length buys nothing and only makes
+    /// the groups smaller.
+    pub fn is_ragged(&self) -> bool {
+        matches!(self, EncoderImpl::FastI16 | EncoderImpl::FastF32)
+    }
+
     /// The name accepted by [`FromStr`](std::str::FromStr) and printed by `Display`.
     pub fn name(&self) -> &'static str {
         match self {
