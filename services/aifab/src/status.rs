@@ -286,3 +286,21 @@ pub fn render_dashboard(d: &Dashboard) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_align_to_the_widest_cell_and_leave_the_last_unpadded() {
+        let rows = vec![vec!["a-long-group".to_string(), "7".into(), "x".into()], vec!["g".into(), "12345".into(), "".into()]];
+        let t = columns(&["GROUP", "LAG", "NOTE"], &rows);
+        assert_eq!(t, "GROUP         LAG    NOTE\na-long-group  7      x\ng             12345\n");
+    }
+
+    #[test]
+    fn missing_values_print_as_a_dash() {
+        assert_eq!(opt(None, 2), "-");
+        assert_eq!(opt(Some(0.98765), 4), "0.9877");
+    }
+}
