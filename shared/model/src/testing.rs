@@ -318,3 +318,17 @@ impl Rng {
         ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
     }
 }
+
+/// The real model's directory for tests that need it: `AIFAB_MODEL_DIR`, else
+/// `scripts/fetch-model`'s cache (`$AIFAB_MODEL_CACHE`, default `~/.cache/aifab/models`).
+pub fn real_model_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(d) = std::env::var_os("AIFAB_MODEL_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var_os("AIFAB_MODEL_CACHE")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/aifab/models"));
+    cache.join("all-minilm-l6-v2")
+}

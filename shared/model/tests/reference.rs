@@ -23,17 +23,7 @@ struct Reference {
 }
 
 fn model_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("AIFAB_MODEL_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    let cache = std::env::var_os("AIFAB_MODEL_CACHE")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-                .join(".cache/aifab/models")
-        });
-    cache.join("all-minilm-l6-v2")
+    aifab_model::testing::real_model_dir()
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
