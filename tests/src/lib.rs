@@ -386,6 +386,14 @@ impl HttpResponse {
 
 /// Send one HTTP/1.0 request on loopback (no keep-alive, so no chunked replies) and read
 /// the whole response.
+/// POST a JSON body; the status and the response body.
+pub async fn post_json(addr: &str, path: &str, body: &serde_json::Value) -> (u16, String) {
+    let r = http_request(addr, "POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("POST {path} to {addr}: {e}"));
+    (r.status, r.body)
+}
+
 pub async fn http_request(
     addr: &str,
     method: &str,
