@@ -189,11 +189,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_queue: config.max_queue.max(config.max_batch_size),
         max_txn: Duration::from_millis(config.max_txn_ms),
     };
-    let worker = Worker::new(settings, slot)?;
-    let token = svc.shutdown.clone();
+    let worker = Worker::new(settings, slot, svc.shutdown.clone())?;
     let loop_thread = std::thread::Builder::new()
         .name("batch-loop".into())
-        .spawn(move || worker.run(token))
+        .spawn(move || worker.run())
         .context("starting the batch loop")?;
     // Wait for the loop to end (shutdown, or a fatal error) without blocking the runtime.
     let result = tokio::task::spawn_blocking(move || loop_thread.join()).await?;

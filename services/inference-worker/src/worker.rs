@@ -116,7 +116,7 @@ pub struct Worker {
     settings: WorkerSettings,
     consumer: BaseConsumer<RebalanceTracker>,
     producer: BaseProducer,
-    /// Set by `run`; lets the producer's re-initialisation give up on shutdown.
+    /// Lets the producer's re-initialisation give up on shutdown.
     shutdown: CancellationToken,
     slot: Arc<ModelSlot>,
     queue: Vec<Queued>,
@@ -126,7 +126,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(settings: WorkerSettings, slot: Arc<ModelSlot>) -> anyhow::Result<Self> {
+    pub fn new(settings: WorkerSettings, slot: Arc<ModelSlot>, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let client_id = client_id(&settings);
         let consumer: BaseConsumer<RebalanceTracker> =
             aifab_core::kafka::consumer_config(&settings.brokers, &client_id, &settings.group)
@@ -137,7 +137,7 @@ impl Worker {
             settings,
             consumer,
             producer,
-            shutdown: CancellationToken::new(),
+            shutdown,
             slot,
             queue: Vec::new(),
             batch_seq: 0,
@@ -146,9 +146,9 @@ impl Worker {
         })
     }
 
-    /// Run until `shutdown`; the batch in flight when it fires is finished and committed.
-    pub fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.shutdown = shutdown.clone();
+    /// Run until the shutdown token fires; the batch in flight then is finished and committed.
+    pub fn run(mut self) -> anyhow::Result<()> {
+        let shutdown = self.shutdown.clone();
         // Wait for a model before taking any partition: a worker that cannot compute
         // must not hold partitions other workers could serve.
         while self.slot.current().is_none() {

@@ -363,7 +363,7 @@ fn rewind(consumer: &LoopConsumer) -> anyhow::Result<()> {
 }
 
 fn is_fatal(e: &KafkaError) -> bool {
-    matches!(e, KafkaError::Transaction(t) if t.is_fatal())
+    crate::kafka::txn_action(e) == crate::kafka::TxnAction::Fatal
 }
 
 /// Retry a start-up call that fails while the broker is down.
