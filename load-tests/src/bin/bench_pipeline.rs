@@ -192,6 +192,7 @@ async fn pipeline(
         .spawn()?;
 
     let mut seen = HashSet::new();
+    let mut batches = std::collections::HashMap::new();
     let mut first: Option<i64> = None;
     let mut last = 0i64;
     let deadline = Instant::now() + Duration::from_secs(1800);
@@ -206,12 +207,24 @@ async fn pipeline(
                 let start = p.produced_at_ms - p.compute_ms as i64;
                 first = Some(first.map_or(start, |f| f.min(start)));
                 last = last.max(p.produced_at_ms);
+                if let Some(b) = p.batch_id {
+                    batches.insert(b, (p.batch_size, p.compute_ms));
+                }
             }
         }
     }
     let _ = worker.kill().await;
     let _ = admin.delete_topics(&[&topic], &AdminOptions::new()).await;
     let secs = (last - first.unwrap_or(last)).max(1) as f64 / 1000.0;
+    let rows: u32 = batches.values().map(|(rows, _)| rows).sum();
+    let compute_s: f64 = batches.values().map(|(_, ms)| ms).sum::<f64>() / 1000.0;
+    eprintln!(
+        "  b{max_batch}: {} batches, mean size {:.1}, compute {:.1} seq/s, compute share of wall {:.2}",
+        batches.len(),
+        rows as f64 / batches.len().max(1) as f64,
+        rows as f64 / compute_s.max(1e-9),
+        compute_s / secs
+    );
     Ok(n as f64 / secs)
 }
 

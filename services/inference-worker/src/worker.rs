@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use aifab_core::messages::{decode, encode, tag, Arm, DeadLetter, InferenceRequest, SourceRef};
 use aifab_core::registry::{canary_arm, Rollout};
-use aifab_core::kafka::{retry_transactional, txn_action, TxnAction};
+use aifab_core::kafka::{commit_transaction, retry_transactional, send_waiting, txn_action, TxnAction};
 use aifab_core::topics;
 use aifab_model::batcher::{self, BatchLimits, Pending, Plan};
 use aifab_model::{Classification, Classifier};
@@ -380,17 +380,7 @@ impl Worker {
             for (k, v) in headers {
                 h = h.insert(Header { key: k, value: Some(v) });
             }
-            let mut record = BaseRecord::to(topic).key(key).payload(payload).headers(h);
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        self.producer.poll(Duration::from_millis(50));
-                    }
-                    Err((e, _)) => return Err(e),
-                }
-            }
+            send_waiting(&self.producer, BaseRecord::to(topic).key(key.as_slice()).payload(payload.as_slice()).headers(h))?;
         }
         let txn = self.open_txn.as_mut().expect("opened above");
         for r in rows {
@@ -419,7 +409,7 @@ impl Worker {
             retry_transactional(&self.producer, TXN_RETRIES, "send_offsets", || {
                 self.producer.send_offsets_to_transaction(&tpl, &cgm, TXN_TIMEOUT)
             })?;
-            retry_transactional(&self.producer, TXN_RETRIES, "commit", || self.producer.commit_transaction(TXN_TIMEOUT))
+            retry_transactional(&self.producer, TXN_RETRIES, "commit", || commit_transaction(&self.producer, TXN_TIMEOUT))
         })();
         match result {
             Ok(()) => {

@@ -11,7 +11,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::BaseProducer;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::topics::Topic;
@@ -220,4 +220,41 @@ pub fn retry_transactional(
             other => return other,
         }
     }
+}
+
+/// How long one wait on the producer's event queue lasts while flushing or waiting for
+/// queue space. `BaseProducer::poll` always waits out its whole timeout, even once the
+/// event it waited for has come, so this is also the granularity of those waits.
+const PRODUCER_POLL_STEP: Duration = Duration::from_millis(1);
+
+/// Queue `record`, waiting for space while the producer's queue is full.
+pub fn send_waiting(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(PRODUCER_POLL_STEP);
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Commit the open transaction, flushing first in short steps.
+///
+/// `BaseProducer::commit_transaction` flushes through `BaseProducer::flush`, which polls in
+/// 100 ms steps, and each poll waits its full step: any commit with a message still in
+/// flight (always, with `linger.ms`) took at least 100 ms, which capped a transactional
+/// loop at one batch per 100 ms. Flushed here first, its own flush finds nothing to wait for.
+/// A flush that times out is an error to abort on, as it is inside `commit_transaction`.
+pub fn commit_transaction(producer: &BaseProducer, timeout: Duration) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        producer.poll(PRODUCER_POLL_STEP);
+    }
+    producer.commit_transaction(deadline.saturating_duration_since(Instant::now()).max(PRODUCER_POLL_STEP))
 }

@@ -32,12 +32,11 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::kafka::retry_transactional;
+use crate::kafka::{self, retry_transactional, send_waiting};
 use crate::messages::{encode, tag, DeadLetter, SourceRef};
 use crate::telemetry::metric_name;
 
@@ -110,6 +109,11 @@ impl Record {
             h = h.insert(Header { key: k, value: Some(v) });
         }
         h
+    }
+
+    /// The rdkafka record to send.
+    pub fn base_record(&self) -> BaseRecord<'_, [u8], [u8]> {
+        BaseRecord::to(&self.topic).key(self.key.as_slice()).payload(self.payload.as_slice()).headers(self.owned_headers())
     }
 }
 
@@ -410,22 +414,12 @@ fn commit_batch(
 ) -> Result<(), KafkaError> {
     producer.begin_transaction()?;
     for r in records {
-        let mut record = BaseRecord::to(&r.topic).key(&r.key).payload(&r.payload).headers(r.owned_headers());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => return Err(e),
-            }
-        }
+        send_waiting(producer, r.base_record())?;
     }
     retry_transactional(producer, retries_metric, "send_offsets", || {
         producer.send_offsets_to_transaction(offsets, cgm, TXN_TIMEOUT)
     })?;
-    retry_transactional(producer, retries_metric, "commit", || producer.commit_transaction(TXN_TIMEOUT))
+    retry_transactional(producer, retries_metric, "commit", || kafka::commit_transaction(producer, TXN_TIMEOUT))
 }
 
 /// A batch whose transaction is committing on a helper thread.
@@ -727,20 +721,9 @@ fn atomic_loop(
         let result = (|| -> Result<(), KafkaError> {
             producer.begin_transaction()?;
             for r in jobs.iter().flat_map(|j| j.records.iter()) {
-                let mut record =
-                    BaseRecord::to(&r.topic).key(&r.key).payload(&r.payload).headers(r.owned_headers());
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            record = back;
-                            producer.poll(Duration::from_millis(10));
-                        }
-                        Err((e, _)) => return Err(e),
-                    }
-                }
+                send_waiting(&producer, r.base_record())?;
             }
-            producer.commit_transaction(TXN_TIMEOUT)
+            kafka::commit_transaction(&producer, TXN_TIMEOUT)
         })();
         match result {
             Ok(()) => {
