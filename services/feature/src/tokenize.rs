@@ -7,8 +7,12 @@ use std::path::Path;
 
 use aifab_core::messages::Truncation;
 use aifab_model::TextTokenizer;
+use std::collections::HashMap;
+
+use tokenizers::models::ModelWrapper;
 use tokenizers::normalizers::NormalizerWrapper;
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{Model as _, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// What to do with a text longer than `--max-tokens`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -37,11 +41,11 @@ pub struct TokenizeError {
 
 pub struct FeatureTokenizer {
     inner: Tokenizer,
-    /// For ASCII texts: `inner` without its normalizer, fed text normalized by
-    /// [`bert_normalize_ascii`]. The library's normalizer tracks the offset of every
-    /// character through each step, which was most of this service's CPU per message;
-    /// on ASCII the BERT normalizer is a byte map, with the same ids as a result.
-    ascii: Option<AsciiPath>,
+    /// For ASCII texts: BERT's normalizer, pre-tokenizer and WordPiece done on bytes
+    /// ([`AsciiWordPiece`]). The library tracks the offsets of every character and
+    /// token through each step and allocates a string per token, which was most of
+    /// this service's CPU per message; the ids are the same (tested against it).
+    ascii: Option<AsciiWordPiece>,
     max_tokens: usize,
     policy: TruncationPolicy,
 }
@@ -67,7 +71,7 @@ impl FeatureTokenizer {
             TruncationPolicy::Reject => None,
         };
         inner.with_truncation(truncation).map_err(|e| anyhow::anyhow!("setting truncation: {e}"))?;
-        let ascii = AsciiPath::for_tokenizer(&inner);
+        let ascii = AsciiWordPiece::for_tokenizer(&inner);
         Ok(FeatureTokenizer { inner, ascii, max_tokens, policy })
     }
 
@@ -80,16 +84,24 @@ impl FeatureTokenizer {
         self.max_tokens
     }
 
-    /// Tokenize texts (in parallel inside the tokenizer library); ASCII ones through the
-    /// fast path when there is one.
+    /// Tokenize texts: ASCII ones through the fast path when there is one, the rest
+    /// (and texts that spell out an added token such as `[CLS]`) through the library.
     pub fn encode_batch(&self, texts: &[&str]) -> Vec<Result<Tokens, TokenizeError>> {
         let Some(ascii) = &self.ascii else { return self.encode_with(&self.inner, texts) };
-        let (fast, slow): (Vec<usize>, Vec<usize>) = (0..texts.len()).partition(|&i| texts[i].is_ascii());
-        let normalized: Vec<String> = fast.iter().map(|&i| bert_normalize_ascii(texts[i], ascii.lowercase)).collect();
-        let fast_out = self.encode_with(&ascii.tokenizer, &normalized.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut out: Vec<Option<Result<Tokens, TokenizeError>>> = Vec::with_capacity(texts.len());
+        let mut slow = Vec::new();
+        let mut scratch = AsciiScratch::default();
+        for (i, text) in texts.iter().enumerate() {
+            match ascii.encode(text, &mut scratch) {
+                Some(content) => out.push(Some(self.finish_ascii(ascii, content))),
+                None => {
+                    slow.push(i);
+                    out.push(None);
+                }
+            }
+        }
         let slow_out = self.encode_with(&self.inner, &slow.iter().map(|&i| texts[i]).collect::<Vec<_>>());
-        let mut out: Vec<Option<Result<Tokens, TokenizeError>>> = vec![None; texts.len()];
-        for (i, r) in fast.into_iter().zip(fast_out).chain(slow.into_iter().zip(slow_out)) {
+        for (i, r) in slow.into_iter().zip(slow_out) {
             out[i] = Some(r);
         }
         out.into_iter().map(|r| r.expect("every text tokenized once")).collect()
@@ -119,7 +131,28 @@ impl FeatureTokenizer {
 
     fn finish(&self, e: tokenizers::Encoding) -> Result<Tokens, TokenizeError> {
         let truncated = !e.get_overflowing().is_empty();
-        let ids = e.get_ids().to_vec();
+        self.checked(e.get_ids().to_vec(), truncated)
+    }
+
+    /// The fast path's content ids framed by the special tokens, truncated as the
+    /// library's `post_process` does: the limit counts the special tokens, head keeps the
+    /// first ids, tail the last.
+    fn finish_ascii(&self, ascii: &AsciiWordPiece, content: &[u32]) -> Result<Tokens, TokenizeError> {
+        let room = self.max_tokens.saturating_sub(ascii.prefix.len() + ascii.suffix.len());
+        let (kept, truncated) = match self.policy {
+            TruncationPolicy::Reject => (content, false),
+            _ if content.len() <= room => (content, false),
+            TruncationPolicy::Head => (&content[..room], true),
+            TruncationPolicy::Tail => (&content[content.len() - room..], true),
+        };
+        let mut ids = Vec::with_capacity(ascii.prefix.len() + kept.len() + ascii.suffix.len());
+        ids.extend_from_slice(&ascii.prefix);
+        ids.extend_from_slice(kept);
+        ids.extend_from_slice(&ascii.suffix);
+        self.checked(ids, truncated)
+    }
+
+    fn checked(&self, ids: Vec<u32>, truncated: bool) -> Result<Tokens, TokenizeError> {
         if self.policy == TruncationPolicy::Reject && ids.len() > self.max_tokens {
             return Err(TokenizeError {
                 kind: "too_many_tokens",
@@ -142,37 +175,157 @@ impl FeatureTokenizer {
     }
 }
 
-struct AsciiPath {
-    tokenizer: Tokenizer,
+/// BERT tokenization of ASCII text on bytes, for a tokenizer made of BERT's normalizer
+/// (clean text, optionally lowercase), BERT's pre-tokenizer and a WordPiece model. On
+/// ASCII, the normalizer's accent and Chinese-character steps change nothing, so each
+/// step is a byte rule:
+/// - clean text: NUL and the other control bytes are dropped, tab / newline / CR are spaces;
+/// - the pre-tokenizer splits on whitespace and makes each punctuation byte its own word;
+/// - WordPiece: greedy longest match from the vocabulary, continuations looked up
+///   with their `##` prefix; a word with no full match, or longer than the model's
+///   limit, is one `[UNK]`.
+struct AsciiWordPiece {
     lowercase: bool,
+    /// Vocabulary entries as they may start a word.
+    starts: HashMap<Box<[u8]>, u32>,
+    /// Entries that carry the continuation prefix, keyed without it.
+    continues: HashMap<Box<[u8]>, u32>,
+    /// The longest key of each map: no match is tried beyond it.
+    longest_start: usize,
+    longest_continue: usize,
+    unk: u32,
+    max_word: usize,
+    /// The post-processor's special tokens before and after the content (`[CLS]`, `[SEP]`).
+    prefix: Vec<u32>,
+    suffix: Vec<u32>,
+    /// Added tokens' contents, lowercased: a text that spells one out goes to the
+    /// library, which matches them before anything else.
+    added: Vec<Vec<u8>>,
 }
 
-impl AsciiPath {
-    /// A fast path for a tokenizer whose normalizer is BERT's with text cleaning on; on
-    /// ASCII its Chinese-character and accent steps change nothing.
+/// Buffers one batch's texts reuse.
+#[derive(Default)]
+struct AsciiScratch {
+    word: Vec<u8>,
+    ids: Vec<u32>,
+}
+
+impl AsciiWordPiece {
     fn for_tokenizer(inner: &Tokenizer) -> Option<Self> {
         let Some(NormalizerWrapper::BertNormalizer(n)) = inner.get_normalizer() else { return None };
-        if !n.clean_text {
+        if !n.clean_text || !matches!(inner.get_pre_tokenizer(), Some(PreTokenizerWrapper::BertPreTokenizer(_))) {
             return None;
         }
-        let lowercase = n.lowercase;
-        let mut tokenizer = inner.clone();
-        tokenizer.with_normalizer(None::<NormalizerWrapper>).ok()?;
-        Some(AsciiPath { tokenizer, lowercase })
+        let ModelWrapper::WordPiece(wp) = inner.get_model() else { return None };
+        let (prefix, suffix) = special_frame(inner)?;
+        let cont = wp.continuing_subword_prefix.as_bytes();
+        let (mut starts, mut continues) = (HashMap::new(), HashMap::new());
+        for (token, id) in wp.get_vocab() {
+            let bytes = token.as_bytes();
+            if let Some(rest) = bytes.strip_prefix(cont).filter(|r| !r.is_empty() && !cont.is_empty()) {
+                continues.insert(rest.into(), id);
+            }
+            starts.insert(bytes.into(), id);
+        }
+        let longest = |m: &HashMap<Box<[u8]>, u32>| m.keys().map(|k| k.len()).max().unwrap_or(0);
+        let added = inner.get_added_vocabulary().get_vocab().keys().map(|k| k.to_ascii_lowercase().into_bytes()).collect();
+        Some(AsciiWordPiece {
+            lowercase: n.lowercase,
+            longest_start: longest(&starts),
+            longest_continue: longest(&continues),
+            unk: *starts.get(wp.unk_token.as_bytes())?,
+            starts,
+            continues,
+            max_word: wp.max_input_chars_per_word,
+            prefix,
+            suffix,
+            added,
+        })
+    }
+
+    /// The content ids of `text` (no special tokens), or `None` when it is not for
+    /// this path: not ASCII, or it may contain an added token (spelt out, or once control
+    /// bytes are dropped; those are rare enough to leave to the library).
+    fn encode<'s>(&self, text: &str, scratch: &'s mut AsciiScratch) -> Option<&'s [u32]> {
+        let bytes = text.as_bytes();
+        let dropped_byte = |b: &u8| matches!(b, 0x00..=0x08 | 0x0b | 0x0c | 0x0e..=0x1f | 0x7f);
+        if !text.is_ascii() || bytes.iter().any(dropped_byte) || self.added.iter().any(|a| contains_ignore_case(bytes, a)) {
+            return None;
+        }
+        let AsciiScratch { word, ids } = scratch;
+        ids.clear();
+        word.clear();
+        for &b in bytes {
+            match b {
+                b' ' | b'\t' | b'\n' | b'\r' => self.flush_word(word, ids),
+                _ if b.is_ascii_punctuation() => {
+                    self.flush_word(word, ids);
+                    word.push(b);
+                    self.flush_word(word, ids);
+                }
+                _ => word.push(if self.lowercase { b.to_ascii_lowercase() } else { b }),
+            }
+        }
+        self.flush_word(word, ids);
+        Some(ids)
+    }
+
+    /// WordPiece one word into `ids` and empty `word`.
+    fn flush_word(&self, word: &mut Vec<u8>, ids: &mut Vec<u32>) {
+        if word.is_empty() {
+            return;
+        }
+        if word.len() > self.max_word {
+            ids.push(self.unk);
+            word.clear();
+            return;
+        }
+        let mark = ids.len();
+        let mut start = 0;
+        while start < word.len() {
+            let (map, longest) =
+                if start == 0 { (&self.starts, self.longest_start) } else { (&self.continues, self.longest_continue) };
+            let mut end = word.len().min(start + longest);
+            let found = loop {
+                if end <= start {
+                    break None;
+                }
+                if let Some(&id) = map.get(&word[start..end]) {
+                    break Some(id);
+                }
+                end -= 1;
+            };
+            match found {
+                Some(id) => {
+                    ids.push(id);
+                    start = end;
+                }
+                None => {
+                    ids.truncate(mark);
+                    ids.push(self.unk);
+                    break;
+                }
+            }
+        }
+        word.clear();
     }
 }
 
-/// BERT's normalizer (clean text, then lowercase) on an ASCII text: control characters
-/// (NUL and the other C0 codes, DEL) dropped, tab / newline / carriage return made spaces.
-fn bert_normalize_ascii(text: &str, lowercase: bool) -> String {
-    text.bytes()
-        .filter_map(|b| match b {
-            b'\t' | b'\n' | b'\r' => Some(' '),
-            0x00..=0x1f | 0x7f => None,
-            _ if lowercase => Some(b.to_ascii_lowercase() as char),
-            _ => Some(b as char),
-        })
-        .collect()
+/// The ids the post-processor puts around a single sequence, found by running it on a
+/// one-token sequence with an id no vocabulary has.
+fn special_frame(inner: &Tokenizer) -> Option<(Vec<u32>, Vec<u32>)> {
+    const PROBE: u32 = u32::MAX;
+    let mut plain = inner.clone();
+    plain.with_truncation(None).ok()?;
+    let probe = tokenizers::Encoding::from_tokens(vec![tokenizers::Token::new(PROBE, "probe".into(), (0, 1))], 0);
+    let ids = plain.post_process(probe, None, true).ok()?.get_ids().to_vec();
+    let at = ids.iter().position(|&id| id == PROBE)?;
+    (ids.iter().filter(|&&id| id == PROBE).count() == 1).then(|| (ids[..at].to_vec(), ids[at + 1..].to_vec()))
+}
+
+fn contains_ignore_case(haystack: &[u8], lower_needle: &[u8]) -> bool {
+    !lower_needle.is_empty()
+        && haystack.windows(lower_needle.len()).any(|w| w.iter().zip(lower_needle).all(|(a, b)| a.to_ascii_lowercase() == *b))
 }
 
 #[cfg(test)]
@@ -225,10 +378,22 @@ mod tests {
         assert!(e.reason.contains("8 tokens, more than the maximum of 6"), "{}", e.reason);
     }
 
+    /// Whatever the fast path takes, it gives the library's ids: words in and out of the
+    /// tiny vocabulary (so `##` pieces and `[UNK]`), punctuation, whitespace, control
+    /// bytes, spelt-out special tokens, a word over the length limit, truncation.
     #[test]
-    fn ascii_normalization_is_berts() {
-        assert_eq!(bert_normalize_ascii("Hi\tThere\r\nYOU\x00\x07\x7f!", true), "hi there  you!");
-        assert_eq!(bert_normalize_ascii("KeepCase\x0b", false), "KeepCase");
+    fn the_ascii_path_matches_the_library_on_the_tiny_tokenizer() {
+        let long = "cat".repeat(40);
+        let texts = [
+            "the cat sat", "The CAT, sat!", "cats catsat xyzzy", "  a\tb\nc\rd  ", "a\x0bb\x00c\x7f", "[CLS] the [mask]",
+            "!!!...???", "", " ", long.as_str(), "the cat sat on the mat and the dog sat on the mat and the fox",
+            "caf\u{e9} the", "it's 12:30 (or 13:00)",
+        ];
+        for (policy, max) in [(TruncationPolicy::Head, 8), (TruncationPolicy::Tail, 8), (TruncationPolicy::Reject, 8), (TruncationPolicy::Head, 64)] {
+            let (_d, t) = tiny(policy, max);
+            assert!(t.has_ascii_path());
+            assert_eq!(t.encode_batch(&texts), t.encode_batch_reference(&texts), "{policy:?} {max}");
+        }
     }
 
     /// The fast path gives the library's ids and truncation on every text of the real
@@ -236,24 +401,29 @@ mod tests {
     #[test]
     fn the_ascii_path_matches_the_library_on_the_real_tokenizer() {
         let dir = aifab_model::testing::real_model_dir();
-        let t = FeatureTokenizer::load(&dir, 32, TruncationPolicy::Head).unwrap();
-        assert!(t.has_ascii_path());
         let data = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/sms_spam/test.jsonl"))
             .expect("../shared/data/sms_spam/test.jsonl");
         let mut texts: Vec<String> =
             data.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_string()).collect();
         texts.extend(
             ["", "\x00\x01", "Tab\tand\nnew\rline", "DEL\x7fhere", "UPPER lower MiXeD 123 !?.,;:'\"()[]{}<>@#$%^&*_+=~`|\\/",
-             "don't won't y'all", "a\x0bb\x0cc", "caf\u{e9} na\u{ef}ve", "\u{4e2d}\u{6587} text", "   spaced   out   "]
+             "don't won't y'all", "a\x0bb\x0cc", "caf\u{e9} na\u{ef}ve", "\u{4e2d}\u{6587} text", "   spaced   out   ",
+             "[CLS] hi [SEP]", "a [mask] b", "unaffable xqzjvk brrrrrr", "antidisestablishmentarianism",
+             "e-mail me@x.com http://www.example.com/a?b=c&d=e #tag $5 ~ok~ a_b 1,000.50"]
                 .map(String::from),
         );
+        texts.push("supercalifragilistic".repeat(6));
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let fast = t.encode_batch(&refs);
-        let reference = t.encode_batch_reference(&refs);
         let ascii = refs.iter().filter(|s| s.is_ascii()).count();
         assert!(ascii > 1000, "most SMS texts are ASCII: {ascii}");
-        for (i, (f, r)) in fast.iter().zip(&reference).enumerate() {
-            assert_eq!(f, r, "text {i}: {:?}", refs[i]);
+        for (policy, max) in [(TruncationPolicy::Head, 32), (TruncationPolicy::Tail, 32), (TruncationPolicy::Reject, 32), (TruncationPolicy::Head, 128)] {
+            let t = FeatureTokenizer::load(&dir, max, policy).unwrap();
+            assert!(t.has_ascii_path());
+            let fast = t.encode_batch(&refs);
+            let reference = t.encode_batch_reference(&refs);
+            for (i, (f, r)) in fast.iter().zip(&reference).enumerate() {
+                assert_eq!(f, r, "{policy:?} {max}, text {i}: {:?}", refs[i]);
+            }
         }
     }
 
