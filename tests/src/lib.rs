@@ -227,6 +227,8 @@ pub struct PredictionReader {
     pub seen: Vec<aifab_core::messages::Prediction>,
     /// When each of `seen` was read (same index).
     pub received: Vec<std::time::Instant>,
+    /// Where each of `seen` was read from: (partition, offset) (same index).
+    pub positions: Vec<(i32, i64)>,
 }
 
 impl PredictionReader {
@@ -265,7 +267,7 @@ impl PredictionReader {
         }
         assert!(tpl.count() > 0, "topic {topic} has no partitions");
         consumer.assign(&tpl).unwrap();
-        PredictionReader { consumer, topic: topic.to_string(), seen: Vec::new(), received: Vec::new() }
+        PredictionReader { consumer, topic: topic.to_string(), seen: Vec::new(), received: Vec::new(), positions: Vec::new() }
     }
 
     /// Read what is available within ~`budget`, keeping predictions whose id starts with `prefix`.
@@ -285,6 +287,7 @@ impl PredictionReader {
                     if p.id.starts_with(prefix) {
                         self.seen.push(p);
                         self.received.push(std::time::Instant::now());
+                        self.positions.push((m.partition(), m.offset()));
                     }
                 }
             }
@@ -334,6 +337,31 @@ impl PredictionReader {
                 _ => false,
             }
         })
+    }
+
+    /// For up to `limit` ids read more than once: each copy's partition, offset, batch
+    /// and producing time, to tell a record written twice from one read twice.
+    pub fn duplicates_report(&self, limit: usize) -> String {
+        let mut by_id: std::collections::BTreeMap<&str, Vec<usize>> = std::collections::BTreeMap::new();
+        for (i, p) in self.seen.iter().enumerate() {
+            by_id.entry(p.id.as_str()).or_default().push(i);
+        }
+        by_id
+            .into_iter()
+            .filter(|(_, copies)| copies.len() > 1)
+            .take(limit)
+            .map(|(id, copies)| {
+                let where_: Vec<String> = copies
+                    .iter()
+                    .map(|&i| {
+                        let (p, o) = self.positions[i];
+                        format!("p{p}@{o} batch {:?} at {}", self.seen[i].batch_id, self.seen[i].produced_at_ms)
+                    })
+                    .collect();
+                format!("{id}: {}", where_.join("; "))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Predictions per request id.

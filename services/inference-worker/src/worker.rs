@@ -11,11 +11,12 @@
 //!    letters and its input offsets (`send_offsets_to_transaction`) commit together or
 //!    not at all. Downstream consumers read `read_committed`.
 //!
-//! A transactional call that times out (the broker is away) is made again; on an abortable
-//! error the transaction is aborted and the consumer rewinds to the committed offsets. A
-//! fatal one means this producer is fenced: after a broker outage longer than
-//! `transaction.timeout.ms` the coordinator aborts the open transaction and bumps the
-//! producer epoch. The worker then drops the producer, makes a new one under the same
+//! A transactional call that times out (the broker is away) is made again, for up to
+//! `kafka::TXN_RETRY_BUDGET`; on an abortable error the transaction is aborted and the
+//! consumer rewinds to the committed offsets. A fatal one means this producer is fenced:
+//! after a broker outage longer than `transaction.timeout.ms` the coordinator aborts the
+//! open transaction and bumps the producer epoch. Then, and when a call kept timing out
+//! or an abort failed, the worker drops the producer, makes a new one under the same
 //! transactional id (whose `init_transactions` settles any transaction left over) and
 //! rewinds, like a restarted process would, but without giving up its model or partitions.
 
@@ -24,8 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aifab_core::messages::{decode, encode, tag, Arm, DeadLetter, InferenceRequest, SourceRef};
+use aifab_core::pipeline::Positions;
 use aifab_core::registry::{canary_arm, Rollout};
-use aifab_core::kafka::{commit_transaction, retry_transactional, send_waiting, txn_action, TxnAction};
+use aifab_core::kafka::{
+    abort_transaction, commit_transaction, committed_positions, needs_new_producer, retry_transactional, send_waiting,
+    txn_action, TxnAction,
+};
 use aifab_core::topics;
 use aifab_model::batcher::{self, BatchLimits, Pending, Plan};
 use aifab_model::{Classification, Classifier};
@@ -120,6 +125,7 @@ pub struct Worker {
     shutdown: CancellationToken,
     slot: Arc<ModelSlot>,
     queue: Vec<Queued>,
+    positions: Positions,
     batch_seq: u64,
     last_batch_end: Instant,
     open_txn: Option<OpenTxn>,
@@ -140,6 +146,7 @@ impl Worker {
             shutdown,
             slot,
             queue: Vec::new(),
+            positions: Positions::default(),
             batch_seq: 0,
             last_batch_end: Instant::now(),
             open_txn: None,
@@ -205,11 +212,21 @@ impl Worker {
     fn poll(&mut self, timeout: Duration) {
         let mut wait = timeout;
         while self.queue.len() < self.settings.max_queue {
-            match self.consumer.poll(wait) {
+            let polled = self.consumer.poll(wait);
+            // A poll may have run a rebalance: drop what the revoked partitions had
+            // queued before looking at what it returned.
+            let revoked = take_revoked(&self.consumer);
+            drop_revoked(&mut self.queue, &mut self.positions, &self.settings.input_topic, &revoked);
+            match polled {
                 None => break,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "consumer error");
                     break;
+                }
+                Some(Ok(m)) if !self.positions.admit(m.partition(), m.offset()) => {
+                    metrics::counter!("aifab_inference_worker_redeliveries_dropped_total").increment(1);
+                    tracing::debug!(partition = m.partition(), offset = m.offset(), "dropped a message delivered again");
+                    wait = Duration::ZERO;
                 }
                 Some(Ok(m)) => {
                     let q = to_queued(&m, &self.settings.task);
@@ -218,22 +235,9 @@ impl Worker {
                 }
             }
         }
-        self.drop_revoked();
         // Delivery reports of committed batches (commit_transaction waited for them).
         self.producer.poll(Duration::ZERO);
         metrics::gauge!("aifab_inference_worker_queue_depth").set(self.queue.len() as f64);
-    }
-
-    fn drop_revoked(&mut self) {
-        let revoked: HashSet<(String, i32)> =
-            std::mem::take(&mut *self.consumer.context().revoked.lock().expect("rebalance lock")).into_iter().collect();
-        if revoked.is_empty() {
-            return;
-        }
-        let topic = self.settings.input_topic.clone();
-        let before = self.queue.len();
-        self.queue.retain(|q| !revoked.contains(&(topic.clone(), q.partition)));
-        tracing::info!(dropped = before - self.queue.len(), "dropped queued messages of revoked partitions");
     }
 
     /// Compute, produce and commit the first `take` queued messages in one transaction.
@@ -425,9 +429,10 @@ impl Worker {
     }
 
     /// Abortable errors: abort and rewind to the committed offsets (the batches are
-    /// consumed again). Fatal ones (fenced): a new producer, then the same rewind.
+    /// consumed again). Fatal ones (fenced), calls that kept timing out and aborts that
+    /// failed: a new producer, then the same rewind.
     fn on_txn_error(&mut self, e: KafkaError, what: &str) -> anyhow::Result<()> {
-        if txn_action(&e) == TxnAction::Fatal {
+        if needs_new_producer(&e) {
             return self.replace_producer(e);
         }
         metrics::counter!("aifab_inference_worker_transactions_aborted_total").increment(1);
@@ -436,10 +441,10 @@ impl Worker {
         // transactional one (begin itself failing leaves the producer in the abortable
         // state of the transaction before).
         if self.open_txn.take().is_some() || matches!(e, KafkaError::Transaction(_)) {
-            match retry_transactional(&self.producer, TXN_RETRIES, "abort", || self.producer.abort_transaction(TXN_TIMEOUT)) {
+            let producer = &self.producer;
+            match retry_transactional(producer, TXN_RETRIES, "abort", || abort_transaction(producer, TXN_TIMEOUT)) {
                 Ok(()) => tracing::info!("transaction aborted"),
-                Err(abort) if txn_action(&abort) == TxnAction::Fatal => return self.replace_producer(abort),
-                Err(abort) => anyhow::bail!("aborting the failed transaction: {abort}"),
+                Err(abort) => return self.replace_producer(abort),
             }
         }
         self.rewind()
@@ -464,10 +469,11 @@ impl Worker {
     /// the committed offsets cannot be read; the worker waits for it rather than exit.
     fn rewind(&mut self) -> anyhow::Result<()> {
         self.queue.clear();
+        self.positions.clear();
         let mut backoff = aifab_core::backoff::Backoff::for_dependencies();
-        let committed = loop {
-            match self.consumer.committed(TXN_TIMEOUT) {
-                Ok(c) => break c,
+        let tpl = loop {
+            match committed_positions(&self.consumer, TXN_TIMEOUT) {
+                Ok(tpl) => break tpl,
                 Err(e) => {
                     let delay = backoff.next_delay_jittered();
                     tracing::warn!(error = %e, retry_in = ?delay, "reading committed offsets to rewind failed; retrying");
@@ -475,20 +481,31 @@ impl Worker {
                 }
             }
         };
-        let mut tpl = TopicPartitionList::new();
-        for e in committed.elements() {
-            let offset = match e.offset() {
-                Offset::Offset(o) => Offset::Offset(o),
-                _ => Offset::Beginning,
-            };
-            tpl.add_partition_offset(e.topic(), e.partition(), offset)?;
-        }
-        tracing::info!(partitions = tpl.count(), "rewinding to the committed offsets");
+        let at: Vec<String> = tpl.elements().iter().map(|e| format!("{}:{:?}", e.partition(), e.offset())).collect();
+        tracing::info!(offsets = ?at, "rewinding to the committed offsets");
         if tpl.count() > 0 {
             self.consumer.seek_partitions(tpl, TXN_TIMEOUT)?;
         }
         Ok(())
     }
+}
+
+fn take_revoked(consumer: &BaseConsumer<RebalanceTracker>) -> HashSet<(String, i32)> {
+    std::mem::take(&mut *consumer.context().revoked.lock().expect("rebalance lock")).into_iter().collect()
+}
+
+/// Forget the queued messages and positions of revoked partitions: their next owner
+/// (maybe this worker again) consumes them from the committed offset.
+fn drop_revoked(queue: &mut Vec<Queued>, positions: &mut Positions, topic: &str, revoked: &HashSet<(String, i32)>) {
+    if revoked.is_empty() {
+        return;
+    }
+    let before = queue.len();
+    queue.retain(|q| !revoked.contains(&(topic.to_string(), q.partition)));
+    for (_, p) in revoked.iter().filter(|(t, _)| t == topic) {
+        positions.forget(*p);
+    }
+    tracing::info!(dropped = before - queue.len(), "dropped queued messages of revoked partitions");
 }
 
 fn client_id(settings: &WorkerSettings) -> String {
@@ -659,5 +676,30 @@ mod deadline_tests {
         assert_eq!(deadline_at(now, now_ms, i64::MIN, 1_000), Some(now));
         assert_eq!(deadline_at(now, i64::MIN, i64::MAX, 1_000), Some(now + Duration::from_millis(1_000)));
         assert_eq!(deadline_at(now, now_ms, i64::MAX, 0), Some(now));
+    }
+}
+
+#[cfg(test)]
+mod positions_tests {
+    use super::*;
+
+    #[test]
+    fn revoking_drops_queued_messages_and_positions_of_that_topic_only() {
+        let queued = |partition: i32| Queued {
+            partition,
+            offset: 0,
+            key: None,
+            headers: Vec::new(),
+            request: Err(("k".into(), "r".into(), Vec::new())),
+            pending: Pending { tokens: 1, enqueued_at: Instant::now(), deadline: None },
+        };
+        let mut queue = vec![queued(0), queued(1), queued(0)];
+        let mut p = Positions::default();
+        assert!(p.admit(0, 7) && p.admit(1, 7));
+        let revoked: HashSet<(String, i32)> = [("in".to_string(), 0), ("other".to_string(), 1)].into();
+        drop_revoked(&mut queue, &mut p, "in", &revoked);
+        assert_eq!(queue.iter().map(|q| q.partition).collect::<Vec<_>>(), vec![1]);
+        assert!(p.admit(0, 0), "partition 0 of the input topic forgotten");
+        assert!(!p.admit(1, 0), "partition 1 of another topic is not ours");
     }
 }

@@ -194,11 +194,21 @@ pub fn txn_action(e: &KafkaError) -> TxnAction {
     }
 }
 
+/// How long [`retry_transactional`] keeps making a call that times out before it gives
+/// up on the producer. By then the coordinator has aborted the transaction anyway
+/// (`transaction.timeout.ms` is 15 s), and after a broker restart librdkafka can keep a
+/// coordinator request queued on a connection it never opens again, so that every retry
+/// times out however long the broker has been back. A new producer under the same
+/// transactional id settles what the old one left (its `init_transactions` aborts an
+/// open transaction and completes one that was committing) and starts clean.
+pub const TXN_RETRY_BUDGET: Duration = Duration::from_secs(30);
+
 /// Make the transactional call `call` (`commit`, `abort`, `send_offsets`) until it
-/// succeeds or fails for a reason other than a retriable one; the error returned is never
-/// retriable. Each retry counts in `retries_metric` (labelled `call`). Between tries the
-/// producer's event queue is served: an abort completes only once the delivery reports of
-/// the messages it purges have been polled.
+/// succeeds, fails for a reason other than a retriable one, or has been retried for
+/// [`TXN_RETRY_BUDGET`]. Each retry counts in `retries_metric` (labelled `call`). Between
+/// tries the producer's event queue is served: an abort completes only once the delivery
+/// reports of the messages it purges have been polled. After it, check the error with
+/// [`needs_new_producer`].
 pub fn retry_transactional(
     producer: &BaseProducer,
     retries_metric: &str,
@@ -206,9 +216,10 @@ pub fn retry_transactional(
     mut f: impl FnMut() -> Result<(), KafkaError>,
 ) -> Result<(), KafkaError> {
     let mut backoff = crate::backoff::Backoff::for_dependencies();
+    let give_up_at = Instant::now() + TXN_RETRY_BUDGET;
     loop {
         match f() {
-            Err(e) if txn_action(&e) == TxnAction::Retry => {
+            Err(e) if txn_action(&e) == TxnAction::Retry && Instant::now() < give_up_at => {
                 metrics::counter!(retries_metric.to_string(), "call" => call).increment(1);
                 let delay = backoff.next_delay_jittered();
                 tracing::warn!(error = %e, retry_in = ?delay, "transaction {call} failed; retrying");
@@ -217,15 +228,61 @@ pub fn retry_transactional(
                     producer.poll(left.min(Duration::from_millis(50)));
                 }
             }
+            Err(e) if txn_action(&e) == TxnAction::Retry => {
+                tracing::warn!(error = %e, budget = ?TXN_RETRY_BUDGET, "transaction {call} kept failing; giving up on this producer");
+                return Err(e);
+            }
             other => return other,
         }
     }
+}
+
+/// After [`retry_transactional`] failed: whether the producer must be replaced (fenced,
+/// or a call that timed out for the whole retry budget) rather than its transaction
+/// aborted.
+pub fn needs_new_producer(e: &KafkaError) -> bool {
+    matches!(txn_action(e), TxnAction::Fatal | TxnAction::Retry)
 }
 
 /// How long one wait on the producer's event queue lasts while flushing or waiting for
 /// queue space. `BaseProducer::poll` always waits out its whole timeout, even once the
 /// event it waited for has come, so this is also the granularity of those waits.
 const PRODUCER_POLL_STEP: Duration = Duration::from_millis(1);
+
+/// Abort the open transaction. Messages not sent yet are purged first; the ones in
+/// flight must end (acked, failed or timed out) before librdkafka can abort, and their
+/// delivery reports are served here: `BaseProducer::abort_transaction` does not poll,
+/// so on its own it waits out its timeout whenever a message was in flight.
+pub fn abort_transaction(producer: &BaseProducer, timeout: Duration) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    producer.purge(rdkafka::producer::PurgeConfig::default().queue());
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        producer.poll(PRODUCER_POLL_STEP);
+    }
+    producer.abort_transaction(deadline.saturating_duration_since(Instant::now()).max(PRODUCER_POLL_STEP))
+}
+
+/// Where to rewind the consumer's assigned partitions to: each one's committed offset
+/// (the start of the partition where none was committed yet). A partition whose
+/// committed offset could not be read fails the whole call, to be retried: seeking it
+/// to the start would consume again everything committed there (a broker that has just
+/// restarted answers some offset fetches with a partition-level error).
+pub fn committed_positions<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    timeout: Duration,
+) -> Result<TopicPartitionList, KafkaError> {
+    let committed = consumer.committed(timeout)?;
+    let mut tpl = TopicPartitionList::new();
+    for e in committed.elements() {
+        e.error()?;
+        let offset = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        tpl.add_partition_offset(e.topic(), e.partition(), offset)?;
+    }
+    Ok(tpl)
+}
 
 /// Queue `record`, waiting for space while the producer's queue is full.
 pub fn send_waiting(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {

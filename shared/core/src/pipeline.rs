@@ -189,6 +189,37 @@ pub trait Handler {
     async fn handle(&mut self, batch: &[Consumed]) -> anyhow::Result<()>;
 }
 
+/// The next offset a loop expects per input partition, to drop messages the consumer
+/// hands over a second time. After a broker restart librdkafka has been seen to deliver a
+/// partition's messages again from an earlier offset with no rewind or rebalance of the
+/// loop's own (a seek made just before a session timeout, applied after the partition was
+/// assigned again), which would process and commit them twice. Only the loop's own rewind
+/// and a revocation make an earlier offset legitimate again: both forget the partition.
+/// One loop reads one topic, so partitions are enough of a key.
+#[derive(Debug, Default)]
+pub struct Positions(std::collections::HashMap<i32, i64>);
+
+impl Positions {
+    /// Whether a message at `offset` of `partition` is new; if so, the one after it is
+    /// now expected next.
+    pub fn admit(&mut self, partition: i32, offset: i64) -> bool {
+        let next = self.0.entry(partition).or_insert(offset);
+        if offset < *next {
+            return false;
+        }
+        *next = offset + 1;
+        true
+    }
+
+    pub fn forget(&mut self, partition: i32) {
+        self.0.remove(&partition);
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// Records partitions revoked by rebalances, so the loop can drop collected messages.
 #[derive(Default)]
 pub struct RebalanceTracker {
@@ -238,7 +269,7 @@ fn consumer(settings: &LoopSettings) -> anyhow::Result<LoopConsumer> {
 
 /// Collect one batch: wait up to 100 ms for a first message (so shutdown is seen), then
 /// take more until `max_batch` or `max_wait` after the first.
-fn poll_batch(consumer: &LoopConsumer, settings: &LoopSettings) -> Vec<Consumed> {
+fn poll_batch(consumer: &LoopConsumer, settings: &LoopSettings, positions: &mut Positions) -> Vec<Consumed> {
     let mut batch: Vec<Consumed> = Vec::new();
     let mut first_at: Option<Instant> = None;
     while batch.len() < settings.max_batch {
@@ -258,6 +289,9 @@ fn poll_batch(consumer: &LoopConsumer, settings: &LoopSettings) -> Vec<Consumed>
             if before != batch.len() {
                 tracing::info!(dropped = before - batch.len(), "dropped collected messages of revoked partitions");
             }
+            for (_, p) in revoked.iter().filter(|(t, _)| *t == settings.input_topic) {
+                positions.forget(*p);
+            }
         }
         match polled {
             None => {
@@ -268,6 +302,9 @@ fn poll_batch(consumer: &LoopConsumer, settings: &LoopSettings) -> Vec<Consumed>
             Some(Err(e)) => {
                 tracing::warn!(error = %e, topic = %settings.input_topic, "consumer error");
                 break;
+            }
+            Some(Ok(m)) if !positions.admit(m.partition(), m.offset()) => {
+                metrics::counter!(metric_name(settings.service, "pipeline_redeliveries_dropped_total")).increment(1);
             }
             Some(Ok(m)) => {
                 batch.push(Consumed::from_message(&m));
@@ -349,17 +386,14 @@ fn commit_idle_position(consumer: &LoopConsumer, committed: &mut Committed) {
     }
 }
 
-/// Restart every assigned partition from its committed offset.
-fn rewind(consumer: &LoopConsumer) -> anyhow::Result<()> {
-    let committed = consumer.committed(TXN_TIMEOUT)?;
-    let mut tpl = TopicPartitionList::new();
-    for e in committed.elements() {
-        let offset = match e.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
-            _ => Offset::Beginning,
-        };
-        tpl.add_partition_offset(e.topic(), e.partition(), offset)?;
-    }
+/// Restart every assigned partition from its committed offset. While the broker is away
+/// the offsets cannot be read: wait for it (or for shutdown) rather than exit.
+fn rewind(consumer: &LoopConsumer, positions: &mut Positions, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    positions.clear();
+    let Some(tpl) = until_ok(shutdown, "reading committed offsets to rewind", || kafka::committed_positions(consumer, TXN_TIMEOUT))?
+    else {
+        return Ok(());
+    };
     if tpl.count() > 0 {
         consumer.seek_partitions(tpl, TXN_TIMEOUT)?;
     }
@@ -402,6 +436,17 @@ fn sleep_or_shutdown(shutdown: &CancellationToken, d: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
     }
     shutdown.is_cancelled()
+}
+
+/// A transactional producer with its transactions initialised (waiting for the broker
+/// while it is away); `None` when shutdown came first. Its `init_transactions` fences a
+/// predecessor with the same transactional id and settles its open transaction.
+fn transactional_producer(settings: &LoopSettings, shutdown: &CancellationToken) -> anyhow::Result<Option<BaseProducer>> {
+    let producer: BaseProducer =
+        kafka::transactional_producer_config(&settings.brokers, &settings.client_id, &settings.client_id)
+            .create()
+            .context("creating the transactional producer")?;
+    Ok(until_ok(shutdown, "initialising Kafka transactions", || producer.init_transactions(TXN_TIMEOUT))?.map(|()| producer))
 }
 
 /// Produce `records` and commit them with the batch's offsets in one transaction.
@@ -448,22 +493,22 @@ pub fn run_transactional<T: Transform>(
 ) -> anyhow::Result<()> {
     let svc = settings.service;
     let retries_metric = metric_name(svc, "pipeline_transaction_retries_total");
-    let producer: BaseProducer =
-        crate::kafka::transactional_producer_config(&settings.brokers, &settings.client_id, &settings.client_id)
-            .create()
-            .context("creating the transactional producer")?;
-    if until_ok(&shutdown, "initialising Kafka transactions", || producer.init_transactions(TXN_TIMEOUT))?.is_none() {
-        return Ok(());
-    }
-    let producer = std::sync::Arc::new(producer);
+    let Some(producer) = transactional_producer(&settings, &shutdown)? else { return Ok(()) };
+    let mut producer = std::sync::Arc::new(producer);
     let consumer = consumer(&settings)?;
     tracing::info!(topic = %settings.input_topic, group = %settings.group, "consuming (transactional)");
     let mut backoff = Backoff::for_dependencies();
     let mut committed = Committed::new();
+    let mut positions = Positions::default();
     let mut inflight: Option<InFlight<T::Done>> = None;
 
-    // Wait for the batch in flight; false when its transaction failed (and was aborted).
-    let settle = |f: InFlight<T::Done>, stage: &mut T, committed: &mut Committed| -> anyhow::Result<bool> {
+    // Wait for the batch in flight; false when its transaction failed (and was aborted,
+    // or the producer replaced).
+    let settle = |f: InFlight<T::Done>,
+                  stage: &mut T,
+                  committed: &mut Committed,
+                  producer: &mut std::sync::Arc<BaseProducer>|
+     -> anyhow::Result<bool> {
         let result = f.handle.join().unwrap_or_else(|_| Err(KafkaError::Canceled));
         match result {
             Ok(()) => {
@@ -480,11 +525,23 @@ pub fn run_transactional<T: Transform>(
             Err(e) => {
                 metrics::counter!(metric_name(svc, "pipeline_retries_total"), "reason" => "transaction").increment(1);
                 tracing::warn!(error = %e, "transaction failed; aborting and rewinding to the committed offsets");
-                match retry_transactional(&producer, &retries_metric, "abort", || producer.abort_transaction(TXN_TIMEOUT)) {
+                let aborted = if kafka::needs_new_producer(&e) {
+                    Err(e)
+                } else {
+                    let p: &BaseProducer = producer;
+                    retry_transactional(p, &retries_metric, "abort", || kafka::abort_transaction(p, TXN_TIMEOUT))
+                };
+                match aborted {
                     Ok(()) => Ok(false),
                     Err(abort) if is_fatal(&abort) => anyhow::bail!("abort failed fatally: {abort}"),
+                    // The producer's state is unknown: start again with a new one.
                     Err(abort) => {
-                        tracing::warn!(error = %abort, "abort failed");
+                        metrics::counter!(metric_name(svc, "pipeline_producer_restarts_total")).increment(1);
+                        tracing::warn!(error = %abort, "the transaction could not be ended; replacing the producer");
+                        match transactional_producer(&settings, &shutdown)? {
+                            Some(p) => *producer = std::sync::Arc::new(p),
+                            None => tracing::info!("shut down while replacing the producer"),
+                        }
                         Ok(false)
                     }
                 }
@@ -493,13 +550,13 @@ pub fn run_transactional<T: Transform>(
     };
 
     while !shutdown.is_cancelled() {
-        let batch = poll_batch(&consumer, &settings);
+        let batch = poll_batch(&consumer, &settings, &mut positions);
         if batch.is_empty() {
             match inflight.take() {
                 Some(f) => {
-                    if !settle(f, &mut stage, &mut committed)? {
+                    if !settle(f, &mut stage, &mut committed, &mut producer)? {
                         sleep_or_shutdown(&shutdown, backoff.next_delay_jittered().min(Duration::from_secs(2)));
-                        rewind(&consumer)?;
+                        rewind(&consumer, &mut positions, &shutdown)?;
                     }
                 }
                 None => commit_idle_position(&consumer, &mut committed),
@@ -510,9 +567,9 @@ pub fn run_transactional<T: Transform>(
         let out = runtime.block_on(stage.transform(&batch));
         // The previous batch decides whether this one stands.
         if let Some(f) = inflight.take() {
-            if !settle(f, &mut stage, &mut committed)? {
+            if !settle(f, &mut stage, &mut committed, &mut producer)? {
                 sleep_or_shutdown(&shutdown, backoff.next_delay_jittered().min(Duration::from_secs(2)));
-                rewind(&consumer)?;
+                rewind(&consumer, &mut positions, &shutdown)?;
                 continue;
             }
         }
@@ -524,13 +581,13 @@ pub fn run_transactional<T: Transform>(
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, messages = batch.len(),
                     "batch failed; rewinding to the committed offsets to retry");
                 sleep_or_shutdown(&shutdown, delay);
-                rewind(&consumer)?;
+                rewind(&consumer, &mut positions, &shutdown)?;
                 continue;
             }
         };
         let Some(cgm) = consumer.group_metadata() else {
             tracing::warn!("consumer has no group metadata yet; consuming the batch again");
-            rewind(&consumer)?;
+            rewind(&consumer, &mut positions, &shutdown)?;
             continue;
         };
         backoff.reset();
@@ -544,7 +601,7 @@ pub fn run_transactional<T: Transform>(
         inflight = Some(InFlight { handle, done, offsets, messages: batch.len(), records: n_records, started });
     }
     if let Some(f) = inflight.take() {
-        if !settle(f, &mut stage, &mut committed)? {
+        if !settle(f, &mut stage, &mut committed, &mut producer)? {
             tracing::warn!("the last batch's transaction failed; it will be consumed again");
         }
     }
@@ -576,8 +633,9 @@ pub fn run_at_least_once<H: Handler>(
     tracing::info!(topic = %settings.input_topic, group = %settings.group, "consuming (at least once)");
     let mut backoff = Backoff::for_dependencies();
     let mut committed = Committed::new();
+    let mut positions = Positions::default();
     while !shutdown.is_cancelled() {
-        let batch = poll_batch(&consumer, &settings);
+        let batch = poll_batch(&consumer, &settings, &mut positions);
         if batch.is_empty() {
             commit_idle_position(&consumer, &mut committed);
             continue;
@@ -588,7 +646,7 @@ pub fn run_at_least_once<H: Handler>(
             tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, topic = %settings.input_topic,
                 "batch failed; rewinding to the committed offsets to retry");
             sleep_or_shutdown(&shutdown, delay);
-            rewind(&consumer)?;
+            rewind(&consumer, &mut positions, &shutdown)?;
             continue;
         }
         backoff.reset();
@@ -735,12 +793,13 @@ fn atomic_loop(
             Err(e) => {
                 metrics::counter!(metric_name(service, "atomic_transactions_total"), "result" => "failed").increment(1);
                 tracing::warn!(error = %e, calls = jobs.len(), "transaction failed; nothing of it was written");
-                let fatal = is_fatal(&e) || producer.abort_transaction(TXN_TIMEOUT).map_err(|a| is_fatal(&a)).err() == Some(true);
+                // A producer whose transaction could not be aborted is in an unknown state.
+                let broken = is_fatal(&e) || kafka::abort_transaction(&producer, TXN_TIMEOUT).is_err();
                 for j in jobs {
                     let _ = j.reply.send(Err(format!("Kafka transaction failed: {e}")));
                 }
-                if fatal {
-                    tracing::warn!("recreating the transactional producer after a fatal error");
+                if broken {
+                    tracing::warn!("recreating the transactional producer: its transaction could not be ended");
                     match make()? {
                         Some(p) => producer = p,
                         None => return Ok(()),
@@ -765,6 +824,25 @@ mod tests {
             headers: vec![("tenant".into(), b"acme".to_vec())],
             timestamp_ms: None,
         }
+    }
+
+    #[test]
+    fn a_partition_delivered_again_from_an_earlier_offset_is_dropped() {
+        let mut p = Positions::default();
+        assert!(p.admit(3, 0) && p.admit(3, 1) && p.admit(3, 5), "offsets may skip (transaction markers)");
+        assert!(!p.admit(3, 0) && !p.admit(3, 5), "already taken");
+        assert!(p.admit(3, 6) && p.admit(1, 0), "new offsets, and other partitions, pass");
+    }
+
+    #[test]
+    fn a_rewind_or_revocation_makes_earlier_offsets_legitimate() {
+        let mut p = Positions::default();
+        assert!(p.admit(0, 10) && p.admit(1, 10));
+        p.forget(0);
+        assert!(p.admit(0, 3), "revoked and assigned again: starts from the committed offset");
+        assert!(!p.admit(1, 3));
+        p.clear();
+        assert!(p.admit(1, 3), "after the loop's own rewind");
     }
 
     #[test]
