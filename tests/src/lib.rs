@@ -1088,6 +1088,17 @@ impl PrivateStack {
 impl Drop for PrivateStack {
     fn drop(&mut self) {
         let _ = self.script("stack-down").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
+        // A failing test keeps the broker's logs, which the temp dir would take with it.
+        if std::thread::panicking() {
+            let kept = std::env::temp_dir().join(format!("aifab-private-stack-logs-{}", self.kafka_port));
+            let logs = self.dir.path().join("kafka").join("logs");
+            if std::fs::create_dir_all(&kept).is_ok() {
+                for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+                    let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
+                }
+                eprintln!("private stack: broker logs kept in {}", kept.display());
+            }
+        }
     }
 }
 

@@ -28,8 +28,8 @@ use aifab_core::messages::{decode, encode, tag, Arm, DeadLetter, InferenceReques
 use aifab_core::pipeline::Positions;
 use aifab_core::registry::{canary_arm, Rollout};
 use aifab_core::kafka::{
-    abort_transaction, commit_transaction, committed_positions, needs_new_producer, retry_transactional, send_waiting,
-    txn_action, TxnAction,
+    abort_transaction, commit_transaction, committed_positions, needs_new_producer, retry_transactional,
+    send_offsets_bounded, send_waiting, txn_action, TxnAction,
 };
 use aifab_core::topics;
 use aifab_model::batcher::{self, BatchLimits, Pending, Plan};
@@ -120,7 +120,8 @@ struct Queued {
 pub struct Worker {
     settings: WorkerSettings,
     consumer: BaseConsumer<RebalanceTracker>,
-    producer: BaseProducer,
+    /// Shared only with a `send_offsets_to_transaction` call in flight on its helper thread.
+    producer: Arc<BaseProducer>,
     /// Lets the producer's re-initialisation give up on shutdown.
     shutdown: CancellationToken,
     slot: Arc<ModelSlot>,
@@ -402,16 +403,17 @@ impl Worker {
     fn commit_open(&mut self) -> anyhow::Result<()> {
         let Some(txn) = self.open_txn.take() else { return Ok(()) };
         let result = (|| {
-            let cgm = self
-                .consumer
-                .group_metadata()
-                .ok_or_else(|| KafkaError::Subscription("consumer has no group metadata".into()))?;
+            let cgm = Arc::new(
+                self.consumer
+                    .group_metadata()
+                    .ok_or_else(|| KafkaError::Subscription("consumer has no group metadata".into()))?,
+            );
             let mut tpl = TopicPartitionList::new();
             for (p, o) in &txn.next_offsets {
                 tpl.add_partition_offset(&self.settings.input_topic, *p, Offset::Offset(*o))?;
             }
             retry_transactional(&self.producer, TXN_RETRIES, "send_offsets", || {
-                self.producer.send_offsets_to_transaction(&tpl, &cgm, TXN_TIMEOUT)
+                send_offsets_bounded(&self.producer, &tpl, &cgm, TXN_TIMEOUT)
             })?;
             retry_transactional(&self.producer, TXN_RETRIES, "commit", || commit_transaction(&self.producer, TXN_TIMEOUT))
         })();
@@ -515,11 +517,12 @@ fn client_id(settings: &WorkerSettings) -> String {
 /// One transactional id per instance: a restarted instance fences its predecessor's open
 /// transaction; zombie instances are fenced by the consumer group generation sent with
 /// the offsets (KIP-447).
-fn transactional_producer(settings: &WorkerSettings) -> anyhow::Result<BaseProducer> {
+fn transactional_producer(settings: &WorkerSettings) -> anyhow::Result<Arc<BaseProducer>> {
     let id = client_id(settings);
-    aifab_core::kafka::transactional_producer_config(&settings.brokers, &id, &id)
+    let producer: BaseProducer = aifab_core::kafka::transactional_producer_config(&settings.brokers, &id, &id)
         .create()
-        .context("creating the transactional producer")
+        .context("creating the transactional producer")?;
+    Ok(Arc::new(producer))
 }
 
 /// Retry a start-up call that fails while the broker is down.

@@ -238,10 +238,43 @@ pub fn retry_transactional(
 }
 
 /// After [`retry_transactional`] failed: whether the producer must be replaced (fenced,
-/// or a call that timed out for the whole retry budget) rather than its transaction
-/// aborted.
+/// a call that timed out for the whole retry budget, or one abandoned as stuck:
+/// [`KafkaError::Canceled`]) rather than its transaction aborted.
 pub fn needs_new_producer(e: &KafkaError) -> bool {
-    matches!(txn_action(e), TxnAction::Fatal | TxnAction::Retry)
+    matches!(e, KafkaError::Canceled) || matches!(txn_action(e), TxnAction::Fatal | TxnAction::Retry)
+}
+
+/// Longest one `send_offsets_to_transaction` call may block before the producer is
+/// abandoned as stuck in it (a healthy call that times out returns after ~15 s).
+pub const SEND_OFFSETS_BOUND: Duration = Duration::from_secs(60);
+
+/// `send_offsets_to_transaction`, on a helper thread, waited for at most
+/// [`SEND_OFFSETS_BOUND`]. After a broker restart librdkafka's call can wait for a
+/// coordinator forever: its timeout does not cover the coordinator lookup (librdkafka
+/// issue 5456). Past the bound the call is left to its thread, which keeps the producer
+/// alive until the call returns, if ever, and the error is [`KafkaError::Canceled`]: the
+/// caller replaces the producer ([`needs_new_producer`]).
+pub fn send_offsets_bounded(
+    producer: &std::sync::Arc<BaseProducer>,
+    offsets: &TopicPartitionList,
+    group: &std::sync::Arc<rdkafka::consumer::ConsumerGroupMetadata>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let (p, o, g) = (producer.clone(), offsets.clone(), group.clone());
+    std::thread::Builder::new()
+        .name("send-offsets".into())
+        .spawn(move || {
+            let _ = tx.send(p.send_offsets_to_transaction(&o, &g, timeout));
+        })
+        .map_err(|_| KafkaError::Canceled)?;
+    match rx.recv_timeout(SEND_OFFSETS_BOUND) {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::error!(bound = ?SEND_OFFSETS_BOUND, "send_offsets_to_transaction is stuck; abandoning the producer");
+            Err(KafkaError::Canceled)
+        }
+    }
 }
 
 /// How long one wait on the producer's event queue lasts while flushing or waiting for

@@ -451,9 +451,9 @@ fn transactional_producer(settings: &LoopSettings, shutdown: &CancellationToken)
 
 /// Produce `records` and commit them with the batch's offsets in one transaction.
 fn commit_batch(
-    producer: &BaseProducer,
+    producer: &std::sync::Arc<BaseProducer>,
     retries_metric: &str,
-    cgm: &rdkafka::consumer::ConsumerGroupMetadata,
+    cgm: &std::sync::Arc<rdkafka::consumer::ConsumerGroupMetadata>,
     records: &[Record],
     offsets: &TopicPartitionList,
 ) -> Result<(), KafkaError> {
@@ -462,14 +462,21 @@ fn commit_batch(
         send_waiting(producer, r.base_record())?;
     }
     retry_transactional(producer, retries_metric, "send_offsets", || {
-        producer.send_offsets_to_transaction(offsets, cgm, TXN_TIMEOUT)
+        kafka::send_offsets_bounded(producer, offsets, cgm, TXN_TIMEOUT)
     })?;
     retry_transactional(producer, retries_metric, "commit", || kafka::commit_transaction(producer, TXN_TIMEOUT))
 }
 
+/// Longest the loop waits for a batch's commit thread. Each call in it is bounded (retries
+/// for `kafka::TXN_RETRY_BUDGET`, send_offsets by `kafka::SEND_OFFSETS_BOUND`), so this
+/// only catches a librdkafka call stuck some other way: the producer is then replaced and
+/// the thread left with the old one.
+const COMMIT_BOUND: Duration = Duration::from_secs(180);
+
 /// A batch whose transaction is committing on a helper thread.
 struct InFlight<D> {
-    handle: std::thread::JoinHandle<Result<(), KafkaError>>,
+    /// The commit thread's result; it hangs up without one if the thread panicked.
+    result: std::sync::mpsc::Receiver<Result<(), KafkaError>>,
     done: D,
     offsets: TopicPartitionList,
     messages: usize,
@@ -509,7 +516,14 @@ pub fn run_transactional<T: Transform>(
                   committed: &mut Committed,
                   producer: &mut std::sync::Arc<BaseProducer>|
      -> anyhow::Result<bool> {
-        let result = f.handle.join().unwrap_or_else(|_| Err(KafkaError::Canceled));
+        let result = match f.result.recv_timeout(COMMIT_BOUND) {
+            Ok(r) => r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                tracing::error!(bound = ?COMMIT_BOUND, "the batch's commit is stuck in librdkafka; abandoning the producer");
+                Err(KafkaError::Canceled)
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(KafkaError::Canceled),
+        };
         match result {
             Ok(()) => {
                 remember(committed, &f.offsets);
@@ -594,11 +608,15 @@ pub fn run_transactional<T: Transform>(
         let offsets = commit_offsets(&consumer, &batch)?;
         let (p, o, retries) = (producer.clone(), offsets.clone(), retries_metric.clone());
         let n_records = records.len();
-        let handle = std::thread::Builder::new()
+        let (tx, result) = std::sync::mpsc::sync_channel(1);
+        let cgm = std::sync::Arc::new(cgm);
+        std::thread::Builder::new()
             .name(format!("{svc}-commit"))
-            .spawn(move || commit_batch(&p, &retries, &cgm, &records, &o))
+            .spawn(move || {
+                let _ = tx.send(commit_batch(&p, &retries, &cgm, &records, &o));
+            })
             .context("starting a commit thread")?;
-        inflight = Some(InFlight { handle, done, offsets, messages: batch.len(), records: n_records, started });
+        inflight = Some(InFlight { result, done, offsets, messages: batch.len(), records: n_records, started });
     }
     if let Some(f) = inflight.take() {
         if !settle(f, &mut stage, &mut committed, &mut producer)? {
