@@ -479,7 +479,7 @@ impl Worker {
                 Err(e) => {
                     let delay = backoff.next_delay_jittered();
                     tracing::warn!(error = %e, retry_in = ?delay, "reading committed offsets to rewind failed; retrying");
-                    std::thread::sleep(delay);
+                    aifab_core::kafka::serve_consumer(&self.consumer, delay);
                 }
             }
         };

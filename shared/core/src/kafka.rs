@@ -295,6 +295,18 @@ pub fn abort_transaction(producer: &BaseProducer, timeout: Duration) -> Result<(
     producer.abort_transaction(deadline.saturating_duration_since(Instant::now()).max(PRODUCER_POLL_STEP))
 }
 
+/// Wait `delay` while serving the consumer's callbacks. A consumer whose session timed
+/// out (the broker was away) waits for the application to take the revocation in `poll`,
+/// and until then its committed-offset lookups time out, however long the broker has been
+/// back. Messages polled meanwhile are dropped: the caller seeks to the committed offsets
+/// next, which reads them again.
+pub fn serve_consumer<C: rdkafka::consumer::ConsumerContext>(consumer: &BaseConsumer<C>, delay: Duration) {
+    let until = Instant::now() + delay;
+    while let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+        let _ = consumer.poll(left.min(Duration::from_millis(100)));
+    }
+}
+
 /// Where to rewind the consumer's assigned partitions to: each one's committed offset
 /// (the start of the partition where none was committed yet). A partition whose
 /// committed offset could not be read fails the whole call, to be retried: seeking it

@@ -390,10 +390,23 @@ fn commit_idle_position(consumer: &LoopConsumer, committed: &mut Committed) {
 /// the offsets cannot be read: wait for it (or for shutdown) rather than exit.
 fn rewind(consumer: &LoopConsumer, positions: &mut Positions, shutdown: &CancellationToken) -> anyhow::Result<()> {
     positions.clear();
-    let Some(tpl) = until_ok(shutdown, "reading committed offsets to rewind", || kafka::committed_positions(consumer, TXN_TIMEOUT))?
-    else {
-        return Ok(());
+    let mut backoff = Backoff::for_dependencies();
+    let tpl = loop {
+        match kafka::committed_positions(consumer, TXN_TIMEOUT) {
+            Ok(tpl) => break tpl,
+            Err(e) if is_fatal(&e) => anyhow::bail!("reading committed offsets to rewind: {e}"),
+            Err(e) => {
+                let delay = backoff.next_delay_jittered();
+                tracing::warn!(error = %e, retry_in = ?delay, "reading committed offsets to rewind failed; retrying");
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                kafka::serve_consumer(consumer, delay);
+            }
+        }
     };
+    // Messages polled while waiting were dropped; the seek below reads them again.
+    consumer.context().take_revoked();
     if tpl.count() > 0 {
         consumer.seek_partitions(tpl, TXN_TIMEOUT)?;
     }
