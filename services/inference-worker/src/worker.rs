@@ -134,11 +134,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(settings: WorkerSettings, slot: Arc<ModelSlot>, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let client_id = client_id(&settings);
-        let consumer: BaseConsumer<RebalanceTracker> =
-            aifab_core::kafka::consumer_config(&settings.brokers, &client_id, &settings.group)
-                .create_with_context(RebalanceTracker::default())
-                .context("creating the Kafka consumer")?;
+        let consumer = group_consumer(&settings)?;
         let producer = transactional_producer(&settings)?;
         Ok(Worker {
             settings,
@@ -466,6 +462,22 @@ impl Worker {
         self.rewind()
     }
 
+    /// The consumer cannot read its committed offsets (its group coordinator is lost):
+    /// join the group again with a new one, which starts every partition it is assigned
+    /// from the committed offset, like a restarted process.
+    fn replace_consumer(&mut self, e: KafkaError) -> anyhow::Result<()> {
+        metrics::counter!("aifab_inference_worker_consumer_restarts_total").increment(1);
+        tracing::error!(error = %e, "the consumer cannot read its committed offsets; replacing it");
+        let fresh = group_consumer(&self.settings)?;
+        fresh.subscribe(&[&self.settings.input_topic]).context("subscribing")?;
+        let old = std::mem::replace(&mut self.consumer, fresh);
+        // Closing a consumer whose coordinator is unreachable can block: not on this thread.
+        std::thread::Builder::new().name("old-consumer".into()).spawn(move || drop(old)).context("closing the old consumer")?;
+        self.queue.clear();
+        self.positions.clear();
+        Ok(())
+    }
+
     /// After an abort: forget the queue and restart every assigned partition from its
     /// committed offset, so the aborted batch is consumed again. While the broker is away
     /// the committed offsets cannot be read; the worker waits for it rather than exit.
@@ -473,9 +485,13 @@ impl Worker {
         self.queue.clear();
         self.positions.clear();
         let mut backoff = aifab_core::backoff::Backoff::for_dependencies();
+        let give_up_at = Instant::now() + aifab_core::kafka::TXN_RETRY_BUDGET;
         let tpl = loop {
             match committed_positions(&self.consumer, TXN_TIMEOUT) {
                 Ok(tpl) => break tpl,
+                // After a broker restart librdkafka's consumer can lose its group
+                // coordinator for good, like the producer its transaction coordinator.
+                Err(e) if Instant::now() >= give_up_at => return self.replace_consumer(e),
                 Err(e) => {
                     let delay = backoff.next_delay_jittered();
                     tracing::warn!(error = %e, retry_in = ?delay, "reading committed offsets to rewind failed; retrying");
@@ -490,6 +506,12 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+fn group_consumer(settings: &WorkerSettings) -> anyhow::Result<BaseConsumer<RebalanceTracker>> {
+    aifab_core::kafka::consumer_config(&settings.brokers, &client_id(settings), &settings.group)
+        .create_with_context(RebalanceTracker::default())
+        .context("creating the Kafka consumer")
 }
 
 fn take_revoked(consumer: &BaseConsumer<RebalanceTracker>) -> HashSet<(String, i32)> {
