@@ -16,7 +16,10 @@
 //! Ends with `key value` lines: producer_msgs_per_s, ingest_msgs_per_s,
 //! feature_msgs_per_s, ingest_feature_msgs_per_s, the CPU time each service spent per
 //! message (ingest_cpu_us_per_msg, feature_cpu_us_per_msg: throughput per core does not
-//! depend on what else the machine runs), and last `ingest_vs_producer <ratio>`.
+//! depend on what else the machine runs), the broker's CPU per message in each phase and
+//! Redis's in the pipeline (broker_cpu_us_per_msg_producer / _pipeline,
+//! redis_cpu_us_per_msg_pipeline: all of them share the same cores), and last
+//! `ingest_vs_producer <ratio>`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -147,6 +150,16 @@ fn cpu_seconds(pid: Option<u32>) -> f64 {
     ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
+/// The pid of the first process whose command line contains `pattern` (the local stack's
+/// broker and Redis), to count their CPU time too.
+fn pid_of(pattern: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline).contains(pattern).then_some(pid)
+    })
+}
+
 fn uuid_ish() -> String {
     format!("{}-{}", std::process::id(), aifab_core::now_ms())
 }
@@ -211,6 +224,10 @@ async fn main() -> anyhow::Result<()> {
     // ---------------------------------------------------------------- 1. bare producer
     let producer: ThreadedProducer<Counting> =
         aifab_core::kafka::producer_config(&args.brokers, "aifab-bench-producer").create_with_context(Counting)?;
+    // The broker and Redis share the cores with the services: their CPU per message shows
+    // what each phase costs the machine as a whole, not only the services' share.
+    let (broker_pid, redis_pid) = (pid_of("kafka.Kafka"), pid_of("redis-server"));
+    let broker_before_producer = cpu_seconds(broker_pid);
     let t0 = Instant::now();
     for (id, payload) in &payloads {
         let mut record = BaseRecord::to(raw).key(id).payload(payload);
@@ -230,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
     let producer_rate = n as f64 / producer_s;
     eprintln!("bare producer: {n} messages in {producer_s:.2}s = {producer_rate:.0} msg/s");
     drop(producer);
+    let producer_broker_us = (cpu_seconds(broker_pid) - broker_before_producer) * 1e6 / n as f64;
 
     // ---------------------------------------------------------------- 2. ingest + feature
     let dir = tempfile::tempdir()?;
@@ -256,6 +274,7 @@ async fn main() -> anyhow::Result<()> {
         ("AIFAB_PENDING_TTL_S", "600".into()),
         ("AIFAB_LOG", std::env::var("AIFAB_LOG").unwrap_or_else(|_| "warn".into())),
     ];
+    let (broker_before, redis_before) = (cpu_seconds(broker_pid), cpu_seconds(redis_pid));
     let mut children = Vec::new();
     for service in ["ingest", "feature"] {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -320,6 +339,9 @@ async fn main() -> anyhow::Result<()> {
     // At most one poll interval (250 ms) of work is in the base; small against the run.
     let ingest_us = (cpu_seconds(children[0].id()) - ingest_base) * 1e6 / n as f64;
     let feature_us = (cpu_seconds(children[1].id()) - feature_base) * 1e6 / n as f64;
+    // From the services' start: the broker does next to nothing while they load.
+    let broker_us = (cpu_seconds(broker_pid) - broker_before) * 1e6 / n as f64;
+    let redis_us = (cpu_seconds(redis_pid) - redis_before) * 1e6 / n as f64;
     for c in children.iter() {
         if let Some(pid) = c.id() {
             let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
@@ -356,6 +378,9 @@ async fn main() -> anyhow::Result<()> {
     println!("ingest_feature_msgs_per_s {pipeline_rate:.0}");
     println!("ingest_cpu_us_per_msg {ingest_us:.1}");
     println!("feature_cpu_us_per_msg {feature_us:.1}");
+    println!("broker_cpu_us_per_msg_producer {producer_broker_us:.1}");
+    println!("broker_cpu_us_per_msg_pipeline {broker_us:.1}");
+    println!("redis_cpu_us_per_msg_pipeline {redis_us:.1}");
     println!("cpus {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     println!("ingest_vs_producer {:.2}", pipeline_rate / producer_rate);
     Ok(())
