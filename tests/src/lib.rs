@@ -339,6 +339,22 @@ impl PredictionReader {
         })
     }
 
+    /// The reader's position and the high watermark of every partition, for failure
+    /// messages: a reader behind the watermarks is not being fed; one at them has read
+    /// everything committed.
+    pub fn describe(&self) -> String {
+        use rdkafka::consumer::Consumer;
+        let Ok(pos) = self.consumer.position() else { return "(no position)".into() };
+        pos.elements()
+            .iter()
+            .map(|e| {
+                let high = self.consumer.fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(10));
+                format!("p{} at {:?}, watermarks {:?}", e.partition(), e.offset(), high)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// For up to `limit` ids read more than once: each copy's partition, offset, batch
     /// and producing time, to tell a record written twice from one read twice.
     pub fn duplicates_report(&self, limit: usize) -> String {
@@ -704,6 +720,17 @@ impl WorkerRun {
     /// name fences the dead one's open transaction) with max batch size `batch`;
     /// `extra` environment overrides the defaults. Returns the child and its HTTP address.
     pub fn start(&self, instance: &str, batch: usize, extra: &[(&str, String)]) -> (tokio::process::Child, String) {
+        self.start_logging_to(instance, batch, extra, service_log(instance))
+    }
+
+    /// [`WorkerRun::start`] with the worker's log (stdout) going to `log`.
+    pub fn start_logging_to(
+        &self,
+        instance: &str,
+        batch: usize,
+        extra: &[(&str, String)],
+        log: std::process::Stdio,
+    ) -> (tokio::process::Child, String) {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut cmd = tokio::process::Command::new(bin_path("aifab-inference-worker"));
         cmd.env("AIFAB_HTTP_ADDR", &addr)
@@ -721,13 +748,24 @@ impl WorkerRun {
             .env("AIFAB_MAX_BATCH_SIZE", batch.to_string())
             .env("AIFAB_MAX_WAIT_MS", "2")
             .env("AIFAB_LOG", std::env::var("AIFAB_TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(service_log(instance))
+            .stdout(log)
             .stderr(std::process::Stdio::inherit())
             .kill_on_drop(true);
         for (k, v) in extra {
             cmd.env(k, v);
         }
         (cmd.spawn().expect("start worker"), addr)
+    }
+
+    /// The group's committed offset and lag per input partition, for failure messages.
+    pub async fn lag(&self) -> Result<Vec<aifab_core::kafka::PartitionOffsets>, String> {
+        let (brokers, group, topic) = (self.endpoints.kafka.clone(), self.group.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            let c = aifab_core::kafka::consumer_config(&brokers, "aifab-tests", &group).create().map_err(|e| e.to_string())?;
+            aifab_core::kafka::group_offsets(&c, &topic, Duration::from_secs(10)).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     /// Wait until the group has committed everything in the input topic; false if
@@ -1212,5 +1250,35 @@ pub fn service_log(name: &str) -> std::process::Stdio {
     match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
         Ok(f) => f.into(),
         Err(e) => panic!("AIFAB_TEST_LOG_DIR: cannot open {}: {e}", path.display()),
+    }
+}
+
+/// A service log kept in a temporary file and printed (its last lines) only if the test
+/// fails: for scenarios whose failures are rare and need the service's view to explain.
+pub struct LogOnFailure {
+    name: String,
+    file: tempfile::NamedTempFile,
+}
+
+impl LogOnFailure {
+    pub fn new(name: &str) -> Self {
+        LogOnFailure { name: name.to_string(), file: tempfile::NamedTempFile::new().expect("a temporary log file") }
+    }
+
+    /// Where the service writes (append; the file outlives the process).
+    pub fn stdio(&self) -> std::process::Stdio {
+        self.file.reopen().expect("reopening the temporary log").into()
+    }
+}
+
+impl Drop for LogOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let text = std::fs::read_to_string(self.file.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(300)..];
+        eprintln!("--- last {} lines of {}'s log ---\n{}\n--- end of {}'s log ---", tail.len(), self.name, tail.join("\n"), self.name);
     }
 }

@@ -53,7 +53,9 @@ async fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
     let n = after.end;
     produce_requests_on(&ep.kafka, &run.topic, &run.task, &prefix, before.clone()).await;
     // Batch size 1: the backlog lasts, so a transaction is open when the broker goes.
-    let (mut worker, addr) = run.start("restart-a", 1, &[]);
+    // Its log is printed if the test fails: recovery from a broker restart has many paths.
+    let log = LogOnFailure::new("the worker");
+    let (mut worker, addr) = run.start_logging_to("restart-a", 1, &[("AIFAB_LOG", "info".into())], log.stdio());
     assert!(reader.read_until(&prefix, 200, Duration::from_secs(120)), "first predictions");
 
     let t = Instant::now();
@@ -96,7 +98,15 @@ async fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
     producing.await.expect("requests produced during the outage delivered");
     produce_requests_on(&ep.kafka, &run.topic, &run.task, &prefix, after).await;
 
-    assert!(reader.read_until(&prefix, n, Duration::from_secs(180)), "only {} of {n} predicted", reader.counts().len());
+    if !reader.read_until(&prefix, n, Duration::from_secs(180)) {
+        let counters = recovery_counters(&addr).await;
+        let lag = run.lag().await;
+        panic!(
+            "only {} of {n} predicted; the reader: {}; the worker group: {lag:?}; the worker's counters:\n{counters}",
+            reader.counts().len(),
+            reader.describe()
+        );
+    }
     assert!(run.wait_drained(Duration::from_secs(60)).await, "the worker group never reached lag 0");
     assert!(reader.read_to_end(&prefix, Duration::from_secs(60)), "predictions topic never settled");
     wait_readyz(&addr, 200, r#""kafka":{"ok":true"#, "the worker ready again").await;
@@ -113,6 +123,13 @@ async fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
     sigterm(&worker);
     let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await.expect("exits").unwrap();
     assert!(status.success(), "SIGTERM exit after the restart: {status}");
+}
+
+/// The worker's metrics that tell how it recovered (or did not).
+async fn recovery_counters(addr: &str) -> String {
+    let Ok((_, page)) = http_get(addr, "/metrics").await else { return "(no /metrics)".into() };
+    let wanted = ["transaction", "restarts", "batches_total", "redeliveries", "queue_depth", "requests_total"];
+    page.lines().filter(|l| !l.starts_with('#') && wanted.iter().any(|w| l.contains(w))).collect::<Vec<_>>().join("\n")
 }
 
 async fn post(addr: &str, key: &str, body: &str) -> HttpResponse {
