@@ -24,7 +24,20 @@ pub fn base_config(brokers: &str, client_id: &str) -> ClientConfig {
         // Fail fast on a dead broker address in logs, but keep retrying forever.
         .set("socket.connection.setup.timeout.ms", "5000")
         .set("reconnect.backoff.ms", "200")
-        .set("reconnect.backoff.max.ms", "10000");
+        .set("reconnect.backoff.max.ms", "10000")
+        // A restarting broker can answer metadata before it lists itself; librdkafka
+        // (2.10+) then forgets it and, with no broker left, only goes back to
+        // `bootstrap.servers` after this long (5 minutes by default). Until then every
+        // request of the client fails or waits: consumers stop fetching and coordinator
+        // calls time out, however long the broker has been back.
+        .set("metadata.recovery.rebootstrap.trigger.ms", "10000");
+    // librdkafka's own debug contexts (`cgrp,eos,fetch`, `all`, ...) for diagnosing a
+    // client: they log through the service's log at debug level.
+    if let Ok(contexts) = std::env::var("AIFAB_KAFKA_DEBUG") {
+        if !contexts.trim().is_empty() {
+            c.set("debug", contexts.trim());
+        }
+    }
     c
 }
 
@@ -160,7 +173,25 @@ pub fn group_offsets(
 
 #[cfg(test)]
 mod tests {
-    use super::partition_lag;
+    use super::*;
+
+    #[test]
+    fn every_client_rebootstraps_soon_and_librdkafka_takes_the_settings() {
+        let brokers = "127.0.0.1:1";
+        let configs = [
+            ("producer", producer_config(brokers, "t")),
+            ("transactional", transactional_producer_config(brokers, "t", "t")),
+            ("consumer", consumer_config(brokers, "t", "g")),
+        ];
+        for (name, c) in configs {
+            let trigger: u64 = c.get("metadata.recovery.rebootstrap.trigger.ms").expect(name).parse().unwrap();
+            assert!(trigger <= 10_000, "{name}: rebootstrap after {trigger} ms");
+        }
+        // Creating a client checks every property name and value (no connection needed).
+        let _: BaseConsumer = consumer_config(brokers, "t", "g").create().expect("consumer settings accepted");
+        let _: BaseProducer = transactional_producer_config(brokers, "t", "t").create().expect("producer settings accepted");
+        metadata_client(brokers, "t").expect("metadata client settings accepted");
+    }
 
     #[test]
     fn lag_counts_from_commit_or_low_watermark() {

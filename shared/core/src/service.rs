@@ -57,6 +57,8 @@ pub struct Service {
 
 /// How often a healthy dependency is re-checked.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Failed Kafka probes in a row after which each further probe uses a new client.
+const PROBE_FAILURES_BEFORE_NEW_CLIENT: u32 = 3;
 
 impl Service {
     /// Logging, metrics, signal handling and background dependency connections.
@@ -189,15 +191,26 @@ impl Service {
 
     fn spawn_kafka_probe(&mut self) -> anyhow::Result<()> {
         let brokers = self.brokers.kafka_brokers.clone();
-        let client = std::sync::Arc::new(crate::kafka::metadata_client(
-            &brokers,
-            &format!("aifab-{}-probe", self.spec.name),
-        )?);
+        let client_id = format!("aifab-{}-probe", self.spec.name);
+        let mut client = std::sync::Arc::new(crate::kafka::metadata_client(&brokers, &client_id)?);
         let readiness = self.readiness.clone();
         let token = self.shutdown.clone();
         self.tasks.push(tokio::spawn(async move {
             let mut backoff = Backoff::for_dependencies();
             loop {
+                // After a broker restart a librdkafka client can go on failing its metadata
+                // requests (broker transport failure) long after the broker is back, so a
+                // probe that keeps failing asks through a new client.
+                if backoff.attempt() >= PROBE_FAILURES_BEFORE_NEW_CLIENT {
+                    match crate::kafka::metadata_client(&brokers, &client_id) {
+                        Ok(fresh) => {
+                            let old = std::mem::replace(&mut client, std::sync::Arc::new(fresh));
+                            // Destroying a client waits for its threads: not on the runtime.
+                            drop(tokio::task::spawn_blocking(move || drop(old)));
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not create a new kafka probe client"),
+                    }
+                }
                 let c = client.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     crate::kafka::probe(&c, Duration::from_secs(3))
