@@ -246,6 +246,10 @@ impl PredictionReader {
         use rdkafka::consumer::Consumer;
         let consumer: rdkafka::consumer::BaseConsumer =
             aifab_core::kafka::consumer_config(brokers, "aifab-tests", &unique("reader"))
+                // An assign()ed consumer learns its partitions again only from periodic
+                // metadata: after a broker restart (tests/tests/faults.rs) librdkafka can
+                // hold the topic as unknown until then (5 minutes by default).
+                .set("topic.metadata.refresh.interval.ms", "5000")
                 .create()
                 .unwrap();
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
@@ -299,6 +303,7 @@ impl PredictionReader {
     pub fn read_until(&mut self, prefix: &str, distinct: usize, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         let mut ids: std::collections::HashSet<String> = self.seen.iter().map(|p| p.id.clone()).collect();
+        let mut last_progress = std::time::Instant::now();
         while ids.len() < distinct {
             if std::time::Instant::now() >= deadline {
                 return false;
@@ -306,6 +311,14 @@ impl PredictionReader {
             let before = self.seen.len();
             self.read(prefix, Duration::from_millis(200));
             ids.extend(self.seen[before..].iter().map(|p| p.id.clone()));
+            if self.seen.len() > before {
+                last_progress = std::time::Instant::now();
+            } else if last_progress.elapsed() > Duration::from_secs(10) {
+                // Ask for the topic's metadata now rather than at the next periodic refresh.
+                use rdkafka::consumer::Consumer;
+                let _ = self.consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(5));
+                last_progress = std::time::Instant::now();
+            }
         }
         true
     }
