@@ -53,6 +53,8 @@ struct Args {
     model_dir: Option<PathBuf>,
     #[arg(long, env = "AIFAB_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     brokers: String,
+    #[arg(long, env = "AIFAB_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
     /// Directory of the aifab-ingest / aifab-feature binaries (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -164,21 +166,59 @@ fn uuid_ish() -> String {
     format!("{}-{}", std::process::id(), aifab_core::now_ms())
 }
 
-/// The group's total lag on the topic, once it has committed on every partition.
-fn lag(brokers: &str, group: &str, topic: &str) -> Option<i64> {
-    let c: BaseConsumer = aifab_core::kafka::consumer_config(brokers, "aifab-bench", group).create().ok()?;
-    let offs = aifab_core::kafka::group_offsets(&c, topic, Duration::from_secs(10)).ok()?;
-    offs.iter().all(|p| p.committed.is_some()).then(|| offs.iter().map(|p| p.lag).sum())
+/// Progress of a stage's group on its input topic, from one client kept for the whole
+/// run: new clients every poll would add their connections and group lookups to the
+/// broker's CPU the bench measures.
+struct GroupWatch {
+    client: BaseConsumer,
+    topic: String,
 }
 
-/// Progress: (committed messages, high watermark) summed over partitions.
-fn progress(brokers: &str, group: &str, topic: &str) -> (i64, i64) {
-    let Ok(c) = aifab_core::kafka::consumer_config(brokers, "aifab-bench", group).create::<BaseConsumer>() else {
-        return (0, 0);
-    };
-    match aifab_core::kafka::group_offsets(&c, topic, Duration::from_secs(10)) {
-        Ok(offs) => (offs.iter().map(|p| p.committed.unwrap_or(0)).sum(), offs.iter().map(|p| p.high_watermark).sum()),
-        Err(_) => (0, 0),
+impl GroupWatch {
+    fn new(brokers: &str, group: &str, topic: &str) -> anyhow::Result<Self> {
+        let client = aifab_core::kafka::consumer_config(brokers, "aifab-bench", group).create()?;
+        Ok(Self { client, topic: topic.to_string() })
+    }
+
+    /// (committed messages, high watermark) summed over partitions, and whether the group
+    /// has committed on every partition with no lag left.
+    fn progress(&self) -> (i64, i64, bool) {
+        match aifab_core::kafka::group_offsets(&self.client, &self.topic, Duration::from_secs(10)) {
+            Ok(offs) => (
+                offs.iter().map(|p| p.committed.unwrap_or(0)).sum(),
+                offs.iter().map(|p| p.high_watermark).sum(),
+                offs.iter().all(|p| p.committed.is_some() && p.lag == 0),
+            ),
+            Err(_) => (0, 0, false),
+        }
+    }
+}
+
+/// Delete the run's Redis keys (id claims, pending notes, online features). Left to
+/// expire, they pile up over runs back to back and the next runs pay for Redis's growing
+/// and expiring key space.
+async fn forget_redis_keys(url: &str, prefix: &str) -> anyhow::Result<usize> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            deleted += keys.len();
+            redis::cmd("UNLINK").arg(&keys).exec_async(&mut conn).await?;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
     }
 }
 
@@ -291,8 +331,8 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_s);
     // Done when ingest has committed the whole raw topic and feature the whole features topic.
-    let ingest_group = format!("{run}.ingest");
-    let feature_group = format!("{run}.feature");
+    let ingest_watch = GroupWatch::new(&args.brokers, &format!("{run}.ingest"), raw)?;
+    let feature_watch = GroupWatch::new(&args.brokers, &format!("{run}.feature"), features)?;
     let mut last_report = Instant::now();
     // CPU each service had used before its first commit (start-up, tokenizer load): not counted.
     let (mut ingest_base, mut feature_base) = (0.0, 0.0);
@@ -303,16 +343,8 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("a service exited early: {status}");
             }
         }
-        let (b, i, f) = (args.brokers.clone(), ingest_group.clone(), feature_group.clone());
-        let (raw_t, feat_t) = (raw.clone(), features.clone());
-        let (done, ip, fp) = tokio::task::spawn_blocking(move || {
-            (
-                lag(&b, &i, &raw_t) == Some(0) && lag(&b, &f, &feat_t) == Some(0),
-                progress(&b, &i, &raw_t),
-                progress(&b, &f, &feat_t),
-            )
-        })
-        .await?;
+        let (ip, fp) = tokio::task::block_in_place(|| (ingest_watch.progress(), feature_watch.progress()));
+        let done = ip.2 && fp.2;
         if ip.0 == 0 {
             ingest_base = cpu_seconds(children[0].id());
         }
@@ -368,6 +400,9 @@ async fn main() -> anyhow::Result<()> {
     let ingest_rate = n as f64 / secs(f_first, f_last);
     let feature_rate = n as f64 / secs(i_first, i_last);
     let pipeline_rate = n as f64 / secs(f_first, i_last);
+    if let Err(e) = forget_redis_keys(&args.redis_url, &run).await {
+        eprintln!("could not delete the run's Redis keys ({run}:*): {e:#}");
+    }
     let _ = admin(&args.brokers)?.delete_topics(&topics.iter().map(String::as_str).collect::<Vec<_>>(), &AdminOptions::new()).await;
 
     println!("messages {n}");
