@@ -32,7 +32,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message};
 
@@ -194,6 +194,23 @@ impl GroupWatch {
     }
 }
 
+/// Wait until the client's metadata names a leader for every partition of a topic just
+/// created.
+fn wait_for_leaders<C: ClientContext>(client: &rdkafka::client::Client<C>, topic: &str, partitions: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(md) = client.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            if let Some(t) = md.topics().first() {
+                if t.error().is_none() && t.partitions().len() == partitions && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none()) {
+                    return Ok(());
+                }
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no leaders for {topic} after 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Delete the run's Redis keys (id claims, pending notes, online features). Left to
 /// expire, they pile up over runs back to back and the next runs pay for Redis's growing
 /// and expiring key space.
@@ -240,7 +257,7 @@ async fn main() -> anyhow::Result<()> {
     let run = format!("bench.ingest.{}", uuid_ish());
     let n = args.messages;
     let topics: Vec<String> =
-        ["raw", "features", "inference", "training", "predictions", "dlq"].iter().map(|t| format!("{run}.{t}")).collect();
+        ["raw", "features", "inference", "training", "predictions", "dlq", "warmup"].iter().map(|t| format!("{run}.{t}")).collect();
     let (raw, features, inference, dlq) = (&topics[0], &topics[1], &topics[2], &topics[5]);
     let new: Vec<NewTopic> = topics
         .iter()
@@ -267,6 +284,15 @@ async fn main() -> anyhow::Result<()> {
     // The broker and Redis share the cores with the services: their CPU per message shows
     // what each phase costs the machine as a whole, not only the services' share.
     let (broker_pid, redis_pid) = (pid_of("kafka.Kafka"), pid_of("redis-server"));
+    // The clock starts once the producer is ready, as the stages' starts after their group
+    // joins: an idempotent producer first gets its producer id from the broker (seen to
+    // take up to half a second, most of a 100k-message run), and a topic just created may
+    // not have its leaders yet. One message to a warm-up topic covers the first.
+    let warm = Instant::now();
+    producer.send(BaseRecord::<(), _>::to(&topics[6]).payload(&b"warm-up"[..])).map_err(|(e, _)| e)?;
+    producer.flush(Duration::from_secs(30))?;
+    wait_for_leaders(producer.client(), raw, args.partitions as usize)?;
+    eprintln!("bare producer ready after {:.2}s", warm.elapsed().as_secs_f64());
     let broker_before_producer = cpu_seconds(broker_pid);
     let t0 = Instant::now();
     for (id, payload) in &payloads {
@@ -282,7 +308,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(120))?;
+    producer.flush(Duration::from_secs(120))?;
     let producer_s = t0.elapsed().as_secs_f64();
     let producer_rate = n as f64 / producer_s;
     eprintln!("bare producer: {n} messages in {producer_s:.2}s = {producer_rate:.0} msg/s");
