@@ -254,9 +254,15 @@ async fn a_repeated_text_is_answered_from_the_cache_without_inference() {
     assert!(!sent.contains(&"d-2".to_string()), "d-2 must not reach inference: {sent:?}");
     assert_eq!(sent.iter().filter(|k| *k == "d-1").count(), 1);
 
-    let (_, metrics) = http_get(&addr, "/metrics").await.unwrap();
-    assert!(metrics.contains(r#"aifab_feature_dedupe_total{result="hit"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"aifab_feature_dedupe_total{result="miss"} 3"#), "{metrics}");
+    // Counted once each batch committed, just after its outputs became visible.
+    let counted = |m: &str| {
+        m.contains(r#"aifab_feature_dedupe_total{result="hit"} 1"#) && m.contains(r#"aifab_feature_dedupe_total{result="miss"} 3"#)
+    };
+    let seen = wait_for(Duration::from_secs(10), || async { counted(&http_get(&addr, "/metrics").await.ok()?.1).then_some(()) }).await;
+    if seen.is_none() {
+        let (_, metrics) = http_get(&addr, "/metrics").await.unwrap();
+        panic!("no dedupe counts of 1 hit and 3 misses in /metrics: {metrics}");
+    }
     let acme: HashMap<String, i64> = eventually(Duration::from_secs(20), "acme's cached count", || {
         let mut conn = conn.clone();
         let key = format!("{}:feature:tenant:acme", run.prefix);

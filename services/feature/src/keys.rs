@@ -56,7 +56,7 @@ pub fn dedupe_hash(scope: DedupeScope, tenant: &str, task: &str, text: &str) -> 
     h.update(task.as_bytes());
     h.update([0x1f]);
     h.update(text.as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h.finalize())
 }
 
 #[cfg(test)]

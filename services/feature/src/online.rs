@@ -33,7 +33,11 @@ pub struct Deltas(pub BTreeMap<String, TenantDelta>);
 
 impl Deltas {
     pub fn tenant(&mut self, tenant: &str, at_ms: i64) -> &mut TenantDelta {
-        let d = self.0.entry(tenant.to_string()).or_default();
+        // Most batches hold few tenants: look up before allocating a key.
+        if !self.0.contains_key(tenant) {
+            self.0.insert(tenant.to_string(), TenantDelta::default());
+        }
+        let d = self.0.get_mut(tenant).expect("inserted above");
         d.last_seen_ms = d.last_seen_ms.max(at_ms);
         d
     }

@@ -3,6 +3,7 @@
 //! dedupe cache) and `aifab.dlq` (anything it cannot use), all in one Kafka transaction
 //! per batch with the input offsets.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aifab_core::messages::{decode, encode, tag, InferenceRequest, IngestRecord, Prediction, TrainingExample};
@@ -35,6 +36,55 @@ pub struct FeatureStage {
     pub tokenizer: Arc<FeatureTokenizer>,
     pub redis: RedisHandle,
     pub keys: Keys,
+}
+
+/// A batch's metric counts. Added once the batch commits: an aborted batch is consumed
+/// again and would count twice (and one update per batch keeps the metrics registry off
+/// the per-message path).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub training: u64,
+    pub inference: u64,
+    pub cached: u64,
+    pub dedupe_misses: u64,
+    pub tokens: u64,
+    pub truncated: u64,
+    pub dead_letters: BTreeMap<&'static str, u64>,
+}
+
+impl BatchCounts {
+    fn dead_letter(&mut self, kind: &'static str) {
+        *self.dead_letters.entry(kind).or_default() += 1;
+    }
+
+    fn record(&self) {
+        let add = |name: &'static str, label: (&'static str, &'static str), n: u64| {
+            if n > 0 {
+                metrics::counter!(name, label.0 => label.1).increment(n);
+            }
+        };
+        add("aifab_feature_records_total", ("kind", "training"), self.training);
+        add("aifab_feature_records_total", ("kind", "inference"), self.inference);
+        add("aifab_feature_records_total", ("kind", "cached"), self.cached);
+        add("aifab_feature_dedupe_total", ("result", "hit"), self.cached);
+        add("aifab_feature_dedupe_total", ("result", "miss"), self.dedupe_misses);
+        for (&kind, &n) in &self.dead_letters {
+            add("aifab_feature_dead_letters_total", ("kind", kind), n);
+        }
+        if self.tokens > 0 {
+            metrics::counter!("aifab_feature_tokens_total").increment(self.tokens);
+        }
+        if self.truncated > 0 {
+            metrics::counter!("aifab_feature_truncated_total").increment(self.truncated);
+        }
+    }
+}
+
+/// What a committed batch leaves to do: its online-feature counts and metric counts.
+#[derive(Debug, Default)]
+pub struct BatchDone {
+    pub deltas: Deltas,
+    pub counts: BatchCounts,
 }
 
 /// A decoded record this stage can use: id and receipt time present.
@@ -70,13 +120,14 @@ fn with_trace(mut r: Record, m: &Consumed, tenant: &str) -> Record {
 }
 
 impl Transform for FeatureStage {
-    /// The batch's online-feature counts, written once it commits.
-    type Done = Deltas;
+    /// The batch's online-feature and metric counts, written once it commits.
+    type Done = BatchDone;
 
-    async fn transform(&mut self, batch: &[Consumed]) -> anyhow::Result<(Vec<Record>, Deltas)> {
+    async fn transform(&mut self, batch: &[Consumed]) -> anyhow::Result<(Vec<Record>, BatchDone)> {
         let s = &self.settings;
         let now = aifab_core::now_ms();
         let mut deltas = Deltas::default();
+        let mut counts = BatchCounts::default();
         let mut out: Vec<Record> = Vec::with_capacity(batch.len());
         // Unlabelled records waiting for the cache and the tokenizer: (message, record, task, hash).
         let mut infer: Vec<(&Consumed, IngestRecord, String, Option<String>)> = Vec::new();
@@ -84,7 +135,7 @@ impl Transform for FeatureStage {
             let rec = match accept(m) {
                 Ok(r) => r,
                 Err((kind, reason)) => {
-                    metrics::counter!("aifab_feature_dead_letters_total", "kind" => kind).increment(1);
+                    counts.dead_letter(kind);
                     let tenant = serde_json::from_slice::<serde_json::Value>(&m.payload)
                         .ok()
                         .and_then(|v| v["tenant"].as_str().map(str::to_string));
@@ -106,7 +157,7 @@ impl Transform for FeatureStage {
                         received_at_ms: rec.received_at_ms.unwrap_or(now),
                     };
                     deltas.tenant(&rec.tenant, now).examples += 1;
-                    metrics::counter!("aifab_feature_records_total", "kind" => "training").increment(1);
+                    counts.training += 1;
                     out.push(with_trace(Record::new(&s.training_topic, id, encode(&ex)), m, &rec.tenant));
                 }
                 None => {
@@ -159,8 +210,7 @@ impl Transform for FeatureStage {
         for ((m, rec, task, _), hit) in infer.iter().zip(hits) {
             let id = rec.id.clone().unwrap_or_default();
             if let Some(cached) = hit {
-                metrics::counter!("aifab_feature_dedupe_total", "result" => "hit").increment(1);
-                metrics::counter!("aifab_feature_records_total", "kind" => "cached").increment(1);
+                counts.cached += 1;
                 let d = deltas.tenant(&rec.tenant, now);
                 d.requests += 1;
                 d.cached += 1;
@@ -169,11 +219,11 @@ impl Transform for FeatureStage {
                 continue;
             }
             if s.dedupe_ttl_s > 0 {
-                metrics::counter!("aifab_feature_dedupe_total", "result" => "miss").increment(1);
+                counts.dedupe_misses += 1;
             }
             match tokens.next().expect("one tokenization per miss") {
                 Err(e) => {
-                    metrics::counter!("aifab_feature_dead_letters_total", "kind" => e.kind).increment(1);
+                    counts.dead_letter(e.kind);
                     out.push(dead_letter(&s.dlq_topic, "feature", m, e.kind, &e.reason, Some(rec.tenant.clone())));
                 }
                 Ok(t) => {
@@ -198,18 +248,20 @@ impl Transform for FeatureStage {
                     d.tokens += n as u64;
                     if truncated {
                         d.truncated += 1;
-                        metrics::counter!("aifab_feature_truncated_total").increment(1);
+                        counts.truncated += 1;
                     }
-                    metrics::counter!("aifab_feature_tokens_total").increment(n as u64);
-                    metrics::counter!("aifab_feature_records_total", "kind" => "inference").increment(1);
+                    counts.tokens += n as u64;
+                    counts.inference += 1;
                     out.push(with_trace(Record::new(&s.inference_topic, id, encode(&req)), m, &rec.tenant));
                 }
             }
         }
-        Ok((out, deltas))
+        Ok((out, BatchDone { deltas, counts }))
     }
 
-    async fn committed(&mut self, deltas: Deltas) {
+    async fn committed(&mut self, done: BatchDone) {
+        done.counts.record();
+        let deltas = done.deltas;
         if deltas.is_empty() {
             return;
         }

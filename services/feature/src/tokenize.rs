@@ -201,6 +201,9 @@ struct AsciiWordPiece {
     /// Added tokens' contents, lowercased: a text that spells one out goes to the
     /// library, which matches them before anything else.
     added: Vec<Vec<u8>>,
+    /// The bytes an added token starts with (lowercased): BERT's all start with `[`, which
+    /// most texts never contain, so one scan for them usually settles it.
+    added_first: [bool; 256],
 }
 
 /// Buffers one batch's texts reuse.
@@ -228,7 +231,14 @@ impl AsciiWordPiece {
             starts.insert(bytes.into(), id);
         }
         let longest = |m: &HashMap<Box<[u8]>, u32>| m.keys().map(|k| k.len()).max().unwrap_or(0);
-        let added = inner.get_added_vocabulary().get_vocab().keys().map(|k| k.to_ascii_lowercase().into_bytes()).collect();
+        let added: Vec<Vec<u8>> =
+            inner.get_added_vocabulary().get_vocab().keys().map(|k| k.to_ascii_lowercase().into_bytes()).collect();
+        let mut added_first = [false; 256];
+        for a in &added {
+            if let Some(&b) = a.first() {
+                added_first[b as usize] = true;
+            }
+        }
         Some(AsciiWordPiece {
             lowercase: n.lowercase,
             longest_start: longest(&starts),
@@ -240,6 +250,7 @@ impl AsciiWordPiece {
             prefix,
             suffix,
             added,
+            added_first,
         })
     }
 
@@ -249,7 +260,11 @@ impl AsciiWordPiece {
     fn encode<'s>(&self, text: &str, scratch: &'s mut AsciiScratch) -> Option<&'s [u32]> {
         let bytes = text.as_bytes();
         let dropped_byte = |b: &u8| matches!(b, 0x00..=0x08 | 0x0b | 0x0c | 0x0e..=0x1f | 0x7f);
-        if !text.is_ascii() || bytes.iter().any(dropped_byte) || self.added.iter().any(|a| contains_ignore_case(bytes, a)) {
+        let may_hold_added = || bytes.iter().any(|b| self.added_first[b.to_ascii_lowercase() as usize]);
+        if !text.is_ascii()
+            || bytes.iter().any(dropped_byte)
+            || (may_hold_added() && self.added.iter().any(|a| contains_ignore_case(bytes, a)))
+        {
             return None;
         }
         let AsciiScratch { word, ids } = scratch;
@@ -324,8 +339,19 @@ fn special_frame(inner: &Tokenizer) -> Option<(Vec<u32>, Vec<u32>)> {
 }
 
 fn contains_ignore_case(haystack: &[u8], lower_needle: &[u8]) -> bool {
-    !lower_needle.is_empty()
-        && haystack.windows(lower_needle.len()).any(|w| w.iter().zip(lower_needle).all(|(a, b)| a.to_ascii_lowercase() == *b))
+    let Some(&first) = lower_needle.first() else { return false };
+    let mut from = 0;
+    while let Some(i) = haystack[from..].iter().position(|b| b.to_ascii_lowercase() == first) {
+        let at = from + i;
+        if haystack.len() - at < lower_needle.len() {
+            return false;
+        }
+        if haystack[at..at + lower_needle.len()].eq_ignore_ascii_case(lower_needle) {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -381,6 +407,15 @@ mod tests {
     /// Whatever the fast path takes, it gives the library's ids: words in and out of the
     /// tiny vocabulary (so `##` pieces and `[UNK]`), punctuation, whitespace, control
     /// bytes, spelt-out special tokens, a word over the length limit, truncation.
+    #[test]
+    fn added_tokens_are_found_in_any_case_and_position() {
+        assert!(contains_ignore_case(b"[[MASK] x", b"[mask]"), "after a false start");
+        assert!(contains_ignore_case(b"x [Mask]", b"[mask]"), "at the end");
+        assert!(!contains_ignore_case(b"x [mask", b"[mask]"), "cut off by the end");
+        assert!(!contains_ignore_case(b"[ma", b"[mask]"), "shorter than the needle");
+        assert!(!contains_ignore_case(b"mask", b""), "an empty needle matches nothing");
+    }
+
     #[test]
     fn the_ascii_path_matches_the_library_on_the_tiny_tokenizer() {
         let long = "cat".repeat(40);
