@@ -451,3 +451,72 @@ fn sha256_hex(bytes: &[u8]) -> String {
     let out = child.wait_with_output().unwrap();
     String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
 }
+
+/// Timed-out writes: with a produce timeout shorter than a transaction, POSTs time out
+/// before their records are taken into a transaction (nothing written) or while it is
+/// committing (outcome undecided). Retrying each request with its Idempotency-Key until
+/// it gets a 202 must write every request exactly once: an undecided write keeps its ids
+/// claimed and its key pending until the outcome is known, then stores the answer for
+/// replay (written) or releases both (not written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_writes_are_settled_so_retries_write_each_request_once() {
+    let run = Run::new().await;
+    let mut env = run.env();
+    env.push(("AIFAB_PRODUCE_TIMEOUT_MS", "3".into()));
+    let (_ingest, addr) = spawn_service("ingest", &env);
+    wait_ready(&addr, "ingest").await;
+
+    let undecided = |m: &str| metric(m, r#"aifab_ingest_http_undecided_writes_total{outcome="written"}"#).unwrap_or(0.0);
+    let mut requests = 0;
+    let mut first_answers: BTreeMap<u16, usize> = BTreeMap::new();
+    // Until at least one write was undecided and then found written (the case a released
+    // claim used to duplicate), at most 200 requests.
+    loop {
+        let body = format!(r#"{{"id":"t-{requests}","text":"timed out {requests}"}}"#);
+        let key = format!("k-{requests}");
+        let r = post(&addr, "/v1/infer", Some("key-acme"), &body, &[("Idempotency-Key", &key)]).await;
+        *first_answers.entry(r.status).or_default() += 1;
+        requests += 1;
+        let (_, m) = http_get(&addr, "/metrics").await.unwrap();
+        if undecided(&m) >= 1.0 || requests == 200 {
+            break;
+        }
+    }
+    let (_, m) = http_get(&addr, "/metrics").await.unwrap();
+    assert!(undecided(&m) >= 1.0, "no undecided write in {requests} requests (first answers {first_answers:?}):\n{m}");
+
+    // Every request, retried with its key until it is answered 202.
+    for i in 0..requests {
+        let body = format!(r#"{{"id":"t-{i}","text":"timed out {i}"}}"#);
+        let key = format!("k-{i}");
+        let last = std::sync::Mutex::new(String::new());
+        let last_ref = &last;
+        let ok = wait_for(Duration::from_secs(90), || {
+            let (addr, body, key) = (addr.clone(), body.clone(), key.clone());
+            async move {
+                let r = post(&addr, "/v1/infer", Some("key-acme"), &body, &[("Idempotency-Key", &key)]).await;
+                *last_ref.lock().unwrap() = format!("{} {}", r.status, r.body);
+                match r.status {
+                    202 => Some(r),
+                    503 | 409 => None,
+                    s => panic!("request {i}: unexpected {s}: {}", r.body),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("request {i}: no 202 within 90 s; last answer {}", last.lock().unwrap()));
+        assert_eq!(ok.json()["id"], format!("t-{i}"), "{}", ok.body);
+    }
+
+    let mut features = TopicReader::new(&run.features);
+    features.read_until(Duration::from_secs(60), "every request's record", |r| r.len() >= requests).await;
+    features.read_to_end(Duration::from_secs(10)).await;
+    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &features.records {
+        *per_id.entry(r.key_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = per_id.iter().filter(|(_, &n)| n != 1).collect();
+    assert!(twice.is_empty(), "ids written more than once: {twice:?} (first answers {first_answers:?})");
+    assert_eq!(per_id.len(), requests, "every request written once (first answers {first_answers:?})");
+    run.cleanup().await;
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aifab_core::messages::{encode, tag, DeadLetter, IngestRecord};
-use aifab_core::pipeline::{AtomicProducer, Record};
+use aifab_core::pipeline::{AtomicProducer, Record, SendError};
 use aifab_core::redis_store::RedisHandle;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -298,33 +298,96 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
             Err(e) => return unavailable(&format!("redis: {e}")),
         }
     }
-    let response = accept(api, &mut conn, route, &tenant, &settings, headers, &bytes).await;
-    if let Some(rkey) = idem_key {
-        let status = response.0;
-        let result: redis::RedisResult<()> = if (200..300).contains(&status) {
-            let mut stored = json!({"state": "done", "body_sha256": sha256_hex(&bytes), "status": status, "body": response.1});
-            if let Some(loc) = response.2.iter().find(|(k, _)| *k == "location") {
-                stored["location"] = json!(loc.1);
+    let (response, undecided) = accept(api, &mut conn, route, &tenant, &settings, headers, &bytes).await;
+    let idem = idem_key.map(|rkey| Idempotent { rkey, body_sha: sha256_hex(&bytes), ttl_s: api.settings.idempotency_ttl_s });
+    match undecided {
+        // The key stays pending (a retry gets 409 in_progress) until the outcome is known.
+        Some(u) => {
+            tokio::spawn(settle(conn.clone(), u, idem));
+        }
+        None => {
+            if let Some(idem) = idem {
+                idem.finish(&mut conn, &response).await;
             }
-            redis::cmd("SET")
-                .arg(&rkey)
-                .arg(stored.to_string())
-                .arg("EX")
-                .arg(api.settings.idempotency_ttl_s.max(1))
-                .exec_async(&mut conn)
-                .await
-        } else {
-            // Nothing was created: a retry with the same key should try again.
-            redis::cmd("DEL").arg(&rkey).exec_async(&mut conn).await
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not store the idempotent response");
         }
     }
     respond(response.0, response.1, &response.2)
 }
 
 type Answer = (u16, Value, Vec<(&'static str, String)>);
+
+/// A request's claimed Idempotency-Key.
+struct Idempotent {
+    rkey: String,
+    body_sha: String,
+    ttl_s: u64,
+}
+
+impl Idempotent {
+    /// Store a 2xx answer for replays; anything else created nothing, so a retry with the
+    /// same key should try again.
+    async fn finish(&self, conn: &mut ConnectionManager, response: &Answer) {
+        let status = response.0;
+        let result: redis::RedisResult<()> = if (200..300).contains(&status) {
+            let mut stored = json!({"state": "done", "body_sha256": self.body_sha, "status": status, "body": response.1});
+            if let Some(loc) = response.2.iter().find(|(k, _)| *k == "location") {
+                stored["location"] = json!(loc.1);
+            }
+            redis::cmd("SET").arg(&self.rkey).arg(stored.to_string()).arg("EX").arg(self.ttl_s.max(1)).exec_async(conn).await
+        } else {
+            redis::cmd("DEL").arg(&self.rkey).exec_async(conn).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not store the idempotent response");
+        }
+    }
+}
+
+/// Accepted records whose transaction had not finished when the request timed out.
+struct UndecidedWrite {
+    outcome: tokio::sync::oneshot::Receiver<Result<(), String>>,
+    /// The request's id claims: released only if nothing was written.
+    claims: Vec<String>,
+    /// The answer the request would have had (stored for its Idempotency-Key if written).
+    success: Answer,
+}
+
+/// Longest an undecided write is waited for: the producer's commit is bounded by its
+/// transaction timeout (30 s).
+const SETTLE_WAIT: Duration = Duration::from_secs(50);
+
+/// Wait for an undecided write's outcome, then settle its claims and Idempotency-Key as
+/// if the request had waited: written keeps the claims (a retry with the same ids is a
+/// duplicate) and stores the answer for replay; not written releases both.
+async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Idempotent>) {
+    if let Some(idem) = &idem {
+        // Its pending claim was set for 60 s from the request's start: keep it past the wait.
+        let _: redis::RedisResult<()> =
+            redis::cmd("EXPIRE").arg(&idem.rkey).arg(SETTLE_WAIT.as_secs() + 30).exec_async(&mut conn).await;
+    }
+    match tokio::time::timeout(SETTLE_WAIT, u.outcome).await {
+        Ok(Ok(Ok(()))) => {
+            metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "written").increment(1);
+            if let Some(idem) = idem {
+                idem.finish(&mut conn, &u.success).await;
+            }
+        }
+        Ok(Ok(Err(e))) => {
+            metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "not_written").increment(1);
+            tracing::info!(error = %e, "a timed-out request's records were not written; releasing its ids");
+            let _ = store::release(&mut conn, &u.claims).await;
+            if let Some(idem) = idem {
+                idem.finish(&mut conn, &answer_error(503, "unavailable", &e, Vec::new())).await;
+            }
+        }
+        _ => {
+            // Unknown (the producer stopped mid-transaction): keeping the claims risks a
+            // refused retry, releasing them a duplicate; claims expire with their TTL.
+            metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "unknown").increment(1);
+            tracing::warn!(ids = u.claims.len(), "a timed-out request's outcome is unknown; its ids stay claimed");
+        }
+    }
+}
 
 fn answer_error(status: u16, kind: &str, reason: &str, headers: Vec<(&'static str, String)>) -> Answer {
     let mut h = headers;
@@ -334,7 +397,9 @@ fn answer_error(status: u16, kind: &str, reason: &str, headers: Vec<(&'static st
     (status, json!({"error": kind, "reason": reason}), h)
 }
 
-/// Validate, limit, claim ids, produce. Returns status, body, headers.
+/// Validate, limit, claim ids, produce. Returns status, body, headers, and the write
+/// still being decided when the produce timed out after its records went into a
+/// transaction.
 async fn accept(
     api: &Api,
     conn: &mut ConnectionManager,
@@ -343,6 +408,22 @@ async fn accept(
     settings: &TenantSettings,
     headers: &HeaderMap,
     bytes: &[u8],
+) -> (Answer, Option<UndecidedWrite>) {
+    let mut undecided = None;
+    let answer = accept_and_produce(api, conn, route, tenant, settings, headers, bytes, &mut undecided).await;
+    (answer, undecided)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn accept_and_produce(
+    api: &Api,
+    conn: &mut ConnectionManager,
+    route: Route,
+    tenant: &str,
+    settings: &TenantSettings,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    undecided: &mut Option<UndecidedWrite>,
 ) -> Answer {
     let refused = |r: Rejection| async move {
         dead_letter(api, route, bytes, &r).await;
@@ -432,12 +513,7 @@ async fn accept(
             rec
         })
         .collect();
-    if let Err(e) = api.producer.send(out, api.settings.produce_timeout).await {
-        let _ = store::release(conn, &mine).await;
-        tracing::warn!(error = %e, tenant, "could not write accepted records");
-        return answer_error(503, "unavailable", &format!("kafka: {e}"), vec![("retry-after", "1".into())]);
-    }
-    metrics::counter!("aifab_ingest_records_total", "source" => "http", "route" => route.name()).increment(n as u64);
+    let sent = api.producer.send(out, api.settings.produce_timeout).await;
     let ids: Vec<String> = records.iter().map(|r| r.id.clone().unwrap_or_default()).collect();
     let mut body = json!({"ids": ids, "accepted": n});
     let mut headers = Vec::new();
@@ -448,7 +524,32 @@ async fn accept(
     if priority.is_some() {
         body["deprioritised"] = json!(true);
     }
-    (202, body, headers)
+    let success = (202, body, headers);
+    match sent {
+        Ok(()) => {
+            metrics::counter!("aifab_ingest_records_total", "source" => "http", "route" => route.name()).increment(n as u64);
+            success
+        }
+        Err(SendError::NotWritten(e)) => {
+            let _ = store::release(conn, &mine).await;
+            tracing::warn!(error = %e, tenant, "could not write accepted records");
+            answer_error(503, "unavailable", &format!("kafka: {e}"), vec![("retry-after", "1".into())])
+        }
+        Err(SendError::Undecided { reason, outcome }) => {
+            tracing::warn!(error = %reason, tenant, "accepted records not acknowledged in time; settling their ids later");
+            *undecided = Some(UndecidedWrite { outcome, claims: mine, success });
+            answer_error(
+                503,
+                "unavailable",
+                &format!(
+                    "kafka: {reason}; the records may still be written. A retry with the same Idempotency-Key \
+                     gets the final answer (409 in_progress until it is known); a retry with the same ids is \
+                     refused as a duplicate if they were written"
+                ),
+                vec![("retry-after", "5".into())],
+            )
+        }
+    }
 }
 
 async fn prediction(State(api): State<Arc<Api>>, Path(id): Path<String>, headers: HeaderMap) -> Response {

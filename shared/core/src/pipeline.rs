@@ -716,14 +716,56 @@ where
 /// if that transaction fails every call in it gets the error and none of their records
 /// become visible to `read_committed` consumers, so a caller can report failure and let
 /// its client retry without leaving half a batch behind.
+///
+/// A call that times out is told which of two things happened: its records were never
+/// taken into a transaction (nothing will be written), or they were and the outcome is
+/// not known yet ([`SendError::Undecided`], with a receiver for it): a caller that
+/// released its claims on a retry-able failure must wait for that outcome, or a retry
+/// could write the same records a second time.
 #[derive(Clone)]
 pub struct AtomicProducer {
     tx: std::sync::mpsc::SyncSender<AtomicJob>,
 }
 
+/// Why an [`AtomicProducer::send`] did not report a commit.
+#[derive(Debug)]
+pub enum SendError {
+    /// Nothing of the call's records was or will be written.
+    NotWritten(String),
+    /// The records are in a transaction that had not finished within the timeout; the
+    /// receiver gets its outcome (`Ok`: written; `Err`: not written). Dropped unanswered
+    /// only if the producer thread stops, when the outcome stays unknown.
+    Undecided { reason: String, outcome: tokio::sync::oneshot::Receiver<Result<(), String>> },
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::NotWritten(r) => write!(f, "{r}"),
+            SendError::Undecided { reason, .. } => write!(f, "{reason} (the records may still be written)"),
+        }
+    }
+}
+
+/// A job's state, so a caller's timeout and the producer thread agree on whether the job
+/// made it into a transaction: whichever moves it out of `QUEUED` first decides.
+const JOB_QUEUED: u8 = 0;
+const JOB_TAKEN: u8 = 1;
+const JOB_ABANDONED: u8 = 2;
+
 struct AtomicJob {
     records: Vec<Record>,
     reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    state: std::sync::Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl AtomicJob {
+    /// Take the job into the transaction being built, unless its caller gave up first.
+    fn take(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        !self.reply.is_closed()
+            && self.state.compare_exchange(JOB_QUEUED, JOB_TAKEN, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
 }
 
 /// Most records in one group-committed transaction.
@@ -754,17 +796,27 @@ impl AtomicProducer {
         Ok(AtomicProducer { tx })
     }
 
-    /// Produce `records` in one transaction; `Err` says why nothing was written.
-    pub async fn send(&self, records: Vec<Record>, timeout: Duration) -> Result<(), String> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx.try_send(AtomicJob { records, reply }).map_err(|e| match e {
-            std::sync::mpsc::TrySendError::Full(_) => "producer queue full (overloaded)".to_string(),
-            std::sync::mpsc::TrySendError::Disconnected(_) => "producer stopped".to_string(),
+    /// Produce `records` in one transaction, waiting up to `timeout` for its commit.
+    pub async fn send(&self, records: Vec<Record>, timeout: Duration) -> Result<(), SendError> {
+        use std::sync::atomic::Ordering;
+        let (reply, mut rx) = tokio::sync::oneshot::channel();
+        let state = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(JOB_QUEUED));
+        self.tx.try_send(AtomicJob { records, reply, state: state.clone() }).map_err(|e| {
+            SendError::NotWritten(match e {
+                std::sync::mpsc::TrySendError::Full(_) => "producer queue full (overloaded)".to_string(),
+                std::sync::mpsc::TrySendError::Disconnected(_) => "producer stopped".to_string(),
+            })
         })?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err("producer stopped".into()),
-            Err(_) => Err(format!("Kafka did not acknowledge within {timeout:?}")),
+        match tokio::time::timeout(timeout, &mut rx).await {
+            Ok(Ok(r)) => r.map_err(SendError::NotWritten),
+            Ok(Err(_)) => Err(SendError::NotWritten("producer stopped".into())),
+            Err(_) => {
+                let reason = format!("Kafka did not acknowledge within {timeout:?}");
+                match state.compare_exchange(JOB_QUEUED, JOB_ABANDONED, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => Err(SendError::NotWritten(reason)),
+                    Err(_) => Err(SendError::Undecided { reason, outcome: rx }),
+                }
+            }
         }
     }
 }
@@ -802,8 +854,8 @@ fn atomic_loop(
                 Err(_) => break,
             }
         }
-        // A caller that gave up waiting was told it failed: do not write its records.
-        jobs.retain(|j| !j.reply.is_closed());
+        // A caller that gave up waiting was told nothing was written: keep it so.
+        jobs.retain(AtomicJob::take);
         if jobs.is_empty() {
             continue;
         }
@@ -844,6 +896,30 @@ fn atomic_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job() -> (AtomicJob, tokio::sync::oneshot::Receiver<Result<(), String>>) {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let state = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(JOB_QUEUED));
+        (AtomicJob { records: Vec::new(), reply, state }, rx)
+    }
+
+    fn abandon(j: &AtomicJob) -> bool {
+        use std::sync::atomic::Ordering;
+        j.state.compare_exchange(JOB_QUEUED, JOB_ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    #[test]
+    fn a_job_is_either_taken_or_abandoned_never_both() {
+        let (j, _rx) = job();
+        assert!(j.take(), "a queued job is taken");
+        assert!(!abandon(&j), "so its caller's timeout finds it undecided");
+        let (j, _rx) = job();
+        assert!(abandon(&j), "a caller that gives up first abandons it");
+        assert!(!j.take(), "so the producer skips it: nothing is written");
+        let (j, rx) = job();
+        drop(rx);
+        assert!(!j.take(), "a caller that went away entirely is skipped too");
+    }
 
     fn msg(topic: &str, partition: i32, offset: i64) -> Consumed {
         Consumed {
