@@ -784,19 +784,9 @@ impl WorkerRun {
     /// Wait until the group has committed everything in the input topic; false if
     /// `timeout` passed first.
     pub async fn wait_drained(&self, timeout: Duration) -> bool {
-        let (brokers, group, topic) = (self.endpoints.kafka.clone(), self.group.clone(), self.topic.clone());
-        wait_for(timeout, || {
-            let (brokers, group, topic) = (brokers.clone(), group.clone(), topic.clone());
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    let c = aifab_core::kafka::consumer_config(&brokers, "aifab-tests", &group).create().unwrap();
-                    let offs = aifab_core::kafka::group_offsets(&c, &topic, Duration::from_secs(10)).ok()?;
-                    (offs.iter().all(|p| p.committed.is_some()) && offs.iter().map(|p| p.lag).sum::<i64>() == 0)
-                        .then_some(())
-                })
-                .await
-                .unwrap()
-            }
+        wait_for(timeout, || async {
+            let offs = self.lag().await.ok()?;
+            (offs.iter().all(|p| p.committed.is_some()) && offs.iter().map(|p| p.lag).sum::<i64>() == 0).then_some(())
         })
         .await
         .is_some()

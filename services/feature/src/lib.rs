@@ -173,7 +173,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         client_id: format!("aifab-feature-{instance}"),
         max_batch: config.consume_batch.max(1),
         max_wait: Duration::from_millis(config.consume_wait_ms),
-        consumer_overrides: Vec::new(),
     };
     let (rt, token) = (runtime.clone(), svc.shutdown.clone());
     let mut stage_loop =
@@ -189,7 +188,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             client_id: format!("aifab-feature-cache-{instance}"),
             max_batch: 2000,
             max_wait: Duration::from_millis(20),
-            consumer_overrides: Vec::new(),
         };
         let (rt, token) = (runtime, svc.shutdown.clone());
         Some(pipeline::spawn_loop("cache-loop", move || pipeline::run_at_least_once(settings, fill, rt, token))?)

@@ -239,7 +239,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         client_id: format!("aifab-ingest-{instance}"),
         max_batch: config.consume_batch.max(1),
         max_wait: Duration::from_millis(config.consume_wait_ms),
-        consumer_overrides: Vec::new(),
     };
     let (rt, token) = (runtime.clone(), svc.shutdown.clone());
     let mut raw_loop = pipeline::spawn_loop("raw-loop", move || {
@@ -255,7 +254,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         client_id: format!("aifab-ingest-predictions-{instance}"),
         max_batch: 2000,
         max_wait: Duration::from_millis(20),
-        consumer_overrides: Vec::new(),
     };
     let (rt, token) = (runtime, svc.shutdown.clone());
     let mut pred_loop = pipeline::spawn_loop("predictions-loop", move || {

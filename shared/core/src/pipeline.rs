@@ -162,8 +162,6 @@ pub struct LoopSettings {
     pub max_batch: usize,
     /// Longest a batch waits to fill after its first message.
     pub max_wait: Duration,
-    /// Extra consumer settings (e.g. `auto.offset.reset`).
-    pub consumer_overrides: Vec<(String, String)>,
 }
 
 /// The transform of a [`run_transactional`] loop.
@@ -255,10 +253,7 @@ impl ConsumerContext for RebalanceTracker {
 type LoopConsumer = BaseConsumer<RebalanceTracker>;
 
 fn consumer(settings: &LoopSettings) -> anyhow::Result<LoopConsumer> {
-    let mut config = crate::kafka::consumer_config(&settings.brokers, &settings.client_id, &settings.group);
-    for (k, v) in &settings.consumer_overrides {
-        config.set(k, v);
-    }
+    let config = crate::kafka::consumer_config(&settings.brokers, &settings.client_id, &settings.group);
     let consumer: LoopConsumer =
         config.create_with_context(RebalanceTracker::default()).context("creating the Kafka consumer")?;
     consumer
