@@ -367,7 +367,14 @@ struct Watch {
     /// Groups already probed for committed offsets (probing is one request per topic).
     probed: BTreeSet<String>,
     clients: BTreeMap<String, BaseConsumer>,
+    /// Failed offset reads in a row per group's client.
+    failures: BTreeMap<String, u32>,
 }
+
+/// Failed reads in a row after which a group's offsets client is replaced: after a broker
+/// restart a librdkafka client can go on failing long after the broker is back (as the
+/// services' readiness probe does, see `aifab_core::service`).
+const READ_FAILURES_BEFORE_NEW_CLIENT: u32 = 3;
 
 impl Watch {
     fn client(&mut self, group: &str) -> anyhow::Result<&BaseConsumer> {
@@ -378,6 +385,24 @@ impl Watch {
             self.clients.insert(group.to_string(), c);
         }
         Ok(&self.clients[group])
+    }
+
+    /// Note a read's outcome for `group`; after too many failures in a row its client is
+    /// dropped, so the next read makes a new one. On the poller's own thread: dropping a
+    /// client waits for its threads.
+    fn note_read(&mut self, group: &str, ok: bool) {
+        if ok {
+            self.failures.remove(group);
+            return;
+        }
+        let n = self.failures.entry(group.to_string()).or_default();
+        *n += 1;
+        if *n >= READ_FAILURES_BEFORE_NEW_CLIENT {
+            self.failures.remove(group);
+            if self.clients.remove(group).is_some() {
+                tracing::info!(%group, "offset reads keep failing; using a new client");
+            }
+        }
     }
 
     fn discover(&mut self, timeout: Duration) -> anyhow::Result<()> {
@@ -439,7 +464,14 @@ fn lag_poller(config: Config, static_watch: BTreeSet<(String, String)>, tx: toki
     let interval = Duration::from_millis(config.interval_ms.max(100));
     let timeout = Duration::from_secs(5);
     let discover_every = Duration::from_secs(config.discover_every_s.max(1));
-    let mut watch = Watch { config: config.clone(), static_watch, discovered: BTreeSet::new(), probed: BTreeSet::new(), clients: BTreeMap::new() };
+    let mut watch = Watch {
+        config: config.clone(),
+        static_watch,
+        discovered: BTreeSet::new(),
+        probed: BTreeSet::new(),
+        clients: BTreeMap::new(),
+        failures: BTreeMap::new(),
+    };
     let mut tracker = LagTracker::default();
     let mut last_discovery: Option<std::time::Instant> = None;
     let mut warned = false;
@@ -459,6 +491,7 @@ fn lag_poller(config: Config, static_watch: BTreeSet<(String, String)>, tx: toki
             }
             let at = aifab_core::now_ms();
             let result = watch.client(group).and_then(|c| aifab_core::kafka::group_offsets(c, topic, timeout));
+            watch.note_read(group, result.is_ok());
             match result {
                 Ok(offs) => {
                     warned = false;
@@ -681,5 +714,36 @@ async fn refresh_sources(config: Config, redis: aifab_core::redis_store::RedisHa
             Err(e) => tracing::debug!(error = %e, "registry read failed"),
         }
         shared.lock().expect("stats lock").dash.registry.update(result, aifab_core::now_ms());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn a_group_client_failing_three_reads_in_a_row_is_replaced() {
+        let config = Config::parse_from(["aifab-monitor"]);
+        let mut watch = Watch {
+            config,
+            static_watch: BTreeSet::new(),
+            discovered: BTreeSet::new(),
+            probed: BTreeSet::new(),
+            clients: BTreeMap::new(),
+            failures: BTreeMap::new(),
+        };
+        watch.client("g").unwrap(); // no connection is made until a request
+        watch.note_read("g", false);
+        watch.note_read("g", false);
+        watch.note_read("g", true);
+        watch.note_read("g", false);
+        watch.note_read("g", false);
+        assert!(watch.clients.contains_key("g"), "a success in between starts the count again");
+        watch.note_read("g", false);
+        assert!(!watch.clients.contains_key("g"), "the third failure in a row drops the client");
+        watch.client("g").unwrap();
+        watch.note_read("g", false);
+        assert!(watch.clients.contains_key("g"), "the new client starts with no failures");
     }
 }
