@@ -208,7 +208,12 @@ async fn a_repeated_text_is_answered_from_the_cache_without_inference() {
         produced_at_ms: aifab_core::now_ms(),
         worker: "worker-a".into(),
     };
-    produce_raw(&run.predictions, &[(Some("d-1".into()), encode(&computed), vec![])]).await;
+    // Like the real worker, it copies the request's headers (the dedupe key among them).
+    let request = inference.records.iter().find(|x| x.key_str() == "d-1").unwrap();
+    assert!(request.header("dedupe-key").is_some_and(|h| h.len() == 64), "{:?}", request.headers);
+    let headers: Vec<(String, String)> =
+        request.headers.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).to_string())).collect();
+    produce_raw(&run.predictions, &[(Some("d-1".into()), encode(&computed), headers)]).await;
 
     // The cache filler stores it under the text's hash.
     let mut conn = redis_conn().await;

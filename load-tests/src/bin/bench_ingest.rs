@@ -211,7 +211,7 @@ fn wait_for_leaders<C: ClientContext>(client: &rdkafka::client::Client<C>, topic
     }
 }
 
-/// Delete the run's Redis keys (id claims, pending notes, online features). Left to
+/// Delete the run's Redis keys (id claims, online features). Left to
 /// expire, they pile up over runs back to back and the next runs pay for Redis's growing
 /// and expiring key space.
 async fn forget_redis_keys(url: &str, prefix: &str) -> anyhow::Result<usize> {
@@ -337,7 +337,6 @@ async fn main() -> anyhow::Result<()> {
         // Short: keep the bench's claimed ids from lingering in Redis.
         ("AIFAB_ID_TTL_S", "600".into()),
         ("AIFAB_DEDUPE_TTL_S", "600".into()),
-        ("AIFAB_PENDING_TTL_S", "600".into()),
         ("AIFAB_LOG", std::env::var("AIFAB_LOG").unwrap_or_else(|_| "warn".into())),
     ];
     let (broker_before, redis_before) = (cpu_seconds(broker_pid), cpu_seconds(redis_pid));

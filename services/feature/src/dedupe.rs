@@ -3,11 +3,13 @@
 //!
 //! How the cache learns predictions (no coupling to any other service's storage):
 //!
-//! 1. When the feature stage sends a request to inference it notes
-//!    `<p>:feature:pending:<tenant>:<id>` → the request's dedupe hash.
+//! 1. When the feature stage sends a request to inference it puts the request's dedupe
+//!    hash in a `dedupe-key` header; the worker copies request headers onto its
+//!    predictions.
 //! 2. [`CacheFill`] consumes `aifab.predictions` (its own consumer group, read_committed).
-//!    For a computed (`ok`, non-shadow) prediction with a pending note, it stores the
-//!    prediction under `<p>:feature:dedupe:<hash>` for the TTL and drops the note.
+//!    A computed (`ok`, non-shadow) prediction with a `dedupe-key` header is stored under
+//!    `<p>:feature:dedupe:<hash>` for the TTL: one Redis write per prediction, and none
+//!    per request on the way in.
 //! 3. The feature stage looks up every new text's hash first; a hit becomes a
 //!    `prediction/v1` with outcome `cached` written straight to `aifab.predictions` in
 //!    the same transaction as the batch's other outputs, and no inference request.
@@ -20,6 +22,16 @@ use aifab_core::redis_store::RedisHandle;
 use anyhow::Context as _;
 
 use crate::keys::Keys;
+
+/// The header of inference requests (and so of their predictions) naming the dedupe hash.
+pub const DEDUPE_HEADER: &str = "dedupe-key";
+
+/// The dedupe hash in a prediction's header, if it is one this service could have made
+/// (64 hex digits): anything else is not used as a key.
+pub fn dedupe_key(m: &Consumed) -> Option<&str> {
+    let v = std::str::from_utf8(m.header(DEDUPE_HEADER)?).ok()?;
+    (v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())).then_some(v)
+}
 
 /// The answer for `rec` (id `id`, task `task`) from a cached prediction.
 pub fn cached_prediction(cached: &Prediction, rec: &IngestRecord, id: &str, task: &str, worker: &str, now_ms: i64) -> Prediction {
@@ -59,34 +71,23 @@ pub struct CacheFill {
 impl Handler for CacheFill {
     async fn handle(&mut self, batch: &[Consumed]) -> anyhow::Result<()> {
         let mut conn = self.redis.try_get().context("redis is not connected")?;
-        let mut preds: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        // By hash: the last answer for a text wins.
+        let mut preds: BTreeMap<&str, &[u8]> = BTreeMap::new();
         for m in batch {
-            if let Ok(p) = decode::<Prediction>(&m.payload) {
-                if cacheable(&p) {
-                    preds.insert(self.keys.pending(&p.tenant, &p.id), m.payload.clone());
-                }
+            let Some(hash) = dedupe_key(m) else { continue };
+            if decode::<Prediction>(&m.payload).is_ok_and(|p| cacheable(&p)) {
+                preds.insert(hash, &m.payload);
             }
         }
         if preds.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for k in preds.keys() {
-            pipe.cmd("GET").arg(k);
+        for (hash, payload) in &preds {
+            pipe.cmd("SET").arg(self.keys.dedupe(hash)).arg(*payload).arg("EX").arg(self.ttl_s.max(1)).ignore();
         }
-        let hashes: Vec<Option<String>> = pipe.query_async(&mut conn).await.context("reading pending notes")?;
-        let mut pipe = redis::pipe();
-        let mut stored = 0u64;
-        for ((pending, payload), hash) in preds.iter().zip(hashes) {
-            if let Some(hash) = hash {
-                pipe.cmd("SET").arg(self.keys.dedupe(&hash)).arg(payload).arg("EX").arg(self.ttl_s.max(1)).ignore();
-                pipe.cmd("DEL").arg(pending).ignore();
-                stored += 1;
-            }
-        }
-        if stored > 0 {
-            pipe.exec_async(&mut conn).await.context("storing cache entries")?;
-        }
+        pipe.exec_async(&mut conn).await.context("storing cache entries")?;
+        let stored = preds.len() as u64;
         metrics::counter!("aifab_feature_dedupe_stored_total").increment(stored);
         Ok(())
     }
@@ -137,6 +138,25 @@ mod tests {
         assert_eq!(p.scores, computed().scores);
         let v = serde_json::to_value(&p).unwrap();
         aifab_core::schema::validate("prediction/v1", &v).unwrap();
+    }
+
+    #[test]
+    fn only_a_well_formed_dedupe_header_is_used_as_a_key() {
+        let with = |v: &[u8]| Consumed {
+            topic: "p".into(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: Vec::new(),
+            headers: vec![("tenant".into(), b"acme".to_vec()), (DEDUPE_HEADER.into(), v.to_vec())],
+            timestamp_ms: None,
+        };
+        let hash = crate::keys::dedupe_hash(crate::keys::DedupeScope::Tenant, "acme", "t", "hi");
+        assert_eq!(dedupe_key(&with(hash.as_bytes())), Some(hash.as_str()));
+        assert_eq!(dedupe_key(&with(b"abc")), None, "too short");
+        assert_eq!(dedupe_key(&with(format!("{}:x", &hash[..62]).as_bytes())), None, "not hex");
+        let none = Consumed { headers: Vec::new(), ..with(b"") };
+        assert_eq!(dedupe_key(&none), None);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! | key | type | meaning |
 //! |---|---|---|
 //! | `<p>:feature:dedupe:<sha256>` | string: `prediction/v1` JSON, TTL `--dedupe-ttl-s` | a computed prediction for (scope, task, text) |
-//! | `<p>:feature:pending:<tenant>:<id>` | string: the dedupe hash, TTL `--pending-ttl-s` | a request sent to inference whose prediction may fill the cache |
 //! | `<p>:feature:tenant:<tenant>` | hash: `requests`, `examples`, `tokens`, `cached`, `truncated`, `first_seen_ms`, `last_seen_ms` | online features, all time |
 //! | `<p>:feature:tenant:<tenant>:minute:<unix minute>` | hash: `requests`, `tokens`, TTL 2 h | online features per minute (rolling windows) |
 
@@ -24,9 +23,6 @@ impl Keys {
     }
     pub fn dedupe(&self, hash: &str) -> String {
         format!("{}:feature:dedupe:{hash}", self.prefix)
-    }
-    pub fn pending(&self, tenant: &str, id: &str) -> String {
-        format!("{}:feature:pending:{tenant}:{id}", self.prefix)
     }
     pub fn tenant(&self, tenant: &str) -> String {
         format!("{}:feature:tenant:{tenant}", self.prefix)
@@ -77,7 +73,6 @@ mod tests {
         );
         assert_ne!(dedupe_hash(DedupeScope::Global, "", "ab", "c"), dedupe_hash(DedupeScope::Global, "", "a", "bc"));
         let k = Keys::new("p");
-        assert_eq!(k.pending("acme", "r1"), "p:feature:pending:acme:r1");
         assert_eq!(k.tenant_minute("acme", 5), "p:feature:tenant:acme:minute:5");
     }
 }

@@ -68,10 +68,6 @@ pub struct Config {
     #[arg(long, env = "AIFAB_DEDUPE_SCOPE", value_enum, default_value = "tenant")]
     pub dedupe_scope: DedupeScope,
 
-    /// How long a request waits for its prediction to fill the cache, seconds.
-    #[arg(long, env = "AIFAB_PENDING_TTL_S", default_value_t = 3600)]
-    pub pending_ttl_s: u64,
-
     /// Prefix of every Redis key this service reads or writes.
     #[arg(long, env = "AIFAB_REDIS_PREFIX", default_value = "aifab")]
     pub redis_prefix: String,
@@ -158,7 +154,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             default_task: config.default_task.clone(),
             dedupe_ttl_s: config.dedupe_ttl_s,
             dedupe_scope: config.dedupe_scope,
-            pending_ttl_s: config.pending_ttl_s,
             worker_name: format!("feature-{instance}"),
         },
         tokenizer: Arc::new(tokenizer),

@@ -11,7 +11,7 @@ use aifab_core::pipeline::{dead_letter, Consumed, Record, Transform};
 use aifab_core::redis_store::RedisHandle;
 use anyhow::Context as _;
 
-use crate::dedupe::cached_prediction;
+use crate::dedupe::{cached_prediction, DEDUPE_HEADER};
 use crate::keys::{dedupe_hash, DedupeScope, Keys};
 use crate::online::Deltas;
 use crate::tokenize::FeatureTokenizer;
@@ -26,7 +26,6 @@ pub struct StageSettings {
     /// 0 turns the dedupe cache off.
     pub dedupe_ttl_s: u64,
     pub dedupe_scope: DedupeScope,
-    pub pending_ttl_s: u64,
     /// The `worker` name of cached predictions.
     pub worker_name: String,
 }
@@ -180,24 +179,6 @@ impl Transform for FeatureStage {
             for (&i, f) in hashed.iter().zip(found) {
                 hits[i] = f.and_then(|bytes| decode::<Prediction>(&bytes).ok());
             }
-            // Note the misses so their predictions can fill the cache.
-            let mut pipe = redis::pipe();
-            let mut notes = 0;
-            for &i in &hashed {
-                if hits[i].is_none() {
-                    let (_, rec, _, hash) = &infer[i];
-                    pipe.cmd("SET")
-                        .arg(self.keys.pending(&rec.tenant, rec.id.as_deref().unwrap_or_default()))
-                        .arg(hash.as_deref().unwrap_or_default())
-                        .arg("EX")
-                        .arg(s.pending_ttl_s.max(1))
-                        .ignore();
-                    notes += 1;
-                }
-            }
-            if notes > 0 {
-                pipe.exec_async(&mut conn).await.context("noting pending requests")?;
-            }
         }
 
         let texts: Vec<&str> = infer
@@ -207,7 +188,7 @@ impl Transform for FeatureStage {
             .map(|((_, rec, _, _), _)| rec.text.as_str())
             .collect();
         let mut tokens = self.tokenizer.encode_batch(&texts).into_iter();
-        for ((m, rec, task, _), hit) in infer.iter().zip(hits) {
+        for ((m, rec, task, hash), hit) in infer.iter().zip(hits) {
             let id = rec.id.clone().unwrap_or_default();
             if let Some(cached) = hit {
                 counts.cached += 1;
@@ -252,7 +233,13 @@ impl Transform for FeatureStage {
                     }
                     counts.tokens += n as u64;
                     counts.inference += 1;
-                    out.push(with_trace(Record::new(&s.inference_topic, id, encode(&req)), m, &rec.tenant));
+                    let mut r = with_trace(Record::new(&s.inference_topic, id, encode(&req)), m, &rec.tenant);
+                    // The worker copies request headers onto its prediction, which brings
+                    // the hash back to the cache fill.
+                    if let Some(h) = hash {
+                        r = r.header(DEDUPE_HEADER, h.clone());
+                    }
+                    out.push(r);
                 }
             }
         }

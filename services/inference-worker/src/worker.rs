@@ -727,4 +727,33 @@ mod positions_tests {
         assert!(p.admit(0, 0), "partition 0 of the input topic forgotten");
         assert!(!p.admit(1, 0), "partition 1 of another topic is not ours");
     }
+
+    #[test]
+    fn a_request_keeps_its_headers_for_its_prediction() {
+        use rdkafka::message::{OwnedHeaders, OwnedMessage, Timestamp};
+        // The feature stage's dedupe cache learns answers from the headers its requests
+        // carry (`dedupe-key`), which every output of a row repeats.
+        let req = aifab_core::messages::InferenceRequest {
+            schema: tag(),
+            id: "r-1".into(),
+            tenant: "acme".into(),
+            task: "t".into(),
+            text: "hi".into(),
+            input_ids: vec![2, 7, 3],
+            token_count: 3,
+            truncation: aifab_core::messages::Truncation::None,
+            received_at_ms: 1,
+            deadline_ms: None,
+            priority: 0,
+            attributes: Default::default(),
+        };
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "tenant", value: Some("acme") })
+            .insert(Header { key: "dedupe-key", value: Some("ab12") });
+        let m = OwnedMessage::new(Some(encode(&req)), Some(b"r-1".to_vec()), "in".into(), Timestamp::NotAvailable, 2, 40, Some(headers));
+        let q = to_queued(&m, "t");
+        assert!(q.request.is_ok());
+        assert_eq!((q.partition, q.offset), (2, 40));
+        assert_eq!(q.headers, vec![("tenant".to_string(), b"acme".to_vec()), ("dedupe-key".to_string(), b"ab12".to_vec())]);
+    }
 }
