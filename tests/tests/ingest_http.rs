@@ -520,3 +520,48 @@ async fn timed_out_writes_are_settled_so_retries_write_each_request_once() {
     assert_eq!(per_id.len(), requests, "every request written once (first answers {first_answers:?})");
     run.cleanup().await;
 }
+
+/// Clients that hang up right after sending their POST: each request still runs to its
+/// end (it is not dropped halfway with its ids claimed or its Idempotency-Key pending), so
+/// a retry with the same key gets the first answer and every request is written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_mid_request_leaves_it_whole() {
+    use tokio::io::AsyncWriteExt as _;
+    let run = Run::new().await;
+    let (_ingest, addr) = run.ingest().await;
+    let n = 20;
+    let body = |i: usize| format!(r#"{{"id":"h-{i}","text":"hung up {i}"}}"#);
+    for i in 0..n {
+        let b = body(i);
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /v1/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-acme\r\nIdempotency-Key: hang-{i}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            b.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(b.as_bytes()).await.unwrap();
+        drop(s); // gone before any answer
+    }
+    for i in 0..n {
+        let key = format!("hang-{i}");
+        let r = eventually(Duration::from_secs(60), &format!("a 202 for hung-up request {i}"), || {
+            let (addr, b, key) = (addr.clone(), body(i), key.clone());
+            async move {
+                let r = post(&addr, "/v1/infer", Some("key-acme"), &b, &[("Idempotency-Key", &key)]).await;
+                (r.status == 202).then_some(r)
+            }
+        })
+        .await;
+        assert_eq!(r.json()["id"], format!("h-{i}"), "{}", r.body);
+    }
+    let mut features = TopicReader::new(&run.features);
+    features.read_until(Duration::from_secs(60), "every hung-up request's record", |r| r.len() >= n).await;
+    features.read_to_end(Duration::from_secs(10)).await;
+    let mut ids: Vec<String> = features.records.iter().map(|r| r.key_str()).collect();
+    ids.sort();
+    let mut expected: Vec<String> = (0..n).map(|i| format!("h-{i}")).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "each request written exactly once");
+    run.cleanup().await;
+}

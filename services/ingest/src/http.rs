@@ -88,8 +88,20 @@ fn count(route: &str, status: StatusCode, started: Instant) {
 
 async fn post_route(api: Arc<Api>, route: Route, request: Request) -> Response {
     let started = Instant::now();
-    let (parts, body) = request.into_parts();
-    let response = handle_post(&api, route, &parts.headers, body).await;
+    // In a task of its own: a client that goes away mid-request drops this future, and
+    // the request must not stop halfway (ids claimed, records in a transaction, an
+    // Idempotency-Key pending with nothing to settle it); it runs to its end.
+    let handled = tokio::spawn(async move {
+        let (parts, body) = request.into_parts();
+        handle_post(&api, route, &parts.headers, body).await
+    });
+    let response = match handled.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "a POST handler failed");
+            error(500, "internal", "the request failed inside ingest; retry with the same Idempotency-Key", &[])
+        }
+    };
     count(route.name(), response.status(), started);
     response
 }
