@@ -187,9 +187,9 @@ impl FeatureTokenizer {
 struct AsciiWordPiece {
     lowercase: bool,
     /// Vocabulary entries as they may start a word.
-    starts: HashMap<Box<[u8]>, u32>,
+    starts: VocabMap,
     /// Entries that carry the continuation prefix, keyed without it.
-    continues: HashMap<Box<[u8]>, u32>,
+    continues: VocabMap,
     /// The longest key of each map: no match is tried beyond it.
     longest_start: usize,
     longest_continue: usize,
@@ -205,6 +205,11 @@ struct AsciiWordPiece {
     /// most texts never contain, so one scan for them usually settles it.
     added_first: [bool; 256],
 }
+
+/// A vocabulary by its bytes. foldhash rather than the standard SipHash: a lookup per
+/// word piece is the tokenizer's hottest step, and the table is fixed once loaded (no
+/// inserts an input could steer).
+type VocabMap = HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>;
 
 /// Buffers one batch's texts reuse.
 #[derive(Default)]
@@ -222,7 +227,7 @@ impl AsciiWordPiece {
         let ModelWrapper::WordPiece(wp) = inner.get_model() else { return None };
         let (prefix, suffix) = special_frame(inner)?;
         let cont = wp.continuing_subword_prefix.as_bytes();
-        let (mut starts, mut continues) = (HashMap::new(), HashMap::new());
+        let (mut starts, mut continues) = (VocabMap::default(), VocabMap::default());
         for (token, id) in wp.get_vocab() {
             let bytes = token.as_bytes();
             if let Some(rest) = bytes.strip_prefix(cont).filter(|r| !r.is_empty() && !cont.is_empty()) {
@@ -230,7 +235,7 @@ impl AsciiWordPiece {
             }
             starts.insert(bytes.into(), id);
         }
-        let longest = |m: &HashMap<Box<[u8]>, u32>| m.keys().map(|k| k.len()).max().unwrap_or(0);
+        let longest = |m: &VocabMap| m.keys().map(|k| k.len()).max().unwrap_or(0);
         let added: Vec<Vec<u8>> =
             inner.get_added_vocabulary().get_vocab().keys().map(|k| k.to_ascii_lowercase().into_bytes()).collect();
         let mut added_first = [false; 256];
