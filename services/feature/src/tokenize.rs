@@ -409,9 +409,6 @@ mod tests {
         assert!(e.reason.contains("8 tokens, more than the maximum of 6"), "{}", e.reason);
     }
 
-    /// Whatever the fast path takes, it gives the library's ids: words in and out of the
-    /// tiny vocabulary (so `##` pieces and `[UNK]`), punctuation, whitespace, control
-    /// bytes, spelt-out special tokens, a word over the length limit, truncation.
     #[test]
     fn added_tokens_are_found_in_any_case_and_position() {
         assert!(contains_ignore_case(b"[[MASK] x", b"[mask]"), "after a false start");
@@ -421,6 +418,9 @@ mod tests {
         assert!(!contains_ignore_case(b"mask", b""), "an empty needle matches nothing");
     }
 
+    /// Whatever the fast path takes, it gives the library's ids: words in and out of the
+    /// tiny vocabulary (so `##` pieces and `[UNK]`), punctuation, whitespace, control
+    /// bytes, spelt-out special tokens, a word over the length limit, truncation.
     #[test]
     fn the_ascii_path_matches_the_library_on_the_tiny_tokenizer() {
         let long = "cat".repeat(40);

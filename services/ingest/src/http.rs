@@ -362,6 +362,9 @@ struct UndecidedWrite {
     claims: Vec<String>,
     /// The answer the request would have had (stored for its Idempotency-Key if written).
     success: Answer,
+    /// For `aifab_ingest_records_total` once written.
+    route: &'static str,
+    records: u64,
 }
 
 /// Longest an undecided write is waited for: the producer's commit is bounded by its
@@ -380,6 +383,7 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Ide
     match tokio::time::timeout(SETTLE_WAIT, u.outcome).await {
         Ok(Ok(Ok(()))) => {
             metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "written").increment(1);
+            metrics::counter!("aifab_ingest_records_total", "source" => "http", "route" => u.route).increment(u.records);
             if let Some(idem) = idem {
                 idem.finish(&mut conn, &u.success).await;
             }
@@ -549,7 +553,7 @@ async fn accept_and_produce(
         }
         Err(SendError::Undecided { reason, outcome }) => {
             tracing::warn!(error = %reason, tenant, "accepted records not acknowledged in time; settling their ids later");
-            *undecided = Some(UndecidedWrite { outcome, claims: mine, success });
+            *undecided = Some(UndecidedWrite { outcome, claims: mine, success, route: route.name(), records: n as u64 });
             answer_error(
                 503,
                 "unavailable",

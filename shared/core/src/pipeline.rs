@@ -725,7 +725,10 @@ pub struct AtomicProducer {
 /// Why an [`AtomicProducer::send`] did not report a commit.
 #[derive(Debug)]
 pub enum SendError {
-    /// Nothing of the call's records was or will be written.
+    /// Nothing of the call's records was or will be written, as far as the producer can
+    /// tell. One case it cannot: a commit that failed and could not be aborted, after
+    /// which the producer is recreated, and the new producer's `init_transactions` may
+    /// complete that commit.
     NotWritten(String),
     /// The records are in a transaction that had not finished within the timeout; the
     /// receiver gets its outcome (`Ok`: written; `Err`: not written). Dropped unanswered
@@ -752,6 +755,12 @@ struct AtomicJob {
     records: Vec<Record>,
     reply: tokio::sync::oneshot::Sender<Result<(), String>>,
     state: std::sync::Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// The caller's side of the race: give the job up unless the producer took it first.
+fn abandon(state: &std::sync::atomic::AtomicU8) -> bool {
+    use std::sync::atomic::Ordering;
+    state.compare_exchange(JOB_QUEUED, JOB_ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok()
 }
 
 impl AtomicJob {
@@ -804,12 +813,18 @@ impl AtomicProducer {
         })?;
         match tokio::time::timeout(timeout, &mut rx).await {
             Ok(Ok(r)) => r.map_err(SendError::NotWritten),
+            // The producer thread ended without answering: if it had taken the job, the
+            // outcome is unknown (the closed receiver says so to whoever waits on it).
+            Ok(Err(_)) if state.load(Ordering::Acquire) == JOB_TAKEN => {
+                Err(SendError::Undecided { reason: "producer stopped".into(), outcome: rx })
+            }
             Ok(Err(_)) => Err(SendError::NotWritten("producer stopped".into())),
             Err(_) => {
                 let reason = format!("Kafka did not acknowledge within {timeout:?}");
-                match state.compare_exchange(JOB_QUEUED, JOB_ABANDONED, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => Err(SendError::NotWritten(reason)),
-                    Err(_) => Err(SendError::Undecided { reason, outcome: rx }),
+                if abandon(&state) {
+                    Err(SendError::NotWritten(reason))
+                } else {
+                    Err(SendError::Undecided { reason, outcome: rx })
                 }
             }
         }
@@ -898,18 +913,13 @@ mod tests {
         (AtomicJob { records: Vec::new(), reply, state }, rx)
     }
 
-    fn abandon(j: &AtomicJob) -> bool {
-        use std::sync::atomic::Ordering;
-        j.state.compare_exchange(JOB_QUEUED, JOB_ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok()
-    }
-
     #[test]
     fn a_job_is_either_taken_or_abandoned_never_both() {
         let (j, _rx) = job();
         assert!(j.take(), "a queued job is taken");
-        assert!(!abandon(&j), "so its caller's timeout finds it undecided");
+        assert!(!abandon(&j.state), "so its caller's timeout finds it undecided");
         let (j, _rx) = job();
-        assert!(abandon(&j), "a caller that gives up first abandons it");
+        assert!(abandon(&j.state), "a caller that gives up first abandons it");
         assert!(!j.take(), "so the producer skips it: nothing is written");
         let (j, rx) = job();
         drop(rx);
