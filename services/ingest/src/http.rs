@@ -310,7 +310,8 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
             Err(e) => return unavailable(&format!("redis: {e}")),
         }
     }
-    let (response, undecided) = accept(api, &mut conn, route, &tenant, &settings, headers, &bytes).await;
+    let mut undecided = None;
+    let response = accept(api, &mut conn, route, &tenant, &settings, headers, &bytes, &mut undecided).await;
     let idem = idem_key.map(|rkey| Idempotent { rkey, body_sha: sha256_hex(&bytes), ttl_s: api.settings.idempotency_ttl_s });
     match undecided {
         // The key stays pending (a retry gets 409 in_progress) until the outcome is known.
@@ -413,25 +414,10 @@ fn answer_error(status: u16, kind: &str, reason: &str, headers: Vec<(&'static st
     (status, json!({"error": kind, "reason": reason}), h)
 }
 
-/// Validate, limit, claim ids, produce. Returns status, body, headers, and the write
-/// still being decided when the produce timed out after its records went into a
-/// transaction.
-async fn accept(
-    api: &Api,
-    conn: &mut ConnectionManager,
-    route: Route,
-    tenant: &str,
-    settings: &TenantSettings,
-    headers: &HeaderMap,
-    bytes: &[u8],
-) -> (Answer, Option<UndecidedWrite>) {
-    let mut undecided = None;
-    let answer = accept_and_produce(api, conn, route, tenant, settings, headers, bytes, &mut undecided).await;
-    (answer, undecided)
-}
-
+/// Validate, limit, claim ids, produce. Returns status, body and headers; sets
+/// `undecided` when the produce timed out after its records went into a transaction.
 #[allow(clippy::too_many_arguments)]
-async fn accept_and_produce(
+async fn accept(
     api: &Api,
     conn: &mut ConnectionManager,
     route: Route,

@@ -23,7 +23,8 @@
 //! committed for a batch that was not fully handled.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -754,19 +755,17 @@ const JOB_ABANDONED: u8 = 2;
 struct AtomicJob {
     records: Vec<Record>,
     reply: tokio::sync::oneshot::Sender<Result<(), String>>,
-    state: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    state: Arc<AtomicU8>,
 }
 
 /// The caller's side of the race: give the job up unless the producer took it first.
-fn abandon(state: &std::sync::atomic::AtomicU8) -> bool {
-    use std::sync::atomic::Ordering;
+fn abandon(state: &AtomicU8) -> bool {
     state.compare_exchange(JOB_QUEUED, JOB_ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok()
 }
 
 impl AtomicJob {
     /// Take the job into the transaction being built, unless its caller gave up first.
     fn take(&self) -> bool {
-        use std::sync::atomic::Ordering;
         !self.reply.is_closed()
             && self.state.compare_exchange(JOB_QUEUED, JOB_TAKEN, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
@@ -802,9 +801,8 @@ impl AtomicProducer {
 
     /// Produce `records` in one transaction, waiting up to `timeout` for its commit.
     pub async fn send(&self, records: Vec<Record>, timeout: Duration) -> Result<(), SendError> {
-        use std::sync::atomic::Ordering;
         let (reply, mut rx) = tokio::sync::oneshot::channel();
-        let state = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(JOB_QUEUED));
+        let state = Arc::new(AtomicU8::new(JOB_QUEUED));
         self.tx.try_send(AtomicJob { records, reply, state: state.clone() }).map_err(|e| {
             SendError::NotWritten(match e {
                 std::sync::mpsc::TrySendError::Full(_) => "producer queue full (overloaded)".to_string(),
@@ -909,7 +907,7 @@ mod tests {
 
     fn job() -> (AtomicJob, tokio::sync::oneshot::Receiver<Result<(), String>>) {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let state = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(JOB_QUEUED));
+        let state = Arc::new(AtomicU8::new(JOB_QUEUED));
         (AtomicJob { records: Vec::new(), reply, state }, rx)
     }
 
