@@ -521,6 +521,56 @@ async fn timed_out_writes_are_settled_so_retries_write_each_request_once() {
     run.cleanup().await;
 }
 
+/// Timed-out writes again, retried by a client that sends its own ids and no
+/// Idempotency-Key until it gets a final answer: 202, or 409 `duplicate_id`. While a write
+/// is undecided its ids are held as in flight, so a retry is told `409 in_progress` rather
+/// than refused as a duplicate of records that may never be written. Every id must end up
+/// in the features topic exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_without_a_key_are_told_to_wait_while_a_write_is_undecided() {
+    let run = Run::new().await;
+    let mut env = run.env();
+    env.push(("AIFAB_PRODUCE_TIMEOUT_MS", "3".into()));
+    let (_ingest, addr) = spawn_service("ingest", &env);
+    wait_ready(&addr, "ingest").await;
+
+    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
+    let mut requests = 0;
+    // Until a retry was told to wait for an undecided write, at most 300 requests.
+    while answers.get("409 in_progress").is_none() && requests < 300 {
+        let body = format!(r#"{{"id":"w-{requests}","text":"no key {requests}"}}"#);
+        let mut tries = 0;
+        loop {
+            let r = post(&addr, "/v1/infer", Some("key-acme"), &body, &[]).await;
+            let kind = format!("{} {}", r.status, r.json()["error"].as_str().unwrap_or("-"));
+            *answers.entry(kind.clone()).or_default() += 1;
+            match kind.as_str() {
+                "202 -" | "409 duplicate_id" => break,
+                "503 unavailable" | "409 in_progress" => {}
+                other => panic!("request {requests}: unexpected {other}: {}", r.body),
+            }
+            tries += 1;
+            assert!(tries < 2_000, "request {requests}: no final answer in {tries} tries ({answers:?})");
+            // A client's pause between retries (what Retry-After asks for, shortened).
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        requests += 1;
+    }
+    assert!(answers.contains_key("409 in_progress"), "no retry met an undecided write in {requests} requests: {answers:?}");
+
+    let mut features = TopicReader::new(&run.features);
+    features.read_until(Duration::from_secs(60), "every request's record", |r| r.len() >= requests).await;
+    features.read_to_end(Duration::from_secs(10)).await;
+    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &features.records {
+        *per_id.entry(r.key_str()).or_default() += 1;
+    }
+    let not_once: Vec<_> = per_id.iter().filter(|(_, &n)| n != 1).collect();
+    assert!(not_once.is_empty(), "ids written more than once: {not_once:?} ({answers:?})");
+    assert_eq!(per_id.len(), requests, "every request written once ({answers:?})");
+    run.cleanup().await;
+}
+
 /// Clients that hang up right after sending their POST: each request still runs to its
 /// end (it is not dropped halfway with its ids claimed or its Idempotency-Key pending), so
 /// a retry with the same key gets the first answer and every request is written once.

@@ -4,18 +4,20 @@
 //! enabled (403) → Idempotency-Key (replay / 409 in progress / 422 reused with another
 //! body) → validation (400 naming the field, 403 other tenant, 409 repeated id, 413 too
 //! many items) → rate limit (429 + Retry-After) → budget (429 + Retry-After, or
-//! deprioritised) → request ids claimed in Redis (409 if already used) → records written
-//! to `aifab.features.in` in one Kafka transaction → 202 with the ids.
+//! deprioritised) → request ids claimed in Redis (409 if already used, 409 in_progress if
+//! an earlier request with them is still being written) → records written to
+//! `aifab.features.in` in one Kafka transaction → 202 with the ids.
 //!
-//! Every refused POST except 429 and an over-limit body is also written to `aifab.dlq`
-//! (stage `ingest`, no source, the body as sent) before the 4xx is answered; 429s are
-//! back-pressure, not bad input, and an over-limit body was never read.
+//! Every refused POST except 429, 409 in_progress and an over-limit body is also written
+//! to `aifab.dlq` (stage `ingest`, no source, the body as sent) before the 4xx is
+//! answered; 429s and in_progress are back-pressure, not bad input, and an over-limit body
+//! was never read.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aifab_core::messages::{encode, tag, DeadLetter, IngestRecord};
-use aifab_core::pipeline::{AtomicProducer, Record, SendError};
+use aifab_core::pipeline::{AtomicProducer, Outcome, Record, SendError, ATOMIC_ANSWER_BOUND};
 use aifab_core::redis_store::RedisHandle;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -247,7 +249,7 @@ async fn idempotency(
     }
     Ok(Idem::Answer(error(
         409,
-        "in_progress",
+        kind::IN_PROGRESS,
         "a request with this Idempotency-Key is still being processed; retry shortly",
         &[("retry-after", "1".into())],
     )))
@@ -358,9 +360,11 @@ impl Idempotent {
 
 /// Accepted records whose transaction had not finished when the request timed out.
 struct UndecidedWrite {
-    outcome: tokio::sync::oneshot::Receiver<Result<(), String>>,
+    outcome: tokio::sync::oneshot::Receiver<Outcome>,
     /// The request's id claims: released only if nothing was written.
     claims: Vec<String>,
+    /// Their holder, set back once the outcome is known (see `store::held`).
+    holder: String,
     /// The answer the request would have had (stored for its Idempotency-Key if written).
     success: Answer,
     /// For `aifab_ingest_records_total` once written.
@@ -368,9 +372,9 @@ struct UndecidedWrite {
     records: u64,
 }
 
-/// Longest an undecided write is waited for: the producer's commit is bounded by its
-/// transaction timeout (30 s).
-const SETTLE_WAIT: Duration = Duration::from_secs(50);
+/// Longest an undecided write is waited for: past the producer's own bound on answering,
+/// so that only a producer that stopped leaves an outcome unknown this way.
+const SETTLE_WAIT: Duration = ATOMIC_ANSWER_BOUND.saturating_add(Duration::from_secs(10));
 
 /// Wait for an undecided write's outcome, then settle its claims and Idempotency-Key as
 /// if the request had waited: written keeps the claims (a retry with the same ids is a
@@ -381,15 +385,21 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Ide
         let _: redis::RedisResult<()> =
             redis::cmd("EXPIRE").arg(&idem.rkey).arg(SETTLE_WAIT.as_secs() + 30).exec_async(&mut conn).await;
     }
-    match tokio::time::timeout(SETTLE_WAIT, u.outcome).await {
-        Ok(Ok(Ok(()))) => {
+    let outcome = match tokio::time::timeout(SETTLE_WAIT, u.outcome).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(_)) => Outcome::Unknown("the producer stopped".into()),
+        Err(_) => Outcome::Unknown(format!("no answer within {SETTLE_WAIT:?}")),
+    };
+    match outcome {
+        Outcome::Written => {
             metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "written").increment(1);
             metrics::counter!("aifab_ingest_records_total", "source" => "http", "route" => u.route).increment(u.records);
+            mark_written(&mut conn, &u.claims, &u.holder).await;
             if let Some(idem) = idem {
                 idem.finish(&mut conn, &u.success).await;
             }
         }
-        Ok(Ok(Err(e))) => {
+        Outcome::NotWritten(e) => {
             metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "not_written").increment(1);
             tracing::info!(error = %e, "a timed-out request's records were not written; releasing its ids");
             let _ = store::release(&mut conn, &u.claims).await;
@@ -397,12 +407,25 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Ide
                 idem.finish(&mut conn, &answer_error(503, "unavailable", &e, Vec::new())).await;
             }
         }
-        _ => {
-            // Unknown (the producer stopped mid-transaction): keeping the claims risks a
-            // refused retry, releasing them a duplicate; claims expire with their TTL.
+        Outcome::Unknown(e) => {
+            // Keeping the claims risks a refused retry, releasing them a duplicate; the
+            // claims expire with their TTL, the Idempotency-Key's pending mark sooner.
             metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "unknown").increment(1);
-            tracing::warn!(ids = u.claims.len(), "a timed-out request's outcome is unknown; its ids stay claimed");
+            tracing::warn!(error = %e, ids = u.claims.len(), "a request's outcome is unknown; its ids stay claimed");
+            mark_written(&mut conn, &u.claims, &u.holder).await;
         }
+    }
+}
+
+/// Slack on a claim's in-flight time past the produce timeout, for the work between the
+/// claim and the send and between a timeout and the undecided mark.
+const IN_FLIGHT_MARGIN_MS: i64 = 2_000;
+
+/// Claims whose records are written (or may be: an unknown outcome) are plain used ids
+/// from now on. Best effort: they turn used anyway when their in-flight time passes.
+async fn mark_written(conn: &mut ConnectionManager, claims: &[String], holder: &str) {
+    if let Err(e) = store::mark(conn, claims, holder).await {
+        tracing::warn!(error = %e, "could not mark written ids; until their in-flight time passes a retry is told to wait");
     }
 }
 
@@ -475,10 +498,16 @@ async fn accept(
         r.received_at_ms = Some(now);
     }
     // Claim every id for this tenant: a repeated id is refused, and GET can answer 202.
+    // Claimed as in flight until this request's write is decided, so that a concurrent
+    // retry of it is told to wait rather than refused for a write that may yet fail.
     let holder = format!("http:{}", uuid::Uuid::now_v7());
+    let in_flight_until = now + api.settings.produce_timeout.as_millis() as i64 + IN_FLIGHT_MARGIN_MS;
     let claims: Vec<(String, String)> = records
         .iter()
-        .map(|r| (api.keys.request_id(tenant, r.id.as_deref().unwrap_or_default()), holder.clone()))
+        .map(|r| {
+            let key = api.keys.request_id(tenant, r.id.as_deref().unwrap_or_default());
+            (key, store::in_flight(&holder, in_flight_until))
+        })
         .collect();
     let claimed = match store::claim(conn, &claims, api.settings.id_ttl_s).await {
         Ok(c) => c,
@@ -486,18 +515,32 @@ async fn accept(
     };
     let mine: Vec<String> =
         claims.iter().zip(&claimed).filter(|(_, c)| c.is_none()).map(|((k, _), _)| k.clone()).collect();
-    if let Some(i) = claimed.iter().position(Option::is_some) {
+    if mine.len() < claims.len() {
         let _ = store::release(conn, &mine).await;
-        let field = if parsed.batch { format!("{}[{i}].id", route.batch_field()) } else { "id".to_string() };
-        let r = Rejection::new(
-            kind::DUPLICATE_ID,
-            format!(
-                "field \"{field}\": \"{}\" was already used by an earlier request of tenant \"{tenant}\"",
-                records[i].id.as_deref().unwrap_or_default()
+        let now = aifab_core::now_ms();
+        let field = |i: usize| if parsed.batch { format!("{}[{i}].id", route.batch_field()) } else { "id".to_string() };
+        let id = |i: usize| records[i].id.as_deref().unwrap_or_default().to_string();
+        let held = |c: &Option<String>| c.as_deref().map(|h| store::held(h, now));
+        if let Some(i) = claimed.iter().position(|c| held(c) == Some(store::Held::Used)) {
+            let r = Rejection::new(
+                kind::DUPLICATE_ID,
+                format!("field \"{}\": \"{}\" was already used by an earlier request of tenant \"{tenant}\"", field(i), id(i)),
+            )
+            .with_tenant(Some(tenant));
+            return refused(r).await;
+        }
+        let i = claimed.iter().position(Option::is_some).unwrap_or_default();
+        return answer_error(
+            409,
+            kind::IN_PROGRESS,
+            &format!(
+                "field \"{}\": \"{}\" belongs to an earlier request of tenant \"{tenant}\" whose write is not \
+                 decided yet; retry shortly (it is refused as a duplicate once written, accepted if not)",
+                field(i),
+                id(i)
             ),
-        )
-        .with_tenant(Some(tenant));
-        return refused(r).await;
+            vec![("retry-after", "1".into())],
+        );
     }
 
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -530,6 +573,7 @@ async fn accept(
     match sent {
         Ok(()) => {
             metrics::counter!("aifab_ingest_records_total", "source" => "http", "route" => route.name()).increment(n as u64);
+            mark_written(conn, &mine, &holder).await;
             success
         }
         Err(SendError::NotWritten(e)) => {
@@ -539,14 +583,19 @@ async fn accept(
         }
         Err(SendError::Undecided { reason, outcome }) => {
             tracing::warn!(error = %reason, tenant, "accepted records not acknowledged in time; settling their ids later");
-            *undecided = Some(UndecidedWrite { outcome, claims: mine, success, route: route.name(), records: n as u64 });
+            if let Err(e) = store::mark(conn, &mine, &store::undecided(&holder)).await {
+                // They count as used once their in-flight time passes: refused, not lost.
+                tracing::warn!(error = %e, "could not mark undecided ids; a retry of them is refused as a duplicate");
+            }
+            *undecided =
+                Some(UndecidedWrite { outcome, claims: mine, holder, success, route: route.name(), records: n as u64 });
             answer_error(
                 503,
                 "unavailable",
                 &format!(
                     "kafka: {reason}; the records may still be written. A retry with the same Idempotency-Key \
-                     gets the final answer (409 in_progress until it is known); a retry with the same ids is \
-                     refused as a duplicate if they were written"
+                     or the same ids gets 409 in_progress until that is known, then the final answer (the 202 \
+                     replayed, or duplicate_id, if they were written)"
                 ),
                 vec![("retry-after", "5".into())],
             )

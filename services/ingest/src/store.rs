@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | `<p>:ingest:apikey:<sha256 hex of key>` | string: tenant | operators | an API key added at run time |
 //! | `<p>:ingest:tenant:<tenant>` | hash: `rate_per_s`, `burst`, `budget_mode`, `enabled` | operators | a tenant added (or its settings changed) at run time |
-//! | `<p>:ingest:id:<tenant>:<id>` | string: who claimed it, TTL `--id-ttl-s` | ingest | request ids in use (duplicate-id check, "pending" answers) |
+//! | `<p>:ingest:id:<tenant>:<id>` | string: who claimed it (see [`held`]), TTL `--id-ttl-s` | ingest | request ids in use (duplicate-id check, "pending" answers) |
 //! | `<p>:ingest:idem:<tenant>:<route>:<sha256 hex of Idempotency-Key>` | string: JSON, TTL `--idempotency-ttl-s` | ingest | the stored response of an idempotent POST |
 //! | `<p>:ingest:prediction:<tenant>:<id>` | string: `prediction/v1` JSON, TTL `--prediction-ttl-s` | ingest's predictions consumer | answers for `GET /v1/predictions/{id}` |
 //! | `<p>:ingest:budget:<tenant>` | string: JSON, expires at the end of the budget period | ingest (from NATS `aifab.budget.exceeded`) | the tenant is over budget |
@@ -84,6 +84,50 @@ pub async fn claim(
     Ok(out)
 }
 
+/// What a claimed id's holder value says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// An HTTP request is still writing it, or its write is undecided: it may yet be
+    /// released, so another request with the id should retry rather than be refused.
+    InFlight,
+    /// Written, or claimed by a Kafka record (`kafka:<topic>:<partition>:<offset>`).
+    Used,
+}
+
+/// The value an HTTP request claims its ids with: `<holder>@<until_ms>` is in flight until
+/// `until_ms`, by when the request has either marked them [`undecided`], set them back to
+/// plain `<holder>` (written) or released them. A request that died meanwhile leaves them
+/// to count as used once the time has passed, as a plain holder always does.
+pub fn in_flight(holder: &str, until_ms: i64) -> String {
+    format!("{holder}@{until_ms}")
+}
+
+/// The value of ids whose write is undecided until the request settles them.
+pub fn undecided(holder: &str) -> String {
+    format!("{holder}@undecided")
+}
+
+pub fn held(value: &str, now_ms: i64) -> Held {
+    match value.rsplit_once('@') {
+        Some((_, "undecided")) => Held::InFlight,
+        Some((_, until)) if until.parse::<i64>().is_ok_and(|u| now_ms < u) => Held::InFlight,
+        _ => Held::Used,
+    }
+}
+
+/// Set the holder value of claims this request still holds (`SET XX KEEPTTL`), in one
+/// round trip.
+pub async fn mark(conn: &mut ConnectionManager, keys: &[String], value: &str) -> redis::RedisResult<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("SET").arg(key).arg(value).arg("XX").arg("KEEPTTL").ignore();
+    }
+    pipe.exec_async(conn).await
+}
+
 /// Release claims made by a request that then failed.
 pub async fn release(conn: &mut ConnectionManager, keys: &[String]) -> redis::RedisResult<()> {
     if keys.is_empty() {
@@ -107,5 +151,17 @@ mod tests {
             "t1:ingest:apikey:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert!(k.idempotency("acme", "infer", "key-1").starts_with("t1:ingest:idem:acme:infer:"));
+    }
+
+    #[test]
+    fn an_id_is_in_flight_only_while_its_request_may_still_release_it() {
+        let v = in_flight("http:r1", 5_000);
+        assert_eq!(held(&v, 4_999), Held::InFlight);
+        assert_eq!(held(&v, 5_000), Held::Used, "past its time the request has settled it or died");
+        assert_eq!(held(&undecided("http:r1"), i64::MAX), Held::InFlight, "until settled");
+        assert_eq!(held("http:r1", 0), Held::Used, "written");
+        assert_eq!(held("kafka:aifab.ingest.raw:3:17", 0), Held::Used);
+        assert_eq!(held("http:r1@soon", 0), Held::Used, "a value it cannot read counts as used");
+        assert_eq!(held("", 0), Held::Used, "expired between claim and read");
     }
 }

@@ -723,18 +723,28 @@ pub struct AtomicProducer {
     tx: std::sync::mpsc::SyncSender<AtomicJob>,
 }
 
+/// What became of a job's records, as the producer thread reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Written,
+    /// Nothing of them was or will be written.
+    NotWritten(String),
+    /// The commit was under way when the producer failed (its commit call kept timing
+    /// out, or the producer was fenced mid-commit): the records may or may not be
+    /// written, and nothing the producer can ask will tell.
+    Unknown(String),
+}
+
 /// Why an [`AtomicProducer::send`] did not report a commit.
 #[derive(Debug)]
 pub enum SendError {
-    /// Nothing of the call's records was or will be written, as far as the producer can
-    /// tell. One case it cannot: a commit that failed and could not be aborted, after
-    /// which the producer is recreated, and the new producer's `init_transactions` may
-    /// complete that commit.
+    /// Nothing of the call's records was or will be written.
     NotWritten(String),
-    /// The records are in a transaction that had not finished within the timeout; the
-    /// receiver gets its outcome (`Ok`: written; `Err`: not written). Dropped unanswered
-    /// only if the producer thread stops, when the outcome stays unknown.
-    Undecided { reason: String, outcome: tokio::sync::oneshot::Receiver<Result<(), String>> },
+    /// The caller cannot be told yet: the records are in a transaction that had not
+    /// finished within the timeout, or its commit's outcome is unknown. The receiver gets
+    /// the final [`Outcome`] within [`ATOMIC_ANSWER_BOUND`] of the call; it is dropped
+    /// unanswered only if the producer thread stops, which is [`Outcome::Unknown`] too.
+    Undecided { reason: String, outcome: tokio::sync::oneshot::Receiver<Outcome> },
 }
 
 impl std::fmt::Display for SendError {
@@ -754,7 +764,7 @@ const JOB_ABANDONED: u8 = 2;
 
 struct AtomicJob {
     records: Vec<Record>,
-    reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    reply: tokio::sync::oneshot::Sender<Outcome>,
     state: Arc<AtomicU8>,
 }
 
@@ -775,6 +785,12 @@ impl AtomicJob {
 const GROUP_MAX_RECORDS: usize = 5_000;
 /// How long a transaction waits for more callers after the first.
 const GROUP_LINGER: Duration = Duration::from_millis(2);
+
+/// Longest the producer thread takes to answer a job it took: the commit, retried for
+/// [`kafka::TXN_RETRY_BUDGET`] with each call bounded by the transaction timeout, then the
+/// same again for an abort, plus room for the records' own sends.
+pub const ATOMIC_ANSWER_BOUND: Duration =
+    Duration::from_secs(2 * (kafka::TXN_RETRY_BUDGET.as_secs() + TXN_TIMEOUT.as_secs()) + 30);
 
 impl AtomicProducer {
     /// Start the producer thread. `transactional_id` must be stable per replica (a restart
@@ -810,7 +826,14 @@ impl AtomicProducer {
             })
         })?;
         match tokio::time::timeout(timeout, &mut rx).await {
-            Ok(Ok(r)) => r.map_err(SendError::NotWritten),
+            Ok(Ok(Outcome::Written)) => Ok(()),
+            Ok(Ok(Outcome::NotWritten(e))) => Err(SendError::NotWritten(e)),
+            Ok(Ok(Outcome::Unknown(reason))) => {
+                // Answered already: the receiver the caller waits on holds the same answer.
+                let (tx, outcome) = tokio::sync::oneshot::channel();
+                let _ = tx.send(Outcome::Unknown(reason.clone()));
+                Err(SendError::Undecided { reason, outcome })
+            }
             // The producer thread ended without answering: if it had taken the job, the
             // outcome is unknown (the closed receiver says so to whoever waits on it).
             Ok(Err(_)) if state.load(Ordering::Acquire) == JOB_TAKEN => {
@@ -826,6 +849,19 @@ impl AtomicProducer {
                 }
             }
         }
+    }
+}
+
+/// What a failed transaction means for its jobs. Only a commit that was under way when the
+/// producer gave up on it (fenced, or timing out past the retry budget) can have
+/// committed: a new producer's `init_transactions` completes a commit the coordinator had
+/// begun. Any other failure, before the commit or one the commit reports as needing an
+/// abort, leaves nothing visible.
+fn failed_outcome(committing: bool, e: &KafkaError) -> Outcome {
+    if committing && kafka::needs_new_producer(e) {
+        Outcome::Unknown(format!("Kafka transaction commit did not complete: {e}"))
+    } else {
+        Outcome::NotWritten(format!("Kafka transaction failed: {e}"))
     }
 }
 
@@ -867,35 +903,44 @@ fn atomic_loop(
         if jobs.is_empty() {
             continue;
         }
+        let retries_metric = metric_name(service, "atomic_transaction_retries_total");
+        let mut committing = false;
         let result = (|| -> Result<(), KafkaError> {
             producer.begin_transaction()?;
             for r in jobs.iter().flat_map(|j| j.records.iter()) {
                 send_waiting(&producer, r.base_record())?;
             }
-            kafka::commit_transaction(&producer, TXN_TIMEOUT)
+            committing = true;
+            // A commit that timed out must be made again, not aborted: the coordinator may
+            // be committing it already.
+            retry_transactional(&producer, &retries_metric, "commit", || kafka::commit_transaction(&producer, TXN_TIMEOUT))
         })();
-        match result {
+        let e = match result {
             Ok(()) => {
                 metrics::counter!(metric_name(service, "atomic_transactions_total"), "result" => "ok").increment(1);
                 for j in jobs {
-                    let _ = j.reply.send(Ok(()));
+                    let _ = j.reply.send(Outcome::Written);
                 }
+                continue;
             }
-            Err(e) => {
-                metrics::counter!(metric_name(service, "atomic_transactions_total"), "result" => "failed").increment(1);
-                tracing::warn!(error = %e, calls = jobs.len(), "transaction failed; nothing of it was written");
-                // A producer whose transaction could not be aborted is in an unknown state.
-                let broken = is_fatal(&e) || kafka::abort_transaction(&producer, TXN_TIMEOUT).is_err();
-                for j in jobs {
-                    let _ = j.reply.send(Err(format!("Kafka transaction failed: {e}")));
-                }
-                if broken {
-                    tracing::warn!("recreating the transactional producer: its transaction could not be ended");
-                    match make()? {
-                        Some(p) => producer = p,
-                        None => return Ok(()),
-                    }
-                }
+            Err(e) => e,
+        };
+        let outcome = failed_outcome(committing, &e);
+        let result = if matches!(outcome, Outcome::Unknown(_)) { "unknown" } else { "failed" };
+        metrics::counter!(metric_name(service, "atomic_transactions_total"), "result" => result).increment(1);
+        tracing::warn!(error = %e, calls = jobs.len(), outcome = ?outcome, "transaction failed");
+        let broken = kafka::needs_new_producer(&e)
+            || retry_transactional(&producer, &retries_metric, "abort", || kafka::abort_transaction(&producer, TXN_TIMEOUT))
+                .is_err();
+        for j in jobs {
+            let _ = j.reply.send(outcome.clone());
+        }
+        if broken {
+            // Its transaction could not be ended: a new producer under the same id settles it.
+            tracing::warn!("recreating the transactional producer: its transaction could not be ended");
+            match make()? {
+                Some(p) => producer = p,
+                None => return Ok(()),
             }
         }
     }
@@ -904,8 +949,9 @@ fn atomic_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::types::RDKafkaErrorCode;
 
-    fn job() -> (AtomicJob, tokio::sync::oneshot::Receiver<Result<(), String>>) {
+    fn job() -> (AtomicJob, tokio::sync::oneshot::Receiver<Outcome>) {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let state = Arc::new(AtomicU8::new(JOB_QUEUED));
         (AtomicJob { records: Vec::new(), reply, state }, rx)
@@ -922,6 +968,20 @@ mod tests {
         let (j, rx) = job();
         drop(rx);
         assert!(!j.take(), "a caller that went away entirely is skipped too");
+    }
+
+    #[test]
+    fn only_a_commit_the_producer_gave_up_on_has_an_unknown_outcome() {
+        // `Canceled` stands for every error that makes the producer be replaced (a fenced
+        // or timed-out `Transaction` error cannot be built outside librdkafka).
+        let gave_up = KafkaError::Canceled;
+        let flush_timed_out = KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut);
+        let delivery = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        assert!(matches!(failed_outcome(true, &gave_up), Outcome::Unknown(_)));
+        assert!(matches!(failed_outcome(false, &gave_up), Outcome::NotWritten(_)), "the commit never started");
+        assert!(matches!(failed_outcome(true, &flush_timed_out), Outcome::NotWritten(_)), "flushing, before EndTxn");
+        assert!(matches!(failed_outcome(true, &delivery), Outcome::NotWritten(_)), "a commit that needs an abort");
+        assert!(matches!(failed_outcome(false, &delivery), Outcome::NotWritten(_)));
     }
 
     fn msg(topic: &str, partition: i32, offset: i64) -> Consumed {
