@@ -61,6 +61,9 @@ pub struct Api {
     pub redis: RedisHandle,
     pub producer: AtomicProducer,
     pub keys: Keys,
+    /// Every POST and every settling of an undecided write: shutdown waits for them, so a
+    /// request is not cut off halfway (ids claimed, an Idempotency-Key left pending).
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 pub fn router(api: Arc<Api>) -> Router {
@@ -93,7 +96,8 @@ async fn post_route(api: Arc<Api>, route: Route, request: Request) -> Response {
     // In a task of its own: a client that goes away mid-request drops this future, and
     // the request must not stop halfway (ids claimed, records in a transaction, an
     // Idempotency-Key pending with nothing to settle it); it runs to its end.
-    let handled = tokio::spawn(async move {
+    let tasks = api.tasks.clone();
+    let handled = tasks.spawn(async move {
         let (parts, body) = request.into_parts();
         handle_post(&api, route, &parts.headers, body).await
     });
@@ -318,7 +322,7 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
     match undecided {
         // The key stays pending (a retry gets 409 in_progress) until the outcome is known.
         Some(u) => {
-            tokio::spawn(settle(conn.clone(), u, idem));
+            api.tasks.spawn(settle(conn.clone(), u, idem));
         }
         None => {
             if let Some(idem) = idem {

@@ -194,6 +194,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &format!("aifab-ingest-http-{instance}"),
         svc.shutdown.clone(),
     )?;
+    let http_tasks = tokio_util::task::TaskTracker::new();
     let api = Arc::new(http::Api {
         settings: http::HttpSettings {
             features_topic: config.features_topic.clone(),
@@ -212,6 +213,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         redis: redis.clone(),
         producer,
         keys: keys.clone(),
+        tasks: http_tasks.clone(),
     });
     svc.serve(http::router(api)).await?;
 
@@ -277,6 +279,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Err(_) => tracing::warn!("{name} did not stop within the grace period"),
             _ => {}
         }
+    }
+    // POSTs still running, and undecided writes still settling, finish before the producer
+    // goes with the process. One settling can take longer than the grace period (see
+    // `http::SETTLE_WAIT`): its ids then stay claimed until their TTL.
+    http_tasks.close();
+    if tokio::time::timeout(grace, http_tasks.wait()).await.is_err() {
+        tracing::warn!(left = http_tasks.len(), "HTTP requests still settling after the grace period; their ids stay claimed");
     }
     events.abort();
     svc.finish().await;
