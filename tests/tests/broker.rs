@@ -197,8 +197,13 @@ async fn lag_comes_from_committed_offsets_and_high_watermarks() {
     tpl.add_partition_offset(&topic, 1, Offset::Offset(20)).unwrap();
     c.commit(&tpl, CommitMode::Sync).unwrap();
 
-    let t2 = topic.clone();
-    let lags = tokio::task::spawn_blocking(move || group_offsets(&c, &t2, T)).await.unwrap().unwrap();
+    let (t2, missing) = (topic.clone(), unique("lag-missing"));
+    let (lags, missing) = tokio::task::spawn_blocking(move || (group_offsets(&c, &t2, T), group_offsets(&c, &missing, T)))
+        .await
+        .unwrap();
+    let lags = lags.unwrap();
+    let missing = missing.expect_err("a topic that does not exist has no offsets");
+    assert!(missing.is::<aifab_core::kafka::TopicMissing>(), "the broker's answer, told apart: {missing:#}");
     let by_partition: BTreeMap<i32, (Option<i64>, i64, i64)> =
         lags.iter().map(|p| (p.partition, (p.committed, p.high_watermark, p.lag))).collect();
     assert_eq!(by_partition[&0], (Some(5), 10, 5));

@@ -371,6 +371,13 @@ struct Watch {
     failures: BTreeMap<String, u32>,
 }
 
+/// Whether an offsets read reached the broker: a topic not created yet is an answer, and
+/// must not count against the client (a group watching only that topic would have its
+/// client replaced every few reads).
+fn broker_answered<T>(read: &anyhow::Result<T>) -> bool {
+    read.as_ref().map_or_else(|e| e.is::<aifab_core::kafka::TopicMissing>(), |_| true)
+}
+
 /// Failed reads in a row after which a group's offsets client is replaced: after a broker
 /// restart a librdkafka client can go on failing long after the broker is back (as the
 /// services' readiness probe does, see `aifab_core::service`).
@@ -491,7 +498,7 @@ fn lag_poller(config: Config, static_watch: BTreeSet<(String, String)>, tx: toki
             }
             let at = aifab_core::now_ms();
             let result = watch.client(group).and_then(|c| aifab_core::kafka::group_offsets(c, topic, timeout));
-            watch.note_read(group, result.is_ok());
+            watch.note_read(group, broker_answered(&result));
             match result {
                 Ok(offs) => {
                     warned = false;
@@ -742,6 +749,9 @@ mod tests {
         assert!(watch.clients.contains_key("g"), "a success in between starts the count again");
         watch.note_read("g", false);
         assert!(!watch.clients.contains_key("g"), "the third failure in a row drops the client");
+        let missing: anyhow::Result<()> = Err(aifab_core::kafka::TopicMissing("t".into()).into());
+        assert!(broker_answered(&missing), "a topic that does not exist yet is the broker's answer");
+        assert!(!broker_answered::<()>(&Err(anyhow::anyhow!("metadata timed out"))));
         watch.client("g").unwrap();
         watch.note_read("g", false);
         assert!(watch.clients.contains_key("g"), "the new client starts with no failures");

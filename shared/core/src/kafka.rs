@@ -137,6 +137,19 @@ pub struct PartitionOffsets {
 ///
 /// `client` must be created with `group.id = group` (it never subscribes, so it does
 /// not join the group or disturb its members).
+/// The broker answered that the topic does not exist (yet): an answer, so not a sign
+/// that the client asking is broken.
+#[derive(Debug)]
+pub struct TopicMissing(pub String);
+
+impl std::fmt::Display for TopicMissing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "topic {} does not exist", self.0)
+    }
+}
+
+impl std::error::Error for TopicMissing {}
+
 pub fn group_offsets(
     client: &BaseConsumer,
     topic: &str,
@@ -145,7 +158,11 @@ pub fn group_offsets(
     let md = client.fetch_metadata(Some(topic), timeout)?;
     let Some(t) = md.topics().first() else { anyhow::bail!("topic {topic}: no metadata") };
     if let Some(err) = t.error() {
-        anyhow::bail!("topic {topic}: {:?}", RDKafkaErrorCode::from(err));
+        let code = RDKafkaErrorCode::from(err);
+        if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+            return Err(TopicMissing(topic.to_string()).into());
+        }
+        anyhow::bail!("topic {topic}: {code:?}");
     }
     let mut tpl = TopicPartitionList::new();
     for p in t.partitions() {
