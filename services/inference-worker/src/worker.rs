@@ -28,8 +28,8 @@ use aifab_core::messages::{decode, encode, tag, Arm, DeadLetter, InferenceReques
 use aifab_core::pipeline::Positions;
 use aifab_core::registry::{canary_arm, Rollout};
 use aifab_core::kafka::{
-    abort_transaction, commit_transaction, committed_positions, needs_new_producer, retry_transactional,
-    send_offsets_bounded, send_waiting, txn_action, TxnAction,
+    abort_transaction, commit_transaction, committed_positions_retrying, init_transactions_retrying,
+    needs_new_producer, retry_transactional, send_offsets_bounded, send_waiting,
 };
 use aifab_core::topics;
 use aifab_model::batcher::{self, BatchLimits, Pending, Plan};
@@ -161,9 +161,9 @@ impl Worker {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        loop_until_ok(&shutdown, "initialising Kafka transactions", || {
-            self.producer.init_transactions(TXN_TIMEOUT)
-        })?;
+        if !init_transactions_retrying(&self.producer, TXN_TIMEOUT, &shutdown)? {
+            return Ok(());
+        }
         self.consumer.subscribe(&[&self.settings.input_topic]).context("subscribing")?;
         tracing::info!(topic = %self.settings.input_topic, group = %self.settings.group, "consuming");
 
@@ -457,7 +457,10 @@ impl Worker {
         self.open_txn = None;
         self.producer = transactional_producer(&self.settings)?;
         let shutdown = self.shutdown.clone();
-        loop_until_ok(&shutdown, "initialising Kafka transactions", || self.producer.init_transactions(TXN_TIMEOUT))?;
+        anyhow::ensure!(
+            init_transactions_retrying(&self.producer, TXN_TIMEOUT, &shutdown)?,
+            "shut down while initialising Kafka transactions"
+        );
         tracing::info!("new transactional producer ready");
         self.rewind()
     }
@@ -484,20 +487,13 @@ impl Worker {
     fn rewind(&mut self) -> anyhow::Result<()> {
         self.queue.clear();
         self.positions.clear();
-        let mut backoff = aifab_core::backoff::Backoff::for_dependencies();
         let give_up_at = Instant::now() + aifab_core::kafka::TXN_RETRY_BUDGET;
-        let tpl = loop {
-            match committed_positions(&self.consumer, TXN_TIMEOUT) {
-                Ok(tpl) => break tpl,
-                // After a broker restart librdkafka's consumer can lose its group
-                // coordinator for good, like the producer its transaction coordinator.
-                Err(e) if Instant::now() >= give_up_at => return self.replace_consumer(e),
-                Err(e) => {
-                    let delay = backoff.next_delay_jittered();
-                    tracing::warn!(error = %e, retry_in = ?delay, "reading committed offsets to rewind failed; retrying");
-                    aifab_core::kafka::serve_consumer(&self.consumer, delay);
-                }
-            }
+        let tpl = match committed_positions_retrying(&self.consumer, TXN_TIMEOUT, Some(give_up_at), || false) {
+            Ok(Some(tpl)) => tpl,
+            Ok(None) => return Ok(()),
+            // After a broker restart librdkafka's consumer can lose its group
+            // coordinator for good, like the producer its transaction coordinator.
+            Err(e) => return self.replace_consumer(e),
         };
         let at: Vec<String> = tpl.elements().iter().map(|e| format!("{}:{:?}", e.partition(), e.offset())).collect();
         tracing::info!(offsets = ?at, "rewinding to the committed offsets");
@@ -547,26 +543,6 @@ fn transactional_producer(settings: &WorkerSettings) -> anyhow::Result<Arc<BaseP
     Ok(Arc::new(producer))
 }
 
-/// Retry a start-up call that fails while the broker is down.
-fn loop_until_ok<T>(
-    shutdown: &CancellationToken,
-    what: &str,
-    mut f: impl FnMut() -> Result<T, KafkaError>,
-) -> anyhow::Result<T> {
-    let mut backoff = aifab_core::backoff::Backoff::for_dependencies();
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if txn_action(&e) == TxnAction::Fatal => anyhow::bail!("{what}: {e}"),
-            Err(e) => {
-                let delay = backoff.next_delay_jittered();
-                tracing::warn!(error = %e, retry_in = ?delay, "{what} failed; retrying");
-                anyhow::ensure!(!shutdown.is_cancelled(), "shut down while {what}");
-                std::thread::sleep(delay);
-            }
-        }
-    }
-}
 
 /// Classify the `live` rows in length groups. A group the model rejects is retried row
 /// by row so one poison request cannot fail its neighbours.

@@ -1,7 +1,21 @@
 //! Retry pacing for reconnect loops: exponential, capped, with a little jitter so a
 //! fleet of services restarting together does not hammer a broker in lock-step.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+/// Sleep `d` on a blocking thread, in short steps; true when `token` was cancelled first.
+pub fn sleep_or_cancelled(token: &CancellationToken, d: Duration) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if token.is_cancelled() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
+    }
+    token.is_cancelled()
+}
 
 #[derive(Debug, Clone)]
 pub struct Backoff {

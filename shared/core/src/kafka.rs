@@ -343,6 +343,55 @@ pub fn abort_transaction(producer: &BaseProducer, timeout: Duration) -> Result<(
     producer.abort_transaction(deadline.saturating_duration_since(Instant::now()).max(PRODUCER_POLL_STEP))
 }
 
+/// `init_transactions`, retried while the broker is away. `Ok(false)` when `shutdown`
+/// came first; an error when it failed fatally (fenced by a newer instance).
+pub fn init_transactions_retrying(
+    producer: &BaseProducer,
+    timeout: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<bool> {
+    let mut backoff = crate::backoff::Backoff::for_dependencies();
+    loop {
+        match producer.init_transactions(timeout) {
+            Ok(()) => return Ok(true),
+            Err(e) if txn_action(&e) == TxnAction::Fatal => anyhow::bail!("initialising Kafka transactions: {e}"),
+            Err(e) => {
+                let delay = backoff.next_delay_jittered();
+                tracing::warn!(error = %e, retry_in = ?delay, "initialising Kafka transactions failed; retrying");
+                if crate::backoff::sleep_or_cancelled(shutdown, delay) {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+}
+
+/// [`committed_positions`], retried while the broker is away, serving the consumer between
+/// tries ([`serve_consumer`]: it may have a revocation to take first). Gives up with the
+/// last error once `give_up_at` has passed, if given; `Ok(None)` when `stop` says so first.
+pub fn committed_positions_retrying<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    timeout: Duration,
+    give_up_at: Option<Instant>,
+    stop: impl Fn() -> bool,
+) -> Result<Option<TopicPartitionList>, KafkaError> {
+    let mut backoff = crate::backoff::Backoff::for_dependencies();
+    loop {
+        match committed_positions(consumer, timeout) {
+            Ok(tpl) => return Ok(Some(tpl)),
+            Err(e) if give_up_at.is_some_and(|t| Instant::now() >= t) => return Err(e),
+            Err(e) => {
+                let delay = backoff.next_delay_jittered();
+                tracing::warn!(error = %e, retry_in = ?delay, "reading committed offsets to rewind failed; retrying");
+                if stop() {
+                    return Ok(None);
+                }
+                serve_consumer(consumer, delay);
+            }
+        }
+    }
+}
+
 /// Wait `delay` while serving the consumer's callbacks. A consumer whose session timed
 /// out (the broker was away) waits for the application to take the revocation in `poll`,
 /// and until then its committed-offset lookups time out, however long the broker has been

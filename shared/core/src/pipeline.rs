@@ -36,7 +36,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use crate::backoff::{sleep_or_cancelled, Backoff};
 use crate::kafka::{self, retry_transactional, send_waiting};
 use crate::messages::{encode, tag, DeadLetter, SourceRef};
 use crate::telemetry::metric_name;
@@ -386,20 +386,10 @@ fn commit_idle_position(consumer: &LoopConsumer, committed: &mut Committed) {
 /// the offsets cannot be read: wait for it (or for shutdown) rather than exit.
 fn rewind(consumer: &LoopConsumer, positions: &mut Positions, shutdown: &CancellationToken) -> anyhow::Result<()> {
     positions.clear();
-    let mut backoff = Backoff::for_dependencies();
-    let tpl = loop {
-        match kafka::committed_positions(consumer, TXN_TIMEOUT) {
-            Ok(tpl) => break tpl,
-            Err(e) if is_fatal(&e) => anyhow::bail!("reading committed offsets to rewind: {e}"),
-            Err(e) => {
-                let delay = backoff.next_delay_jittered();
-                tracing::warn!(error = %e, retry_in = ?delay, "reading committed offsets to rewind failed; retrying");
-                if shutdown.is_cancelled() {
-                    return Ok(());
-                }
-                kafka::serve_consumer(consumer, delay);
-            }
-        }
+    let Some(tpl) = kafka::committed_positions_retrying(consumer, TXN_TIMEOUT, None, || shutdown.is_cancelled())
+        .map_err(|e| anyhow::anyhow!("reading committed offsets to rewind: {e}"))?
+    else {
+        return Ok(());
     };
     // Messages polled while waiting were dropped; the seek below reads them again.
     consumer.context().take_revoked();
@@ -413,39 +403,6 @@ fn is_fatal(e: &KafkaError) -> bool {
     crate::kafka::txn_action(e) == crate::kafka::TxnAction::Fatal
 }
 
-/// Retry a start-up call that fails while the broker is down.
-fn until_ok<T>(
-    shutdown: &CancellationToken,
-    what: &str,
-    mut f: impl FnMut() -> Result<T, KafkaError>,
-) -> anyhow::Result<Option<T>> {
-    let mut backoff = Backoff::for_dependencies();
-    loop {
-        match f() {
-            Ok(v) => return Ok(Some(v)),
-            Err(e) if is_fatal(&e) => anyhow::bail!("{what}: {e}"),
-            Err(e) => {
-                let delay = backoff.next_delay_jittered();
-                tracing::warn!(error = %e, retry_in = ?delay, "{what} failed; retrying");
-                if sleep_or_shutdown(shutdown, delay) {
-                    return Ok(None);
-                }
-            }
-        }
-    }
-}
-
-/// Sleep; true when shutdown came first.
-fn sleep_or_shutdown(shutdown: &CancellationToken, d: Duration) -> bool {
-    let until = Instant::now() + d;
-    while Instant::now() < until {
-        if shutdown.is_cancelled() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
-    }
-    shutdown.is_cancelled()
-}
 
 /// A transactional producer with its transactions initialised (waiting for the broker
 /// while it is away); `None` when shutdown came first. Its `init_transactions` fences a
@@ -455,7 +412,7 @@ fn transactional_producer(settings: &LoopSettings, shutdown: &CancellationToken)
         kafka::transactional_producer_config(&settings.brokers, &settings.client_id, &settings.client_id)
             .create()
             .context("creating the transactional producer")?;
-    Ok(until_ok(shutdown, "initialising Kafka transactions", || producer.init_transactions(TXN_TIMEOUT))?.map(|()| producer))
+    Ok(kafka::init_transactions_retrying(&producer, TXN_TIMEOUT, shutdown)?.then_some(producer))
 }
 
 /// Produce `records` and commit them with the batch's offsets in one transaction.
@@ -578,7 +535,7 @@ pub fn run_transactional<T: Transform>(
             match inflight.take() {
                 Some(f) => {
                     if !settle(f, &mut stage, &mut committed, &mut producer)? {
-                        sleep_or_shutdown(&shutdown, backoff.next_delay_jittered().min(Duration::from_secs(2)));
+                        sleep_or_cancelled(&shutdown, backoff.next_delay_jittered().min(Duration::from_secs(2)));
                         rewind(&consumer, &mut positions, &shutdown)?;
                     }
                 }
@@ -591,7 +548,7 @@ pub fn run_transactional<T: Transform>(
         // The previous batch decides whether this one stands.
         if let Some(f) = inflight.take() {
             if !settle(f, &mut stage, &mut committed, &mut producer)? {
-                sleep_or_shutdown(&shutdown, backoff.next_delay_jittered().min(Duration::from_secs(2)));
+                sleep_or_cancelled(&shutdown, backoff.next_delay_jittered().min(Duration::from_secs(2)));
                 rewind(&consumer, &mut positions, &shutdown)?;
                 continue;
             }
@@ -603,7 +560,7 @@ pub fn run_transactional<T: Transform>(
                 let delay = backoff.next_delay_jittered();
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, messages = batch.len(),
                     "batch failed; rewinding to the committed offsets to retry");
-                sleep_or_shutdown(&shutdown, delay);
+                sleep_or_cancelled(&shutdown, delay);
                 rewind(&consumer, &mut positions, &shutdown)?;
                 continue;
             }
@@ -651,7 +608,7 @@ pub fn run_at_least_once<H: Handler>(
             Ok(c) => break c,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "creating the consumer failed; retrying");
-                if sleep_or_shutdown(&shutdown, Duration::from_secs(2)) {
+                if sleep_or_cancelled(&shutdown, Duration::from_secs(2)) {
                     return Ok(());
                 }
             }
@@ -672,7 +629,7 @@ pub fn run_at_least_once<H: Handler>(
             let delay = backoff.next_delay_jittered();
             tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, topic = %settings.input_topic,
                 "batch failed; rewinding to the committed offsets to retry");
-            sleep_or_shutdown(&shutdown, delay);
+            sleep_or_cancelled(&shutdown, delay);
             rewind(&consumer, &mut positions, &shutdown)?;
             continue;
         }
@@ -877,7 +834,7 @@ fn atomic_loop(
         let p: BaseProducer = crate::kafka::transactional_producer_config(brokers, id, id)
             .create()
             .context("creating the transactional producer")?;
-        Ok(until_ok(&shutdown, "initialising Kafka transactions", || p.init_transactions(TXN_TIMEOUT))?.map(|_| p))
+        Ok(kafka::init_transactions_retrying(&p, TXN_TIMEOUT, &shutdown)?.then_some(p))
     };
     let Some(mut producer) = make()? else { return Ok(()) };
     loop {
