@@ -261,7 +261,7 @@ fn max_abs8(xs: &[f32]) -> f32 {
 #[inline(always)]
 fn quantize_row_body(row: &[f32], q: &mut [i16]) -> f32 {
     let m = max_abs8(row);
-    if !(m > 0.0) || !m.is_finite() {
+    if !m.is_finite() || m <= 0.0 {
         q.iter_mut().for_each(|v| *v = 0);
         return 0.0;
     }
@@ -322,7 +322,7 @@ unsafe fn hmax256(v: __m256) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_with_max_avx2(row: &[f32], q: &mut [i16], m: f32) -> f32 {
-    if !(m > 0.0) || !m.is_finite() {
+    if !m.is_finite() || m <= 0.0 {
         q.iter_mut().for_each(|v| *v = 0);
         return 0.0;
     }
@@ -570,7 +570,7 @@ unsafe fn attention_avx2(
     out_stride: usize,
     s: &mut AttnScratch,
 ) {
-    if d % 8 != 0 {
+    if !d.is_multiple_of(8) {
         return attention_body(len, d, q, k, v, stride, out, out_stride, s, |xs| unsafe {
             softmax_unnormalized_avx2(xs)
         });
@@ -643,8 +643,8 @@ unsafe fn attention_avx2(
             if j < len {
                 let p0 = _mm256_set1_ps(*sc.add(j));
                 let v0 = v.as_ptr().add(j * stride + db);
-                for c in 0..nc {
-                    acc[c] = _mm256_fmadd_ps(p0, _mm256_loadu_ps(v0.add(8 * c)), acc[c]);
+                for (c, a) in acc.iter_mut().enumerate().take(nc) {
+                    *a = _mm256_fmadd_ps(p0, _mm256_loadu_ps(v0.add(8 * c)), *a);
                 }
             }
             for c in 0..nc {

@@ -200,7 +200,7 @@ fn panels_body(
             let mut i0 = m0;
             while i0 < m1 {
                 let r = MR.min(m1 - i0);
-                if chunks == 1 && fused.is_some() {
+                if let Some(kernel) = fused.filter(|_| chunks == 1) {
                     let epi = Epilogue {
                         a_scales: a_scales[i0..i0 + r].as_ptr(),
                         w_scales: ws.as_ptr(),
@@ -212,7 +212,7 @@ fn panels_body(
                         nv,
                     };
                     unsafe {
-                        (fused.unwrap())(r, a.as_ptr().add(i0 * kp), kp, wp.as_ptr(), kp / 2, &epi)
+                        kernel(r, a.as_ptr().add(i0 * kp), kp, wp.as_ptr(), kp / 2, &epi)
                     };
                     i0 += r;
                     continue;
