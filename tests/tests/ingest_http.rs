@@ -417,7 +417,7 @@ async fn rate_limits_and_budgets_answer_429_with_retry_after_or_deprioritise() {
     .await;
     expect_error(&r, 429, "budget_exceeded", &format!("is over its budget for period {period} (spent 10.50 of 10.00 USD)"));
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-    assert!(retry >= 1 && retry <= 31 * 86_400, "until the end of the month: {retry}");
+    assert!((1..=31 * 86_400).contains(&retry), "until the end of the month: {retry}");
     // The budget state is in Redis for replicas that missed the event.
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -537,7 +537,7 @@ async fn retries_without_a_key_are_told_to_wait_while_a_write_is_undecided() {
     let mut answers: BTreeMap<String, usize> = BTreeMap::new();
     let mut requests = 0;
     // Until a retry was told to wait for an undecided write, at most 300 requests.
-    while answers.get("409 in_progress").is_none() && requests < 300 {
+    while !answers.contains_key("409 in_progress") && requests < 300 {
         let body = format!(r#"{{"id":"w-{requests}","text":"no key {requests}"}}"#);
         let mut tries = 0;
         loop {

@@ -251,35 +251,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     (w.stats(now), w.dead_letters_per_s(now))
                 };
                 let window_s = config.window_s as f64;
-                let mut sh = shared.lock().expect("stats lock");
-                let report = build_report(window_s, &stats, dlq, &sh.latest_lag, &sh.firing);
-                let mut lag_by_group: BTreeMap<String, i64> = BTreeMap::new();
-                for r in sh.latest_lag.values() {
-                    let e = lag_by_group.entry(r.group.clone()).or_default();
-                    *e = (*e).max(r.total_lag);
-                }
-                let all = stats.get(&Key::All);
-                let m = Measurements {
-                    window_s,
-                    predictions: all.map(|s| s.count).unwrap_or(0),
-                    p99_ms: all.and_then(|s| s.p99_ms),
-                    error_rate: all.map(|s| s.error_rate).unwrap_or(0.0),
-                    lag: lag_by_group,
-                    dlq_per_s: dlq,
-                };
-                let alerts = engine.evaluate(&slo, &m, now);
-                for a in &alerts {
-                    match a.state {
-                        aifab_core::messages::AlertState::Firing => { sh.firing.insert(a.rule.clone(), a.clone()); }
-                        aifab_core::messages::AlertState::Resolved => { sh.firing.remove(&a.rule); }
+                // The stats lock is held only in this block, never across the awaits below.
+                let alerts = {
+                    let mut sh = shared.lock().expect("stats lock");
+                    let report = build_report(window_s, &stats, dlq, &sh.latest_lag, &sh.firing);
+                    let mut lag_by_group: BTreeMap<String, i64> = BTreeMap::new();
+                    for r in sh.latest_lag.values() {
+                        let e = lag_by_group.entry(r.group.clone()).or_default();
+                        *e = (*e).max(r.total_lag);
                     }
-                    metrics::gauge!("aifab_monitor_alert_firing", "rule" => a.rule.clone())
-                        .set(if a.state == aifab_core::messages::AlertState::Firing { 1.0 } else { 0.0 });
-                }
-                sh.report = StatsReport { alerts_firing: sh.firing.values().cloned().collect(), ..report };
-                let report = sh.report.clone();
-                sh.dash.on_report(report, now);
-                drop(sh);
+                    let all = stats.get(&Key::All);
+                    let m = Measurements {
+                        window_s,
+                        predictions: all.map(|s| s.count).unwrap_or(0),
+                        p99_ms: all.and_then(|s| s.p99_ms),
+                        error_rate: all.map(|s| s.error_rate).unwrap_or(0.0),
+                        lag: lag_by_group,
+                        dlq_per_s: dlq,
+                    };
+                    let alerts = engine.evaluate(&slo, &m, now);
+                    for a in &alerts {
+                        match a.state {
+                            aifab_core::messages::AlertState::Firing => { sh.firing.insert(a.rule.clone(), a.clone()); }
+                            aifab_core::messages::AlertState::Resolved => { sh.firing.remove(&a.rule); }
+                        }
+                        metrics::gauge!("aifab_monitor_alert_firing", "rule" => a.rule.clone())
+                            .set(if a.state == aifab_core::messages::AlertState::Firing { 1.0 } else { 0.0 });
+                    }
+                    sh.report = StatsReport { alerts_firing: sh.firing.values().cloned().collect(), ..report };
+                    let report = sh.report.clone();
+                    sh.dash.on_report(report, now);
+                    alerts
+                };
                 export_window_metrics(&stats, dlq);
                 for a in alerts {
                     tracing::warn!(rule = %a.rule, state = ?a.state, value = a.value, threshold = a.threshold, message = %a.message, "alert");
