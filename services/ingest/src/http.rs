@@ -346,16 +346,22 @@ impl Idempotent {
     /// Store a 2xx answer for replays; anything else created nothing, so a retry with the
     /// same key should try again.
     async fn finish(&self, conn: &mut ConnectionManager, response: &Answer) {
+        if (200..300).contains(&response.0) {
+            self.store(conn, response).await;
+        } else if let Err(e) = redis::cmd("DEL").arg(&self.rkey).exec_async(conn).await {
+            tracing::warn!(error = %e, "could not release the Idempotency-Key");
+        }
+    }
+
+    /// Store `response` as the key's final answer, replayed to every retry with it.
+    async fn store(&self, conn: &mut ConnectionManager, response: &Answer) {
         let status = response.0;
-        let result: redis::RedisResult<()> = if (200..300).contains(&status) {
-            let mut stored = json!({"state": "done", "body_sha256": self.body_sha, "status": status, "body": response.1});
-            if let Some(loc) = response.2.iter().find(|(k, _)| *k == "location") {
-                stored["location"] = json!(loc.1);
-            }
-            redis::cmd("SET").arg(&self.rkey).arg(stored.to_string()).arg("EX").arg(self.ttl_s.max(1)).exec_async(conn).await
-        } else {
-            redis::cmd("DEL").arg(&self.rkey).exec_async(conn).await
-        };
+        let mut stored = json!({"state": "done", "body_sha256": self.body_sha, "status": status, "body": response.1});
+        if let Some(loc) = response.2.iter().find(|(k, _)| *k == "location") {
+            stored["location"] = json!(loc.1);
+        }
+        let result: redis::RedisResult<()> =
+            redis::cmd("SET").arg(&self.rkey).arg(stored.to_string()).arg("EX").arg(self.ttl_s.max(1)).exec_async(conn).await;
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not store the idempotent response");
         }
@@ -412,18 +418,28 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Ide
             }
         }
         Outcome::Unknown(e) => {
-            // Keeping the claims risks a refused retry, releasing them a duplicate; the
-            // claims expire with their TTL, the Idempotency-Key's pending mark sooner.
+            // Never written twice: the ids stay used (a retry with them is refused) and
+            // the Idempotency-Key keeps this answer (a retry with it gets it again rather
+            // than new ids written a second time).
             metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "unknown").increment(1);
             tracing::warn!(error = %e, ids = u.claims.len(), "a request's outcome is unknown; its ids stay claimed");
             mark_written(&mut conn, &u.claims, &u.holder).await;
+            if let Some(idem) = idem {
+                let reason = format!(
+                    "{e}: the records may or may not have been written, and will not be written again with \
+                     these ids or this Idempotency-Key; GET /v1/predictions/{{id}} answers 200 for those that were"
+                );
+                let mut answer = answer_error(409, kind::OUTCOME_UNKNOWN, &reason, Vec::new());
+                answer.1["ids"] = u.success.1["ids"].clone();
+                idem.store(&mut conn, &answer).await;
+            }
         }
     }
 }
 
-/// Slack on a claim's in-flight time past the produce timeout, for the work between the
-/// claim and the send and between a timeout and the undecided mark.
-const IN_FLIGHT_MARGIN_MS: i64 = 2_000;
+/// Slack on a claim's in-flight time past the produce timeout and the settle wait: the
+/// Redis round trips around them, and clocks of replicas that differ a little.
+const IN_FLIGHT_MARGIN_MS: i64 = 30_000;
 
 /// Claims whose records are written (or may be: an unknown outcome) are plain used ids
 /// from now on. Best effort: they turn used anyway when their in-flight time passes.
@@ -502,10 +518,12 @@ async fn accept(
         r.received_at_ms = Some(now);
     }
     // Claim every id for this tenant: a repeated id is refused, and GET can answer 202.
-    // Claimed as in flight until this request's write is decided, so that a concurrent
-    // retry of it is told to wait rather than refused for a write that may yet fail.
+    // Claimed as in flight until this request's write is decided (an undecided one
+    // included), so that a retry of it meanwhile is told to wait rather than refused for a
+    // write that may yet fail.
     let holder = format!("http:{}", uuid::Uuid::now_v7());
-    let in_flight_until = now + api.settings.produce_timeout.as_millis() as i64 + IN_FLIGHT_MARGIN_MS;
+    let in_flight_until =
+        now + (api.settings.produce_timeout + SETTLE_WAIT).as_millis() as i64 + IN_FLIGHT_MARGIN_MS;
     let claims: Vec<(String, String)> = records
         .iter()
         .map(|r| {
@@ -587,10 +605,6 @@ async fn accept(
         }
         Err(SendError::Undecided { reason, outcome }) => {
             tracing::warn!(error = %reason, tenant, "accepted records not acknowledged in time; settling their ids later");
-            if let Err(e) = store::mark(conn, &mine, &store::undecided(&holder)).await {
-                // They count as used once their in-flight time passes: refused, not lost.
-                tracing::warn!(error = %e, "could not mark undecided ids; a retry of them is refused as a duplicate");
-            }
             *undecided =
                 Some(UndecidedWrite { outcome, claims: mine, holder, success, route: route.name(), records: n as u64 });
             answer_error(

@@ -280,9 +280,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ => {}
         }
     }
-    // POSTs still running, and undecided writes still settling, finish before the producer
-    // goes with the process. One settling can take longer than the grace period (see
-    // `http::SETTLE_WAIT`): its ids then stay claimed until their TTL.
+    // POSTs still running, and undecided writes still settling, get a grace period of their
+    // own to finish before the producer goes with the process. One settling can take
+    // longer (see `http::SETTLE_WAIT`): its ids are then held as in flight until their
+    // in-flight time passes, and count as used after it.
     http_tasks.close();
     if tokio::time::timeout(grace, http_tasks.wait()).await.is_err() {
         tracing::warn!(left = http_tasks.len(), "HTTP requests still settling after the grace period; their ids stay claimed");

@@ -52,9 +52,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Claim request ids: `SET key value NX EX ttl` for each, in one round trip, then read
-/// the current holder of every key that was already taken. Returns, per key, `None` when
-/// this call claimed it and `Some(holder)` when someone had it.
+/// Claim request ids: `SET key value NX GET EX ttl` for each, in one round trip. Returns,
+/// per key, `None` when this call claimed it and `Some(holder)` when someone had it. One
+/// command per key, so there is no gap in which a holder could release the key between
+/// this call finding it taken and reading who holds it.
 pub async fn claim(
     conn: &mut ConnectionManager,
     claims: &[(String, String)],
@@ -65,23 +66,9 @@ pub async fn claim(
     }
     let mut pipe = redis::pipe();
     for (key, value) in claims {
-        pipe.cmd("SET").arg(key).arg(value).arg("NX").arg("EX").arg(ttl_s.max(1));
+        pipe.cmd("SET").arg(key).arg(value).arg("NX").arg("GET").arg("EX").arg(ttl_s.max(1));
     }
-    let set: Vec<Option<String>> = pipe.query_async(conn).await?;
-    let taken: Vec<usize> = set.iter().enumerate().filter(|(_, r)| r.is_none()).map(|(i, _)| i).collect();
-    let mut out: Vec<Option<String>> = vec![None; claims.len()];
-    if !taken.is_empty() {
-        let mut pipe = redis::pipe();
-        for &i in &taken {
-            pipe.cmd("GET").arg(&claims[i].0);
-        }
-        let holders: Vec<Option<String>> = pipe.query_async(conn).await?;
-        for (&i, h) in taken.iter().zip(holders) {
-            // Expired between the two calls: count it as someone else's, to be safe.
-            out[i] = Some(h.unwrap_or_default());
-        }
-    }
-    Ok(out)
+    pipe.query_async(conn).await
 }
 
 /// What a claimed id's holder value says about it.
@@ -95,21 +82,16 @@ pub enum Held {
 }
 
 /// The value an HTTP request claims its ids with: `<holder>@<until_ms>` is in flight until
-/// `until_ms`, by when the request has either marked them [`undecided`], set them back to
-/// plain `<holder>` (written) or released them. A request that died meanwhile leaves them
-/// to count as used once the time has passed, as a plain holder always does.
+/// `until_ms`, a time past the longest the request can take to learn whether its records
+/// were written. By then it has set the value back to plain `<holder>` (written, or the
+/// outcome unknown) or released the ids; if it died instead, they count as used from then
+/// on, as a plain holder always does.
 pub fn in_flight(holder: &str, until_ms: i64) -> String {
     format!("{holder}@{until_ms}")
 }
 
-/// The value of ids whose write is undecided until the request settles them.
-pub fn undecided(holder: &str) -> String {
-    format!("{holder}@undecided")
-}
-
 pub fn held(value: &str, now_ms: i64) -> Held {
     match value.rsplit_once('@') {
-        Some((_, "undecided")) => Held::InFlight,
         Some((_, until)) if until.parse::<i64>().is_ok_and(|u| now_ms < u) => Held::InFlight,
         _ => Held::Used,
     }
@@ -158,10 +140,8 @@ mod tests {
         let v = in_flight("http:r1", 5_000);
         assert_eq!(held(&v, 4_999), Held::InFlight);
         assert_eq!(held(&v, 5_000), Held::Used, "past its time the request has settled it or died");
-        assert_eq!(held(&undecided("http:r1"), i64::MAX), Held::InFlight, "until settled");
         assert_eq!(held("http:r1", 0), Held::Used, "written");
         assert_eq!(held("kafka:aifab.ingest.raw:3:17", 0), Held::Used);
         assert_eq!(held("http:r1@soon", 0), Held::Used, "a value it cannot read counts as used");
-        assert_eq!(held("", 0), Held::Used, "expired between claim and read");
     }
 }

@@ -26,6 +26,8 @@ pub mod kind {
     pub const DUPLICATE_ID: &str = "duplicate_id";
     /// Not bad input: an id whose earlier request is still being written (HTTP only).
     pub const IN_PROGRESS: &str = "in_progress";
+    /// Not bad input: the request's write may or may not have committed (HTTP only).
+    pub const OUTCOME_UNKNOWN: &str = "outcome_unknown";
     pub const BATCH_TOO_LARGE: &str = "batch_too_large";
     pub const MISSING_API_KEY: &str = "missing_api_key";
     pub const BAD_API_KEY: &str = "bad_api_key";

@@ -133,10 +133,6 @@ pub struct PartitionOffsets {
     pub lag: i64,
 }
 
-/// Read a group's committed offsets and the topic's watermarks (blocking).
-///
-/// `client` must be created with `group.id = group` (it never subscribes, so it does
-/// not join the group or disturb its members).
 /// The broker answered that the topic does not exist (yet): an answer, so not a sign
 /// that the client asking is broken.
 #[derive(Debug)]
@@ -150,6 +146,11 @@ impl std::fmt::Display for TopicMissing {
 
 impl std::error::Error for TopicMissing {}
 
+/// Read a group's committed offsets and the topic's watermarks (blocking). A topic that
+/// does not exist is a [`TopicMissing`] error.
+///
+/// `client` must be created with `group.id = group` (it never subscribes, so it does
+/// not join the group or disturb its members).
 pub fn group_offsets(
     client: &BaseConsumer,
     topic: &str,

@@ -743,11 +743,16 @@ const GROUP_MAX_RECORDS: usize = 5_000;
 /// How long a transaction waits for more callers after the first.
 const GROUP_LINGER: Duration = Duration::from_millis(2);
 
+/// Longest one commit or abort call of the atomic producer waits. Shorter than
+/// [`kafka::TXN_RETRY_BUDGET`], so a call that times out is made again within the budget
+/// (a commit that timed out may be committing: it must be retried, not aborted).
+const ATOMIC_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Longest the producer thread takes to answer a job it took: the commit, retried for
-/// [`kafka::TXN_RETRY_BUDGET`] with each call bounded by the transaction timeout, then the
-/// same again for an abort, plus room for the records' own sends.
+/// [`kafka::TXN_RETRY_BUDGET`] and then one more call and the backoff before it (at most
+/// 11 s), then the same again for an abort, plus room for the records' own sends.
 pub const ATOMIC_ANSWER_BOUND: Duration =
-    Duration::from_secs(2 * (kafka::TXN_RETRY_BUDGET.as_secs() + TXN_TIMEOUT.as_secs()) + 30);
+    Duration::from_secs(2 * (kafka::TXN_RETRY_BUDGET.as_secs() + ATOMIC_CALL_TIMEOUT.as_secs() + 11) + 30);
 
 impl AtomicProducer {
     /// Start the producer thread. `transactional_id` must be stable per replica (a restart
@@ -870,7 +875,9 @@ fn atomic_loop(
             committing = true;
             // A commit that timed out must be made again, not aborted: the coordinator may
             // be committing it already.
-            retry_transactional(&producer, &retries_metric, "commit", || kafka::commit_transaction(&producer, TXN_TIMEOUT))
+            retry_transactional(&producer, &retries_metric, "commit", || {
+                kafka::commit_transaction(&producer, ATOMIC_CALL_TIMEOUT)
+            })
         })();
         let e = match result {
             Ok(()) => {
@@ -887,8 +894,10 @@ fn atomic_loop(
         metrics::counter!(metric_name(service, "atomic_transactions_total"), "result" => result).increment(1);
         tracing::warn!(error = %e, calls = jobs.len(), outcome = ?outcome, "transaction failed");
         let broken = kafka::needs_new_producer(&e)
-            || retry_transactional(&producer, &retries_metric, "abort", || kafka::abort_transaction(&producer, TXN_TIMEOUT))
-                .is_err();
+            || retry_transactional(&producer, &retries_metric, "abort", || {
+                kafka::abort_transaction(&producer, ATOMIC_CALL_TIMEOUT)
+            })
+            .is_err();
         for j in jobs {
             let _ = j.reply.send(outcome.clone());
         }
