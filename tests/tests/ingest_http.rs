@@ -25,6 +25,20 @@ struct Run {
 }
 
 impl Run {
+    /// The features topic, read to its end, holds `requests` ids, each exactly once.
+    async fn assert_each_written_once(&self, requests: usize, context: &str) {
+        let mut features = TopicReader::new(&self.features);
+        features.read_until(Duration::from_secs(60), "every request's record", |r| r.len() >= requests).await;
+        features.read_to_end(Duration::from_secs(10)).await;
+        let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &features.records {
+            *per_id.entry(r.key_str()).or_default() += 1;
+        }
+        let not_once: Vec<_> = per_id.iter().filter(|(_, &n)| n != 1).collect();
+        assert!(not_once.is_empty(), "ids written more than once: {not_once:?} ({context})");
+        assert_eq!(per_id.len(), requests, "every request written once ({context})");
+    }
+
     async fn new() -> Self {
         let id = unique("ingest-http");
         let uid = id.rsplit('.').next().unwrap().to_string();
@@ -91,6 +105,16 @@ impl Run {
 
     async fn ingest(&self) -> (Child, String) {
         let (child, addr) = spawn_service("ingest", &self.env());
+        wait_ready(&addr, "ingest").await;
+        (child, addr)
+    }
+
+    /// Ingest with a 3 ms produce timeout: many POSTs time out, before their records are
+    /// taken into a transaction or while it commits.
+    async fn ingest_timing_out(&self) -> (Child, String) {
+        let mut env = self.env();
+        env.push(("AIFAB_PRODUCE_TIMEOUT_MS", "3".into()));
+        let (child, addr) = spawn_service("ingest", &env);
         wait_ready(&addr, "ingest").await;
         (child, addr)
     }
@@ -461,10 +485,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_out_writes_are_settled_so_retries_write_each_request_once() {
     let run = Run::new().await;
-    let mut env = run.env();
-    env.push(("AIFAB_PRODUCE_TIMEOUT_MS", "3".into()));
-    let (_ingest, addr) = spawn_service("ingest", &env);
-    wait_ready(&addr, "ingest").await;
+    let (_ingest, addr) = run.ingest_timing_out().await;
 
     let undecided = |m: &str| metric(m, r#"aifab_ingest_http_undecided_writes_total{outcome="written"}"#).unwrap_or(0.0);
     let mut requests = 0;
@@ -508,16 +529,7 @@ async fn timed_out_writes_are_settled_so_retries_write_each_request_once() {
         assert_eq!(ok.json()["id"], format!("t-{i}"), "{}", ok.body);
     }
 
-    let mut features = TopicReader::new(&run.features);
-    features.read_until(Duration::from_secs(60), "every request's record", |r| r.len() >= requests).await;
-    features.read_to_end(Duration::from_secs(10)).await;
-    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &features.records {
-        *per_id.entry(r.key_str()).or_default() += 1;
-    }
-    let twice: Vec<_> = per_id.iter().filter(|(_, &n)| n != 1).collect();
-    assert!(twice.is_empty(), "ids written more than once: {twice:?} (first answers {first_answers:?})");
-    assert_eq!(per_id.len(), requests, "every request written once (first answers {first_answers:?})");
+    run.assert_each_written_once(requests, &format!("first answers {first_answers:?}")).await;
     run.cleanup().await;
 }
 
@@ -529,10 +541,7 @@ async fn timed_out_writes_are_settled_so_retries_write_each_request_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_without_a_key_are_told_to_wait_while_a_write_is_undecided() {
     let run = Run::new().await;
-    let mut env = run.env();
-    env.push(("AIFAB_PRODUCE_TIMEOUT_MS", "3".into()));
-    let (_ingest, addr) = spawn_service("ingest", &env);
-    wait_ready(&addr, "ingest").await;
+    let (_ingest, addr) = run.ingest_timing_out().await;
 
     let mut answers: BTreeMap<String, usize> = BTreeMap::new();
     let mut requests = 0;
@@ -558,16 +567,7 @@ async fn retries_without_a_key_are_told_to_wait_while_a_write_is_undecided() {
     }
     assert!(answers.contains_key("409 in_progress"), "no retry met an undecided write in {requests} requests: {answers:?}");
 
-    let mut features = TopicReader::new(&run.features);
-    features.read_until(Duration::from_secs(60), "every request's record", |r| r.len() >= requests).await;
-    features.read_to_end(Duration::from_secs(10)).await;
-    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &features.records {
-        *per_id.entry(r.key_str()).or_default() += 1;
-    }
-    let not_once: Vec<_> = per_id.iter().filter(|(_, &n)| n != 1).collect();
-    assert!(not_once.is_empty(), "ids written more than once: {not_once:?} ({answers:?})");
-    assert_eq!(per_id.len(), requests, "every request written once ({answers:?})");
+    run.assert_each_written_once(requests, &format!("answers {answers:?}")).await;
     run.cleanup().await;
 }
 
