@@ -223,7 +223,10 @@ pub async fn produce_requests_on(brokers: &str, topic: &str, task: &str, prefix:
 /// test sees only predictions produced after it started.
 pub struct PredictionReader {
     consumer: rdkafka::consumer::BaseConsumer,
+    brokers: String,
     topic: String,
+    /// The next offset to read of every partition, to carry over to a new client.
+    next: std::collections::BTreeMap<i32, i64>,
     pub seen: Vec<aifab_core::messages::Prediction>,
     /// When each of `seen` was read (same index).
     pub received: Vec<std::time::Instant>,
@@ -244,16 +247,9 @@ impl PredictionReader {
     /// A reader of `topic` on the broker at `brokers`, from its current end.
     pub fn on_brokers(brokers: &str, topic: &str) -> Self {
         use rdkafka::consumer::Consumer;
-        let consumer: rdkafka::consumer::BaseConsumer =
-            aifab_core::kafka::consumer_config(brokers, "aifab-tests", &unique("reader"))
-                // An assign()ed consumer learns its partitions again only from periodic
-                // metadata: after a broker restart (tests/tests/faults.rs) librdkafka can
-                // hold the topic as unknown until then (5 minutes by default).
-                .set("topic.metadata.refresh.interval.ms", "5000")
-                .create()
-                .unwrap();
+        let consumer = Self::client(brokers);
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut next = std::collections::BTreeMap::new();
         for p in md.topics()[0].partitions() {
             // A broker that just started may not have elected the partition's leader yet.
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -267,11 +263,78 @@ impl PredictionReader {
                     Err(e) => panic!("watermarks of {topic}/{}: {e}", p.id()),
                 }
             };
-            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(high)).unwrap();
+            next.insert(p.id(), high);
         }
-        assert!(tpl.count() > 0, "topic {topic} has no partitions");
-        consumer.assign(&tpl).unwrap();
-        PredictionReader { consumer, topic: topic.to_string(), seen: Vec::new(), received: Vec::new(), positions: Vec::new() }
+        assert!(!next.is_empty(), "topic {topic} has no partitions");
+        let reader = PredictionReader {
+            consumer,
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+            next,
+            seen: Vec::new(),
+            received: Vec::new(),
+            positions: Vec::new(),
+        };
+        reader.assign();
+        reader
+    }
+
+    fn client(brokers: &str) -> rdkafka::consumer::BaseConsumer {
+        aifab_core::kafka::consumer_config(brokers, "aifab-tests", &unique("reader"))
+            // An assign()ed consumer learns its partitions again only from periodic
+            // metadata: after a broker restart (tests/tests/faults.rs) librdkafka can
+            // hold the topic as unknown until then (5 minutes by default).
+            .set("topic.metadata.refresh.interval.ms", "5000")
+            .create()
+            .unwrap()
+    }
+
+    fn assign(&self) {
+        use rdkafka::consumer::Consumer;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (&p, &o) in &self.next {
+            tpl.add_partition_offset(&self.topic, p, rdkafka::Offset::Offset(o)).unwrap();
+        }
+        self.consumer.assign(&tpl).unwrap();
+    }
+
+    /// The reader has made no progress for a while. If records it has not read are there
+    /// (or it cannot even ask), replace its client with one that reads on from the same
+    /// offsets: after a broker restart a librdkafka client can go on answering "all
+    /// brokers down", or not fetch an assigned partition, long after the broker is back
+    /// (the services replace theirs the same way, see `aifab_core::service`). A reader
+    /// merely waiting for an open transaction is replaced needlessly, which costs nothing.
+    fn unstick(&mut self) {
+        use rdkafka::consumer::Consumer;
+        let read_to = self.read_to();
+        let behind = read_to.iter().find_map(|(&p, &o)| {
+            match self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(5)) {
+                Ok((_, high)) if o >= high => None,
+                Ok((_, high)) => Some(format!("p{p} at {o} of {high}")),
+                Err(e) => Some(format!("p{p}: {e}")),
+            }
+        });
+        if let Some(why) = behind {
+            eprintln!("the predictions reader is not being fed ({why}); using a new client");
+            self.next = read_to;
+            self.consumer = Self::client(&self.brokers);
+            self.assign();
+        }
+    }
+
+    /// How far the reader has read each partition: past its last record, or further where
+    /// the client's position has moved on past transaction markers.
+    fn read_to(&self) -> std::collections::BTreeMap<i32, i64> {
+        use rdkafka::consumer::Consumer;
+        let mut at = self.next.clone();
+        if let Ok(pos) = self.consumer.position() {
+            for e in pos.elements() {
+                if let (rdkafka::Offset::Offset(o), Some(n)) = (e.offset(), at.get_mut(&e.partition())) {
+                    *n = (*n).max(o);
+                }
+            }
+        }
+        at
     }
 
     /// Read what is available within ~`budget`, keeping predictions whose id starts with `prefix`.
@@ -286,6 +349,7 @@ impl PredictionReader {
                 Some(Err(e)) if is_transient(&e) => eprintln!("reading predictions: {e}; continuing"),
                 Some(Err(e)) => panic!("reading predictions: {e}"),
                 Some(Ok(m)) => {
+                    self.next.insert(m.partition(), m.offset() + 1);
                     let p: aifab_core::messages::Prediction =
                         aifab_core::messages::decode(m.payload().unwrap_or_default()).expect("valid prediction");
                     if p.id.starts_with(prefix) {
@@ -314,9 +378,7 @@ impl PredictionReader {
             if self.seen.len() > before {
                 last_progress = std::time::Instant::now();
             } else if last_progress.elapsed() > Duration::from_secs(10) {
-                // Ask for the topic's metadata now rather than at the next periodic refresh.
-                use rdkafka::consumer::Consumer;
-                let _ = self.consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(5));
+                self.unstick();
                 last_progress = std::time::Instant::now();
             }
         }
@@ -328,7 +390,9 @@ impl PredictionReader {
     /// False if `timeout` passed first.
     pub fn read_to_end(&mut self, prefix: &str, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
+        let mut last_progress = std::time::Instant::now();
         loop {
+            let before = self.read_to();
             self.read(prefix, Duration::from_millis(300));
             if self.caught_up() {
                 return true;
@@ -336,19 +400,20 @@ impl PredictionReader {
             if std::time::Instant::now() >= deadline {
                 return false;
             }
+            if self.read_to() != before {
+                last_progress = std::time::Instant::now();
+            } else if last_progress.elapsed() > Duration::from_secs(10) {
+                self.unstick();
+                last_progress = std::time::Instant::now();
+            }
         }
     }
 
     /// True once the reader has consumed up to the current end of every partition.
     pub fn caught_up(&self) -> bool {
         use rdkafka::consumer::Consumer;
-        let pos = self.consumer.position().unwrap();
-        pos.elements().iter().all(|e| {
-            let (_, high) = self.consumer.fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(10)).unwrap();
-            match e.offset() {
-                rdkafka::Offset::Offset(o) => o >= high,
-                _ => false,
-            }
+        self.read_to().iter().all(|(&p, &o)| {
+            self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(10)).is_ok_and(|(_, high)| o >= high)
         })
     }
 
