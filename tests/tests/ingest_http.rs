@@ -571,6 +571,41 @@ async fn retries_without_a_key_are_told_to_wait_while_a_write_is_undecided() {
     run.cleanup().await;
 }
 
+/// An Idempotency-Key left undecided by a request that never settled it (ingest stopped
+/// first): until its in-flight time passes a retry is told to wait; after it, the retry
+/// gets `409 outcome_unknown` with the ids, and nothing is written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecided_key_left_by_a_stopped_request_answers_outcome_unknown() {
+    use sha2::Digest as _;
+    let run = Run::new().await;
+    let (_ingest, addr) = run.ingest().await;
+    let hex = |b: &[u8]| sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let body = r#"{"id":"u-1","text":"left undecided"}"#;
+    let rkey = format!("{}:ingest:idem:acme:infer:{}", run.prefix, hex(b"k-undecided"));
+    let undecided = |until_ms: i64| {
+        serde_json::json!({"state": "undecided", "body_sha256": hex(body.as_bytes()), "until_ms": until_ms, "ids": ["u-1"]})
+            .to_string()
+    };
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = [("Idempotency-Key", "k-undecided")];
+
+    let now = aifab_core::now_ms();
+    redis::cmd("SET").arg(&rkey).arg(undecided(now + 600_000)).arg("EX").arg(600).exec_async(&mut conn).await.unwrap();
+    let r = post(&addr, "/v1/infer", Some("key-acme"), body, &key).await;
+    expect_error(&r, 409, "in_progress", "still being processed");
+
+    redis::cmd("SET").arg(&rkey).arg(undecided(now - 1)).arg("EX").arg(600).exec_async(&mut conn).await.unwrap();
+    let r = post(&addr, "/v1/infer", Some("key-acme"), body, &key).await;
+    expect_error(&r, 409, "outcome_unknown", "will not be written again");
+    assert_eq!(r.json()["ids"], serde_json::json!(["u-1"]), "{}", r.body);
+
+    let mut features = TopicReader::new(&run.features);
+    features.read_to_end(Duration::from_secs(10)).await;
+    assert!(features.records.is_empty(), "nothing written for the undecided key: {:?}", features.records.len());
+    run.cleanup().await;
+}
+
 /// Clients that hang up right after sending their POST: each request still runs to its
 /// end (it is not dropped halfway with its ids claimed or its Idempotency-Key pending), so
 /// a retry with the same key gets the first answer and every request is written once.

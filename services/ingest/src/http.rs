@@ -226,9 +226,11 @@ async fn idempotency(
 ) -> redis::RedisResult<Idem> {
     let rkey = api.keys.idempotency(tenant, route.name(), key);
     let pending = json!({"state": "pending", "body_sha256": body_sha}).to_string();
-    // Pending claims expire soon, so a crashed request does not block the key for long.
+    // Pending claims expire soon, so a crashed request does not block the key for long;
+    // one that lives on past its produce timeout re-marks the key (see `settle`).
+    let ttl_s = api.settings.produce_timeout.as_secs() + 60;
     let set: Option<String> =
-        redis::cmd("SET").arg(&rkey).arg(pending).arg("NX").arg("EX").arg(60).query_async(conn).await?;
+        redis::cmd("SET").arg(&rkey).arg(pending).arg("NX").arg("EX").arg(ttl_s).query_async(conn).await?;
     if set.is_some() {
         return Ok(Idem::Claimed(rkey));
     }
@@ -250,6 +252,17 @@ async fn idempotency(
         }
         metrics::counter!("aifab_ingest_idempotent_replays_total").increment(1);
         return Ok(Idem::Replay(respond(status, stored["body"].clone(), &headers)));
+    }
+    // Undecided past the time its request had to settle it: that request is gone (ingest
+    // stopped meanwhile), and what became of its records cannot be learnt any more.
+    if stored["state"] == "undecided" && stored["until_ms"].as_i64().is_some_and(|u| aifab_core::now_ms() >= u) {
+        let body = json!({
+            "error": kind::OUTCOME_UNKNOWN,
+            "reason": "the request with this Idempotency-Key stopped before it learnt whether its records were \
+                       written; they will not be written again with these ids or this key",
+            "ids": stored["ids"],
+        });
+        return Ok(Idem::Answer(respond(409, body, &[])));
     }
     Ok(Idem::Answer(error(
         409,
@@ -375,6 +388,8 @@ struct UndecidedWrite {
     claims: Vec<String>,
     /// Their holder, set back once the outcome is known (see `store::held`).
     holder: String,
+    /// When the claims stop counting as in flight.
+    in_flight_until: i64,
     /// The answer the request would have had (stored for its Idempotency-Key if written).
     success: Answer,
     /// For `aifab_ingest_records_total` once written.
@@ -391,9 +406,17 @@ const SETTLE_WAIT: Duration = ATOMIC_ANSWER_BOUND.saturating_add(Duration::from_
 /// duplicate) and stores the answer for replay; not written releases both.
 async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Idempotent>) {
     if let Some(idem) = &idem {
-        // Its pending claim was set for 60 s from the request's start: keep it past the wait.
+        // The key stays pending until settled below, for as long as the ids are in flight;
+        // if this task never gets that far (ingest stopped), the key then answers
+        // outcome_unknown rather than let a retry write the records again.
+        let undecided = json!({
+            "state": "undecided",
+            "body_sha256": idem.body_sha,
+            "until_ms": u.in_flight_until,
+            "ids": u.success.1["ids"],
+        });
         let _: redis::RedisResult<()> =
-            redis::cmd("EXPIRE").arg(&idem.rkey).arg(SETTLE_WAIT.as_secs() + 30).exec_async(&mut conn).await;
+            redis::cmd("SET").arg(&idem.rkey).arg(undecided.to_string()).arg("EX").arg(idem.ttl_s.max(1)).exec_async(&mut conn).await;
     }
     let outcome = match tokio::time::timeout(SETTLE_WAIT, u.outcome).await {
         Ok(Ok(o)) => o,
@@ -412,7 +435,7 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Ide
         Outcome::NotWritten(e) => {
             metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "not_written").increment(1);
             tracing::info!(error = %e, "a timed-out request's records were not written; releasing its ids");
-            let _ = store::release(&mut conn, &u.claims).await;
+            store::release_retrying(&mut conn, &u.claims).await;
             if let Some(idem) = idem {
                 idem.finish(&mut conn, &answer_error(503, "unavailable", &e, Vec::new())).await;
             }
@@ -531,14 +554,16 @@ async fn accept(
             (key, store::in_flight(&holder, in_flight_until))
         })
         .collect();
-    let claimed = match store::claim(conn, &claims, api.settings.id_ttl_s).await {
+    // Never shorter than the in-flight time, or a claim could expire while in flight.
+    let ttl_s = api.settings.id_ttl_s.max(((in_flight_until - now) / 1000 + 1) as u64);
+    let claimed = match store::claim(conn, &claims, ttl_s).await {
         Ok(c) => c,
         Err(e) => return answer_error(503, "unavailable", &format!("redis: {e}"), vec![("retry-after", "1".into())]),
     };
     let mine: Vec<String> =
         claims.iter().zip(&claimed).filter(|(_, c)| c.is_none()).map(|((k, _), _)| k.clone()).collect();
     if mine.len() < claims.len() {
-        let _ = store::release(conn, &mine).await;
+        store::release_retrying(conn, &mine).await;
         let now = aifab_core::now_ms();
         let field = |i: usize| if parsed.batch { format!("{}[{i}].id", route.batch_field()) } else { "id".to_string() };
         let id = |i: usize| records[i].id.as_deref().unwrap_or_default().to_string();
@@ -599,21 +624,22 @@ async fn accept(
             success
         }
         Err(SendError::NotWritten(e)) => {
-            let _ = store::release(conn, &mine).await;
+            store::release_retrying(conn, &mine).await;
             tracing::warn!(error = %e, tenant, "could not write accepted records");
             answer_error(503, "unavailable", &format!("kafka: {e}"), vec![("retry-after", "1".into())])
         }
         Err(SendError::Undecided { reason, outcome }) => {
             tracing::warn!(error = %reason, tenant, "accepted records not acknowledged in time; settling their ids later");
             *undecided =
-                Some(UndecidedWrite { outcome, claims: mine, holder, success, route: route.name(), records: n as u64 });
+                Some(UndecidedWrite { outcome, claims: mine, holder, in_flight_until, success, route: route.name(), records: n as u64 });
             answer_error(
                 503,
                 "unavailable",
                 &format!(
                     "kafka: {reason}; the records may still be written. A retry with the same Idempotency-Key \
-                     or the same ids gets 409 in_progress until that is known, then the final answer (the 202 \
-                     replayed, or duplicate_id, if they were written)"
+                     or the same ids gets 409 in_progress until that is known, then the final answer: the 202 \
+                     replayed or duplicate_id if they were written, a fresh start if not, 409 outcome_unknown \
+                     if it cannot be learnt"
                 ),
                 vec![("retry-after", "5".into())],
             )

@@ -110,6 +110,25 @@ pub async fn mark(conn: &mut ConnectionManager, keys: &[String], value: &str) ->
     pipe.exec_async(conn).await
 }
 
+/// [`release`], tried up to five times over about three seconds: ids of a write that
+/// failed and stay claimed would be refused as duplicates once their in-flight time has
+/// passed, though nothing of them was written.
+pub async fn release_retrying(conn: &mut ConnectionManager, keys: &[String]) {
+    let mut backoff = aifab_core::backoff::Backoff::new(std::time::Duration::from_millis(100), std::time::Duration::from_secs(2));
+    for attempt in 1..=5 {
+        match release(conn, keys).await {
+            Ok(()) => return,
+            Err(e) if attempt == 5 => {
+                tracing::error!(error = %e, ids = keys.len(), "could not release the ids of a failed write; they will be refused as duplicates")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "releasing the ids of a failed write failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
 /// Release claims made by a request that then failed.
 pub async fn release(conn: &mut ConnectionManager, keys: &[String]) -> redis::RedisResult<()> {
     if keys.is_empty() {
