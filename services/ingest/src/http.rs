@@ -256,13 +256,8 @@ async fn idempotency(
     // Undecided past the time its request had to settle it: that request is gone (ingest
     // stopped meanwhile), and what became of its records cannot be learnt any more.
     if stored["state"] == "undecided" && stored["until_ms"].as_i64().is_some_and(|u| aifab_core::now_ms() >= u) {
-        let body = json!({
-            "error": kind::OUTCOME_UNKNOWN,
-            "reason": "the request with this Idempotency-Key stopped before it learnt whether its records were \
-                       written; they will not be written again with these ids or this key",
-            "ids": stored["ids"],
-        });
-        return Ok(Idem::Answer(respond(409, body, &[])));
+        let (status, body, _) = outcome_unknown("the request with this Idempotency-Key stopped first", &stored["ids"]);
+        return Ok(Idem::Answer(respond(status, body, &[])));
     }
     Ok(Idem::Answer(error(
         409,
@@ -448,13 +443,7 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Ide
             tracing::warn!(error = %e, ids = u.claims.len(), "a request's outcome is unknown; its ids stay claimed");
             mark_written(&mut conn, &u.claims, &u.holder).await;
             if let Some(idem) = idem {
-                let reason = format!(
-                    "{e}: the records may or may not have been written, and will not be written again with \
-                     these ids or this Idempotency-Key; GET /v1/predictions/{{id}} answers 200 for those that were"
-                );
-                let mut answer = answer_error(409, kind::OUTCOME_UNKNOWN, &reason, Vec::new());
-                answer.1["ids"] = u.success.1["ids"].clone();
-                idem.store(&mut conn, &answer).await;
+                idem.store(&mut conn, &outcome_unknown(&e, &u.success.1["ids"])).await;
             }
         }
     }
@@ -470,6 +459,17 @@ async fn mark_written(conn: &mut ConnectionManager, claims: &[String], holder: &
     if let Err(e) = store::mark(conn, claims, holder).await {
         tracing::warn!(error = %e, "could not mark written ids; until their in-flight time passes a retry is told to wait");
     }
+}
+
+/// The final answer of a request whose records may or may not have been written.
+fn outcome_unknown(why: &str, ids: &Value) -> Answer {
+    let reason = format!(
+        "{why}: the records may or may not have been written, and will not be written again with these ids \
+         or this Idempotency-Key; GET /v1/predictions/{{id}} answers 200 for those that were"
+    );
+    let mut answer = answer_error(409, kind::OUTCOME_UNKNOWN, &reason, Vec::new());
+    answer.1["ids"] = ids.clone();
+    answer
 }
 
 fn answer_error(status: u16, kind: &str, reason: &str, headers: Vec<(&'static str, String)>) -> Answer {
