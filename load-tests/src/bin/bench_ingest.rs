@@ -13,12 +13,19 @@
 //!    process start-up and group joins are not counted; every message must come out
 //!    exactly once, none dead-lettered.
 //!
+//! 3. The relay: the same two transactional hops with no stage work, the floor the
+//!    design's two stages stand on: two of the platform's exactly-once loops
+//!    (`aifab_core::pipeline::run_transactional`) copying each record's key and bytes
+//!    raw → mid → out, on threads of this process. Its throughput is measured like the
+//!    pipeline's; `relay_vs_producer` bounds what any ingest + feature can reach here.
+//!
 //! Ends with `key value` lines: producer_msgs_per_s, ingest_msgs_per_s,
 //! feature_msgs_per_s, ingest_feature_msgs_per_s, the CPU time each service spent per
 //! message (ingest_cpu_us_per_msg, feature_cpu_us_per_msg: throughput per core does not
 //! depend on what else the machine runs), the broker's CPU per message in each phase and
 //! Redis's in the pipeline (broker_cpu_us_per_msg_producer / _pipeline,
-//! redis_cpu_us_per_msg_pipeline: all of them share the same cores), and last
+//! redis_cpu_us_per_msg_pipeline: all of them share the same cores), relay_msgs_per_s,
+//! relay_cpu_us_per_msg, broker_cpu_us_per_msg_relay, relay_vs_producer, and last
 //! `ingest_vs_producer <ratio>`.
 
 use std::collections::HashSet;
@@ -58,6 +65,9 @@ struct Args {
     /// Directory of the aifab-ingest / aifab-feature binaries (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Skip the relay phase (the two hops with no stage work).
+    #[arg(long)]
+    no_relay: bool,
     /// Longest the pipeline may take, seconds.
     #[arg(long, default_value_t = 900)]
     timeout_s: u64,
@@ -93,6 +103,71 @@ impl ProducerContext for Counting {
             eprintln!("delivery failed: {e}");
         }
     }
+}
+
+/// The relay's stage: every record's key and bytes, unchanged, to the next topic.
+struct CopyHop {
+    to: String,
+}
+
+impl aifab_core::pipeline::Transform for CopyHop {
+    type Done = ();
+    async fn transform(&mut self, batch: &[aifab_core::pipeline::Consumed]) -> anyhow::Result<(Vec<aifab_core::pipeline::Record>, ())> {
+        Ok((batch.iter().map(|m| aifab_core::pipeline::Record::new(&self.to, m.key.clone().unwrap_or_default(), m.payload.clone())).collect(), ()))
+    }
+}
+
+/// Run the relay raw → mid → out until the out hop's group has committed all of mid;
+/// returns the CPU seconds this process spent from the first committed offset on.
+async fn relay(brokers: &str, run: &str, raw: &str, mid: &str, out: &str, n: usize, timeout: Duration) -> anyhow::Result<f64> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut loops = Vec::new();
+    for (hop, from, to) in [("first", raw, mid), ("second", mid, out)] {
+        let settings = aifab_core::pipeline::LoopSettings {
+            service: "bench",
+            brokers: brokers.to_string(),
+            group: format!("{run}.relay-{hop}"),
+            input_topic: from.to_string(),
+            client_id: format!("{run}.relay-{hop}"),
+            // The stages' defaults (AIFAB_CONSUME_BATCH, AIFAB_CONSUME_WAIT_MS).
+            max_batch: 10_000,
+            max_wait: Duration::from_millis(20),
+        };
+        let (stage, handle, cancel) = (CopyHop { to: to.to_string() }, tokio::runtime::Handle::current(), shutdown.clone());
+        loops.push(std::thread::spawn(move || aifab_core::pipeline::run_transactional(settings, stage, handle, cancel)));
+    }
+    let first = GroupWatch::new(brokers, &format!("{run}.relay-first"), raw)?;
+    let second = GroupWatch::new(brokers, &format!("{run}.relay-second"), mid)?;
+    let deadline = Instant::now() + timeout;
+    let (mut base, mut running) = (None, false);
+    let result = loop {
+        if Instant::now() > deadline {
+            break Err(anyhow::anyhow!("the relay did not finish within {}s", timeout.as_secs()));
+        }
+        if loops.iter().any(|l| l.is_finished()) {
+            break Err(anyhow::anyhow!("a relay loop stopped early"));
+        }
+        let (fp, sp) = tokio::task::block_in_place(|| (first.progress(), second.progress()));
+        if fp.0 == 0 {
+            base = Some(cpu_seconds(Some(std::process::id())));
+        } else if !running {
+            running = true;
+            eprintln!("relay: running");
+        }
+        if fp.2 && sp.2 && sp.0 as usize >= n {
+            break Ok(cpu_seconds(Some(std::process::id())) - base.unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    shutdown.cancel();
+    for l in loops {
+        match tokio::task::block_in_place(|| l.join()) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("relay loop: {e:#}"),
+            Err(_) => eprintln!("a relay loop panicked"),
+        }
+    }
+    result
 }
 
 fn admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
@@ -257,7 +332,7 @@ async fn main() -> anyhow::Result<()> {
     let run = format!("bench.ingest.{}", uuid_ish());
     let n = args.messages;
     let topics: Vec<String> =
-        ["raw", "features", "inference", "training", "predictions", "dlq", "warmup"].iter().map(|t| format!("{run}.{t}")).collect();
+        ["raw", "features", "inference", "training", "predictions", "dlq", "warmup", "relay-mid", "relay-out"].iter().map(|t| format!("{run}.{t}")).collect();
     let (raw, features, inference, dlq) = (&topics[0], &topics[1], &topics[2], &topics[5]);
     let new: Vec<NewTopic> = topics
         .iter()
@@ -425,6 +500,25 @@ async fn main() -> anyhow::Result<()> {
     let ingest_rate = n as f64 / secs(f_first, f_last);
     let feature_rate = n as f64 / secs(i_first, i_last);
     let pipeline_rate = n as f64 / secs(f_first, i_last);
+
+    // ---------------------------------------------------------------- 3. the relay
+    let relay_figures = if args.no_relay {
+        None
+    } else {
+        let (mid, out) = (&topics[7], &topics[8]);
+        let broker_before = cpu_seconds(broker_pid);
+        let cpu = relay(&args.brokers, &run, raw, mid, out, n, Duration::from_secs(args.timeout_s)).await?;
+        let broker_us = (cpu_seconds(broker_pid) - broker_before) * 1e6 / n as f64;
+        let b = args.brokers.clone();
+        let (m_t, o_t) = (mid.clone(), out.clone());
+        let ((nm, _, m_first, _), (no, okeys, _, o_last)) = tokio::task::spawn_blocking(move || {
+            anyhow::Ok((scan(&b, &m_t, n, Duration::from_secs(120))?, scan(&b, &o_t, n, Duration::from_secs(120))?))
+        })
+        .await??;
+        anyhow::ensure!(nm == n && no == n && okeys.len() == n, "the relay wrote {nm} and {no} records ({} distinct), expected {n}", okeys.len());
+        Some((n as f64 / secs(m_first, o_last), cpu * 1e6 / n as f64, broker_us))
+    };
+
     if let Err(e) = forget_redis_keys(&args.redis_url, &run).await {
         eprintln!("could not delete the run's Redis keys ({run}:*): {e:#}");
     }
@@ -441,6 +535,12 @@ async fn main() -> anyhow::Result<()> {
     println!("broker_cpu_us_per_msg_producer {producer_broker_us:.1}");
     println!("broker_cpu_us_per_msg_pipeline {broker_us:.1}");
     println!("redis_cpu_us_per_msg_pipeline {redis_us:.1}");
+    if let Some((rate, cpu_us, broker_us)) = relay_figures {
+        println!("relay_msgs_per_s {rate:.0}");
+        println!("relay_cpu_us_per_msg {cpu_us:.1}");
+        println!("broker_cpu_us_per_msg_relay {broker_us:.1}");
+        println!("relay_vs_producer {:.2}", rate / producer_rate);
+    }
     println!("cpus {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     println!("ingest_vs_producer {:.2}", pipeline_rate / producer_rate);
     Ok(())
