@@ -1,5 +1,5 @@
 //! Bad input through ingest and feature over Kafka and HTTP: 1,000 valid
-//! and 1,000 invalid messages over 17 kinds of bad input. Every valid message reaches its
+//! and 1,000 invalid messages over 18 kinds of bad input. Every valid message reaches its
 //! next topic (`features.in`) exactly once and the one after it (inference requests or
 //! training examples) exactly once; every invalid one is in the DLQ exactly once with
 //! the right `error_kind` and a reason naming the field (Kafka ones with their source
@@ -61,8 +61,12 @@ fn kafka_bad(j: usize) -> Vec<(&'static str, usize, Box<dyn Fn(usize) -> (Vec<u8
             (rec(json!({"deadline_ms": "soon"})), r#"field "deadline_ms": "soon" is not of type "integer""#.into())
         })),
         ("empty_text", 60, Box::new(move |_| (rec(json!({"text": ""})), r#"field "text": "" is shorter than 1 character"#.into()))),
-        ("text_too_long", 40, Box::new(move |_| {
+        ("text_too_long", 35, Box::new(move |_| {
             (rec(json!({"text": "a".repeat(20_001)})), "is 20001 characters long, more than the maximum of 20000".into())
+        })),
+        // Near the broker's 1 MB: its dead letter keeps the first 256 KiB, or it could not be written.
+        ("record_too_large", 5, Box::new(move |_| {
+            (rec(json!({"attributes": {"pad": "p".repeat(900_000)}})), "bytes long, more than the maximum of 262144 bytes per record".into())
         })),
         ("unknown_tenant", 60, Box::new(move |_| {
             (rec(json!({"tenant": "ghost"})), r#"field "tenant": "ghost" is not a known tenant"#.into())
@@ -373,6 +377,10 @@ async fn a_thousand_valid_and_a_thousand_invalid_messages_over_kafka_and_http() 
         assert_eq!(dl.stage, "ingest");
         *by_kind.entry(dl.error_kind.clone()).or_default() += 1;
         let original = base64_decode(&dl.original_base64);
+        if let Some(len) = dl.original_len {
+            assert_eq!(dl.error_kind, "record_too_large", "only a record that long is kept cut");
+            assert!(len > 900_000 && original.len() == 256 * 1024, "{len} bytes, {} kept", original.len());
+        }
         let (expected_kind, expected_reason) = match &dl.source {
             Some(src) => {
                 assert_eq!(src.topic, t.raw);

@@ -28,7 +28,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use base64::Engine;
 use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -506,18 +505,8 @@ async fn charge_loop(config: Config, app: App, shutdown: CancellationToken) -> a
                 }
                 Err(e) => {
                     metrics::counter!("aifab_cost_accountant_usage_records_total", "result" => "invalid").increment(1);
-                    let b64 = base64::engine::general_purpose::STANDARD;
-                    let dl = DeadLetter {
-                        schema: tag(),
-                        original_base64: b64.encode(payload),
-                        key_base64: m.key().map(|k| b64.encode(k)),
-                        source: Some(SourceRef { topic: m.topic().to_string(), partition: m.partition(), offset: m.offset() }),
-                        stage: "cost-accountant".into(),
-                        error_kind: e.kind().into(),
-                        reason: explain(payload, &e),
-                        tenant: None,
-                        at_ms: aifab_core::now_ms(),
-                    };
+                    let source = SourceRef { topic: m.topic().to_string(), partition: m.partition(), offset: m.offset() };
+                    let dl = DeadLetter::new(payload, m.key(), Some(source), "cost-accountant", e.kind(), &explain(payload, &e), None);
                     let key = format!("{}:{}:{}", m.topic(), m.partition(), m.offset());
                     let bytes = encode(&dl);
                     if let Err((err, _)) = producer

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aifab_core::messages::{decode, encode, tag, Arm, DeadLetter, InferenceRequest, SourceRef};
+use aifab_core::messages::{decode, encode, Arm, DeadLetter, InferenceRequest, SourceRef};
 use aifab_core::pipeline::Positions;
 use aifab_core::registry::{canary_arm, Rollout};
 use aifab_core::kafka::{
@@ -35,7 +35,6 @@ use aifab_core::topics;
 use aifab_model::batcher::{self, BatchLimits, Pending, Plan};
 use aifab_model::{Classification, Classifier};
 use anyhow::Context as _;
-use base64::Engine as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
@@ -623,18 +622,8 @@ fn dead_letter(
 ) -> (&'static str, Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>) {
     metrics::counter!("aifab_inference_worker_dead_letters_total", "kind" => kind.to_string()).increment(1);
     tracing::warn!(partition = source.partition, offset = source.offset, kind, reason, "dead-lettering request");
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let dl = DeadLetter {
-        schema: tag(),
-        original_base64: b64.encode(original),
-        key_base64: row.key.as_ref().map(|k| b64.encode(k)),
-        source: Some(source),
-        stage: "inference-worker".into(),
-        error_kind: kind.to_string(),
-        reason: reason.to_string(),
-        tenant: row.request.as_ref().ok().map(|r| r.tenant.clone()),
-        at_ms: aifab_core::now_ms(),
-    };
+    let tenant = row.request.as_ref().ok().map(|r| r.tenant.clone());
+    let dl = DeadLetter::new(original, row.key.as_deref(), Some(source), "inference-worker", kind, reason, tenant);
     let key = row.key.clone().unwrap_or_default();
     (topics::DLQ.name, key, encode(&dl), row.headers.clone())
 }

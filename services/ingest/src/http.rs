@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aifab_core::messages::{encode, tag, DeadLetter, IngestRecord};
+use aifab_core::messages::{encode, DeadLetter, IngestRecord};
 use aifab_core::pipeline::{AtomicProducer, Outcome, Record, SendError, ATOMIC_ANSWER_BOUND};
 use aifab_core::redis_store::RedisHandle;
 use axum::body::Body;
@@ -25,7 +25,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use base64::Engine as _;
 use futures::StreamExt as _;
 use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
@@ -176,18 +175,7 @@ async fn authenticate(api: &Api, conn: &mut ConnectionManager, headers: &HeaderM
 /// Write a refused HTTP request to the DLQ (best effort: the caller gets its 4xx anyway).
 async fn dead_letter(api: &Api, route: Route, body: &[u8], r: &Rejection) {
     metrics::counter!("aifab_ingest_dead_letters_total", "source" => "http", "kind" => r.kind).increment(1);
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let dl = DeadLetter {
-        schema: tag(),
-        original_base64: b64.encode(body),
-        key_base64: None,
-        source: None,
-        stage: "ingest".into(),
-        error_kind: r.kind.to_string(),
-        reason: r.reason.clone(),
-        tenant: r.tenant.clone(),
-        at_ms: aifab_core::now_ms(),
-    };
+    let dl = DeadLetter::new(body, None, None, "ingest", r.kind, &r.reason, r.tenant.clone());
     let mut record = Record::new(&api.settings.dlq_topic, uuid::Uuid::now_v7().to_string(), encode(&dl))
         .header("route", format!("/v1/{}", route.name()));
     if let Some(t) = &r.tenant {

@@ -106,6 +106,13 @@ pub struct Config {
     #[arg(long, env = "AIFAB_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
 
+    /// Largest record in bytes: a raw Kafka value, or one item of an HTTP body as JSON
+    /// (`record_too_large` above: dead-lettered, 413 over HTTP). At most 512 KiB, so what
+    /// feature derives from a record fits in a Kafka record of the broker's default 1 MB.
+    #[arg(long, env = "AIFAB_MAX_RECORD_BYTES", default_value_t = 256 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=validate::MAX_RECORD_BYTES_LIMIT as u64))]
+    pub max_record_bytes: u64,
+
     /// Most texts in one HTTP batch (413 above).
     #[arg(long, env = "AIFAB_MAX_BATCH_ITEMS", default_value_t = 256)]
     pub max_batch_items: usize,
@@ -183,6 +190,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         labels: config.task_labels.clone(),
         max_text_chars: config.max_text_chars as usize,
         max_batch_items: config.max_batch_items,
+        max_record_bytes: config.max_record_bytes as usize,
     };
 
     // Bind first: the instance id defaults to the port.

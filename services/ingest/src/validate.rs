@@ -20,6 +20,7 @@ pub mod kind {
     pub const WRONG_TYPE: &str = "wrong_type";
     pub const EMPTY_TEXT: &str = "empty_text";
     pub const TEXT_TOO_LONG: &str = "text_too_long";
+    pub const RECORD_TOO_LARGE: &str = "record_too_large";
     pub const INVALID_VALUE: &str = "invalid_value";
     pub const UNKNOWN_LABEL: &str = "unknown_label";
     pub const UNKNOWN_TENANT: &str = "unknown_tenant";
@@ -67,7 +68,7 @@ pub fn status_of(kind: &str) -> u16 {
         kind::MISSING_API_KEY | kind::BAD_API_KEY => 401,
         kind::FORBIDDEN_TENANT | kind::TENANT_DISABLED => 403,
         kind::DUPLICATE_ID => 409,
-        kind::BATCH_TOO_LARGE | kind::BODY_TOO_LARGE => 413,
+        kind::BATCH_TOO_LARGE | kind::BODY_TOO_LARGE | kind::RECORD_TOO_LARGE => 413,
         kind::RATE_LIMITED | kind::BUDGET_EXCEEDED => 429,
         _ => 400,
     }
@@ -104,11 +105,18 @@ pub struct Rules {
     pub max_text_chars: usize,
     /// Most items in one HTTP batch.
     pub max_batch_items: usize,
+    /// Longest record (a raw Kafka value, or one HTTP item as JSON), in bytes: what ingest
+    /// and feature derive from it must still fit in one Kafka record.
+    pub max_record_bytes: usize,
 }
+
+/// The most `max_record_bytes` may be: feature's inference request repeats the record
+/// and adds its token ids, and must stay under Kafka's 1 MB default record size.
+pub const MAX_RECORD_BYTES_LIMIT: usize = 512 * 1024;
 
 impl Default for Rules {
     fn default() -> Self {
-        Rules { default_task: "default".into(), labels: BTreeMap::new(), max_text_chars: 20_000, max_batch_items: 256 }
+        Rules { default_task: "default".into(), labels: BTreeMap::new(), max_text_chars: 20_000, max_batch_items: 256, max_record_bytes: 256 * 1024 }
     }
 }
 
@@ -198,6 +206,9 @@ fn check_record(value: Value, rules: &Rules, name: &str) -> Result<IngestRecord,
 /// One value from `aifab.ingest.raw`: parsed, checked against the schema and the rules.
 /// The caller sets `id` (when absent) and `received_at_ms`.
 pub fn raw_record(bytes: &[u8], rules: &Rules) -> Result<IngestRecord, Rejection> {
+    if bytes.len() > rules.max_record_bytes {
+        return Err(record_too_large("message", bytes.len(), rules));
+    }
     let value = parse_json(bytes, "message")?;
     if !value.is_object() {
         let found = match &value {
@@ -213,6 +224,13 @@ pub fn raw_record(bytes: &[u8], rules: &Rules) -> Result<IngestRecord, Rejection
         ));
     }
     check_record(value, rules, "")
+}
+
+fn record_too_large(what: &str, len: usize, rules: &Rules) -> Rejection {
+    Rejection::new(
+        kind::RECORD_TOO_LARGE,
+        format!("{what}: {len} bytes long, more than the maximum of {} bytes per record", rules.max_record_bytes),
+    )
 }
 
 /// The two POST routes.
@@ -306,6 +324,14 @@ pub fn http_body(bytes: &[u8], route: Route, tenant: &str, rules: &Rules) -> Res
             )));
         };
         fill_item(&mut item, route, tenant, &name)?;
+        // Only a body longer than a record can hold an item that is.
+        if bytes.len() > rules.max_record_bytes {
+            let len = serde_json::to_vec(&item).map(|v| v.len()).unwrap_or(usize::MAX);
+            if len > rules.max_record_bytes {
+                let what = if name.is_empty() { "body".to_string() } else { name.trim_end_matches('.').to_string() };
+                return Err(with_tenant(record_too_large(&what, len, rules)));
+            }
+        }
         let rec = check_record(Value::Object(item), rules, &name).map_err(with_tenant)?;
         if let Some(id) = &rec.id {
             if let Some(first) = seen_ids.insert(id.clone(), name.clone()) {
@@ -384,6 +410,27 @@ mod tests {
         assert_eq!((r.label.as_deref(), r.id.as_deref()), (Some("spam"), Some("x")));
         // A task with no configured labels takes any label.
         raw(r#"{"schema":"ingest.raw/v1","tenant":"acme","text":"x","task":"other","label":"whatever"}"#).unwrap();
+    }
+
+    #[test]
+    fn records_longer_than_the_limit_are_refused_before_parsing() {
+        let small = Rules { max_record_bytes: 100, ..rules() };
+        let attrs = format!(r#"{{"pad":"{}"}}"#, "p".repeat(100));
+        let long = format!(r#"{{"schema":"ingest.raw/v1","tenant":"acme","text":"x","attributes":{attrs}}}"#);
+        let e = rejects(raw_record(long.as_bytes(), &small), kind::RECORD_TOO_LARGE, "more than the maximum of 100 bytes");
+        assert_eq!(e.status, 413);
+        // Not even parsed: invalid bytes over the limit are refused for their length.
+        rejects(raw_record(&[0xff; 101], &small), kind::RECORD_TOO_LARGE, "101 bytes long");
+        raw_record(br#"{"schema":"ingest.raw/v1","tenant":"acme","text":"x"}"#, &small).unwrap();
+
+        // Over HTTP the limit is per item: a batch of small items may be longer than it.
+        let item = r#"{"text":"a short text"}"#;
+        let batch = format!(r#"{{"inputs":[{item},{item},{item}]}}"#);
+        let small = Rules { max_record_bytes: 70, ..small };
+        assert_eq!(http_body(batch.as_bytes(), Route::Infer, "acme", &small).unwrap().records.len(), 3);
+        let big = format!(r#"{{"inputs":[{item},{{"text":"{}"}}]}}"#, "t".repeat(60));
+        let e = rejects(http_body(big.as_bytes(), Route::Infer, "acme", &small), kind::RECORD_TOO_LARGE, "inputs[1]: ");
+        assert_eq!(e.tenant.as_deref(), Some("acme"));
     }
 
     #[test]

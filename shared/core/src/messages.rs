@@ -261,8 +261,13 @@ pub struct SourceRef {
 #[serde(deny_unknown_fields)]
 pub struct DeadLetter {
     pub schema: SchemaTag<DeadLetter>,
-    /// The original bytes, base64 (standard alphabet): they may not be UTF-8.
+    /// The original bytes, base64 (standard alphabet): they may not be UTF-8. At most
+    /// [`DEAD_LETTER_ORIGINAL_MAX_BYTES`] of them; `original_len` says when it was cut.
     pub original_base64: String,
+    /// The original's full length in bytes, present only when `original_base64` holds
+    /// just its first [`DEAD_LETTER_ORIGINAL_MAX_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_len: Option<u64>,
     /// The original key, base64, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_base64: Option<String>,
@@ -280,6 +285,47 @@ pub struct DeadLetter {
     pub at_ms: i64,
 }
 message!(DeadLetter, "dead_letter/v1");
+
+/// Most bytes of the original a dead letter keeps. A dead letter must fit in one Kafka
+/// record whatever it refuses: base64 makes the original a third longer, and a broker or
+/// producer refusing the dead letter would stop the stage that writes it.
+pub const DEAD_LETTER_ORIGINAL_MAX_BYTES: usize = 256 * 1024;
+
+/// Longest reason a dead letter keeps, in characters (a reason may quote the bad value).
+pub const DEAD_LETTER_REASON_MAX_CHARS: usize = 4096;
+
+impl DeadLetter {
+    /// A dead letter for `original`, refused now by `stage`, within the size bounds above.
+    pub fn new(
+        original: &[u8],
+        key: Option<&[u8]>,
+        source: Option<SourceRef>,
+        stage: &str,
+        error_kind: &str,
+        reason: &str,
+        tenant: Option<String>,
+    ) -> Self {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let kept = &original[..original.len().min(DEAD_LETTER_ORIGINAL_MAX_BYTES)];
+        let reason = match reason.char_indices().nth(DEAD_LETTER_REASON_MAX_CHARS) {
+            Some((cut, _)) => format!("{}… (reason cut at {DEAD_LETTER_REASON_MAX_CHARS} characters)", &reason[..cut]),
+            None => reason.to_string(),
+        };
+        DeadLetter {
+            schema: tag(),
+            original_base64: b64.encode(kept),
+            original_len: (kept.len() < original.len()).then_some(original.len() as u64),
+            key_base64: key.map(|k| b64.encode(&k[..k.len().min(DEAD_LETTER_ORIGINAL_MAX_BYTES)])),
+            source,
+            stage: stage.to_string(),
+            error_kind: error_kind.to_string(),
+            reason,
+            tenant: tenant.map(|t| t.chars().take(256).collect()),
+            at_ms: crate::now_ms(),
+        }
+    }
+}
 
 // ---------------------------------------------------------------- control plane (NATS)
 

@@ -28,7 +28,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use base64::Engine as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
@@ -38,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{sleep_or_cancelled, Backoff};
 use crate::kafka::{self, retry_transactional, send_waiting};
-use crate::messages::{encode, tag, DeadLetter, SourceRef};
+use crate::messages::{encode, DeadLetter, SourceRef, DEAD_LETTER_ORIGINAL_MAX_BYTES};
 use crate::telemetry::metric_name;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -118,8 +117,9 @@ impl Record {
     }
 }
 
-/// A dead letter for a consumed message: the original bytes and key (base64), where it
-/// came from, which stage refused it, why. Keyed like the original; headers kept.
+/// A dead letter for a consumed message: the original bytes and key (base64, bounded as
+/// [`DeadLetter::new`] says), where it came from, which stage refused it, why. Keyed like
+/// the original; its headers kept up to [`DEAD_LETTER_HEADER_MAX_BYTES`] in all.
 pub fn dead_letter(
     dlq_topic: &str,
     stage: &str,
@@ -128,25 +128,32 @@ pub fn dead_letter(
     reason: &str,
     tenant: Option<String>,
 ) -> Record {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let dl = DeadLetter {
-        schema: tag(),
-        original_base64: b64.encode(&msg.payload),
-        key_base64: msg.key.as_ref().map(|k| b64.encode(k)),
-        source: Some(msg.source()),
-        stage: stage.to_string(),
-        error_kind: error_kind.to_string(),
-        reason: reason.to_string(),
-        tenant,
-        at_ms: crate::now_ms(),
-    };
+    let dl = DeadLetter::new(&msg.payload, msg.key.as_deref(), Some(msg.source()), stage, error_kind, reason, tenant);
+    let mut budget = DEAD_LETTER_HEADER_MAX_BYTES;
+    let headers = msg
+        .headers
+        .iter()
+        .filter(|(k, v)| match budget.checked_sub(k.len() + v.len()) {
+            Some(left) => {
+                budget = left;
+                true
+            }
+            None => false,
+        })
+        .cloned()
+        .collect();
+    let key = msg.key.as_deref().unwrap_or_default();
     Record {
         topic: dlq_topic.to_string(),
-        key: msg.key.clone().unwrap_or_default(),
+        key: key[..key.len().min(DEAD_LETTER_ORIGINAL_MAX_BYTES)].to_vec(),
         payload: encode(&dl),
-        headers: msg.headers.clone(),
+        headers,
     }
 }
+
+/// Most header bytes (names and values) a dead letter copies from its original: with the
+/// original's bytes bounded, this keeps the whole record well under Kafka's 1 MB default.
+pub const DEAD_LETTER_HEADER_MAX_BYTES: usize = 64 * 1024;
 
 /// Where and how a loop consumes.
 #[derive(Debug, Clone)]
@@ -916,6 +923,7 @@ fn atomic_loop(
 mod tests {
     use super::*;
     use rdkafka::types::RDKafkaErrorCode;
+    use base64::Engine as _;
 
     fn job() -> (AtomicJob, tokio::sync::oneshot::Receiver<Outcome>) {
         let (reply, rx) = tokio::sync::oneshot::channel();
@@ -1003,5 +1011,36 @@ mod tests {
         assert_eq!((dl.stage.as_str(), dl.error_kind.as_str()), ("ingest", "not_utf8"));
         let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
         crate::schema::validate("dead_letter/v1", &v).unwrap();
+        assert_eq!(dl.original_len, None, "kept whole");
+    }
+
+    #[test]
+    fn a_dead_letter_of_the_largest_record_fits_in_one_kafka_record() {
+        // A record as large as a broker takes by default (1 MB), with a quoted 1 MB value in
+        // its reason and a megabyte of headers: the dead letter must still be producible.
+        let mut m = msg("raw", 0, 7);
+        m.payload = vec![b'x'; 1_000_000];
+        m.key = Some(vec![b'k'; 1_000]);
+        m.headers = (0..100).map(|i| (format!("h{i}"), vec![b'v'; 10_000])).collect();
+        let reason = format!("field \"schema\": found \"{}\"", "y".repeat(1_000_000));
+        let r = dead_letter("dlq", "ingest", &m, "wrong_schema", &reason, None);
+        let header_bytes: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(header_bytes <= DEAD_LETTER_HEADER_MAX_BYTES && !r.headers.is_empty(), "{header_bytes}");
+        let size = r.payload.len() + r.key.len() + header_bytes;
+        assert!(size < 600 * 1024, "{size} bytes");
+        let dl: DeadLetter = crate::messages::decode(&r.payload).unwrap();
+        assert_eq!(dl.original_len, Some(1_000_000));
+        let kept = base64::engine::general_purpose::STANDARD.decode(&dl.original_base64).unwrap();
+        assert_eq!(kept.len(), DEAD_LETTER_ORIGINAL_MAX_BYTES);
+        assert!(dl.reason.starts_with("field \"schema\"") && dl.reason.ends_with("(reason cut at 4096 characters)"));
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        crate::schema::validate("dead_letter/v1", &v).unwrap();
+    }
+
+    #[test]
+    fn a_reason_is_cut_on_a_character_boundary() {
+        let reason = "é".repeat(5_000);
+        let dl = DeadLetter::new(b"", None, None, "ingest", "x", &reason, None);
+        assert!(dl.reason.starts_with(&"é".repeat(4_096)) && !dl.reason.starts_with(&"é".repeat(4_097)));
     }
 }

@@ -423,6 +423,7 @@ fn dead_letter() {
     let full = DeadLetter {
         schema: tag(),
         original_base64: b64.encode(b"\xff\xfe not utf-8"),
+        original_len: Some(300_000),
         key_base64: Some(b64.encode(b"req-0002")),
         source: Some(SourceRef {
             topic: "aifab.ingest.raw".into(),
@@ -437,6 +438,7 @@ fn dead_letter() {
     };
     let minimal = DeadLetter {
         original_base64: String::new(),
+        original_len: None,
         key_base64: None,
         source: None,
         tenant: None,
