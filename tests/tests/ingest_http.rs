@@ -650,3 +650,35 @@ async fn a_client_hanging_up_mid_request_leaves_it_whole() {
     assert_eq!(ids, expected, "each request written exactly once");
     run.cleanup().await;
 }
+
+/// A raw Kafka record whose id an HTTP request holds in flight waits for that request's
+/// outcome instead of being refused as a duplicate: here the request "fails" (its claim is
+/// released), and the record is then written once, with nothing dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_record_waits_for_an_http_request_holding_its_id() {
+    let run = Run::new().await;
+    let (_ingest, addr) = run.ingest().await;
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let claim = format!("{}:ingest:id:acme:r-held", run.prefix);
+    let in_flight = format!("http:another-request@{}", aifab_core::now_ms() + 600_000);
+    redis::cmd("SET").arg(&claim).arg(&in_flight).arg("EX").arg(600).exec_async(&mut conn).await.unwrap();
+
+    let body = |id: &str| format!(r#"{{"schema":"ingest.raw/v1","id":"{id}","tenant":"acme","text":"held id"}}"#).into_bytes();
+    produce_raw(&run.raw, &[(Some("r-held".into()), body("r-held"), vec![])]).await;
+    eventually(Duration::from_secs(60), "ingest waiting for the held id", || async {
+        let (_, text) = http_get(&addr, "/metrics").await.ok()?;
+        metric(&text, "aifab_ingest_raw_waits_total").filter(|n| *n >= 1.0)
+    })
+    .await;
+
+    // The HTTP request's write failed: it releases its claim.
+    redis::cmd("DEL").arg(&claim).exec_async(&mut conn).await.unwrap();
+    run.assert_each_written_once(1, "the held record").await;
+    let mut dlq = TopicReader::new(&run.dlq);
+    dlq.read_to_end(Duration::from_secs(5)).await;
+    assert!(dlq.records.is_empty(), "nothing dead-lettered: {:?}", dlq.records.len());
+    let held: Option<String> = redis::cmd("GET").arg(&claim).query_async(&mut conn).await.unwrap();
+    assert!(held.is_some_and(|h| h.starts_with("kafka:")), "the record holds its id now");
+    run.cleanup().await;
+}

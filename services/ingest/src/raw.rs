@@ -9,10 +9,12 @@
 //! (`<p>:ingest:id:<tenant>:<id>`, shared with the HTTP path) with the record's source
 //! (`kafka:<topic>:<partition>:<offset>`) as the holder. When the same record is
 //! consumed again after an aborted transaction or a crash it finds its own claim and
-//! passes; any other record with that id is a duplicate. Records without an id get a
-//! fresh UUIDv7 and need no claim.
+//! passes; any other record with that id is a duplicate, except while an HTTP request
+//! holds the id in flight (its write may yet fail and release it): the batch is then
+//! tried again until that request is decided (`aifab_ingest_raw_waits_total`). Records
+//! without an id get a fresh UUIDv7 and need no claim.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use aifab_core::messages::{encode, IngestRecord};
@@ -40,6 +42,14 @@ pub struct RawStage {
     pub budget: Arc<BudgetBoard>,
     pub redis: RedisHandle,
     pub keys: Keys,
+}
+
+/// A batch's metric counts, added once it commits: an aborted batch is consumed again
+/// and would count twice.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RawCounts {
+    pub accepted: u64,
+    pub dead_letters: BTreeMap<&'static str, u64>,
 }
 
 /// The verdict on one record before ids are claimed.
@@ -77,9 +87,9 @@ pub fn tenant_verdict(
 }
 
 impl Transform for RawStage {
-    type Done = ();
+    type Done = RawCounts;
 
-    async fn transform(&mut self, batch: &[Consumed]) -> anyhow::Result<(Vec<Record>, ())> {
+    async fn transform(&mut self, batch: &[Consumed]) -> anyhow::Result<(Vec<Record>, RawCounts)> {
         let mut conn = self.redis.try_get().context("redis is not connected")?;
         let parsed: Vec<Result<IngestRecord, Rejection>> =
             batch.iter().map(|m| validate::raw_record(&m.payload, &self.rules)).collect();
@@ -136,8 +146,22 @@ impl Transform for RawStage {
         }
         let claims: Vec<(String, String)> = claim_of.iter().map(|(_, k, v)| (k.clone(), v.clone())).collect();
         let holders = store::claim(&mut conn, &claims, self.settings.id_ttl_s).await.context("claiming request ids")?;
+        let now = aifab_core::now_ms();
         for ((i, _, mine), holder) in claim_of.iter().zip(holders) {
             if let Some(h) = holder {
+                // An HTTP request still writing the id may yet release it: only its outcome
+                // says whether this record is a duplicate. The batch is tried again (its own
+                // claims stay and pass); a write is decided within its in-flight time.
+                if &h != mine && store::held(&h, now) == store::Held::InFlight {
+                    metrics::counter!("aifab_ingest_raw_waits_total", "reason" => "id_in_flight").increment(1);
+                    let m = &batch[*i];
+                    anyhow::bail!(
+                        "the id of the record at {}:{}:{} is being written by an HTTP request; the batch waits for its outcome",
+                        m.topic,
+                        m.partition,
+                        m.offset
+                    );
+                }
                 if &h != mine {
                     if let Verdict::Accept { rec, .. } = &verdicts[*i] {
                         let rej = Rejection::new(
@@ -156,11 +180,11 @@ impl Transform for RawStage {
         }
 
         let mut out = Vec::with_capacity(batch.len());
-        let (mut accepted, mut refused) = (0u64, 0u64);
+        let mut counts = RawCounts::default();
         for (m, v) in batch.iter().zip(verdicts) {
             match v {
                 Verdict::Accept { mut rec, priority } => {
-                    accepted += 1;
+                    counts.accepted += 1;
                     let id = rec.id.get_or_insert_with(|| uuid::Uuid::now_v7().to_string()).clone();
                     let mut r = Record::new(&self.settings.features_topic, id, encode(&rec)).header("tenant", rec.tenant.clone());
                     if let Some(p) = priority {
@@ -172,19 +196,25 @@ impl Transform for RawStage {
                     out.push(r);
                 }
                 Verdict::Refuse(rej) => {
-                    refused += 1;
-                    metrics::counter!("aifab_ingest_dead_letters_total", "source" => "kafka", "kind" => rej.kind).increment(1);
+                    *counts.dead_letters.entry(rej.kind).or_default() += 1;
                     tracing::debug!(partition = m.partition, offset = m.offset, kind = rej.kind, reason = %rej.reason,
                         "dead-lettering a raw record");
                     out.push(dead_letter(&self.settings.dlq_topic, "ingest", m, rej.kind, &rej.reason, rej.tenant));
                 }
             }
         }
-        metrics::counter!("aifab_ingest_records_total", "source" => "kafka", "route" => "raw").increment(accepted);
-        if refused > 0 {
-            tracing::info!(refused, accepted, "dead-lettered raw records");
+        Ok((out, counts))
+    }
+
+    async fn committed(&mut self, counts: RawCounts) {
+        metrics::counter!("aifab_ingest_records_total", "source" => "kafka", "route" => "raw").increment(counts.accepted);
+        for (&kind, &n) in &counts.dead_letters {
+            metrics::counter!("aifab_ingest_dead_letters_total", "source" => "kafka", "kind" => kind).increment(n);
         }
-        Ok((out, ()))
+        let refused: u64 = counts.dead_letters.values().sum();
+        if refused > 0 {
+            tracing::info!(refused, accepted = counts.accepted, "dead-lettered raw records");
+        }
     }
 }
 

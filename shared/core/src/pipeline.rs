@@ -270,12 +270,17 @@ fn consumer(settings: &LoopSettings) -> anyhow::Result<LoopConsumer> {
     Ok(consumer)
 }
 
+/// Most value bytes in one batch. `max_batch` counts messages, and a batch of large ones
+/// (up to the broker's 1 MB each) would otherwise hold gigabytes, with its outputs.
+const BATCH_MAX_BYTES: usize = 64 << 20;
+
 /// Collect one batch: wait up to 100 ms for a first message (so shutdown is seen), then
-/// take more until `max_batch` or `max_wait` after the first.
+/// take more until `max_batch`, [`BATCH_MAX_BYTES`] or `max_wait` after the first.
 fn poll_batch(consumer: &LoopConsumer, settings: &LoopSettings, positions: &mut Positions) -> Vec<Consumed> {
     let mut batch: Vec<Consumed> = Vec::new();
+    let mut bytes = 0usize;
     let mut first_at: Option<Instant> = None;
-    while batch.len() < settings.max_batch {
+    while batch.len() < settings.max_batch && bytes < BATCH_MAX_BYTES {
         let wait = match first_at {
             None => Duration::from_millis(100),
             Some(t) => match settings.max_wait.checked_sub(t.elapsed()) {
@@ -310,6 +315,7 @@ fn poll_batch(consumer: &LoopConsumer, settings: &LoopSettings, positions: &mut 
                 metrics::counter!(metric_name(settings.service, "pipeline_redeliveries_dropped_total")).increment(1);
             }
             Some(Ok(m)) => {
+                bytes += m.payload_len();
                 batch.push(Consumed::from_message(&m));
                 first_at.get_or_insert_with(Instant::now);
             }
