@@ -56,9 +56,11 @@ pub fn cached_prediction(cached: &Prediction, rec: &IngestRecord, id: &str, task
     }
 }
 
-/// Whether a prediction may fill the cache: computed, a real answer, with a label.
+/// Whether a prediction may fill the cache: computed, a real answer, with a label, by the
+/// production model. A canary's answer would be served for every repeat of its text,
+/// whichever arm the repeat's own id falls in, and skew the canary's share and evaluation.
 pub fn cacheable(p: &Prediction) -> bool {
-    p.outcome == Outcome::Ok && p.arm != Arm::Shadow && p.label.is_some()
+    p.outcome == Outcome::Ok && p.arm == Arm::Production && p.label.is_some()
 }
 
 /// Fills the cache from `aifab.predictions` (an at-least-once handler: writes are idempotent).
@@ -165,5 +167,6 @@ mod tests {
         assert!(!cacheable(&Prediction { outcome: Outcome::Cached, ..computed() }));
         assert!(!cacheable(&Prediction { outcome: Outcome::Expired, label: None, ..computed() }));
         assert!(!cacheable(&Prediction { arm: Arm::Shadow, ..computed() }));
+        assert!(!cacheable(&Prediction { arm: Arm::Canary, ..computed() }));
     }
 }
