@@ -217,13 +217,14 @@ async fn idempotency(
     // Pending claims expire soon, so a crashed request does not block the key for long;
     // one that lives on past its produce timeout re-marks the key (see `settle`).
     let ttl_s = api.settings.produce_timeout.as_secs() + 60;
-    let set: Option<String> =
-        redis::cmd("SET").arg(&rkey).arg(pending).arg("NX").arg("EX").arg(ttl_s).query_async(conn).await?;
-    if set.is_some() {
+    // One command: a separate GET after a refused SET NX could find the key gone (its
+    // request failed and released it) and read that as another body's key.
+    let held: Option<String> =
+        redis::cmd("SET").arg(&rkey).arg(pending).arg("NX").arg("GET").arg("EX").arg(ttl_s).query_async(conn).await?;
+    let Some(stored) = held else {
         return Ok(Idem::Claimed(rkey));
-    }
-    let stored: Option<String> = redis::cmd("GET").arg(&rkey).query_async(conn).await?;
-    let stored: Value = stored.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
+    };
+    let stored: Value = serde_json::from_str(&stored).unwrap_or(Value::Null);
     if stored["body_sha256"].as_str() != Some(body_sha) {
         return Ok(Idem::Answer(error(
             422,
