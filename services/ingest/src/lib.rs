@@ -196,7 +196,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Bind first: the instance id defaults to the port.
     let listener_probe = config.serve.http_addr_or(SPEC.default_port);
     let instance = config.instance_id.clone().unwrap_or_else(|| default_instance_id(Some(listener_probe)));
-    let producer = AtomicProducer::start(
+    let (producer, mut producer_thread) = AtomicProducer::start(
         SPEC.name,
         &config.brokers.kafka_brokers,
         &format!("aifab-ingest-http-{instance}"),
@@ -272,9 +272,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Run until shutdown, or until a loop fails (then exit non-zero to be restarted).
     let failure: Option<anyhow::Error> = tokio::select! {
+        // Shutdown first: the loops and the producer end after it, and that is no failure.
+        biased;
         _ = svc.shutdown.cancelled() => None,
         r = &mut raw_loop => Some(r.context("raw loop").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("raw loop ended"))),
         r = &mut pred_loop => Some(r.context("predictions loop").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("predictions loop ended"))),
+        // Every POST would answer 503 from then on: better restarted.
+        r = &mut producer_thread => Some(r.context("HTTP producer").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("HTTP producer ended"))),
     };
     svc.stop();
     let grace = Duration::from_secs(config.serve.shutdown_grace_s);

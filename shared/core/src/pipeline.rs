@@ -769,25 +769,21 @@ pub const ATOMIC_ANSWER_BOUND: Duration =
 
 impl AtomicProducer {
     /// Start the producer thread. `transactional_id` must be stable per replica (a restart
-    /// fences its predecessor) and differ from every other producer's.
+    /// fences its predecessor) and differ from every other producer's. The handle ends when
+    /// the thread does: before `shutdown` only on a fatal error (fenced by another replica
+    /// with the same id, say) or a panic, after which every send fails, so the service
+    /// should exit and be restarted.
     pub fn start(
         service: &'static str,
         brokers: &str,
         transactional_id: &str,
         shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<(Self, tokio::task::JoinHandle<anyhow::Result<()>>)> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<AtomicJob>(10_000);
         let brokers = brokers.to_string();
         let id = transactional_id.to_string();
-        std::thread::Builder::new()
-            .name("atomic-producer".into())
-            .spawn(move || {
-                if let Err(e) = atomic_loop(service, &brokers, &id, rx, shutdown) {
-                    tracing::error!(error = %format!("{e:#}"), "atomic producer stopped");
-                }
-            })
-            .context("starting the atomic producer thread")?;
-        Ok(AtomicProducer { tx })
+        let thread = spawn_loop("atomic-producer", move || atomic_loop(service, &brokers, &id, rx, shutdown))?;
+        Ok((AtomicProducer { tx }, thread))
     }
 
     /// Produce `records` in one transaction, waiting up to `timeout` for its commit.
