@@ -131,7 +131,8 @@ impl FeatureTokenizer {
 
     fn finish(&self, e: tokenizers::Encoding) -> Result<Tokens, TokenizeError> {
         let truncated = !e.get_overflowing().is_empty();
-        self.checked(e.get_ids().to_vec(), truncated)
+        let content = e.get_special_tokens_mask().iter().filter(|&&special| special == 0).count();
+        self.checked(e.get_ids().to_vec(), content, truncated)
     }
 
     /// The fast path's content ids framed by the special tokens, truncated as the
@@ -149,10 +150,11 @@ impl FeatureTokenizer {
         ids.extend_from_slice(&ascii.prefix);
         ids.extend_from_slice(kept);
         ids.extend_from_slice(&ascii.suffix);
-        self.checked(ids, truncated)
+        self.checked(ids, kept.len(), truncated)
     }
 
-    fn checked(&self, ids: Vec<u32>, truncated: bool) -> Result<Tokens, TokenizeError> {
+    /// `content`: the ids that are not special tokens.
+    fn checked(&self, ids: Vec<u32>, content: usize, truncated: bool) -> Result<Tokens, TokenizeError> {
         if self.policy == TruncationPolicy::Reject && ids.len() > self.max_tokens {
             return Err(TokenizeError {
                 kind: "too_many_tokens",
@@ -163,8 +165,13 @@ impl FeatureTokenizer {
                 ),
             });
         }
-        if ids.is_empty() {
-            return Err(TokenizeError { kind: "empty_text", reason: "field \"text\": no tokens".into() });
+        // Text the normalizer strips whole (control, zero-width or lone combining
+        // characters) passes ingest's checks but would reach the model as [CLS] [SEP].
+        if content == 0 {
+            return Err(TokenizeError {
+                kind: "empty_text",
+                reason: "field \"text\": no tokens besides the special ones (only characters the tokenizer drops, such as control or zero-width characters)".into(),
+            });
         }
         let truncation = match (truncated, self.policy) {
             (false, _) | (_, TruncationPolicy::Reject) => Truncation::None,
@@ -407,6 +414,19 @@ mod tests {
         let e = out[1].as_ref().unwrap_err();
         assert_eq!(e.kind, "too_many_tokens");
         assert!(e.reason.contains("8 tokens, more than the maximum of 6"), "{}", e.reason);
+    }
+
+    #[test]
+    fn texts_the_normalizer_drops_whole_have_no_tokens() {
+        let (_d, t) = tiny(TruncationPolicy::Head, 16);
+        // A NUL, a zero-width space, a lone combining accent, and control bytes: ingest's
+        // whitespace check lets them through, the normalizer strips them.
+        let out = t.encode_batch(&["\u{0}", "\u{200b}", "\u{301}", "\x01\x02", ""]);
+        for (i, r) in out.iter().enumerate() {
+            let e = r.as_ref().expect_err(&format!("text {i} has no tokens"));
+            assert_eq!(e.kind, "empty_text", "text {i}: {}", e.reason);
+        }
+        assert!(t.encode_batch(&["\u{200b}cat"])[0].is_ok(), "a word next to them still counts");
     }
 
     #[test]
