@@ -600,6 +600,16 @@ async fn an_undecided_key_left_by_a_stopped_request_answers_outcome_unknown() {
     expect_error(&r, 409, "outcome_unknown", "will not be written again");
     assert_eq!(r.json()["ids"], serde_json::json!(["u-1"]), "{}", r.body);
 
+    // Ids left in flight by a request that stopped, or settled as unknown, are answered
+    // as unknown (never written again), not as duplicates of something written.
+    for (id, holder) in [("u-2", format!("http:gone@{}", now - 1)), ("u-3", "http:settled?".to_string())] {
+        let claim = format!("{}:ingest:id:acme:{id}", run.prefix);
+        redis::cmd("SET").arg(&claim).arg(&holder).arg("EX").arg(600).exec_async(&mut conn).await.unwrap();
+        let r = post(&addr, "/v1/infer", Some("key-acme"), &format!(r#"{{"id":"{id}","text":"left unknown"}}"#), &[]).await;
+        expect_error(&r, 409, "outcome_unknown", &format!(r#""{id}" belongs to an earlier request"#));
+        assert_eq!(r.json()["ids"], serde_json::json!([id]), "{}", r.body);
+    }
+
     let mut features = TopicReader::new(&run.features);
     features.read_to_end(Duration::from_secs(10)).await;
     assert!(features.records.is_empty(), "nothing written for the undecided key: {:?}", features.records.len());

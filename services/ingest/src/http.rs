@@ -430,7 +430,7 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Ide
             // than new ids written a second time).
             metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "unknown").increment(1);
             tracing::warn!(error = %e, ids = u.claims.len(), "a request's outcome is unknown; its ids stay claimed");
-            mark_written(&mut conn, &u.claims, &u.holder).await;
+            mark_written(&mut conn, &u.claims, &store::unknown(&u.holder)).await;
             if let Some(idem) = idem {
                 idem.store(&mut conn, &outcome_unknown(&e, &u.success.1["ids"])).await;
             }
@@ -564,6 +564,10 @@ async fn accept(
             )
             .with_tenant(Some(tenant));
             return refused(r).await;
+        }
+        if let Some(i) = claimed.iter().position(|c| held(c) == Some(store::Held::Unknown)) {
+            let why = format!("field \"{}\": \"{}\" belongs to an earlier request of tenant \"{tenant}\"", field(i), id(i));
+            return outcome_unknown(&why, &json!([id(i)]));
         }
         let i = claimed.iter().position(Option::is_some).unwrap_or_default();
         return answer_error(

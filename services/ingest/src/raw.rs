@@ -164,10 +164,14 @@ impl Transform for RawStage {
                 }
                 if &h != mine {
                     if let Verdict::Accept { rec, .. } = &verdicts[*i] {
+                        let by = match store::held(&h, now) {
+                            store::Held::Unknown => "an earlier request, whose write may or may not have committed,",
+                            _ => "an earlier record",
+                        };
                         let rej = Rejection::new(
                             kind::DUPLICATE_ID,
                             format!(
-                                "field \"id\": \"{}\" was already used by an earlier record of tenant \"{}\"",
+                                "field \"id\": \"{}\" was already used by {by} of tenant \"{}\"",
                                 rec.id.as_deref().unwrap_or_default(),
                                 rec.tenant
                             ),

@@ -79,21 +79,37 @@ pub enum Held {
     InFlight,
     /// Written, or claimed by a Kafka record (`kafka:<topic>:<partition>:<offset>`).
     Used,
+    /// Its request's write may or may not have committed, and never will be learnt: the
+    /// producer gave up on the commit, or the request stopped (ingest died) in flight.
+    /// Never written again, like a used id, but answered as unknown rather than as a
+    /// duplicate of something written.
+    Unknown,
 }
 
 /// The value an HTTP request claims its ids with: `<holder>@<until_ms>` is in flight until
 /// `until_ms`, a time past the longest the request can take to learn whether its records
-/// were written. By then it has set the value back to plain `<holder>` (written, or the
-/// outcome unknown) or released the ids; if it died instead, they count as used from then
-/// on, as a plain holder always does.
+/// were written. By then it has set the value back to plain `<holder>` (written), to
+/// [`unknown`] or released the ids; if it died instead, they are unknown from then on.
 pub fn in_flight(holder: &str, until_ms: i64) -> String {
     format!("{holder}@{until_ms}")
 }
 
+/// The value of ids whose write's outcome is unknown: `<holder>?`.
+pub fn unknown(holder: &str) -> String {
+    format!("{holder}?")
+}
+
 pub fn held(value: &str, now_ms: i64) -> Held {
+    if value.ends_with('?') {
+        return Held::Unknown;
+    }
     match value.rsplit_once('@') {
-        Some((_, until)) if until.parse::<i64>().is_ok_and(|u| now_ms < u) => Held::InFlight,
-        _ => Held::Used,
+        Some((_, until)) => match until.parse::<i64>() {
+            Ok(u) if now_ms < u => Held::InFlight,
+            Ok(_) => Held::Unknown,
+            Err(_) => Held::Used,
+        },
+        None => Held::Used,
     }
 }
 
@@ -158,8 +174,9 @@ mod tests {
     fn an_id_is_in_flight_only_while_its_request_may_still_release_it() {
         let v = in_flight("http:r1", 5_000);
         assert_eq!(held(&v, 4_999), Held::InFlight);
-        assert_eq!(held(&v, 5_000), Held::Used, "past its time the request has settled it or died");
+        assert_eq!(held(&v, 5_000), Held::Unknown, "past its time its request died unsettled");
         assert_eq!(held("http:r1", 0), Held::Used, "written");
+        assert_eq!(held(&unknown("http:r1"), 0), Held::Unknown, "settled as unknown");
         assert_eq!(held("kafka:aifab.ingest.raw:3:17", 0), Held::Used);
         assert_eq!(held("http:r1@soon", 0), Held::Used, "a value it cannot read counts as used");
     }
