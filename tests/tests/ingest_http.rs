@@ -600,6 +600,18 @@ async fn an_undecided_key_left_by_a_stopped_request_answers_outcome_unknown() {
     expect_error(&r, 409, "outcome_unknown", "will not be written again");
     assert_eq!(r.json()["ids"], serde_json::json!(["u-1"]), "{}", r.body);
 
+    // A key left pending by a request that stopped before it got that far: in progress
+    // until the in-flight time it carries, unknown after it (its records may be written).
+    let pending = |until_ms: i64| serde_json::json!({"state": "pending", "body_sha256": hex(body.as_bytes()), "until_ms": until_ms}).to_string();
+    let pkey = [("Idempotency-Key", "k-pending")];
+    let prkey = format!("{}:ingest:idem:acme:infer:{}", run.prefix, hex(b"k-pending"));
+    redis::cmd("SET").arg(&prkey).arg(pending(now + 600_000)).arg("EX").arg(600).exec_async(&mut conn).await.unwrap();
+    expect_error(&post(&addr, "/v1/infer", Some("key-acme"), body, &pkey).await, 409, "in_progress", "still being processed");
+    redis::cmd("SET").arg(&prkey).arg(pending(now - 1)).arg("EX").arg(600).exec_async(&mut conn).await.unwrap();
+    let r = post(&addr, "/v1/infer", Some("key-acme"), body, &pkey).await;
+    expect_error(&r, 409, "outcome_unknown", "stopped first");
+    assert_eq!(r.json()["ids"], serde_json::json!([]), "{}", r.body);
+
     // Ids left in flight by a request that stopped, or settled as unknown, are answered
     // as unknown (never written again), not as duplicates of something written.
     for (id, holder) in [("u-2", format!("http:gone@{}", now - 1)), ("u-3", "http:settled?".to_string())] {

@@ -213,10 +213,12 @@ async fn idempotency(
     body_sha: &str,
 ) -> redis::RedisResult<Idem> {
     let rkey = api.keys.idempotency(tenant, route.name(), key);
-    let pending = json!({"state": "pending", "body_sha256": body_sha}).to_string();
-    // Pending claims expire soon, so a crashed request does not block the key for long;
-    // one that lives on past its produce timeout re-marks the key (see `settle`).
-    let ttl_s = api.settings.produce_timeout.as_secs() + 60;
+    // Pending until past the ids' in-flight time (claimed a moment later): a request that
+    // stopped before it settled the key may have written its records, so past that time
+    // the key answers outcome_unknown for its whole TTL rather than starting afresh.
+    let until_ms = aifab_core::now_ms() + in_flight_ms(api) + IN_FLIGHT_MARGIN_MS;
+    let pending = json!({"state": "pending", "body_sha256": body_sha, "until_ms": until_ms}).to_string();
+    let ttl_s = api.settings.idempotency_ttl_s.max((in_flight_ms(api) / 1000 + 61) as u64);
     // One command: a separate GET after a refused SET NX could find the key gone (its
     // request failed and released it) and read that as another body's key.
     let held: Option<String> =
@@ -242,10 +244,12 @@ async fn idempotency(
         metrics::counter!("aifab_ingest_idempotent_replays_total").increment(1);
         return Ok(Idem::Replay(respond(status, stored["body"].clone(), &headers)));
     }
-    // Undecided past the time its request had to settle it: that request is gone (ingest
-    // stopped meanwhile), and what became of its records cannot be learnt any more.
-    if stored["state"] == "undecided" && stored["until_ms"].as_i64().is_some_and(|u| aifab_core::now_ms() >= u) {
-        let (status, body, _) = outcome_unknown("the request with this Idempotency-Key stopped first", &stored["ids"]);
+    // Pending or undecided past the time its request had to settle it: that request is
+    // gone (ingest stopped meanwhile), and what became of its records cannot be learnt.
+    let stale = stored["until_ms"].as_i64().is_some_and(|u| aifab_core::now_ms() >= u);
+    if stale && (stored["state"] == "undecided" || stored["state"] == "pending") {
+        let ids = if stored["ids"].is_array() { stored["ids"].clone() } else { json!([]) };
+        let (status, body, _) = outcome_unknown("the request with this Idempotency-Key stopped first", &ids);
         return Ok(Idem::Answer(respond(status, body, &[])));
     }
     Ok(Idem::Answer(error(
@@ -345,8 +349,9 @@ impl Idempotent {
     async fn finish(&self, conn: &mut ConnectionManager, response: &Answer) {
         if (200..300).contains(&response.0) {
             self.store(conn, response).await;
-        } else if let Err(e) = redis::cmd("DEL").arg(&self.rkey).exec_async(conn).await {
-            tracing::warn!(error = %e, "could not release the Idempotency-Key");
+        } else {
+            // Left pending, the key would answer in_progress, then outcome_unknown.
+            store::release_retrying(conn, std::slice::from_ref(&self.rkey)).await;
         }
     }
 
@@ -442,6 +447,12 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Ide
 /// Redis round trips around them, and clocks of replicas that differ a little.
 const IN_FLIGHT_MARGIN_MS: i64 = 30_000;
 
+/// How long a request's ids stay in flight after they are claimed: the longest it can
+/// take to learn whether its records were written, plus the margin.
+fn in_flight_ms(api: &Api) -> i64 {
+    (api.settings.produce_timeout + SETTLE_WAIT).as_millis() as i64 + IN_FLIGHT_MARGIN_MS
+}
+
 /// Claims whose records are written (or may be: an unknown outcome) are plain used ids
 /// from now on. Best effort: they turn used anyway when their in-flight time passes.
 async fn mark_written(conn: &mut ConnectionManager, claims: &[String], holder: &str) {
@@ -534,8 +545,7 @@ async fn accept(
     // included), so that a retry of it meanwhile is told to wait rather than refused for a
     // write that may yet fail.
     let holder = format!("http:{}", uuid::Uuid::now_v7());
-    let in_flight_until =
-        now + (api.settings.produce_timeout + SETTLE_WAIT).as_millis() as i64 + IN_FLIGHT_MARGIN_MS;
+    let in_flight_until = now + in_flight_ms(api);
     let claims: Vec<(String, String)> = records
         .iter()
         .map(|r| {

@@ -135,7 +135,7 @@ pub async fn release_retrying(conn: &mut ConnectionManager, keys: &[String]) {
         match release(conn, keys).await {
             Ok(()) => return,
             Err(e) if attempt == 5 => {
-                tracing::error!(error = %e, ids = keys.len(), "could not release the ids of a failed write; they will be refused as duplicates")
+                tracing::error!(error = %e, ids = keys.len(), "could not release the claims of a failed write (ids are refused as unknown, an Idempotency-Key answers outcome_unknown, once their in-flight time passes)")
             }
             Err(e) => {
                 tracing::warn!(error = %e, "releasing the ids of a failed write failed; retrying");
