@@ -196,8 +196,8 @@ async fn refuse(api: &Api, route: Route, body: &[u8], r: Rejection) -> Response 
 
 /// What an Idempotency-Key lookup found.
 enum Idem {
-    /// This request owns the key now: finish or release it.
-    Claimed(String),
+    /// This request owns the key now (its Redis key and pending value): finish or release it.
+    Claimed(String, String),
     /// A stored response to replay.
     Replay(Response),
     /// An answer without further work (in progress, or reused with another body).
@@ -222,9 +222,9 @@ async fn idempotency(
     // One command: a separate GET after a refused SET NX could find the key gone (its
     // request failed and released it) and read that as another body's key.
     let held: Option<String> =
-        redis::cmd("SET").arg(&rkey).arg(pending).arg("NX").arg("GET").arg("EX").arg(ttl_s).query_async(conn).await?;
+        redis::cmd("SET").arg(&rkey).arg(&pending).arg("NX").arg("GET").arg("EX").arg(ttl_s).query_async(conn).await?;
     let Some(stored) = held else {
-        return Ok(Idem::Claimed(rkey));
+        return Ok(Idem::Claimed(rkey, pending));
     };
     let stored: Value = serde_json::from_str(&stored).unwrap_or(Value::Null);
     if stored["body_sha256"].as_str() != Some(body_sha) {
@@ -298,7 +298,7 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
         return refuse(api, route, &bytes, r).await;
     }
 
-    let mut idem_key: Option<String> = None;
+    let mut idem_key: Option<(String, String)> = None;
     if let Some(k) = headers.get("idempotency-key") {
         let k = match k.to_str() {
             Ok(k) if !k.trim().is_empty() && k.len() <= 255 => k.trim().to_string(),
@@ -312,14 +312,15 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
             }
         };
         match idempotency(api, &mut conn, &tenant, route, &k, &sha256_hex(&bytes)).await {
-            Ok(Idem::Claimed(rkey)) => idem_key = Some(rkey),
+            Ok(Idem::Claimed(rkey, pending)) => idem_key = Some((rkey, pending)),
             Ok(Idem::Replay(r)) | Ok(Idem::Answer(r)) => return r,
             Err(e) => return unavailable(&format!("redis: {e}")),
         }
     }
     let mut undecided = None;
     let response = accept(api, &mut conn, route, &tenant, &settings, headers, &bytes, &mut undecided).await;
-    let idem = idem_key.map(|rkey| Idempotent { rkey, body_sha: sha256_hex(&bytes), ttl_s: api.settings.idempotency_ttl_s });
+    let idem = idem_key
+        .map(|(rkey, pending)| Idempotent { rkey, pending, body_sha: sha256_hex(&bytes), ttl_s: api.settings.idempotency_ttl_s });
     match undecided {
         // The key stays pending (a retry gets 409 in_progress) until the outcome is known.
         Some(u) => {
@@ -339,6 +340,8 @@ type Answer = (u16, Value, Vec<(&'static str, String)>);
 /// A request's claimed Idempotency-Key.
 struct Idempotent {
     rkey: String,
+    /// The key's pending value, as this request claimed it.
+    pending: String,
     body_sha: String,
     ttl_s: u64,
 }
@@ -351,7 +354,7 @@ impl Idempotent {
             self.store(conn, response).await;
         } else {
             // Left pending, the key would answer in_progress, then outcome_unknown.
-            store::release_retrying(conn, std::slice::from_ref(&self.rkey)).await;
+            store::release_retrying(conn, std::slice::from_ref(&self.rkey), &self.pending).await;
         }
     }
 
@@ -367,6 +370,13 @@ impl Idempotent {
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not store the idempotent response");
         }
+    }
+}
+
+impl UndecidedWrite {
+    /// The value its claims hold while in flight.
+    fn claim_value(&self) -> String {
+        store::in_flight(&self.holder, self.in_flight_until)
     }
 }
 
@@ -407,6 +417,7 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Ide
         let _: redis::RedisResult<()> =
             redis::cmd("SET").arg(&idem.rkey).arg(undecided.to_string()).arg("EX").arg(idem.ttl_s.max(1)).exec_async(&mut conn).await;
     }
+    let claim_value = u.claim_value();
     let outcome = match tokio::time::timeout(SETTLE_WAIT, u.outcome).await {
         Ok(Ok(o)) => o,
         Ok(Err(_)) => Outcome::Unknown("the producer stopped".into()),
@@ -416,7 +427,7 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Ide
         Outcome::Written => {
             metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "written").increment(1);
             metrics::counter!("aifab_ingest_records_total", "source" => "http", "route" => u.route).increment(u.records);
-            mark_written(&mut conn, &u.claims, &u.holder).await;
+            mark_written(&mut conn, &u.claims, &claim_value, &u.holder).await;
             if let Some(idem) = idem {
                 idem.finish(&mut conn, &u.success).await;
             }
@@ -424,7 +435,7 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Ide
         Outcome::NotWritten(e) => {
             metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "not_written").increment(1);
             tracing::info!(error = %e, "a timed-out request's records were not written; releasing its ids");
-            store::release_retrying(&mut conn, &u.claims).await;
+            store::release_retrying(&mut conn, &u.claims, &claim_value).await;
             if let Some(idem) = idem {
                 idem.finish(&mut conn, &answer_error(503, "unavailable", &e, Vec::new())).await;
             }
@@ -435,7 +446,7 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Ide
             // than new ids written a second time).
             metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "unknown").increment(1);
             tracing::warn!(error = %e, ids = u.claims.len(), "a request's outcome is unknown; its ids stay claimed");
-            mark_written(&mut conn, &u.claims, &store::unknown(&u.holder)).await;
+            mark_written(&mut conn, &u.claims, &claim_value, &store::unknown(&u.holder)).await;
             if let Some(idem) = idem {
                 idem.store(&mut conn, &outcome_unknown(&e, &u.success.1["ids"])).await;
             }
@@ -455,8 +466,8 @@ fn in_flight_ms(api: &Api) -> i64 {
 
 /// Claims whose records are written (or may be: an unknown outcome) are plain used ids
 /// from now on. Best effort: they turn used anyway when their in-flight time passes.
-async fn mark_written(conn: &mut ConnectionManager, claims: &[String], holder: &str) {
-    if let Err(e) = store::mark(conn, claims, holder).await {
+async fn mark_written(conn: &mut ConnectionManager, claims: &[String], from: &str, to: &str) {
+    if let Err(e) = store::mark(conn, claims, from, to).await {
         tracing::warn!(error = %e, "could not mark written ids; until their in-flight time passes a retry is told to wait");
     }
 }
@@ -546,11 +557,12 @@ async fn accept(
     // write that may yet fail.
     let holder = format!("http:{}", uuid::Uuid::now_v7());
     let in_flight_until = now + in_flight_ms(api);
+    let claim_value = store::in_flight(&holder, in_flight_until);
     let claims: Vec<(String, String)> = records
         .iter()
         .map(|r| {
             let key = api.keys.request_id(tenant, r.id.as_deref().unwrap_or_default());
-            (key, store::in_flight(&holder, in_flight_until))
+            (key, claim_value.clone())
         })
         .collect();
     // Never shorter than the in-flight time, or a claim could expire while in flight.
@@ -562,7 +574,7 @@ async fn accept(
     let mine: Vec<String> =
         claims.iter().zip(&claimed).filter(|(_, c)| c.is_none()).map(|((k, _), _)| k.clone()).collect();
     if mine.len() < claims.len() {
-        store::release_retrying(conn, &mine).await;
+        store::release_retrying(conn, &mine, &claim_value).await;
         let now = aifab_core::now_ms();
         let field = |i: usize| if parsed.batch { format!("{}[{i}].id", route.batch_field()) } else { "id".to_string() };
         let id = |i: usize| records[i].id.as_deref().unwrap_or_default().to_string();
@@ -623,11 +635,11 @@ async fn accept(
     match sent {
         Ok(()) => {
             metrics::counter!("aifab_ingest_records_total", "source" => "http", "route" => route.name()).increment(n as u64);
-            mark_written(conn, &mine, &holder).await;
+            mark_written(conn, &mine, &claim_value, &holder).await;
             success
         }
         Err(SendError::NotWritten(e)) => {
-            store::release_retrying(conn, &mine).await;
+            store::release_retrying(conn, &mine, &claim_value).await;
             tracing::warn!(error = %e, tenant, "could not write accepted records");
             answer_error(503, "unavailable", &format!("kafka: {e}"), vec![("retry-after", "1".into())])
         }

@@ -113,44 +113,68 @@ pub fn held(value: &str, now_ms: i64) -> Held {
     }
 }
 
-/// Set the holder value of claims this request still holds (`SET XX KEEPTTL`), in one
-/// round trip.
-pub async fn mark(conn: &mut ConnectionManager, keys: &[String], value: &str) -> redis::RedisResult<()> {
+/// Compare-and-set in one script: a claim is changed only while it still holds this
+/// request's value. A plain `SET XX` or `DEL` could act on a claim another request made
+/// after ours went (a retried `DEL` whose first reply was lost, say).
+static MARK: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "local n = 0
+         for _, k in ipairs(KEYS) do
+           if redis.call('GET', k) == ARGV[1] then redis.call('SET', k, ARGV[2], 'KEEPTTL'); n = n + 1 end
+         end
+         return n",
+    )
+});
+
+static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "local n = 0
+         for _, k in ipairs(KEYS) do
+           if redis.call('GET', k) == ARGV[1] then n = n + redis.call('DEL', k) end
+         end
+         return n",
+    )
+});
+
+/// Set the claims that still hold `from` (this request's claim value) to `to`, keeping
+/// their TTL, in one round trip. Returns how many it changed.
+pub async fn mark(conn: &mut ConnectionManager, keys: &[String], from: &str, to: &str) -> redis::RedisResult<usize> {
     if keys.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
-    let mut pipe = redis::pipe();
-    for key in keys {
-        pipe.cmd("SET").arg(key).arg(value).arg("XX").arg("KEEPTTL").ignore();
-    }
-    pipe.exec_async(conn).await
+    let mut call = MARK.prepare_invoke();
+    call.key(keys).arg(from).arg(to);
+    call.invoke_async(conn).await
 }
 
-/// [`release`], tried up to five times over about three seconds: ids of a write that
-/// failed and stay claimed would be refused as duplicates once their in-flight time has
-/// passed, though nothing of them was written.
-pub async fn release_retrying(conn: &mut ConnectionManager, keys: &[String]) {
+/// [`release`], tried up to five times over about three seconds: claims of a write that
+/// failed and stay would be answered as unknown once their in-flight time has passed,
+/// though nothing of them was written.
+pub async fn release_retrying(conn: &mut ConnectionManager, keys: &[String], value: &str) {
     let mut backoff = aifab_core::backoff::Backoff::new(std::time::Duration::from_millis(100), std::time::Duration::from_secs(2));
     for attempt in 1..=5 {
-        match release(conn, keys).await {
-            Ok(()) => return,
+        match release(conn, keys, value).await {
+            Ok(_) => return,
             Err(e) if attempt == 5 => {
-                tracing::error!(error = %e, ids = keys.len(), "could not release the claims of a failed write (ids are refused as unknown, an Idempotency-Key answers outcome_unknown, once their in-flight time passes)")
+                tracing::error!(error = %e, keys = keys.len(), "could not release the claims of a failed write (ids are refused as unknown, an Idempotency-Key answers outcome_unknown, once their in-flight time passes)")
             }
             Err(e) => {
-                tracing::warn!(error = %e, "releasing the ids of a failed write failed; retrying");
+                tracing::warn!(error = %e, "releasing the claims of a failed write failed; retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }
 }
 
-/// Release claims made by a request that then failed.
-pub async fn release(conn: &mut ConnectionManager, keys: &[String]) -> redis::RedisResult<()> {
+/// Release the claims that still hold `value` (made by a request that then failed).
+/// Returns how many it released.
+pub async fn release(conn: &mut ConnectionManager, keys: &[String], value: &str) -> redis::RedisResult<usize> {
     if keys.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
-    redis::cmd("DEL").arg(keys).exec_async(conn).await
+    let mut call = RELEASE.prepare_invoke();
+    call.key(keys).arg(value);
+    call.invoke_async(conn).await
 }
 
 #[cfg(test)]
