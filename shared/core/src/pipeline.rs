@@ -691,6 +691,8 @@ where
 #[derive(Clone)]
 pub struct AtomicProducer {
     tx: std::sync::mpsc::SyncSender<AtomicJob>,
+    /// KiB of records the thread may still take ([`ATOMIC_QUEUE_KIB`] in all).
+    queued: Arc<tokio::sync::Semaphore>,
 }
 
 /// What became of a job's records, as the producer thread reports it.
@@ -736,6 +738,20 @@ struct AtomicJob {
     records: Vec<Record>,
     reply: tokio::sync::oneshot::Sender<Outcome>,
     state: Arc<AtomicU8>,
+    /// Its share of [`ATOMIC_QUEUE_KIB`], given back when the job is dropped.
+    _queued: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Most record bytes (in KiB) queued for or held by the producer thread. A job a caller
+/// gave up on stays queued until the thread reaches it, which during a Kafka outage is
+/// not soon: counting jobs alone, 10,000 of up to a megabyte each could pile up.
+const ATOMIC_QUEUE_KIB: usize = 256 * 1024;
+
+/// A job's size in KiB (at least 1), for [`ATOMIC_QUEUE_KIB`].
+fn queued_kib(records: &[Record]) -> u32 {
+    let bytes: usize =
+        records.iter().map(|r| r.payload.len() + r.key.len() + r.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()).sum();
+    bytes.div_ceil(1024).clamp(1, ATOMIC_QUEUE_KIB) as u32
 }
 
 /// The caller's side of the race: give the job up unless the producer took it first.
@@ -783,14 +799,18 @@ impl AtomicProducer {
         let brokers = brokers.to_string();
         let id = transactional_id.to_string();
         let thread = spawn_loop("atomic-producer", move || atomic_loop(service, &brokers, &id, rx, shutdown))?;
-        Ok((AtomicProducer { tx }, thread))
+        let queued = Arc::new(tokio::sync::Semaphore::new(ATOMIC_QUEUE_KIB));
+        Ok((AtomicProducer { tx, queued }, thread))
     }
 
     /// Produce `records` in one transaction, waiting up to `timeout` for its commit.
     pub async fn send(&self, records: Vec<Record>, timeout: Duration) -> Result<(), SendError> {
         let (reply, mut rx) = tokio::sync::oneshot::channel();
         let state = Arc::new(AtomicU8::new(JOB_QUEUED));
-        self.tx.try_send(AtomicJob { records, reply, state: state.clone() }).map_err(|e| {
+        let queued = self.queued.clone().try_acquire_many_owned(queued_kib(&records)).map_err(|_| {
+            SendError::NotWritten(format!("producer queue full (overloaded: {} MiB of records waiting)", ATOMIC_QUEUE_KIB / 1024))
+        })?;
+        self.tx.try_send(AtomicJob { records, reply, state: state.clone(), _queued: queued }).map_err(|e| {
             SendError::NotWritten(match e {
                 std::sync::mpsc::TrySendError::Full(_) => "producer queue full (overloaded)".to_string(),
                 std::sync::mpsc::TrySendError::Disconnected(_) => "producer stopped".to_string(),
@@ -930,7 +950,8 @@ mod tests {
     fn job() -> (AtomicJob, tokio::sync::oneshot::Receiver<Outcome>) {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let state = Arc::new(AtomicU8::new(JOB_QUEUED));
-        (AtomicJob { records: Vec::new(), reply, state }, rx)
+        let queued = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+        (AtomicJob { records: Vec::new(), reply, state, _queued: queued }, rx)
     }
 
     #[test]
@@ -944,6 +965,16 @@ mod tests {
         let (j, rx) = job();
         drop(rx);
         assert!(!j.take(), "a caller that went away entirely is skipped too");
+    }
+
+    #[test]
+    fn queued_jobs_are_counted_by_their_bytes() {
+        let r = |n: usize| Record::new("t", vec![0; 10], vec![0; n]).header("h", vec![0; 14]);
+        assert_eq!(queued_kib(&[]), 1, "every job takes a share");
+        assert_eq!(queued_kib(&[r(990)]), 1, "1,015 bytes");
+        assert_eq!(queued_kib(&[r(1_000)]), 2, "1,025 bytes");
+        assert_eq!(queued_kib(&[r(2_000), r(2_000)]), 4, "4,050 bytes");
+        assert_eq!(queued_kib(&vec![r(1 << 20); 300]), ATOMIC_QUEUE_KIB as u32, "never more than the whole queue");
     }
 
     #[test]
