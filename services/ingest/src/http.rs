@@ -340,7 +340,8 @@ type Answer = (u16, Value, Vec<(&'static str, String)>);
 /// A request's claimed Idempotency-Key.
 struct Idempotent {
     rkey: String,
-    /// The key's pending value, as this request claimed it.
+    /// The key's value while this request owns it (pending, or undecided once settling):
+    /// it is released only while it still holds that.
     pending: String,
     body_sha: String,
     ttl_s: u64,
@@ -403,8 +404,8 @@ const SETTLE_WAIT: Duration = ATOMIC_ANSWER_BOUND.saturating_add(Duration::from_
 /// Wait for an undecided write's outcome, then settle its claims and Idempotency-Key as
 /// if the request had waited: written keeps the claims (a retry with the same ids is a
 /// duplicate) and stores the answer for replay; not written releases both.
-async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Idempotent>) {
-    if let Some(idem) = &idem {
+async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, mut idem: Option<Idempotent>) {
+    if let Some(idem) = &mut idem {
         // The key stays pending until settled below, for as long as the ids are in flight;
         // if this task never gets that far (ingest stopped), the key then answers
         // outcome_unknown rather than let a retry write the records again.
@@ -414,8 +415,13 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, idem: Option<Ide
             "until_ms": u.in_flight_until,
             "ids": u.success.1["ids"],
         });
-        let _: redis::RedisResult<()> =
-            redis::cmd("SET").arg(&idem.rkey).arg(undecided.to_string()).arg("EX").arg(idem.ttl_s.max(1)).exec_async(&mut conn).await;
+        let undecided = undecided.to_string();
+        let set: redis::RedisResult<()> =
+            redis::cmd("SET").arg(&idem.rkey).arg(&undecided).arg("EX").arg(idem.ttl_s.max(1)).exec_async(&mut conn).await;
+        // What a release below must find there (else the key stays pending, which says the same).
+        if set.is_ok() {
+            idem.pending = undecided;
+        }
     }
     let claim_value = u.claim_value();
     let outcome = match tokio::time::timeout(SETTLE_WAIT, u.outcome).await {
