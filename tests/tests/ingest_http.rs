@@ -600,17 +600,28 @@ async fn an_undecided_key_left_by_a_stopped_request_answers_outcome_unknown() {
     expect_error(&r, 409, "outcome_unknown", "will not be written again");
     assert_eq!(r.json()["ids"], serde_json::json!(["u-1"]), "{}", r.body);
 
-    // A key left pending by a request that stopped before it got that far: in progress
-    // until the in-flight time it carries, unknown after it (its records may be written).
-    let pending = |until_ms: i64| serde_json::json!({"state": "pending", "body_sha256": hex(body.as_bytes()), "until_ms": until_ms}).to_string();
-    let pkey = [("Idempotency-Key", "k-pending")];
-    let prkey = format!("{}:ingest:idem:acme:infer:{}", run.prefix, hex(b"k-pending"));
-    redis::cmd("SET").arg(&prkey).arg(pending(now + 600_000)).arg("EX").arg(600).exec_async(&mut conn).await.unwrap();
+    // A key left `sending` by a request that stopped while its records went to Kafka: in
+    // progress until the in-flight time it carries, unknown after it (they may be written).
+    let sending = |until_ms: i64| serde_json::json!({"state": "sending", "body_sha256": hex(body.as_bytes()), "until_ms": until_ms}).to_string();
+    let pkey = [("Idempotency-Key", "k-sending")];
+    let prkey = format!("{}:ingest:idem:acme:infer:{}", run.prefix, hex(b"k-sending"));
+    redis::cmd("SET").arg(&prkey).arg(sending(now + 600_000)).arg("EX").arg(600).exec_async(&mut conn).await.unwrap();
     expect_error(&post(&addr, "/v1/infer", Some("key-acme"), body, &pkey).await, 409, "in_progress", "still being processed");
-    redis::cmd("SET").arg(&prkey).arg(pending(now - 1)).arg("EX").arg(600).exec_async(&mut conn).await.unwrap();
+    redis::cmd("SET").arg(&prkey).arg(sending(now - 1)).arg("EX").arg(600).exec_async(&mut conn).await.unwrap();
     let r = post(&addr, "/v1/infer", Some("key-acme"), body, &pkey).await;
     expect_error(&r, 409, "outcome_unknown", "stopped first");
     assert_eq!(r.json()["ids"], serde_json::json!([]), "{}", r.body);
+
+    // A request's key passes through `sending` to its stored answer: a successful POST
+    // leaves `done`, nothing else.
+    let through = post(&addr, "/v1/infer", Some("key-acme"), r#"{"text":"through sending"}"#, &[("Idempotency-Key", "k-through")]).await;
+    assert_eq!(through.status, 202, "{}", through.body);
+    let stored: String = redis::cmd("GET")
+        .arg(format!("{}:ingest:idem:acme:infer:{}", run.prefix, hex(b"k-through")))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&stored).unwrap()["state"], "done", "{stored}");
 
     // Ids left in flight by a request that stopped, or settled as unknown, are answered
     // as unknown (never written again), not as duplicates of something written.
@@ -624,7 +635,8 @@ async fn an_undecided_key_left_by_a_stopped_request_answers_outcome_unknown() {
 
     let mut features = TopicReader::new(&run.features);
     features.read_to_end(Duration::from_secs(10)).await;
-    assert!(features.records.is_empty(), "nothing written for the undecided key: {:?}", features.records.len());
+    let ids: Vec<String> = features.records.iter().map(|r| r.key_str()).collect();
+    assert_eq!(ids, vec![through.json()["id"].as_str().unwrap().to_string()], "only the request that went through wrote");
     run.cleanup().await;
 }
 

@@ -5,13 +5,15 @@
 //! body) → validation (400 naming the field, 403 other tenant, 409 repeated id, 413 too
 //! many items) → rate limit (429 + Retry-After) → budget (429 + Retry-After, or
 //! deprioritised) → request ids claimed in Redis (409 if already used, 409 in_progress if
-//! an earlier request with them is still being written) → records written to
-//! `aifab.features.in` in one Kafka transaction → 202 with the ids.
+//! an earlier request with them is still being written, 409 outcome_unknown if its write
+//! may or may not have committed) → records written to `aifab.features.in` in one Kafka
+//! transaction → 202 with the ids.
 //!
-//! Every refused POST except 429, 409 in_progress and an over-limit body is also written
-//! to `aifab.dlq` (stage `ingest`, no source, the body as sent) before the 4xx is
-//! answered; 429s and in_progress are back-pressure, not bad input, and an over-limit body
-//! was never read.
+//! Every refused POST except 429, 409 in_progress, 409 outcome_unknown and an over-limit
+//! body is also written to `aifab.dlq` (stage `ingest`, no source, the body as sent, cut
+//! at 256 KiB) before the 4xx is answered; 429s and in_progress are back-pressure and
+//! outcome_unknown an answer about an earlier request, not bad input, and an over-limit
+//! body was never read.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -213,12 +215,11 @@ async fn idempotency(
     body_sha: &str,
 ) -> redis::RedisResult<Idem> {
     let rkey = api.keys.idempotency(tenant, route.name(), key);
-    // Pending until past the ids' in-flight time (claimed a moment later): a request that
-    // stopped before it settled the key may have written its records, so past that time
-    // the key answers outcome_unknown for its whole TTL rather than starting afresh.
-    let until_ms = aifab_core::now_ms() + in_flight_ms(api) + IN_FLIGHT_MARGIN_MS;
-    let pending = json!({"state": "pending", "body_sha256": body_sha, "until_ms": until_ms}).to_string();
-    let ttl_s = api.settings.idempotency_ttl_s.max((in_flight_ms(api) / 1000 + 61) as u64);
+    // Pending expires soon: a request that stops before it sends anything frees its key.
+    // Just before sending, the key turns `sending` for its whole TTL (see `Idempotent`).
+    // `by` tells this request's values from another's with the same key and body.
+    let pending = json!({"state": "pending", "body_sha256": body_sha, "by": uuid::Uuid::now_v7().to_string()}).to_string();
+    let ttl_s = api.settings.produce_timeout.as_secs() + 60;
     // One command: a separate GET after a refused SET NX could find the key gone (its
     // request failed and released it) and read that as another body's key.
     let held: Option<String> =
@@ -244,10 +245,10 @@ async fn idempotency(
         metrics::counter!("aifab_ingest_idempotent_replays_total").increment(1);
         return Ok(Idem::Replay(respond(status, stored["body"].clone(), &headers)));
     }
-    // Pending or undecided past the time its request had to settle it: that request is
+    // Sending or undecided past the time its request had to settle it: that request is
     // gone (ingest stopped meanwhile), and what became of its records cannot be learnt.
     let stale = stored["until_ms"].as_i64().is_some_and(|u| aifab_core::now_ms() >= u);
-    if stale && (stored["state"] == "undecided" || stored["state"] == "pending") {
+    if stale && (stored["state"] == "undecided" || stored["state"] == "sending") {
         let ids = if stored["ids"].is_array() { stored["ids"].clone() } else { json!([]) };
         let (status, body, _) = outcome_unknown("the request with this Idempotency-Key stopped first", &ids);
         return Ok(Idem::Answer(respond(status, body, &[])));
@@ -318,9 +319,11 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
         }
     }
     let mut undecided = None;
-    let response = accept(api, &mut conn, route, &tenant, &settings, headers, &bytes, &mut undecided).await;
-    let idem = idem_key
-        .map(|(rkey, pending)| Idempotent { rkey, pending, body_sha: sha256_hex(&bytes), ttl_s: api.settings.idempotency_ttl_s });
+    // Never shorter than the ids' in-flight time: the key must outlive an undecided write.
+    let ttl_s = api.settings.idempotency_ttl_s.max((in_flight_ms(api) / 1000 + 61) as u64);
+    let mut idem =
+        idem_key.map(|(rkey, pending)| Idempotent { rkey, values: vec![pending], body_sha: sha256_hex(&bytes), ttl_s });
+    let response = accept(api, &mut conn, route, &tenant, &settings, headers, &bytes, idem.as_mut(), &mut undecided).await;
     match undecided {
         // The key stays pending (a retry gets 409 in_progress) until the outcome is known.
         Some(u) => {
@@ -338,11 +341,16 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
 type Answer = (u16, Value, Vec<(&'static str, String)>);
 
 /// A request's claimed Idempotency-Key.
+///
+/// Its states: `pending` (claimed, short TTL: nothing sent yet), `sending` (set just before
+/// the records go to Kafka, with `until_ms`, the ids' in-flight time), `undecided` (the
+/// send timed out; settling), `done` (the answer replayed). A `sending` or `undecided` key
+/// past its `until_ms` was left by a request that stopped: it answers `outcome_unknown`.
 struct Idempotent {
     rkey: String,
-    /// The key's value while this request owns it (pending, or undecided once settling):
-    /// it is released only while it still holds that.
-    pending: String,
+    /// Every value this request set the key to, the latest last: it is released or
+    /// replaced only while it holds one of them (a reply lost after a SET leaves either).
+    values: Vec<String>,
     body_sha: String,
     ttl_s: u64,
 }
@@ -354,9 +362,25 @@ impl Idempotent {
         if (200..300).contains(&response.0) {
             self.store(conn, response).await;
         } else {
-            // Left pending, the key would answer in_progress, then outcome_unknown.
-            store::release_retrying(conn, std::slice::from_ref(&self.rkey), &self.pending).await;
+            // Left sending or undecided, the key would answer in_progress, then outcome_unknown.
+            let values: Vec<&str> = self.values.iter().map(String::as_str).collect();
+            store::release_retrying(conn, std::slice::from_ref(&self.rkey), &values).await;
         }
+    }
+
+    /// Move the key on to `state` (with `until_ms`, and `ids` when given) from the value it
+    /// holds now, for the key's whole TTL.
+    async fn advance(&mut self, conn: &mut ConnectionManager, state: &str, until_ms: i64, ids: Option<&Value>) -> redis::RedisResult<bool> {
+        let by = self.values.first().and_then(|v| serde_json::from_str::<Value>(v).ok()).map(|v| v["by"].clone());
+        let mut next = json!({"state": state, "body_sha256": self.body_sha, "until_ms": until_ms, "by": by});
+        if let Some(ids) = ids {
+            next["ids"] = ids.clone();
+        }
+        let from = self.values.last().cloned().unwrap_or_default();
+        let next = next.to_string();
+        // Remembered first: if the reply is lost after Redis set it, a release still finds it.
+        self.values.push(next.clone());
+        store::replace(conn, &self.rkey, &from, &next, self.ttl_s).await
     }
 
     /// Store `response` as the key's final answer, replayed to every retry with it.
@@ -406,21 +430,12 @@ const SETTLE_WAIT: Duration = ATOMIC_ANSWER_BOUND.saturating_add(Duration::from_
 /// duplicate) and stores the answer for replay; not written releases both.
 async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, mut idem: Option<Idempotent>) {
     if let Some(idem) = &mut idem {
-        // The key stays pending until settled below, for as long as the ids are in flight;
-        // if this task never gets that far (ingest stopped), the key then answers
-        // outcome_unknown rather than let a retry write the records again.
-        let undecided = json!({
-            "state": "undecided",
-            "body_sha256": idem.body_sha,
-            "until_ms": u.in_flight_until,
-            "ids": u.success.1["ids"],
-        });
-        let undecided = undecided.to_string();
-        let set: redis::RedisResult<()> =
-            redis::cmd("SET").arg(&idem.rkey).arg(&undecided).arg("EX").arg(idem.ttl_s.max(1)).exec_async(&mut conn).await;
-        // What a release below must find there (else the key stays pending, which says the same).
-        if set.is_ok() {
-            idem.pending = undecided;
+        // The key stays undecided until settled below, for as long as the ids are in
+        // flight; if this task never gets that far (ingest stopped), the key then answers
+        // outcome_unknown with the ids rather than let a retry write the records again.
+        // If this fails the key stays `sending`, which answers the same without the ids.
+        if let Err(e) = idem.advance(&mut conn, "undecided", u.in_flight_until, Some(&u.success.1["ids"])).await {
+            tracing::warn!(error = %e, "could not mark the Idempotency-Key undecided");
         }
     }
     let claim_value = u.claim_value();
@@ -441,7 +456,7 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, mut idem: Option
         Outcome::NotWritten(e) => {
             metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "not_written").increment(1);
             tracing::info!(error = %e, "a timed-out request's records were not written; releasing its ids");
-            store::release_retrying(&mut conn, &u.claims, &claim_value).await;
+            store::release_retrying(&mut conn, &u.claims, &[&claim_value]).await;
             if let Some(idem) = idem {
                 idem.finish(&mut conn, &answer_error(503, "unavailable", &e, Vec::new())).await;
             }
@@ -470,8 +485,9 @@ fn in_flight_ms(api: &Api) -> i64 {
     (api.settings.produce_timeout + SETTLE_WAIT).as_millis() as i64 + IN_FLIGHT_MARGIN_MS
 }
 
-/// Claims whose records are written (or may be: an unknown outcome) are plain used ids
-/// from now on. Best effort: they turn used anyway when their in-flight time passes.
+/// Claims whose records are written are plain used ids from now on (`to` = the holder),
+/// those whose outcome is unknown are `store::unknown`. Best effort: if this fails they
+/// are answered as unknown once their in-flight time passes.
 async fn mark_written(conn: &mut ConnectionManager, claims: &[String], from: &str, to: &str) {
     if let Err(e) = store::mark(conn, claims, from, to).await {
         tracing::warn!(error = %e, "could not mark written ids; until their in-flight time passes a retry is told to wait");
@@ -508,6 +524,7 @@ async fn accept(
     settings: &TenantSettings,
     headers: &HeaderMap,
     bytes: &[u8],
+    idem: Option<&mut Idempotent>,
     undecided: &mut Option<UndecidedWrite>,
 ) -> Answer {
     let refused = |r: Rejection| async move {
@@ -580,7 +597,7 @@ async fn accept(
     let mine: Vec<String> =
         claims.iter().zip(&claimed).filter(|(_, c)| c.is_none()).map(|((k, _), _)| k.clone()).collect();
     if mine.len() < claims.len() {
-        store::release_retrying(conn, &mine, &claim_value).await;
+        store::release_retrying(conn, &mine, &[&claim_value]).await;
         let now = aifab_core::now_ms();
         let field = |i: usize| if parsed.batch { format!("{}[{i}].id", route.batch_field()) } else { "id".to_string() };
         let id = |i: usize| records[i].id.as_deref().unwrap_or_default().to_string();
@@ -626,6 +643,19 @@ async fn accept(
             rec
         })
         .collect();
+    if let Some(idem) = idem {
+        // From here on a stop of this request leaves records that may be written: the key
+        // must then answer outcome_unknown, not expire and let a retry write them again.
+        let why = match idem.advance(conn, "sending", in_flight_until, None).await {
+            Ok(true) => None,
+            Ok(false) => Some("the Idempotency-Key's claim expired before the records were sent".to_string()),
+            Err(e) => Some(format!("redis: {e}")),
+        };
+        if let Some(why) = why {
+            store::release_retrying(conn, &mine, &[&claim_value]).await;
+            return answer_error(503, "unavailable", &format!("{why}; retry with the same Idempotency-Key"), vec![("retry-after", "1".into())]);
+        }
+    }
     let sent = api.producer.send(out, api.settings.produce_timeout).await;
     let ids: Vec<String> = records.iter().map(|r| r.id.clone().unwrap_or_default()).collect();
     let mut body = json!({"ids": ids, "accepted": n});
@@ -645,7 +675,7 @@ async fn accept(
             success
         }
         Err(SendError::NotWritten(e)) => {
-            store::release_retrying(conn, &mine, &claim_value).await;
+            store::release_retrying(conn, &mine, &[&claim_value]).await;
             tracing::warn!(error = %e, tenant, "could not write accepted records");
             answer_error(503, "unavailable", &format!("kafka: {e}"), vec![("retry-after", "1".into())])
         }

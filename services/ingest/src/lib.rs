@@ -278,7 +278,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         r = &mut raw_loop => Some(r.context("raw loop").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("raw loop ended"))),
         r = &mut pred_loop => Some(r.context("predictions loop").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("predictions loop ended"))),
         // Every POST would answer 503 from then on: better restarted.
-        r = &mut producer_thread => Some(r.context("HTTP producer").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("HTTP producer ended"))),
+        r = &mut producer_thread => Some(r.context("HTTP producer").and_then(|r| r).context("HTTP producer").err().unwrap_or_else(|| anyhow::anyhow!("HTTP producer ended"))),
     };
     svc.stop();
     let grace = Duration::from_secs(config.serve.shutdown_grace_s);

@@ -126,15 +126,36 @@ static MARK: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// Deletes each key that holds any of the values in ARGV.
 static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         "local n = 0
          for _, k in ipairs(KEYS) do
-           if redis.call('GET', k) == ARGV[1] then n = n + redis.call('DEL', k) end
+           local v = redis.call('GET', k)
+           for _, mine in ipairs(ARGV) do
+             if v == mine then n = n + redis.call('DEL', k); break end
+           end
          end
          return n",
     )
 });
+
+static REPLACE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then
+           redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]); return 1
+         end
+         return 0",
+    )
+});
+
+/// Set `key` to `to` with a new TTL if it still holds `from`; whether it did.
+pub async fn replace(conn: &mut ConnectionManager, key: &str, from: &str, to: &str, ttl_s: u64) -> redis::RedisResult<bool> {
+    let mut call = REPLACE.prepare_invoke();
+    call.key(key).arg(from).arg(to).arg(ttl_s.max(1));
+    let n: i64 = call.invoke_async(conn).await?;
+    Ok(n == 1)
+}
 
 /// Set the claims that still hold `from` (this request's claim value) to `to`, keeping
 /// their TTL, in one round trip. Returns how many it changed.
@@ -150,10 +171,10 @@ pub async fn mark(conn: &mut ConnectionManager, keys: &[String], from: &str, to:
 /// [`release`], tried up to five times over about three seconds: claims of a write that
 /// failed and stay would be answered as unknown once their in-flight time has passed,
 /// though nothing of them was written.
-pub async fn release_retrying(conn: &mut ConnectionManager, keys: &[String], value: &str) {
+pub async fn release_retrying(conn: &mut ConnectionManager, keys: &[String], values: &[&str]) {
     let mut backoff = aifab_core::backoff::Backoff::new(std::time::Duration::from_millis(100), std::time::Duration::from_secs(2));
     for attempt in 1..=5 {
-        match release(conn, keys, value).await {
+        match release(conn, keys, values).await {
             Ok(_) => return,
             Err(e) if attempt == 5 => {
                 tracing::error!(error = %e, keys = keys.len(), "could not release the claims of a failed write (ids are refused as unknown, an Idempotency-Key answers outcome_unknown, once their in-flight time passes)")
@@ -166,14 +187,14 @@ pub async fn release_retrying(conn: &mut ConnectionManager, keys: &[String], val
     }
 }
 
-/// Release the claims that still hold `value` (made by a request that then failed).
-/// Returns how many it released.
-pub async fn release(conn: &mut ConnectionManager, keys: &[String], value: &str) -> redis::RedisResult<usize> {
-    if keys.is_empty() {
+/// Release the claims that still hold one of `values` (what a request that then failed
+/// set them to). Returns how many it released.
+pub async fn release(conn: &mut ConnectionManager, keys: &[String], values: &[&str]) -> redis::RedisResult<usize> {
+    if keys.is_empty() || values.is_empty() {
         return Ok(0);
     }
     let mut call = RELEASE.prepare_invoke();
-    call.key(keys).arg(value);
+    call.key(keys).arg(values);
     call.invoke_async(conn).await
 }
 

@@ -30,10 +30,21 @@ async fn claims_are_changed_only_while_they_hold_the_requests_value() {
     assert!((1..=60).contains(&ttl), "TTL kept: {ttl}");
 
     // Released only where the value still matches: another request's claim stays.
-    assert_eq!(store::release(&mut c, &keys, "http:them@9").await.unwrap(), 1);
+    assert_eq!(store::release(&mut c, &keys, &["http:them@9"]).await.unwrap(), 1);
     assert_eq!(get(&mut c, &theirs).await, None);
-    assert_eq!(store::release(&mut c, &keys, "http:them@9").await.unwrap(), 0, "a retried release takes nothing");
+    assert_eq!(store::release(&mut c, &keys, &["http:them@9"]).await.unwrap(), 0, "a retried release takes nothing");
     assert_eq!(get(&mut c, &mine).await.as_deref(), Some("http:me"));
-    store::release_retrying(&mut c, std::slice::from_ref(&mine), "http:me").await;
+    // Any of the values the request may have left there.
+    store::release_retrying(&mut c, std::slice::from_ref(&mine), &["http:me@9", "http:me"]).await;
     assert_eq!(get(&mut c, &mine).await, None);
+
+    // Replaced, with a new TTL, only from the value it holds.
+    let key = format!("{prefix}:idem");
+    redis::cmd("SET").arg(&key).arg("pending").arg("EX").arg(60).exec_async(&mut c).await.unwrap();
+    assert!(!store::replace(&mut c, &key, "other", "sending", 600).await.unwrap());
+    assert!(store::replace(&mut c, &key, "pending", "sending", 600).await.unwrap());
+    assert_eq!(get(&mut c, &key).await.as_deref(), Some("sending"));
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut c).await.unwrap();
+    assert!(ttl > 60, "new TTL: {ttl}");
+    redis::cmd("DEL").arg(&key).exec_async(&mut c).await.unwrap();
 }

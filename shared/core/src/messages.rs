@@ -294,6 +294,10 @@ pub const DEAD_LETTER_ORIGINAL_MAX_BYTES: usize = 256 * 1024;
 /// Longest reason a dead letter keeps, in characters (a reason may quote the bad value).
 pub const DEAD_LETTER_REASON_MAX_CHARS: usize = 4096;
 
+/// Most bytes of the original's key a dead letter keeps (twice: in `key_base64` and as
+/// its own record key). Request ids are short; a key this long is itself bad input.
+pub const DEAD_LETTER_KEY_MAX_BYTES: usize = 4096;
+
 impl DeadLetter {
     /// A dead letter for `original`, refused now by `stage`, within the size bounds above.
     pub fn new(
@@ -316,7 +320,7 @@ impl DeadLetter {
             schema: tag(),
             original_base64: b64.encode(kept),
             original_len: (kept.len() < original.len()).then_some(original.len() as u64),
-            key_base64: key.map(|k| b64.encode(&k[..k.len().min(DEAD_LETTER_ORIGINAL_MAX_BYTES)])),
+            key_base64: key.map(|k| b64.encode(&k[..k.len().min(DEAD_LETTER_KEY_MAX_BYTES)])),
             source,
             stage: stage.to_string(),
             error_kind: error_kind.to_string(),

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{sleep_or_cancelled, Backoff};
 use crate::kafka::{self, retry_transactional, send_waiting};
-use crate::messages::{encode, DeadLetter, SourceRef, DEAD_LETTER_ORIGINAL_MAX_BYTES};
+use crate::messages::{encode, DeadLetter, SourceRef, DEAD_LETTER_KEY_MAX_BYTES};
 use crate::telemetry::metric_name;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -145,7 +145,7 @@ pub fn dead_letter(
     let key = msg.key.as_deref().unwrap_or_default();
     Record {
         topic: dlq_topic.to_string(),
-        key: key[..key.len().min(DEAD_LETTER_ORIGINAL_MAX_BYTES)].to_vec(),
+        key: key[..key.len().min(DEAD_LETTER_KEY_MAX_BYTES)].to_vec(),
         payload: encode(&dl),
         headers,
     }
@@ -785,22 +785,34 @@ pub const ATOMIC_ANSWER_BOUND: Duration =
 
 impl AtomicProducer {
     /// Start the producer thread. `transactional_id` must be stable per replica (a restart
-    /// fences its predecessor) and differ from every other producer's. The handle ends when
-    /// the thread does: before `shutdown` only on a fatal error (fenced by another replica
-    /// with the same id, say) or a panic, after which every send fails, so the service
-    /// should exit and be restarted.
+    /// fences its predecessor) and differ from every other producer's. The receiver is
+    /// answered when the thread ends: before `shutdown` only on a fatal error (fenced by
+    /// another replica with the same id, say) or a panic, after which every send fails, so
+    /// the service should exit and be restarted. The thread is not joined: a process
+    /// exiting with a transaction stuck on a dead broker does not wait for it.
     pub fn start(
         service: &'static str,
         brokers: &str,
         transactional_id: &str,
         shutdown: CancellationToken,
-    ) -> anyhow::Result<(Self, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    ) -> anyhow::Result<(Self, tokio::sync::oneshot::Receiver<anyhow::Result<()>>)> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<AtomicJob>(10_000);
+        let (ended_tx, ended) = tokio::sync::oneshot::channel();
         let brokers = brokers.to_string();
         let id = transactional_id.to_string();
-        let thread = spawn_loop("atomic-producer", move || atomic_loop(service, &brokers, &id, rx, shutdown))?;
+        std::thread::Builder::new()
+            .name("atomic-producer".into())
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| atomic_loop(service, &brokers, &id, rx, shutdown));
+                let result = std::panic::catch_unwind(run).unwrap_or_else(|_| Err(anyhow::anyhow!("the producer thread panicked")));
+                if let Err(e) = &result {
+                    tracing::error!(error = %format!("{e:#}"), "atomic producer stopped");
+                }
+                let _ = ended_tx.send(result);
+            })
+            .context("starting the atomic producer thread")?;
         let queued = Arc::new(tokio::sync::Semaphore::new(ATOMIC_QUEUE_KIB));
-        Ok((AtomicProducer { tx, queued }, thread))
+        Ok((AtomicProducer { tx, queued }, ended))
     }
 
     /// Produce `records` in one transaction, waiting up to `timeout` for its commit.
@@ -1053,7 +1065,7 @@ mod tests {
         // its reason and a megabyte of headers: the dead letter must still be producible.
         let mut m = msg("raw", 0, 7);
         m.payload = vec![b'x'; 1_000_000];
-        m.key = Some(vec![b'k'; 1_000]);
+        m.key = Some(vec![b'k'; 256 * 1024]);
         m.headers = (0..100).map(|i| (format!("h{i}"), vec![b'v'; 10_000])).collect();
         let reason = format!("field \"schema\": found \"{}\"", "y".repeat(1_000_000));
         let r = dead_letter("dlq", "ingest", &m, "wrong_schema", &reason, None);
@@ -1061,10 +1073,11 @@ mod tests {
         assert!(header_bytes <= DEAD_LETTER_HEADER_MAX_BYTES && !r.headers.is_empty(), "{header_bytes}");
         let size = r.payload.len() + r.key.len() + header_bytes;
         assert!(size < 600 * 1024, "{size} bytes");
+        assert_eq!(r.key.len(), crate::messages::DEAD_LETTER_KEY_MAX_BYTES);
         let dl: DeadLetter = crate::messages::decode(&r.payload).unwrap();
         assert_eq!(dl.original_len, Some(1_000_000));
         let kept = base64::engine::general_purpose::STANDARD.decode(&dl.original_base64).unwrap();
-        assert_eq!(kept.len(), DEAD_LETTER_ORIGINAL_MAX_BYTES);
+        assert_eq!(kept.len(), crate::messages::DEAD_LETTER_ORIGINAL_MAX_BYTES);
         assert!(dl.reason.starts_with("field \"schema\"") && dl.reason.ends_with("(reason cut at 4096 characters)"));
         let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
         crate::schema::validate("dead_letter/v1", &v).unwrap();
