@@ -672,6 +672,7 @@ mod deadline_tests {
 #[cfg(test)]
 mod positions_tests {
     use super::*;
+    use aifab_core::messages::tag;
 
     #[test]
     fn revoking_drops_queued_messages_and_positions_of_that_topic_only() {
