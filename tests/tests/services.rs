@@ -119,3 +119,116 @@ async fn a_missing_dependency_keeps_the_service_unready_with_a_clear_log_line() 
     assert_eq!(code, 200, "alive while a dependency is down");
     exits_cleanly(child, "cost-accountant").await;
 }
+
+/// The loop each service cannot do without (names as in `/readyz`, `loop:<name>`).
+const ESSENTIAL_LOOPS: &[(&str, &str)] = &[
+    ("ingest", "raw-loop"),
+    ("feature", "feature-loop"),
+    ("trainer", "examples-consumer"),
+    ("inference-worker", "batch-loop"),
+    ("monitor", "lag-poller"),
+    ("cost-accountant", "usage-consumer"),
+    ("autoscaler", "controller"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_that_stops_makes_every_kind_of_service_exit_naming_it() {
+    assert_eq!(ESSENTIAL_LOOPS.len(), SERVICES.len(), "one loop per service kind");
+    let models = aifab_tests::tiny_models();
+    for (service, loop_name) in ESSENTIAL_LOOPS {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut env = service_env(service, &models);
+        // The failpoint makes the loop fail as soon as it starts, as a crash in it would.
+        env.push((aifab_core::supervise::FAILPOINT_ENV, loop_name.to_string()));
+        let mut child = start(service, &addr, &env, true);
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut logs = Vec::new();
+        let status = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                logs.push(line);
+            }
+            child.wait().await.unwrap()
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{service} did not exit within 60 s of its {loop_name} loop failing:\n{}", logs.join("\n")));
+        assert!(!status.success(), "{service} must exit non-zero to be restarted, got {status}");
+        let named = logs
+            .iter()
+            .find(|l| l.contains("a loop the service needs stopped") && l.contains(&format!("\"loop_name\":\"{loop_name}\"")));
+        assert!(named.is_some(), "{service}: no error line naming loop {loop_name}:\n{}", logs.join("\n"));
+        assert!(named.unwrap().contains("\"level\":\"ERROR\""), "{service}: {named:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trainer_started_before_its_topic_exists_consumes_and_trains_once_it_does() {
+    let topic = aifab_tests::unique("late-examples");
+    let task = aifab_tests::unique("late").replace('.', "_");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let model_dir = aifab_tests::tiny_models().model_dir.display().to_string();
+    let store = tempfile::tempdir().unwrap();
+    let env = [
+        ("AIFAB_INPUT_TOPIC", topic.clone()),
+        ("AIFAB_TRAINER_GROUP", aifab_tests::unique("late-trainer")),
+        ("AIFAB_MODEL_DIR", model_dir),
+        ("AIFAB_ARTIFACT_DIR", store.path().display().to_string()),
+        // Train as soon as the 40 examples below are in.
+        ("AIFAB_TRAIN_EVERY", "40".to_string()),
+    ];
+    let child = start("trainer", &addr, &env, false);
+    // Not ready while its input does not exist, and readiness says why.
+    let body = eventually(Duration::from_secs(120), "trainer /readyz naming its missing topic", || {
+        let addr = addr.clone();
+        async move {
+            match http_get(&addr, "/readyz").await {
+                Ok((503, body)) if body.contains("does not exist yet") => Some(body),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(body.contains("loop:examples-consumer"), "{body}");
+
+    aifab_tests::create_topic(&topic, 2).await;
+    let examples: Vec<_> = (0..40)
+        .map(|i| {
+            let label = if i % 2 == 0 { "spam" } else { "ham" };
+            let text = if i % 2 == 0 { format!("WIN a free prize now {i}") } else { format!("see you at lunch {i}") };
+            let example = aifab_core::messages::TrainingExample {
+                schema: aifab_core::messages::tag(),
+                id: format!("late-{i}"),
+                tenant: "t".into(),
+                task: task.clone(),
+                text,
+                label: label.into(),
+                received_at_ms: aifab_core::now_ms(),
+            };
+            (Some(format!("late-{i}")), aifab_core::messages::encode(&example), Vec::new())
+        })
+        .collect();
+    aifab_tests::produce_raw(&topic, &examples).await;
+    eventually(Duration::from_secs(120), "the trainer's window to hold the 40 examples", || {
+        let addr = addr.clone();
+        let task = task.clone();
+        async move {
+            let (code, body) = http_get(&addr, "/v1/window").await.ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (code == 200 && v["examples"][&task].as_u64() == Some(40)).then_some(())
+        }
+    })
+    .await;
+    eventually(Duration::from_secs(60), "the trainer to be ready once it consumes", || {
+        let addr = addr.clone();
+        async move { matches!(http_get(&addr, "/readyz").await, Ok((200, _))).then_some(()) }
+    })
+    .await;
+    eventually(Duration::from_secs(180), "a training job on the late examples to succeed", || {
+        let addr = addr.clone();
+        async move {
+            let (_, text) = http_get(&addr, "/metrics").await.ok()?;
+            (aifab_tests::metric(&text, "aifab_trainer_jobs_total{result=\"ok\"}")? >= 1.0).then_some(())
+        }
+    })
+    .await;
+    exits_cleanly(child, "trainer").await;
+}

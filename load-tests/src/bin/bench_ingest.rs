@@ -132,6 +132,7 @@ async fn relay(brokers: &str, run: &str, raw: &str, mid: &str, out: &str, n: usi
             // The stages' defaults (AIFAB_CONSUME_BATCH, AIFAB_CONSUME_WAIT_MS).
             max_batch: 10_000,
             max_wait: Duration::from_millis(20),
+            heartbeat: Default::default(),
         };
         let (stage, handle, cancel) = (CopyHop { to: to.to_string() }, tokio::runtime::Handle::current(), shutdown.clone());
         loops.push(std::thread::spawn(move || aifab_core::pipeline::run_transactional(settings, stage, handle, cancel)));

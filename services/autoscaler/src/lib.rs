@@ -312,14 +312,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     if let Some(a) = actuator.clone() {
         svc.readiness.register("actuator", "not polled yet");
-        tokio::spawn(poll_actuator(
+        let poll = poll_actuator(
             a,
             nats.clone(),
             config.service.clone(),
             Duration::from_secs_f64(config.actuator_poll_s.max(0.2)),
             svc.readiness.clone(),
             svc.shutdown.clone(),
-        ));
+        );
+        svc.supervise("actuator-poller", async move {
+            poll.await;
+            Ok(())
+        });
     }
 
     let mut ctl = Controller::new(
@@ -330,9 +334,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.topic.clone(),
     );
     let applying = Arc::new(tokio::sync::Mutex::new(()));
-    loop {
+    let shutdown = svc.shutdown.clone();
+    svc.supervise("controller", async move { loop {
         tokio::select! {
-            _ = svc.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => return Ok(()),
             Some(msg) = lag_sub.next() => {
                 let reading = match decode::<LagReading>(&msg.payload) {
                     Ok(r) => r,
@@ -370,10 +375,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "bad replica report"),
                 }
             }
+            else => anyhow::bail!("the NATS subscriptions to lag, budget and replica events ended"),
         }
-    }
-    svc.finish().await;
-    Ok(())
+    } });
+    // Until SIGTERM, or until a loop fails (then exit non-zero to be restarted).
+    svc.shutdown.cancelled().await;
+    svc.finish().await
 }
 
 /// Apply a decision through the actuator in the background (one at a time; a decision

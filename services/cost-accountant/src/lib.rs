@@ -21,6 +21,7 @@ use aifab_core::config::{BrokerArgs, ServeArgs};
 use aifab_core::messages::{decode, encode, tag, BudgetEvent, BudgetEventKind, BudgetPeriod, BudgetSet, DeadLetter, SourceRef, UsageRecord};
 use aifab_core::redis_store::RedisHandle;
 use aifab_core::service::{Needs, Service, ServiceSpec};
+use aifab_core::supervise::{Heartbeat, STALE_AFTER};
 use aifab_core::topics::{self, groups, subjects};
 use anyhow::Context;
 use axum::extract::{Query, State};
@@ -417,32 +418,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     svc.serve(router(app.clone())).await?;
     let nats = svc.nats()?;
 
-    let consumer = tokio::spawn(charge_loop(config.clone(), app.clone(), svc.shutdown.clone()));
-    let budgets = tokio::spawn(budget_loop(config.clone(), app.clone(), nats.clone(), svc.shutdown.clone()));
+    let heartbeat = svc.heartbeat("usage-consumer", STALE_AFTER);
+    svc.supervise("usage-consumer", charge_loop(config.clone(), app.clone(), heartbeat, svc.shutdown.clone()));
+    svc.supervise("budget-checks", budget_loop(config.clone(), app.clone(), nats.clone(), svc.shutdown.clone()));
+    svc.supervise("budget-sets", listen_budget_sets(nats, app, svc.shutdown.clone()));
+    // Until SIGTERM, or until a loop fails (then exit non-zero to be restarted).
+    svc.shutdown.cancelled().await;
+    svc.finish().await
+}
+
+/// Budgets set over NATS (`aifab.budget.set`), as `POST /v1/budgets` sets them.
+async fn listen_budget_sets(nats: async_nats::Client, app: App, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut sets = nats.subscribe(subjects::BUDGET_SET).await.context("subscribing to aifab.budget.set")?;
     loop {
-        tokio::select! {
-            _ = svc.shutdown.cancelled() => break,
-            Some(msg) = sets.next() => {
-                match decode::<BudgetSet>(&msg.payload) {
-                    Ok(b) => if let Err(ApiError(_, e)) = app.set_budget(b).await {
-                        tracing::warn!(error = %e, "budget from NATS refused");
-                    },
-                    Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "bad budget.set message"),
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            m = sets.next() => m.with_context(|| format!("the NATS subscription to {} ended", subjects::BUDGET_SET))?,
+        };
+        match decode::<BudgetSet>(&msg.payload) {
+            Ok(b) => {
+                if let Err(ApiError(_, e)) = app.set_budget(b).await {
+                    tracing::warn!(error = %e, "budget from NATS refused");
                 }
             }
+            Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "bad budget.set message"),
         }
     }
-    if let Err(e) = consumer.await? {
-        tracing::error!(error = %format!("{e:#}"), "usage consumer failed");
-    }
-    budgets.abort();
-    svc.finish().await;
-    Ok(())
 }
 
 /// Consume usage records and charge each once; commit offsets after charging.
-async fn charge_loop(config: Config, app: App, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn charge_loop(config: Config, app: App, heartbeat: Heartbeat, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Charging needs Redis: do not consume before it answers.
     let mut conn = tokio::select! {
         c = app.redis.get() => c?,
@@ -465,20 +470,30 @@ async fn charge_loop(config: Config, app: App, shutdown: CancellationToken) -> a
     let mut stream = consumer.stream();
     let mut last_commit = tokio::time::Instant::now();
     let mut dirty = false;
+    // Quiet is progress (nothing waiting) unless the last thing the consumer said was an error.
+    let mut failing = false;
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => None,
-            m = stream.next() => m,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if !failing {
+                    heartbeat.progress();
+                }
+                None
+            }
+            m = stream.next() => Some(m.context("the usage consumer's stream ended")?),
         };
         if let Some(msg) = msg {
             let m = match msg {
                 Ok(m) => m,
                 Err(e) => {
+                    failing = true;
+                    heartbeat.trouble(format_args!("consumer error: {e}"));
                     tracing::warn!(error = %e, "usage consumer error");
                     continue;
                 }
             };
+            failing = false;
             let payload = m.payload().unwrap_or_default();
             match decode::<UsageRecord>(payload) {
                 Ok(u) => {
@@ -490,9 +505,11 @@ async fn charge_loop(config: Config, app: App, shutdown: CancellationToken) -> a
                             Ok(fresh) => {
                                 let result = if fresh { "charged" } else { "duplicate" };
                                 metrics::counter!("aifab_cost_accountant_usage_records_total", "result" => result).increment(1);
+                                heartbeat.progress();
                                 break;
                             }
                             Err(e) => {
+                                heartbeat.trouble(format_args!("charging failed: {e}"));
                                 let delay = backoff.next_delay_jittered();
                                 tracing::warn!(error = %e, retry_in = ?delay, "charging failed; retrying");
                                 tokio::select! {
@@ -574,10 +591,10 @@ async fn budget_state(app: &App, conn: &mut ConnectionManager, b: &StoredBudget,
 
 /// Check every budget periodically: fire warning/exceeded once per period, and publish
 /// status reports.
-async fn budget_loop(config: Config, app: App, nats: async_nats::Client, shutdown: CancellationToken) {
+async fn budget_loop(config: Config, app: App, nats: async_nats::Client, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut conn = tokio::select! {
-        c = app.redis.get() => match c { Ok(c) => c, Err(_) => return },
-        _ = shutdown.cancelled() => return,
+        c = app.redis.get() => c?,
+        _ = shutdown.cancelled() => return Ok(()),
     };
     let every = Duration::from_millis(config.budget_interval_ms.max(100));
     let status_every = config.status_interval_ms.max(100) as i64;
@@ -639,7 +656,7 @@ async fn budget_loop(config: Config, app: App, nats: async_nats::Client, shutdow
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = app.check_now.notified() => { last_status = 0; }
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
         }
     }
 }

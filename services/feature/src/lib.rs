@@ -22,6 +22,7 @@ use std::time::Duration;
 use aifab_core::config::{BrokerArgs, ServeArgs};
 use aifab_core::pipeline::{self, LoopSettings};
 use aifab_core::service::{Needs, Service, ServiceSpec};
+use aifab_core::supervise::STALE_AFTER;
 use aifab_core::topics;
 use anyhow::Context as _;
 
@@ -168,12 +169,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         client_id: format!("aifab-feature-{instance}"),
         max_batch: config.consume_batch.max(1),
         max_wait: Duration::from_millis(config.consume_wait_ms),
+        heartbeat: svc.heartbeat("feature-loop", STALE_AFTER),
     };
     let (rt, token) = (runtime.clone(), svc.shutdown.clone());
-    let mut stage_loop =
+    let stage_loop =
         pipeline::spawn_loop("feature-loop", move || pipeline::run_transactional(stage_settings, stage, rt, token))?;
+    svc.supervise("feature-loop", async move { stage_loop.await.context("feature loop thread")? });
 
-    let mut cache_loop = if config.dedupe_ttl_s > 0 {
+    if config.dedupe_ttl_s > 0 {
         let fill = dedupe::CacheFill { redis, keys, ttl_s: config.dedupe_ttl_s };
         let settings = LoopSettings {
             service: SPEC.name,
@@ -183,46 +186,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             client_id: format!("aifab-feature-cache-{instance}"),
             max_batch: 2000,
             max_wait: Duration::from_millis(20),
+            heartbeat: svc.heartbeat("cache-loop", STALE_AFTER),
         };
         let (rt, token) = (runtime, svc.shutdown.clone());
-        Some(pipeline::spawn_loop("cache-loop", move || pipeline::run_at_least_once(settings, fill, rt, token))?)
-    } else {
-        None
-    };
+        let cache_loop = pipeline::spawn_loop("cache-loop", move || pipeline::run_at_least_once(settings, fill, rt, token))?;
+        svc.supervise("cache-loop", async move { cache_loop.await.context("cache loop thread")? });
+    }
 
-    let cache_ended = async {
-        match cache_loop.as_mut() {
-            Some(h) => h.await,
-            None => std::future::pending().await,
-        }
-    };
-    let failure: Option<anyhow::Error> = tokio::select! {
-        _ = svc.shutdown.cancelled() => None,
-        r = &mut stage_loop => Some(r.context("feature loop").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("feature loop ended"))),
-        r = cache_ended => Some(r.context("cache loop").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("cache loop ended"))),
-    };
-    svc.stop();
-    let grace = Duration::from_secs(config.serve.shutdown_grace_s);
-    let mut loops = vec![("feature loop", stage_loop)];
-    if let Some(c) = cache_loop {
-        loops.push(("cache loop", c));
-    }
-    for (name, handle) in loops {
-        if handle.is_finished() {
-            continue;
-        }
-        match tokio::time::timeout(grace, handle).await {
-            Ok(Ok(Err(e))) => tracing::error!(error = %format!("{e:#}"), "{name} failed while stopping"),
-            Err(_) => tracing::warn!("{name} did not stop within the grace period"),
-            _ => {}
-        }
-    }
-    svc.finish().await;
-    match failure {
-        None => Ok(()),
-        Some(e) => {
-            tracing::error!(error = %format!("{e:#}"), "stopping after a fatal error");
-            Err(e)
-        }
-    }
+    // Until SIGTERM, or until a loop fails (then exit non-zero to be restarted).
+    svc.shutdown.cancelled().await;
+    svc.finish().await
 }

@@ -156,23 +156,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // No head given: serve the registry's production version, as soon as there is one.
     if config.head_dir.is_none() {
-        tokio::spawn(model_slot::load_production(
-            svc.redis()?,
-            slot.clone(),
-            config.task.clone(),
-            svc.shutdown.clone(),
-        ));
+        let load = model_slot::load_production(svc.redis()?, slot.clone(), config.task.clone(), svc.shutdown.clone());
+        svc.supervise_until_done("production-model", async move {
+            load.await;
+            Ok(())
+        });
     }
 
-    tokio::spawn(model_slot::follow_rollout(svc.redis()?, slot.clone(), config.task.clone(), svc.shutdown.clone()));
-
-    let events = tokio::spawn(model_slot::follow_events(
-        svc.nats()?,
-        slot.clone(),
-        config.task.clone(),
-        config.follow,
-        svc.shutdown.clone(),
-    ));
+    let rollout = model_slot::follow_rollout(svc.redis()?, slot.clone(), config.task.clone(), svc.shutdown.clone());
+    svc.supervise("rollout-follower", async move {
+        rollout.await;
+        Ok(())
+    });
+    let events = model_slot::follow_events(svc.nats()?, slot.clone(), config.task.clone(), config.follow, svc.shutdown.clone());
+    svc.supervise("model-events", events);
 
     let settings = WorkerSettings {
         brokers: config.brokers.kafka_brokers.clone(),
@@ -188,19 +185,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         max_queue: config.max_queue.max(config.max_batch_size),
         max_txn: Duration::from_millis(config.max_txn_ms),
+        heartbeat: svc.heartbeat("batch-loop", aifab_core::supervise::STALE_AFTER),
     };
     let worker = Worker::new(settings, slot, svc.shutdown.clone())?;
-    let loop_thread = std::thread::Builder::new()
-        .name("batch-loop".into())
-        .spawn(move || worker.run())
-        .context("starting the batch loop")?;
-    // Wait for the loop to end (shutdown, or a fatal error) without blocking the runtime.
-    let result = tokio::task::spawn_blocking(move || loop_thread.join()).await?;
-    svc.stop();
-    events.abort();
-    svc.finish().await;
-    match result {
-        Ok(r) => r,
-        Err(_) => anyhow::bail!("the batch loop panicked"),
-    }
+    let batch_loop = aifab_core::pipeline::spawn_loop("batch-loop", move || worker.run())?;
+    svc.supervise("batch-loop", async move { batch_loop.await.context("batch loop thread")? });
+    // Until SIGTERM, or until a loop fails (then exit non-zero to be restarted).
+    svc.shutdown.cancelled().await;
+    svc.finish().await
 }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use aifab_core::messages::{decode, encode, Arm, DeadLetter, InferenceRequest, SourceRef};
 use aifab_core::pipeline::Positions;
+use aifab_core::supervise::Heartbeat;
 use aifab_core::registry::{canary_arm, Rollout};
 use aifab_core::kafka::{
     abort_transaction, commit_transaction, committed_positions_retrying, init_transactions_retrying,
@@ -69,6 +70,9 @@ pub struct WorkerSettings {
     /// a commit costs a broker round trip per partition, which at batch size 1 would cost
     /// more than the compute.
     pub max_txn: Duration,
+    /// Beaten on each committed transaction and each idle poll (nothing waiting), so a
+    /// loop whose transactions keep failing goes stale in `/readyz`.
+    pub heartbeat: Heartbeat,
 }
 
 /// A transaction that has outputs in it but is not committed yet.
@@ -158,6 +162,8 @@ impl Worker {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
+            // Readiness's `model` check says why nothing is consumed meanwhile.
+            self.settings.heartbeat.progress();
             std::thread::sleep(Duration::from_millis(100));
         }
         if !init_transactions_retrying(&self.producer, TXN_TIMEOUT, &shutdown)? {
@@ -190,6 +196,9 @@ impl Worker {
                 }
                 Plan::Idle => {
                     self.commit_open()?;
+                    if self.open_txn.is_none() {
+                        self.settings.heartbeat.progress();
+                    }
                     self.poll(Duration::from_millis(100))
                 }
             }
@@ -216,6 +225,7 @@ impl Worker {
             match polled {
                 None => break,
                 Some(Err(e)) => {
+                    self.settings.heartbeat.trouble(format_args!("consumer error: {e}"));
                     tracing::warn!(error = %e, "consumer error");
                     break;
                 }
@@ -416,6 +426,7 @@ impl Worker {
             Ok(()) => {
                 tracing::debug!(batches = txn.batches, offsets = ?txn.next_offsets, "transaction committed");
                 metrics::histogram!("aifab_inference_worker_batches_per_transaction").record(txn.batches as f64);
+                self.settings.heartbeat.progress();
                 Ok(())
             }
             Err(e) => {
@@ -433,6 +444,7 @@ impl Worker {
             return self.replace_producer(e);
         }
         metrics::counter!("aifab_inference_worker_transactions_aborted_total").increment(1);
+        self.settings.heartbeat.trouble(format_args!("transaction failed: {e}"));
         tracing::warn!(error = %e, batch = %what, "transaction failed; aborting and rewinding to committed offsets");
         // A transaction exists to abort when one was begun, or when the failed call was a
         // transactional one (begin itself failing leaves the producer in the abortable

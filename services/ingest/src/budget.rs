@@ -134,7 +134,7 @@ pub async fn follow_events(
     board: std::sync::Arc<BudgetBoard>,
     redis: aifab_core::redis_store::RedisHandle,
     shutdown: tokio_util::sync::CancellationToken,
-) {
+) -> anyhow::Result<()> {
     let subject = aifab_core::topics::subjects::BUDGET_EXCEEDED;
     let mut sub = loop {
         match nats.subscribe(subject).await {
@@ -143,7 +143,7 @@ pub async fn follow_events(
                 tracing::warn!(error = %e, subject, "subscribing failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return Ok(()),
                 }
             }
         }
@@ -151,8 +151,8 @@ pub async fn follow_events(
     tracing::info!(subject, "following budget events");
     loop {
         let msg = tokio::select! {
-            m = sub.next() => match m { Some(m) => m, None => return },
-            _ = shutdown.cancelled() => return,
+            m = sub.next() => match m { Some(m) => m, None => anyhow::bail!("the NATS subscription to {subject} ended") },
+            _ = shutdown.cancelled() => return Ok(()),
         };
         match decode::<BudgetEvent>(&msg.payload) {
             Ok(event) => {

@@ -26,6 +26,7 @@ use std::time::Duration;
 use aifab_core::config::{BrokerArgs, ServeArgs};
 use aifab_core::pipeline::{self, AtomicProducer, LoopSettings};
 use aifab_core::service::{Needs, Service, ServiceSpec};
+use aifab_core::supervise::STALE_AFTER as LOOP_STALE_AFTER;
 use aifab_core::topics;
 use anyhow::Context as _;
 
@@ -196,7 +197,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Bind first: the instance id defaults to the port.
     let listener_probe = config.serve.http_addr_or(SPEC.default_port);
     let instance = config.instance_id.clone().unwrap_or_else(|| default_instance_id(Some(listener_probe)));
-    let (producer, mut producer_thread) = AtomicProducer::start(
+    let (producer, producer_thread) = AtomicProducer::start(
         SPEC.name,
         &config.brokers.kafka_brokers,
         &format!("aifab-ingest-http-{instance}"),
@@ -225,7 +226,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     svc.serve(http::router(api)).await?;
 
-    let events = tokio::spawn(budget::follow_events(svc.nats()?, budget.clone(), redis.clone(), svc.shutdown.clone()));
+    // Every POST would answer 503 once the producer thread ended: better restarted.
+    svc.supervise("http-producer", async move { producer_thread.await.context("HTTP producer thread")?.context("HTTP producer") });
+    let events = budget::follow_events(svc.nats()?, budget.clone(), redis.clone(), svc.shutdown.clone());
+    svc.supervise("budget-events", events);
 
     let runtime = tokio::runtime::Handle::current();
     let raw_stage = raw::RawStage {
@@ -249,11 +253,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         client_id: format!("aifab-ingest-{instance}"),
         max_batch: config.consume_batch.max(1),
         max_wait: Duration::from_millis(config.consume_wait_ms),
+        heartbeat: svc.heartbeat("raw-loop", LOOP_STALE_AFTER),
     };
     let (rt, token) = (runtime.clone(), svc.shutdown.clone());
-    let mut raw_loop = pipeline::spawn_loop("raw-loop", move || {
-        pipeline::run_transactional(raw_settings, raw_stage, rt, token)
-    })?;
+    let raw_loop = pipeline::spawn_loop("raw-loop", move || pipeline::run_transactional(raw_settings, raw_stage, rt, token))?;
+    svc.supervise("raw-loop", async move { raw_loop.await.context("raw loop thread")? });
 
     let store = predictions::PredictionStore { redis, keys, ttl_s: config.prediction_ttl_s };
     let pred_settings = LoopSettings {
@@ -264,34 +268,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         client_id: format!("aifab-ingest-predictions-{instance}"),
         max_batch: 2000,
         max_wait: Duration::from_millis(20),
+        heartbeat: svc.heartbeat("predictions-loop", LOOP_STALE_AFTER),
     };
     let (rt, token) = (runtime, svc.shutdown.clone());
-    let mut pred_loop = pipeline::spawn_loop("predictions-loop", move || {
-        pipeline::run_at_least_once(pred_settings, store, rt, token)
-    })?;
+    let pred_loop =
+        pipeline::spawn_loop("predictions-loop", move || pipeline::run_at_least_once(pred_settings, store, rt, token))?;
+    svc.supervise("predictions-loop", async move { pred_loop.await.context("predictions loop thread")? });
 
-    // Run until shutdown, or until a loop fails (then exit non-zero to be restarted).
-    let failure: Option<anyhow::Error> = tokio::select! {
-        // Shutdown first: the loops and the producer end after it, and that is no failure.
-        biased;
-        _ = svc.shutdown.cancelled() => None,
-        r = &mut raw_loop => Some(r.context("raw loop").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("raw loop ended"))),
-        r = &mut pred_loop => Some(r.context("predictions loop").and_then(|r| r).err().unwrap_or_else(|| anyhow::anyhow!("predictions loop ended"))),
-        // Every POST would answer 503 from then on: better restarted.
-        r = &mut producer_thread => Some(r.context("HTTP producer").and_then(|r| r).context("HTTP producer").err().unwrap_or_else(|| anyhow::anyhow!("HTTP producer ended"))),
-    };
-    svc.stop();
+    // Until SIGTERM, or until a loop fails (then exit non-zero to be restarted). The loops
+    // drain first; then the HTTP requests still settling.
+    svc.shutdown.cancelled().await;
+    svc.stop_loops().await;
     let grace = Duration::from_secs(config.serve.shutdown_grace_s);
-    for (name, handle) in [("raw loop", raw_loop), ("predictions loop", pred_loop)] {
-        if handle.is_finished() {
-            continue;
-        }
-        match tokio::time::timeout(grace, handle).await {
-            Ok(Ok(Err(e))) => tracing::error!(error = %format!("{e:#}"), "{name} failed while stopping"),
-            Err(_) => tracing::warn!("{name} did not stop within the grace period"),
-            _ => {}
-        }
-    }
     // POSTs still running, and undecided writes still settling, get a grace period of their
     // own to finish before the producer goes with the process. One settling can take
     // longer (see `http::SETTLE_WAIT`): its ids are then held as in flight until their
@@ -300,13 +288,5 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if tokio::time::timeout(grace, http_tasks.wait()).await.is_err() {
         tracing::warn!(left = http_tasks.len(), "HTTP requests still settling after the grace period; their ids stay claimed");
     }
-    events.abort();
-    svc.finish().await;
-    match failure {
-        None => Ok(()),
-        Some(e) => {
-            tracing::error!(error = %format!("{e:#}"), "stopping after a fatal error");
-            Err(e)
-        }
-    }
+    svc.finish().await
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use aifab_core::artifacts::ArtifactStore;
 use aifab_core::messages::{decode, encode, tag, ModelEvent, ModelEventKind, TrainProgress, TrainRequest, TrainStage, TrainingExample};
 use aifab_core::registry::{promotion_gate, GateDecision, ModelRecord, Registry, CANDIDATE, PRODUCTION};
+use aifab_core::backoff::Backoff;
 use aifab_core::service::Service;
+use aifab_core::supervise::{Heartbeat, STALE_AFTER};
 use aifab_core::topics::subjects;
 use anyhow::Context;
 use axum::extract::{Path, State};
@@ -62,22 +64,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let shutdown = svc.shutdown.clone();
 
-    let consume = tokio::spawn(consume_examples(consumer.clone(), config.clone(), window.clone(), tx.clone(), shutdown.clone()));
-    let requests = tokio::spawn(listen_for_requests(nats.clone(), tx.clone(), shutdown.clone()));
-    let jobs = tokio::spawn(async move {
-        let registry = match redis.get().await {
-            Ok(conn) => Registry::new(conn),
-            Err(e) => return Err(anyhow::anyhow!(e)),
+    let heartbeat = svc.heartbeat("examples-consumer", STALE_AFTER);
+    let examples = consume_examples(consumer.clone(), config.clone(), window.clone(), tx.clone(), heartbeat, shutdown.clone());
+    svc.supervise("examples-consumer", examples);
+    svc.supervise("train-requests", listen_for_requests(nats.clone(), tx.clone(), shutdown.clone()));
+    let jobs_shutdown = shutdown.clone();
+    svc.supervise("train-jobs", async move {
+        let registry = tokio::select! {
+            conn = redis.get() => Registry::new(conn?),
+            _ = jobs_shutdown.cancelled() => return Ok(()),
         };
-        run_jobs(rx, trainer, window, registry, store, nats, consumer, config).await
+        tokio::select! {
+            r = run_jobs(rx, trainer, window, registry, store, nats, consumer, config) => r,
+            // A job in progress runs on a blocking thread; it is not waited for.
+            _ = jobs_shutdown.cancelled() => Ok(()),
+        }
     });
 
+    // Until SIGTERM, or until a loop fails (then exit non-zero to be restarted).
     shutdown.cancelled().await;
-    consume.abort();
-    requests.abort();
-    jobs.abort();
-    svc.finish().await;
-    Ok(())
+    svc.finish().await
 }
 
 async fn train_now(State(s): State<AppState>, Path(task): Path<String>) -> (axum::http::StatusCode, Json<serde_json::Value>) {
@@ -99,51 +105,60 @@ async fn window_sizes(State(s): State<AppState>) -> Json<serde_json::Value> {
 
 /// Replay the topic from the beginning: records before the group's committed offsets are
 /// history (they fill the window), later ones are new (they count towards a trigger).
+/// Until the topic exists and the group coordinator answers (a broker that is still
+/// starting), the assignment is retried with backoff; the heartbeat says why meanwhile.
 async fn consume_examples(
     consumer: Arc<StreamConsumer>,
     config: Config,
     window: Arc<Mutex<TrainingWindow>>,
     triggers: mpsc::UnboundedSender<String>,
+    heartbeat: Heartbeat,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     let topic = config.input_topic.clone();
-    let committed: HashMap<i32, i64> = {
-        let c = consumer.clone();
-        let t = topic.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<HashMap<i32, i64>> {
-            let md = c.fetch_metadata(Some(&t), Duration::from_secs(30))?;
-            let mut tpl = TopicPartitionList::new();
-            for p in md.topics().first().map(|t| t.partitions()).unwrap_or_default() {
-                tpl.add_partition(&t, p.id());
-            }
-            let committed = c.committed_offsets(tpl.clone(), Duration::from_secs(30))?;
-            let mut assign = TopicPartitionList::new();
-            let mut out = HashMap::new();
-            for e in committed.elements() {
-                if let Offset::Offset(o) = e.offset() {
-                    out.insert(e.partition(), o);
-                }
-                assign.add_partition_offset(&t, e.partition(), Offset::Beginning)?;
-            }
-            c.assign(&assign)?;
-            Ok(out)
-        })
-        .await??
+    let mut backoff = Backoff::for_dependencies();
+    let committed = loop {
+        let (c, t) = (consumer.clone(), topic.clone());
+        let why = match tokio::task::spawn_blocking(move || assign_from_beginning(&c, &t)).await.context("assigning the examples topic")? {
+            Ok(Some(committed)) => break committed,
+            Ok(None) => format!("topic {topic} does not exist yet"),
+            Err(e) => format!("assigning {topic}: {e:#}"),
+        };
+        heartbeat.trouble(&why);
+        let delay = backoff.next_delay_jittered();
+        tracing::warn!(%topic, attempt = backoff.attempt(), retry_in = ?delay, reason = %why, "cannot read training examples yet; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
     };
     tracing::info!(%topic, partitions_with_history = committed.len(), "replaying training examples");
+    heartbeat.progress();
     let mut stream = consumer.stream();
+    // Quiet is progress (nothing waiting) unless the last thing the consumer said was an error.
+    let mut failing = false;
     loop {
         let msg = tokio::select! {
-            m = stream.next() => match m { Some(m) => m, None => return Ok(()) },
+            m = stream.next() => match m { Some(m) => m, None => anyhow::bail!("the examples consumer's stream ended") },
+            _ = tokio::time::sleep(IDLE_BEAT) => {
+                if !failing {
+                    heartbeat.progress();
+                }
+                continue;
+            }
             _ = shutdown.cancelled() => return Ok(()),
         };
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
+                failing = true;
+                heartbeat.trouble(format_args!("consumer error: {e}"));
                 tracing::warn!(error = %e, "consumer error");
                 continue;
             }
         };
+        failing = false;
+        heartbeat.progress();
         match decode::<TrainingExample>(msg.payload().unwrap_or_default()) {
             Ok(ex) => {
                 let fresh = committed.get(&msg.partition()).is_none_or(|c| msg.offset() >= *c);
@@ -166,15 +181,43 @@ async fn consume_examples(
     }
 }
 
+/// How often a quiet examples consumer reports that it is alive.
+const IDLE_BEAT: Duration = Duration::from_secs(5);
+
+/// Assign every partition of `topic` from the beginning; the group's committed offsets
+/// by partition. `None` while the topic does not exist.
+fn assign_from_beginning(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<Option<HashMap<i32, i64>>> {
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).context("metadata")?;
+    let partitions = md.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions()).unwrap_or_default();
+    if partitions.is_empty() {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, p.id());
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).context("the group's committed offsets")?;
+    let mut assign = TopicPartitionList::new();
+    let mut out = HashMap::new();
+    for e in committed.elements() {
+        if let Offset::Offset(o) = e.offset() {
+            out.insert(e.partition(), o);
+        }
+        assign.add_partition_offset(topic, e.partition(), Offset::Beginning)?;
+    }
+    consumer.assign(&assign)?;
+    Ok(Some(out))
+}
+
 async fn listen_for_requests(
     nats: async_nats::Client,
     triggers: mpsc::UnboundedSender<String>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut sub = nats.subscribe(subjects::TRAIN_REQUEST).await?;
+    let mut sub = nats.subscribe(subjects::TRAIN_REQUEST).await.context("subscribing to train requests")?;
     loop {
         let msg = tokio::select! {
-            m = sub.next() => match m { Some(m) => m, None => return Ok(()) },
+            m = sub.next() => match m { Some(m) => m, None => anyhow::bail!("the NATS subscription to {} ended", subjects::TRAIN_REQUEST) },
             _ = shutdown.cancelled() => return Ok(()),
         };
         match decode::<TrainRequest>(&msg.payload) {

@@ -7,11 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
+use crate::supervise::{Heartbeat, LoopHealth};
 use crate::telemetry::metric_name;
 
 /// One readiness check's current state.
@@ -24,10 +26,13 @@ pub struct CheckState {
 }
 
 /// Named readiness checks, shared by the tasks that update them and the HTTP handler.
+/// Besides the checks that tasks set, every supervised loop reads as a check named
+/// `loop:<name>` (see [`crate::supervise`]), evaluated when asked.
 #[derive(Debug, Clone)]
 pub struct Readiness {
     service: &'static str,
     checks: Arc<RwLock<BTreeMap<String, CheckState>>>,
+    loops: Arc<RwLock<BTreeMap<String, LoopHealth>>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -39,7 +44,37 @@ pub struct ReadinessReport {
 
 impl Readiness {
     pub fn new(service: &'static str) -> Self {
-        Readiness { service, checks: Arc::default() }
+        Readiness { service, checks: Arc::default(), loops: Arc::default() }
+    }
+
+    /// Watch a loop: ready while it runs (and, with a heartbeat, while it progresses).
+    pub fn watch_loop(&self, name: &str, heartbeat: Option<(Heartbeat, Duration)>) {
+        let health = LoopHealth::new(crate::now_ms(), heartbeat);
+        self.loops.write().expect("readiness lock").insert(name.to_string(), health);
+    }
+
+    /// Watch a loop with no heartbeat, unless it is watched already (with one).
+    pub fn watch_loop_once(&self, name: &str) {
+        let mut loops = self.loops.write().expect("readiness lock");
+        loops.entry(name.to_string()).or_insert_with(|| LoopHealth::new(crate::now_ms(), None));
+    }
+
+    /// A watched loop ended while the service was running.
+    pub fn loop_stopped(&self, name: &str, why: &str) {
+        let mut loops = self.loops.write().expect("readiness lock");
+        let health = loops.entry(name.to_string()).or_insert_with(|| LoopHealth::new(crate::now_ms(), None));
+        health.stopped = Some((crate::now_ms(), why.to_string()));
+        metrics::gauge!(metric_name(self.service, "check_up"), "check" => format!("loop:{name}")).set(0.0);
+    }
+
+    /// Every check now: the ones tasks set plus one per watched loop.
+    fn all_checks(&self) -> BTreeMap<String, CheckState> {
+        let mut checks = self.checks.read().expect("readiness lock").clone();
+        let now = crate::now_ms();
+        for (name, health) in self.loops.read().expect("readiness lock").iter() {
+            checks.insert(format!("loop:{name}"), health.check(now));
+        }
+        checks
     }
 
     /// Add a check that starts failing with `detail` until someone sets it.
@@ -68,16 +103,16 @@ impl Readiness {
     }
 
     pub fn is_ok(&self, name: &str) -> bool {
-        self.checks.read().expect("readiness lock").get(name).map(|c| c.ok).unwrap_or(false)
+        self.all_checks().get(name).map(|c| c.ok).unwrap_or(false)
     }
 
-    /// Ready when there is at least one check and all pass... or there are none at all.
+    /// Ready when every check passes (also when there are none at all).
     pub fn is_ready(&self) -> bool {
-        self.checks.read().expect("readiness lock").values().all(|c| c.ok)
+        self.all_checks().values().all(|c| c.ok)
     }
 
     pub fn report(&self) -> ReadinessReport {
-        let checks = self.checks.read().expect("readiness lock").clone();
+        let checks = self.all_checks();
         ReadinessReport { service: self.service, ready: checks.values().all(|c| c.ok), checks }
     }
 }
@@ -133,5 +168,26 @@ mod tests {
         let report = r.report();
         assert!(!report.ready);
         assert_eq!(report.checks["redis"].detail, "connection refused");
+    }
+
+    #[test]
+    fn a_stopped_or_stale_loop_makes_the_service_unready_by_name() {
+        let r = Readiness::new("test");
+        r.register("kafka", "");
+        r.set("kafka", true, "ok");
+        let hb = Heartbeat::new();
+        r.watch_loop("examples-consumer", Some((hb.clone(), Duration::ZERO)));
+        r.watch_loop("train-requests", None);
+        // A zero stale limit: any time without progress is stale.
+        std::thread::sleep(Duration::from_millis(5));
+        let report = r.report();
+        assert!(!report.ready);
+        assert!(report.checks["loop:examples-consumer"].detail.starts_with("no progress for"), "{report:?}");
+        assert!(report.checks["loop:train-requests"].ok);
+        r.watch_loop("examples-consumer", None);
+        assert!(r.is_ready());
+        r.loop_stopped("train-requests", "nats subscription ended");
+        assert!(!r.is_ready());
+        assert_eq!(r.report().checks["loop:train-requests"].detail, "stopped: nats subscription ended");
     }
 }

@@ -6,7 +6,8 @@
 //! - [`config`]: command-line/env configuration pieces services flatten into their own.
 //! - [`kafka`], [`nats`], [`redis_store`]: broker clients with retry, backoff and probes.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on every service's port.
-//! - [`service`]: the start-up/shutdown skeleton each `main.rs` calls.
+//! - [`service`]: the start-up/shutdown skeleton each `main.rs` calls; [`supervise`]: its
+//!   loops never die unseen (exit to be restarted, readiness names a stopped or stale loop).
 //! - [`pipeline`]: Kafka consume-transform-produce loops (transactional, at-least-once).
 //! - [`telemetry`], [`shutdown`], [`backoff`]: logs, metrics, signals, retry pacing.
 
@@ -25,6 +26,7 @@ pub mod registry;
 pub mod schema;
 pub mod service;
 pub mod shutdown;
+pub mod supervise;
 pub mod telemetry;
 pub mod topics;
 

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{sleep_or_cancelled, Backoff};
 use crate::kafka::{self, retry_transactional, send_waiting};
 use crate::messages::{encode, DeadLetter, SourceRef, DEAD_LETTER_KEY_MAX_BYTES};
+use crate::supervise::Heartbeat;
 use crate::telemetry::metric_name;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -170,6 +171,9 @@ pub struct LoopSettings {
     pub max_batch: usize,
     /// Longest a batch waits to fill after its first message.
     pub max_wait: Duration,
+    /// Beaten on each committed batch and each poll that found nothing waiting, so a loop
+    /// whose batches keep failing goes stale ([`crate::service::Service::heartbeat`]).
+    pub heartbeat: Heartbeat,
 }
 
 /// The transform of a [`run_transactional`] loop.
@@ -487,6 +491,7 @@ pub fn run_transactional<T: Transform>(
     let mut committed = Committed::new();
     let mut positions = Positions::default();
     let mut inflight: Option<InFlight<T::Done>> = None;
+    let heartbeat = settings.heartbeat.clone();
 
     // Wait for the batch in flight; false when its transaction failed (and was aborted,
     // or the producer replaced).
@@ -510,6 +515,7 @@ pub fn run_transactional<T: Transform>(
                 metrics::counter!(metric_name(svc, "pipeline_messages_total")).increment(f.messages as u64);
                 metrics::counter!(metric_name(svc, "pipeline_records_produced_total")).increment(f.records as u64);
                 metrics::histogram!(metric_name(svc, "pipeline_batch_seconds")).record(f.started.elapsed().as_secs_f64());
+                heartbeat.progress();
                 Ok(true)
             }
             Err(e) if is_fatal(&e) => {
@@ -517,6 +523,7 @@ pub fn run_transactional<T: Transform>(
             }
             Err(e) => {
                 metrics::counter!(metric_name(svc, "pipeline_retries_total"), "reason" => "transaction").increment(1);
+                heartbeat.trouble(format_args!("transaction failed: {e}"));
                 tracing::warn!(error = %e, "transaction failed; aborting and rewinding to the committed offsets");
                 let aborted = if kafka::needs_new_producer(&e) {
                     Err(e)
@@ -552,7 +559,10 @@ pub fn run_transactional<T: Transform>(
                         rewind(&consumer, &mut positions, &shutdown)?;
                     }
                 }
-                None => commit_idle_position(&consumer, &mut committed),
+                None => {
+                    commit_idle_position(&consumer, &mut committed);
+                    settings.heartbeat.progress();
+                }
             }
             continue;
         }
@@ -570,6 +580,7 @@ pub fn run_transactional<T: Transform>(
             Ok(r) => r,
             Err(e) => {
                 metrics::counter!(metric_name(svc, "pipeline_retries_total"), "reason" => "stage").increment(1);
+                settings.heartbeat.trouble(format_args!("batch failed: {e:#}"));
                 let delay = backoff.next_delay_jittered();
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, messages = batch.len(),
                     "batch failed; rewinding to the committed offsets to retry");
@@ -635,10 +646,12 @@ pub fn run_at_least_once<H: Handler>(
         let batch = poll_batch(&consumer, &settings, &mut positions);
         if batch.is_empty() {
             commit_idle_position(&consumer, &mut committed);
+            settings.heartbeat.progress();
             continue;
         }
         if let Err(e) = runtime.block_on(handler.handle(&batch)) {
             metrics::counter!(metric_name(svc, "pipeline_retries_total"), "reason" => "handler").increment(1);
+            settings.heartbeat.trouble(format_args!("batch failed: {e:#}"));
             let delay = backoff.next_delay_jittered();
             tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, topic = %settings.input_topic,
                 "batch failed; rewinding to the committed offsets to retry");
@@ -649,7 +662,10 @@ pub fn run_at_least_once<H: Handler>(
         backoff.reset();
         let offsets = commit_offsets(&consumer, &batch)?;
         match consumer.commit(&offsets, CommitMode::Sync) {
-            Ok(()) => remember(&mut committed, &offsets),
+            Ok(()) => {
+                remember(&mut committed, &offsets);
+                settings.heartbeat.progress();
+            }
             // A rebalance took the partitions: the new owner repeats the batch (idempotent).
             Err(e) => tracing::warn!(error = %e, topic = %settings.input_topic, "offset commit failed"),
         }

@@ -4,16 +4,23 @@
 //! let svc = Service::init(ServiceSpec { name, default_port, needs }, &serve, &brokers).await?;
 //! let api = my_service::router(...);            // optional, may use svc.redis() etc.
 //! svc.serve(api).await?;                        // binds the port, /healthz /readyz /metrics
-//! my_service::run(&svc).await?;                 // until svc.shutdown is cancelled
-//! svc.finish().await;                           // drain HTTP, exit
+//! svc.supervise("consumer", consume(...));      // each loop the service needs
+//! svc.shutdown.cancelled().await;               // SIGTERM, or a loop stopped
+//! svc.finish().await                            // drain HTTP and loops; Err if a loop failed
 //! ```
 //!
 //! Dependencies are connected in the background with retry and backoff; a probe per
 //! dependency keeps `/readyz` true to what is reachable right now and logs every change.
+//! Loops run under [`crate::supervise`]'s rules: one that ends while the service runs
+//! stops the service, which then exits non-zero to be restarted.
 
-use std::time::Duration;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures::FutureExt;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
@@ -23,6 +30,7 @@ use crate::backoff::Backoff;
 use crate::config::{BrokerArgs, ServeArgs};
 use crate::health::{ops_router, Readiness};
 use crate::redis_store::RedisHandle;
+use crate::supervise::{failpoint_set, loop_end_failure, panic_message, Heartbeat, FAILPOINT_ENV};
 use crate::telemetry::metric_name;
 
 /// Which dependencies a service needs (and so which readiness checks it has).
@@ -51,8 +59,13 @@ pub struct Service {
     pub metrics: PrometheusHandle,
     nats: Option<async_nats::Client>,
     redis: Option<RedisHandle>,
+    /// Dependency probes: aborted at the end.
     tasks: Vec<JoinHandle<()>>,
-    http: Option<(std::net::SocketAddr, JoinHandle<()>)>,
+    /// Supervised loops (the HTTP server among them): drained at the end.
+    loops: Vec<(&'static str, JoinHandle<()>)>,
+    /// The first loop failure, which makes [`Service::finish`] return an error.
+    failure: Arc<Mutex<Option<String>>>,
+    http_addr: Option<std::net::SocketAddr>,
 }
 
 /// How often a healthy dependency is re-checked.
@@ -89,7 +102,9 @@ impl Service {
             nats: None,
             redis: None,
             tasks: Vec::new(),
-            http: None,
+            loops: Vec::new(),
+            failure: Arc::default(),
+            http_addr: None,
         };
         metrics::gauge!(metric_name(spec.name, "up")).set(1.0);
         tracing::info!(service = spec.name, version = env!("CARGO_PKG_VERSION"), "starting");
@@ -134,22 +149,89 @@ impl Service {
         let local = listener.local_addr()?;
         let app = ops_router(self.readiness.clone(), self.metrics.clone()).merge(api);
         let token = self.shutdown.clone();
-        let handle = tokio::spawn(async move {
-            let result = axum::serve(listener, app)
+        self.supervise("http", async move {
+            axum::serve(listener, app)
                 .with_graceful_shutdown(async move { token.cancelled().await })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
+                .await
+                .context("HTTP server")
         });
         tracing::info!(service = self.spec.name, %local, "serving /healthz /readyz /metrics");
-        self.http = Some((local, handle));
+        self.http_addr = Some(local);
         Ok(local)
     }
 
     /// The address the HTTP server is bound to (after [`Service::serve`]).
     pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
-        self.http.as_ref().map(|(a, _)| *a)
+        self.http_addr
+    }
+
+    /// Run `task`, a loop the service needs, until shutdown. If it ends first — an error,
+    /// a panic, or just returning — the failure is logged naming it, `/readyz` reports
+    /// `loop:<name>` stopped, and the service shuts down so that [`Service::finish`]
+    /// returns the error and the process exits non-zero to be restarted.
+    /// `AIFAB_FAILPOINT_LOOP=<name>` makes the loop fail at once instead (for tests).
+    pub fn supervise<F>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.spawn_supervised(name, false, task)
+    }
+
+    /// As [`Service::supervise`], for a task that is done when it returns `Ok` (loading
+    /// the first model, say): only its error or panic stops the service.
+    pub fn supervise_until_done<F>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.spawn_supervised(name, true, task)
+    }
+
+    fn spawn_supervised<F>(&mut self, name: &'static str, may_finish: bool, task: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.readiness.watch_loop_once(name);
+        let task: futures::future::BoxFuture<'static, anyhow::Result<()>> =
+            if failpoint_set(std::env::var(FAILPOINT_ENV).ok().as_deref(), name) {
+                drop(task);
+                Box::pin(async move { Err(anyhow::anyhow!("failed on purpose ({FAILPOINT_ENV}={name})")) })
+            } else {
+                Box::pin(task)
+            };
+        let (readiness, shutdown, failure) = (self.readiness.clone(), self.shutdown.clone(), self.failure.clone());
+        let service = self.spec.name;
+        let handle = tokio::spawn(async move {
+            let result = AssertUnwindSafe(task).catch_unwind().await.map_err(|p| panic_message(&*p));
+            match loop_end_failure(&result, shutdown.is_cancelled(), may_finish) {
+                None => {
+                    if let Ok(Err(e)) = &result {
+                        tracing::warn!(loop_name = name, error = %format!("{e:#}"), "loop failed while stopping");
+                    }
+                }
+                Some(why) => {
+                    readiness.loop_stopped(name, &why);
+                    metrics::counter!(metric_name(service, "loop_failures_total"), "loop" => name).increment(1);
+                    tracing::error!(loop_name = name, error = %why,
+                        "a loop the service needs stopped; shutting down to be restarted");
+                    failure.lock().expect("failure lock").get_or_insert_with(|| format!("loop {name} stopped: {why}"));
+                    shutdown.cancel();
+                }
+            }
+        });
+        self.loops.push((name, handle));
+    }
+
+    /// A heartbeat for the loop `name` (pass it to the loop, then [`Service::supervise`]
+    /// it): `/readyz` fails, naming the loop, after `stale_after` without progress.
+    pub fn heartbeat(&self, name: &'static str, stale_after: Duration) -> Heartbeat {
+        let hb = Heartbeat::new();
+        self.readiness.watch_loop(name, Some((hb.clone(), stale_after)));
+        hb
+    }
+
+    /// Why the service is stopping after a loop failed, if one did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().expect("failure lock").clone()
     }
 
     /// Wait until every readiness check passes (or shutdown). Returns false on shutdown.
@@ -170,15 +252,24 @@ impl Service {
         self.shutdown.cancel();
     }
 
-    /// After shutdown was requested: let the HTTP server drain and background tasks end.
-    pub async fn finish(mut self) {
+    /// Stop and drain the supervised loops (the HTTP server among them), each within the
+    /// shutdown grace period; a loop still running after it is aborted.
+    pub async fn stop_loops(&mut self) {
         self.shutdown.cancel();
-        let grace = Duration::from_secs(self.serve_args.shutdown_grace_s);
-        if let Some((_, handle)) = self.http.take() {
-            if tokio::time::timeout(grace, handle).await.is_err() {
-                tracing::warn!(?grace, "HTTP server did not drain in time");
+        let until = Instant::now() + Duration::from_secs(self.serve_args.shutdown_grace_s);
+        for (name, handle) in self.loops.drain(..) {
+            let abort = handle.abort_handle();
+            if tokio::time::timeout(until.saturating_duration_since(Instant::now()), handle).await.is_err() {
+                tracing::warn!(loop_name = name, "loop did not stop within the grace period; aborted");
+                abort.abort();
             }
         }
+    }
+
+    /// After shutdown was requested: drain HTTP and the loops, end background tasks.
+    /// An error when a loop failed (the process should exit non-zero to be restarted).
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        self.stop_loops().await;
         for t in self.tasks.drain(..) {
             t.abort();
         }
@@ -186,7 +277,16 @@ impl Service {
             // Flush buffered publishes before exiting; bounded so a dead NATS cannot hang us.
             let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
         }
-        tracing::info!(service = self.spec.name, "stopped");
+        match self.failure() {
+            None => {
+                tracing::info!(service = self.spec.name, "stopped");
+                Ok(())
+            }
+            Some(why) => {
+                tracing::error!(service = self.spec.name, error = %why, "stopped after a loop failed");
+                Err(anyhow::anyhow!(why))
+            }
+        }
     }
 
     fn spawn_kafka_probe(&mut self) -> anyhow::Result<()> {
@@ -308,5 +408,74 @@ impl Service {
                 }
             }
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn service() -> Service {
+        let serve = ServeArgs { http_addr: None, log_format: crate::config::LogFormat::Text, log: "info".into(), shutdown_grace_s: 5 };
+        let brokers = BrokerArgs { kafka_brokers: String::new(), nats_url: String::new(), redis_url: String::new() };
+        let spec = ServiceSpec { name: "test", default_port: 0, needs: Needs::default() };
+        let metrics = crate::telemetry::init_metrics().unwrap();
+        Service::init_with(spec, &serve, &brokers, metrics, CancellationToken::new()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_loop_that_fails_stops_the_service_and_names_itself() {
+        let mut svc = service().await;
+        let token = svc.shutdown.clone();
+        svc.supervise("steady", async move {
+            token.cancelled().await;
+            Ok(())
+        });
+        assert!(svc.readiness.is_ready());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        svc.supervise("examples-consumer", async move {
+            let _ = rx.await;
+            anyhow::bail!("committed offsets: coordinator not available")
+        });
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), svc.shutdown.cancelled()).await.expect("the failure stops the service");
+        let report = svc.readiness.report();
+        assert!(!report.ready);
+        assert_eq!(report.checks["loop:examples-consumer"].detail, "stopped: committed offsets: coordinator not available");
+        assert!(report.checks["loop:steady"].ok, "the other loop did not fail");
+        let err = svc.finish().await.expect_err("finish reports the failure");
+        assert!(err.to_string().contains("loop examples-consumer stopped"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_loop_that_returns_or_panics_while_running_is_a_failure_too() {
+        for (name, panics) in [("returns", false), ("panics", true)] {
+            let mut svc = service().await;
+            svc.supervise(name, async move {
+                if panics {
+                    panic!("boom");
+                }
+                Ok(())
+            });
+            tokio::time::timeout(Duration::from_secs(5), svc.shutdown.cancelled()).await.expect("stopped");
+            let detail = svc.readiness.report().checks[&format!("loop:{name}")].detail.clone();
+            let expected = if panics { "stopped: panicked: boom" } else { "stopped: ended while the service was running" };
+            assert_eq!(detail, expected);
+            assert!(svc.finish().await.is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn loops_that_end_on_shutdown_are_no_failure() {
+        let mut svc = service().await;
+        for name in ["a", "b"] {
+            let token = svc.shutdown.clone();
+            svc.supervise(name, async move {
+                token.cancelled().await;
+                anyhow::bail!("interrupted mid-batch")
+            });
+        }
+        svc.stop();
+        svc.finish().await.expect("a clean stop");
     }
 }

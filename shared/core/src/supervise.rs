@@ -1,0 +1,203 @@
+//! A service's loops (consumers, listeners, pollers, job runners, its HTTP server) must
+//! never die unseen: a loop that ends while the service is running stops the whole
+//! process with a log line naming it, so the supervisor (local, Docker or Kubernetes)
+//! restarts it, and `/readyz` says which loop stopped meanwhile. A loop that is alive but
+//! makes no progress — its batches keep failing, or it is stuck in a call — goes stale
+//! through its [`Heartbeat`], and readiness names it too.
+//!
+//! [`Service::supervise`](crate::service::Service::supervise) runs a loop under these
+//! rules; this module holds the parts with no I/O: the heartbeat and how a loop's health
+//! reads as a readiness check.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::health::CheckState;
+
+/// How long a loop with a heartbeat may go without progress before readiness names it:
+/// longer than any batch or retry backoff (10 s at most) takes when things work.
+pub const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// The environment variable that makes the named loop fail on start, as a crash would:
+/// how tests (and operators rehearsing an incident) prove a failing loop stops the service.
+pub const FAILPOINT_ENV: &str = "AIFAB_FAILPOINT_LOOP";
+
+/// A loop's proof of progress: it calls [`Heartbeat::progress`] after each unit of work
+/// and whenever it looked and found nothing waiting. A loop that retries the same failing
+/// batch does not, so it goes stale after its `stale_after`. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    inner: Arc<Beats>,
+}
+
+#[derive(Debug)]
+struct Beats {
+    last_progress_ms: AtomicI64,
+    /// Why the loop is not progressing, as it last said (cleared by progress).
+    trouble: Mutex<Option<String>>,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Heartbeat {
+    /// A heartbeat that starts as "progressing now". Not watched until a readiness
+    /// registers it (benches and tests use it unwatched).
+    pub fn new() -> Self {
+        Heartbeat { inner: Arc::new(Beats { last_progress_ms: AtomicI64::new(crate::now_ms()), trouble: Mutex::new(None) }) }
+    }
+
+    /// The loop did a unit of work, or found nothing waiting.
+    pub fn progress(&self) {
+        self.inner.last_progress_ms.store(crate::now_ms(), Ordering::Relaxed);
+        let mut t = self.inner.trouble.lock().expect("heartbeat lock");
+        if t.is_some() {
+            *t = None;
+        }
+    }
+
+    /// Why the loop is not progressing (shown by readiness once the loop is stale).
+    pub fn trouble(&self, why: impl std::fmt::Display) {
+        *self.inner.trouble.lock().expect("heartbeat lock") = Some(why.to_string());
+    }
+
+    pub fn last_progress_ms(&self) -> i64 {
+        self.inner.last_progress_ms.load(Ordering::Relaxed)
+    }
+
+    fn trouble_now(&self) -> Option<String> {
+        self.inner.trouble.lock().expect("heartbeat lock").clone()
+    }
+}
+
+/// What is known of one loop: whether it stopped, and its heartbeat if it has one.
+#[derive(Debug, Clone)]
+pub struct LoopHealth {
+    pub started_ms: i64,
+    /// Set when the loop ended while the service was running: why.
+    pub stopped: Option<(i64, String)>,
+    /// The heartbeat and how long without progress makes the loop stale.
+    pub heartbeat: Option<(Heartbeat, Duration)>,
+}
+
+impl LoopHealth {
+    pub fn new(started_ms: i64, heartbeat: Option<(Heartbeat, Duration)>) -> Self {
+        LoopHealth { started_ms, stopped: None, heartbeat }
+    }
+
+    /// The readiness check this loop reads as at `now_ms`.
+    pub fn check(&self, now_ms: i64) -> CheckState {
+        if let Some((at, why)) = &self.stopped {
+            return CheckState { ok: false, detail: format!("stopped: {why}"), since_ms: *at };
+        }
+        let Some((hb, stale_after)) = &self.heartbeat else {
+            return CheckState { ok: true, detail: "running".into(), since_ms: self.started_ms };
+        };
+        let last = hb.last_progress_ms();
+        let quiet_ms = now_ms.saturating_sub(last);
+        if quiet_ms <= stale_after.as_millis() as i64 {
+            return CheckState { ok: true, detail: "running".into(), since_ms: last };
+        }
+        let mut detail = format!("no progress for {} s", quiet_ms / 1000);
+        if let Some(t) = hb.trouble_now() {
+            detail.push_str(": ");
+            detail.push_str(&t);
+        }
+        CheckState { ok: false, detail, since_ms: last + stale_after.as_millis() as i64 }
+    }
+}
+
+/// Why a loop's end stops the service, or `None` when it ended because the service is
+/// stopping anyway, or it is a task that may finish (`may_finish`) and did so cleanly.
+pub fn loop_end_failure(result: &Result<anyhow::Result<()>, String>, stopping: bool, may_finish: bool) -> Option<String> {
+    match result {
+        _ if stopping => None,
+        Ok(Ok(())) if may_finish => None,
+        Ok(Ok(())) => Some("ended while the service was running".into()),
+        Ok(Err(e)) => Some(format!("{e:#}")),
+        Err(panic) => Some(format!("panicked: {panic}")),
+    }
+}
+
+/// The message of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".into()
+    }
+}
+
+/// Whether [`FAILPOINT_ENV`] names `loop_name`.
+pub fn failpoint_set(value: Option<&str>, loop_name: &str) -> bool {
+    value.is_some_and(|v| v.split(',').any(|n| n.trim() == loop_name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_without_heartbeat_is_ok_until_it_stops() {
+        let mut h = LoopHealth::new(1_000, None);
+        assert!(h.check(1_000_000).ok);
+        h.stopped = Some((2_000, "consumer error: broker down".into()));
+        let c = h.check(3_000);
+        assert!(!c.ok);
+        assert_eq!(c.detail, "stopped: consumer error: broker down");
+        assert_eq!(c.since_ms, 2_000);
+    }
+
+    #[test]
+    fn a_heartbeat_goes_stale_without_progress_and_says_why() {
+        let hb = Heartbeat::new();
+        let h = LoopHealth::new(0, Some((hb.clone(), Duration::from_secs(30))));
+        let last = hb.last_progress_ms();
+        assert!(h.check(last + 30_000).ok, "exactly at the limit is still fine");
+        hb.trouble("batch failed: redis down");
+        let c = h.check(last + 45_000);
+        assert!(!c.ok);
+        assert_eq!(c.detail, "no progress for 45 s: batch failed: redis down");
+        hb.progress();
+        let c = h.check(hb.last_progress_ms() + 1_000);
+        assert!(c.ok, "progress clears it: {c:?}");
+        let c = h.check(hb.last_progress_ms() + 31_000);
+        assert_eq!(c.detail, "no progress for 31 s", "progress also cleared the trouble");
+    }
+
+    #[test]
+    fn a_stopped_loop_fails_readiness_even_with_a_fresh_heartbeat() {
+        let hb = Heartbeat::new();
+        let mut h = LoopHealth::new(0, Some((hb.clone(), Duration::from_secs(30))));
+        h.stopped = Some((hb.last_progress_ms(), "ended while the service was running".into()));
+        assert!(!h.check(hb.last_progress_ms()).ok);
+    }
+
+    #[test]
+    fn a_loop_end_is_a_failure_only_while_the_service_runs() {
+        let ok: Result<anyhow::Result<()>, String> = Ok(Ok(()));
+        assert_eq!(loop_end_failure(&ok, true, false), None);
+        assert_eq!(loop_end_failure(&ok, false, false).as_deref(), Some("ended while the service was running"));
+        assert_eq!(loop_end_failure(&ok, false, true), None, "a task that may finish did");
+        let err: Result<anyhow::Result<()>, String> = Ok(Err(anyhow::anyhow!("inner").context("outer")));
+        assert_eq!(loop_end_failure(&err, false, false).as_deref(), Some("outer: inner"));
+        assert_eq!(loop_end_failure(&err, false, true).as_deref(), Some("outer: inner"), "failing is never finishing");
+        assert_eq!(loop_end_failure(&err, true, false), None, "an error while stopping is logged, not fatal");
+        let panicked: Result<anyhow::Result<()>, String> = Err("index out of bounds".into());
+        assert_eq!(loop_end_failure(&panicked, false, true).as_deref(), Some("panicked: index out of bounds"));
+    }
+
+    #[test]
+    fn the_failpoint_names_loops_exactly() {
+        assert!(failpoint_set(Some("examples-consumer"), "examples-consumer"));
+        assert!(failpoint_set(Some("http, examples-consumer"), "examples-consumer"));
+        assert!(!failpoint_set(Some("examples"), "examples-consumer"));
+        assert!(!failpoint_set(None, "examples-consumer"));
+    }
+}
