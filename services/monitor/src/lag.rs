@@ -141,7 +141,7 @@ mod tests {
             b.extend(topic.as_bytes());
             b.extend((parts.len() as i32).to_be_bytes());
             for p in parts {
-                b.extend((p as i32).to_be_bytes());
+                b.extend(i32::to_be_bytes(p));
             }
         }
         b.extend((-1i32).to_be_bytes()); // null user data

@@ -216,20 +216,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     svc.serve(api).await?;
     let nats = svc.nats()?;
     let redis = svc.redis()?;
-    let listener = tokio::spawn(listen_control(nats.clone(), shared.clone(), svc.shutdown.clone()));
-    let refresher = tokio::spawn(refresh_sources(config.clone(), redis, shared.clone(), svc.shutdown.clone()));
+    svc.supervise("control-listener", listen_control(nats.clone(), shared.clone(), svc.shutdown.clone()));
+    let refresher = refresh_sources(config.clone(), redis, shared.clone(), svc.shutdown.clone());
+    svc.supervise("dashboard-refresher", async move {
+        refresher.await;
+        Ok(())
+    });
 
     // Lag: blocking librdkafka calls on their own thread, readings sent here.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<LagReading>(256);
     let poller = {
         let config = config.clone();
         let token = svc.shutdown.clone();
-        std::thread::Builder::new()
-            .name("lag-poller".into())
-            .spawn(move || lag_poller(config, static_watch, tx, token))
-            .context("starting the lag poller")?
+        aifab_core::pipeline::spawn_loop("lag-poller", move || {
+            lag_poller(config, static_watch, tx, token);
+            Ok(())
+        })?
     };
-    let consumer = tokio::spawn(consume_predictions(config.clone(), windows.clone(), svc.shutdown.clone()));
+    svc.supervise("lag-poller", async move { poller.await.context("lag poller thread")? });
+    svc.supervise("predictions-consumer", consume_predictions(config.clone(), windows.clone(), svc.shutdown.clone()));
 
     let slo = config.slo();
     let mut engine = SloEngine::default();
@@ -293,12 +298,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     }
-    consumer.abort();
-    listener.abort();
-    refresher.abort();
-    let _ = tokio::task::spawn_blocking(move || poller.join()).await;
-    svc.finish().await;
-    Ok(())
+    svc.finish().await
 }
 
 pub(crate) fn model_key(task: &str, version: &str) -> String {
@@ -483,6 +483,10 @@ fn lag_poller(config: Config, static_watch: BTreeSet<(String, String)>, tx: toki
         failures: BTreeMap::new(),
     };
     let mut tracker = LagTracker::default();
+    // Transactional consumers commit up to, not past, each transaction's commit marker:
+    // the probe takes markers (and aborted records) out of the lag, so a group at rest
+    // reads 0, not one per partition.
+    let mut probe = aifab_core::kafka::LagProbe::new(&config.brokers.kafka_brokers, "aifab-monitor-lag");
     let mut last_discovery: Option<std::time::Instant> = None;
     let mut warned = false;
     while !token.is_cancelled() {
@@ -495,6 +499,7 @@ fn lag_poller(config: Config, static_watch: BTreeSet<(String, String)>, tx: toki
         }
         let pairs = watch.pairs();
         tracker.retain(&pairs);
+        probe.retain(&pairs);
         for (group, topic) in &pairs {
             if token.is_cancelled() {
                 return;
@@ -503,8 +508,9 @@ fn lag_poller(config: Config, static_watch: BTreeSet<(String, String)>, tx: toki
             let result = watch.client(group).and_then(|c| aifab_core::kafka::group_offsets(c, topic, timeout));
             watch.note_read(group, broker_answered(&result));
             match result {
-                Ok(offs) => {
+                Ok(mut offs) => {
                     warned = false;
+                    probe.settle(group, topic, &mut offs);
                     let reading = tracker.observe(group, topic, &offs, at);
                     if tx.blocking_send(reading).is_err() {
                         return;
@@ -541,8 +547,7 @@ async fn consume_predictions(config: Config, windows: Arc<Mutex<Windows>>, shutd
             _ = shutdown.cancelled() => return Ok(()),
             m = stream.next() => m,
         };
-        let Some(msg) = msg else { return Ok(()) };
-        let m = match msg {
+        let m = match msg.context("the predictions consumer's stream ended")? {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(error = %e, "predictions consumer error");
@@ -585,27 +590,17 @@ async fn consume_predictions(config: Config, windows: Arc<Mutex<Windows>>, shutd
 }
 
 /// The dashboard's control-plane inputs: scale decisions, replica reports, budget reports.
-async fn listen_control(nats: async_nats::Client, shared: SharedState, shutdown: CancellationToken) {
+async fn listen_control(nats: async_nats::Client, shared: SharedState, shutdown: CancellationToken) -> anyhow::Result<()> {
     let subscribe = |subject: &'static str| {
         let nats = nats.clone();
-        async move {
-            match nats.subscribe(subject).await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(subject, error = %e, "subscribing failed; the dashboard will not show it");
-                    None
-                }
-            }
-        }
+        async move { nats.subscribe(subject).await.with_context(|| format!("subscribing to {subject}")) }
     };
-    let (Some(mut scale), Some(mut replicas), Some(mut budget)) =
-        (subscribe(subjects::SCALE_ALL).await, subscribe(subjects::REPLICAS_ALL).await, subscribe(subjects::BUDGET_ALL).await)
-    else {
-        return;
-    };
+    let mut scale = subscribe(subjects::SCALE_ALL).await?;
+    let mut replicas = subscribe(subjects::REPLICAS_ALL).await?;
+    let mut budget = subscribe(subjects::BUDGET_ALL).await?;
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             Some(m) = scale.next() => match decode::<ScaleDecision>(&m.payload) {
                 Ok(d) => shared.lock().expect("stats lock").dash.on_decision(d),
                 Err(e) => tracing::debug!(subject = %m.subject, error = %e, "undecodable scale decision"),
@@ -624,7 +619,7 @@ async fn listen_control(nats: async_nats::Client, shared: SharedState, shutdown:
                     Err(e) => tracing::debug!(subject = %m.subject, error = %e, "undecodable budget report"),
                 }
             }
-            else => return,
+            else => anyhow::bail!("the NATS subscriptions to scale, replica and budget events ended"),
         }
     }
 }

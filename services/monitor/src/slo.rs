@@ -1,6 +1,9 @@
 //! SLO rules: p99 end-to-end latency, error rate, consumer lag and dead-letter rate.
 //! A rule fires after `for_evals` consecutive breaching evaluations and resolves after as
-//! many clear ones; each change is one [`Alert`]. Pure.
+//! many clear ones; each change is one [`Alert`]. An evaluation with nothing to judge (a
+//! window with fewer predictions than `min_samples`, a group no longer watched, a rule
+//! turned off) is a clear one: an alert never stays firing on data that has left its
+//! window. Pure.
 
 use std::collections::BTreeMap;
 
@@ -56,6 +59,14 @@ struct Check {
     threshold: f64,
     severity: Severity,
     what: String,
+    /// False when there was nothing to judge (value 0): a clear evaluation.
+    measured: bool,
+}
+
+impl Check {
+    fn breached(&self) -> bool {
+        self.measured && self.value > self.threshold
+    }
 }
 
 impl SloEngine {
@@ -67,30 +78,60 @@ impl SloEngine {
     /// Evaluate every rule; returns the alerts to publish (state changes only).
     pub fn evaluate(&mut self, cfg: &SloConfig, m: &Measurements, now_ms: i64) -> Vec<Alert> {
         let mut checks = Vec::new();
-        let enough = m.predictions >= cfg.min_samples.max(1);
+        let min_samples = cfg.min_samples.max(1);
+        let enough = m.predictions >= min_samples;
+        let too_few = || {
+            format!(
+                "{} prediction{} over the last {:.0} s, fewer than the {min_samples} the rule needs",
+                m.predictions,
+                if m.predictions == 1 { "" } else { "s" },
+                m.window_s
+            )
+        };
         if cfg.p99_ms > 0.0 {
-            if let (true, Some(p99)) = (enough, m.p99_ms) {
-                checks.push(Check {
+            checks.push(match (enough, m.p99_ms) {
+                (true, Some(p99)) => Check {
                     rule: "p99_latency".into(),
                     value: p99,
                     threshold: cfg.p99_ms,
                     severity: Severity::Warning,
                     what: format!("p99 end-to-end latency over the last {:.0} s: {p99:.0} ms (SLO {:.0} ms)", m.window_s, cfg.p99_ms),
-                });
-            }
+                    measured: true,
+                },
+                _ => Check {
+                    rule: "p99_latency".into(),
+                    value: 0.0,
+                    threshold: cfg.p99_ms,
+                    severity: Severity::Warning,
+                    what: format!("p99 end-to-end latency not measured: {} (SLO {:.0} ms)", too_few(), cfg.p99_ms),
+                    measured: false,
+                },
+            });
         }
-        if cfg.error_rate > 0.0 && enough {
-            checks.push(Check {
-                rule: "error_rate".into(),
-                value: m.error_rate,
-                threshold: cfg.error_rate,
-                severity: Severity::Critical,
-                what: format!(
-                    "{:.2}% of predictions failed (expired) over the last {:.0} s (SLO {:.2}%)",
-                    m.error_rate * 100.0,
-                    m.window_s,
-                    cfg.error_rate * 100.0
-                ),
+        if cfg.error_rate > 0.0 {
+            checks.push(if enough {
+                Check {
+                    rule: "error_rate".into(),
+                    value: m.error_rate,
+                    threshold: cfg.error_rate,
+                    severity: Severity::Critical,
+                    what: format!(
+                        "{:.2}% of predictions failed (expired) over the last {:.0} s (SLO {:.2}%)",
+                        m.error_rate * 100.0,
+                        m.window_s,
+                        cfg.error_rate * 100.0
+                    ),
+                    measured: true,
+                }
+            } else {
+                Check {
+                    rule: "error_rate".into(),
+                    value: 0.0,
+                    threshold: cfg.error_rate,
+                    severity: Severity::Critical,
+                    what: format!("error rate not measured: {} (SLO {:.2}%)", too_few(), cfg.error_rate * 100.0),
+                    measured: false,
+                }
             });
         }
         if cfg.max_lag > 0 {
@@ -101,6 +142,7 @@ impl SloEngine {
                     threshold: cfg.max_lag as f64,
                     severity: Severity::Warning,
                     what: format!("consumer group {group} is {lag} records behind (SLO {})", cfg.max_lag),
+                    measured: true,
                 });
             }
         }
@@ -111,7 +153,26 @@ impl SloEngine {
                 threshold: cfg.dlq_per_s,
                 severity: Severity::Warning,
                 what: format!("{:.2} dead letters/s over the last {:.0} s (SLO {:.2}/s)", m.dlq_per_s, m.window_s, cfg.dlq_per_s),
+                measured: true,
             });
+        }
+        // A firing rule that nothing measured this time (its group is no longer watched,
+        // or the rule was turned off) clears like one back under its threshold.
+        for (rule, s) in self.rules.iter_mut() {
+            if checks.iter().any(|c| &c.rule == rule) {
+                continue;
+            }
+            s.streak = 0;
+            if s.firing {
+                checks.push(Check {
+                    rule: rule.clone(),
+                    value: 0.0,
+                    threshold: s.threshold,
+                    severity: Severity::Info,
+                    what: format!("{rule} is no longer measured"),
+                    measured: false,
+                });
+            }
         }
 
         let need = cfg.for_evals.max(1);
@@ -120,7 +181,7 @@ impl SloEngine {
             let s = self.rules.entry(c.rule.clone()).or_default();
             s.value = c.value;
             s.threshold = c.threshold;
-            let breached = c.value > c.threshold;
+            let breached = c.breached();
             if breached != s.firing {
                 s.streak += 1;
                 if s.streak >= need {
@@ -197,6 +258,52 @@ mod tests {
         let rules: Vec<&str> = a.iter().map(|a| a.rule.as_str()).collect();
         assert_eq!(rules, vec!["error_rate", "lag-aifab-inference-worker", "dlq_rate"]);
         assert_eq!(a[0].severity, Severity::Critical);
+    }
+
+    #[test]
+    fn a_window_with_no_predictions_resolves_latency_and_error_alerts() {
+        let mut e = SloEngine::default();
+        let c = cfg();
+        for t in 1..=2 {
+            e.evaluate(&c, &m(6431.0, 0.5, 10, 0.0, 100), t);
+        }
+        assert_eq!(e.firing().map(|(r, _)| r.as_str()).collect::<Vec<_>>(), vec!["error_rate", "p99_latency"]);
+        // The window empties: the last p99 is gone with it (the monitor reports none).
+        let empty = Measurements { p99_ms: None, error_rate: 0.0, ..m(0.0, 0.0, 10, 0.0, 0) };
+        assert!(e.evaluate(&c, &empty, 3).is_empty(), "one clear evaluation is not enough");
+        let a = e.evaluate(&c, &empty, 4);
+        let resolved: Vec<(&str, AlertState, f64)> = a.iter().map(|a| (a.rule.as_str(), a.state, a.value)).collect();
+        assert_eq!(resolved, vec![("p99_latency", AlertState::Resolved, 0.0), ("error_rate", AlertState::Resolved, 0.0)]);
+        assert!(a[0].message.contains("0 predictions over the last 60 s, fewer than the 10"), "{}", a[0].message);
+        for alert in &a {
+            aifab_core::schema::validate("alert/v1", &serde_json::to_value(alert).unwrap()).unwrap();
+        }
+        assert_eq!(e.firing().count(), 0);
+        // Too few to judge is no data either, and nothing to judge never fires.
+        for t in 5..=6 {
+            e.evaluate(&c, &m(6431.0, 0.0, 10, 0.0, 100), t);
+        }
+        assert_eq!(e.firing().count(), 1);
+        assert!(e.evaluate(&c, &m(6431.0, 0.0, 10, 0.0, 3), 7).is_empty());
+        let a = e.evaluate(&c, &m(6431.0, 0.0, 10, 0.0, 3), 8);
+        assert_eq!((a[0].rule.as_str(), a[0].state), ("p99_latency", AlertState::Resolved));
+        assert!(a[0].message.contains("3 predictions"), "{}", a[0].message);
+        for t in 9..=20 {
+            assert!(e.evaluate(&c, &empty, t).is_empty(), "an empty window stays quiet");
+        }
+    }
+
+    #[test]
+    fn a_lag_alert_resolves_when_its_group_is_no_longer_watched() {
+        let mut e = SloEngine::default();
+        let c = SloConfig { for_evals: 1, ..cfg() };
+        let a = e.evaluate(&c, &m(100.0, 0.0, 5000, 0.0, 100), 1);
+        assert_eq!((a[0].rule.as_str(), a[0].state), ("lag-aifab-inference-worker", AlertState::Firing));
+        let gone = Measurements { lag: BTreeMap::new(), ..m(100.0, 0.0, 0, 0.0, 100) };
+        let a = e.evaluate(&c, &gone, 2);
+        assert_eq!((a[0].rule.as_str(), a[0].state, a[0].threshold), ("lag-aifab-inference-worker", AlertState::Resolved, 1000.0));
+        assert!(a[0].message.contains("no longer measured"), "{}", a[0].message);
+        assert!(e.evaluate(&c, &gone, 3).is_empty());
     }
 
     #[test]
