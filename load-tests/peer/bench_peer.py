@@ -21,7 +21,7 @@ Setup (once):
     /tmp/peer-venv/bin/pip install -r load-tests/peer/requirements.txt
 
     /tmp/peer-venv/bin/python load-tests/peer/bench_peer.py \
-        --data ../shared/data/sms_spam/test.jsonl --threads 2 --batches 1,8,32,64
+        --data services/aifab/data/sms_spam/test.jsonl --threads 2 --batches 1,8,32,64
 
 `--serve` makes it read batch sizes one per line on stdin and answer each with the JSON
 line (so bench-model can interleave the peer and candle without reloading the model).

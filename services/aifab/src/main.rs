@@ -1,8 +1,17 @@
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use aifab::local::{self, SERVICES};
+use aifab::status::Health;
+use aifab_core::telemetry;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+
+/// The log filter of `aifab up` when its stderr is a file, unless AIFAB_LOG / RUST_LOG
+/// say otherwise.
+const SUPERVISOR_LOG_FILTER: &str = "error,aifab=info";
+/// While services start, a line on what is still awaited this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// aifab: production management for AI models. Operator CLI and local stack supervisor.
 #[derive(Debug, Parser)]
@@ -65,7 +74,19 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     aifab_core::artifacts::install_tls_provider();
-    aifab_core::telemetry::init_cli_logging(&std::env::var("AIFAB_LOG").unwrap_or_else(|_| "info".into()));
+    let env = |k: &str| std::env::var(k).ok();
+    let default_filter = match cli.command {
+        // The supervisor's own log file (`up --detach` sends it to supervisor.log): its
+        // restarts, replica changes and scale decisions.
+        Cmd::Up { .. } if !std::io::stderr().is_terminal() => SUPERVISOR_LOG_FILTER,
+        // A person's terminal: results, then only aifab's warnings and libraries' errors.
+        _ => telemetry::CLI_LOG_FILTER,
+    };
+    telemetry::init_cli_logging(&telemetry::cli_log_filter(
+        env("AIFAB_LOG").as_deref(),
+        env("RUST_LOG").as_deref(),
+        default_filter,
+    ));
     match cli.command {
         Cmd::Up { no_stack, detach, ready_timeout_s, live_every_s } => up(no_stack, detach, ready_timeout_s, live_every_s.max(1)).await,
         Cmd::Down { stack } => down(stack).await,
@@ -94,8 +115,10 @@ async fn up(no_stack: bool, detach: bool, ready_timeout_s: u64, live_every_s: u6
     }
     if !no_stack {
         let root = local::repo_root()?;
+        println!("starting the local stack: Kafka, NATS, Redis (scripts/stack-up; the first time installs them)");
         local::run_script(&root, "stack-up", &[])?;
         // feature, trainer and the worker read the encoder from the model cache.
+        println!("checking the model cache (scripts/fetch-model)");
         local::run_script(&root, "fetch-model", &[])?;
     }
     if detach {
@@ -116,9 +139,9 @@ async fn up(no_stack: bool, detach: bool, ready_timeout_s: u64, live_every_s: u6
         return print_status_until_ready(Duration::from_secs(ready_timeout_s)).await;
     }
 
+    let supervisor = aifab::supervisor::Supervisor::new(&local::bin_dir()?, &local::log_dir(), SERVICES)?;
     std::fs::create_dir_all(local::run_dir())?;
     std::fs::write(pid_file(), std::process::id().to_string())?;
-    let supervisor = aifab::supervisor::Supervisor::new(&local::bin_dir()?, &local::log_dir(), SERVICES)?;
     let shutdown = aifab_core::shutdown::on_signal();
     let report = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -135,28 +158,68 @@ async fn up(no_stack: bool, detach: bool, ready_timeout_s: u64, live_every_s: u6
             }
         }
     });
-    supervisor.run(shutdown, Duration::from_secs(40)).await?;
+    let result = supervisor.run(shutdown, Duration::from_secs(40)).await;
     report.abort();
     let _ = std::fs::remove_file(pid_file());
-    Ok(())
+    result
 }
 
 /// Poll until every service is ready, then print the table; on timeout print it and fail.
+/// Meanwhile, every [`PROGRESS_EVERY`], a line says which services are still awaited.
 async fn print_status_until_ready(timeout: Duration) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let start = tokio::time::Instant::now();
+    let deadline = start + timeout;
+    let client = reqwest::Client::new();
+    let mut next_progress = start;
     loop {
-        let (table, ready) = aifab::status::table(SERVICES).await;
-        if ready {
-            print!("{table}");
-            println!("all {} services up", SERVICES.len());
-            return Ok(());
+        let mut waiting = Vec::new();
+        for s in SERVICES {
+            let health = aifab::status::probe(&client, &s.addr()).await;
+            if !matches!(health, Health::Ready | Health::AwaitingModel(_)) {
+                waiting.push((s.name, health));
+            }
         }
-        if tokio::time::Instant::now() > deadline {
+        let now = tokio::time::Instant::now();
+        if waiting.is_empty() || now > deadline {
+            let (table, ready) = aifab::status::table(SERVICES).await;
             print!("{table}");
-            anyhow::bail!("not every service became ready within {timeout:?}; logs in {}", local::log_dir().display());
+            if ready {
+                println!("all {} services up ({}s)", SERVICES.len(), now.duration_since(start).as_secs());
+                return Ok(());
+            }
+            if now > deadline {
+                anyhow::bail!("not every service became ready within {timeout:?}; logs in {}", local::log_dir().display());
+            }
+        } else if now >= next_progress {
+            if next_progress == start {
+                println!(
+                    "waiting for {} services to become ready (up to {}s; logs in {})",
+                    SERVICES.len(),
+                    timeout.as_secs(),
+                    local::log_dir().display()
+                );
+            }
+            println!("{}", waiting_line(now.duration_since(start), &waiting));
+            next_progress += PROGRESS_EVERY;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// `  12s: waiting for trainer (not up yet), feature (not ready: kafka)`.
+fn waiting_line(elapsed: Duration, waiting: &[(&str, Health)]) -> String {
+    let what: Vec<String> = waiting
+        .iter()
+        .map(|(name, health)| match health {
+            Health::Down(_) => format!("{name} (not up yet)"),
+            Health::NotReady(checks) => {
+                let failing: Vec<&str> = checks.iter().map(|c| c.split(':').next().unwrap_or(c).trim()).collect();
+                format!("{name} (not ready: {})", failing.join(", "))
+            }
+            Health::Ready | Health::AwaitingModel(_) => name.to_string(),
+        })
+        .collect();
+    format!("{:>5}s: waiting for {}", elapsed.as_secs(), what.join(", "))
 }
 
 /// The pid of a live supervisor, from its pid file.
@@ -186,9 +249,25 @@ async fn down(stack: bool) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use aifab::status::Health;
+
     #[test]
     fn the_cli_definition_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_progress_line_names_what_is_awaited() {
+        let waiting = [
+            ("trainer", Health::Down("not running".into())),
+            ("feature", Health::NotReady(vec!["kafka: metadata timed out".into(), "redis: refused".into()])),
+        ];
+        assert_eq!(
+            super::waiting_line(Duration::from_secs(12), &waiting),
+            "   12s: waiting for trainer (not up yet), feature (not ready: kafka, redis)"
+        );
     }
 }

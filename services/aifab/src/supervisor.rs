@@ -137,8 +137,9 @@ impl Supervisor {
             let bin = bin_dir.join(s.binary());
             anyhow::ensure!(
                 bin.exists(),
-                "{} not found; build the services first: cargo build --release --workspace --bins",
-                bin.display()
+                "{} not found; build the services first: {} (scripts/aifab does)",
+                bin.display(),
+                build_command(bin_dir)
             );
         }
         let replicas = services.iter().find(|s| s.name == SCALED_SERVICE).map(ReplicaSetConfig::local_default);
@@ -295,13 +296,22 @@ impl Supervisor {
                 let client = aifab_core::nats::connect(&self.nats_url, "supervisor")
                     .await
                     .with_context(|| format!("NATS url {:?}", self.nats_url))?;
-                tokio::spawn(follow_decisions(client.clone(), cfg.scale_name.clone(), cfg.max(), desired_tx, shutdown.clone()));
+                let follower = tokio::spawn(follow_decisions(
+                    client.clone(),
+                    cfg.scale_name.clone(),
+                    cfg.max(),
+                    desired_tx,
+                    shutdown.clone(),
+                ));
                 tracing::info!(service = %cfg.service, initial = cfg.initial, max = cfg.max(),
                     decisions = %subjects::scale(&cfg.scale_name), "replica set follows scale decisions");
-                Some(client)
+                Some((client, follower))
             }
             None => None,
         };
+        let (nats, mut follower) = nats.unzip();
+        // Why the supervisor stopped on its own, if it did.
+        let mut failure: Option<anyhow::Error> = None;
         let mut reported: Option<(u32, Instant)> = None;
         loop {
             let now = Instant::now();
@@ -341,13 +351,30 @@ impl Supervisor {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 _ = shutdown.cancelled() => break,
+                // Only ends early on an error (or a panic): never lose it.
+                r = async { follower.as_mut().expect("guarded").await }, if follower.is_some() => {
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                    let e = match r {
+                        Ok(Ok(())) => anyhow::anyhow!("the scale-decision follower stopped"),
+                        Ok(Err(e)) => e,
+                        Err(join) => anyhow::anyhow!("the scale-decision follower panicked: {join}"),
+                    };
+                    tracing::error!(error = %format!("{e:#}"), "replica set cannot follow scale decisions; stopping every service");
+                    failure = Some(e);
+                    break;
+                }
             }
         }
         self.stop_all(grace).await;
         if let Some(client) = nats {
             let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
         }
-        Ok(())
+        match failure {
+            Some(e) => Err(e.context("the supervisor stopped")),
+            None => Ok(()),
+        }
     }
 
     async fn stop_all(&mut self, grace: Duration) {
@@ -371,28 +398,40 @@ impl Supervisor {
     }
 }
 
+/// The command that builds what the local supervisor runs: the CLI and every service
+/// (the same packages `scripts/aifab` builds), in release mode unless `bin_dir` is a
+/// debug build's.
+pub fn build_command(bin_dir: &Path) -> String {
+    let release = if bin_dir.ends_with("debug") { "" } else { " --release" };
+    let packages: String = crate::local::SERVICES.iter().map(|s| format!(" -p {}", s.binary())).collect();
+    format!("cargo build{release} --bins -p aifab{packages}")
+}
+
 /// Follow `aifab.scale.<name>`: each decision's desired replicas (clamped to `max`).
+/// Returns `Ok` only on shutdown: a failed subscription, or one that ends (the NATS
+/// client closed), is an error the supervisor stops on, since the replica set would no
+/// longer follow the autoscaler.
 async fn follow_decisions(
     client: async_nats::Client,
     name: String,
     max: u32,
     desired: watch::Sender<u32>,
     shutdown: CancellationToken,
-) {
+) -> anyhow::Result<()> {
     let subject = subjects::scale(&name);
-    let mut sub = match client.subscribe(subject.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(%subject, error = %e, "cannot subscribe to scale decisions; replicas stay as they are");
-            return;
-        }
-    };
+    let mut sub =
+        client.subscribe(subject.clone()).await.with_context(|| format!("subscribing to scale decisions on {subject}"))?;
     loop {
         let msg = tokio::select! {
             m = sub.next() => m,
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
         };
-        let Some(msg) = msg else { return };
+        let Some(msg) = msg else {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            anyhow::bail!("the subscription to scale decisions on {subject} ended (NATS client closed)");
+        };
         match decode::<ScaleDecision>(&msg.payload) {
             Ok(d) => {
                 let n = d.desired_replicas.min(max);
@@ -403,5 +442,25 @@ async fn follow_decisions(
             }
             Err(e) => tracing::warn!(%subject, error = %e, "bad scale decision"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The supervisor's hint and `scripts/aifab` build the same packages.
+    #[test]
+    fn the_build_command_names_what_scripts_aifab_builds() {
+        let cmd = super::build_command(Path::new("/x/target/release"));
+        assert!(cmd.starts_with("cargo build --release --bins -p aifab -p aifab-ingest "), "{cmd}");
+        assert!(!super::build_command(Path::new("/x/target/debug")).contains("--release"));
+        let mut from_cmd: Vec<&str> = cmd.split(" -p ").skip(1).collect();
+        let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/aifab")).unwrap();
+        let list = script.split_once("packages=(").and_then(|(_, rest)| rest.split_once(')')).expect("packages=(...) in scripts/aifab").0;
+        let mut from_script: Vec<&str> = list.split_whitespace().collect();
+        from_cmd.sort();
+        from_script.sort();
+        assert_eq!(from_cmd, from_script);
     }
 }

@@ -461,8 +461,8 @@ mod tests {
     #[test]
     fn the_ascii_path_matches_the_library_on_the_real_tokenizer() {
         let dir = aifab_model::testing::real_model_dir();
-        let data = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/sms_spam/test.jsonl"))
-            .expect("../shared/data/sms_spam/test.jsonl");
+        let data = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../aifab/data/sms_spam/test.jsonl"))
+            .expect("services/aifab/data/sms_spam/test.jsonl");
         let mut texts: Vec<String> =
             data.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_string()).collect();
         texts.extend(

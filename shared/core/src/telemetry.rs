@@ -3,6 +3,9 @@
 //! Metric names follow `aifab_<service>_<what>_<unit>`; [`metric_name`] builds them so
 //! every component names its metrics the same way.
 
+use std::ffi::OsStr;
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
@@ -11,21 +14,53 @@ use crate::config::LogFormat;
 
 /// Install the global tracing subscriber. Safe to call twice (the second is a no-op),
 /// which tests that start several services in one process rely on.
+///
+/// Text logs are coloured only when stdout is a terminal: a service run by a
+/// supervisor writes to a log file (`~/.aifab/logs`, `docker logs`), which must carry no
+/// ANSI escape codes.
 pub fn init_logging(format: LogFormat, filter: &str) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(true)).try_init(),
+        LogFormat::Text => {
+            let ansi = use_ansi(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+            registry.with(fmt::layer().with_target(true).with_ansi(ansi)).try_init()
+        }
         LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true)).try_init(),
     };
     drop(result);
 }
 
+/// Colour log lines only on a terminal, and not when `NO_COLOR` is set to anything but
+/// the empty string (<https://no-color.org>).
+pub fn use_ansi(is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// The command-line tools' log filter when neither `AIFAB_LOG` nor `RUST_LOG` is set:
+/// warnings from aifab's own crates (every target starting with `aifab`) and errors
+/// from libraries, so a person's terminal shows results, not the NATS client's
+/// `connected` lines.
+pub const CLI_LOG_FILTER: &str = "error,aifab=warn";
+
+/// The log filter for a command-line tool: `aifab_log` (`AIFAB_LOG`) if set and not
+/// empty, else `rust_log` (`RUST_LOG`), else `default`.
+pub fn cli_log_filter(aifab_log: Option<&str>, rust_log: Option<&str>, default: &str) -> String {
+    [aifab_log, rust_log]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|f| !f.is_empty())
+        .unwrap_or(default)
+        .to_string()
+}
+
 /// Text logs on stderr, for command-line tools whose stdout is their output (JSON
-/// lines, tables) and must not be mixed with log lines.
+/// lines, tables) and must not be mixed with log lines. An invalid `filter` falls back
+/// to [`CLI_LOG_FILTER`].
 pub fn init_cli_logging(filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new(CLI_LOG_FILTER));
+    let ansi = use_ansi(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
     let layer = fmt::layer().with_target(false).with_ansi(ansi).with_writer(std::io::stderr);
     drop(tracing_subscriber::registry().with(filter).with(layer).try_init());
 }
@@ -69,6 +104,61 @@ pub fn metric_name(service: &str, what: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsStr;
+
+    use super::{cli_log_filter, use_ansi, CLI_LOG_FILTER};
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_ansi(true, None));
+        assert!(use_ansi(true, Some(OsStr::new(""))));
+        assert!(!use_ansi(true, Some(OsStr::new("1"))));
+        // A log file (the local supervisor's, docker's) never gets escape codes.
+        assert!(!use_ansi(false, None));
+        assert!(!use_ansi(false, Some(OsStr::new(""))));
+    }
+
+    #[test]
+    fn the_cli_filter_is_quiet_unless_asked() {
+        assert_eq!(cli_log_filter(None, None, CLI_LOG_FILTER), "error,aifab=warn");
+        assert_eq!(cli_log_filter(Some("debug"), Some("trace"), CLI_LOG_FILTER), "debug");
+        assert_eq!(cli_log_filter(None, Some("info"), CLI_LOG_FILTER), "info");
+        assert_eq!(cli_log_filter(Some(" "), Some("info"), CLI_LOG_FILTER), "info");
+        assert_eq!(cli_log_filter(Some(""), None, "warn"), "warn");
+    }
+
+    /// The default filter lets aifab's own warnings through (every `aifab*` crate) and
+    /// holds back libraries' info and warnings (async_nats' `event: connected`).
+    #[test]
+    fn the_cli_default_keeps_library_info_out() {
+        use tracing::level_filters::LevelFilter;
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        struct Record(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Record {
+            fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+                let m = e.metadata();
+                self.0.lock().unwrap().push(format!("{} {}", m.target(), m.level()));
+            }
+        }
+        let filter = tracing_subscriber::EnvFilter::new(CLI_LOG_FILTER);
+        assert_eq!(filter.max_level_hint(), Some(LevelFilter::WARN));
+        let subscriber = tracing_subscriber::registry().with(filter).with(Record(seen.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "async_nats", "event: connected");
+            tracing::warn!(target: "async_nats", "event: disconnected");
+            tracing::error!(target: "rdkafka::client", "broker down");
+            tracing::info!(target: "aifab::demo", "progress");
+            tracing::warn!(target: "aifab::supervisor", "service exited");
+            tracing::warn!(target: "aifab_core::kafka", "retrying");
+        });
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["rdkafka::client ERROR", "aifab::supervisor WARN", "aifab_core::kafka WARN"]
+        );
+    }
+
     #[test]
     fn metric_names_follow_the_convention() {
         assert_eq!(
