@@ -165,19 +165,19 @@ async fn the_trainer_started_before_its_topic_exists_consumes_and_trains_once_it
     let topic = aifab_tests::unique("late-examples");
     let task = aifab_tests::unique("late").replace('.', "_");
     let addr = format!("127.0.0.1:{}", free_port());
-    let model_dir = aifab_tests::tiny_models().model_dir.display().to_string();
+    let models = aifab_tests::tiny_models();
     let store = tempfile::tempdir().unwrap();
     let env = [
-        ("AIFAB_INPUT_TOPIC", topic.clone()),
+        ("AIFAB_TRAINING_TOPIC", topic.clone()),
         ("AIFAB_TRAINER_GROUP", aifab_tests::unique("late-trainer")),
-        ("AIFAB_MODEL_DIR", model_dir),
+        ("AIFAB_MODEL_DIR", models.model_dir.display().to_string()),
         ("AIFAB_ARTIFACT_DIR", store.path().display().to_string()),
         // Train as soon as the 40 examples below are in.
         ("AIFAB_TRAIN_EVERY", "40".to_string()),
     ];
     let child = start("trainer", &addr, &env, false);
     // Not ready while its input does not exist, and readiness says why.
-    let body = eventually(Duration::from_secs(120), "trainer /readyz naming its missing topic", || {
+    let body = eventually(Duration::from_secs(60), "trainer /readyz naming its missing topic", || {
         let addr = addr.clone();
         async move {
             match http_get(&addr, "/readyz").await {

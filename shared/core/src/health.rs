@@ -176,6 +176,7 @@ mod tests {
         r.register("kafka", "");
         r.set("kafka", true, "ok");
         let hb = Heartbeat::new();
+        hb.progress();
         r.watch_loop("examples-consumer", Some((hb.clone(), Duration::ZERO)));
         r.watch_loop("train-requests", None);
         // A zero stale limit: any time without progress is stale.

@@ -31,6 +31,9 @@ pub struct Heartbeat {
     inner: Arc<Beats>,
 }
 
+/// `last_progress_ms` of a loop that has not made progress yet.
+const NEVER: i64 = i64::MIN;
+
 #[derive(Debug)]
 struct Beats {
     last_progress_ms: AtomicI64,
@@ -45,10 +48,11 @@ impl Default for Heartbeat {
 }
 
 impl Heartbeat {
-    /// A heartbeat that starts as "progressing now". Not watched until a readiness
-    /// registers it (benches and tests use it unwatched).
+    /// A heartbeat of a loop that has not made progress yet: a watched loop is not ready
+    /// until its first beat. Not watched until a readiness registers it (benches and
+    /// tests use it unwatched).
     pub fn new() -> Self {
-        Heartbeat { inner: Arc::new(Beats { last_progress_ms: AtomicI64::new(crate::now_ms()), trouble: Mutex::new(None) }) }
+        Heartbeat { inner: Arc::new(Beats { last_progress_ms: AtomicI64::new(NEVER), trouble: Mutex::new(None) }) }
     }
 
     /// The loop did a unit of work, or found nothing waiting.
@@ -65,8 +69,9 @@ impl Heartbeat {
         *self.inner.trouble.lock().expect("heartbeat lock") = Some(why.to_string());
     }
 
-    pub fn last_progress_ms(&self) -> i64 {
-        self.inner.last_progress_ms.load(Ordering::Relaxed)
+    /// When the loop last made progress; `None` before its first beat.
+    pub fn last_progress_ms(&self) -> Option<i64> {
+        Some(self.inner.last_progress_ms.load(Ordering::Relaxed)).filter(|&ms| ms != NEVER)
     }
 
     fn trouble_now(&self) -> Option<String> {
@@ -97,7 +102,12 @@ impl LoopHealth {
         let Some((hb, stale_after)) = &self.heartbeat else {
             return CheckState { ok: true, detail: "running".into(), since_ms: self.started_ms };
         };
-        let last = hb.last_progress_ms();
+        let Some(last) = hb.last_progress_ms() else {
+            // Not working yet (waiting for its topic, its coordinator, its producer's
+            // transactions): not ready, and why if it said.
+            let detail = hb.trouble_now().map_or_else(|| "starting".to_string(), |t| format!("starting: {t}"));
+            return CheckState { ok: false, detail, since_ms: self.started_ms };
+        };
         let quiet_ms = now_ms.saturating_sub(last);
         if quiet_ms <= stale_after.as_millis() as i64 {
             return CheckState { ok: true, detail: "running".into(), since_ms: last };
@@ -155,28 +165,44 @@ mod tests {
     }
 
     #[test]
+    fn a_loop_is_not_ready_until_its_first_progress() {
+        let hb = Heartbeat::new();
+        let h = LoopHealth::new(1_000, Some((hb.clone(), Duration::from_secs(30))));
+        let c = h.check(1_500);
+        assert_eq!((c.ok, c.detail.as_str(), c.since_ms), (false, "starting", 1_000));
+        hb.trouble("topic aifab.training.examples does not exist yet");
+        assert_eq!(h.check(2_000).detail, "starting: topic aifab.training.examples does not exist yet");
+        hb.progress();
+        assert!(h.check(hb.last_progress_ms().unwrap()).ok);
+    }
+
+    #[test]
     fn a_heartbeat_goes_stale_without_progress_and_says_why() {
         let hb = Heartbeat::new();
+        hb.progress();
         let h = LoopHealth::new(0, Some((hb.clone(), Duration::from_secs(30))));
-        let last = hb.last_progress_ms();
+        let last = hb.last_progress_ms().unwrap();
         assert!(h.check(last + 30_000).ok, "exactly at the limit is still fine");
         hb.trouble("batch failed: redis down");
         let c = h.check(last + 45_000);
         assert!(!c.ok);
         assert_eq!(c.detail, "no progress for 45 s: batch failed: redis down");
         hb.progress();
-        let c = h.check(hb.last_progress_ms() + 1_000);
+        let last = hb.last_progress_ms().unwrap();
+        let c = h.check(last + 1_000);
         assert!(c.ok, "progress clears it: {c:?}");
-        let c = h.check(hb.last_progress_ms() + 31_000);
+        let c = h.check(last + 31_000);
         assert_eq!(c.detail, "no progress for 31 s", "progress also cleared the trouble");
     }
 
     #[test]
     fn a_stopped_loop_fails_readiness_even_with_a_fresh_heartbeat() {
         let hb = Heartbeat::new();
+        hb.progress();
+        let at = hb.last_progress_ms().unwrap();
         let mut h = LoopHealth::new(0, Some((hb.clone(), Duration::from_secs(30))));
-        h.stopped = Some((hb.last_progress_ms(), "ended while the service was running".into()));
-        assert!(!h.check(hb.last_progress_ms()).ok);
+        h.stopped = Some((at, "ended while the service was running".into()));
+        assert!(!h.check(at).ok);
     }
 
     #[test]
