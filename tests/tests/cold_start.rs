@@ -1,11 +1,14 @@
-//! What a newcomer does on a fresh machine: `aifab demo` against a stack that does not
-//! exist yet — a brand-new data directory (Kafka formats its KRaft storage, no topics,
-//! no consumer-offsets or transaction-state topics yet), every service started the moment
-//! the stack answers, with no settle delay — and the whole loop (train, promote, serve,
-//! score) must succeed on the first try.
+//! What a newcomer does on a fresh machine, where nothing is warm: a brand-new stack
+//! (Kafka formats its KRaft storage; no topics, no consumer-offsets or transaction-state
+//! topics yet), every service started at once — before its topics exist, as happens
+//! when a deployment's services start before its topic-creation job — then the topics
+//! created, then `aifab demo`. The whole loop (train, promote, serve, score) must succeed
+//! on the first try.
 //!
-//! The stack is the test's own, on free loopback ports, so the broker really is cold:
-//! its group coordinators are still being elected while the services first ask for them.
+//! The stack is the test's own, on free loopback ports, so the broker really is cold.
+//! The services are up (answering `/healthz`) before the topics are created, with no
+//! settle delay anywhere: a service that looked for its topic once and gave up (the
+//! trainer did: it then held 0 examples while answering ready) fails this test.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -43,13 +46,34 @@ impl FreshStack {
     }
 
     fn aifab(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin_path("aifab"));
+        self.command(bin_path("aifab"), args)
+    }
+
+    /// One of the repository's scripts, for this stack.
+    fn script(&self, name: &str, args: &[&str]) -> Command {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        self.command(root.join("scripts").join(name), args)
+    }
+
+    fn command(&self, program: std::path::PathBuf, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null());
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
         cmd
     }
+}
+
+/// Run to completion within `limit`; panics with its output unless it succeeded.
+async fn run_ok(mut cmd: Command, what: &str, limit: Duration) -> String {
+    let out = tokio::time::timeout(limit, cmd.kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{what} failed: {}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    stdout
 }
 
 impl Drop for FreshStack {
@@ -86,25 +110,43 @@ async fn the_demo_succeeds_first_time_on_a_brand_new_stack() {
     let stack = FreshStack::new();
     assert!(!stack.data.path().join("kafka").exists(), "the stack's data dir starts empty");
     let task = unique("cold").replace('.', "_");
-    let out = tokio::time::timeout(
-        Duration::from_secs(900),
-        stack
-            .aifab(&["demo", "--train-limit", "400", "--test-limit", "120", "--tenant", "cold", "--idle-timeout-s", "90"])
-            // The supervisor's worker inherits this, so it serves the demo's task.
-            .env("AIFAB_TASK", &task)
-            .output(),
-    )
-    .await
-    .expect("aifab demo finished within 15 minutes")
-    .expect("run aifab demo");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "the first demo on a fresh stack failed: {}\n{stdout}\n{stderr}", out.status);
-    assert!(stack.data.path().join("kafka").exists(), "the demo formatted and used the fresh stack");
+
+    // A freshly formatted broker with no topics at all.
+    let up = run_ok(stack.script("stack-up", &["--no-topics"]), "stack-up --no-topics", Duration::from_secs(300)).await;
+    assert!(up.contains("not created (--no-topics)"), "{up}");
+    assert!(stack.data.path().join("kafka").exists(), "the stack was formatted in the fresh data dir");
+
+    // Every service, at once, under the supervisor (the worker serves the demo's task).
+    // `aifab down` (when the stack is dropped) stops it and its services.
+    let mut supervisor = stack.aifab(&["up", "--no-stack"]);
+    supervisor.env("AIFAB_TASK", &task).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut supervisor = supervisor.spawn().expect("start aifab up");
+    for service in ["ingest", "feature", "trainer", "inference-worker", "monitor", "cost-accountant", "autoscaler"] {
+        let addr = format!("127.0.0.1:{}", local_port(service));
+        aifab_tests::eventually(Duration::from_secs(120), &format!("{service} to answer /healthz"), || {
+            let addr = addr.clone();
+            async move { matches!(aifab_tests::http_get(&addr, "/healthz").await, Ok((200, _))).then_some(()) }
+        })
+        .await;
+    }
+    assert!(supervisor.try_wait().unwrap().is_none(), "the supervisor is still running");
+
+    // Now the topics, as a deployment's topic job would make them, then the newcomer's
+    // command (which finds the supervisor up and waits for every service to be ready).
+    run_ok(stack.script("stack-up", &[]), "stack-up", Duration::from_secs(300)).await;
+    let mut demo = stack.aifab(&["demo", "--train-limit", "400", "--test-limit", "120", "--tenant", "cold", "--idle-timeout-s", "90"]);
+    demo.env("AIFAB_TASK", &task);
+    let stdout = run_ok(demo, "the first aifab demo on a fresh stack", Duration::from_secs(900)).await;
+    eprintln!("{stdout}");
     assert!(stdout.contains(&format!("trained {task}: version v1")), "{stdout}");
     let requests = figure(&stdout, "requests");
     assert!(requests.contains("120 sent, 120 answered") && requests.ends_with(", 0 missing"), "{requests}");
     let accuracy: f64 = figure(&stdout, "accuracy").split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(accuracy >= 0.85, "accuracy {accuracy} on 120 SMS after training on 320:\n{stdout}");
     assert!(figure(&stdout, "model").contains(&format!("{task}/v1 (served: v1)")), "{stdout}");
+}
+
+/// The port the local supervisor gives a service (`services/aifab/src/local.rs`).
+fn local_port(service: &str) -> u16 {
+    aifab::local::SERVICES.iter().find(|s| s.name == service).unwrap_or_else(|| panic!("no local service {service}")).port
 }

@@ -213,7 +213,8 @@ fn waiting_line(elapsed: Duration, waiting: &[(&str, Health)]) -> String {
         .map(|(name, health)| match health {
             Health::Down(_) => format!("{name} (not up yet)"),
             Health::NotReady(checks) => {
-                let failing: Vec<&str> = checks.iter().map(|c| c.split(':').next().unwrap_or(c).trim()).collect();
+                // "loop:examples-consumer: starting: ..." names `loop:examples-consumer`.
+                let failing: Vec<&str> = checks.iter().map(|c| c.split_once(": ").map_or(c.as_str(), |(name, _)| name).trim()).collect();
                 format!("{name} (not ready: {})", failing.join(", "))
             }
             Health::Ready | Health::AwaitingModel(_) => name.to_string(),
@@ -265,6 +266,8 @@ mod tests {
             ("trainer", Health::Down("not running".into())),
             ("feature", Health::NotReady(vec!["kafka: metadata timed out".into(), "redis: refused".into()])),
         ];
+        let loops = [("trainer", Health::NotReady(vec!["loop:examples-consumer: starting: topic t does not exist yet".into()]))];
+        assert_eq!(super::waiting_line(Duration::from_secs(3), &loops), "    3s: waiting for trainer (not ready: loop:examples-consumer)");
         assert_eq!(
             super::waiting_line(Duration::from_secs(12), &waiting),
             "   12s: waiting for trainer (not up yet), feature (not ready: kafka, redis)"

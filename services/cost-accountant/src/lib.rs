@@ -470,15 +470,11 @@ async fn charge_loop(config: Config, app: App, heartbeat: Heartbeat, shutdown: C
     let mut stream = consumer.stream();
     let mut last_commit = tokio::time::Instant::now();
     let mut dirty = false;
-    // Quiet is progress (nothing waiting) unless the last thing the consumer said was an error.
-    let mut failing = false;
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                if !failing {
-                    heartbeat.progress();
-                }
+                heartbeat.idle();
                 None
             }
             m = stream.next() => Some(m.context("the usage consumer's stream ended")?),
@@ -487,13 +483,11 @@ async fn charge_loop(config: Config, app: App, heartbeat: Heartbeat, shutdown: C
             let m = match msg {
                 Ok(m) => m,
                 Err(e) => {
-                    failing = true;
                     heartbeat.trouble(format_args!("consumer error: {e}"));
                     tracing::warn!(error = %e, "usage consumer error");
                     continue;
                 }
             };
-            failing = false;
             let payload = m.payload().unwrap_or_default();
             match decode::<UsageRecord>(payload) {
                 Ok(u) => {

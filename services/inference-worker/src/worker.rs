@@ -196,9 +196,9 @@ impl Worker {
                 }
                 Plan::Idle => {
                     self.commit_open()?;
-                    if self.open_txn.is_none() {
-                        self.settings.heartbeat.progress();
-                    }
+                    // Not progress right after a failed transaction (its batches are
+                    // being fetched again): see `Heartbeat::idle`.
+                    self.settings.heartbeat.idle();
                     self.poll(Duration::from_millis(100))
                 }
             }

@@ -276,7 +276,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     svc.supervise("predictions-loop", async move { pred_loop.await.context("predictions loop thread")? });
 
     // Until SIGTERM, or until a loop fails (then exit non-zero to be restarted). The loops
-    // drain first; then the HTTP requests still settling.
+    // and the HTTP server drain first (within the grace period); then the requests whose
+    // writes are still settling get a grace period of their own.
     svc.shutdown.cancelled().await;
     svc.stop_loops().await;
     let grace = Duration::from_secs(config.serve.shutdown_grace_s);

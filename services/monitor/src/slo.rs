@@ -162,8 +162,11 @@ impl SloEngine {
             if checks.iter().any(|c| &c.rule == rule) {
                 continue;
             }
-            s.streak = 0;
-            if s.firing {
+            if !s.firing {
+                s.streak = 0;
+                continue;
+            }
+            {
                 checks.push(Check {
                     rule: rule.clone(),
                     value: 0.0,
@@ -296,10 +299,13 @@ mod tests {
     #[test]
     fn a_lag_alert_resolves_when_its_group_is_no_longer_watched() {
         let mut e = SloEngine::default();
-        let c = SloConfig { for_evals: 1, ..cfg() };
+        // Two evaluations in a row on either side, as by default.
+        let c = SloConfig { for_evals: 2, ..cfg() };
+        assert!(e.evaluate(&c, &m(100.0, 0.0, 5000, 0.0, 100), 0).is_empty());
         let a = e.evaluate(&c, &m(100.0, 0.0, 5000, 0.0, 100), 1);
         assert_eq!((a[0].rule.as_str(), a[0].state), ("lag-aifab-inference-worker", AlertState::Firing));
         let gone = Measurements { lag: BTreeMap::new(), ..m(100.0, 0.0, 0, 0.0, 100) };
+        assert!(e.evaluate(&c, &gone, 2).is_empty(), "one clear evaluation is not enough");
         let a = e.evaluate(&c, &gone, 2);
         assert_eq!((a[0].rule.as_str(), a[0].state, a[0].threshold), ("lag-aifab-inference-worker", AlertState::Resolved, 1000.0));
         assert!(a[0].message.contains("no longer measured"), "{}", a[0].message);

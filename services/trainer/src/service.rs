@@ -135,15 +135,11 @@ async fn consume_examples(
     tracing::info!(%topic, partitions_with_history = committed.len(), "replaying training examples");
     heartbeat.progress();
     let mut stream = consumer.stream();
-    // Quiet is progress (nothing waiting) unless the last thing the consumer said was an error.
-    let mut failing = false;
     loop {
         let msg = tokio::select! {
             m = stream.next() => match m { Some(m) => m, None => anyhow::bail!("the examples consumer's stream ended") },
             _ = tokio::time::sleep(IDLE_BEAT) => {
-                if !failing {
-                    heartbeat.progress();
-                }
+                heartbeat.idle();
                 continue;
             }
             _ = shutdown.cancelled() => return Ok(()),
@@ -151,13 +147,11 @@ async fn consume_examples(
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
-                failing = true;
                 heartbeat.trouble(format_args!("consumer error: {e}"));
                 tracing::warn!(error = %e, "consumer error");
                 continue;
             }
         };
-        failing = false;
         heartbeat.progress();
         match decode::<TrainingExample>(msg.payload().unwrap_or_default()) {
             Ok(ex) => {

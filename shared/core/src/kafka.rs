@@ -79,7 +79,10 @@ pub fn consumer_config(brokers: &str, client_id: &str, group: &str) -> ClientCon
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
+        .set("heartbeat.interval.ms", "1000")
+        // A subscribed topic that does not exist yet (a service started before its topics
+        // were created) is noticed at the next metadata refresh: 10 s, not librdkafka's 5 min.
+        .set("topic.metadata.refresh.interval.ms", "10000");
     c
 }
 

@@ -171,8 +171,9 @@ pub struct LoopSettings {
     pub max_batch: usize,
     /// Longest a batch waits to fill after its first message.
     pub max_wait: Duration,
-    /// Beaten on each committed batch and each poll that found nothing waiting, so a loop
-    /// whose batches keep failing goes stale ([`crate::service::Service::heartbeat`]).
+    /// Beaten on each committed batch and each poll that found nothing waiting (not right
+    /// after a failed batch: see [`Heartbeat::idle`]), so a loop whose batches keep failing
+    /// goes stale ([`crate::service::Service::heartbeat`]).
     pub heartbeat: Heartbeat,
 }
 
@@ -312,6 +313,7 @@ fn poll_batch(consumer: &LoopConsumer, settings: &LoopSettings, positions: &mut 
                 }
             }
             Some(Err(e)) => {
+                settings.heartbeat.trouble(format_args!("consumer error: {e}"));
                 tracing::warn!(error = %e, topic = %settings.input_topic, "consumer error");
                 break;
             }
@@ -561,7 +563,7 @@ pub fn run_transactional<T: Transform>(
                 }
                 None => {
                     commit_idle_position(&consumer, &mut committed);
-                    settings.heartbeat.progress();
+                    settings.heartbeat.idle();
                 }
             }
             continue;
@@ -646,7 +648,7 @@ pub fn run_at_least_once<H: Handler>(
         let batch = poll_batch(&consumer, &settings, &mut positions);
         if batch.is_empty() {
             commit_idle_position(&consumer, &mut committed);
-            settings.heartbeat.progress();
+            settings.heartbeat.idle();
             continue;
         }
         if let Err(e) = runtime.block_on(handler.handle(&batch)) {

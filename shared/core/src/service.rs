@@ -252,8 +252,9 @@ impl Service {
         self.shutdown.cancel();
     }
 
-    /// Stop and drain the supervised loops (the HTTP server among them), each within the
-    /// shutdown grace period; a loop still running after it is aborted.
+    /// Stop and drain the supervised loops (the HTTP server among them), all within one
+    /// shutdown grace period; a loop still running after it is aborted (a loop on its own
+    /// thread then ends with the process).
     pub async fn stop_loops(&mut self) {
         self.shutdown.cancel();
         let until = Instant::now() + Duration::from_secs(self.serve_args.shutdown_grace_s);
@@ -408,6 +409,15 @@ impl Service {
                 }
             }
         }));
+    }
+}
+
+/// A service dropped without [`Service::finish`] (its `run` returned early with an error)
+/// still stops its loops: a loop thread left waiting for shutdown would keep the process
+/// from exiting.
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 

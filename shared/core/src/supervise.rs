@@ -19,6 +19,10 @@ use crate::health::CheckState;
 /// longer than any batch or retry backoff (10 s at most) takes when things work.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
 
+/// How long a loop in trouble must find nothing waiting (and meet no new trouble) before
+/// idling counts as progress again: longer than a failed batch takes to be fetched again.
+pub const QUIET_AFTER_TROUBLE: Duration = Duration::from_secs(30);
+
 /// The environment variable that makes the named loop fail on start, as a crash would:
 /// how tests (and operators rehearsing an incident) prove a failing loop stops the service.
 pub const FAILPOINT_ENV: &str = "AIFAB_FAILPOINT_LOOP";
@@ -38,7 +42,14 @@ const NEVER: i64 = i64::MIN;
 struct Beats {
     last_progress_ms: AtomicI64,
     /// Why the loop is not progressing, as it last said (cleared by progress).
-    trouble: Mutex<Option<String>>,
+    trouble: Mutex<Option<Trouble>>,
+}
+
+#[derive(Debug)]
+struct Trouble {
+    why: String,
+    /// Since when the loop has found nothing waiting, with no new trouble.
+    quiet_since_ms: Option<i64>,
 }
 
 impl Default for Heartbeat {
@@ -55,7 +66,7 @@ impl Heartbeat {
         Heartbeat { inner: Arc::new(Beats { last_progress_ms: AtomicI64::new(NEVER), trouble: Mutex::new(None) }) }
     }
 
-    /// The loop did a unit of work, or found nothing waiting.
+    /// The loop did a unit of work (a batch committed, a message handled).
     pub fn progress(&self) {
         self.inner.last_progress_ms.store(crate::now_ms(), Ordering::Relaxed);
         let mut t = self.inner.trouble.lock().expect("heartbeat lock");
@@ -64,9 +75,27 @@ impl Heartbeat {
         }
     }
 
+    /// The loop looked and found nothing waiting. That is progress — unless it is in
+    /// trouble: a failed batch it will consume again can look like an empty poll while
+    /// it is fetched anew. Only after [`QUIET_AFTER_TROUBLE`] of looking with no new
+    /// trouble does idling count again.
+    pub fn idle(&self) {
+        let now = crate::now_ms();
+        let quiet = {
+            let mut t = self.inner.trouble.lock().expect("heartbeat lock");
+            match t.as_mut() {
+                None => true,
+                Some(trouble) => *trouble.quiet_since_ms.get_or_insert(now) + QUIET_AFTER_TROUBLE.as_millis() as i64 <= now,
+            }
+        };
+        if quiet {
+            self.progress();
+        }
+    }
+
     /// Why the loop is not progressing (shown by readiness once the loop is stale).
     pub fn trouble(&self, why: impl std::fmt::Display) {
-        *self.inner.trouble.lock().expect("heartbeat lock") = Some(why.to_string());
+        *self.inner.trouble.lock().expect("heartbeat lock") = Some(Trouble { why: why.to_string(), quiet_since_ms: None });
     }
 
     /// When the loop last made progress; `None` before its first beat.
@@ -75,7 +104,7 @@ impl Heartbeat {
     }
 
     fn trouble_now(&self) -> Option<String> {
-        self.inner.trouble.lock().expect("heartbeat lock").clone()
+        self.inner.trouble.lock().expect("heartbeat lock").as_ref().map(|t| t.why.clone())
     }
 }
 
@@ -193,6 +222,32 @@ mod tests {
         assert!(c.ok, "progress clears it: {c:?}");
         let c = h.check(last + 31_000);
         assert_eq!(c.detail, "no progress for 31 s", "progress also cleared the trouble");
+    }
+
+    #[test]
+    fn idling_is_progress_unless_in_trouble_until_quiet_for_a_while() {
+        let hb = Heartbeat::new();
+        hb.idle();
+        assert!(hb.last_progress_ms().is_some(), "an empty poll with no trouble is progress");
+        let hb = Heartbeat::new();
+        hb.trouble("transaction failed: coordinator not available");
+        hb.idle();
+        assert_eq!(hb.last_progress_ms(), None, "an empty poll right after a failed batch is not progress");
+        assert_eq!(hb.trouble_now().as_deref(), Some("transaction failed: coordinator not available"));
+        // Quiet since long enough ago: idling counts again.
+        hb.inner.trouble.lock().unwrap().as_mut().unwrap().quiet_since_ms = Some(crate::now_ms() - QUIET_AFTER_TROUBLE.as_millis() as i64);
+        hb.idle();
+        assert!(hb.last_progress_ms().is_some());
+        assert_eq!(hb.trouble_now(), None);
+        // New trouble starts the quiet time again.
+        hb.trouble("consumer error: unknown topic");
+        hb.inner.trouble.lock().unwrap().as_mut().unwrap().quiet_since_ms = Some(0);
+        hb.trouble("consumer error: unknown topic");
+        let before = hb.last_progress_ms();
+        hb.idle();
+        assert_eq!(hb.last_progress_ms(), before);
+        hb.progress();
+        assert_eq!(hb.trouble_now(), None, "work done clears trouble at once");
     }
 
     #[test]
