@@ -34,6 +34,22 @@ impl Endpoints {
     }
 }
 
+/// The SMS test split kept in the repo, relative to the repo root (where the
+/// `load-tests/bench-*` scripts run): the benchmarks' default `--data`.
+pub const SMS_TEST_SPLIT: &str = "services/aifab/data/sms_spam/test.jsonl";
+
+/// `path` as given, except that the default [`SMS_TEST_SPLIT`], when the working
+/// directory is not the repo root, is found from this checkout's root.
+pub fn sms_test_split_or(path: std::path::PathBuf) -> std::path::PathBuf {
+    if path == std::path::Path::new(SMS_TEST_SPLIT) && !path.exists() {
+        let in_repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(SMS_TEST_SPLIT);
+        if in_repo.exists() {
+            return in_repo;
+        }
+    }
+    path
+}
+
 /// A name no earlier run used, so tests never see each other's data.
 pub fn unique(prefix: &str) -> String {
     format!("test.{prefix}.{}", uuid::Uuid::new_v4().simple())

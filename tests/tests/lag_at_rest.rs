@@ -6,7 +6,6 @@
 //! that wait as lag, and an aborted transaction at the end of a partition as nothing.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aifab_core::kafka::{
@@ -19,7 +18,6 @@ use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tokio::process::Command;
 
 const T: Duration = Duration::from_secs(30);
 const PARTITIONS: i32 = 3;
@@ -170,25 +168,21 @@ async fn lag_is_zero_at_rest_behind_transaction_markers() {
     assert_eq!(lags(&again), vec![0, 0, 0], "the kept answer: {again:?}");
 
     // The monitor's readings say the same.
-    let addr = format!("127.0.0.1:{}", free_port());
     let nats = async_nats::connect(nats_url()).await.unwrap();
     let mut lag_sub = nats.subscribe(subjects::lag(&group)).await.unwrap();
     nats.flush().await.unwrap();
-    let mut monitor = Command::new(bin_path("aifab-monitor"))
-        .env("AIFAB_HTTP_ADDR", &addr)
-        .env("AIFAB_MONITOR_WATCH", format!("{group}={topic}"))
-        .env("AIFAB_MONITOR_DISCOVER", "false")
-        .env("AIFAB_MONITOR_INTERVAL_MS", "500")
-        .env("AIFAB_MONITOR_GROUP", unique("monitor"))
-        .env("AIFAB_MONITOR_PREDICTIONS_TOPIC", &predictions)
-        .env("AIFAB_MONITOR_DLQ_TOPIC", unique("no-dlq"))
-        .env("AIFAB_MONITOR_COSTS_URL", "")
-        .env("AIFAB_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut monitor, _addr) = spawn_service(
+        "monitor",
+        &[
+            ("AIFAB_MONITOR_WATCH", format!("{group}={topic}")),
+            ("AIFAB_MONITOR_DISCOVER", "false".into()),
+            ("AIFAB_MONITOR_INTERVAL_MS", "500".into()),
+            ("AIFAB_MONITOR_GROUP", unique("monitor")),
+            ("AIFAB_MONITOR_PREDICTIONS_TOPIC", predictions.clone()),
+            ("AIFAB_MONITOR_DLQ_TOPIC", unique("no-dlq")),
+            ("AIFAB_MONITOR_COSTS_URL", String::new()),
+        ],
+    );
     let r = reading_where(&mut lag_sub, "total lag 0", |r| r.total_lag == 0).await;
     assert_eq!(r.partitions.len(), PARTITIONS as usize);
     assert!(r.partitions.iter().all(|p| p.committed == Some(11) && p.high_watermark == 12 && p.lag == 0), "{r:?}");

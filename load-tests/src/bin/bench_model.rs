@@ -28,7 +28,7 @@ use clap::Parser;
 #[command(about = "Encoder throughput: aifab (candle / CPU fast paths) vs sentence-transformers")]
 struct Args {
     /// JSONL file with a `text` field per line.
-    #[arg(long, default_value = DEFAULT_DATA)]
+    #[arg(long, default_value = aifab_tests::SMS_TEST_SPLIT)]
     data: PathBuf,
     /// Threads for both sides (rayon / candle here, torch.set_num_threads there).
     #[arg(long, default_value_t = 2)]
@@ -75,21 +75,6 @@ struct Args {
     check_cosine: bool,
 }
 
-/// The SMS test split kept in the repo, relative to the repo root (where the
-/// `load-tests/bench-*` scripts run); `default_data` also finds it from elsewhere.
-const DEFAULT_DATA: &str = "services/aifab/data/sms_spam/test.jsonl";
-
-/// `--data` as given, except that the default, when the working directory is not the
-/// repo root, is found from this crate's directory (`load-tests/..`).
-fn default_data(path: PathBuf) -> PathBuf {
-    if path == Path::new(DEFAULT_DATA) && !path.exists() {
-        let in_repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(DEFAULT_DATA);
-        if in_repo.exists() {
-            return in_repo;
-        }
-    }
-    path
-}
 
 fn model_dir(args: &Args) -> PathBuf {
     if let Some(d) = &args.model_dir {
@@ -260,7 +245,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 fn main() -> Result<()> {
     let mut args = Args::parse();
-    args.data = default_data(args.data);
+    args.data = aifab_tests::sms_test_split_or(args.data);
     if args.threads == 0 {
         bail!("--threads must be at least 1");
     }

@@ -28,7 +28,7 @@ use rdkafka::Message;
 #[command(about = "Saturated throughput through Kafka vs the bare model, and the batching gain.")]
 struct Args {
     /// JSONL with a `text` field per line.
-    #[arg(long, default_value = DEFAULT_DATA)]
+    #[arg(long, default_value = aifab_tests::SMS_TEST_SPLIT)]
     data: PathBuf,
     /// Requests pushed through the pipeline (texts are repeated to reach it).
     #[arg(long, default_value_t = 2000)]
@@ -48,25 +48,10 @@ struct Args {
     brokers: String,
 }
 
-/// The SMS test split kept in the repo, relative to the repo root (where the
-/// `load-tests/bench-*` scripts run); `default_data` also finds it from elsewhere.
-const DEFAULT_DATA: &str = "services/aifab/data/sms_spam/test.jsonl";
-
-/// `--data` as given, except that the default, when the working directory is not the
-/// repo root, is found from this crate's directory (`load-tests/..`).
-fn default_data(path: PathBuf) -> PathBuf {
-    if path == Path::new(DEFAULT_DATA) && !path.exists() {
-        let in_repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(DEFAULT_DATA);
-        if in_repo.exists() {
-            return in_repo;
-        }
-    }
-    path
-}
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
-    args.data = default_data(args.data);
+    args.data = aifab_tests::sms_test_split_or(args.data);
     let model_dir = args.model_dir.clone().unwrap_or_else(|| {
         PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/aifab/models/all-minilm-l6-v2")
     });
