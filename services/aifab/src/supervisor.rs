@@ -402,7 +402,13 @@ impl Supervisor {
 /// (the same packages `scripts/aifab` builds), in release mode unless `bin_dir` is a
 /// debug build's.
 pub fn build_command(bin_dir: &Path) -> String {
-    let release = if bin_dir.ends_with("debug") { "" } else { " --release" };
+    // target/debug: the dev profile; target/release: --release; target/<p>: --profile <p>.
+    let release = match bin_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => String::new(),
+        Some("release") => " --release".to_string(),
+        Some(profile) => format!(" --profile {profile}"),
+        None => " --profile local".to_string(),
+    };
     let packages: String = crate::local::SERVICES.iter().map(|s| format!(" -p {}", s.binary())).collect();
     format!("cargo build{release} --bins -p aifab{packages}")
 }
@@ -454,7 +460,11 @@ mod tests {
     fn the_build_command_names_what_scripts_aifab_builds() {
         let cmd = super::build_command(Path::new("/x/target/release"));
         assert!(cmd.starts_with("cargo build --release --bins -p aifab -p aifab-ingest "), "{cmd}");
-        assert!(!super::build_command(Path::new("/x/target/debug")).contains("--release"));
+        let debug = super::build_command(Path::new("/x/target/debug"));
+        assert!(!debug.contains("--release") && !debug.contains("--profile"), "{debug}");
+        let local = super::build_command(Path::new("/x/target/local"));
+        assert!(local.starts_with("cargo build --profile local --bins "), "{local}");
+        assert!(script_builds(&local), "scripts/aifab builds with the same profile");
         let mut from_cmd: Vec<&str> = cmd.split(" -p ").skip(1).collect();
         let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/aifab")).unwrap();
         let list = script.split_once("packages=(").and_then(|(_, rest)| rest.split_once(')')).expect("packages=(...) in scripts/aifab").0;
@@ -462,5 +472,12 @@ mod tests {
         from_cmd.sort();
         from_script.sort();
         assert_eq!(from_cmd, from_script);
+    }
+
+    /// Whether `scripts/aifab` runs the cargo command of `cmd` (up to its packages).
+    fn script_builds(cmd: &str) -> bool {
+        let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/aifab")).unwrap();
+        let head = cmd.split(" -p ").next().unwrap();
+        script.contains(head)
     }
 }
