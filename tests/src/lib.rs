@@ -30,7 +30,11 @@ pub struct Endpoints {
 
 impl Endpoints {
     pub fn shared() -> Self {
-        Endpoints { kafka: kafka_brokers(), nats: nats_url(), redis: redis_url() }
+        Endpoints {
+            kafka: kafka_brokers(),
+            nats: nats_url(),
+            redis: redis_url(),
+        }
     }
 }
 
@@ -42,7 +46,9 @@ pub const SMS_TEST_SPLIT: &str = "services/aifab/data/sms_spam/test.jsonl";
 /// directory is not the repo root, is found from this checkout's root.
 pub fn sms_test_split_or(path: std::path::PathBuf) -> std::path::PathBuf {
     if path == std::path::Path::new(SMS_TEST_SPLIT) && !path.exists() {
-        let in_repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(SMS_TEST_SPLIT);
+        let in_repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(SMS_TEST_SPLIT);
         if in_repo.exists() {
             return in_repo;
         }
@@ -70,7 +76,10 @@ pub async fn create_topic(name: &str, partitions: i32) {
 pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let res = admin(brokers)
-        .create_topics(&[NewTopic::new(name, partitions, TopicReplication::Fixed(1))], &opts)
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &opts,
+        )
         .await
         .expect("create_topics request");
     for r in res {
@@ -80,7 +89,9 @@ pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
 
 /// Delete a test topic (best effort: a leftover topic harms nothing).
 pub async fn delete_topic(name: &str) {
-    let _ = admin(&kafka_brokers()).delete_topics(&[name], &AdminOptions::new()).await;
+    let _ = admin(&kafka_brokers())
+        .delete_topics(&[name], &AdminOptions::new())
+        .await;
 }
 
 /// Run `f` until it returns `Some` (that value), or `None` once `timeout` has passed.
@@ -133,13 +144,21 @@ pub fn bin_path(name: &str) -> std::path::PathBuf {
 
 /// A loopback port free right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Send SIGTERM to a child process.
 pub fn sigterm(child: &tokio::process::Child) {
     let pid = child.id().expect("child still running");
-    let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(status.success(), "kill -TERM {pid}");
 }
 
@@ -147,18 +166,28 @@ pub fn sigterm(child: &tokio::process::Child) {
 /// The value of the first line of a Prometheus text page that starts with `line_prefix`
 /// (a metric name with its labels, as rendered).
 pub fn metric(text: &str, line_prefix: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(line_prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf).to_string();
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((code, body))
 }
 
@@ -180,9 +209,26 @@ pub fn tiny_models() -> TinyModels {
     let head_v1 = dir.path().join("v1");
     let head_v2 = dir.path().join("v2");
     aifab_model::testing::write_tiny_bert(&model_dir, 7).unwrap();
-    aifab_model::testing::write_random_head(&head_v1, aifab_model::testing::TINY_HIDDEN, V1_LABELS, 1).unwrap();
-    aifab_model::testing::write_random_head(&head_v2, aifab_model::testing::TINY_HIDDEN, V2_LABELS, 2).unwrap();
-    TinyModels { _dir: dir, model_dir, head_v1, head_v2 }
+    aifab_model::testing::write_random_head(
+        &head_v1,
+        aifab_model::testing::TINY_HIDDEN,
+        V1_LABELS,
+        1,
+    )
+    .unwrap();
+    aifab_model::testing::write_random_head(
+        &head_v2,
+        aifab_model::testing::TINY_HIDDEN,
+        V2_LABELS,
+        2,
+    )
+    .unwrap();
+    TinyModels {
+        _dir: dir,
+        model_dir,
+        head_v1,
+        head_v2,
+    }
 }
 
 /// Inference request number `i` for `task` with id `<prefix>-<i>`: token ids valid for
@@ -196,7 +242,11 @@ pub fn request(task: &str, prefix: &str, i: usize) -> aifab_core::messages::Infe
     aifab_core::messages::InferenceRequest {
         schema: aifab_core::messages::tag(),
         id: format!("{prefix}-{i}"),
-        tenant: if i % 3 == 0 { "beta".into() } else { "acme".into() },
+        tenant: if i % 3 == 0 {
+            "beta".into()
+        } else {
+            "acme".into()
+        },
         task: task.into(),
         text: format!("request {i}"),
         token_count: ids.len() as u32,
@@ -210,15 +260,28 @@ pub fn request(task: &str, prefix: &str, i: usize) -> aifab_core::messages::Infe
 }
 
 /// `n` inference requests ([`request`]) produced to `topic` keyed by id.
-pub async fn produce_requests(topic: &str, task: &str, prefix: &str, range: std::ops::Range<usize>) {
+pub async fn produce_requests(
+    topic: &str,
+    task: &str,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+) {
     produce_requests_on(&kafka_brokers(), topic, task, prefix, range).await
 }
 
 /// [`produce_requests`] to the broker at `brokers`. Each send is retried by the idempotent
 /// producer (through a broker restart too) until it is acknowledged, or panics.
-pub async fn produce_requests_on(brokers: &str, topic: &str, task: &str, prefix: &str, range: std::ops::Range<usize>) {
+pub async fn produce_requests_on(
+    brokers: &str,
+    topic: &str,
+    task: &str,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let p: FutureProducer = aifab_core::kafka::producer_config(brokers, "aifab-tests").create().unwrap();
+    let p: FutureProducer = aifab_core::kafka::producer_config(brokers, "aifab-tests")
+        .create()
+        .unwrap();
     let mut sends = Vec::new();
     for i in range {
         let req = request(task, prefix, i);
@@ -226,10 +289,13 @@ pub async fn produce_requests_on(brokers: &str, topic: &str, task: &str, prefix:
         let p = p.clone();
         let topic = topic.to_string();
         sends.push(async move {
-            p.send(FutureRecord::to(&topic).key(&req.id).payload(&payload), Duration::from_secs(30))
-                .await
-                .map_err(|(e, _)| e)
-                .expect("produce request");
+            p.send(
+                FutureRecord::to(&topic).key(&req.id).payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce request");
         });
     }
     futures::future::join_all(sends).await;
@@ -264,7 +330,9 @@ impl PredictionReader {
     pub fn on_brokers(brokers: &str, topic: &str) -> Self {
         use rdkafka::consumer::Consumer;
         let consumer = Self::client(brokers);
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
         let mut next = std::collections::BTreeMap::new();
         for p in md.topics()[0].partitions() {
             // A broker that just started may not have elected the partition's leader yet.
@@ -309,7 +377,8 @@ impl PredictionReader {
         use rdkafka::consumer::Consumer;
         let mut tpl = rdkafka::TopicPartitionList::new();
         for (&p, &o) in &self.next {
-            tpl.add_partition_offset(&self.topic, p, rdkafka::Offset::Offset(o)).unwrap();
+            tpl.add_partition_offset(&self.topic, p, rdkafka::Offset::Offset(o))
+                .unwrap();
         }
         self.consumer.assign(&tpl).unwrap();
     }
@@ -324,7 +393,10 @@ impl PredictionReader {
         use rdkafka::consumer::Consumer;
         let read_to = self.read_to();
         let behind = read_to.iter().find_map(|(&p, &o)| {
-            match self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(5)) {
+            match self
+                .consumer
+                .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
+            {
                 Ok((_, high)) if o >= high => None,
                 Ok((_, high)) => Some(format!("p{p} at {o} of {high}")),
                 Err(e) => Some(format!("p{p}: {e}")),
@@ -345,7 +417,9 @@ impl PredictionReader {
         let mut at = self.next.clone();
         if let Ok(pos) = self.consumer.position() {
             for e in pos.elements() {
-                if let (rdkafka::Offset::Offset(o), Some(n)) = (e.offset(), at.get_mut(&e.partition())) {
+                if let (rdkafka::Offset::Offset(o), Some(n)) =
+                    (e.offset(), at.get_mut(&e.partition()))
+                {
                     *n = (*n).max(o);
                 }
             }
@@ -362,12 +436,15 @@ impl PredictionReader {
                 None => continue,
                 // A broker restart (tests/tests/faults.rs) surfaces as transport errors
                 // until the client reconnects; the consumer resumes where it was.
-                Some(Err(e)) if is_transient(&e) => eprintln!("reading predictions: {e}; continuing"),
+                Some(Err(e)) if is_transient(&e) => {
+                    eprintln!("reading predictions: {e}; continuing")
+                }
                 Some(Err(e)) => panic!("reading predictions: {e}"),
                 Some(Ok(m)) => {
                     self.next.insert(m.partition(), m.offset() + 1);
                     let p: aifab_core::messages::Prediction =
-                        aifab_core::messages::decode(m.payload().unwrap_or_default()).expect("valid prediction");
+                        aifab_core::messages::decode(m.payload().unwrap_or_default())
+                            .expect("valid prediction");
                     if p.id.starts_with(prefix) {
                         self.seen.push(p);
                         self.received.push(std::time::Instant::now());
@@ -382,7 +459,8 @@ impl PredictionReader {
     /// false if `timeout` passed first.
     pub fn read_until(&mut self, prefix: &str, distinct: usize, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
-        let mut ids: std::collections::HashSet<String> = self.seen.iter().map(|p| p.id.clone()).collect();
+        let mut ids: std::collections::HashSet<String> =
+            self.seen.iter().map(|p| p.id.clone()).collect();
         let mut last_progress = std::time::Instant::now();
         while ids.len() < distinct {
             if std::time::Instant::now() >= deadline {
@@ -429,7 +507,9 @@ impl PredictionReader {
     pub fn caught_up(&self) -> bool {
         use rdkafka::consumer::Consumer;
         self.read_to().iter().all(|(&p, &o)| {
-            self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(10)).is_ok_and(|(_, high)| o >= high)
+            self.consumer
+                .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                .is_ok_and(|(_, high)| o >= high)
         })
     }
 
@@ -438,12 +518,23 @@ impl PredictionReader {
     /// everything committed.
     pub fn describe(&self) -> String {
         use rdkafka::consumer::Consumer;
-        let Ok(pos) = self.consumer.position() else { return "(no position)".into() };
+        let Ok(pos) = self.consumer.position() else {
+            return "(no position)".into();
+        };
         pos.elements()
             .iter()
             .map(|e| {
-                let high = self.consumer.fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(10));
-                format!("p{} at {:?}, watermarks {:?}", e.partition(), e.offset(), high)
+                let high = self.consumer.fetch_watermarks(
+                    &self.topic,
+                    e.partition(),
+                    Duration::from_secs(10),
+                );
+                format!(
+                    "p{} at {:?}, watermarks {:?}",
+                    e.partition(),
+                    e.offset(),
+                    high
+                )
             })
             .collect::<Vec<_>>()
             .join("; ")
@@ -452,7 +543,8 @@ impl PredictionReader {
     /// For up to `limit` ids read more than once: each copy's partition, offset, batch
     /// and producing time, to tell a record written twice from one read twice.
     pub fn duplicates_report(&self, limit: usize) -> String {
-        let mut by_id: std::collections::BTreeMap<&str, Vec<usize>> = std::collections::BTreeMap::new();
+        let mut by_id: std::collections::BTreeMap<&str, Vec<usize>> =
+            std::collections::BTreeMap::new();
         for (i, p) in self.seen.iter().enumerate() {
             by_id.entry(p.id.as_str()).or_default().push(i);
         }
@@ -465,7 +557,10 @@ impl PredictionReader {
                     .iter()
                     .map(|&i| {
                         let (p, o) = self.positions[i];
-                        format!("p{p}@{o} batch {:?} at {}", self.seen[i].batch_id, self.seen[i].produced_at_ms)
+                        format!(
+                            "p{p}@{o} batch {:?} at {}",
+                            self.seen[i].batch_id, self.seen[i].produced_at_ms
+                        )
                     })
                     .collect();
                 format!("{id}: {}", where_.join("; "))
@@ -489,7 +584,12 @@ fn is_transient(e: &rdkafka::error::KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
     matches!(
         e.rdkafka_error_code(),
-        Some(C::BrokerTransportFailure | C::AllBrokersDown | C::NotLeaderForPartition | C::LeaderNotAvailable)
+        Some(
+            C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::NotLeaderForPartition
+                | C::LeaderNotAvailable
+        )
     )
 }
 
@@ -513,12 +613,16 @@ pub struct HttpResponse {
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as JSON (panics with the body when it is not).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
     }
 }
 
@@ -526,9 +630,15 @@ impl HttpResponse {
 /// the whole response.
 /// POST a JSON body; the status and the response body.
 pub async fn post_json(addr: &str, path: &str, body: &serde_json::Value) -> (u16, String) {
-    let r = http_request(addr, "POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("POST {path} to {addr}: {e}"));
+    let r = http_request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("POST {path} to {addr}: {e}"));
     (r.status, r.body)
 }
 
@@ -541,7 +651,10 @@ pub async fn http_request(
 ) -> std::io::Result<HttpResponse> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -553,12 +666,20 @@ pub async fn http_request(
     let text = String::from_utf8_lossy(&buf).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Ok(HttpResponse { status, headers, body: body.to_string() })
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    })
 }
 
 /// Decode standard base64 (with or without padding); panics on bad input.
@@ -606,7 +727,10 @@ impl ReadRecord {
         String::from_utf8_lossy(self.key.as_deref().unwrap_or_default()).to_string()
     }
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).to_string())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).to_string())
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.payload).expect("record is JSON")
@@ -624,14 +748,23 @@ impl TopicReader {
     pub fn new(topic: &str) -> Self {
         use rdkafka::consumer::Consumer;
         let consumer: rdkafka::consumer::BaseConsumer =
-            aifab_core::kafka::consumer_config(&kafka_brokers(), "aifab-tests", &unique("reader")).create().unwrap();
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+            aifab_core::kafka::consumer_config(&kafka_brokers(), "aifab-tests", &unique("reader"))
+                .create()
+                .unwrap();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
         let mut tpl = rdkafka::TopicPartitionList::new();
         for p in md.topics()[0].partitions() {
-            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning).unwrap();
+            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+                .unwrap();
         }
         consumer.assign(&tpl).unwrap();
-        TopicReader { topic: topic.to_string(), consumer, records: Vec::new() }
+        TopicReader {
+            topic: topic.to_string(),
+            consumer,
+            records: Vec::new(),
+        }
     }
 
     /// Read what arrives within `budget`.
@@ -649,7 +782,11 @@ impl TopicReader {
                     payload: m.payload().unwrap_or_default().to_vec(),
                     headers: m
                         .headers()
-                        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 }),
             }
@@ -657,7 +794,12 @@ impl TopicReader {
     }
 
     /// Read until `done(records)` holds, or panic after `timeout` saying how many were read.
-    pub async fn read_until(&mut self, timeout: Duration, what: &str, done: impl Fn(&[ReadRecord]) -> bool) {
+    pub async fn read_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[ReadRecord]) -> bool,
+    ) {
         let deadline = tokio::time::Instant::now() + timeout;
         while !done(&self.records) {
             assert!(
@@ -679,7 +821,10 @@ impl TopicReader {
             self.read(Duration::from_millis(300));
             let pos = self.consumer.position().unwrap();
             let done = pos.elements().iter().all(|e| {
-                let (_, high) = self.consumer.fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(10)).unwrap();
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(10))
+                    .unwrap();
                 match e.offset() {
                     rdkafka::Offset::Offset(o) => o >= high,
                     _ => high == 0,
@@ -688,24 +833,37 @@ impl TopicReader {
             if done {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{} never settled", self.topic);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never settled",
+                self.topic
+            );
         }
     }
 }
 
 /// Produce records (key, value, headers) to `topic` in order, with an idempotent producer;
 /// returns each record's (partition, offset).
-pub async fn produce_raw(topic: &str, records: &[(Option<String>, Vec<u8>, Vec<(String, String)>)]) -> Vec<(i32, i64)> {
+pub async fn produce_raw(
+    topic: &str,
+    records: &[(Option<String>, Vec<u8>, Vec<(String, String)>)],
+) -> Vec<(i32, i64)> {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let p: FutureProducer = aifab_core::kafka::producer_config(&kafka_brokers(), "aifab-tests").create().unwrap();
+    let p: FutureProducer = aifab_core::kafka::producer_config(&kafka_brokers(), "aifab-tests")
+        .create()
+        .unwrap();
     let mut sends = Vec::new();
     for (key, value, headers) in records {
         let mut h = OwnedHeaders::new();
         for (k, v) in headers {
-            h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
         }
-        let mut r: FutureRecord<'_, String, Vec<u8>> = FutureRecord::to(topic).payload(value).headers(h);
+        let mut r: FutureRecord<'_, String, Vec<u8>> =
+            FutureRecord::to(topic).payload(value).headers(h);
         if let Some(k) = key {
             r = r.key(k);
         }
@@ -714,7 +872,11 @@ pub async fn produce_raw(topic: &str, records: &[(Option<String>, Vec<u8>, Vec<(
     }
     let mut out = Vec::new();
     for s in sends {
-        let d = s.await.expect("delivery future").map_err(|(e, _)| e).expect("delivered");
+        let d = s
+            .await
+            .expect("delivery future")
+            .map_err(|(e, _)| e)
+            .expect("delivered");
         out.push((d.partition, d.offset));
     }
     out
@@ -733,15 +895,23 @@ pub fn spawn_service(service: &str, envs: &[(&str, String)]) -> (tokio::process:
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    (cmd.spawn().unwrap_or_else(|e| panic!("starting aifab-{service}: {e}")), addr)
+    (
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("starting aifab-{service}: {e}")),
+        addr,
+    )
 }
 
 /// Wait until a service at `addr` answers /readyz 200.
 pub async fn wait_ready(addr: &str, what: &str) {
-    eventually(Duration::from_secs(60), &format!("{what} /readyz 200"), || {
-        let addr = addr.to_string();
-        async move { matches!(http_get(&addr, "/readyz").await, Ok((200, _))).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(60),
+        &format!("{what} /readyz 200"),
+        || {
+            let addr = addr.to_string();
+            async move { matches!(http_get(&addr, "/readyz").await, Ok((200, _))).then_some(()) }
+        },
+    )
     .await;
 }
 
@@ -773,15 +943,34 @@ impl WorkerRun {
     /// [`WorkerRun::new`] on another stack (a [`PrivateStack`]).
     pub async fn new_on(endpoints: Endpoints, partitions: i32) -> Self {
         let models = tiny_models();
-        let mut run = Self::with_model_on(endpoints, partitions, &models.model_dir, &models.head_v1, "v1").await;
+        let mut run = Self::with_model_on(
+            endpoints,
+            partitions,
+            &models.model_dir,
+            &models.head_v1,
+            "v1",
+        )
+        .await;
         run.models = Some(models);
         run
     }
 
     /// A fresh input topic, group and task served by the encoder in `model_dir` with the
     /// head in `head_dir` (version `version`).
-    pub async fn with_model(partitions: i32, model_dir: &std::path::Path, head_dir: &std::path::Path, version: &str) -> Self {
-        Self::with_model_on(Endpoints::shared(), partitions, model_dir, head_dir, version).await
+    pub async fn with_model(
+        partitions: i32,
+        model_dir: &std::path::Path,
+        head_dir: &std::path::Path,
+        version: &str,
+    ) -> Self {
+        Self::with_model_on(
+            Endpoints::shared(),
+            partitions,
+            model_dir,
+            head_dir,
+            version,
+        )
+        .await
     }
 
     async fn with_model_on(
@@ -807,13 +996,20 @@ impl WorkerRun {
 
     /// The tiny models ([`WorkerRun::new`] only).
     pub fn tiny(&self) -> &TinyModels {
-        self.models.as_ref().expect("WorkerRun::new made tiny models")
+        self.models
+            .as_ref()
+            .expect("WorkerRun::new made tiny models")
     }
 
     /// Start a replica named `instance` (its transactional id: a restart under the same
     /// name fences the dead one's open transaction) with max batch size `batch`;
     /// `extra` environment overrides the defaults. Returns the child and its HTTP address.
-    pub fn start(&self, instance: &str, batch: usize, extra: &[(&str, String)]) -> (tokio::process::Child, String) {
+    pub fn start(
+        &self,
+        instance: &str,
+        batch: usize,
+        extra: &[(&str, String)],
+    ) -> (tokio::process::Child, String) {
         self.start_logging_to(instance, batch, extra, service_log(instance))
     }
 
@@ -841,7 +1037,10 @@ impl WorkerRun {
             .env("AIFAB_FOLLOW", "latest")
             .env("AIFAB_MAX_BATCH_SIZE", batch.to_string())
             .env("AIFAB_MAX_WAIT_MS", "2")
-            .env("AIFAB_LOG", std::env::var("AIFAB_TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "AIFAB_LOG",
+                std::env::var("AIFAB_TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(log)
             .stderr(std::process::Stdio::inherit())
             .kill_on_drop(true);
@@ -853,10 +1052,17 @@ impl WorkerRun {
 
     /// The group's committed offset and lag per input partition, for failure messages.
     pub async fn lag(&self) -> Result<Vec<aifab_core::kafka::PartitionOffsets>, String> {
-        let (brokers, group, topic) = (self.endpoints.kafka.clone(), self.group.clone(), self.topic.clone());
+        let (brokers, group, topic) = (
+            self.endpoints.kafka.clone(),
+            self.group.clone(),
+            self.topic.clone(),
+        );
         tokio::task::spawn_blocking(move || {
-            let c = aifab_core::kafka::consumer_config(&brokers, "aifab-tests", &group).create().map_err(|e| e.to_string())?;
-            aifab_core::kafka::group_offsets(&c, &topic, Duration::from_secs(10)).map_err(|e| e.to_string())
+            let c = aifab_core::kafka::consumer_config(&brokers, "aifab-tests", &group)
+                .create()
+                .map_err(|e| e.to_string())?;
+            aifab_core::kafka::group_offsets(&c, &topic, Duration::from_secs(10))
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())?
@@ -867,7 +1073,9 @@ impl WorkerRun {
     pub async fn wait_drained(&self, timeout: Duration) -> bool {
         wait_for(timeout, || async {
             let offs = self.lag().await.ok()?;
-            (offs.iter().all(|p| p.committed.is_some()) && offs.iter().map(|p| p.lag).sum::<i64>() == 0).then_some(())
+            (offs.iter().all(|p| p.committed.is_some())
+                && offs.iter().map(|p| p.lag).sum::<i64>() == 0)
+                .then_some(())
         })
         .await
         .is_some()
@@ -875,14 +1083,21 @@ impl WorkerRun {
 
     /// [`WorkerRun::wait_drained`] for two minutes, or panic.
     pub async fn drained(&self) {
-        assert!(self.wait_drained(Duration::from_secs(120)).await, "the worker group never reached lag 0");
+        assert!(
+            self.wait_drained(Duration::from_secs(120)).await,
+            "the worker group never reached lag 0"
+        );
     }
 }
 
 /// SIGKILL a child (no chance to commit or abort anything).
 pub fn sigkill(child: &mut tokio::process::Child) {
     let pid = child.id().expect("running");
-    let status = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(status.success(), "kill -KILL {pid}");
 }
 
@@ -901,7 +1116,11 @@ pub fn delivery<'a>(
     expected: impl IntoIterator<Item = &'a str>,
     counts: &std::collections::BTreeMap<String, usize>,
 ) -> Delivery {
-    delivery_of_counts(expected.into_iter().map(|id| counts.get(id).copied().unwrap_or(0)))
+    delivery_of_counts(
+        expected
+            .into_iter()
+            .map(|id| counts.get(id).copied().unwrap_or(0)),
+    )
 }
 
 /// [`Delivery`] from the number of committed predictions of each expected request: 0 is
@@ -972,7 +1191,11 @@ pub async fn kill_chaos(run: &WorkerRun, plan: &KillPlan) -> KillReport {
     .unwrap();
     let t = std::time::Instant::now();
     produce_requests_on(&run.endpoints.kafka, &run.topic, &run.task, &prefix, 0..n).await;
-    eprintln!("produced {n} requests to {} in {:.1}s", run.topic, t.elapsed().as_secs_f64());
+    eprintln!(
+        "produced {n} requests to {} in {:.1}s",
+        run.topic,
+        t.elapsed().as_secs_f64()
+    );
 
     let started = std::time::Instant::now();
     let (mut worker, _) = run.start(&plan.instance, plan.batch, &[]);
@@ -981,7 +1204,11 @@ pub async fn kill_chaos(run: &WorkerRun, plan: &KillPlan) -> KillReport {
     for k in 1..=plan.kills {
         let at = k * n / (plan.kills + 1);
         if !reader.read_until(&prefix, at, plan.timeout) {
-            eprintln!("only {} distinct predictions after {:?}; no more kills", reader.counts().len(), plan.timeout);
+            eprintln!(
+                "only {} distinct predictions after {:?}; no more kills",
+                reader.counts().len(),
+                plan.timeout
+            );
             completed = false;
             break;
         }
@@ -1000,11 +1227,18 @@ pub async fn kill_chaos(run: &WorkerRun, plan: &KillPlan) -> KillReport {
         worker = run.start(name, batch, &[]).0;
     }
     if completed && !reader.read_until(&prefix, n, plan.timeout) {
-        eprintln!("only {} of {n} requests predicted after {:?}", reader.counts().len(), plan.timeout);
+        eprintln!(
+            "only {} of {n} requests predicted after {:?}",
+            reader.counts().len(),
+            plan.timeout
+        );
         completed = false;
     }
     if !run.wait_drained(plan.timeout).await {
-        eprintln!("the worker group did not reach lag 0 within {:?}", plan.timeout);
+        eprintln!(
+            "the worker group did not reach lag 0 within {:?}",
+            plan.timeout
+        );
         completed = false;
     }
     // read_committed: reading to the end waits out open transactions, so every committed
@@ -1016,7 +1250,14 @@ pub async fn kill_chaos(run: &WorkerRun, plan: &KillPlan) -> KillReport {
     let elapsed = started.elapsed();
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
     let delivery = delivery(ids.iter().map(String::as_str), &reader.counts());
-    KillReport { kills, delivery, predictions: reader.seen, elapsed, completed, last: worker }
+    KillReport {
+        kills,
+        delivery,
+        predictions: reader.seen,
+        elapsed,
+        completed,
+        last: worker,
+    }
 }
 
 // ---------------------------------------------------------------- dead letters
@@ -1027,7 +1268,11 @@ pub async fn dlq_high_watermark() -> Vec<i64> {
         use rdkafka::consumer::Consumer;
         let c = aifab_core::kafka::metadata_client(&kafka_brokers(), "aifab-tests").unwrap();
         (0..aifab_core::topics::DLQ.partitions)
-            .map(|p| c.fetch_watermarks(aifab_core::topics::DLQ.name, p, Duration::from_secs(10)).unwrap().1)
+            .map(|p| {
+                c.fetch_watermarks(aifab_core::topics::DLQ.name, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
             .collect()
     })
     .await
@@ -1047,10 +1292,17 @@ pub async fn dead_letters_from(
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::Message;
         let c: BaseConsumer =
-            aifab_core::kafka::consumer_config(&kafka_brokers(), "aifab-tests", &unique("dlq")).create().unwrap();
+            aifab_core::kafka::consumer_config(&kafka_brokers(), "aifab-tests", &unique("dlq"))
+                .create()
+                .unwrap();
         let mut tpl = rdkafka::TopicPartitionList::new();
         for (p, o) in from.iter().enumerate() {
-            tpl.add_partition_offset(aifab_core::topics::DLQ.name, p as i32, rdkafka::Offset::Offset(*o)).unwrap();
+            tpl.add_partition_offset(
+                aifab_core::topics::DLQ.name,
+                p as i32,
+                rdkafka::Offset::Offset(*o),
+            )
+            .unwrap();
         }
         c.assign(&tpl).unwrap();
         let deadline = std::time::Instant::now() + timeout;
@@ -1062,7 +1314,9 @@ pub async fn dead_letters_from(
                 found.len()
             );
             if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-                if let Ok(dl) = aifab_core::messages::decode::<aifab_core::messages::DeadLetter>(m.payload().unwrap_or_default()) {
+                if let Ok(dl) = aifab_core::messages::decode::<aifab_core::messages::DeadLetter>(
+                    m.payload().unwrap_or_default(),
+                ) {
                     if dl.source.as_ref().is_some_and(|s| s.topic == source_topic) {
                         found.push(dl);
                     }
@@ -1100,21 +1354,34 @@ pub fn this_month_utc() -> String {
 
 /// True when something accepts TCP connections on 127.0.0.1:`port`.
 pub fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).is_ok()
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+        .is_ok()
 }
 
 /// SIGTERM process `pid` and wait (up to `timeout`) until it is gone; panics if it is not.
 pub async fn terminate_pid(pid: u32, timeout: Duration) {
-    let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(status.success(), "kill -TERM {pid}");
     let alive = move || std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
-    eventually(timeout, &format!("pid {pid} to exit after SIGTERM"), || async move { (!alive()).then_some(()) }).await;
+    eventually(
+        timeout,
+        &format!("pid {pid} to exit after SIGTERM"),
+        || async move { (!alive()).then_some(()) },
+    )
+    .await;
 }
 
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -1143,7 +1410,10 @@ impl PrivateStack {
     /// Start one (Kafka with a 512 MiB heap); panics with stack-up's output if it fails.
     pub async fn up() -> Self {
         let stack = PrivateStack {
-            dir: tempfile::Builder::new().prefix("aifab-private-stack-").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("aifab-private-stack-")
+                .tempdir()
+                .unwrap(),
             kafka_port: free_port(),
             kafka_controller_port: free_port(),
             nats_port: free_port(),
@@ -1163,13 +1433,21 @@ impl PrivateStack {
     }
 
     fn script(&self, name: &str) -> std::process::Command {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap();
         let mut cmd = std::process::Command::new(root.join("scripts").join(name));
         cmd.env("AIFAB_DATA_DIR", self.dir.path())
             .env("AIFAB_KAFKA_PORT", self.kafka_port.to_string())
-            .env("AIFAB_KAFKA_CONTROLLER_PORT", self.kafka_controller_port.to_string())
+            .env(
+                "AIFAB_KAFKA_CONTROLLER_PORT",
+                self.kafka_controller_port.to_string(),
+            )
             .env("AIFAB_NATS_PORT", self.nats_port.to_string())
-            .env("AIFAB_NATS_MONITOR_PORT", self.nats_monitor_port.to_string())
+            .env(
+                "AIFAB_NATS_MONITOR_PORT",
+                self.nats_monitor_port.to_string(),
+            )
             .env("AIFAB_REDIS_PORT", self.redis_port.to_string())
             .env("AIFAB_KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m")
             .stdin(std::process::Stdio::null());
@@ -1180,7 +1458,10 @@ impl PrivateStack {
     /// same data dir) and waits until it answers.
     pub async fn start(&self) {
         let mut cmd = self.script("stack-up");
-        let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("run scripts/stack-up");
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .unwrap()
+            .expect("run scripts/stack-up");
         assert!(
             out.status.success(),
             "private stack-up failed: {}\n{}",
@@ -1197,8 +1478,11 @@ impl PrivateStack {
             Component::Redis => "redis/redis.pid",
         };
         let path = self.dir.path().join(file);
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        text.trim().parse().unwrap_or_else(|e| panic!("{}: {e}: {text:?}", path.display()))
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}: {text:?}", path.display()))
     }
 
     /// Stop one part gracefully (SIGTERM, then wait for it to exit).
@@ -1209,10 +1493,15 @@ impl PrivateStack {
 
 impl Drop for PrivateStack {
     fn drop(&mut self) {
-        let _ = self.script("stack-down").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
+        let _ = self
+            .script("stack-down")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
         // A failing test keeps the broker's logs, which the temp dir would take with it.
         if std::thread::panicking() {
-            let kept = std::env::temp_dir().join(format!("aifab-private-stack-logs-{}", self.kafka_port));
+            let kept =
+                std::env::temp_dir().join(format!("aifab-private-stack-logs-{}", self.kafka_port));
             let logs = self.dir.path().join("kafka").join("logs");
             if std::fs::create_dir_all(&kept).is_ok() {
                 for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
@@ -1239,9 +1528,17 @@ impl PrivateServer {
     pub async fn nats() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let args = ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", &dir.path().display().to_string()]
-            .map(String::from)
-            .to_vec();
+        let args = [
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-js",
+            "-sd",
+            &dir.path().display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
         Self::start_new("nats-server", args, port, dir).await
     }
 
@@ -1251,16 +1548,37 @@ impl PrivateServer {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let args = [
-            "--bind", "127.0.0.1", "--port", &port.to_string(), "--dir", &dir.path().display().to_string(),
-            "--appendonly", "yes", "--save", "", "--daemonize", "no",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--dir",
+            &dir.path().display().to_string(),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
         ]
         .map(String::from)
         .to_vec();
         Self::start_new("redis-server", args, port, dir).await
     }
 
-    async fn start_new(program: &str, args: Vec<String>, port: u16, dir: tempfile::TempDir) -> Self {
-        let mut s = PrivateServer { port, program: program.into(), args, dir, child: None };
+    async fn start_new(
+        program: &str,
+        args: Vec<String>,
+        port: u16,
+        dir: tempfile::TempDir,
+    ) -> Self {
+        let mut s = PrivateServer {
+            port,
+            program: program.into(),
+            args,
+            dir,
+            child: None,
+        };
         s.start().await;
         s
     }
@@ -1277,19 +1595,32 @@ impl PrivateServer {
             .unwrap_or_else(|e| panic!("starting {}: {e}", self.program));
         self.child = Some(child);
         let port = self.port;
-        eventually(Duration::from_secs(30), &format!("{} on :{port}", self.program), || async move {
-            port_open(port).then_some(())
-        })
+        eventually(
+            Duration::from_secs(30),
+            &format!("{} on :{port}", self.program),
+            || async move { port_open(port).then_some(()) },
+        )
         .await;
     }
 
     /// SIGTERM it and wait for it to exit.
     pub async fn stop(&mut self) {
         let mut child = self.child.take().expect("running");
-        let status = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
         assert!(status.success());
-        let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
-        assert!(!port_open(self.port), "{} still listening after exit ({status})", self.program);
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            !port_open(self.port),
+            "{} still listening after exit ({status})",
+            self.program
+        );
     }
 }
 
@@ -1309,9 +1640,19 @@ mod unit {
     #[test]
     fn delivery_counts_missing_and_repeated_ids() {
         let counts: std::collections::BTreeMap<String, usize> =
-            [("r-0", 1), ("r-1", 2), ("r-3", 1), ("other", 5)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            [("r-0", 1), ("r-1", 2), ("r-3", 1), ("other", 5)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
         let ids: Vec<String> = (0..4).map(|i| format!("r-{i}")).collect();
-        assert_eq!(delivery(ids.iter().map(String::as_str), &counts), Delivery { requests: 4, lost: 1, duplicated: 1 });
+        assert_eq!(
+            delivery(ids.iter().map(String::as_str), &counts),
+            Delivery {
+                requests: 4,
+                lost: 1,
+                duplicated: 1
+            }
+        );
     }
 
     #[test]
@@ -1329,9 +1670,15 @@ mod unit {
 /// restarted replica's log follows its predecessor's). `AIFAB_TEST_SERVICE_LOG` sets the
 /// level filter (default `warn`).
 pub fn service_log(name: &str) -> std::process::Stdio {
-    let Some(dir) = std::env::var_os("AIFAB_TEST_LOG_DIR") else { return std::process::Stdio::null() };
+    let Some(dir) = std::env::var_os("AIFAB_TEST_LOG_DIR") else {
+        return std::process::Stdio::null();
+    };
     let path = std::path::Path::new(&dir).join(format!("{name}.log"));
-    match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
         Ok(f) => f.into(),
         Err(e) => panic!("AIFAB_TEST_LOG_DIR: cannot open {}: {e}", path.display()),
     }
@@ -1346,12 +1693,18 @@ pub struct LogOnFailure {
 
 impl LogOnFailure {
     pub fn new(name: &str) -> Self {
-        LogOnFailure { name: name.to_string(), file: tempfile::NamedTempFile::new().expect("a temporary log file") }
+        LogOnFailure {
+            name: name.to_string(),
+            file: tempfile::NamedTempFile::new().expect("a temporary log file"),
+        }
     }
 
     /// Where the service writes (append; the file outlives the process).
     pub fn stdio(&self) -> std::process::Stdio {
-        self.file.reopen().expect("reopening the temporary log").into()
+        self.file
+            .reopen()
+            .expect("reopening the temporary log")
+            .into()
     }
 }
 
@@ -1363,6 +1716,12 @@ impl Drop for LogOnFailure {
         let text = std::fs::read_to_string(self.file.path()).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = &lines[lines.len().saturating_sub(300)..];
-        eprintln!("--- last {} lines of {}'s log ---\n{}\n--- end of {}'s log ---", tail.len(), self.name, tail.join("\n"), self.name);
+        eprintln!(
+            "--- last {} lines of {}'s log ---\n{}\n--- end of {}'s log ---",
+            tail.len(),
+            self.name,
+            tail.join("\n"),
+            self.name
+        );
     }
 }

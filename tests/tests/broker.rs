@@ -5,8 +5,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use aifab_core::kafka::{consumer_config, group_offsets, producer_config, transactional_producer_config};
-use aifab_tests::{create_topic, delete_topic, eventually, kafka_brokers, nats_url, redis_url, unique};
+use aifab_core::kafka::{
+    consumer_config, group_offsets, producer_config, transactional_producer_config,
+};
+use aifab_tests::{
+    create_topic, delete_topic, eventually, kafka_brokers, nats_url, redis_url, unique,
+};
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
@@ -23,7 +27,9 @@ fn group_consumer(group: &str, topic: &str) -> StreamConsumer {
 }
 
 async fn produce_keys(topic: &str, keys: impl Iterator<Item = String>) {
-    let p: FutureProducer = producer_config(&kafka_brokers(), "aifab-tests").create().unwrap();
+    let p: FutureProducer = producer_config(&kafka_brokers(), "aifab-tests")
+        .create()
+        .unwrap();
     let sends: Vec<_> = keys
         .map(|k| {
             let p = p.clone();
@@ -42,7 +48,11 @@ async fn receive_shared(consumers: &[StreamConsumer], n: usize) -> Vec<Vec<Strin
     let mut got: Vec<Vec<String>> = vec![Vec::new(); consumers.len()];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while got.iter().map(Vec::len).sum::<usize>() < n {
-        assert!(tokio::time::Instant::now() < deadline, "only {} of {n} received", got.iter().map(Vec::len).sum::<usize>());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {n} received",
+            got.iter().map(Vec::len).sum::<usize>()
+        );
         let recvs = consumers.iter().map(|c| Box::pin(c.recv()));
         let (msg, idx, _) = futures::future::select_all(recvs).await;
         let msg = msg.expect("consume");
@@ -81,7 +91,12 @@ async fn group_shares_partitions_exactly_once_and_commits_survive_restart() {
     produce_keys(&topic, (0..n).map(|i| format!("m{i}"))).await;
     let got = receive_shared(&[a, b], n).await;
 
-    assert!(got[0].len() > 0 && got[1].len() > 0, "both members worked: {} / {}", got[0].len(), got[1].len());
+    assert!(
+        got[0].len() > 0 && got[1].len() > 0,
+        "both members worked: {} / {}",
+        got[0].len(),
+        got[1].len()
+    );
     let all: Vec<&String> = got.iter().flatten().collect();
     let distinct: HashSet<&String> = all.iter().copied().collect();
     assert_eq!(all.len(), n, "no message delivered twice");
@@ -93,7 +108,10 @@ async fn group_shares_partitions_exactly_once_and_commits_survive_restart() {
     let c = group_consumer(&group, &topic);
     produce_keys(&topic, (0..100).map(|i| format!("after{i}"))).await;
     let after = receive_shared(&[c], 100).await;
-    let old: Vec<_> = after[0].iter().filter(|k| !k.starts_with("after")).collect();
+    let old: Vec<_> = after[0]
+        .iter()
+        .filter(|k| !k.starts_with("after"))
+        .collect();
     assert!(old.is_empty(), "redelivered after restart: {old:?}");
     assert_eq!(after[0].iter().collect::<HashSet<_>>().len(), 100);
     delete_topic(&topic).await;
@@ -112,14 +130,18 @@ async fn transactions_hide_aborts_and_commit_input_offsets() {
     let consumer = group_consumer(&group, &input);
     let mut seen = 0;
     while seen < 10 {
-        tokio::time::timeout(T, consumer.recv()).await.expect("input arrives").unwrap();
+        tokio::time::timeout(T, consumer.recv())
+            .await
+            .expect("input arrives")
+            .unwrap();
         seen += 1;
     }
 
     let brokers = kafka_brokers();
     let txid = unique("txid");
-    let producer: BaseProducer =
-        transactional_producer_config(&brokers, "aifab-tests", &txid).create().unwrap();
+    let producer: BaseProducer = transactional_producer_config(&brokers, "aifab-tests", &txid)
+        .create()
+        .unwrap();
     let out = output.clone();
     let position = consumer.position().unwrap();
     let cgm = consumer.group_metadata().expect("group metadata");
@@ -128,7 +150,9 @@ async fn transactions_hide_aborts_and_commit_input_offsets() {
         producer.begin_transaction().unwrap();
         for i in 0..5 {
             let k = format!("aborted{i}");
-            producer.send(BaseRecord::to(&out).key(&k).payload(&k)).unwrap();
+            producer
+                .send(BaseRecord::to(&out).key(&k).payload(&k))
+                .unwrap();
         }
         producer.flush(T).unwrap();
         producer.abort_transaction(T).unwrap();
@@ -136,9 +160,13 @@ async fn transactions_hide_aborts_and_commit_input_offsets() {
         producer.begin_transaction().unwrap();
         for i in 0..5 {
             let k = format!("committed{i}");
-            producer.send(BaseRecord::to(&out).key(&k).payload(&k)).unwrap();
+            producer
+                .send(BaseRecord::to(&out).key(&k).payload(&k))
+                .unwrap();
         }
-        producer.send_offsets_to_transaction(&position, &cgm, T).unwrap();
+        producer
+            .send_offsets_to_transaction(&position, &cgm, T)
+            .unwrap();
         producer.commit_transaction(T).unwrap();
     })
     .await
@@ -153,7 +181,10 @@ async fn transactions_hide_aborts_and_commit_input_offsets() {
             c.subscribe(&[&output]).unwrap();
             let mut keys = Vec::new();
             while keys.len() < n {
-                let m = tokio::time::timeout(T, c.recv()).await.expect("output arrives").unwrap();
+                let m = tokio::time::timeout(T, c.recv())
+                    .await
+                    .expect("output arrives")
+                    .unwrap();
                 keys.push(String::from_utf8(m.key().unwrap().to_vec()).unwrap());
             }
             keys
@@ -162,9 +193,19 @@ async fn transactions_hide_aborts_and_commit_input_offsets() {
     // Aborted records sit at lower offsets than committed ones: a reader that could see
     // them would get them first.
     let committed = read("read_committed", 5).await;
-    assert_eq!(committed, (0..5).map(|i| format!("committed{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        committed,
+        (0..5).map(|i| format!("committed{i}")).collect::<Vec<_>>()
+    );
     let uncommitted = read("read_uncommitted", 10).await;
-    assert_eq!(uncommitted.iter().filter(|k| k.starts_with("aborted")).count(), 5, "aborts were written");
+    assert_eq!(
+        uncommitted
+            .iter()
+            .filter(|k| k.starts_with("aborted"))
+            .count(),
+        5,
+        "aborts were written"
+    );
 
     // The input offsets were committed by the transaction, not by the consumer.
     let mut tpl = TopicPartitionList::new();
@@ -181,31 +222,50 @@ async fn lag_comes_from_committed_offsets_and_high_watermarks() {
     let topic = unique("lag");
     let group = unique("lag-g");
     create_topic(&topic, 3).await;
-    let p: FutureProducer = producer_config(&kafka_brokers(), "aifab-tests").create().unwrap();
+    let p: FutureProducer = producer_config(&kafka_brokers(), "aifab-tests")
+        .create()
+        .unwrap();
     for (partition, count) in [(0, 10), (1, 20), (2, 30)] {
         for i in 0..count {
             let k = format!("{partition}-{i}");
-            p.send(FutureRecord::to(&topic).partition(partition).key(&k).payload(&k), T)
-                .await
-                .unwrap();
+            p.send(
+                FutureRecord::to(&topic)
+                    .partition(partition)
+                    .key(&k)
+                    .payload(&k),
+                T,
+            )
+            .await
+            .unwrap();
         }
     }
     // The group has read 5 of partition 0 and all of partition 1; never partition 2.
-    let c: BaseConsumer = consumer_config(&kafka_brokers(), "aifab-tests", &group).create().unwrap();
+    let c: BaseConsumer = consumer_config(&kafka_brokers(), "aifab-tests", &group)
+        .create()
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Offset(5)).unwrap();
-    tpl.add_partition_offset(&topic, 1, Offset::Offset(20)).unwrap();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(5))
+        .unwrap();
+    tpl.add_partition_offset(&topic, 1, Offset::Offset(20))
+        .unwrap();
     c.commit(&tpl, CommitMode::Sync).unwrap();
 
     let (t2, missing) = (topic.clone(), unique("lag-missing"));
-    let (lags, missing) = tokio::task::spawn_blocking(move || (group_offsets(&c, &t2, T), group_offsets(&c, &missing, T)))
-        .await
-        .unwrap();
+    let (lags, missing) = tokio::task::spawn_blocking(move || {
+        (group_offsets(&c, &t2, T), group_offsets(&c, &missing, T))
+    })
+    .await
+    .unwrap();
     let lags = lags.unwrap();
     let missing = missing.expect_err("a topic that does not exist has no offsets");
-    assert!(missing.is::<aifab_core::kafka::TopicMissing>(), "the broker's answer, told apart: {missing:#}");
-    let by_partition: BTreeMap<i32, (Option<i64>, i64, i64)> =
-        lags.iter().map(|p| (p.partition, (p.committed, p.high_watermark, p.lag))).collect();
+    assert!(
+        missing.is::<aifab_core::kafka::TopicMissing>(),
+        "the broker's answer, told apart: {missing:#}"
+    );
+    let by_partition: BTreeMap<i32, (Option<i64>, i64, i64)> = lags
+        .iter()
+        .map(|p| (p.partition, (p.committed, p.high_watermark, p.lag)))
+        .collect();
     assert_eq!(by_partition[&0], (Some(5), 10, 5));
     assert_eq!(by_partition[&1], (Some(20), 20, 0));
     assert_eq!(by_partition[&2], (None, 30, 30));
@@ -215,7 +275,9 @@ async fn lag_comes_from_committed_offsets_and_high_watermarks() {
 
 #[tokio::test]
 async fn nats_request_reply_and_fan_out() {
-    let client = async_nats::connect(nats_url()).await.expect("nats (is scripts/stack-up running?)");
+    let client = async_nats::connect(nats_url())
+        .await
+        .expect("nats (is scripts/stack-up running?)");
     let subject = unique("svc");
     let mut responder = client.subscribe(subject.clone()).await.unwrap();
     let c2 = client.clone();
@@ -227,7 +289,10 @@ async fn nats_request_reply_and_fan_out() {
             }
         }
     });
-    let answer = tokio::time::timeout(T, client.request(subject, "ping".into())).await.unwrap().unwrap();
+    let answer = tokio::time::timeout(T, client.request(subject, "ping".into()))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&answer.payload[..], b"echo:ping");
 
     // Pub/sub fans out: every subscriber gets every message.
@@ -236,7 +301,10 @@ async fn nats_request_reply_and_fan_out() {
     let mut s2 = client.subscribe(topic.clone()).await.unwrap();
     client.flush().await.unwrap();
     for i in 0..3 {
-        client.publish(topic.clone(), format!("e{i}").into()).await.unwrap();
+        client
+            .publish(topic.clone(), format!("e{i}").into())
+            .await
+            .unwrap();
     }
     for s in [&mut s1, &mut s2] {
         for i in 0..3 {
@@ -249,14 +317,42 @@ async fn nats_request_reply_and_fan_out() {
 #[tokio::test]
 async fn redis_round_trip() {
     let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.expect("redis (is scripts/stack-up running?)");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis (is scripts/stack-up running?)");
     let key = unique("k");
-    let _: () = redis::cmd("SET").arg(&key).arg("v1").arg("EX").arg(60).query_async(&mut conn).await.unwrap();
-    let v: String = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("v1")
+        .arg("EX")
+        .arg(60)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let v: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(v, "v1");
-    let n: i64 = redis::cmd("INCRBY").arg(format!("{key}:n")).arg(5).query_async(&mut conn).await.unwrap();
+    let n: i64 = redis::cmd("INCRBY")
+        .arg(format!("{key}:n"))
+        .arg(5)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(n, 5);
-    let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut conn).await.unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!(ttl > 0 && ttl <= 60);
-    let _: () = redis::cmd("DEL").arg(&key).arg(format!("{key}:n")).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .arg(format!("{key}:n"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }

@@ -26,8 +26,14 @@ struct FreshStack {
 
 impl FreshStack {
     fn new() -> Self {
-        let data = tempfile::Builder::new().prefix("aifab-cold-stack-").tempdir().unwrap();
-        let home = tempfile::Builder::new().prefix("aifab-cold-home-").tempdir().unwrap();
+        let data = tempfile::Builder::new()
+            .prefix("aifab-cold-stack-")
+            .tempdir()
+            .unwrap();
+        let home = tempfile::Builder::new()
+            .prefix("aifab-cold-home-")
+            .tempdir()
+            .unwrap();
         let (kafka, nats, redis) = (free_port(), free_port(), free_port());
         let env = vec![
             ("AIFAB_DATA_DIR", data.path().display().to_string()),
@@ -51,7 +57,9 @@ impl FreshStack {
 
     /// One of the repository's scripts, for this stack.
     fn script(&self, name: &str, args: &[&str]) -> Command {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap();
         self.command(root.join("scripts").join(name), args)
     }
 
@@ -72,7 +80,12 @@ async fn run_ok(mut cmd: Command, what: &str, limit: Duration) -> String {
         .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{what} failed: {}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
@@ -81,20 +94,29 @@ impl Drop for FreshStack {
     /// of a failed run.
     fn drop(&mut self) {
         let mut down = std::process::Command::new(bin_path("aifab"));
-        down.args(["down", "--stack"]).stdout(Stdio::null()).stderr(Stdio::null());
+        down.args(["down", "--stack"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         for (k, v) in &self.env {
             down.env(k, v);
         }
         let _ = down.status();
         if std::thread::panicking() {
-            let kept = std::env::temp_dir().join(format!("aifab-cold-start-logs-{}", std::process::id()));
+            let kept =
+                std::env::temp_dir().join(format!("aifab-cold-start-logs-{}", std::process::id()));
             let _ = std::fs::create_dir_all(&kept);
-            for dir in [self.home.path().join("logs"), self.data.path().join("kafka/logs")] {
+            for dir in [
+                self.home.path().join("logs"),
+                self.data.path().join("kafka/logs"),
+            ] {
                 for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
                     let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
                 }
             }
-            eprintln!("cold start: service and broker logs kept in {}", kept.display());
+            eprintln!(
+                "cold start: service and broker logs kept in {}",
+                kept.display()
+            );
         }
     }
 }
@@ -108,45 +130,118 @@ fn figure<'a>(out: &'a str, line: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_demo_succeeds_first_time_on_a_brand_new_stack() {
     let stack = FreshStack::new();
-    assert!(!stack.data.path().join("kafka").exists(), "the stack's data dir starts empty");
+    assert!(
+        !stack.data.path().join("kafka").exists(),
+        "the stack's data dir starts empty"
+    );
     let task = unique("cold").replace('.', "_");
 
     // A freshly formatted broker with no topics at all.
-    let up = run_ok(stack.script("stack-up", &["--no-topics"]), "stack-up --no-topics", Duration::from_secs(300)).await;
+    let up = run_ok(
+        stack.script("stack-up", &["--no-topics"]),
+        "stack-up --no-topics",
+        Duration::from_secs(300),
+    )
+    .await;
     assert!(up.contains("not created (--no-topics)"), "{up}");
-    assert!(stack.data.path().join("kafka").exists(), "the stack was formatted in the fresh data dir");
+    assert!(
+        stack.data.path().join("kafka").exists(),
+        "the stack was formatted in the fresh data dir"
+    );
 
     // Every service, at once, under the supervisor (the worker serves the demo's task).
     // `aifab down` (when the stack is dropped) stops it and its services.
     let mut supervisor = stack.aifab(&["up", "--no-stack"]);
-    supervisor.env("AIFAB_TASK", &task).stdout(Stdio::null()).stderr(Stdio::null());
+    supervisor
+        .env("AIFAB_TASK", &task)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let mut supervisor = supervisor.spawn().expect("start aifab up");
-    for service in ["ingest", "feature", "trainer", "inference-worker", "monitor", "cost-accountant", "autoscaler"] {
+    for service in [
+        "ingest",
+        "feature",
+        "trainer",
+        "inference-worker",
+        "monitor",
+        "cost-accountant",
+        "autoscaler",
+    ] {
         let addr = format!("127.0.0.1:{}", local_port(service));
-        aifab_tests::eventually(Duration::from_secs(120), &format!("{service} to answer /healthz"), || {
-            let addr = addr.clone();
-            async move { matches!(aifab_tests::http_get(&addr, "/healthz").await, Ok((200, _))).then_some(()) }
-        })
+        aifab_tests::eventually(
+            Duration::from_secs(120),
+            &format!("{service} to answer /healthz"),
+            || {
+                let addr = addr.clone();
+                async move {
+                    matches!(aifab_tests::http_get(&addr, "/healthz").await, Ok((200, _)))
+                        .then_some(())
+                }
+            },
+        )
         .await;
     }
-    assert!(supervisor.try_wait().unwrap().is_none(), "the supervisor is still running");
+    assert!(
+        supervisor.try_wait().unwrap().is_none(),
+        "the supervisor is still running"
+    );
 
     // Now the topics, as a deployment's topic job would make them, then the newcomer's
     // command (which finds the supervisor up and waits for every service to be ready).
-    run_ok(stack.script("stack-up", &[]), "stack-up", Duration::from_secs(300)).await;
-    let mut demo = stack.aifab(&["demo", "--train-limit", "400", "--test-limit", "120", "--tenant", "cold", "--idle-timeout-s", "90"]);
+    run_ok(
+        stack.script("stack-up", &[]),
+        "stack-up",
+        Duration::from_secs(300),
+    )
+    .await;
+    let mut demo = stack.aifab(&[
+        "demo",
+        "--train-limit",
+        "400",
+        "--test-limit",
+        "120",
+        "--tenant",
+        "cold",
+        "--idle-timeout-s",
+        "90",
+    ]);
     demo.env("AIFAB_TASK", &task);
-    let stdout = run_ok(demo, "the first aifab demo on a fresh stack", Duration::from_secs(900)).await;
+    let stdout = run_ok(
+        demo,
+        "the first aifab demo on a fresh stack",
+        Duration::from_secs(900),
+    )
+    .await;
     eprintln!("{stdout}");
-    assert!(stdout.contains(&format!("trained {task}: version v1")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("trained {task}: version v1")),
+        "{stdout}"
+    );
     let requests = figure(&stdout, "requests");
-    assert!(requests.contains("120 sent, 120 answered") && requests.ends_with(", 0 missing"), "{requests}");
-    let accuracy: f64 = figure(&stdout, "accuracy").split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(accuracy >= 0.85, "accuracy {accuracy} on 120 SMS after training on 320:\n{stdout}");
-    assert!(figure(&stdout, "model").contains(&format!("{task}/v1 (served: v1)")), "{stdout}");
+    assert!(
+        requests.contains("120 sent, 120 answered") && requests.ends_with(", 0 missing"),
+        "{requests}"
+    );
+    let accuracy: f64 = figure(&stdout, "accuracy")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        accuracy >= 0.85,
+        "accuracy {accuracy} on 120 SMS after training on 320:\n{stdout}"
+    );
+    assert!(
+        figure(&stdout, "model").contains(&format!("{task}/v1 (served: v1)")),
+        "{stdout}"
+    );
 }
 
 /// The port the local supervisor gives a service (`services/aifab/src/local.rs`).
 fn local_port(service: &str) -> u16 {
-    aifab::local::SERVICES.iter().find(|s| s.name == service).unwrap_or_else(|| panic!("no local service {service}")).port
+    aifab::local::SERVICES
+        .iter()
+        .find(|s| s.name == service)
+        .unwrap_or_else(|| panic!("no local service {service}"))
+        .port
 }

@@ -1322,11 +1322,18 @@ fn metric_matches(pattern: &str, name: &str) -> bool {
     match pattern.find('{') {
         None => pattern == name,
         Some(open) => {
-            let Some(close) = pattern[open..].find('}').map(|c| open + c) else { return pattern == name };
+            let Some(close) = pattern[open..].find('}').map(|c| open + c) else {
+                return pattern == name;
+            };
             let (head, tail) = (&pattern[..open], &pattern[close + 1..]);
-            let Some(rest) = name.strip_prefix(head) else { return false };
+            let Some(rest) = name.strip_prefix(head) else {
+                return false;
+            };
             (1..=rest.len()).any(|n| {
-                rest[..n].chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') && metric_matches(tail, &rest[n..])
+                rest[..n]
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                    && metric_matches(tail, &rest[n..])
             })
         }
     }
@@ -1336,10 +1343,18 @@ fn metric_matches(pattern: &str, name: &str) -> bool {
 fn promql_metric_names(expr: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (i, _) in expr.match_indices("aifab_") {
-        if i > 0 && expr[..i].chars().last().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if i > 0
+            && expr[..i]
+                .chars()
+                .last()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             continue;
         }
-        let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let name: String = expr[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
         let next = expr[i + name.len()..].chars().next();
         if name.ends_with('_') || matches!(next, Some('.') | Some('*') | Some('+')) {
             continue; // a regex like aifab_.+_total
@@ -1352,10 +1367,25 @@ fn promql_metric_names(expr: &str) -> Vec<String> {
 #[test]
 fn grafana_dashboard_queries_metrics_the_services_export() {
     let patterns = exported_metric_patterns(&root());
-    assert!(patterns.iter().any(|p| p == "aifab_monitor_consumer_lag_records"), "the source scan finds metrics: {patterns:?}");
-    assert!(metric_matches("aifab_cost_accountant_budget_{currency}", "aifab_cost_accountant_budget_usd"));
-    assert!(!metric_matches("aifab_cost_accountant_budget_{currency}", "aifab_cost_accountant_budget_"));
-    let text = read(&root().join("deploy/grafana/dashboards/aifab-overview.json").to_string_lossy());
+    assert!(
+        patterns
+            .iter()
+            .any(|p| p == "aifab_monitor_consumer_lag_records"),
+        "the source scan finds metrics: {patterns:?}"
+    );
+    assert!(metric_matches(
+        "aifab_cost_accountant_budget_{currency}",
+        "aifab_cost_accountant_budget_usd"
+    ));
+    assert!(!metric_matches(
+        "aifab_cost_accountant_budget_{currency}",
+        "aifab_cost_accountant_budget_"
+    ));
+    let text = read(
+        &root()
+            .join("deploy/grafana/dashboards/aifab-overview.json")
+            .to_string_lossy(),
+    );
     let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
     let mut problems = Vec::new();
     let mut titles = Vec::new();
@@ -1364,15 +1394,32 @@ fn grafana_dashboard_queries_metrics_the_services_export() {
         for t in p["targets"].as_array().into_iter().flatten() {
             let expr = t["expr"].as_str().unwrap_or_default();
             for name in promql_metric_names(expr) {
-                let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
-                if !patterns.iter().any(|p| metric_matches(p, &name) || metric_matches(p, base)) {
-                    problems.push(format!("panel {:?}: `{name}` is not exported by any service (expr `{expr}`)", p["title"]));
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name);
+                if !patterns
+                    .iter()
+                    .any(|p| metric_matches(p, &name) || metric_matches(p, base))
+                {
+                    problems.push(format!(
+                        "panel {:?}: `{name}` is not exported by any service (expr `{expr}`)",
+                        p["title"]
+                    ));
                 }
             }
         }
     }
     // The same things the monitor's own page shows.
-    for want in ["throughput", "latency", "lag", "replicas", "scale decisions", "spend vs budget", "model versions"] {
+    for want in [
+        "throughput",
+        "latency",
+        "lag",
+        "replicas",
+        "scale decisions",
+        "spend vs budget",
+        "model versions",
+    ] {
         if !titles.iter().any(|t| t.contains(want)) {
             problems.push(format!("no panel about {want:?} (titles: {titles:?})"));
         }

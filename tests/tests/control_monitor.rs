@@ -5,7 +5,9 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use aifab_core::messages::{decode, encode, tag, Alert, AlertState, Arm, LagReading, Outcome, Prediction};
+use aifab_core::messages::{
+    decode, encode, tag, Alert, AlertState, Arm, LagReading, Outcome, Prediction,
+};
 use aifab_core::topics::subjects;
 use aifab_tests::*;
 use futures::StreamExt;
@@ -14,12 +16,20 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::process::Command;
 
 async fn produce(topic: &str, payloads: Vec<(String, Vec<u8>)>) {
-    let p: FutureProducer = aifab_core::kafka::producer_config(&kafka_brokers(), "aifab-tests").create().unwrap();
+    let p: FutureProducer = aifab_core::kafka::producer_config(&kafka_brokers(), "aifab-tests")
+        .create()
+        .unwrap();
     let sends = payloads.into_iter().map(|(k, v)| {
         let p = p.clone();
         let topic = topic.to_string();
         async move {
-            p.send(FutureRecord::to(&topic).key(&k).payload(&v), Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+            p.send(
+                FutureRecord::to(&topic).key(&k).payload(&v),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
         }
     });
     futures::future::join_all(sends).await;
@@ -49,12 +59,21 @@ fn prediction(i: usize, tenant: &str, version: &str, latency_ms: i64) -> Predict
 
 async fn next_reading(sub: &mut async_nats::Subscriber) -> LagReading {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let msg = tokio::time::timeout_at(deadline, sub.next()).await.expect("a lag reading").unwrap();
+    let msg = tokio::time::timeout_at(deadline, sub.next())
+        .await
+        .expect("a lag reading")
+        .unwrap();
     decode::<LagReading>(&msg.payload).unwrap()
 }
 
 /// Alerts of `rule` from this test's monitor (known by its thresholds) until one in `state`.
-async fn wait_alert(got: &[Alert], rule: &str, state: AlertState, alerts: &mut async_nats::Subscriber, thresholds: &[f64]) -> Vec<Alert> {
+async fn wait_alert(
+    got: &[Alert],
+    rule: &str,
+    state: AlertState,
+    alerts: &mut async_nats::Subscriber,
+    thresholds: &[f64],
+) -> Vec<Alert> {
     let mut found = Vec::new();
     if got.iter().any(|a| a.rule == rule && a.state == state) {
         return found;
@@ -118,32 +137,52 @@ async fn lag_latency_and_alerts() {
     .await;
 
     // 90 requests nobody consumed yet: all lag, per partition.
-    produce(&requests, (0..90).map(|i| (format!("r{i}"), b"{}".to_vec())).collect()).await;
+    produce(
+        &requests,
+        (0..90).map(|i| (format!("r{i}"), b"{}".to_vec())).collect(),
+    )
+    .await;
     let r = loop {
         let r = next_reading(&mut lag_sub).await;
         if r.total_lag == 90 {
             break r;
         }
     };
-    assert_eq!((r.group.as_str(), r.topic.as_str()), (group.as_str(), requests.as_str()));
+    assert_eq!(
+        (r.group.as_str(), r.topic.as_str()),
+        (group.as_str(), requests.as_str())
+    );
     assert_eq!(r.partitions.len(), 3);
     assert_eq!(r.partitions.iter().map(|p| p.lag).sum::<i64>(), 90);
-    assert!(r.partitions.iter().all(|p| p.committed.is_none() && p.high_watermark == p.lag));
+    assert!(r
+        .partitions
+        .iter()
+        .all(|p| p.committed.is_none() && p.high_watermark == p.lag));
 
     // The lag rule fires (90 > 50 for two evaluations)...
     let mut got: Vec<Alert> = Vec::new();
     let lag_rule = format!("lag-{group}");
-    let found = wait_alert(&got, &lag_rule, AlertState::Firing, &mut alerts, &[50.0, p99_slo]).await;
+    let found = wait_alert(
+        &got,
+        &lag_rule,
+        AlertState::Firing,
+        &mut alerts,
+        &[50.0, p99_slo],
+    )
+    .await;
     got.extend(found);
 
     // The group commits 30 per partition: lag 0, draining.
     let (brokers, g, t) = (kafka_brokers(), group.clone(), requests.clone());
     tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = aifab_core::kafka::consumer_config(&brokers, "aifab-tests", &g).create().unwrap();
+        let c: BaseConsumer = aifab_core::kafka::consumer_config(&brokers, "aifab-tests", &g)
+            .create()
+            .unwrap();
         let mut tpl = rdkafka::TopicPartitionList::new();
         for p in 0..3 {
             let (_, high) = c.fetch_watermarks(&t, p, Duration::from_secs(10)).unwrap();
-            tpl.add_partition_offset(&t, p, rdkafka::Offset::Offset(high)).unwrap();
+            tpl.add_partition_offset(&t, p, rdkafka::Offset::Offset(high))
+                .unwrap();
         }
         c.commit(&tpl, CommitMode::Sync).unwrap();
     })
@@ -158,13 +197,29 @@ async fn lag_latency_and_alerts() {
         }
     }
     let drained = drained.expect("a reading with lag 0");
-    assert!(drained.lag_rate_per_s < 0.0, "draining shows a negative rate: {drained:?}");
-    assert!(drained.partitions.iter().all(|p| p.committed == Some(p.high_watermark)));
+    assert!(
+        drained.lag_rate_per_s < 0.0,
+        "draining shows a negative rate: {drained:?}"
+    );
+    assert!(drained
+        .partitions
+        .iter()
+        .all(|p| p.committed == Some(p.high_watermark)));
 
     // ...and resolves once the group has caught up.
-    let found = wait_alert(&got, &lag_rule, AlertState::Resolved, &mut alerts, &[50.0, p99_slo]).await;
+    let found = wait_alert(
+        &got,
+        &lag_rule,
+        AlertState::Resolved,
+        &mut alerts,
+        &[50.0, p99_slo],
+    )
+    .await;
     got.extend(found);
-    let firing = got.iter().find(|a| a.rule == lag_rule && a.state == AlertState::Firing).unwrap();
+    let firing = got
+        .iter()
+        .find(|a| a.rule == lag_rule && a.state == AlertState::Firing)
+        .unwrap();
     assert_eq!(firing.value, 90.0);
     assert!(firing.message.contains(&group), "{}", firing.message);
 
@@ -172,34 +227,69 @@ async fn lag_latency_and_alerts() {
     // the 4-s window has forgotten the slow ones.
     produce(
         &predictions,
-        (0..60).map(|i| prediction(i, if i % 3 == 0 { "beta" } else { "acme" }, "v1", 1500)).map(|p| (p.id.clone(), encode(&p))).collect(),
+        (0..60)
+            .map(|i| prediction(i, if i % 3 == 0 { "beta" } else { "acme" }, "v1", 1500))
+            .map(|p| (p.id.clone(), encode(&p)))
+            .collect(),
     )
     .await;
-    let found = wait_alert(&got, "p99_latency", AlertState::Firing, &mut alerts, &[50.0, p99_slo]).await;
+    let found = wait_alert(
+        &got,
+        "p99_latency",
+        AlertState::Firing,
+        &mut alerts,
+        &[50.0, p99_slo],
+    )
+    .await;
     got.extend(found);
-    let a = got.iter().find(|a| a.rule == "p99_latency" && a.state == AlertState::Firing).unwrap();
+    let a = got
+        .iter()
+        .find(|a| a.rule == "p99_latency" && a.state == AlertState::Firing)
+        .unwrap();
     assert!((1400.0..=1600.0).contains(&a.value), "{a:?}");
-    let stats: serde_json::Value = serde_json::from_str(&http_get(&addr, "/v1/stats").await.unwrap().1).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&http_get(&addr, "/v1/stats").await.unwrap().1).unwrap();
     assert_eq!(stats["tenants"]["acme"]["count"], 40);
     assert_eq!(stats["tenants"]["beta"]["count"], 20);
     assert_eq!(stats["models"]["spam@v1"]["count"], 60);
     assert!(stats["overall"]["per_second"].as_f64().unwrap() > 0.0);
-    assert!(stats["alerts_firing"].as_array().unwrap().iter().any(|a| a["rule"] == "p99_latency"));
+    assert!(stats["alerts_firing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["rule"] == "p99_latency"));
 
     // Keep fast predictions flowing until it resolves.
     let feeder = {
         let predictions = predictions.clone();
         tokio::spawn(async move {
             for round in 0..40 {
-                produce(&predictions, (0..20).map(|i| prediction(1000 + round * 20 + i, "acme", "v2", 20)).map(|p| (p.id.clone(), encode(&p))).collect()).await;
+                produce(
+                    &predictions,
+                    (0..20)
+                        .map(|i| prediction(1000 + round * 20 + i, "acme", "v2", 20))
+                        .map(|p| (p.id.clone(), encode(&p)))
+                        .collect(),
+                )
+                .await;
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         })
     };
-    let found = wait_alert(&got, "p99_latency", AlertState::Resolved, &mut alerts, &[50.0, p99_slo]).await;
+    let found = wait_alert(
+        &got,
+        "p99_latency",
+        AlertState::Resolved,
+        &mut alerts,
+        &[50.0, p99_slo],
+    )
+    .await;
     got.extend(found);
     feeder.abort();
-    let resolved = got.iter().find(|a| a.rule == "p99_latency" && a.state == AlertState::Resolved).unwrap();
+    let resolved = got
+        .iter()
+        .find(|a| a.rule == "p99_latency" && a.state == AlertState::Resolved)
+        .unwrap();
     assert!(resolved.value < p99_slo, "{resolved:?}");
     for a in &got {
         aifab_core::schema::validate("alert/v1", &serde_json::to_value(a).unwrap()).unwrap();
@@ -221,7 +311,10 @@ async fn lag_latency_and_alerts() {
     assert!(metrics.contains(&format!("group=\"{group}\"")));
 
     sigterm(&monitor);
-    let status = tokio::time::timeout(Duration::from_secs(20), monitor.wait()).await.expect("exits").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), monitor.wait())
+        .await
+        .expect("exits")
+        .unwrap();
     assert!(status.success(), "{status}");
     delete_topic(&requests).await;
     delete_topic(&predictions).await;

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use aifab_core::messages::{encode, tag, Arm, Outcome, Prediction, ReplicaReport, ScaleDecision, ScaleInputs, UsageRecord};
+use aifab_core::messages::{
+    encode, tag, Arm, Outcome, Prediction, ReplicaReport, ScaleDecision, ScaleInputs, UsageRecord,
+};
 use aifab_core::registry::{ModelRecord, Registry, Rollout};
 use aifab_core::topics::subjects;
 use aifab_tests::*;
@@ -17,9 +19,17 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
 async fn produce(topic: &str, payloads: Vec<(String, Vec<u8>)>) {
-    let p: FutureProducer = aifab_core::kafka::producer_config(&kafka_brokers(), "aifab-tests").create().unwrap();
+    let p: FutureProducer = aifab_core::kafka::producer_config(&kafka_brokers(), "aifab-tests")
+        .create()
+        .unwrap();
     for (k, v) in payloads {
-        p.send(FutureRecord::to(topic).key(&k).payload(&v), Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+        p.send(
+            FutureRecord::to(topic).key(&k).payload(&v),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
     }
 }
 
@@ -41,7 +51,11 @@ fn prediction(id: String, task: &str, version: &str, tenant: &str, latency_ms: i
         label: Some("ham".into()),
         scores: [("ham".to_string(), 0.8f32), ("spam".to_string(), 0.2f32)].into(),
         model_version: version.into(),
-        arm: if version == "v1" { Arm::Production } else { Arm::Canary },
+        arm: if version == "v1" {
+            Arm::Production
+        } else {
+            Arm::Canary
+        },
         batch_id: Some("b".into()),
         batch_size: 1,
         queue_ms: 0.0,
@@ -60,7 +74,11 @@ fn model(task: &str, version: &str, accuracy: f64, macro_f1: f64, at: i64) -> Mo
         encoder: "all-MiniLM-L6-v2".into(),
         encoder_sha256: "0".repeat(64),
         labels: vec!["ham".into(), "spam".into()],
-        metrics: [("accuracy".to_string(), accuracy), ("macro_f1".to_string(), macro_f1)].into(),
+        metrics: [
+            ("accuracy".to_string(), accuracy),
+            ("macro_f1".to_string(), macro_f1),
+        ]
+        .into(),
         train_examples: 800,
         eval_examples: 200,
         created_at_ms: at,
@@ -87,7 +105,11 @@ fn tag_attrs(dom: &str, at: usize) -> BTreeMap<String, String> {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"").replace("&lt;", "<").replace("&gt;", ">").replace("&#39;", "'").replace("&amp;", "&")
+    s.replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
 }
 
 /// Text inside the element whose opening tag is at `at`, tags stripped, up to `end_tag`.
@@ -109,8 +131,13 @@ fn inner_text(dom: &str, at: usize, end_tag: &str) -> String {
 
 /// `data-field="name"`: (data-value, text).
 fn field(dom: &str, name: &str) -> (Option<String>, String) {
-    let at = dom.find(&format!("data-field=\"{name}\"")).unwrap_or_else(|| panic!("no data-field {name} in the DOM"));
-    (tag_attrs(dom, at).get("data-value").cloned(), inner_text(dom, at, "</span>"))
+    let at = dom
+        .find(&format!("data-field=\"{name}\""))
+        .unwrap_or_else(|| panic!("no data-field {name} in the DOM"));
+    (
+        tag_attrs(dom, at).get("data-value").cloned(),
+        inner_text(dom, at, "</span>"),
+    )
 }
 
 /// The `<tr>` with `attr="value"` (and every other given attribute), as a slice of the DOM.
@@ -123,7 +150,10 @@ fn row<'a>(dom: &'a str, attrs: &[(&str, &str)]) -> &'a str {
         let start = dom[..at].rfind('<').unwrap();
         if dom[start..].starts_with("<tr") {
             let a = tag_attrs(dom, at);
-            if attrs.iter().all(|(k, v)| a.get(*k).map(String::as_str) == Some(*v)) {
+            if attrs
+                .iter()
+                .all(|(k, v)| a.get(*k).map(String::as_str) == Some(*v))
+            {
                 let end = start + dom[start..].find("</tr>").expect("the row ends");
                 return &dom[start..end];
             }
@@ -135,12 +165,20 @@ fn row<'a>(dom: &'a str, attrs: &[(&str, &str)]) -> &'a str {
 
 /// A cell of a row: (data-value, text).
 fn cell(row: &str, col: &str) -> (Option<String>, String) {
-    let at = row.find(&format!("data-col=\"{col}\"")).unwrap_or_else(|| panic!("no cell {col} in {row}"));
-    (tag_attrs(row, at).get("data-value").cloned(), inner_text(row, at, "</td>"))
+    let at = row
+        .find(&format!("data-col=\"{col}\""))
+        .unwrap_or_else(|| panic!("no cell {col} in {row}"));
+    (
+        tag_attrs(row, at).get("data-value").cloned(),
+        inner_text(row, at, "</td>"),
+    )
 }
 
 fn num(v: &Option<String>) -> f64 {
-    v.as_deref().unwrap_or_else(|| panic!("no data-value")).parse().unwrap()
+    v.as_deref()
+        .unwrap_or_else(|| panic!("no data-value"))
+        .parse()
+        .unwrap()
 }
 
 fn find<'a>(list: &'a Value, key: &str, value: &str) -> Option<&'a Value> {
@@ -148,13 +186,32 @@ fn find<'a>(list: &'a Value, key: &str, value: &str) -> Option<&'a Value> {
 }
 
 /// What the test checks, from one `GET /v1/dashboard`, once everything has arrived.
-fn complete<'a>(d: &'a Value, group: &str, service: &str, tenant: &str, task: &str) -> Option<(&'a Value, &'a Value, &'a Value, &'a Value, &'a Value)> {
+fn complete<'a>(
+    d: &'a Value,
+    group: &str,
+    service: &str,
+    tenant: &str,
+    task: &str,
+) -> Option<(&'a Value, &'a Value, &'a Value, &'a Value, &'a Value)> {
     let lag = find(&d["lag"], "group", group).filter(|l| l["total_lag"] == 30)?;
-    let svc = find(&d["services"], "service", service).filter(|s| s["replicas"] == 3 && s["reason"].is_string())?;
-    let ten = find(&d["tenants"], "tenant", tenant).filter(|t| t["source"] == "nats" && t["predictions"] == 50 && t["spent"].as_f64() > Some(0.0))?;
-    let models: Vec<&Value> = d["models"].as_array()?.iter().filter(|m| m["task"] == task).collect();
-    let v1 = models.iter().find(|m| m["version"] == "v1").filter(|m| m["live"]["count"] == 40)?;
-    let v2 = models.iter().find(|m| m["version"] == "v2").filter(|m| m["live"]["count"] == 10)?;
+    let svc = find(&d["services"], "service", service)
+        .filter(|s| s["replicas"] == 3 && s["reason"].is_string())?;
+    let ten = find(&d["tenants"], "tenant", tenant).filter(|t| {
+        t["source"] == "nats" && t["predictions"] == 50 && t["spent"].as_f64() > Some(0.0)
+    })?;
+    let models: Vec<&Value> = d["models"]
+        .as_array()?
+        .iter()
+        .filter(|m| m["task"] == task)
+        .collect();
+    let v1 = models
+        .iter()
+        .find(|m| m["version"] == "v1")
+        .filter(|m| m["live"]["count"] == 40)?;
+    let v2 = models
+        .iter()
+        .find(|m| m["version"] == "v2")
+        .filter(|m| m["live"]["count"] == 10)?;
     Some((lag, svc, ten, v1, v2))
 }
 
@@ -174,12 +231,28 @@ fn stable(d: &Value, group: &str, service: &str, tenant: &str, task: &str) -> Va
 
 fn chromium(args: &[String]) -> std::process::Output {
     let out = std::process::Command::new("chromium")
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--hide-scrollbars"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+        ])
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("running chromium: {e} (install the Debian package: apt-get install -y chromium)"));
-    assert!(out.status.success(), "chromium {args:?}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        .unwrap_or_else(|e| {
+            panic!(
+                "running chromium: {e} (install the Debian package: apt-get install -y chromium)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "chromium {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -199,14 +272,27 @@ async fn the_page_renders_what_the_dashboard_json_says() {
 
     // The model registry: v1 production, v2 candidate on a 25% canary.
     let _cleanup = RegistryCleanup(task.clone());
-    let conn = redis::Client::open(redis_url()).unwrap().get_connection_manager().await.unwrap();
+    let conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
     let mut registry = Registry::new(conn);
     let t0 = aifab_core::now_ms();
-    registry.put(&model(&task, "v1", 0.9561, 0.9123, t0 - 3_600_000)).await.unwrap();
-    registry.put(&model(&task, "v2", 0.9402, 0.8876, t0 - 60_000)).await.unwrap();
+    registry
+        .put(&model(&task, "v1", 0.9561, 0.9123, t0 - 3_600_000))
+        .await
+        .unwrap();
+    registry
+        .put(&model(&task, "v2", 0.9402, 0.8876, t0 - 60_000))
+        .await
+        .unwrap();
     registry.set_production(&task, "v1").await.unwrap();
     registry.set_candidate(&task, "v2").await.unwrap();
-    registry.set_rollout(&task, Rollout::Canary { share: 0.25 }).await.unwrap();
+    registry
+        .set_rollout(&task, Rollout::Canary { share: 0.25 })
+        .await
+        .unwrap();
 
     // A cost accountant of its own: a device-second costs 0.001; budget 1.00 a day.
     let (_accountant, costs_addr) = spawn_service(
@@ -221,7 +307,12 @@ async fn the_page_renders_what_the_dashboard_json_says() {
         ],
     );
     wait_ready(&costs_addr, "the cost accountant").await;
-    let (code, body) = post_json(&costs_addr, "/v1/budgets", &serde_json::json!({"tenant": tenant, "period": "day", "amount": 1.0})).await;
+    let (code, body) = post_json(
+        &costs_addr,
+        "/v1/budgets",
+        &serde_json::json!({"tenant": tenant, "period": "day", "amount": 1.0}),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     let usage: Vec<(String, Vec<u8>)> = (0..5)
         .map(|i| {
@@ -263,31 +354,58 @@ async fn the_page_renders_what_the_dashboard_json_says() {
     wait_ready(&addr, "the monitor").await;
     let (code, page) = http_get(&addr, "/").await.unwrap();
     assert_eq!(code, 200);
-    assert!(page.contains("/v1/dashboard") && !page.contains("<script src"), "one self-contained page");
+    assert!(
+        page.contains("/v1/dashboard") && !page.contains("<script src"),
+        "one self-contained page"
+    );
 
     // The monitor reads predictions from the end: probe until it sees one, then the rest.
     let probe_task = format!("{task}-probe");
     let mut probes = 0;
-    eventually(Duration::from_secs(60), "the monitor to see a probe prediction", || {
-        probes += 1;
-        let (addr, predictions, probe_task, tenant) = (addr.clone(), predictions.clone(), probe_task.clone(), tenant.clone());
-        let id = format!("probe-{probes}");
-        async move {
-            produce(&predictions, vec![(id.clone(), encode(&prediction(id, &probe_task, "v0", &tenant, 5)))]).await;
-            let d = get_json(&addr, "/v1/dashboard").await?;
-            (d["throughput"]["predictions"].as_u64()? > 0).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the monitor to see a probe prediction",
+        || {
+            probes += 1;
+            let (addr, predictions, probe_task, tenant) = (
+                addr.clone(),
+                predictions.clone(),
+                probe_task.clone(),
+                tenant.clone(),
+            );
+            let id = format!("probe-{probes}");
+            async move {
+                produce(
+                    &predictions,
+                    vec![(
+                        id.clone(),
+                        encode(&prediction(id, &probe_task, "v0", &tenant, 5)),
+                    )],
+                )
+                .await;
+                let d = get_json(&addr, "/v1/dashboard").await?;
+                (d["throughput"]["predictions"].as_u64()? > 0).then_some(())
+            }
+        },
+    )
     .await;
     let mut batch = Vec::new();
     for i in 0..50 {
-        let (version, latency) = if i < 40 { ("v1", 100 + i as i64 * 5) } else { ("v2", 400) };
+        let (version, latency) = if i < 40 {
+            ("v1", 100 + i as i64 * 5)
+        } else {
+            ("v2", 400)
+        };
         let p = prediction(format!("dash-{i}"), &task, version, &tenant, latency);
         batch.push((p.id.clone(), encode(&p)));
     }
     produce(&predictions, batch).await;
     // 30 requests nobody consumed: lag 30.
-    produce(&requests, (0..30).map(|i| (format!("r{i}"), b"{}".to_vec())).collect()).await;
+    produce(
+        &requests,
+        (0..30).map(|i| (format!("r{i}"), b"{}".to_vec())).collect(),
+    )
+    .await;
     // The autoscaler's decision and the actuator's report.
     let nats = async_nats::connect(nats_url()).await.unwrap();
     let decision = ScaleDecision {
@@ -297,30 +415,72 @@ async fn the_page_renders_what_the_dashboard_json_says() {
         desired_replicas: 3,
         reason: "lag".into(),
         detail: "lag 30 records rising at 6.0/s: 3 replicas to drain within 15 s".into(),
-        inputs: ScaleInputs { total_lag: 30, lag_rate_per_s: 6.0, partitions: 2, burn_rate_per_hour: None, remaining_budget: None },
+        inputs: ScaleInputs {
+            total_lag: 30,
+            lag_rate_per_s: 6.0,
+            partitions: 2,
+            burn_rate_per_hour: None,
+            remaining_budget: None,
+        },
         at_ms: aifab_core::now_ms(),
     };
-    nats.publish(subjects::scale(&service), encode(&decision).into()).await.unwrap();
-    let report = ReplicaReport { schema: tag(), service: service.clone(), replicas: 3, actuator: "local".into(), at_ms: aifab_core::now_ms() };
-    nats.publish(subjects::replicas(&service), encode(&report).into()).await.unwrap();
+    nats.publish(subjects::scale(&service), encode(&decision).into())
+        .await
+        .unwrap();
+    let report = ReplicaReport {
+        schema: tag(),
+        service: service.clone(),
+        replicas: 3,
+        actuator: "local".into(),
+        at_ms: aifab_core::now_ms(),
+    };
+    nats.publish(subjects::replicas(&service), encode(&report).into())
+        .await
+        .unwrap();
     nats.flush().await.unwrap();
 
-    let before = eventually(Duration::from_secs(90), "the dashboard to show every input", || {
-        let (addr, group, service, tenant, task) = (addr.clone(), group.clone(), service.clone(), tenant.clone(), task.clone());
-        async move {
-            let d = get_json(&addr, "/v1/dashboard").await?;
-            complete(&d, &group, &service, &tenant, &task)?;
-            Some(d)
-        }
-    })
+    let before = eventually(
+        Duration::from_secs(90),
+        "the dashboard to show every input",
+        || {
+            let (addr, group, service, tenant, task) = (
+                addr.clone(),
+                group.clone(),
+                service.clone(),
+                tenant.clone(),
+                task.clone(),
+            );
+            async move {
+                let d = get_json(&addr, "/v1/dashboard").await?;
+                complete(&d, &group, &service, &tenant, &task)?;
+                Some(d)
+            }
+        },
+    )
     .await;
     // The tenant's spend is the accountant's: 5 × 37 device-seconds at 0.001.
     let (_, _, ten, v1, v2) = complete(&before, &group, &service, &tenant, &task).unwrap();
-    assert!((ten["spent"].as_f64().unwrap() - 0.185).abs() < 1e-9, "{ten}");
-    assert_eq!((ten["budget"].as_f64(), ten["state"].as_str()), (Some(1.0), Some("ok")));
-    assert_eq!((v1["macro_f1"].as_f64(), v1["aliases"][0].as_str()), (Some(0.9123), Some("production")));
-    assert_eq!((v2["aliases"][0].as_str(), v2["rollout"].as_str()), (Some("candidate"), Some("canary 25%")));
-    assert_eq!(before["sources"]["costs"]["ok"], true, "{}", before["sources"]);
+    assert!(
+        (ten["spent"].as_f64().unwrap() - 0.185).abs() < 1e-9,
+        "{ten}"
+    );
+    assert_eq!(
+        (ten["budget"].as_f64(), ten["state"].as_str()),
+        (Some(1.0), Some("ok"))
+    );
+    assert_eq!(
+        (v1["macro_f1"].as_f64(), v1["aliases"][0].as_str()),
+        (Some(0.9123), Some("production"))
+    );
+    assert_eq!(
+        (v2["aliases"][0].as_str(), v2["rollout"].as_str()),
+        (Some("candidate"), Some("canary 25%"))
+    );
+    assert_eq!(
+        before["sources"]["costs"]["ok"], true,
+        "{}",
+        before["sources"]
+    );
 
     // Render it.
     let profile = tempfile::tempdir().unwrap();
@@ -332,17 +492,33 @@ async fn the_page_renders_what_the_dashboard_json_says() {
         url.clone(),
     ]);
     let dom = String::from_utf8(out.stdout).unwrap();
-    let after = get_json(&addr, "/v1/dashboard").await.expect("the dashboard JSON");
+    let after = get_json(&addr, "/v1/dashboard")
+        .await
+        .expect("the dashboard JSON");
     let s = stable(&before, &group, &service, &tenant, &task);
-    assert_eq!(s, stable(&after, &group, &service, &tenant, &task), "the checked values held still while the page rendered");
-    assert!(dom.contains("data-rendered-at=\"1"), "the page's script rendered the JSON: {}", &dom[..dom.len().min(2000)]);
+    assert_eq!(
+        s,
+        stable(&after, &group, &service, &tenant, &task),
+        "the checked values held still while the page rendered"
+    );
+    assert!(
+        dom.contains("data-rendered-at=\"1"),
+        "the page's script rendered the JSON: {}",
+        &dom[..dom.len().min(2000)]
+    );
 
     // Throughput and latency.
     let d = &after;
     let (v, text) = field(&dom, "throughput.predictions");
-    assert_eq!(num(&v) as u64, d["throughput"]["predictions"].as_u64().unwrap());
+    assert_eq!(
+        num(&v) as u64,
+        d["throughput"]["predictions"].as_u64().unwrap()
+    );
     assert_eq!(text, d["throughput"]["predictions"].to_string());
-    assert_eq!(d["throughput"]["predictions"].as_u64().unwrap(), probes_seen(d, &probe_task) + 50);
+    assert_eq!(
+        d["throughput"]["predictions"].as_u64().unwrap(),
+        probes_seen(d, &probe_task) + 50
+    );
     for q in ["p50", "p90", "p99", "max"] {
         let (v, text) = field(&dom, &format!("latency.{q}"));
         let want = d["latency_ms"][q].as_f64().unwrap();
@@ -351,7 +527,13 @@ async fn the_page_renders_what_the_dashboard_json_says() {
     }
 
     // Lag per group.
-    let r = row(&dom, &[("data-group", group.as_str()), ("data-topic", requests.as_str())]);
+    let r = row(
+        &dom,
+        &[
+            ("data-group", group.as_str()),
+            ("data-topic", requests.as_str()),
+        ],
+    );
     assert_eq!(cell(r, "total_lag"), (Some("30".into()), "30".into()));
     assert_eq!(cell(r, "partitions").1, "2");
 
@@ -361,30 +543,62 @@ async fn the_page_renders_what_the_dashboard_json_says() {
     assert_eq!(cell(r, "desired").1, "3");
     assert_eq!(cell(r, "reason").1, "lag");
     assert_eq!(cell(r, "actuator").1, "local");
-    let r = row(&dom, &[("data-service", service.as_str()), ("data-at", &decision.at_ms.to_string())]);
+    let r = row(
+        &dom,
+        &[
+            ("data-service", service.as_str()),
+            ("data-at", &decision.at_ms.to_string()),
+        ],
+    );
     assert_eq!(cell(r, "detail").1, decision.detail);
     assert_eq!(cell(r, "change").1, "1 → 3");
 
     // Spend vs budget.
     let t = find(&d["tenants"], "tenant", &tenant).unwrap();
-    let r = row(&dom, &[("data-tenant", tenant.as_str()), ("data-period", t["period"].as_str().unwrap())]);
+    let r = row(
+        &dom,
+        &[
+            ("data-tenant", tenant.as_str()),
+            ("data-period", t["period"].as_str().unwrap()),
+        ],
+    );
     let (v, text) = cell(r, "spent");
     assert_eq!(num(&v), t["spent"].as_f64().unwrap());
     assert_eq!(text, format!("{:.4} USD", t["spent"].as_f64().unwrap()));
     assert_eq!(cell(r, "budget"), (Some("1".into()), "1.00".into()));
-    assert_eq!(cell(r, "used_ratio").1, format!("{:.1}%", t["used_ratio"].as_f64().unwrap() * 100.0));
+    assert_eq!(
+        cell(r, "used_ratio").1,
+        format!("{:.1}%", t["used_ratio"].as_f64().unwrap() * 100.0)
+    );
     assert_eq!(cell(r, "predictions").1, "50");
     assert_eq!(cell(r, "state").1, "ok");
 
     // Model versions and their metrics.
-    let r = row(&dom, &[("data-task", task.as_str()), ("data-version", "v1")]);
-    assert_eq!(cell(r, "macro_f1"), (Some("0.9123".into()), "0.9123".into()));
+    let r = row(
+        &dom,
+        &[("data-task", task.as_str()), ("data-version", "v1")],
+    );
+    assert_eq!(
+        cell(r, "macro_f1"),
+        (Some("0.9123".into()), "0.9123".into())
+    );
     assert_eq!(cell(r, "accuracy").1, "0.9561");
     assert_eq!(cell(r, "aliases").1, "production");
     assert_eq!(cell(r, "live_count").1, "40");
-    let v1 = d["models"].as_array().unwrap().iter().find(|m| m["task"] == task.as_str() && m["version"] == "v1").unwrap();
-    assert_eq!(cell(r, "live_p99_ms").1, format!("{:.0}", v1["live"]["p99_ms"].as_f64().unwrap()));
-    let r = row(&dom, &[("data-task", task.as_str()), ("data-version", "v2")]);
+    let v1 = d["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["task"] == task.as_str() && m["version"] == "v1")
+        .unwrap();
+    assert_eq!(
+        cell(r, "live_p99_ms").1,
+        format!("{:.0}", v1["live"]["p99_ms"].as_f64().unwrap())
+    );
+    let r = row(
+        &dom,
+        &[("data-task", task.as_str()), ("data-version", "v2")],
+    );
     assert_eq!(cell(r, "macro_f1").1, "0.8876");
     assert_eq!(cell(r, "aliases").1, "candidatecanary 25%");
     assert_eq!(cell(r, "live_count").1, "10");
@@ -399,7 +613,11 @@ async fn the_page_renders_what_the_dashboard_json_says() {
     eprintln!("aifab status:\n{text}");
     let line = |cells: &[&str]| {
         text.lines()
-            .find(|l| l.split_whitespace().take(cells.len()).eq(cells.iter().copied()))
+            .find(|l| {
+                l.split_whitespace()
+                    .take(cells.len())
+                    .eq(cells.iter().copied())
+            })
             .unwrap_or_else(|| panic!("aifab status has no line starting {cells:?}:\n{text}"))
             .split_whitespace()
             .collect::<Vec<_>>()
@@ -410,11 +628,21 @@ async fn the_page_renders_what_the_dashboard_json_says() {
     let spent = format!("{:.4}", t["spent"].as_f64().unwrap());
     assert_eq!(line(&[&tenant])[2..5], [spent.as_str(), "USD", "1.00"]);
     assert_eq!(line(&[&task, "v1"])[2..5], ["production", "-", "0.9561"]);
-    assert_eq!(line(&[&task, "v2"])[2..6], ["candidate", "canary", "25%", "0.9402"]);
-    assert!(text.lines().any(|l| l.starts_with("throughput (last ") && l.contains(" predictions/s, p50 ")), "{text}");
+    assert_eq!(
+        line(&[&task, "v2"])[2..6],
+        ["candidate", "canary", "25%", "0.9402"]
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("throughput (last ") && l.contains(" predictions/s, p50 ")),
+        "{text}"
+    );
 
     // A screenshot, for people.
-    let shot = bin_path("aifab-monitor").parent().unwrap().join("dashboard-screenshot.png");
+    let shot = bin_path("aifab-monitor")
+        .parent()
+        .unwrap()
+        .join("dashboard-screenshot.png");
     let _ = std::fs::remove_file(&shot);
     chromium(&[
         format!("--user-data-dir={}", profile.path().display()),
@@ -424,9 +652,12 @@ async fn the_page_renders_what_the_dashboard_json_says() {
         url,
     ]);
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
-    assert!(size > 10_000, "a screenshot at {} ({size} bytes)", shot.display());
+    assert!(
+        size > 10_000,
+        "a screenshot at {} ({size} bytes)",
+        shot.display()
+    );
     eprintln!("dashboard screenshot: {}", shot.display());
-
 }
 
 /// Deletes a task's registry keys when dropped (pass or fail): the registry's key names
@@ -435,8 +666,13 @@ struct RegistryCleanup(String);
 
 impl Drop for RegistryCleanup {
     fn drop(&mut self) {
-        let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) else { return };
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("aifab:registry:{}:*", self.0)).query(&mut conn).unwrap_or_default();
+        let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("aifab:registry:{}:*", self.0))
+            .query(&mut conn)
+            .unwrap_or_default();
         if !keys.is_empty() {
             let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut conn);
         }
@@ -445,5 +681,7 @@ impl Drop for RegistryCleanup {
 
 /// Probe predictions the monitor counted (the unregistered `<task>-probe@v0` row).
 fn probes_seen(d: &Value, probe_task: &str) -> u64 {
-    find(&d["models"], "task", probe_task).and_then(|m| m["live"]["count"].as_u64()).unwrap_or(0)
+    find(&d["models"], "task", probe_task)
+        .and_then(|m| m["live"]["count"].as_u64())
+        .unwrap_or(0)
 }

@@ -18,13 +18,20 @@ async fn readyz(addr: &str) -> Option<(u16, String)> {
 /// Wait until `/readyz` answers `code` with a body containing `needle`.
 async fn wait_readyz(addr: &str, code: u16, needle: &str, what: &str) {
     eventually(Duration::from_secs(60), what, || async move {
-        readyz(addr).await.filter(|(c, b)| *c == code && b.contains(needle)).map(|_| ())
+        readyz(addr)
+            .await
+            .filter(|(c, b)| *c == code && b.contains(needle))
+            .map(|_| ())
     })
     .await;
 }
 
 fn still_running(child: &mut tokio::process::Child, what: &str) {
-    assert!(child.try_wait().unwrap().is_none(), "{what} exited: {:?}", child.try_wait());
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "{what} exited: {:?}",
+        child.try_wait()
+    );
 }
 
 /// The broker (a private one) stopped with SIGTERM while the worker works through a
@@ -38,7 +45,11 @@ async fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
     let t0 = Instant::now();
     let stack = PrivateStack::up().await;
     let ep = stack.endpoints();
-    eprintln!("private stack up on {} in {:.1}s", ep.kafka, t0.elapsed().as_secs_f64());
+    eprintln!(
+        "private stack up on {} in {:.1}s",
+        ep.kafka,
+        t0.elapsed().as_secs_f64()
+    );
     let run = WorkerRun::new_on(ep.clone(), 4).await;
     let prefix = unique("restart");
     let brokers = ep.kafka.clone();
@@ -55,18 +66,35 @@ async fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
     // Batch size 1: the backlog lasts, so a transaction is open when the broker goes.
     // Its log is printed if the test fails: recovery from a broker restart has many paths.
     let log = LogOnFailure::new("the worker");
-    let (mut worker, addr) = run.start_logging_to("restart-a", 1, &[("AIFAB_LOG", "info".into())], log.stdio());
-    assert!(reader.read_until(&prefix, 200, Duration::from_secs(120)), "first predictions");
+    let (mut worker, addr) =
+        run.start_logging_to("restart-a", 1, &[("AIFAB_LOG", "info".into())], log.stdio());
+    assert!(
+        reader.read_until(&prefix, 200, Duration::from_secs(120)),
+        "first predictions"
+    );
 
     let t = Instant::now();
     stack.stop(Component::Kafka).await;
     eprintln!("broker stopped after {:.1}s", t.elapsed().as_secs_f64());
     // Requests keep coming while the broker is away: the idempotent producer retries them.
     let producing = {
-        let (ep, run_topic, task, prefix) = (ep.clone(), run.topic.clone(), run.task.clone(), prefix.clone());
-        tokio::spawn(async move { produce_requests_on(&ep.kafka, &run_topic, &task, &prefix, during).await })
+        let (ep, run_topic, task, prefix) = (
+            ep.clone(),
+            run.topic.clone(),
+            run.task.clone(),
+            prefix.clone(),
+        );
+        tokio::spawn(async move {
+            produce_requests_on(&ep.kafka, &run_topic, &task, &prefix, during).await
+        })
     };
-    wait_readyz(&addr, 503, r#""kafka":{"ok":false"#, "the worker to report the broker down").await;
+    wait_readyz(
+        &addr,
+        503,
+        r#""kafka":{"ok":false"#,
+        "the worker to report the broker down",
+    )
+    .await;
     // Down until the worker has met the outage inside a transaction: a commit (or an
     // abort) it had to retry, or a transaction it aborted. Or for 30 s at most: while no
     // coordinator is reachable librdkafka's send_offsets_to_transaction can wait without
@@ -76,16 +104,25 @@ async fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
         let addr = addr.clone();
         async move {
             let page = http_get(&addr, "/metrics").await.ok()?.1;
-            let met = ["aifab_inference_worker_transaction_retries_total", "aifab_inference_worker_transactions_aborted_total"]
-                .iter()
-                .any(|m| metric(&page, m).is_some_and(|v| v >= 1.0));
+            let met = [
+                "aifab_inference_worker_transaction_retries_total",
+                "aifab_inference_worker_transactions_aborted_total",
+            ]
+            .iter()
+            .any(|m| metric(&page, m).is_some_and(|v| v >= 1.0));
             met.then_some(())
         }
     };
-    let met = wait_for(Duration::from_secs(30), met_in_transaction).await.is_some();
+    let met = wait_for(Duration::from_secs(30), met_in_transaction)
+        .await
+        .is_some();
     eprintln!(
         "worker {} during the outage",
-        if met { "retried or aborted a transactional call" } else { "blocked in a transactional call" }
+        if met {
+            "retried or aborted a transactional call"
+        } else {
+            "blocked in a transactional call"
+        }
     );
     // And down for longer than message.timeout.ms (15 s): outputs still in flight when it
     // went fail delivery, so their transaction has to be aborted and its batches redone.
@@ -95,7 +132,9 @@ async fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
     still_running(&mut worker, "the worker while the broker is down");
     stack.start().await;
     eprintln!("broker back after {:.1}s down", t.elapsed().as_secs_f64());
-    producing.await.expect("requests produced during the outage delivered");
+    producing
+        .await
+        .expect("requests produced during the outage delivered");
     produce_requests_on(&ep.kafka, &run.topic, &run.task, &prefix, after).await;
 
     if !reader.read_until(&prefix, n, Duration::from_secs(180)) {
@@ -107,9 +146,21 @@ async fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
             reader.describe()
         );
     }
-    assert!(run.wait_drained(Duration::from_secs(60)).await, "the worker group never reached lag 0");
-    assert!(reader.read_to_end(&prefix, Duration::from_secs(60)), "predictions topic never settled");
-    wait_readyz(&addr, 200, r#""kafka":{"ok":true"#, "the worker ready again").await;
+    assert!(
+        run.wait_drained(Duration::from_secs(60)).await,
+        "the worker group never reached lag 0"
+    );
+    assert!(
+        reader.read_to_end(&prefix, Duration::from_secs(60)),
+        "predictions topic never settled"
+    );
+    wait_readyz(
+        &addr,
+        200,
+        r#""kafka":{"ok":true"#,
+        "the worker ready again",
+    )
+    .await;
     still_running(&mut worker, "the worker after the restart");
 
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
@@ -118,27 +169,54 @@ async fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
     if d.duplicated > 0 {
         eprintln!("duplicated, first ten:\n{}", reader.duplicates_report(10));
     }
-    assert_eq!(d, Delivery { requests: n, lost: 0, duplicated: 0 });
+    assert_eq!(
+        d,
+        Delivery {
+            requests: n,
+            lost: 0,
+            duplicated: 0
+        }
+    );
     assert!(reader.seen.iter().all(|p| p.outcome == Outcome::Ok));
     sigterm(&worker);
-    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await.expect("exits").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .expect("exits")
+        .unwrap();
     assert!(status.success(), "SIGTERM exit after the restart: {status}");
 }
 
 /// The worker's metrics that tell how it recovered (or did not).
 async fn recovery_counters(addr: &str) -> String {
-    let Ok((_, page)) = http_get(addr, "/metrics").await else { return "(no /metrics)".into() };
-    let wanted = ["transaction", "restarts", "batches_total", "redeliveries", "queue_depth", "requests_total"];
+    let Ok((_, page)) = http_get(addr, "/metrics").await else {
+        return "(no /metrics)".into();
+    };
+    let wanted = [
+        "transaction",
+        "restarts",
+        "batches_total",
+        "redeliveries",
+        "queue_depth",
+        "requests_total",
+    ];
     page.lines()
-        .filter(|l| !l.starts_with('#') && !l.contains("_bucket{") && wanted.iter().any(|w| l.contains(w)))
+        .filter(|l| {
+            !l.starts_with('#') && !l.contains("_bucket{") && wanted.iter().any(|w| l.contains(w))
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
 
 async fn post(addr: &str, key: &str, body: &str) -> HttpResponse {
-    http_request(addr, "POST", "/v1/infer", &[("Authorization", &format!("Bearer {key}"))], body.as_bytes())
-        .await
-        .expect("POST /v1/infer")
+    http_request(
+        addr,
+        "POST",
+        "/v1/infer",
+        &[("Authorization", &format!("Bearer {key}"))],
+        body.as_bytes(),
+    )
+    .await
+    .expect("POST /v1/infer")
 }
 
 /// NATS and then Redis (private servers) stopped and started again under a running
@@ -150,8 +228,12 @@ async fn nats_and_redis_restarts_are_survived_without_restarting_ingest() {
     let mut nats = PrivateServer::nats().await;
     let mut redis = PrivateServer::redis().await;
     let id = unique("faults-ingest");
-    let (raw, features, predictions, dlq) =
-        (format!("{id}.raw"), format!("{id}.features"), format!("{id}.predictions"), format!("{id}.dlq"));
+    let (raw, features, predictions, dlq) = (
+        format!("{id}.raw"),
+        format!("{id}.features"),
+        format!("{id}.predictions"),
+        format!("{id}.dlq"),
+    );
     for t in [&raw, &features, &predictions, &dlq] {
         create_topic(t, 1).await;
     }
@@ -167,32 +249,60 @@ async fn nats_and_redis_restarts_are_survived_without_restarting_ingest() {
         "ingest",
         &[
             ("AIFAB_NATS_URL", format!("nats://127.0.0.1:{}", nats.port)),
-            ("AIFAB_REDIS_URL", format!("redis://127.0.0.1:{}", redis.port)),
+            (
+                "AIFAB_REDIS_URL",
+                format!("redis://127.0.0.1:{}", redis.port),
+            ),
             ("AIFAB_RAW_TOPIC", raw.clone()),
             ("AIFAB_FEATURES_TOPIC", features.clone()),
             ("AIFAB_PREDICTIONS_TOPIC", predictions.clone()),
             ("AIFAB_DLQ_TOPIC", dlq.clone()),
             ("AIFAB_REDIS_PREFIX", id.clone()),
             ("AIFAB_INGEST_GROUP", format!("{id}.ingest")),
-            ("AIFAB_INGEST_PREDICTIONS_GROUP", format!("{id}.ingest-predictions")),
-            ("AIFAB_API_KEYS_FILE", dir.path().join("keys.json").display().to_string()),
+            (
+                "AIFAB_INGEST_PREDICTIONS_GROUP",
+                format!("{id}.ingest-predictions"),
+            ),
+            (
+                "AIFAB_API_KEYS_FILE",
+                dir.path().join("keys.json").display().to_string(),
+            ),
         ],
     );
     wait_ready(&addr, "ingest").await;
-    let r = post(&addr, "key-ok", r#"{"id":"before","text":"before the restarts"}"#).await;
+    let r = post(
+        &addr,
+        "key-ok",
+        r#"{"id":"before","text":"before the restarts"}"#,
+    )
+    .await;
     assert_eq!(r.status, 202, "{}", r.body);
 
     // NATS goes away: ingest reports it and keeps running; back: ready again.
     nats.stop().await;
-    wait_readyz(&addr, 503, r#""nats":{"ok":false"#, "ingest to report NATS down").await;
+    wait_readyz(
+        &addr,
+        503,
+        r#""nats":{"ok":false"#,
+        "ingest to report NATS down",
+    )
+    .await;
     still_running(&mut ingest, "ingest while NATS is down");
     nats.start().await;
-    wait_readyz(&addr, 200, r#""nats":{"ok":true"#, "ingest ready after NATS came back").await;
+    wait_readyz(
+        &addr,
+        200,
+        r#""nats":{"ok":true"#,
+        "ingest ready after NATS came back",
+    )
+    .await;
 
     // A budget event published on the restarted NATS is enforced (the subscription came
     // back with the connection). Published until it takes effect: the resubscription may
     // land just after a publish.
-    let client = async_nats::connect(format!("nats://127.0.0.1:{}", nats.port)).await.unwrap();
+    let client = async_nats::connect(format!("nats://127.0.0.1:{}", nats.port))
+        .await
+        .unwrap();
     let event = BudgetEvent {
         schema: tag(),
         kind: BudgetEventKind::Exceeded,
@@ -204,16 +314,26 @@ async fn nats_and_redis_restarts_are_survived_without_restarting_ingest() {
         currency: "USD".into(),
         at_ms: aifab_core::now_ms(),
     };
-    let refused = eventually(Duration::from_secs(30), "the budget event to be enforced after NATS came back", || {
-        let (client, event, addr) = (client.clone(), event.clone(), addr.clone());
-        async move {
-            client.publish(aifab_core::topics::subjects::BUDGET_EXCEEDED, encode(&event).into()).await.ok()?;
-            client.flush().await.ok()?;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let r = post(&addr, "key-over", r#"{"text":"over budget"}"#).await;
-            (r.status == 429).then_some(r)
-        }
-    })
+    let refused = eventually(
+        Duration::from_secs(30),
+        "the budget event to be enforced after NATS came back",
+        || {
+            let (client, event, addr) = (client.clone(), event.clone(), addr.clone());
+            async move {
+                client
+                    .publish(
+                        aifab_core::topics::subjects::BUDGET_EXCEEDED,
+                        encode(&event).into(),
+                    )
+                    .await
+                    .ok()?;
+                client.flush().await.ok()?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let r = post(&addr, "key-over", r#"{"text":"over budget"}"#).await;
+                (r.status == 429).then_some(r)
+            }
+        },
+    )
     .await;
     assert!(refused.body.contains("budget_exceeded"), "{}", refused.body);
 
@@ -221,27 +341,59 @@ async fn nats_and_redis_restarts_are_survived_without_restarting_ingest() {
     // data): ready again, an id stored before the restart is still a duplicate, and a new
     // id is stored and checked.
     redis.stop().await;
-    wait_readyz(&addr, 503, r#""redis":{"ok":false"#, "ingest to report Redis down").await;
+    wait_readyz(
+        &addr,
+        503,
+        r#""redis":{"ok":false"#,
+        "ingest to report Redis down",
+    )
+    .await;
     still_running(&mut ingest, "ingest while Redis is down");
     redis.start().await;
-    wait_readyz(&addr, 200, r#""redis":{"ok":true"#, "ingest ready after Redis came back").await;
+    wait_readyz(
+        &addr,
+        200,
+        r#""redis":{"ok":true"#,
+        "ingest ready after Redis came back",
+    )
+    .await;
     let r = post(&addr, "key-ok", r#"{"id":"before","text":"again"}"#).await;
     assert_eq!(r.status, 409, "an id stored before the restart: {}", r.body);
     assert!(r.body.contains("duplicate_id"), "{}", r.body);
-    let r = post(&addr, "key-ok", r#"{"id":"after","text":"after the restarts"}"#).await;
+    let r = post(
+        &addr,
+        "key-ok",
+        r#"{"id":"after","text":"after the restarts"}"#,
+    )
+    .await;
     assert_eq!(r.status, 202, "{}", r.body);
-    let r = post(&addr, "key-ok", r#"{"id":"after","text":"after the restarts"}"#).await;
-    assert_eq!(r.status, 409, "the new id was stored in the restarted Redis: {}", r.body);
+    let r = post(
+        &addr,
+        "key-ok",
+        r#"{"id":"after","text":"after the restarts"}"#,
+    )
+    .await;
+    assert_eq!(
+        r.status, 409,
+        "the new id was stored in the restarted Redis: {}",
+        r.body
+    );
     still_running(&mut ingest, "ingest after both restarts");
 
     // Both accepted texts reached the next topic once each.
     let mut out = TopicReader::new(&features);
-    out.read_until(Duration::from_secs(30), "2 accepted records", |r| r.len() >= 2).await;
+    out.read_until(Duration::from_secs(30), "2 accepted records", |r| {
+        r.len() >= 2
+    })
+    .await;
     out.read_to_end(Duration::from_secs(30)).await;
     assert_eq!(out.records.len(), 2, "accepted records on {features}");
 
     sigterm(&ingest);
-    let status = tokio::time::timeout(Duration::from_secs(30), ingest.wait()).await.expect("exits").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), ingest.wait())
+        .await
+        .expect("exits")
+        .unwrap();
     assert!(status.success(), "SIGTERM exit: {status}");
     for t in [&raw, &features, &predictions, &dlq] {
         delete_topic(t).await;
@@ -262,8 +414,14 @@ async fn poison_requests_go_to_the_dlq_and_do_not_block_the_partition() {
     far.deadline_ms = Some(u64::MAX);
     far.received_at_ms = i64::MIN;
     let poison: Vec<(&str, Vec<u8>)> = vec![
-        ("not_json", b"{\"schema\":\"inference.request/v1\", not json".to_vec()),
-        ("wrong_schema", br#"{"schema":"prediction/v1","id":"x"}"#.to_vec()),
+        (
+            "not_json",
+            b"{\"schema\":\"inference.request/v1\", not json".to_vec(),
+        ),
+        (
+            "wrong_schema",
+            br#"{"schema":"prediction/v1","id":"x"}"#.to_vec(),
+        ),
         ("wrong_task", encode(&request("another-task", &prefix, 999))),
     ];
     let mut records: Vec<(Option<String>, Vec<u8>, Vec<(String, String)>)> = Vec::new();
@@ -276,20 +434,46 @@ async fn poison_requests_go_to_the_dlq_and_do_not_block_the_partition() {
     let offsets = produce_raw(&run.topic, &records).await;
 
     let (mut worker, _) = run.start("poison-a", 8, &[]);
-    assert!(reader.read_until(&prefix, 41, Duration::from_secs(120)), "only {} of 41 predicted", reader.counts().len());
+    assert!(
+        reader.read_until(&prefix, 41, Duration::from_secs(120)),
+        "only {} of 41 predicted",
+        reader.counts().len()
+    );
     run.drained().await;
     assert!(reader.read_to_end(&prefix, Duration::from_secs(60)));
-    let d = delivery((0..=40).map(|i| format!("{prefix}-{i}")).collect::<Vec<_>>().iter().map(String::as_str), &reader.counts());
-    assert_eq!(d, Delivery { requests: 41, lost: 0, duplicated: 0 });
-    assert!(reader.seen.iter().all(|p| p.outcome == Outcome::Ok), "all computed");
+    let d = delivery(
+        (0..=40)
+            .map(|i| format!("{prefix}-{i}"))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str),
+        &reader.counts(),
+    );
+    assert_eq!(
+        d,
+        Delivery {
+            requests: 41,
+            lost: 0,
+            duplicated: 0
+        }
+    );
+    assert!(
+        reader.seen.iter().all(|p| p.outcome == Outcome::Ok),
+        "all computed"
+    );
 
-    let mut dead = dead_letters_from(dlq_from, &run.topic, poison.len(), Duration::from_secs(60)).await;
+    let mut dead =
+        dead_letters_from(dlq_from, &run.topic, poison.len(), Duration::from_secs(60)).await;
     dead.sort_by_key(|dl| dl.source.as_ref().unwrap().offset);
     for ((kind, bytes), (dl, (_, offset))) in poison.iter().zip(dead.iter().zip(&offsets[20..23])) {
         assert_eq!(dl.error_kind, *kind, "{dl:?}");
         assert_eq!(dl.stage, "inference-worker");
         assert_eq!(dl.source.as_ref().unwrap().offset, *offset);
-        assert_eq!(base64_decode(&dl.original_base64), *bytes, "original bytes kept");
+        assert_eq!(
+            base64_decode(&dl.original_base64),
+            *bytes,
+            "original bytes kept"
+        );
         assert!(!dl.reason.is_empty());
     }
     still_running(&mut worker, "the worker after the poison requests");

@@ -16,7 +16,10 @@ async fn read_until(reader: &mut PredictionReader, prefix: &str, distinct: usize
 }
 
 async fn read_to_end(reader: &mut PredictionReader, prefix: &str) {
-    assert!(reader.read_to_end(prefix, Duration::from_secs(90)), "predictions topic never settled");
+    assert!(
+        reader.read_to_end(prefix, Duration::from_secs(90)),
+        "predictions topic never settled"
+    );
 }
 
 /// The `load-tests/chaos` scenario (the same code, `kill_chaos`): 20,000 requests, the
@@ -36,19 +39,41 @@ async fn every_request_gets_exactly_one_prediction_through_sigkills() {
         timeout: Duration::from_secs(180),
     };
     let report = kill_chaos(&run, &plan).await;
-    eprintln!("{} kills, {:?}, {:.1}s", report.kills, report.delivery, report.elapsed.as_secs_f64());
+    eprintln!(
+        "{} kills, {:?}, {:.1}s",
+        report.kills,
+        report.delivery,
+        report.elapsed.as_secs_f64()
+    );
     assert!(report.completed, "every wait finished in time");
     assert_eq!(report.kills, 5);
-    assert_eq!(report.delivery, Delivery { requests: n, lost: 0, duplicated: 0 });
+    assert_eq!(
+        report.delivery,
+        Delivery {
+            requests: n,
+            lost: 0,
+            duplicated: 0
+        }
+    );
     assert_eq!(report.predictions.len(), n, "committed predictions");
-    assert!(report.predictions.iter().all(|p| p.outcome == Outcome::Ok && p.model_version == "v1"));
-    let workers: BTreeSet<_> = report.predictions.iter().map(|p| p.worker.as_str()).collect();
+    assert!(report
+        .predictions
+        .iter()
+        .all(|p| p.outcome == Outcome::Ok && p.model_version == "v1"));
+    let workers: BTreeSet<_> = report
+        .predictions
+        .iter()
+        .map(|p| p.worker.as_str())
+        .collect();
     assert_eq!(workers, BTreeSet::from(["eos-a", "eos-b"]));
 
     // Graceful stop: SIGTERM exits 0.
     let mut second = report.last;
     sigterm(&second);
-    let status = tokio::time::timeout(Duration::from_secs(30), second.wait()).await.expect("exits").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), second.wait())
+        .await
+        .expect("exits")
+        .unwrap();
     assert!(status.success(), "SIGTERM exit: {status}");
     delete_topic(&run.topic).await;
 }
@@ -74,7 +99,12 @@ async fn hot_swap_under_load_never_mixes_versions_in_a_batch() {
         metrics: Default::default(),
         at_ms: aifab_core::now_ms(),
     };
-    nats.publish(aifab_core::topics::subjects::MODEL_PUBLISHED, encode(&event).into()).await.unwrap();
+    nats.publish(
+        aifab_core::topics::subjects::MODEL_PUBLISHED,
+        encode(&event).into(),
+    )
+    .await
+    .unwrap();
     nats.flush().await.unwrap();
     produce_requests(&run.topic, &run.task, &prefix, n / 2..n).await;
     read_until(&mut reader, &prefix, n).await;
@@ -84,21 +114,53 @@ async fn hot_swap_under_load_never_mixes_versions_in_a_batch() {
     let counts = reader.counts();
     assert_eq!(counts.len(), n);
     assert!(counts.values().all(|c| *c == 1));
-    assert!(reader.seen.iter().all(|p| p.outcome == Outcome::Ok), "no errors during the swap");
+    assert!(
+        reader.seen.iter().all(|p| p.outcome == Outcome::Ok),
+        "no errors during the swap"
+    );
     let mut by_batch: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for p in &reader.seen {
-        by_batch.entry(p.batch_id.as_deref().unwrap()).or_default().insert(p.model_version.as_str());
-        let labels = if p.model_version == "v1" { V1_LABELS } else { V2_LABELS };
-        assert!(labels.contains(&p.label.as_deref().unwrap()), "label of {} from its own version", p.id);
+        by_batch
+            .entry(p.batch_id.as_deref().unwrap())
+            .or_default()
+            .insert(p.model_version.as_str());
+        let labels = if p.model_version == "v1" {
+            V1_LABELS
+        } else {
+            V2_LABELS
+        };
+        assert!(
+            labels.contains(&p.label.as_deref().unwrap()),
+            "label of {} from its own version",
+            p.id
+        );
         assert_eq!(p.scores.len(), labels.len());
     }
     let mixed: Vec<_> = by_batch.iter().filter(|(_, v)| v.len() > 1).collect();
     assert!(mixed.is_empty(), "mixed-version batches: {mixed:?}");
-    let versions: BTreeSet<_> = reader.seen.iter().map(|p| p.model_version.as_str()).collect();
-    assert_eq!(versions, BTreeSet::from(["v1", "v2"]), "both versions served");
+    let versions: BTreeSet<_> = reader
+        .seen
+        .iter()
+        .map(|p| p.model_version.as_str())
+        .collect();
+    assert_eq!(
+        versions,
+        BTreeSet::from(["v1", "v2"]),
+        "both versions served"
+    );
     // Once v2 served, v1 never did again.
-    let first_v2 = reader.seen.iter().filter(|p| p.model_version == "v2").map(|p| p.produced_at_ms).min().unwrap();
-    let late_v1 = reader.seen.iter().filter(|p| p.model_version == "v1" && p.produced_at_ms > first_v2).count();
+    let first_v2 = reader
+        .seen
+        .iter()
+        .filter(|p| p.model_version == "v2")
+        .map(|p| p.produced_at_ms)
+        .min()
+        .unwrap();
+    let late_v1 = reader
+        .seen
+        .iter()
+        .filter(|p| p.model_version == "v1" && p.produced_at_ms > first_v2)
+        .count();
     assert_eq!(late_v1, 0, "v1 predictions after the switch");
     sigkill(&mut worker);
     delete_topic(&run.topic).await;
@@ -108,27 +170,48 @@ async fn hot_swap_under_load_never_mixes_versions_in_a_batch() {
 async fn a_worker_whose_model_fails_to_load_is_not_ready_and_consumes_nothing() {
     let run = WorkerRun::new(1).await;
     produce_requests(&run.topic, &run.task, &unique("idle"), 0..10).await;
-    let (worker, addr) = run.start("broken", 8, &[("AIFAB_HEAD_DIR", "/nonexistent/head".into())]);
-    let body = eventually(Duration::from_secs(60), "/readyz 503 naming the model", || {
-        let addr = addr.clone();
-        async move {
-            match http_get(&addr, "/readyz").await {
-                Ok((503, b)) if b.contains("\"model\":{\"ok\":false") && b.contains("kafka\":{\"ok\":true") => Some(b),
-                _ => None,
+    let (worker, addr) = run.start(
+        "broken",
+        8,
+        &[("AIFAB_HEAD_DIR", "/nonexistent/head".into())],
+    );
+    let body = eventually(
+        Duration::from_secs(60),
+        "/readyz 503 naming the model",
+        || {
+            let addr = addr.clone();
+            async move {
+                match http_get(&addr, "/readyz").await {
+                    Ok((503, b))
+                        if b.contains("\"model\":{\"ok\":false")
+                            && b.contains("kafka\":{\"ok\":true") =>
+                    {
+                        Some(b)
+                    }
+                    _ => None,
+                }
             }
-        }
-    })
+        },
+    )
     .await;
-    assert!(body.contains("/nonexistent/head"), "the reason names the path: {body}");
+    assert!(
+        body.contains("/nonexistent/head"),
+        "the reason names the path: {body}"
+    );
     // It never joined the group, so nothing was committed.
     let (brokers, group, topic) = (kafka_brokers(), run.group.clone(), run.topic.clone());
     let offs = tokio::task::spawn_blocking(move || {
-        let c = consumer_config(&brokers, "aifab-tests", &group).create().unwrap();
+        let c = consumer_config(&brokers, "aifab-tests", &group)
+            .create()
+            .unwrap();
         group_offsets(&c, &topic, Duration::from_secs(10)).unwrap()
     })
     .await
     .unwrap();
-    assert!(offs.iter().all(|p| p.committed.is_none() && p.lag == 10), "{offs:?}");
+    assert!(
+        offs.iter().all(|p| p.committed.is_none() && p.lag == 10),
+        "{offs:?}"
+    );
     drop(worker);
     delete_topic(&run.topic).await;
 }
@@ -145,5 +228,8 @@ async fn asking_for_a_missing_device_fails_at_start_up() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cuda:7") && stderr.to_lowercase().contains("cuda"), "clear error: {stderr}");
+    assert!(
+        stderr.contains("cuda:7") && stderr.to_lowercase().contains("cuda"),
+        "clear error: {stderr}"
+    );
 }

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aifab_core::kafka::{
-    commit_transaction, consumer_config, group_offsets, send_waiting, transactional_producer_config, LagProbe, PartitionOffsets,
+    commit_transaction, consumer_config, group_offsets, send_waiting,
+    transactional_producer_config, LagProbe, PartitionOffsets,
 };
 use aifab_core::messages::{decode, LagReading};
 use aifab_core::topics::subjects;
@@ -24,7 +25,9 @@ const PARTITIONS: i32 = 3;
 
 fn txn_producer() -> BaseProducer {
     let p: BaseProducer =
-        transactional_producer_config(&kafka_brokers(), "aifab-tests", &unique("lag-rest-txn")).create().expect("producer");
+        transactional_producer_config(&kafka_brokers(), "aifab-tests", &unique("lag-rest-txn"))
+            .create()
+            .expect("producer");
     p.init_transactions(T).expect("init_transactions");
     p
 }
@@ -35,7 +38,14 @@ fn produce_txn(p: &BaseProducer, topic: &str, partitions: &[i32], n: usize, comm
     for &partition in partitions {
         for i in 0..n {
             let key = format!("k{partition}-{i}");
-            send_waiting(p, BaseRecord::to(topic).partition(partition).key(key.as_bytes()).payload(&b"{}"[..])).unwrap();
+            send_waiting(
+                p,
+                BaseRecord::to(topic)
+                    .partition(partition)
+                    .key(key.as_bytes())
+                    .payload(&b"{}"[..]),
+            )
+            .unwrap();
         }
     }
     if commit {
@@ -50,13 +60,18 @@ fn produce_txn(p: &BaseProducer, topic: &str, partitions: &[i32], n: usize, comm
 /// What the services do: consume (`read_committed`) `expect` records in the group, then
 /// commit the offset after the last one of each partition in a transaction.
 fn consume_and_commit_in_txn(group: &str, topic: &str, expect: usize) {
-    let c: BaseConsumer = consumer_config(&kafka_brokers(), "aifab-tests", group).create().unwrap();
+    let c: BaseConsumer = consumer_config(&kafka_brokers(), "aifab-tests", group)
+        .create()
+        .unwrap();
     c.subscribe(&[topic]).unwrap();
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut got = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while got < expect {
-        assert!(Instant::now() < deadline, "consumed {got} of {expect} records");
+        assert!(
+            Instant::now() < deadline,
+            "consumed {got} of {expect} records"
+        );
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
             next.insert(m.partition(), m.offset() + 1);
             got += 1;
@@ -66,15 +81,23 @@ fn consume_and_commit_in_txn(group: &str, topic: &str, expect: usize) {
     p.begin_transaction().unwrap();
     let mut tpl = TopicPartitionList::new();
     for (partition, offset) in &next {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).unwrap();
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .unwrap();
     }
-    p.send_offsets_to_transaction(&tpl, &c.group_metadata().unwrap(), T).expect("send_offsets_to_transaction");
+    p.send_offsets_to_transaction(&tpl, &c.group_metadata().unwrap(), T)
+        .expect("send_offsets_to_transaction");
     commit_transaction(&p, T).expect("commit");
 }
 
 /// The group's offsets as read (lag from offsets alone), and settled by `probe`.
-fn offsets(probe: &mut LagProbe, group: &str, topic: &str) -> (Vec<PartitionOffsets>, Vec<PartitionOffsets>) {
-    let c: BaseConsumer = consumer_config(&kafka_brokers(), "aifab-tests", group).create().unwrap();
+fn offsets(
+    probe: &mut LagProbe,
+    group: &str,
+    topic: &str,
+) -> (Vec<PartitionOffsets>, Vec<PartitionOffsets>) {
+    let c: BaseConsumer = consumer_config(&kafka_brokers(), "aifab-tests", group)
+        .create()
+        .unwrap();
     let raw = group_offsets(&c, topic, T).expect("offsets");
     let mut settled = raw.clone();
     probe.settle(group, topic, &mut settled);
@@ -118,7 +141,11 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> 
 }
 
 /// The monitor's readings for the group until one satisfies `done`.
-async fn reading_where(sub: &mut async_nats::Subscriber, what: &str, done: impl Fn(&LagReading) -> bool) -> LagReading {
+async fn reading_where(
+    sub: &mut async_nats::Subscriber,
+    what: &str,
+    done: impl Fn(&LagReading) -> bool,
+) -> LagReading {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut last = None;
     loop {
@@ -157,13 +184,23 @@ async fn lag_is_zero_at_rest_behind_transaction_markers() {
     let (t, g) = (topic.clone(), group.clone());
     let (raw, settled, again) = blocking(move || {
         let mut probe = LagProbe::new(&kafka_brokers(), "aifab-tests-lag");
-        let (raw, settled) = offsets_when(&mut probe, &g, &t, |o| committed(o) == [Some(11); 3] && highs(o) == [12; 3]);
+        let (raw, settled) = offsets_when(&mut probe, &g, &t, |o| {
+            committed(o) == [Some(11); 3] && highs(o) == [12; 3]
+        });
         let (_, again) = offsets(&mut probe, &g, &t);
         (raw, settled, again)
     })
     .await;
-    assert!(raw.iter().all(|p| p.committed == Some(11) && p.high_watermark == 12), "{raw:?}");
-    assert_eq!(lags(&raw), vec![1, 1, 1], "offsets alone count each partition's commit marker");
+    assert!(
+        raw.iter()
+            .all(|p| p.committed == Some(11) && p.high_watermark == 12),
+        "{raw:?}"
+    );
+    assert_eq!(
+        lags(&raw),
+        vec![1, 1, 1],
+        "offsets alone count each partition's commit marker"
+    );
     assert_eq!(lags(&settled), vec![0, 0, 0], "nothing waits: {settled:?}");
     assert_eq!(lags(&again), vec![0, 0, 0], "the kept answer: {again:?}");
 
@@ -185,7 +222,12 @@ async fn lag_is_zero_at_rest_behind_transaction_markers() {
     );
     let r = reading_where(&mut lag_sub, "total lag 0", |r| r.total_lag == 0).await;
     assert_eq!(r.partitions.len(), PARTITIONS as usize);
-    assert!(r.partitions.iter().all(|p| p.committed == Some(11) && p.high_watermark == 12 && p.lag == 0), "{r:?}");
+    assert!(
+        r.partitions
+            .iter()
+            .all(|p| p.committed == Some(11) && p.high_watermark == 12 && p.lag == 0),
+        "{r:?}"
+    );
     // Its next readings stay at 0 (the answer is kept, not lost).
     for _ in 0..3 {
         let r = reading_where(&mut lag_sub, "any", |_| true).await;
@@ -201,7 +243,12 @@ async fn lag_is_zero_at_rest_behind_transaction_markers() {
         let p = txn_producer();
         produce_txn(&p, &t, &[0], 5, true);
         produce_txn(&p, &t, &[1], 4, false);
-        offsets_when(&mut LagProbe::new(&kafka_brokers(), "aifab-tests-lag"), &g, &t, |o| highs(o) == [18, 17, 12])
+        offsets_when(
+            &mut LagProbe::new(&kafka_brokers(), "aifab-tests-lag"),
+            &g,
+            &t,
+            |o| highs(o) == [18, 17, 12],
+        )
     })
     .await;
     assert_eq!(highs(&raw), vec![18, 17, 12], "{raw:?}");
@@ -211,23 +258,41 @@ async fn lag_is_zero_at_rest_behind_transaction_markers() {
         r.partitions[0].high_watermark == 18 && r.partitions[1].high_watermark == 17
     })
     .await;
-    let r = if r.total_lag == 6 { r } else { reading_where(&mut lag_sub, "total lag 6", |r| r.total_lag == 6).await };
-    assert_eq!(r.partitions.iter().map(|p| p.lag).collect::<Vec<_>>(), vec![6, 0, 0], "{r:?}");
+    let r = if r.total_lag == 6 {
+        r
+    } else {
+        reading_where(&mut lag_sub, "total lag 6", |r| r.total_lag == 6).await
+    };
+    assert_eq!(
+        r.partitions.iter().map(|p| p.lag).collect::<Vec<_>>(),
+        vec![6, 0, 0],
+        "{r:?}"
+    );
 
     // Consumed and committed again: back at rest, with the aborted records behind partition
     // 1's commit still counted as nothing.
     let (t, g) = (topic.clone(), group.clone());
     let (raw, settled) = blocking(move || {
         consume_and_commit_in_txn(&g, &t, 5);
-        offsets_when(&mut LagProbe::new(&kafka_brokers(), "aifab-tests-lag"), &g, &t, |o| committed(o)[0] == Some(17))
+        offsets_when(
+            &mut LagProbe::new(&kafka_brokers(), "aifab-tests-lag"),
+            &g,
+            &t,
+            |o| committed(o)[0] == Some(17),
+        )
     })
     .await;
-    assert_eq!(committed(&raw), vec![Some(17), Some(11), Some(11)], "{raw:?}");
+    assert_eq!(
+        committed(&raw),
+        vec![Some(17), Some(11), Some(11)],
+        "{raw:?}"
+    );
     assert_eq!(lags(&raw), vec![1, 6, 1]);
     assert_eq!(lags(&settled), vec![0, 0, 0], "{settled:?}");
-    let r =
-        reading_where(&mut lag_sub, "total lag 0 after the second commit", |r| r.total_lag == 0 && r.partitions[0].committed == Some(17))
-            .await;
+    let r = reading_where(&mut lag_sub, "total lag 0 after the second commit", |r| {
+        r.total_lag == 0 && r.partitions[0].committed == Some(17)
+    })
+    .await;
     assert!(r.partitions.iter().all(|p| p.lag == 0), "{r:?}");
 
     sigterm(&monitor);

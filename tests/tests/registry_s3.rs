@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aifab_core::artifacts::{ArtifactStore, S3Config};
-use aifab_core::messages::{decode, encode, tag, ModelEvent, ModelEventKind, TrainRequest, TrainingExample};
+use aifab_core::messages::{
+    decode, encode, tag, ModelEvent, ModelEventKind, TrainRequest, TrainingExample,
+};
 use aifab_core::topics::subjects;
 use aifab_inference_worker::model_slot::{ArtifactFetch, ModelSlot};
 use aifab_tests::*;
@@ -72,26 +74,43 @@ impl Moto {
         let addr = format!("127.0.0.1:{port}");
         let up = wait_for(Duration::from_secs(60), || {
             let addr = addr.clone();
-            async move { http_get(&addr, "/").await.ok().filter(|(code, _)| *code == 200).map(|_| ()) }
+            async move {
+                http_get(&addr, "/")
+                    .await
+                    .ok()
+                    .filter(|(code, _)| *code == 200)
+                    .map(|_| ())
+            }
         })
         .await;
         if up.is_none() {
             let log = std::fs::read_to_string(log_dir.path().join("moto.log")).unwrap_or_default();
             panic!("moto did not answer on {addr} within 60 s; its log:\n{log}");
         }
-        Moto { _child: child, endpoint: format!("http://{addr}"), addr, _log_dir: log_dir }
+        Moto {
+            _child: child,
+            endpoint: format!("http://{addr}"),
+            addr,
+            _log_dir: log_dir,
+        }
     }
 
     /// Create a bucket (moto accepts unsigned requests).
     async fn create_bucket(&self, bucket: &str) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
-        let req = format!("PUT /{bucket} HTTP/1.0\r\nHost: {}\r\nContent-Length: 0\r\n\r\n", self.addr);
+        let req = format!(
+            "PUT /{bucket} HTTP/1.0\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+            self.addr
+        );
         s.write_all(req.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.unwrap();
         let text = String::from_utf8_lossy(&buf);
-        assert!(text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"), "creating bucket {bucket}: {text}");
+        assert!(
+            text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+            "creating bucket {bucket}: {text}"
+        );
     }
 
     fn s3(&self) -> S3Config {
@@ -128,7 +147,10 @@ fn example(i: usize) -> Example {
         FILLER[(i / 3) % FILLER.len()],
         words[(i / 5) % words.len()]
     );
-    Example { text, label: if positive { "pos" } else { "neg" }.into() }
+    Example {
+        text,
+        label: if positive { "pos" } else { "neg" }.into(),
+    }
 }
 
 fn bucket_name() -> String {
@@ -148,7 +170,15 @@ async fn trainer_writes_to_s3_and_the_worker_loads_from_it() {
     let (train, eval) = split(&examples, 0.2, 42);
     let model_dir = models.model_dir.clone();
     let (trainer, out) = tokio::task::spawn_blocking(move || {
-        let mut t = Trainer::load(&model_dir, 32, TrainConfig { max_epochs: 30, ..TrainConfig::default() }).unwrap();
+        let mut t = Trainer::load(
+            &model_dir,
+            32,
+            TrainConfig {
+                max_epochs: 30,
+                ..TrainConfig::default()
+            },
+        )
+        .unwrap();
         let out = t.run(&train, &eval, |_| {}).unwrap();
         (t, out)
     })
@@ -163,37 +193,72 @@ async fn trainer_writes_to_s3_and_the_worker_loads_from_it() {
     let uri = location.uri();
     assert_eq!(uri, format!("s3://{bucket}/registry/sentiment/v1"));
     for (name, bytes) in &files {
-        assert_eq!(&store.get(&format!("{task}/v1/{name}")).await.unwrap(), bytes, "{name} in the bucket");
+        assert_eq!(
+            &store.get(&format!("{task}/v1/{name}")).await.unwrap(),
+            bytes,
+            "{name} in the bucket"
+        );
     }
 
     // The worker's loading path: download into the cache, load, serve that exact head.
     let cache = tempfile::tempdir().unwrap();
-    let encoder = Arc::new(aifab_model::Encoder::load(&models.model_dir, &aifab_model::Device::Cpu).unwrap());
+    let encoder =
+        Arc::new(aifab_model::Encoder::load(&models.model_dir, &aifab_model::Device::Cpu).unwrap());
     let readiness = aifab_core::health::Readiness::new("test");
-    let fetch = ArtifactFetch { cache_dir: cache.path().to_path_buf(), s3: moto.s3() };
-    let slot = Arc::new(ModelSlot::with_fetch(encoder, readiness.clone(), fetch.clone()));
+    let fetch = ArtifactFetch {
+        cache_dir: cache.path().to_path_buf(),
+        s3: moto.s3(),
+    };
+    let slot = Arc::new(ModelSlot::with_fetch(
+        encoder,
+        readiness.clone(),
+        fetch.clone(),
+    ));
     slot.load_uri(&uri, "v1").await.unwrap();
     let current = slot.current().expect("a model is loaded");
     assert_eq!(current.version, "v1");
-    assert_eq!(current.head, out.head, "the worker serves exactly the trained head");
+    assert_eq!(
+        current.head, out.head,
+        "the worker serves exactly the trained head"
+    );
     assert!(readiness.is_ok("model"));
-    let cached = cache.path().join("s3").join(&bucket).join("registry/sentiment/v1");
+    let cached = cache
+        .path()
+        .join("s3")
+        .join(&bucket)
+        .join("registry/sentiment/v1");
     assert!(cached.join("head.safetensors").is_file() && cached.join("labels.json").is_file());
 
     // Missing versions and buckets: errors name the URI and what the store said.
     let missing = format!("s3://{bucket}/registry/sentiment/v9");
     let err = format!("{:#}", slot.load_uri(&missing, "v9").await.unwrap_err());
-    assert!(err.contains(&format!("{missing}/head.safetensors")) && err.contains("does not exist"), "{err}");
-    assert_eq!(slot.current().unwrap().version, "v1", "a failed load keeps the current model");
+    assert!(
+        err.contains(&format!("{missing}/head.safetensors")) && err.contains("does not exist"),
+        "{err}"
+    );
+    assert_eq!(
+        slot.current().unwrap().version,
+        "v1",
+        "a failed load keeps the current model"
+    );
     let nobucket = format!("s3://{}/registry/sentiment/v1", bucket_name());
     let err = format!("{:#}", fetch.head_dir(&nobucket).await.unwrap_err());
-    assert!(err.contains(&nobucket) && err.contains("the store said"), "{err}");
-    let err = ArtifactStore::open(&format!("s3://{}", bucket_name()), &moto.s3()).unwrap().probe().await.unwrap_err();
+    assert!(
+        err.contains(&nobucket) && err.contains("the store said"),
+        "{err}"
+    );
+    let err = ArtifactStore::open(&format!("s3://{}", bucket_name()), &moto.s3())
+        .unwrap()
+        .probe()
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("listing failed"), "{err}");
 }
 
 async fn produce_examples(topic: &str, task: &str, n: usize) {
-    let p: FutureProducer = aifab_core::kafka::producer_config(&kafka_brokers(), "aifab-tests").create().unwrap();
+    let p: FutureProducer = aifab_core::kafka::producer_config(&kafka_brokers(), "aifab-tests")
+        .create()
+        .unwrap();
     for i in 0..n {
         let e = example(i);
         let ex = TrainingExample {
@@ -205,10 +270,13 @@ async fn produce_examples(topic: &str, task: &str, n: usize) {
             label: e.label,
             received_at_ms: aifab_core::now_ms(),
         };
-        p.send(FutureRecord::to(topic).key(&ex.id).payload(&encode(&ex)), Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
+        p.send(
+            FutureRecord::to(topic).key(&ex.id).payload(&encode(&ex)),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
     }
 }
 
@@ -240,8 +308,14 @@ async fn trainer_and_worker_services_share_an_s3_registry() {
         .await
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the trainer started with a missing bucket");
-    assert!(stderr.contains(&missing_bucket) && stderr.contains("listing failed"), "{stderr}");
+    assert!(
+        !out.status.success(),
+        "the trainer started with a missing bucket"
+    );
+    assert!(
+        stderr.contains(&missing_bucket) && stderr.contains("listing failed"),
+        "{stderr}"
+    );
 
     let store_uri = format!("s3://{bucket}/registry");
     let trainer_addr = format!("127.0.0.1:{}", free_port());
@@ -259,16 +333,27 @@ async fn trainer_and_worker_services_share_an_s3_registry() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    eventually(Duration::from_secs(60), "the trainer window to fill", || {
-        let (addr, task) = (trainer_addr.clone(), task.clone());
-        async move {
-            let (_, body) = http_get(&addr, "/v1/window").await.ok()?;
-            body.contains(&format!("\"{task}\":100")).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the trainer window to fill",
+        || {
+            let (addr, task) = (trainer_addr.clone(), task.clone());
+            async move {
+                let (_, body) = http_get(&addr, "/v1/window").await.ok()?;
+                body.contains(&format!("\"{task}\":100")).then_some(())
+            }
+        },
+    )
     .await;
-    let ask = TrainRequest { schema: tag(), task: task.clone(), requested_by: Some("test".into()), at_ms: aifab_core::now_ms() };
-    nats.publish(subjects::TRAIN_REQUEST, encode(&ask).into()).await.unwrap();
+    let ask = TrainRequest {
+        schema: tag(),
+        task: task.clone(),
+        requested_by: Some("test".into()),
+        at_ms: aifab_core::now_ms(),
+    };
+    nats.publish(subjects::TRAIN_REQUEST, encode(&ask).into())
+        .await
+        .unwrap();
     let promoted = tokio::time::timeout(Duration::from_secs(180), async {
         loop {
             let msg = events.next().await.expect("NATS subscription open");
@@ -281,10 +366,18 @@ async fn trainer_and_worker_services_share_an_s3_registry() {
     .await
     .expect("the trained model is promoted in time");
     let uri = format!("{store_uri}/{task}/{}", promoted.version);
-    assert_eq!(promoted.artifact_uri, uri, "the registry names the version's place in the bucket");
+    assert_eq!(
+        promoted.artifact_uri, uri,
+        "the registry names the version's place in the bucket"
+    );
     let store = ArtifactStore::open(&store_uri, &moto.s3()).unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&store.get(&format!("{task}/{}/manifest.json", promoted.version)).await.unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &store
+            .get(&format!("{task}/{}/manifest.json", promoted.version))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(manifest["version"], promoted.version.as_str());
 
     // A worker with no head downloads the production version from the bucket.
@@ -305,16 +398,29 @@ async fn trainer_and_worker_services_share_an_s3_registry() {
         .spawn()
         .unwrap();
     let version = promoted.version.clone();
-    eventually(Duration::from_secs(60), "the worker to load the production version from S3", || {
-        let (addr, version) = (worker_addr.clone(), version.clone());
-        async move {
-            let (code, body) = http_get(&addr, "/readyz").await.ok()?;
-            (code == 200 && body.contains(&format!("version {version}"))).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the worker to load the production version from S3",
+        || {
+            let (addr, version) = (worker_addr.clone(), version.clone());
+            async move {
+                let (code, body) = http_get(&addr, "/readyz").await.ok()?;
+                (code == 200 && body.contains(&format!("version {version}"))).then_some(())
+            }
+        },
+    )
     .await;
-    let cached = cache.path().join("s3").join(&bucket).join("registry").join(&task).join(&promoted.version);
-    assert!(cached.join("head.safetensors").is_file(), "downloaded into the worker's cache");
+    let cached = cache
+        .path()
+        .join("s3")
+        .join(&bucket)
+        .join("registry")
+        .join(&task)
+        .join(&promoted.version);
+    assert!(
+        cached.join("head.safetensors").is_file(),
+        "downloaded into the worker's cache"
+    );
     delete_topic(&examples_topic).await;
     delete_topic(&requests_topic).await;
 }

@@ -26,14 +26,23 @@ fn record(task: &str, version: &str, dir: &std::path::Path, labels: &[&str]) -> 
 
 /// Produce `n` requests and read until each has a served prediction (and, when
 /// `shadow`, a shadow one); returns the predictions by arm.
-async fn run_round(topic: &str, task: &str, n: usize, shadow: bool) -> BTreeMap<String, Vec<aifab_core::messages::Prediction>> {
+async fn run_round(
+    topic: &str,
+    task: &str,
+    n: usize,
+    shadow: bool,
+) -> BTreeMap<String, Vec<aifab_core::messages::Prediction>> {
     let prefix = unique("r");
     let mut reader = PredictionReader::new();
     produce_requests(topic, task, &prefix, 0..n).await;
     let want = if shadow { 2 * n } else { n };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while reader.seen.len() < want {
-        assert!(tokio::time::Instant::now() < deadline, "{} of {want} predictions", reader.seen.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {want} predictions",
+            reader.seen.len()
+        );
         reader.read(&prefix, Duration::from_millis(300));
     }
     let mut by_arm: BTreeMap<String, Vec<_>> = BTreeMap::new();
@@ -49,13 +58,26 @@ async fn canary_share_and_shadow_are_served_as_configured() {
     let task = unique("task").replace('.', "-");
     let topic = unique("requests");
     create_topic(&topic, 2).await;
-    let conn = redis::Client::open(redis_url()).unwrap().get_connection_manager().await.unwrap();
+    let conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
     let mut registry = Registry::new(conn);
-    registry.put(&record(&task, "v1", &models.head_v1, V1_LABELS)).await.unwrap();
-    registry.put(&record(&task, "v2", &models.head_v2, V2_LABELS)).await.unwrap();
+    registry
+        .put(&record(&task, "v1", &models.head_v1, V1_LABELS))
+        .await
+        .unwrap();
+    registry
+        .put(&record(&task, "v2", &models.head_v2, V2_LABELS))
+        .await
+        .unwrap();
     registry.set_production(&task, "v1").await.unwrap();
     registry.set_candidate(&task, "v2").await.unwrap();
-    registry.set_rollout(&task, Rollout::Canary { share: 0.3 }).await.unwrap();
+    registry
+        .set_rollout(&task, Rollout::Canary { share: 0.3 })
+        .await
+        .unwrap();
 
     let addr = format!("127.0.0.1:{}", free_port());
     let _worker = Command::new(bin_path("aifab-inference-worker"))
@@ -87,10 +109,17 @@ async fn canary_share_and_shadow_are_served_as_configured() {
         }
         canary_seen = true;
         assert!(by_arm.get("Shadow").is_none());
-        assert!(by_arm["Production"].iter().all(|p| p.model_version == "v1" && p.arm == Arm::Production));
-        assert!(by_arm["Canary"].iter().all(|p| p.model_version == "v2" && V2_LABELS.contains(&p.label.as_deref().unwrap())));
+        assert!(by_arm["Production"]
+            .iter()
+            .all(|p| p.model_version == "v1" && p.arm == Arm::Production));
+        assert!(by_arm["Canary"]
+            .iter()
+            .all(|p| p.model_version == "v2" && V2_LABELS.contains(&p.label.as_deref().unwrap())));
         let share = canary as f64 / 400.0;
-        assert!((0.2..0.4).contains(&share), "canary share {share} for a configured 0.3");
+        assert!(
+            (0.2..0.4).contains(&share),
+            "canary share {share} for a configured 0.3"
+        );
         break;
     }
     assert!(canary_seen, "the canary never took traffic");
@@ -102,7 +131,11 @@ async fn canary_share_and_shadow_are_served_as_configured() {
         let round = run_round_with_timeout(&topic, &task).await;
         // A round that straddles the switch has canary predictions: try the next one.
         if let Some(by_arm) = round.filter(|m| !m.contains_key("Canary")) {
-            assert_eq!(by_arm["Production"].len(), 100, "every request served by production");
+            assert_eq!(
+                by_arm["Production"].len(),
+                100,
+                "every request served by production"
+            );
             assert_eq!(by_arm["Shadow"].len(), 100, "and shadowed by the candidate");
             assert!(by_arm["Shadow"].iter().all(|p| p.model_version == "v2"));
             assert!(by_arm.get("Canary").is_none());
@@ -115,7 +148,10 @@ async fn canary_share_and_shadow_are_served_as_configured() {
 }
 
 /// One round of 100 requests in shadow mode; `None` if the worker had not switched yet.
-async fn run_round_with_timeout(topic: &str, task: &str) -> Option<BTreeMap<String, Vec<aifab_core::messages::Prediction>>> {
+async fn run_round_with_timeout(
+    topic: &str,
+    task: &str,
+) -> Option<BTreeMap<String, Vec<aifab_core::messages::Prediction>>> {
     let prefix = unique("s");
     let mut reader = PredictionReader::new();
     produce_requests(topic, task, &prefix, 0..100).await;

@@ -39,7 +39,9 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message};
 
@@ -60,7 +62,11 @@ struct Args {
     model_dir: Option<PathBuf>,
     #[arg(long, env = "AIFAB_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     brokers: String,
-    #[arg(long, env = "AIFAB_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "AIFAB_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     redis_url: String,
     /// Directory of the aifab-ingest / aifab-feature binaries (default: next to this one).
     #[arg(long)]
@@ -74,16 +80,19 @@ struct Args {
 }
 
 const WORDS: &[&str] = &[
-    "the", "a", "free", "call", "now", "you", "have", "won", "prize", "claim", "your", "text", "reply", "stop",
-    "meeting", "tomorrow", "lunch", "at", "noon", "see", "soon", "love", "home", "late", "tonight", "ok", "sure",
-    "thanks", "mobile", "offer", "cash", "week", "urgent", "account", "please", "send", "number", "when", "are",
-    "we", "going", "movie", "great", "day", "sorry", "missed", "message", "back", "later", "good", "morning",
-    "network", "customer", "service", "delivery", "order", "today", "friday", "weekend", "plans", "dinner",
+    "the", "a", "free", "call", "now", "you", "have", "won", "prize", "claim", "your", "text",
+    "reply", "stop", "meeting", "tomorrow", "lunch", "at", "noon", "see", "soon", "love", "home",
+    "late", "tonight", "ok", "sure", "thanks", "mobile", "offer", "cash", "week", "urgent",
+    "account", "please", "send", "number", "when", "are", "we", "going", "movie", "great", "day",
+    "sorry", "missed", "message", "back", "later", "good", "morning", "network", "customer",
+    "service", "delivery", "order", "today", "friday", "weekend", "plans", "dinner",
 ];
 
 /// A deterministic 30-word text per index.
 fn text(i: usize, words: usize) -> String {
-    let mut x = (i as u64).wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    let mut x = (i as u64)
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
     let mut out = Vec::with_capacity(words);
     for _ in 0..words {
         x ^= x >> 33;
@@ -112,14 +121,37 @@ struct CopyHop {
 
 impl aifab_core::pipeline::Transform for CopyHop {
     type Done = ();
-    async fn transform(&mut self, batch: &[aifab_core::pipeline::Consumed]) -> anyhow::Result<(Vec<aifab_core::pipeline::Record>, ())> {
-        Ok((batch.iter().map(|m| aifab_core::pipeline::Record::new(&self.to, m.key.clone().unwrap_or_default(), m.payload.clone())).collect(), ()))
+    async fn transform(
+        &mut self,
+        batch: &[aifab_core::pipeline::Consumed],
+    ) -> anyhow::Result<(Vec<aifab_core::pipeline::Record>, ())> {
+        Ok((
+            batch
+                .iter()
+                .map(|m| {
+                    aifab_core::pipeline::Record::new(
+                        &self.to,
+                        m.key.clone().unwrap_or_default(),
+                        m.payload.clone(),
+                    )
+                })
+                .collect(),
+            (),
+        ))
     }
 }
 
 /// Run the relay raw → mid → out until the out hop's group has committed all of mid;
 /// returns the CPU seconds this process spent from the first committed offset on.
-async fn relay(brokers: &str, run: &str, raw: &str, mid: &str, out: &str, n: usize, timeout: Duration) -> anyhow::Result<f64> {
+async fn relay(
+    brokers: &str,
+    run: &str,
+    raw: &str,
+    mid: &str,
+    out: &str,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<f64> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut loops = Vec::new();
     for (hop, from, to) in [("first", raw, mid), ("second", mid, out)] {
@@ -134,8 +166,14 @@ async fn relay(brokers: &str, run: &str, raw: &str, mid: &str, out: &str, n: usi
             max_wait: Duration::from_millis(20),
             heartbeat: Default::default(),
         };
-        let (stage, handle, cancel) = (CopyHop { to: to.to_string() }, tokio::runtime::Handle::current(), shutdown.clone());
-        loops.push(std::thread::spawn(move || aifab_core::pipeline::run_transactional(settings, stage, handle, cancel)));
+        let (stage, handle, cancel) = (
+            CopyHop { to: to.to_string() },
+            tokio::runtime::Handle::current(),
+            shutdown.clone(),
+        );
+        loops.push(std::thread::spawn(move || {
+            aifab_core::pipeline::run_transactional(settings, stage, handle, cancel)
+        }));
     }
     let first = GroupWatch::new(brokers, &format!("{run}.relay-first"), raw)?;
     let second = GroupWatch::new(brokers, &format!("{run}.relay-second"), mid)?;
@@ -143,7 +181,10 @@ async fn relay(brokers: &str, run: &str, raw: &str, mid: &str, out: &str, n: usi
     let (mut base, mut running) = (None, false);
     let result = loop {
         if Instant::now() > deadline {
-            break Err(anyhow::anyhow!("the relay did not finish within {}s", timeout.as_secs()));
+            break Err(anyhow::anyhow!(
+                "the relay did not finish within {}s",
+                timeout.as_secs()
+            ));
         }
         if loops.iter().any(|l| l.is_finished()) {
             break Err(anyhow::anyhow!("a relay loop stopped early"));
@@ -176,9 +217,15 @@ fn admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
 }
 
 /// Number of committed records in a topic, and the first/last record timestamps (ms).
-fn scan(brokers: &str, topic: &str, expect: usize, timeout: Duration) -> anyhow::Result<(usize, HashSet<String>, i64, i64)> {
+fn scan(
+    brokers: &str,
+    topic: &str,
+    expect: usize,
+    timeout: Duration,
+) -> anyhow::Result<(usize, HashSet<String>, i64, i64)> {
     let group = format!("bench-scan-{}", uuid_ish());
-    let c: BaseConsumer = aifab_core::kafka::consumer_config(brokers, "aifab-bench", &group).create()?;
+    let c: BaseConsumer =
+        aifab_core::kafka::consumer_config(brokers, "aifab-bench", &group).create()?;
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in md.topics()[0].partitions() {
@@ -220,11 +267,22 @@ fn scan(brokers: &str, topic: &str, expect: usize, timeout: Duration) -> anyhow:
 /// CPU seconds (user + system) a process has used so far, from /proc.
 fn cpu_seconds(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else { return 0.0 };
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
     // Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
     ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
@@ -234,7 +292,9 @@ fn pid_of(pattern: &str) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        String::from_utf8_lossy(&cmdline).contains(pattern).then_some(pid)
+        String::from_utf8_lossy(&cmdline)
+            .contains(pattern)
+            .then_some(pid)
     })
 }
 
@@ -253,7 +313,10 @@ struct GroupWatch {
 impl GroupWatch {
     fn new(brokers: &str, group: &str, topic: &str) -> anyhow::Result<Self> {
         let client = aifab_core::kafka::consumer_config(brokers, "aifab-bench", group).create()?;
-        Ok(Self { client, topic: topic.to_string() })
+        Ok(Self {
+            client,
+            topic: topic.to_string(),
+        })
     }
 
     /// (committed messages, high watermark) summed over partitions, and whether the group
@@ -272,17 +335,29 @@ impl GroupWatch {
 
 /// Wait until the client's metadata names a leader for every partition of a topic just
 /// created.
-fn wait_for_leaders<C: ClientContext>(client: &rdkafka::client::Client<C>, topic: &str, partitions: usize) -> anyhow::Result<()> {
+fn wait_for_leaders<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    partitions: usize,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(md) = client.fetch_metadata(Some(topic), Duration::from_secs(5)) {
             if let Some(t) = md.topics().first() {
-                if t.error().is_none() && t.partitions().len() == partitions && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none()) {
+                if t.error().is_none()
+                    && t.partitions().len() == partitions
+                    && t.partitions()
+                        .iter()
+                        .all(|p| p.leader() >= 0 && p.error().is_none())
+                {
                     return Ok(());
                 }
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "no leaders for {topic} after 30 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no leaders for {topic} after 30 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -306,7 +381,10 @@ async fn forget_redis_keys(url: &str, prefix: &str) -> anyhow::Result<usize> {
             .await?;
         if !keys.is_empty() {
             deleted += keys.len();
-            redis::cmd("UNLINK").arg(&keys).exec_async(&mut conn).await?;
+            redis::cmd("UNLINK")
+                .arg(&keys)
+                .exec_async(&mut conn)
+                .await?;
         }
         if next == 0 {
             return Ok(deleted);
@@ -319,7 +397,8 @@ async fn forget_redis_keys(url: &str, prefix: &str) -> anyhow::Result<usize> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let model_dir = args.model_dir.clone().unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/aifab/models/all-minilm-l6-v2")
+        PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/aifab/models/all-minilm-l6-v2")
     });
     anyhow::ensure!(
         model_dir.join("tokenizer.json").is_file(),
@@ -328,18 +407,46 @@ async fn main() -> anyhow::Result<()> {
     );
     let bin_dir = match &args.bin_dir {
         Some(d) => d.clone(),
-        None => std::env::current_exe()?.parent().context("exe dir")?.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .to_path_buf(),
     };
     let run = format!("bench.ingest.{}", uuid_ish());
     let n = args.messages;
-    let topics: Vec<String> =
-        ["raw", "features", "inference", "training", "predictions", "dlq", "warmup", "relay-mid", "relay-out"].iter().map(|t| format!("{run}.{t}")).collect();
+    let topics: Vec<String> = [
+        "raw",
+        "features",
+        "inference",
+        "training",
+        "predictions",
+        "dlq",
+        "warmup",
+        "relay-mid",
+        "relay-out",
+    ]
+    .iter()
+    .map(|t| format!("{run}.{t}"))
+    .collect();
     let (raw, features, inference, dlq) = (&topics[0], &topics[1], &topics[2], &topics[5]);
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|t| NewTopic::new(t, if t.ends_with(".dlq") { 1 } else { args.partitions }, TopicReplication::Fixed(1)))
+        .map(|t| {
+            NewTopic::new(
+                t,
+                if t.ends_with(".dlq") {
+                    1
+                } else {
+                    args.partitions
+                },
+                TopicReplication::Fixed(1),
+            )
+        })
         .collect();
-    for r in admin(&args.brokers)?.create_topics(&new, &AdminOptions::new()).await? {
+    for r in admin(&args.brokers)?
+        .create_topics(&new, &AdminOptions::new())
+        .await?
+    {
         r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
     }
 
@@ -352,11 +459,16 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     let bytes: usize = payloads.iter().map(|p| p.1.len()).sum();
-    eprintln!("{n} payloads of {} words, {} bytes on average", args.words, bytes / n.max(1));
+    eprintln!(
+        "{n} payloads of {} words, {} bytes on average",
+        args.words,
+        bytes / n.max(1)
+    );
 
     // ---------------------------------------------------------------- 1. bare producer
     let producer: ThreadedProducer<Counting> =
-        aifab_core::kafka::producer_config(&args.brokers, "aifab-bench-producer").create_with_context(Counting)?;
+        aifab_core::kafka::producer_config(&args.brokers, "aifab-bench-producer")
+            .create_with_context(Counting)?;
     // The broker and Redis share the cores with the services: their CPU per message shows
     // what each phase costs the machine as a whole, not only the services' share.
     let (broker_pid, redis_pid) = (pid_of("kafka.Kafka"), pid_of("redis-server"));
@@ -365,10 +477,15 @@ async fn main() -> anyhow::Result<()> {
     // take up to half a second, most of a 100k-message run), and a topic just created may
     // not have its leaders yet. One message to a warm-up topic covers the first.
     let warm = Instant::now();
-    producer.send(BaseRecord::<(), _>::to(&topics[6]).payload(&b"warm-up"[..])).map_err(|(e, _)| e)?;
+    producer
+        .send(BaseRecord::<(), _>::to(&topics[6]).payload(&b"warm-up"[..]))
+        .map_err(|(e, _)| e)?;
     producer.flush(Duration::from_secs(30))?;
     wait_for_leaders(producer.client(), raw, args.partitions as usize)?;
-    eprintln!("bare producer ready after {:.2}s", warm.elapsed().as_secs_f64());
+    eprintln!(
+        "bare producer ready after {:.2}s",
+        warm.elapsed().as_secs_f64()
+    );
     let broker_before_producer = cpu_seconds(broker_pid);
     let t0 = Instant::now();
     for (id, payload) in &payloads {
@@ -394,7 +511,10 @@ async fn main() -> anyhow::Result<()> {
     // ---------------------------------------------------------------- 2. ingest + feature
     let dir = tempfile::tempdir()?;
     let keys = dir.path().join("keys.json");
-    std::fs::write(&keys, r#"{"keys":[{"key":"bench-key","tenant":"bench"}],"tenants":{"bench":{"rate_per_s":0}}}"#)?;
+    std::fs::write(
+        &keys,
+        r#"{"keys":[{"key":"bench-key","tenant":"bench"}],"tenants":{"bench":{"rate_per_s":0}}}"#,
+    )?;
     let env: Vec<(&str, String)> = vec![
         ("AIFAB_KAFKA_BROKERS", args.brokers.clone()),
         ("AIFAB_RAW_TOPIC", raw.clone()),
@@ -405,7 +525,10 @@ async fn main() -> anyhow::Result<()> {
         ("AIFAB_DLQ_TOPIC", dlq.clone()),
         ("AIFAB_REDIS_PREFIX", run.clone()),
         ("AIFAB_INGEST_GROUP", format!("{run}.ingest")),
-        ("AIFAB_INGEST_PREDICTIONS_GROUP", format!("{run}.ingest-predictions")),
+        (
+            "AIFAB_INGEST_PREDICTIONS_GROUP",
+            format!("{run}.ingest-predictions"),
+        ),
         ("AIFAB_FEATURE_GROUP", format!("{run}.feature")),
         ("AIFAB_FEATURE_CACHE_GROUP", format!("{run}.feature-cache")),
         ("AIFAB_API_KEYS_FILE", keys.display().to_string()),
@@ -413,12 +536,17 @@ async fn main() -> anyhow::Result<()> {
         // Short: keep the bench's claimed ids from lingering in Redis.
         ("AIFAB_ID_TTL_S", "600".into()),
         ("AIFAB_DEDUPE_TTL_S", "600".into()),
-        ("AIFAB_LOG", std::env::var("AIFAB_LOG").unwrap_or_else(|_| "warn".into())),
+        (
+            "AIFAB_LOG",
+            std::env::var("AIFAB_LOG").unwrap_or_else(|_| "warn".into()),
+        ),
     ];
     let (broker_before, redis_before) = (cpu_seconds(broker_pid), cpu_seconds(redis_pid));
     let mut children = Vec::new();
     for service in ["ingest", "feature"] {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let mut cmd = tokio::process::Command::new(bin_dir.join(format!("aifab-{service}")));
         cmd.env("AIFAB_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
@@ -427,7 +555,10 @@ async fn main() -> anyhow::Result<()> {
         for (k, v) in &env {
             cmd.env(k, v);
         }
-        children.push(cmd.spawn().with_context(|| format!("starting aifab-{service} from {}", bin_dir.display()))?);
+        children.push(
+            cmd.spawn()
+                .with_context(|| format!("starting aifab-{service} from {}", bin_dir.display()))?,
+        );
     }
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_s);
@@ -438,13 +569,18 @@ async fn main() -> anyhow::Result<()> {
     // CPU each service had used before its first commit (start-up, tokenizer load): not counted.
     let (mut ingest_base, mut feature_base) = (0.0, 0.0);
     loop {
-        anyhow::ensure!(Instant::now() < deadline, "the pipeline did not finish within {}s", args.timeout_s);
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the pipeline did not finish within {}s",
+            args.timeout_s
+        );
         for c in children.iter_mut() {
             if let Some(status) = c.try_wait()? {
                 anyhow::bail!("a service exited early: {status}");
             }
         }
-        let (ip, fp) = tokio::task::block_in_place(|| (ingest_watch.progress(), feature_watch.progress()));
+        let (ip, fp) =
+            tokio::task::block_in_place(|| (ingest_watch.progress(), feature_watch.progress()));
         let done = ip.2 && fp.2;
         if ip.0 == 0 {
             ingest_base = cpu_seconds(children[0].id());
@@ -468,7 +604,10 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    eprintln!("pipeline drained {:.1}s after start", started.elapsed().as_secs_f64());
+    eprintln!(
+        "pipeline drained {:.1}s after start",
+        started.elapsed().as_secs_f64()
+    );
     // At most one poll interval (250 ms) of work is in the base; small against the run.
     let ingest_us = (cpu_seconds(children[0].id()) - ingest_base) * 1e6 / n as f64;
     let feature_us = (cpu_seconds(children[1].id()) - feature_base) * 1e6 / n as f64;
@@ -477,7 +616,10 @@ async fn main() -> anyhow::Result<()> {
     let redis_us = (cpu_seconds(redis_pid) - redis_before) * 1e6 / n as f64;
     for c in children.iter() {
         if let Some(pid) = c.id() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
         }
     }
     for mut c in children {
@@ -486,17 +628,22 @@ async fn main() -> anyhow::Result<()> {
 
     let b = args.brokers.clone();
     let (f_t, i_t, d_t) = (features.clone(), inference.clone(), dlq.clone());
-    let ((nf, _, f_first, f_last), (ni, ikeys, i_first, i_last), (nd, _, _, _)) = tokio::task::spawn_blocking(move || {
-        anyhow::Ok((
-            scan(&b, &f_t, n, Duration::from_secs(120))?,
-            scan(&b, &i_t, n, Duration::from_secs(120))?,
-            scan(&b, &d_t, 0, Duration::from_secs(5))?,
-        ))
-    })
-    .await??;
+    let ((nf, _, f_first, f_last), (ni, ikeys, i_first, i_last), (nd, _, _, _)) =
+        tokio::task::spawn_blocking(move || {
+            anyhow::Ok((
+                scan(&b, &f_t, n, Duration::from_secs(120))?,
+                scan(&b, &i_t, n, Duration::from_secs(120))?,
+                scan(&b, &d_t, 0, Duration::from_secs(5))?,
+            ))
+        })
+        .await??;
     anyhow::ensure!(nd == 0, "{nd} messages were dead-lettered");
     anyhow::ensure!(nf == n, "features topic has {nf} records, expected {n}");
-    anyhow::ensure!(ni == n && ikeys.len() == n, "inference topic has {ni} records ({} distinct), expected {n}", ikeys.len());
+    anyhow::ensure!(
+        ni == n && ikeys.len() == n,
+        "inference topic has {ni} records ({} distinct), expected {n}",
+        ikeys.len()
+    );
     let secs = |a: i64, b: i64| ((b - a).max(1)) as f64 / 1000.0;
     let ingest_rate = n as f64 / secs(f_first, f_last);
     let feature_rate = n as f64 / secs(i_first, i_last);
@@ -508,22 +655,48 @@ async fn main() -> anyhow::Result<()> {
     } else {
         let (mid, out) = (&topics[7], &topics[8]);
         let broker_before = cpu_seconds(broker_pid);
-        let cpu = relay(&args.brokers, &run, raw, mid, out, n, Duration::from_secs(args.timeout_s)).await?;
+        let cpu = relay(
+            &args.brokers,
+            &run,
+            raw,
+            mid,
+            out,
+            n,
+            Duration::from_secs(args.timeout_s),
+        )
+        .await?;
         let broker_us = (cpu_seconds(broker_pid) - broker_before) * 1e6 / n as f64;
         let b = args.brokers.clone();
         let (m_t, o_t) = (mid.clone(), out.clone());
-        let ((nm, _, m_first, _), (no, okeys, _, o_last)) = tokio::task::spawn_blocking(move || {
-            anyhow::Ok((scan(&b, &m_t, n, Duration::from_secs(120))?, scan(&b, &o_t, n, Duration::from_secs(120))?))
-        })
-        .await??;
-        anyhow::ensure!(nm == n && no == n && okeys.len() == n, "the relay wrote {nm} and {no} records ({} distinct), expected {n}", okeys.len());
-        Some((n as f64 / secs(m_first, o_last), cpu * 1e6 / n as f64, broker_us))
+        let ((nm, _, m_first, _), (no, okeys, _, o_last)) =
+            tokio::task::spawn_blocking(move || {
+                anyhow::Ok((
+                    scan(&b, &m_t, n, Duration::from_secs(120))?,
+                    scan(&b, &o_t, n, Duration::from_secs(120))?,
+                ))
+            })
+            .await??;
+        anyhow::ensure!(
+            nm == n && no == n && okeys.len() == n,
+            "the relay wrote {nm} and {no} records ({} distinct), expected {n}",
+            okeys.len()
+        );
+        Some((
+            n as f64 / secs(m_first, o_last),
+            cpu * 1e6 / n as f64,
+            broker_us,
+        ))
     };
 
     if let Err(e) = forget_redis_keys(&args.redis_url, &run).await {
         eprintln!("could not delete the run's Redis keys ({run}:*): {e:#}");
     }
-    let _ = admin(&args.brokers)?.delete_topics(&topics.iter().map(String::as_str).collect::<Vec<_>>(), &AdminOptions::new()).await;
+    let _ = admin(&args.brokers)?
+        .delete_topics(
+            &topics.iter().map(String::as_str).collect::<Vec<_>>(),
+            &AdminOptions::new(),
+        )
+        .await;
 
     println!("messages {n}");
     println!("words_per_text {}", args.words);
@@ -542,7 +715,12 @@ async fn main() -> anyhow::Result<()> {
         println!("broker_cpu_us_per_msg_relay {broker_us:.1}");
         println!("relay_vs_producer {:.2}", rate / producer_rate);
     }
-    println!("cpus {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "cpus {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     println!("ingest_vs_producer {:.2}", pipeline_rate / producer_rate);
     Ok(())
 }

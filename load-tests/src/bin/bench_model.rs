@@ -55,7 +55,11 @@ struct Args {
     #[arg(long)]
     model_dir: Option<PathBuf>,
     /// Python with torch + sentence-transformers.
-    #[arg(long, env = "AIFAB_PEER_PYTHON", default_value = "/tmp/peer-venv/bin/python")]
+    #[arg(
+        long,
+        env = "AIFAB_PEER_PYTHON",
+        default_value = "/tmp/peer-venv/bin/python"
+    )]
     peer_python: PathBuf,
     /// Do not run the peer (candle figures only).
     #[arg(long)]
@@ -74,7 +78,6 @@ struct Args {
     #[arg(long)]
     check_cosine: bool,
 }
-
 
 fn model_dir(args: &Args) -> PathBuf {
     if let Some(d) = &args.model_dir {
@@ -271,7 +274,12 @@ fn main() -> Result<()> {
 
     // Implementations: --quant puts its choice first.
     let mut names: Vec<String> = args.impls.iter().map(|s| s.trim().to_string()).collect();
-    match args.quant.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    match args
+        .quant
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None => {}
         Some("i16") | Some("int16") => names.insert(0, "fast-i16".into()),
         Some("none") | Some("f32") => names.insert(0, "fast-f32".into()),

@@ -48,16 +48,19 @@ struct Args {
     brokers: String,
 }
 
-
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     args.data = aifab_tests::sms_test_split_or(args.data);
     let model_dir = args.model_dir.clone().unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/aifab/models/all-minilm-l6-v2")
+        PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/aifab/models/all-minilm-l6-v2")
     });
     let texts = read_texts(&args.data)?;
     let tok = TextTokenizer::from_file(model_dir.join("tokenizer.json"), args.max_len)?;
-    let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t).map(|e| e.ids)).collect::<Result<_, _>>()?;
+    let ids: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| tok.encode(t).map(|e| e.ids))
+        .collect::<Result<_, _>>()?;
     eprintln!("{} texts from {}", ids.len(), args.data.display());
 
     let model = bare_model(&model_dir, &ids, args.batch)?;
@@ -65,13 +68,34 @@ fn main() -> anyhow::Result<()> {
 
     let head = tempfile::tempdir()?;
     let encoder = Encoder::load(&model_dir, &aifab_model::Device::Cpu)?;
-    aifab_model::testing::write_random_head(head.path(), encoder.hidden_size(), &["ham", "spam"], 1)?;
+    aifab_model::testing::write_random_head(
+        head.path(),
+        encoder.hidden_size(),
+        &["ham", "spam"],
+        1,
+    )?;
     drop(encoder);
 
     let rt = tokio::runtime::Runtime::new()?;
-    let batched = rt.block_on(pipeline(&args, &model_dir, head.path(), &texts, &ids, args.requests, args.batch))?;
+    let batched = rt.block_on(pipeline(
+        &args,
+        &model_dir,
+        head.path(),
+        &texts,
+        &ids,
+        args.requests,
+        args.batch,
+    ))?;
     eprintln!("pipeline b{}: {batched:.1} seq/s", args.batch);
-    let single = rt.block_on(pipeline(&args, &model_dir, head.path(), &texts, &ids, args.requests_b1, 1))?;
+    let single = rt.block_on(pipeline(
+        &args,
+        &model_dir,
+        head.path(),
+        &texts,
+        &ids,
+        args.requests_b1,
+        1,
+    ))?;
     eprintln!("pipeline b1: {single:.1} seq/s");
 
     println!("model_b{} {model:.1}", args.batch);
@@ -83,12 +107,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn read_texts(path: &Path) -> anyhow::Result<Vec<String>> {
-    let body = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let body =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     body.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l)?;
-            Ok(v["text"].as_str().context("line without a text field")?.to_string())
+            Ok(v["text"]
+                .as_str()
+                .context("line without a text field")?
+                .to_string())
         })
         .collect()
 }
@@ -130,13 +158,21 @@ async fn pipeline(
 ) -> anyhow::Result<f64> {
     let run = uuid_like();
     let topic = format!("bench.requests.{run}");
-    let admin: AdminClient<DefaultClientContext> = aifab_core::kafka::base_config(&args.brokers, "bench").create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        aifab_core::kafka::base_config(&args.brokers, "bench").create()?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for r in admin.create_topics(&[NewTopic::new(&topic, 8, TopicReplication::Fixed(1))], &opts).await? {
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(&topic, 8, TopicReplication::Fixed(1))],
+            &opts,
+        )
+        .await?
+    {
         r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
     }
     // Pre-load every request.
-    let producer: FutureProducer = aifab_core::kafka::producer_config(&args.brokers, "bench").create()?;
+    let producer: FutureProducer =
+        aifab_core::kafka::producer_config(&args.brokers, "bench").create()?;
     let prefix = format!("bench-{run}");
     let sends = (0..n).map(|i| {
         let k = i % ids.len();
@@ -157,7 +193,10 @@ async fn pipeline(
         let (producer, topic) = (producer.clone(), topic.clone());
         async move {
             producer
-                .send(FutureRecord::to(&topic).key(&req.id).payload(&encode(&req)), Duration::from_secs(30))
+                .send(
+                    FutureRecord::to(&topic).key(&req.id).payload(&encode(&req)),
+                    Duration::from_secs(30),
+                )
                 .await
                 .map_err(|(e, _)| e)
         }
@@ -167,7 +206,9 @@ async fn pipeline(
     }
 
     // Read predictions from the current end so only this run's count.
-    let reader: BaseConsumer = aifab_core::kafka::consumer_config(&args.brokers, "bench", &format!("bench-reader-{run}")).create()?;
+    let reader: BaseConsumer =
+        aifab_core::kafka::consumer_config(&args.brokers, "bench", &format!("bench-reader-{run}"))
+            .create()?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     let pred_topic = aifab_core::topics::PREDICTIONS.name;
     for p in 0..aifab_core::topics::PREDICTIONS.partitions {
@@ -176,7 +217,9 @@ async fn pipeline(
     }
     reader.assign(&tpl)?;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut worker = tokio::process::Command::new(bin("aifab-inference-worker")?)
         .env("AIFAB_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("AIFAB_KAFKA_BROKERS", &args.brokers)
@@ -187,7 +230,10 @@ async fn pipeline(
         .env("AIFAB_WORKER_GROUP", format!("bench-{run}"))
         .env("AIFAB_INSTANCE_ID", format!("bench-{run}"))
         .env("AIFAB_MAX_BATCH_SIZE", max_batch.to_string())
-        .env("AIFAB_MAX_BATCH_TOKENS", (max_batch * args.max_len).to_string())
+        .env(
+            "AIFAB_MAX_BATCH_TOKENS",
+            (max_batch * args.max_len).to_string(),
+        )
         .env("AIFAB_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -199,7 +245,11 @@ async fn pipeline(
     let mut last = 0i64;
     let deadline = Instant::now() + Duration::from_secs(1800);
     while seen.len() < n {
-        anyhow::ensure!(Instant::now() < deadline, "only {} of {n} predictions in time", seen.len());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {n} predictions in time",
+            seen.len()
+        );
         if let Some(m) = reader.poll(Duration::from_millis(100)) {
             let m = m?;
             let p: Prediction = decode(m.payload().unwrap_or_default())?;
@@ -231,5 +281,11 @@ async fn pipeline(
 }
 
 fn uuid_like() -> String {
-    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }

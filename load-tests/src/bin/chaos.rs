@@ -14,7 +14,9 @@ use aifab_tests::{kill_chaos, unique, KillPlan, WorkerRun};
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(about = "SIGKILL an inference worker repeatedly mid-stream; count lost and duplicated predictions.")]
+#[command(
+    about = "SIGKILL an inference worker repeatedly mid-stream; count lost and duplicated predictions."
+)]
 struct Args {
     /// Requests produced to the fresh input topic before the worker starts.
     #[arg(long, default_value_t = 20_000)]
@@ -58,7 +60,10 @@ async fn main() -> anyhow::Result<()> {
     println!("kills {}", report.kills);
     println!("committed_predictions {}", report.predictions.len());
     println!("elapsed_s {:.1}", report.elapsed.as_secs_f64());
-    println!("requests {} lost {} duplicated {}", d.requests, d.lost, d.duplicated);
+    println!(
+        "requests {} lost {} duplicated {}",
+        d.requests, d.lost, d.duplicated
+    );
     if d.lost > 0 || d.duplicated > 0 {
         std::process::exit(1);
     }

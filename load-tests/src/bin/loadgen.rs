@@ -70,7 +70,9 @@ enum WorkerKind {
 }
 
 #[derive(Parser, Debug)]
-#[command(about = "Open-loop load generator: requests at a fixed arrival rate to Kafka, latency from intended send time to committed prediction.")]
+#[command(
+    about = "Open-loop load generator: requests at a fixed arrival rate to Kafka, latency from intended send time to committed prediction."
+)]
 struct Args {
     /// Arrival pattern.
     #[arg(long, value_enum, default_value = "steady")]
@@ -173,7 +175,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("expected a duration like 30, 30s, 500ms or 2m; got {s:?}"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a duration like 30, 30s, 500ms or 2m; got {s:?}"))?;
     if !(v.is_finite() && v > 0.0) {
         return Err(format!("duration must be positive; got {s:?}"));
     }
@@ -187,9 +192,14 @@ fn parse_tenants(s: &str) -> Result<Tenants, String> {
     let mut out = Vec::new();
     for part in s.split(',').filter(|p| !p.trim().is_empty()) {
         let (name, w) = part.split_once('=').unwrap_or((part, "1"));
-        let w: f64 = w.trim().parse().map_err(|_| format!("tenant weight of {name:?} is not a number: {w:?}"))?;
+        let w: f64 = w
+            .trim()
+            .parse()
+            .map_err(|_| format!("tenant weight of {name:?} is not a number: {w:?}"))?;
         if !(w.is_finite() && w > 0.0) {
-            return Err(format!("tenant weight of {name:?} must be positive; got {w}"));
+            return Err(format!(
+                "tenant weight of {name:?} must be positive; got {w}"
+            ));
         }
         out.push((name.trim().to_string(), w));
     }
@@ -228,7 +238,11 @@ impl Shape {
     fn rate_at(&self, t: f64) -> f64 {
         match self.scenario {
             Scenario::Steady | Scenario::MultiTenant => self.rate,
-            Scenario::Ramp => self.rate * (self.ramp_from + (1.0 - self.ramp_from) * (t / self.duration_s).clamp(0.0, 1.0)),
+            Scenario::Ramp => {
+                self.rate
+                    * (self.ramp_from
+                        + (1.0 - self.ramp_from) * (t / self.duration_s).clamp(0.0, 1.0))
+            }
             Scenario::Burst => {
                 let phase = t.rem_euclid(self.burst_every_s);
                 if phase >= self.burst_every_s - self.burst_len_s {
@@ -244,7 +258,11 @@ impl Shape {
     fn streams(&self) -> Vec<(usize, f64)> {
         if self.scenario == Scenario::MultiTenant {
             let total: f64 = self.tenants.iter().map(|(_, w)| w).sum();
-            self.tenants.iter().enumerate().map(|(i, (_, w))| (i, w / total)).collect()
+            self.tenants
+                .iter()
+                .enumerate()
+                .map(|(i, (_, w))| (i, w / total))
+                .collect()
         } else {
             vec![(0, 1.0)]
         }
@@ -285,7 +303,10 @@ fn schedule(shape: &Shape, arrivals: Arrivals, seed: u64) -> Vec<Arrival> {
             let r = shape.rate_at(t + step / 2.0) * share;
             let end = lambda + r * step;
             while threshold <= end && r > 0.0 {
-                out.push(Arrival { at_s: t + (threshold - lambda) / r, tenant });
+                out.push(Arrival {
+                    at_s: t + (threshold - lambda) / r,
+                    tenant,
+                });
                 threshold = next_threshold(&mut rng, threshold);
             }
             lambda = end;
@@ -373,7 +394,9 @@ impl Accounting {
     /// A committed prediction for request `i` read at `received_s`; ids outside the run
     /// are ignored.
     fn record(&mut self, i: usize, received_s: f64) {
-        let Some(c) = self.counts.get_mut(i) else { return };
+        let Some(c) = self.counts.get_mut(i) else {
+            return;
+        };
         *c += 1;
         if *c == 1 {
             self.first_s[i] = Some(received_s);
@@ -390,7 +413,11 @@ impl Accounting {
 
     fn stages(&self) -> Stages {
         let col = |f: fn(&(f64, f64, f64)) -> f64| latency_of(self.stages.iter().flatten().map(f));
-        Stages { queue: col(|s| s.0), compute: col(|s| s.1), commit_and_read: col(|s| s.2) }
+        Stages {
+            queue: col(|s| s.0),
+            compute: col(|s| s.1),
+            commit_and_read: col(|s| s.2),
+        }
     }
 
     /// End-to-end latency of request `i` (intended send → first committed prediction read).
@@ -403,7 +430,11 @@ impl Accounting {
     }
 
     fn latency(&self, filter: impl Fn(usize) -> bool) -> Latency {
-        latency_of((0..self.counts.len()).filter(|i| filter(*i)).filter_map(|i| self.latency_ms(i)))
+        latency_of(
+            (0..self.counts.len())
+                .filter(|i| filter(*i))
+                .filter_map(|i| self.latency_ms(i)),
+        )
     }
 
     fn tenants(&self, names: &[String]) -> Vec<TenantStats> {
@@ -412,7 +443,11 @@ impl Accounting {
             .enumerate()
             .filter(|(t, _)| self.tenant.contains(t))
             .map(|(t, name)| {
-                let d = delivery_of_counts((0..self.counts.len()).filter(|i| self.tenant[*i] == t).map(|i| self.counts[i] as usize));
+                let d = delivery_of_counts(
+                    (0..self.counts.len())
+                        .filter(|i| self.tenant[*i] == t)
+                        .map(|i| self.counts[i] as usize),
+                );
                 TenantStats {
                     tenant: name.clone(),
                     requests: d.requests,
@@ -438,7 +473,13 @@ impl Accounting {
 
     /// One-second windows from 0 to the last prediction read.
     fn windows(&self) -> Vec<Window> {
-        let end = self.first_s.iter().flatten().chain(self.intended_s.iter()).copied().fold(0.0, f64::max);
+        let end = self
+            .first_s
+            .iter()
+            .flatten()
+            .chain(self.intended_s.iter())
+            .copied()
+            .fold(0.0, f64::max);
         let n = end.floor() as usize + 1;
         let mut hist: Vec<Vec<f64>> = vec![Vec::new(); n];
         let mut offered = vec![0usize; n];
@@ -456,7 +497,13 @@ impl Accounting {
         (0..n)
             .map(|b| {
                 let l = latency_of(hist[b].iter().copied());
-                Window { t_s: b as f64, offered: offered[b], completed: completed[b], p50_ms: l.p50_ms, p99_ms: l.p99_ms }
+                Window {
+                    t_s: b as f64,
+                    offered: offered[b],
+                    completed: completed[b],
+                    p50_ms: l.p50_ms,
+                    p99_ms: l.p99_ms,
+                }
             })
             .collect()
     }
@@ -464,7 +511,8 @@ impl Accounting {
 
 /// Quantiles of latencies in milliseconds (hdrhistogram in microseconds, 3 significant digits).
 fn latency_of(ms: impl Iterator<Item = f64>) -> Latency {
-    let mut h = Histogram::<u64>::new_with_bounds(1, 24 * 3_600_000_000, 3).expect("histogram bounds");
+    let mut h =
+        Histogram::<u64>::new_with_bounds(1, 24 * 3_600_000_000, 3).expect("histogram bounds");
     for v in ms {
         h.saturating_record((v * 1000.0).round().max(1.0) as u64);
     }
@@ -472,7 +520,14 @@ fn latency_of(ms: impl Iterator<Item = f64>) -> Latency {
         return Latency::default();
     }
     let q = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    Latency { p50_ms: q(0.5), p90_ms: q(0.9), p99_ms: q(0.99), p999_ms: q(0.999), max_ms: h.max() as f64 / 1000.0, mean_ms: h.mean() / 1000.0 }
+    Latency {
+        p50_ms: q(0.5),
+        p90_ms: q(0.9),
+        p99_ms: q(0.99),
+        p999_ms: q(0.999),
+        max_ms: h.max() as f64 / 1000.0,
+        mean_ms: h.mean() / 1000.0,
+    }
 }
 
 /// Index of a request id `<prefix>-<i>` of this run (`prefix_dash` is `<prefix>-`).
@@ -501,7 +556,14 @@ struct Saturation {
 impl Saturation {
     fn new(factor: f64, refine: usize, max_rate: f64) -> Self {
         assert!(factor > 1.0, "step factor must exceed 1");
-        Saturation { factor, refine_left: refine, max_rate, down_left: 8, good: None, bad: None }
+        Saturation {
+            factor,
+            refine_left: refine,
+            max_rate,
+            down_left: 8,
+            good: None,
+            bad: None,
+        }
     }
 
     /// Record that `rate` passed (`ok`) or failed; the next rate to try, or None when done.
@@ -581,9 +643,18 @@ struct Target {
     run_id: String,
 }
 
-async fn run_step(args: &Args, target: &Target, shape: &Shape, step_no: usize, show: bool) -> anyhow::Result<Step> {
+async fn run_step(
+    args: &Args,
+    target: &Target,
+    shape: &Shape,
+    step_no: usize,
+    show: bool,
+) -> anyhow::Result<Step> {
     let arrivals = schedule(shape, args.arrivals, args.seed.wrapping_add(step_no as u64));
-    anyhow::ensure!(!arrivals.is_empty(), "the schedule is empty: raise --rate or --duration");
+    anyhow::ensure!(
+        !arrivals.is_empty(),
+        "the schedule is empty: raise --rate or --duration"
+    );
     let n = arrivals.len();
     let prefix = format!("load-{}-s{step_no}", target.run_id);
     let prefix_dash = format!("{prefix}-");
@@ -595,22 +666,33 @@ async fn run_step(args: &Args, target: &Target, shape: &Shape, step_no: usize, s
     let t0 = Instant::now() + Duration::from_millis(200);
     let wall0_ms = aifab_core::now_ms() + 200;
 
-    let pb = if show { ProgressBar::new(n as u64) } else { ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::hidden()) };
+    let pb = if show {
+        ProgressBar::new(n as u64)
+    } else {
+        ProgressBar::with_draw_target(Some(n as u64), ProgressDrawTarget::hidden())
+    };
     pb.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed_precise} sent {pos}/{len} [{bar:30}] {msg}")
-            .expect("template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} sent {pos}/{len} [{bar:30}] {msg}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
     );
 
     // Reader thread: records every prediction of this step until all came back, or the
     // drain deadline (set once sending is done) passes; then reads to the end of the
     // topic so committed duplicates are counted too.
     let distinct = Arc::new(AtomicUsize::new(0));
-    let drain_deadline: Arc<std::sync::Mutex<Option<Instant>>> = Arc::new(std::sync::Mutex::new(None));
+    let drain_deadline: Arc<std::sync::Mutex<Option<Instant>>> =
+        Arc::new(std::sync::Mutex::new(None));
     let stop_now = Arc::new(AtomicBool::new(false));
     let acc = Accounting::new(&arrivals);
     let reader_task = {
-        let (distinct, drain_deadline, prefix_dash) = (distinct.clone(), drain_deadline.clone(), prefix_dash.clone());
+        let (distinct, drain_deadline, prefix_dash) = (
+            distinct.clone(),
+            drain_deadline.clone(),
+            prefix_dash.clone(),
+        );
         let stop_now = stop_now.clone();
         tokio::task::spawn_blocking(move || {
             let mut acc = acc;
@@ -619,10 +701,17 @@ async fn run_step(args: &Args, target: &Target, shape: &Shape, step_no: usize, s
                 for k in *done..reader.seen.len() {
                     let p = &reader.seen[k];
                     if let Some(i) = index_of(&p.id, &prefix_dash) {
-                        let at = reader.received[k].saturating_duration_since(t0).as_secs_f64();
+                        let at = reader.received[k]
+                            .saturating_duration_since(t0)
+                            .as_secs_f64();
                         acc.record(i, at);
                         let read_wall_ms = wall0_ms as f64 + at * 1000.0;
-                        acc.record_stages(i, p.queue_ms, p.compute_ms, read_wall_ms - p.produced_at_ms as f64);
+                        acc.record_stages(
+                            i,
+                            p.queue_ms,
+                            p.compute_ms,
+                            read_wall_ms - p.produced_at_ms as f64,
+                        );
                     }
                 }
                 *done = reader.seen.len();
@@ -634,7 +723,11 @@ async fn run_step(args: &Args, target: &Target, shape: &Shape, step_no: usize, s
                 if acc.distinct == n || stop_now.load(Ordering::Relaxed) {
                     break;
                 }
-                if drain_deadline.lock().unwrap().is_some_and(|d| Instant::now() >= d) {
+                if drain_deadline
+                    .lock()
+                    .unwrap()
+                    .is_some_and(|d| Instant::now() >= d)
+                {
                     break;
                 }
             }
@@ -657,8 +750,14 @@ async fn run_step(args: &Args, target: &Target, shape: &Shape, step_no: usize, s
         req.tenant = tenant_names[a.tenant].clone();
         req.received_at_ms = wall0_ms + (a.at_s * 1000.0) as i64;
         let payload = encode(&req);
-        let headers = OwnedHeaders::new().insert(Header { key: "tenant", value: Some(req.tenant.as_bytes()) });
-        let mut record = FutureRecord::to(&target.topic).key(&req.id).payload(&payload).headers(headers);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "tenant",
+            value: Some(req.tenant.as_bytes()),
+        });
+        let mut record = FutureRecord::to(&target.topic)
+            .key(&req.id)
+            .payload(&payload)
+            .headers(headers);
         loop {
             match target.producer.send_result(record) {
                 Ok(f) => {
@@ -696,7 +795,8 @@ async fn run_step(args: &Args, target: &Target, shape: &Shape, step_no: usize, s
         }
     }
     let end_of_schedule = t0 + Duration::from_secs_f64(shape.duration_s);
-    *drain_deadline.lock().unwrap() = Some(end_of_schedule.max(Instant::now()) + args.drain_timeout);
+    *drain_deadline.lock().unwrap() =
+        Some(end_of_schedule.max(Instant::now()) + args.drain_timeout);
 
     let mut reader_task = reader_task;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -759,35 +859,66 @@ fn log_step(s: &Step) {
 
 // ------------------------------------------------------------------ set-up
 
-async fn start_target(args: &Args, run_id: &str, keep: &mut Option<tempfile::TempDir>) -> anyhow::Result<Target> {
+async fn start_target(
+    args: &Args,
+    run_id: &str,
+    keep: &mut Option<tempfile::TempDir>,
+) -> anyhow::Result<Target> {
     let brokers = aifab_tests::kafka_brokers();
-    let producer: FutureProducer = aifab_core::kafka::producer_config(&brokers, "aifab-loadgen").create()?;
+    let producer: FutureProducer =
+        aifab_core::kafka::producer_config(&brokers, "aifab-loadgen").create()?;
     let predictions_topic = args.predictions_topic.clone();
     if args.worker == WorkerKind::None {
-        let topic = args.topic.clone().context("--worker none needs --topic (the running worker's input topic)")?;
+        let topic = args
+            .topic
+            .clone()
+            .context("--worker none needs --topic (the running worker's input topic)")?;
         let (b, t) = (brokers.clone(), topic.clone());
         let partitions = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
             let c = aifab_core::kafka::metadata_client(&b, "aifab-loadgen")?;
             let md = c.fetch_metadata(Some(&t), Duration::from_secs(10))?;
-            Ok(md.topics().first().filter(|m| m.error().is_none()).map_or(0, |m| m.partitions().len()))
+            Ok(md
+                .topics()
+                .first()
+                .filter(|m| m.error().is_none())
+                .map_or(0, |m| m.partitions().len()))
         })
         .await??;
-        anyhow::ensure!(partitions > 0, "topic {topic} does not exist on {brokers} (expected the running worker's input topic)");
-        return Ok(Target { topic, task: args.task.clone(), predictions_topic, workers: None, producer, run_id: run_id.into() });
+        anyhow::ensure!(
+            partitions > 0,
+            "topic {topic} does not exist on {brokers} (expected the running worker's input topic)"
+        );
+        return Ok(Target {
+            topic,
+            task: args.task.clone(),
+            predictions_topic,
+            workers: None,
+            producer,
+            run_id: run_id.into(),
+        });
     }
-    anyhow::ensure!(args.topic.is_none(), "started workers get a fresh input topic: drop --topic, or pass --worker none");
+    anyhow::ensure!(
+        args.topic.is_none(),
+        "started workers get a fresh input topic: drop --topic, or pass --worker none"
+    );
     let run = match args.worker {
         WorkerKind::Tiny => WorkerRun::new(args.partitions).await,
         _ => {
             let model_dir = args.model_dir.clone().unwrap_or_else(|| {
-                PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/aifab/models/all-minilm-l6-v2")
+                PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                    .join(".cache/aifab/models/all-minilm-l6-v2")
             });
             let head = match &args.head_dir {
                 Some(h) => h.clone(),
                 None => {
                     let dir = tempfile::tempdir()?;
                     let hidden = hidden_size(&model_dir)?;
-                    aifab_model::testing::write_random_head(dir.path(), hidden, &["ham", "spam"], 1)?;
+                    aifab_model::testing::write_random_head(
+                        dir.path(),
+                        hidden,
+                        &["ham", "spam"],
+                        1,
+                    )?;
                     let p = dir.path().to_path_buf();
                     *keep = Some(dir);
                     p
@@ -798,11 +929,21 @@ async fn start_target(args: &Args, run_id: &str, keep: &mut Option<tempfile::Tem
     };
     let mut children = Vec::new();
     for k in 0..args.workers.max(1) {
-        let (child, addr) = run.start(&format!("loadgen-{run_id}-{k}"), args.worker_batch, &[("AIFAB_LOG", "error".into())]);
+        let (child, addr) = run.start(
+            &format!("loadgen-{run_id}-{k}"),
+            args.worker_batch,
+            &[("AIFAB_LOG", "error".into())],
+        );
         aifab_tests::wait_ready(&addr, "inference worker").await;
         children.push(child);
     }
-    eprintln!("{} worker(s) ({:?}) ready on {} ({} partitions)", children.len(), args.worker, run.topic, args.partitions);
+    eprintln!(
+        "{} worker(s) ({:?}) ready on {} ({} partitions)",
+        children.len(),
+        args.worker,
+        run.topic,
+        args.partitions
+    );
     Ok(Target {
         topic: run.topic.clone(),
         task: run.task.clone(),
@@ -815,9 +956,14 @@ async fn start_target(args: &Args, run_id: &str, keep: &mut Option<tempfile::Tem
 
 fn hidden_size(model_dir: &Path) -> anyhow::Result<usize> {
     let p = model_dir.join("config.json");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {} (scripts/fetch-model)", p.display()))?)?;
-    v["hidden_size"].as_u64().map(|h| h as usize).with_context(|| format!("{} has no hidden_size", p.display()))
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&p)
+            .with_context(|| format!("reading {} (scripts/fetch-model)", p.display()))?,
+    )?;
+    v["hidden_size"]
+        .as_u64()
+        .map(|h| h as usize)
+        .with_context(|| format!("{} has no hidden_size", p.display()))
 }
 
 // ------------------------------------------------------------------ report
@@ -851,11 +997,20 @@ fn print_summary(steps: &[Step], sat: Option<&SaturationReport>) {
             println!("step{k}_send_errors {}", s.send_errors);
         }
         println!("p99_target_ms {:.1}", sat.p99_target_ms);
-        println!("saturation_rate {}", sat.max_rate.map_or("none".into(), |r| format!("{r:.1}")));
+        println!(
+            "saturation_rate {}",
+            sat.max_rate.map_or("none".into(), |r| format!("{r:.1}"))
+        );
         return;
     }
     let s = &steps[0];
-    println!("scenario {}", serde_json::to_value(s.scenario).unwrap().as_str().unwrap_or("?"));
+    println!(
+        "scenario {}",
+        serde_json::to_value(s.scenario)
+            .unwrap()
+            .as_str()
+            .unwrap_or("?")
+    );
     println!("offered_rate {:.1}", s.offered_rate);
     println!("requests {}", s.requests);
     println!("send_errors {}", s.send_errors);
@@ -867,7 +1022,10 @@ fn print_summary(steps: &[Step], sat: Option<&SaturationReport>) {
     println!("max_ms {:.1}", s.latency.max_ms);
     println!("queue_p50_ms {:.1}", s.stages.queue.p50_ms);
     println!("compute_p50_ms {:.1}", s.stages.compute.p50_ms);
-    println!("commit_and_read_p50_ms {:.1}", s.stages.commit_and_read.p50_ms);
+    println!(
+        "commit_and_read_p50_ms {:.1}",
+        s.stages.commit_and_read.p50_ms
+    );
     if s.tenants.len() > 1 {
         for t in &s.tenants {
             println!("tenant_{}_requests {}", t.tenant, t.requests);
@@ -887,7 +1045,12 @@ mod plot {
 
     type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
     const BLACK: RGBColor = RGBColor(0, 0, 0);
-    pub const C: [RGBColor; 4] = [RGBColor(120, 120, 120), RGBColor(220, 80, 40), RGBColor(30, 110, 200), RGBColor(40, 160, 60)];
+    pub const C: [RGBColor; 4] = [
+        RGBColor(120, 120, 120),
+        RGBColor(220, 80, 40),
+        RGBColor(30, 110, 200),
+        RGBColor(40, 160, 60),
+    ];
 
     fn e<E: std::fmt::Debug>(e: E) -> anyhow::Error {
         anyhow::anyhow!("plot: {e:?}")
@@ -896,7 +1059,10 @@ mod plot {
     /// Text from font8x8's bitmap glyphs (no system fonts), top-left at (x, y).
     fn text(area: &Area, x: i32, y: i32, s: &str, scale: i32) {
         for (n, ch) in s.chars().enumerate() {
-            let glyph = font8x8::legacy::BASIC_LEGACY.get(ch as usize).copied().unwrap_or([0; 8]);
+            let glyph = font8x8::legacy::BASIC_LEGACY
+                .get(ch as usize)
+                .copied()
+                .unwrap_or([0; 8]);
             for (row, bits) in glyph.iter().enumerate() {
                 for col in 0..8 {
                     if bits & (1 << col) != 0 {
@@ -917,12 +1083,22 @@ mod plot {
             return 1.0;
         }
         let mag = 10f64.powf(v.log10().floor());
-        [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|m| v <= *m).unwrap_or(10.0 * mag)
+        [1.0, 2.0, 2.5, 5.0, 10.0]
+            .iter()
+            .map(|m| m * mag)
+            .find(|m| v <= *m)
+            .unwrap_or(10.0 * mag)
     }
 
     type Series<'s> = (&'s str, RGBColor, Vec<(f64, f64)>);
 
-    fn panel(root: &Area, area: &Area, title: &str, x_unit: &str, series: &[Series]) -> anyhow::Result<()> {
+    fn panel(
+        root: &Area,
+        area: &Area,
+        title: &str,
+        x_unit: &str,
+        series: &[Series],
+    ) -> anyhow::Result<()> {
         let pts = || series.iter().flat_map(|(_, _, p)| p.iter());
         let x_max = nice_max(pts().map(|p| p.0).fold(0.0, f64::max));
         let y_max = nice_max(pts().map(|p| p.1).fold(0.0, f64::max) * 1.05);
@@ -936,7 +1112,9 @@ mod plot {
         let grey = RGBColor(225, 225, 225);
         for k in 0..=5 {
             let y = y_max * k as f64 / 5.0;
-            chart.draw_series(LineSeries::new([(0.0, y), (x_max, y)], &grey)).map_err(e)?;
+            chart
+                .draw_series(LineSeries::new([(0.0, y), (x_max, y)], &grey))
+                .map_err(e)?;
             let (px, py) = chart.backend_coord(&(0.0, y));
             let label = format!("{y:.0}");
             text(root, px - 8 * label.len() as i32 - 6, py - 4, &label, 1);
@@ -945,19 +1123,31 @@ mod plot {
             let label = format!("{x:.0}{x_unit}");
             text(root, px - 4 * label.len() as i32, py + 6, &label, 1);
         }
-        chart.draw_series(LineSeries::new([(0.0, 0.0), (0.0, y_max)], &BLACK)).map_err(e)?;
-        chart.draw_series(LineSeries::new([(0.0, 0.0), (x_max, 0.0)], &BLACK)).map_err(e)?;
+        chart
+            .draw_series(LineSeries::new([(0.0, 0.0), (0.0, y_max)], &BLACK))
+            .map_err(e)?;
+        chart
+            .draw_series(LineSeries::new([(0.0, 0.0), (x_max, 0.0)], &BLACK))
+            .map_err(e)?;
         for (_, color, p) in series {
-            chart.draw_series(LineSeries::new(p.iter().copied(), color.stroke_width(2))).map_err(e)?;
+            chart
+                .draw_series(LineSeries::new(p.iter().copied(), color.stroke_width(2)))
+                .map_err(e)?;
             if p.len() < 20 {
-                chart.draw_series(p.iter().map(|q| Circle::new(*q, 4, color.filled()))).map_err(e)?;
+                chart
+                    .draw_series(p.iter().map(|q| Circle::new(*q, 4, color.filled())))
+                    .map_err(e)?;
             }
         }
         let (x0, y0) = chart.backend_coord(&(0.0, y_max));
         text(root, x0, y0 - 24, title, 2);
         let mut lx = x0 + 16 * title.len() as i32 + 30;
         for (name, color, _) in series {
-            root.draw(&Rectangle::new([(lx, y0 - 22), (lx + 18, y0 - 10)], color.filled())).map_err(e)?;
+            root.draw(&Rectangle::new(
+                [(lx, y0 - 22), (lx + 18, y0 - 10)],
+                color.filled(),
+            ))
+            .map_err(e)?;
             text(root, lx + 24, y0 - 20, name, 1);
             lx += 24 + 8 * name.len() as i32 + 24;
         }
@@ -974,16 +1164,34 @@ mod plot {
         let w = &s.windows;
         let offered = w.iter().map(|w| (w.t_s, w.offered as f64)).collect();
         let completed = w.iter().map(|w| (w.t_s, w.completed as f64)).collect();
-        panel(&root, &panels[0], "requests/s", "s", &[("offered", C[0], offered), ("completed", C[2], completed)])?;
+        panel(
+            &root,
+            &panels[0],
+            "requests/s",
+            "s",
+            &[("offered", C[0], offered), ("completed", C[2], completed)],
+        )?;
         let lat = w.iter().filter(|w| w.offered > 0);
         let p50 = lat.clone().map(|w| (w.t_s, w.p50_ms)).collect();
         let p99 = lat.map(|w| (w.t_s, w.p99_ms)).collect();
-        panel(&root, &panels[1], "latency ms (by intended send)", "s", &[("p50", C[2], p50), ("p99", C[1], p99)])?;
-        root.present().map_err(|err| anyhow::anyhow!("writing {}: {err}", path.display()))
+        panel(
+            &root,
+            &panels[1],
+            "latency ms (by intended send)",
+            "s",
+            &[("p50", C[2], p50), ("p99", C[1], p99)],
+        )?;
+        root.present()
+            .map_err(|err| anyhow::anyhow!("writing {}: {err}", path.display()))
     }
 
     /// Saturation: p99 (and the target) and throughput against the offered rate.
-    pub fn saturation(path: &Path, header: &str, steps: &[Step], target_ms: f64) -> anyhow::Result<()> {
+    pub fn saturation(
+        path: &Path,
+        header: &str,
+        steps: &[Step],
+        target_ms: f64,
+    ) -> anyhow::Result<()> {
         let root = BitMapBackend::new(path, (1200, 800)).into_drawing_area();
         root.fill(&WHITE).map_err(e)?;
         text(&root, 10, 8, header, 2);
@@ -991,14 +1199,40 @@ mod plot {
         let mut by_rate: Vec<&Step> = steps.iter().collect();
         by_rate.sort_by(|a, b| a.offered_rate.total_cmp(&b.offered_rate));
         let x_end = by_rate.last().map_or(1.0, |s| s.offered_rate);
-        let p99 = by_rate.iter().map(|s| (s.offered_rate, s.latency.p99_ms)).collect();
-        let p50 = by_rate.iter().map(|s| (s.offered_rate, s.latency.p50_ms)).collect();
+        let p99 = by_rate
+            .iter()
+            .map(|s| (s.offered_rate, s.latency.p99_ms))
+            .collect();
+        let p50 = by_rate
+            .iter()
+            .map(|s| (s.offered_rate, s.latency.p50_ms))
+            .collect();
         let target = vec![(0.0, target_ms), (x_end, target_ms)];
-        panel(&root, &panels[0], "latency ms vs offered/s", "", &[("p99", C[1], p99), ("p50", C[2], p50), ("target", C[0], target)])?;
-        let thr = by_rate.iter().map(|s| (s.offered_rate, s.throughput)).collect();
+        panel(
+            &root,
+            &panels[0],
+            "latency ms vs offered/s",
+            "",
+            &[
+                ("p99", C[1], p99),
+                ("p50", C[2], p50),
+                ("target", C[0], target),
+            ],
+        )?;
+        let thr = by_rate
+            .iter()
+            .map(|s| (s.offered_rate, s.throughput))
+            .collect();
         let ideal = vec![(0.0, 0.0), (x_end, x_end)];
-        panel(&root, &panels[1], "throughput/s vs offered/s", "", &[("throughput", C[3], thr), ("offered", C[0], ideal)])?;
-        root.present().map_err(|err| anyhow::anyhow!("writing {}: {err}", path.display()))
+        panel(
+            &root,
+            &panels[1],
+            "throughput/s vs offered/s",
+            "",
+            &[("throughput", C[3], thr), ("offered", C[0], ideal)],
+        )?;
+        root.present()
+            .map_err(|err| anyhow::anyhow!("writing {}: {err}", path.display()))
     }
 }
 
@@ -1006,15 +1240,32 @@ mod plot {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(args.rate > 0.0 && args.rate.is_finite(), "--rate must be positive");
-    anyhow::ensure!(args.burst_len < args.burst_every, "--burst-len must be shorter than --burst-every");
-    anyhow::ensure!((0.0..=1.0).contains(&args.ramp_from), "--ramp-from is a fraction in 0..=1");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    anyhow::ensure!(
+        args.rate > 0.0 && args.rate.is_finite(),
+        "--rate must be positive"
+    );
+    anyhow::ensure!(
+        args.burst_len < args.burst_every,
+        "--burst-len must be shorter than --burst-every"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.ramp_from),
+        "--ramp-from is a fraction in 0..=1"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let run_id = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
+    let run_id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
     let mut head_tmp = None;
     let mut target = start_target(&args, &run_id, &mut head_tmp).await?;
     let shape_at = |rate: f64| Shape {
@@ -1043,7 +1294,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // Start the next step on an empty backlog (our own workers only).
             if let Some((run, _)) = &target.workers {
                 if !run.wait_drained(args.drain_timeout).await {
-                    eprintln!("the workers still had a backlog after {:?}; stopping", args.drain_timeout);
+                    eprintln!(
+                        "the workers still had a backlog after {:?}; stopping",
+                        args.drain_timeout
+                    );
                     break;
                 }
             }
@@ -1052,7 +1306,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 None => break,
             }
         }
-        sat_report = Some(SaturationReport { p99_target_ms: target_ms, max_rate: search.result() });
+        sat_report = Some(SaturationReport {
+            p99_target_ms: target_ms,
+            max_rate: search.result(),
+        });
     } else {
         let step = run_step(&args, &target, &shape_at(args.rate), 0, show).await?;
         log_step(&step);
@@ -1061,7 +1318,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let worker = match args.worker {
         WorkerKind::None => "external".to_string(),
-        k => format!("{} {} worker(s), max batch {}", args.workers.max(1), format!("{k:?}").to_lowercase(), args.worker_batch),
+        k => format!(
+            "{} {} worker(s), max batch {}",
+            args.workers.max(1),
+            format!("{k:?}").to_lowercase(),
+            args.worker_batch
+        ),
     };
     let arrivals = format!("{:?}", args.arrivals).to_lowercase();
     let report = Report {
@@ -1074,11 +1336,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         saturation: sat_report,
     };
     if let Some(p) = &args.json {
-        std::fs::write(p, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
         eprintln!("wrote {}", p.display());
     }
     if let Some(p) = &args.plot {
-        let header = format!("aifab loadgen: {:?} {:.0}/s {arrivals}, {worker}", args.scenario, args.rate);
+        let header = format!(
+            "aifab loadgen: {:?} {:.0}/s {arrivals}, {worker}",
+            args.scenario, args.rate
+        );
         match &report.saturation {
             Some(s) => plot::saturation(p, &header, &steps, s.p99_target_ms)?,
             None => plot::run(p, &header, &steps[0])?,
@@ -1112,7 +1378,11 @@ mod tests {
             burst_factor: 5.0,
             burst_every_s: 10.0,
             burst_len_s: 1.0,
-            tenants: vec![("acme".into(), 6.0), ("beta".into(), 3.0), ("gamma".into(), 1.0)],
+            tenants: vec![
+                ("acme".into(), 6.0),
+                ("beta".into(), 3.0),
+                ("gamma".into(), 1.0),
+            ],
         }
     }
 
@@ -1124,7 +1394,11 @@ mod tests {
     fn steady_is_evenly_spaced_at_the_rate() {
         let a = schedule(&shape(Scenario::Steady, 200.0, 10.0), Arrivals::Uniform, 1);
         assert_eq!(a.len(), 2000);
-        assert!((a[0].at_s - 0.0025).abs() < 1e-6, "first at half a gap: {}", a[0].at_s);
+        assert!(
+            (a[0].at_s - 0.0025).abs() < 1e-6,
+            "first at half a gap: {}",
+            a[0].at_s
+        );
         for w in a.windows(2) {
             assert!((w[1].at_s - w[0].at_s - 0.005).abs() < 1e-6);
         }
@@ -1133,7 +1407,11 @@ mod tests {
 
     #[test]
     fn high_rates_are_exact_too() {
-        let a = schedule(&shape(Scenario::Steady, 20_000.0, 2.0), Arrivals::Uniform, 1);
+        let a = schedule(
+            &shape(Scenario::Steady, 20_000.0, 2.0),
+            Arrivals::Uniform,
+            1,
+        );
         assert_eq!(a.len(), 40_000);
         assert!(a.windows(2).all(|w| w[1].at_s >= w[0].at_s));
     }
@@ -1158,10 +1436,17 @@ mod tests {
 
     #[test]
     fn tenants_share_the_rate_by_weight() {
-        let a = schedule(&shape(Scenario::MultiTenant, 100.0, 10.0), Arrivals::Uniform, 1);
+        let a = schedule(
+            &shape(Scenario::MultiTenant, 100.0, 10.0),
+            Arrivals::Uniform,
+            1,
+        );
         let per = |t| a.iter().filter(|x| x.tenant == t).count();
         assert_eq!((per(0), per(1), per(2)), (600, 300, 100));
-        assert!(a.windows(2).all(|w| w[1].at_s >= w[0].at_s), "merged in time order");
+        assert!(
+            a.windows(2).all(|w| w[1].at_s >= w[0].at_s),
+            "merged in time order"
+        );
     }
 
     #[test]
@@ -1172,13 +1457,22 @@ mod tests {
         assert_eq!(a, schedule(&s, Arrivals::Poisson, 7));
         assert_ne!(a, schedule(&s, Arrivals::Poisson, 8));
         // Exponential gaps: about e^-1 of them exceed the mean gap.
-        let long = a.windows(2).filter(|w| w[1].at_s - w[0].at_s > 1.0 / 500.0).count() as f64 / a.len() as f64;
+        let long = a
+            .windows(2)
+            .filter(|w| w[1].at_s - w[0].at_s > 1.0 / 500.0)
+            .count() as f64
+            / a.len() as f64;
         assert!((long - (-1f64).exp()).abs() < 0.03, "{long}");
     }
 
     #[test]
     fn accounting_counts_lost_duplicated_and_latency_from_intended_time() {
-        let arrivals: Vec<Arrival> = (0..4).map(|i| Arrival { at_s: i as f64, tenant: i % 2 }).collect();
+        let arrivals: Vec<Arrival> = (0..4)
+            .map(|i| Arrival {
+                at_s: i as f64,
+                tenant: i % 2,
+            })
+            .collect();
         let mut acc = Accounting::new(&arrivals);
         acc.record(0, 0.010);
         acc.record(1, 1.250);
@@ -1189,33 +1483,57 @@ mod tests {
         acc.record(99, 1.0); // not ours
         acc.record_stages(99, 1.0, 1.0, 1.0);
         let st = acc.stages();
-        assert!((st.queue.p50_ms - 100.0).abs() < 0.1 && (st.commit_and_read.max_ms - 380.0).abs() < 0.5, "{st:?}");
+        assert!(
+            (st.queue.p50_ms - 100.0).abs() < 0.1
+                && (st.commit_and_read.max_ms - 380.0).abs() < 0.5,
+            "{st:?}"
+        );
         let d = acc.delivery();
-        assert_eq!((d.requests, d.lost, d.duplicated, acc.distinct), (4, 1, 1, 3));
+        assert_eq!(
+            (d.requests, d.lost, d.duplicated, acc.distinct),
+            (4, 1, 1, 3)
+        );
         assert!((acc.latency_ms(1).unwrap() - 250.0).abs() < 1e-9);
         assert_eq!(acc.latency_ms(2), None);
         let l = acc.latency(|_| true);
-        assert!((l.max_ms - 500.0).abs() < 1.0 && (l.p50_ms - 250.0).abs() < 1.0, "{l:?}");
+        assert!(
+            (l.max_ms - 500.0).abs() < 1.0 && (l.p50_ms - 250.0).abs() < 1.0,
+            "{l:?}"
+        );
         let t = acc.tenants(&["even".into(), "odd".into()]);
-        assert_eq!((t[0].requests, t[0].lost, t[1].lost, t[1].duplicated), (2, 1, 0, 1));
+        assert_eq!(
+            (t[0].requests, t[0].lost, t[1].lost, t[1].duplicated),
+            (2, 1, 0, 1)
+        );
         // 3 distinct from t=0 to the last first read at 3.5 s.
         assert!((acc.throughput() - 3.0 / 3.5).abs() < 1e-9);
         let w = acc.windows();
         assert_eq!(w.len(), 4);
         assert_eq!(w.iter().map(|w| w.offered).sum::<usize>(), 4);
-        assert_eq!(w.iter().map(|w| w.completed).collect::<Vec<_>>(), vec![1, 1, 0, 1]);
+        assert_eq!(
+            w.iter().map(|w| w.completed).collect::<Vec<_>>(),
+            vec![1, 1, 0, 1]
+        );
     }
 
     #[test]
     fn a_stall_shows_in_the_latency_of_everything_scheduled_during_it() {
         // 100 requests over 1 s; the pipeline stalls, and all answers arrive at 2 s.
-        let arrivals: Vec<Arrival> = (0..100).map(|i| Arrival { at_s: i as f64 / 100.0, tenant: 0 }).collect();
+        let arrivals: Vec<Arrival> = (0..100)
+            .map(|i| Arrival {
+                at_s: i as f64 / 100.0,
+                tenant: 0,
+            })
+            .collect();
         let mut acc = Accounting::new(&arrivals);
         for i in 0..100 {
             acc.record(i, 2.0);
         }
         let l = acc.latency(|_| true);
-        assert!((l.p50_ms - 1500.0).abs() < 15.0 && (l.p99_ms - 1990.0).abs() < 15.0, "{l:?}");
+        assert!(
+            (l.p50_ms - 1500.0).abs() < 15.0 && (l.p99_ms - 1990.0).abs() < 15.0,
+            "{l:?}"
+        );
     }
 
     #[test]
@@ -1262,7 +1580,10 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("-1s").is_err() && parse_duration("soon").is_err());
-        assert_eq!(parse_tenants("a=2,b").unwrap(), Tenants(vec![("a".into(), 2.0), ("b".into(), 1.0)]));
+        assert_eq!(
+            parse_tenants("a=2,b").unwrap(),
+            Tenants(vec![("a".into(), 2.0), ("b".into(), 1.0)])
+        );
         assert!(parse_tenants("a=0").is_err());
     }
 
@@ -1299,7 +1620,11 @@ mod tests {
         faster.offered_rate = 100.0;
         plot::saturation(&b, "test", &[step, faster], 30.0).unwrap();
         for p in [a, b] {
-            assert!(std::fs::read(&p).unwrap().starts_with(b"\x89PNG"), "{} is a PNG", p.display());
+            assert!(
+                std::fs::read(&p).unwrap().starts_with(b"\x89PNG"),
+                "{} is a PNG",
+                p.display()
+            );
         }
     }
 }

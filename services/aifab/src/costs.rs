@@ -15,7 +15,12 @@ pub struct CostsArgs {
     #[command(subcommand)]
     pub command: Option<CostsCmd>,
     /// The cost accountant's HTTP address.
-    #[arg(long, env = "AIFAB_COSTS_URL", default_value = "http://127.0.0.1:8085", global = true)]
+    #[arg(
+        long,
+        env = "AIFAB_COSTS_URL",
+        default_value = "http://127.0.0.1:8085",
+        global = true
+    )]
     pub url: String,
     /// `day` or `month`.
     #[arg(long, default_value = "day")]
@@ -63,36 +68,81 @@ fn period_kind(s: &str) -> anyhow::Result<BudgetPeriod> {
 }
 
 pub async fn run(args: CostsArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let base = args.url.trim_end_matches('/').to_string();
     match args.command.clone() {
-        Some(CostsCmd::Budget { tenant, period, amount, currency, nats_url, http }) => {
-            let set = BudgetSet { schema: tag(), tenant, period: period_kind(&period)?, amount, currency, at_ms: aifab_core::now_ms() };
+        Some(CostsCmd::Budget {
+            tenant,
+            period,
+            amount,
+            currency,
+            nats_url,
+            http,
+        }) => {
+            let set = BudgetSet {
+                schema: tag(),
+                tenant,
+                period: period_kind(&period)?,
+                amount,
+                currency,
+                at_ms: aifab_core::now_ms(),
+            };
             let json = serde_json::to_value(&set)?;
             if let Err(v) = aifab_core::schema::validate("budget.set/v1", &json) {
-                bail!("{}", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; "));
+                bail!(
+                    "{}",
+                    v.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
             }
             if http {
-                let resp = client.post(format!("{base}/v1/budgets")).json(&json).send().await.with_context(|| format!("POST {base}/v1/budgets"))?;
+                let resp = client
+                    .post(format!("{base}/v1/budgets"))
+                    .json(&json)
+                    .send()
+                    .await
+                    .with_context(|| format!("POST {base}/v1/budgets"))?;
                 let status = resp.status();
                 let body: Value = resp.json().await.unwrap_or(Value::Null);
                 if !status.is_success() {
-                    bail!("the cost accountant refused the budget: {}", body["error"].as_str().unwrap_or(&body.to_string()));
+                    bail!(
+                        "the cost accountant refused the budget: {}",
+                        body["error"].as_str().unwrap_or(&body.to_string())
+                    );
                 }
-                println!("budget set: {} {} {} per {}", set.tenant, set.amount, set.currency, period);
+                println!(
+                    "budget set: {} {} {} per {}",
+                    set.tenant, set.amount, set.currency, period
+                );
                 return Ok(());
             }
-            let nats = async_nats::connect(&nats_url).await.with_context(|| format!("connecting to NATS at {nats_url}"))?;
-            nats.publish(subjects::BUDGET_SET, encode(&set).into()).await?;
+            let nats = async_nats::connect(&nats_url)
+                .await
+                .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+            nats.publish(subjects::BUDGET_SET, encode(&set).into())
+                .await?;
             nats.flush().await?;
-            println!("published on {}: {} {} {} per {}", subjects::BUDGET_SET, set.tenant, set.amount, set.currency, period);
+            println!(
+                "published on {}: {} {} {} per {}",
+                subjects::BUDGET_SET,
+                set.tenant,
+                set.amount,
+                set.currency,
+                period
+            );
             // Confirm through the cost accountant, if it answers.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             loop {
                 if let Ok(resp) = client.get(format!("{base}/v1/budgets")).send().await {
                     if let Ok(list) = resp.json::<Vec<Value>>().await {
                         if list.iter().any(|b| {
-                            b["tenant"] == set.tenant.as_str() && b["period"] == period.as_str() && b["amount"].as_f64() == Some(set.amount)
+                            b["tenant"] == set.tenant.as_str()
+                                && b["period"] == period.as_str()
+                                && b["amount"].as_f64() == Some(set.amount)
                         }) {
                             println!("the cost accountant has it");
                             return Ok(());
@@ -119,9 +169,16 @@ pub async fn run(args: CostsArgs) -> anyhow::Result<()> {
                     q.append_pair("tenant", t);
                 }
             }
-            let resp = client.get(url.clone()).send().await.with_context(|| format!("GET {url} (is the cost accountant running?)"))?;
+            let resp = client
+                .get(url.clone())
+                .send()
+                .await
+                .with_context(|| format!("GET {url} (is the cost accountant running?)"))?;
             let status = resp.status();
-            let body: Value = resp.json().await.context("the cost accountant's answer is not JSON")?;
+            let body: Value = resp
+                .json()
+                .await
+                .context("the cost accountant's answer is not JSON")?;
             if !status.is_success() {
                 bail!("{}", body["error"].as_str().unwrap_or(&body.to_string()));
             }
@@ -136,7 +193,9 @@ pub async fn run(args: CostsArgs) -> anyhow::Result<()> {
 }
 
 fn money(v: &Value) -> String {
-    v.as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into())
+    v.as_f64()
+        .map(|x| format!("{x:.4}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// The report as a table.
@@ -149,7 +208,10 @@ pub fn render(r: &Value) -> String {
         "TENANT / MODEL", "PREDICTIONS", "DIRECT", "IDLE", "TOTAL", "PER_1K", "BURN/H", "BUDGET", "REMAINING", "USED"
     );
     for t in r["tenants"].as_array().into_iter().flatten() {
-        let used = t["budget_used"].as_f64().map(|u| format!("{:.0}%", u * 100.0)).unwrap_or_else(|| "-".into());
+        let used = t["budget_used"]
+            .as_f64()
+            .map(|u| format!("{:.0}%", u * 100.0))
+            .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
             "{:<20} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}\n",
             t["tenant"].as_str().unwrap_or("?"),
@@ -164,8 +226,18 @@ pub fn render(r: &Value) -> String {
             used
         ));
         for m in t["models"].as_array().into_iter().flatten() {
-            let name = format!("  {}@{} ({})", m["model"].as_str().unwrap_or("?"), m["model_version"].as_str().unwrap_or("?"), m["device_kind"].as_str().unwrap_or("?"));
-            out.push_str(&format!("{:<20} {:>11} {:>10}\n", name, m["predictions"], money(&m["cost"])));
+            let name = format!(
+                "  {}@{} ({})",
+                m["model"].as_str().unwrap_or("?"),
+                m["model_version"].as_str().unwrap_or("?"),
+                m["device_kind"].as_str().unwrap_or("?")
+            );
+            out.push_str(&format!(
+                "{:<20} {:>11} {:>10}\n",
+                name,
+                m["predictions"],
+                money(&m["cost"])
+            ));
         }
     }
     let tot = &r["totals"];
@@ -208,8 +280,16 @@ mod tests {
         });
         let t = super::render(&r);
         assert!(t.contains("costs for 2026-11-29 (day), USD"), "{t}");
-        assert!(t.lines().any(|l| l.starts_with("acme") && l.contains("80%") && l.contains("4.0000")), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("acme") && l.contains("80%") && l.contains("4.0000")),
+            "{t}"
+        );
         assert!(t.contains("spam@v1 (cpu)"), "{t}");
-        assert!(t.lines().any(|l| l.starts_with("TOTAL") && l.contains("2000")), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("TOTAL") && l.contains("2000")),
+            "{t}"
+        );
     }
 }

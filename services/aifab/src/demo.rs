@@ -68,7 +68,11 @@ pub struct DemoArgs {
     pub kafka_brokers: String,
     #[arg(long, env = "AIFAB_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-    #[arg(long, env = "AIFAB_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "AIFAB_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
 }
 
@@ -103,7 +107,8 @@ pub struct Summary {
 /// Score the answers: `labels[i]` is request i's true label, `sent_ms[i]` when it was
 /// sent; latency runs from the send to the prediction's commit.
 pub fn summarize(labels: &[String], sent_ms: &[i64], answers: &HashMap<usize, Answer>) -> Summary {
-    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("histogram bounds");
+    let mut hist =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).expect("histogram bounds");
     let (mut correct, mut labelled, mut cached, mut expired) = (0usize, 0usize, 0usize, 0usize);
     let mut last_ms = i64::MIN;
     let mut versions: Vec<String> = Vec::new();
@@ -127,8 +132,18 @@ pub fn summarize(labels: &[String], sent_ms: &[i64], answers: &HashMap<usize, An
     }
     versions.sort();
     let first_ms = sent_ms.iter().copied().min().unwrap_or(0);
-    let span_s = if answers.is_empty() { 0.0 } else { ((last_ms - first_ms) as f64 / 1000.0).max(1e-3) };
-    let quantile = |q: f64| if answers.is_empty() { 0.0 } else { hist.value_at_quantile(q) as f64 };
+    let span_s = if answers.is_empty() {
+        0.0
+    } else {
+        ((last_ms - first_ms) as f64 / 1000.0).max(1e-3)
+    };
+    let quantile = |q: f64| {
+        if answers.is_empty() {
+            0.0
+        } else {
+            hist.value_at_quantile(q) as f64
+        }
+    };
     Summary {
         sent: labels.len(),
         answered: answers.len(),
@@ -136,8 +151,16 @@ pub fn summarize(labels: &[String], sent_ms: &[i64], answers: &HashMap<usize, An
         labelled,
         cached,
         expired,
-        accuracy: if labels.is_empty() { 0.0 } else { correct as f64 / labels.len() as f64 },
-        throughput_per_s: if answers.is_empty() { 0.0 } else { answers.len() as f64 / span_s },
+        accuracy: if labels.is_empty() {
+            0.0
+        } else {
+            correct as f64 / labels.len() as f64
+        },
+        throughput_per_s: if answers.is_empty() {
+            0.0
+        } else {
+            answers.len() as f64 / span_s
+        },
         p50_ms: quantile(0.5),
         p99_ms: quantile(0.99),
         versions,
@@ -150,19 +173,29 @@ pub fn request_index(id: &str, run: &str) -> Option<usize> {
 }
 
 fn service(name: &str) -> LocalService {
-    *SERVICES.iter().find(|s| s.name == name).expect("a local service")
+    *SERVICES
+        .iter()
+        .find(|s| s.name == name)
+        .expect("a local service")
 }
 
 fn bar(len: u64, prefix: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template("{prefix:>12} [{bar:40}] {pos}/{len} {msg}").expect("template").progress_chars("=> "),
+        ProgressStyle::with_template("{prefix:>12} [{bar:40}] {pos}/{len} {msg}")
+            .expect("template")
+            .progress_chars("=> "),
     );
     pb.set_prefix(prefix.to_string());
     pb
 }
 
-fn load(path: &Option<PathBuf>, builtin: &str, what: &str, limit: Option<usize>) -> anyhow::Result<Vec<Example>> {
+fn load(
+    path: &Option<PathBuf>,
+    builtin: &str,
+    what: &str,
+    limit: Option<usize>,
+) -> anyhow::Result<Vec<Example>> {
     let mut examples = match path {
         Some(p) => read_jsonl(p)?,
         None => parse_jsonl(builtin, what)?,
@@ -174,17 +207,42 @@ fn load(path: &Option<PathBuf>, builtin: &str, what: &str, limit: Option<usize>)
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let train = load(&args.train, BUILTIN_TRAIN, "built-in sms_spam/train.jsonl", args.train_limit)?;
-    let test = load(&args.test, BUILTIN_TEST, "built-in sms_spam/test.jsonl", args.test_limit)?;
-    let source = |p: &Option<PathBuf>| p.as_ref().map_or("the SMS Spam Collection (built in)".to_string(), |p| p.display().to_string());
-    println!("aifab demo: train on {} examples of {}, then serve {} requests of {}", train.len(), source(&args.train), test.len(), source(&args.test));
+    let train = load(
+        &args.train,
+        BUILTIN_TRAIN,
+        "built-in sms_spam/train.jsonl",
+        args.train_limit,
+    )?;
+    let test = load(
+        &args.test,
+        BUILTIN_TEST,
+        "built-in sms_spam/test.jsonl",
+        args.test_limit,
+    )?;
+    let source = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or("the SMS Spam Collection (built in)".to_string(), |p| {
+                p.display().to_string()
+            })
+    };
+    println!(
+        "aifab demo: train on {} examples of {}, then serve {} requests of {}",
+        train.len(),
+        source(&args.train),
+        test.len(),
+        source(&args.test)
+    );
 
     if !args.no_up {
         bring_up().await?;
     }
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let redis = redis::Client::open(args.redis_url.as_str())?;
-    let mut conn = redis::aio::ConnectionManager::new(redis).await.context("connecting to Redis")?;
+    let mut conn = redis::aio::ConnectionManager::new(redis)
+        .await
+        .context("connecting to Redis")?;
     // Ingest accepts records only from known tenants: make the demo's tenant known.
     let _: () = redis::cmd("HSET")
         .arg(format!("aifab:ingest:tenant:{}", args.tenant))
@@ -194,7 +252,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .arg("created by aifab demo")
         .query_async(&mut conn)
         .await?;
-    let producer: FutureProducer = aifab_core::kafka::producer_config(&args.kafka_brokers, "aifab-demo").create()?;
+    let producer: FutureProducer =
+        aifab_core::kafka::producer_config(&args.kafka_brokers, "aifab-demo").create()?;
     let run_id = format!("demo-{}", uuid::Uuid::now_v7().simple());
 
     let mut registry = Registry::new(conn.clone());
@@ -218,32 +277,63 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let worker = service("inference-worker");
     crate::status::wait_ready(&worker.addr(), Duration::from_secs(120))
         .await
-        .with_context(|| format!("the inference worker did not become ready (log: {})", local::log_dir().display()))?;
+        .with_context(|| {
+            format!(
+                "the inference worker did not become ready (log: {})",
+                local::log_dir().display()
+            )
+        })?;
 
-    println!("\nserving {} requests through Kafka (ingest → feature → inference worker → predictions)", test.len());
+    println!(
+        "\nserving {} requests through Kafka (ingest → feature → inference worker → predictions)",
+        test.len()
+    );
     let summary = serve(&args, &producer, &run_id, &test).await?;
     let cost = cost_per_1k(&http, &args.tenant).await;
     print_summary(&args, &model.version, &summary, cost);
-    anyhow::ensure!(summary.missing == 0, "{} of {} requests got no prediction within {} s", summary.missing, summary.sent, args.idle_timeout_s);
+    anyhow::ensure!(
+        summary.missing == 0,
+        "{} of {} requests got no prediction within {} s",
+        summary.missing,
+        summary.sent,
+        args.idle_timeout_s
+    );
     Ok(())
 }
 
 /// `aifab up --detach` through this same binary: stack, model, services.
 async fn bring_up() -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
-    let status = tokio::process::Command::new(exe).args(["up", "--detach"]).status().await.context("running aifab up")?;
-    anyhow::ensure!(status.success(), "aifab up --detach failed ({status}); see {}", local::log_dir().display());
+    let status = tokio::process::Command::new(exe)
+        .args(["up", "--detach"])
+        .status()
+        .await
+        .context("running aifab up")?;
+    anyhow::ensure!(
+        status.success(),
+        "aifab up --detach failed ({status}); see {}",
+        local::log_dir().display()
+    );
     Ok(())
 }
 
-async fn produce_all(producer: &FutureProducer, records: Vec<(String, Vec<u8>)>, pb: &ProgressBar) -> anyhow::Result<Vec<i64>> {
+async fn produce_all(
+    producer: &FutureProducer,
+    records: Vec<(String, Vec<u8>)>,
+    pb: &ProgressBar,
+) -> anyhow::Result<Vec<i64>> {
     use futures::StreamExt;
     let sends = records.into_iter().map(|(key, payload)| {
         let producer = producer.clone();
         async move {
             let sent_ms = aifab_core::now_ms();
             producer
-                .send(FutureRecord::to(INGEST_RAW.name).key(&key).payload(&payload), Duration::from_secs(60))
+                .send(
+                    FutureRecord::to(INGEST_RAW.name)
+                        .key(&key)
+                        .payload(&payload),
+                    Duration::from_secs(60),
+                )
                 .await
                 .map_err(|(e, _)| anyhow::anyhow!("producing to {}: {e}", INGEST_RAW.name))?;
             Ok::<i64, anyhow::Error>(sent_ms)
@@ -258,13 +348,24 @@ async fn produce_all(producer: &FutureProducer, records: Vec<(String, Vec<u8>)>,
     Ok(out)
 }
 
-async fn train_model(args: &DemoArgs, http: &reqwest::Client, producer: &FutureProducer, run_id: &str, train: &[Example]) -> anyhow::Result<()> {
+async fn train_model(
+    args: &DemoArgs,
+    http: &reqwest::Client,
+    producer: &FutureProducer,
+    run_id: &str,
+    train: &[Example],
+) -> anyhow::Result<()> {
     let trainer = service("trainer");
     let window_url = format!("http://{}/v1/window", trainer.addr());
     let in_window = |v: &Value| v["examples"][&args.task].as_u64().unwrap_or(0);
     let before = in_window(&http.get(&window_url).send().await?.json::<Value>().await?);
 
-    println!("\ntraining task {:?}: {} labelled examples into {}", args.task, train.len(), INGEST_RAW.name);
+    println!(
+        "\ntraining task {:?}: {} labelled examples into {}",
+        args.task,
+        train.len(),
+        INGEST_RAW.name
+    );
     let records = train
         .iter()
         .enumerate()
@@ -302,15 +403,31 @@ async fn train_model(args: &DemoArgs, http: &reqwest::Client, producer: &FutureP
     crate::train::request_and_follow(&args.nats_url, &args.task).await
 }
 
-async fn serve(args: &DemoArgs, producer: &FutureProducer, run_id: &str, test: &[Example]) -> anyhow::Result<Summary> {
+async fn serve(
+    args: &DemoArgs,
+    producer: &FutureProducer,
+    run_id: &str,
+    test: &[Example],
+) -> anyhow::Result<Summary> {
     // Start reading predictions at the current end before sending anything.
     let brokers = args.kafka_brokers.clone();
     let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<BaseConsumer> {
-        let c: BaseConsumer = aifab_core::kafka::consumer_config(&brokers, "aifab-demo", &format!("aifab-cli-{}", uuid::Uuid::new_v4().simple())).create()?;
+        let c: BaseConsumer = aifab_core::kafka::consumer_config(
+            &brokers,
+            "aifab-demo",
+            &format!("aifab-cli-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .create()?;
         let md = c.fetch_metadata(Some(PREDICTIONS.name), Duration::from_secs(30))?;
         let mut tpl = TopicPartitionList::new();
-        for p in md.topics().first().map(|t| t.partitions()).unwrap_or_default() {
-            let (_, high) = c.fetch_watermarks(PREDICTIONS.name, p.id(), Duration::from_secs(30))?;
+        for p in md
+            .topics()
+            .first()
+            .map(|t| t.partitions())
+            .unwrap_or_default()
+        {
+            let (_, high) =
+                c.fetch_watermarks(PREDICTIONS.name, p.id(), Duration::from_secs(30))?;
             tpl.add_partition_offset(PREDICTIONS.name, p.id(), Offset::Offset(high))?;
         }
         c.assign(&tpl)?;
@@ -340,15 +457,24 @@ async fn serve(args: &DemoArgs, producer: &FutureProducer, run_id: &str, test: &
         let mut answers: HashMap<usize, Answer> = HashMap::new();
         let mut last = Instant::now();
         while answers.len() < n && last.elapsed() < idle {
-            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else { continue };
-            let Some(p) = m.payload().and_then(|b| decode::<Prediction>(b).ok()) else { continue };
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let Some(p) = m.payload().and_then(|b| decode::<Prediction>(b).ok()) else {
+                continue;
+            };
             if p.arm == Arm::Shadow {
                 continue;
             }
             if let Some(i) = request_index(&p.id, &run).filter(|&i| i < n) {
                 answers.entry(i).or_insert_with(|| {
                     pb.inc(1);
-                    Answer { label: p.label, outcome: p.outcome, produced_at_ms: p.produced_at_ms, model_version: p.model_version }
+                    Answer {
+                        label: p.label,
+                        outcome: p.outcome,
+                        produced_at_ms: p.produced_at_ms,
+                        model_version: p.model_version,
+                    }
                 });
                 last = Instant::now();
             }
@@ -363,12 +489,18 @@ async fn serve(args: &DemoArgs, producer: &FutureProducer, run_id: &str, test: &
 
 /// Today's cost per 1,000 predictions of `tenant`, once the cost accountant has charged.
 async fn cost_per_1k(http: &reqwest::Client, tenant: &str) -> Option<f64> {
-    let url = format!("http://{}/v1/costs?period=day&tenant={tenant}", service("cost-accountant").addr());
+    let url = format!(
+        "http://{}/v1/costs?period=day&tenant={tenant}",
+        service("cost-accountant").addr()
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Ok(r) = http.get(&url).send().await {
             if let Ok(v) = r.json::<Value>().await {
-                let row = v["tenants"].as_array().and_then(|ts| ts.iter().find(|t| t["tenant"] == tenant)).cloned();
+                let row = v["tenants"]
+                    .as_array()
+                    .and_then(|ts| ts.iter().find(|t| t["tenant"] == tenant))
+                    .cloned();
                 if let Some(c) = row.and_then(|t| t["cost_per_1k_predictions"].as_f64()) {
                     return Some(c);
                 }
@@ -381,19 +513,38 @@ async fn cost_per_1k(http: &reqwest::Client, tenant: &str) -> Option<f64> {
 
 fn print_summary(args: &DemoArgs, version: &str, s: &Summary, cost: Option<f64>) {
     println!();
-    println!("model        {}/{version} (served: {})", args.task, s.versions.join(", "));
-    println!("requests     {} sent, {} answered ({} from the dedupe cache, {} expired), {} missing", s.sent, s.answered, s.cached, s.expired, s.missing);
+    println!(
+        "model        {}/{version} (served: {})",
+        args.task,
+        s.versions.join(", ")
+    );
+    println!(
+        "requests     {} sent, {} answered ({} from the dedupe cache, {} expired), {} missing",
+        s.sent, s.answered, s.cached, s.expired, s.missing
+    );
     println!("accuracy     {:.4} against the labels", s.accuracy);
-    println!("throughput   {:.1} predictions/s (first send to last prediction)", s.throughput_per_s);
-    println!("latency      p50 {:.0} ms, p99 {:.0} ms (send to committed prediction)", s.p50_ms, s.p99_ms);
+    println!(
+        "throughput   {:.1} predictions/s (first send to last prediction)",
+        s.throughput_per_s
+    );
+    println!(
+        "latency      p50 {:.0} ms, p99 {:.0} ms (send to committed prediction)",
+        s.p50_ms, s.p99_ms
+    );
     match cost {
-        Some(c) => println!("cost         {c:.4} per 1,000 predictions (tenant {}, today)", args.tenant),
+        Some(c) => println!(
+            "cost         {c:.4} per 1,000 predictions (tenant {}, today)",
+            args.tenant
+        ),
         None => println!("cost         not charged yet (see `aifab costs`)"),
     }
     println!();
     println!("next:");
     println!("  dashboard    http://{}/", service("monitor").addr());
-    println!("  predictions  aifab consume --topic {} --from-beginning --max 5", PREDICTIONS.name);
+    println!(
+        "  predictions  aifab consume --topic {} --from-beginning --max 5",
+        PREDICTIONS.name
+    );
     println!("  your own     echo '{{\"schema\":\"ingest.raw/v1\",\"tenant\":\"{}\",\"text\":\"WIN a prize now\"}}' | aifab produce --topic {}", args.tenant, INGEST_RAW.name);
     println!("  more         aifab status · aifab models list · aifab costs · aifab down");
 }
@@ -403,30 +554,51 @@ mod tests {
     use super::*;
 
     fn answer(label: &str, outcome: Outcome, at: i64, version: &str) -> Answer {
-        Answer { label: Some(label.into()), outcome, produced_at_ms: at, model_version: version.into() }
+        Answer {
+            label: Some(label.into()),
+            outcome,
+            produced_at_ms: at,
+            model_version: version.into(),
+        }
     }
 
     #[test]
     fn summary_scores_against_the_labels_and_counts_missing_as_wrong() {
-        let labels: Vec<String> = ["ham", "spam", "ham", "spam"].iter().map(|s| s.to_string()).collect();
+        let labels: Vec<String> = ["ham", "spam", "ham", "spam"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let sent = vec![1_000, 1_000, 1_010, 1_020];
         let mut answers = HashMap::new();
         answers.insert(0, answer("ham", Outcome::Ok, 1_100, "v2"));
         answers.insert(1, answer("ham", Outcome::Ok, 1_200, "v2"));
         answers.insert(2, answer("ham", Outcome::Cached, 1_050, "v1"));
         let s = summarize(&labels, &sent, &answers);
-        assert_eq!((s.sent, s.answered, s.missing, s.labelled, s.cached), (4, 3, 1, 3, 1));
+        assert_eq!(
+            (s.sent, s.answered, s.missing, s.labelled, s.cached),
+            (4, 3, 1, 3, 1)
+        );
         assert_eq!(s.accuracy, 0.5, "2 right of 4 sent");
         assert_eq!(s.versions, vec!["v1".to_string(), "v2".into()]);
         // 3 answers over 1_000 → 1_200 ms.
-        assert!((s.throughput_per_s - 15.0).abs() < 1e-9, "{}", s.throughput_per_s);
-        assert!((s.p50_ms - 100.0).abs() <= 1.0 && (s.p99_ms - 200.0).abs() <= 1.0, "{s:?}");
+        assert!(
+            (s.throughput_per_s - 15.0).abs() < 1e-9,
+            "{}",
+            s.throughput_per_s
+        );
+        assert!(
+            (s.p50_ms - 100.0).abs() <= 1.0 && (s.p99_ms - 200.0).abs() <= 1.0,
+            "{s:?}"
+        );
     }
 
     #[test]
     fn nothing_answered_is_zero_not_a_panic() {
         let s = summarize(&["ham".to_string()], &[5], &HashMap::new());
-        assert_eq!((s.accuracy, s.throughput_per_s, s.p99_ms, s.missing), (0.0, 0.0, 0.0, 1));
+        assert_eq!(
+            (s.accuracy, s.throughput_per_s, s.p99_ms, s.missing),
+            (0.0, 0.0, 0.0, 1)
+        );
     }
 
     #[test]

@@ -23,18 +23,42 @@ impl LocalService {
 /// Every service, in start order (consumers after the producers they feed are fine:
 /// Kafka holds the data meanwhile).
 pub const SERVICES: &[LocalService] = &[
-    LocalService { name: "ingest", port: 8080 },
-    LocalService { name: "feature", port: 8081 },
-    LocalService { name: "trainer", port: 8082 },
-    LocalService { name: "inference-worker", port: 8083 },
-    LocalService { name: "monitor", port: 8084 },
-    LocalService { name: "cost-accountant", port: 8085 },
-    LocalService { name: "autoscaler", port: 8086 },
+    LocalService {
+        name: "ingest",
+        port: 8080,
+    },
+    LocalService {
+        name: "feature",
+        port: 8081,
+    },
+    LocalService {
+        name: "trainer",
+        port: 8082,
+    },
+    LocalService {
+        name: "inference-worker",
+        port: 8083,
+    },
+    LocalService {
+        name: "monitor",
+        port: 8084,
+    },
+    LocalService {
+        name: "cost-accountant",
+        port: 8085,
+    },
+    LocalService {
+        name: "autoscaler",
+        port: 8086,
+    },
 ];
 
 /// The local monitor's base URL (its dashboard feeds `aifab status`).
 pub fn monitor_url() -> String {
-    let monitor = SERVICES.iter().find(|s| s.name == "monitor").expect("the monitor is a local service");
+    let monitor = SERVICES
+        .iter()
+        .find(|s| s.name == "monitor")
+        .expect("the monitor is a local service");
     format!("http://{}", monitor.addr())
 }
 
@@ -42,7 +66,9 @@ pub fn monitor_url() -> String {
 pub fn home() -> PathBuf {
     std::env::var_os("AIFAB_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".aifab"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".aifab")
+        })
 }
 
 pub fn run_dir() -> PathBuf {
@@ -56,7 +82,10 @@ pub fn log_dir() -> PathBuf {
 /// The directory holding the service binaries: the one this CLI runs from.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the aifab binary")?;
-    Ok(exe.parent().context("aifab binary has no parent dir")?.to_path_buf())
+    Ok(exe
+        .parent()
+        .context("aifab binary has no parent dir")?
+        .to_path_buf())
 }
 
 /// The repository checkout (for `scripts/stack-up`): `$AIFAB_REPO`, else the first
@@ -67,11 +96,16 @@ pub fn repo_root() -> anyhow::Result<PathBuf> {
     }
     let starts = [std::env::current_dir().ok(), bin_dir().ok()];
     for start in starts.into_iter().flatten() {
-        if let Some(found) = start.ancestors().find(|d| d.join("scripts/stack-up").exists()) {
+        if let Some(found) = start
+            .ancestors()
+            .find(|d| d.join("scripts/stack-up").exists())
+        {
             return Ok(found.to_path_buf());
         }
     }
-    anyhow::bail!("cannot find the aifab checkout (scripts/stack-up); run from it or set AIFAB_REPO")
+    anyhow::bail!(
+        "cannot find the aifab checkout (scripts/stack-up); run from it or set AIFAB_REPO"
+    )
 }
 
 /// Run one of the repo's scripts, inheriting the terminal, and fail on a non-zero exit.

@@ -88,7 +88,12 @@ async fn main() -> anyhow::Result<()> {
         default_filter,
     ));
     match cli.command {
-        Cmd::Up { no_stack, detach, ready_timeout_s, live_every_s } => up(no_stack, detach, ready_timeout_s, live_every_s.max(1)).await,
+        Cmd::Up {
+            no_stack,
+            detach,
+            ready_timeout_s,
+            live_every_s,
+        } => up(no_stack, detach, ready_timeout_s, live_every_s.max(1)).await,
         Cmd::Down { stack } => down(stack).await,
         Cmd::Train(args) => aifab::train::run(args).await,
         Cmd::Simulate(args) => aifab::simulate::run(args),
@@ -108,7 +113,12 @@ fn pid_file() -> std::path::PathBuf {
     local::run_dir().join("supervisor.pid")
 }
 
-async fn up(no_stack: bool, detach: bool, ready_timeout_s: u64, live_every_s: u64) -> anyhow::Result<()> {
+async fn up(
+    no_stack: bool,
+    detach: bool,
+    ready_timeout_s: u64,
+    live_every_s: u64,
+) -> anyhow::Result<()> {
     if let Some(pid) = running_supervisor() {
         println!("aifab is already up (supervisor pid {pid})");
         return print_status_until_ready(Duration::from_secs(ready_timeout_s)).await;
@@ -125,7 +135,10 @@ async fn up(no_stack: bool, detach: bool, ready_timeout_s: u64, live_every_s: u6
         // Re-run ourselves in the foreground mode, in a new session, logging to a file.
         std::fs::create_dir_all(local::log_dir())?;
         let log_path = local::log_dir().join("supervisor.log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         let exe = std::env::current_exe()?;
         std::process::Command::new("setsid")
             .arg(exe)
@@ -135,11 +148,15 @@ async fn up(no_stack: bool, detach: bool, ready_timeout_s: u64, live_every_s: u6
             .stderr(log)
             .spawn()
             .context("starting the supervisor in the background")?;
-        println!("supervisor started in the background; log: {}", log_path.display());
+        println!(
+            "supervisor started in the background; log: {}",
+            log_path.display()
+        );
         return print_status_until_ready(Duration::from_secs(ready_timeout_s)).await;
     }
 
-    let supervisor = aifab::supervisor::Supervisor::new(&local::bin_dir()?, &local::log_dir(), SERVICES)?;
+    let supervisor =
+        aifab::supervisor::Supervisor::new(&local::bin_dir()?, &local::log_dir(), SERVICES)?;
     std::fs::create_dir_all(local::run_dir())?;
     std::fs::write(pid_file(), std::process::id().to_string())?;
     let shutdown = aifab_core::shutdown::on_signal();
@@ -184,11 +201,18 @@ async fn print_status_until_ready(timeout: Duration) -> anyhow::Result<()> {
             let (table, ready) = aifab::status::table(SERVICES).await;
             print!("{table}");
             if ready {
-                println!("all {} services up ({}s)", SERVICES.len(), now.duration_since(start).as_secs());
+                println!(
+                    "all {} services up ({}s)",
+                    SERVICES.len(),
+                    now.duration_since(start).as_secs()
+                );
                 return Ok(());
             }
             if now > deadline {
-                anyhow::bail!("not every service became ready within {timeout:?}; logs in {}", local::log_dir().display());
+                anyhow::bail!(
+                    "not every service became ready within {timeout:?}; logs in {}",
+                    local::log_dir().display()
+                );
             }
         } else if now >= next_progress {
             if next_progress == start {
@@ -214,7 +238,14 @@ fn waiting_line(elapsed: Duration, waiting: &[(&str, Health)]) -> String {
             Health::Down(_) => format!("{name} (not up yet)"),
             Health::NotReady(checks) => {
                 // "loop:examples-consumer: starting: ..." names `loop:examples-consumer`.
-                let failing: Vec<&str> = checks.iter().map(|c| c.split_once(": ").map_or(c.as_str(), |(name, _)| name).trim()).collect();
+                let failing: Vec<&str> = checks
+                    .iter()
+                    .map(|c| {
+                        c.split_once(": ")
+                            .map_or(c.as_str(), |(name, _)| name)
+                            .trim()
+                    })
+                    .collect();
                 format!("{name} (not ready: {})", failing.join(", "))
             }
             Health::Ready | Health::AwaitingModel(_) => name.to_string(),
@@ -225,17 +256,29 @@ fn waiting_line(elapsed: Duration, waiting: &[(&str, Health)]) -> String {
 
 /// The pid of a live supervisor, from its pid file.
 fn running_supervisor() -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file()).ok()?.trim().parse().ok()?;
-    std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    let pid: u32 = std::fs::read_to_string(pid_file())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    std::path::Path::new(&format!("/proc/{pid}"))
+        .exists()
+        .then_some(pid)
 }
 
 async fn down(stack: bool) -> anyhow::Result<()> {
     match running_supervisor() {
         Some(pid) => {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             while running_supervisor().is_some() {
-                anyhow::ensure!(tokio::time::Instant::now() < deadline, "supervisor {pid} did not stop within 60s");
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "supervisor {pid} did not stop within 60s"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             println!("services stopped");
@@ -264,10 +307,24 @@ mod tests {
     fn the_progress_line_names_what_is_awaited() {
         let waiting = [
             ("trainer", Health::Down("not running".into())),
-            ("feature", Health::NotReady(vec!["kafka: metadata timed out".into(), "redis: refused".into()])),
+            (
+                "feature",
+                Health::NotReady(vec![
+                    "kafka: metadata timed out".into(),
+                    "redis: refused".into(),
+                ]),
+            ),
         ];
-        let loops = [("trainer", Health::NotReady(vec!["loop:examples-consumer: starting: topic t does not exist yet".into()]))];
-        assert_eq!(super::waiting_line(Duration::from_secs(3), &loops), "    3s: waiting for trainer (not ready: loop:examples-consumer)");
+        let loops = [(
+            "trainer",
+            Health::NotReady(vec![
+                "loop:examples-consumer: starting: topic t does not exist yet".into(),
+            ]),
+        )];
+        assert_eq!(
+            super::waiting_line(Duration::from_secs(3), &loops),
+            "    3s: waiting for trainer (not ready: loop:examples-consumer)"
+        );
         assert_eq!(
             super::waiting_line(Duration::from_secs(12), &waiting),
             "   12s: waiting for trainer (not up yet), feature (not ready: kafka, redis)"

@@ -2,7 +2,9 @@
 //! rollbacks are announced on NATS, so workers following `production` switch at once.
 
 use aifab_core::messages::ModelEventKind;
-use aifab_core::registry::{promotion_gate, GateDecision, Registry, Rollout, CANDIDATE, PRODUCTION};
+use aifab_core::registry::{
+    promotion_gate, GateDecision, Registry, Rollout, CANDIDATE, PRODUCTION,
+};
 use aifab_trainer::service::publish_event;
 use anyhow::Context;
 
@@ -10,9 +12,19 @@ use anyhow::Context;
 pub struct ModelsArgs {
     #[command(subcommand)]
     pub command: ModelsCmd,
-    #[arg(long, env = "AIFAB_REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
+    #[arg(
+        long,
+        env = "AIFAB_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
     pub redis_url: String,
-    #[arg(long, env = "AIFAB_NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
+    #[arg(
+        long,
+        env = "AIFAB_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
     pub nats_url: String,
 }
 
@@ -66,10 +78,12 @@ pub enum ModelsCmd {
 
 pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
     let client = redis::Client::open(args.redis_url.as_str())?;
-    let conn = client
-        .get_connection_manager()
-        .await
-        .with_context(|| format!("connecting to Redis at {} (is the stack up?)", args.redis_url))?;
+    let conn = client.get_connection_manager().await.with_context(|| {
+        format!(
+            "connecting to Redis at {} (is the stack up?)",
+            args.redis_url
+        )
+    })?;
     let mut registry = Registry::new(conn);
     match args.command {
         ModelsCmd::List { task } => {
@@ -77,7 +91,10 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 Some(t) => vec![t],
                 None => registry.tasks().await?,
             };
-            println!("{:<20} {:<8} {:<10} {:<10} {:<8} {}", "TASK", "VERSION", "ACCURACY", "MACRO_F1", "EXAMPLES", "ALIASES");
+            println!(
+                "{:<20} {:<8} {:<10} {:<10} {:<8} {}",
+                "TASK", "VERSION", "ACCURACY", "MACRO_F1", "EXAMPLES", "ALIASES"
+            );
             for t in tasks {
                 let production = registry.alias(&t, PRODUCTION).await?;
                 let candidate = registry.alias(&t, CANDIDATE).await?;
@@ -101,20 +118,41 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        ModelsCmd::Show { task, model_version: version } => {
-            let r = registry.get(&task, &version).await?.with_context(|| format!("{task} has no version {version}"))?;
+        ModelsCmd::Show {
+            task,
+            model_version: version,
+        } => {
+            let r = registry
+                .get(&task, &version)
+                .await?
+                .with_context(|| format!("{task} has no version {version}"))?;
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
-        ModelsCmd::Promote { task, model_version: version, force, tolerance } => {
+        ModelsCmd::Promote {
+            task,
+            model_version: version,
+            force,
+            tolerance,
+        } => {
             let version = match version {
                 Some(v) => v,
-                None => registry.alias(&task, CANDIDATE).await?.with_context(|| format!("{task} has no candidate"))?,
+                None => registry
+                    .alias(&task, CANDIDATE)
+                    .await?
+                    .with_context(|| format!("{task} has no candidate"))?,
             };
-            let record = registry.get(&task, &version).await?.with_context(|| format!("{task} has no version {version}"))?;
+            let record = registry
+                .get(&task, &version)
+                .await?
+                .with_context(|| format!("{task} has no version {version}"))?;
             if !force {
-                let prod_f1 = registry.resolve(&task, PRODUCTION).await?.and_then(|p| p.metrics.get("macro_f1").copied());
+                let prod_f1 = registry
+                    .resolve(&task, PRODUCTION)
+                    .await?
+                    .and_then(|p| p.metrics.get("macro_f1").copied());
                 let f1 = record.metrics.get("macro_f1").copied().unwrap_or(0.0);
-                if let GateDecision::Reject { reason } = promotion_gate(f1, prod_f1, tolerance, 0.0) {
+                if let GateDecision::Reject { reason } = promotion_gate(f1, prod_f1, tolerance, 0.0)
+                {
                     anyhow::bail!("not promoted: {reason} (use --force to override)");
                 }
             }
@@ -122,10 +160,18 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             publish(&args.nats_url, ModelEventKind::Promoted, &record).await?;
             println!("{task}: production is now {version}");
         }
-        ModelsCmd::Rollout { task, canary, shadow, off } => {
+        ModelsCmd::Rollout {
+            task,
+            canary,
+            shadow,
+            off,
+        } => {
             let rollout = match (canary, shadow, off) {
                 (Some(share), false, false) => {
-                    anyhow::ensure!((0.0..=1.0).contains(&share), "--canary takes a share between 0 and 1, found {share}");
+                    anyhow::ensure!(
+                        (0.0..=1.0).contains(&share),
+                        "--canary takes a share between 0 and 1, found {share}"
+                    );
                     Rollout::Canary { share }
                 }
                 (None, true, false) => Rollout::Shadow,
@@ -133,17 +179,28 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 _ => anyhow::bail!("give one of --canary SHARE, --shadow or --off"),
             };
             if rollout != Rollout::Off {
-                registry.alias(&task, CANDIDATE).await?.with_context(|| format!("{task} has no candidate to roll out"))?;
+                registry
+                    .alias(&task, CANDIDATE)
+                    .await?
+                    .with_context(|| format!("{task} has no candidate to roll out"))?;
             }
             registry.set_rollout(&task, rollout).await?;
-            println!("{task}: candidate rollout is now {}", serde_json::to_string(&rollout)?);
+            println!(
+                "{task}: candidate rollout is now {}",
+                serde_json::to_string(&rollout)?
+            );
         }
         ModelsCmd::Rollback { task, to } => {
             let version = registry
                 .rollback(&task, to.as_deref())
                 .await?
-                .with_context(|| format!("{task} has no earlier production version to roll back to"))?;
-            let record = registry.get(&task, &version).await?.with_context(|| format!("{task} has no version {version}"))?;
+                .with_context(|| {
+                    format!("{task} has no earlier production version to roll back to")
+                })?;
+            let record = registry
+                .get(&task, &version)
+                .await?
+                .with_context(|| format!("{task} has no version {version}"))?;
             publish(&args.nats_url, ModelEventKind::RolledBack, &record).await?;
             println!("{task}: production rolled back to {version}");
         }
@@ -151,7 +208,13 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn publish(nats_url: &str, kind: ModelEventKind, record: &aifab_core::registry::ModelRecord) -> anyhow::Result<()> {
-    let nats = async_nats::connect(nats_url).await.with_context(|| format!("connecting to NATS at {nats_url}"))?;
+async fn publish(
+    nats_url: &str,
+    kind: ModelEventKind,
+    record: &aifab_core::registry::ModelRecord,
+) -> anyhow::Result<()> {
+    let nats = async_nats::connect(nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {nats_url}"))?;
     publish_event(&nats, kind, record, Some(PRODUCTION)).await
 }

@@ -47,12 +47,26 @@ struct Check {
 
 pub async fn probe(client: &reqwest::Client, addr: &str) -> Health {
     let url = format!("http://{addr}/readyz");
-    match client.get(&url).timeout(Duration::from_secs(2)).send().await {
-        Err(e) => Health::Down(if e.is_connect() { "not running".into() } else { e.to_string() }),
+    match client
+        .get(&url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+    {
+        Err(e) => Health::Down(if e.is_connect() {
+            "not running".into()
+        } else {
+            e.to_string()
+        }),
         Ok(resp) => match resp.json::<ReadyReport>().await {
             Ok(r) if r.ready => Health::Ready,
             Ok(r) if r.checks.iter().all(|(name, c)| c.ok || name == "model") => {
-                Health::AwaitingModel(r.checks.get("model").map(|c| c.detail.clone()).unwrap_or_default())
+                Health::AwaitingModel(
+                    r.checks
+                        .get("model")
+                        .map(|c| c.detail.clone())
+                        .unwrap_or_default(),
+                )
             }
             Ok(r) => Health::NotReady(
                 r.checks
@@ -87,18 +101,30 @@ pub async fn wait_ready(addr: &str, timeout: Duration) -> anyhow::Result<()> {
 /// ready or only waiting for a model.
 pub async fn table(services: &[LocalService]) -> (String, bool) {
     let client = reqwest::Client::new();
-    let mut out = format!("{:<18} {:<16} {:<10} {}\n", "SERVICE", "ADDRESS", "STATE", "DETAIL");
+    let mut out = format!(
+        "{:<18} {:<16} {:<10} {}\n",
+        "SERVICE", "ADDRESS", "STATE", "DETAIL"
+    );
     let mut all_ready = true;
     for s in services {
         let health = probe(&client, &s.addr()).await;
         let (state, detail) = match &health {
             Health::Ready => ("ready", String::new()),
-            Health::AwaitingModel(why) => ("no-model", format!("{why} (train one: aifab train --task NAME)")),
+            Health::AwaitingModel(why) => (
+                "no-model",
+                format!("{why} (train one: aifab train --task NAME)"),
+            ),
             Health::NotReady(why) => ("not-ready", why.join("; ")),
             Health::Down(why) => ("down", why.clone()),
         };
         all_ready &= matches!(health, Health::Ready | Health::AwaitingModel(_));
-        out.push_str(&format!("{:<18} {:<16} {:<10} {}\n", s.name, s.addr(), state, detail));
+        out.push_str(&format!(
+            "{:<18} {:<16} {:<10} {}\n",
+            s.name,
+            s.addr(),
+            state,
+            detail
+        ));
     }
     (out, all_ready)
 }
@@ -109,14 +135,21 @@ pub async fn report(services: &[LocalService], monitor_url: &str) -> (String, St
     let (services_table, ready) = table(services).await;
     let dashboard = match fetch_dashboard(monitor_url).await {
         Ok(d) => render_dashboard(&d),
-        Err(e) => format!("\nno dashboard from the monitor ({e}): lag, throughput, models and spend unknown\n"),
+        Err(e) => format!(
+            "\nno dashboard from the monitor ({e}): lag, throughput, models and spend unknown\n"
+        ),
     };
     (services_table, dashboard, ready)
 }
 
 pub async fn fetch_dashboard(monitor_url: &str) -> anyhow::Result<Dashboard> {
     let url = format!("{}/v1/dashboard", monitor_url.trim_end_matches('/'));
-    let resp = reqwest::Client::new().get(&url).timeout(Duration::from_secs(3)).send().await?.error_for_status()?;
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await?
+        .error_for_status()?;
     Ok(resp.json().await?)
 }
 
@@ -129,20 +162,34 @@ pub async fn run(services: &[LocalService], args: StatusArgs) -> anyhow::Result<
         return Ok(ready);
     }
     let shutdown = aifab_core::shutdown::on_signal();
-    live(services, &args.monitor_url, Duration::from_secs(args.watch_s), &shutdown).await;
+    live(
+        services,
+        &args.monitor_url,
+        Duration::from_secs(args.watch_s),
+        &shutdown,
+    )
+    .await;
     Ok(true)
 }
 
 /// Keep the report on screen until `stop`: redrawn in place on a terminal; otherwise (a
 /// log file) printed whenever the services table changes, so the log is not flooded.
-pub async fn live(services: &[LocalService], monitor_url: &str, every: Duration, stop: &tokio_util::sync::CancellationToken) {
+pub async fn live(
+    services: &[LocalService],
+    monitor_url: &str,
+    every: Duration,
+    stop: &tokio_util::sync::CancellationToken,
+) {
     let tty = std::io::stdout().is_terminal();
     let mut last_services = String::new();
     while !stop.is_cancelled() {
         let (t, d, _) = report(services, monitor_url).await;
         if tty {
             let at = aifab_core::period::clock_of(aifab_core::now_ms()) + " UTC";
-            print!("\x1b[H\x1b[2J{t}{d}\n{at}, every {}s; Ctrl-C to stop\n", every.as_secs());
+            print!(
+                "\x1b[H\x1b[2J{t}{d}\n{at}, every {}s; Ctrl-C to stop\n",
+                every.as_secs()
+            );
         } else if t != last_services {
             print!("{t}{d}");
         }
@@ -183,7 +230,8 @@ fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
-    v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into())
+    v.map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// The dashboard as text: throughput, lag per group, replicas, models, spend, alerts.
@@ -207,9 +255,20 @@ pub fn render_dashboard(d: &Dashboard) -> String {
         let rows: Vec<Vec<String>> = d
             .lag
             .iter()
-            .map(|l| vec![l.group.clone(), l.topic.clone(), l.total_lag.to_string(), format!("{:+.1}", l.lag_rate_per_s), l.partitions.to_string()])
+            .map(|l| {
+                vec![
+                    l.group.clone(),
+                    l.topic.clone(),
+                    l.total_lag.to_string(),
+                    format!("{:+.1}", l.lag_rate_per_s),
+                    l.partitions.to_string(),
+                ]
+            })
             .collect();
-        out.push_str(&columns(&["GROUP", "TOPIC", "LAG", "LAG/S", "PARTITIONS"], &rows));
+        out.push_str(&columns(
+            &["GROUP", "TOPIC", "LAG", "LAG/S", "PARTITIONS"],
+            &rows,
+        ));
     }
 
     let scaled: Vec<Vec<String>> = d
@@ -218,8 +277,12 @@ pub fn render_dashboard(d: &Dashboard) -> String {
         .map(|s| {
             vec![
                 s.service.clone(),
-                s.replicas.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-                s.desired_replicas.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                s.replicas
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                s.desired_replicas
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 match (&s.reason, &s.detail) {
                     (Some(r), Some(detail)) if !detail.is_empty() => format!("{r}: {detail}"),
                     (Some(r), _) => r.clone(),
@@ -230,7 +293,10 @@ pub fn render_dashboard(d: &Dashboard) -> String {
         .collect();
     if !scaled.is_empty() {
         out.push('\n');
-        out.push_str(&columns(&["SCALED SERVICE", "REPLICAS", "DESIRED", "LAST DECISION"], &scaled));
+        out.push_str(&columns(
+            &["SCALED SERVICE", "REPLICAS", "DESIRED", "LAST DECISION"],
+            &scaled,
+        ));
     }
 
     out.push('\n');
@@ -244,14 +310,31 @@ pub fn render_dashboard(d: &Dashboard) -> String {
                 vec![
                     m.task.clone(),
                     m.version.clone(),
-                    if m.aliases.is_empty() { "-".into() } else { m.aliases.join(",") },
+                    if m.aliases.is_empty() {
+                        "-".into()
+                    } else {
+                        m.aliases.join(",")
+                    },
                     m.rollout.clone().unwrap_or_else(|| "-".into()),
                     opt(m.accuracy, 4),
-                    m.live.as_ref().map(|l| format!("{:.1}", l.per_second)).unwrap_or_else(|| "-".into()),
+                    m.live
+                        .as_ref()
+                        .map(|l| format!("{:.1}", l.per_second))
+                        .unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
-        out.push_str(&columns(&["TASK", "VERSION", "ALIASES", "ROLLOUT", "ACCURACY", "PREDICTIONS/S"], &rows));
+        out.push_str(&columns(
+            &[
+                "TASK",
+                "VERSION",
+                "ALIASES",
+                "ROLLOUT",
+                "ACCURACY",
+                "PREDICTIONS/S",
+            ],
+            &rows,
+        ));
     }
 
     out.push('\n');
@@ -267,21 +350,35 @@ pub fn render_dashboard(d: &Dashboard) -> String {
                     t.period.clone(),
                     format!("{:.4} {}", t.spent, t.currency),
                     opt(t.budget, 2),
-                    t.used_ratio.map(|u| format!("{:.0}%", u * 100.0)).unwrap_or_else(|| "-".into()),
+                    t.used_ratio
+                        .map(|u| format!("{:.0}%", u * 100.0))
+                        .unwrap_or_else(|| "-".into()),
                     format!("{:.4}", t.burn_rate_per_hour),
                     t.state.clone(),
                 ]
             })
             .collect();
-        out.push_str(&columns(&["TENANT", "PERIOD", "SPENT", "BUDGET", "USED", "BURN/H", "STATE"], &rows));
+        out.push_str(&columns(
+            &[
+                "TENANT", "PERIOD", "SPENT", "BUDGET", "USED", "BURN/H", "STATE",
+            ],
+            &rows,
+        ));
     }
 
     for a in &d.alerts_firing {
         out.push_str(&format!("\nALERT {}: {}\n", a.rule, a.message));
     }
-    for (name, s) in [("costs", &d.sources.costs), ("registry", &d.sources.registry)] {
+    for (name, s) in [
+        ("costs", &d.sources.costs),
+        ("registry", &d.sources.registry),
+    ] {
         if !s.ok {
-            out.push_str(&format!("\n{name} unavailable ({}): {}\n", s.from, s.error.as_deref().unwrap_or("not fetched yet")));
+            out.push_str(&format!(
+                "\n{name} unavailable ({}): {}\n",
+                s.from,
+                s.error.as_deref().unwrap_or("not fetched yet")
+            ));
         }
     }
     out
@@ -293,9 +390,15 @@ mod tests {
 
     #[test]
     fn columns_align_to_the_widest_cell_and_leave_the_last_unpadded() {
-        let rows = vec![vec!["a-long-group".to_string(), "7".into(), "x".into()], vec!["g".into(), "12345".into(), "".into()]];
+        let rows = vec![
+            vec!["a-long-group".to_string(), "7".into(), "x".into()],
+            vec!["g".into(), "12345".into(), "".into()],
+        ];
         let t = columns(&["GROUP", "LAG", "NOTE"], &rows);
-        assert_eq!(t, "GROUP         LAG    NOTE\na-long-group  7      x\ng             12345\n");
+        assert_eq!(
+            t,
+            "GROUP         LAG    NOTE\na-long-group  7      x\ng             12345\n"
+        );
     }
 
     #[test]

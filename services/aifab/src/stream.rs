@@ -64,7 +64,12 @@ pub fn topic_schema(topic: &str) -> Option<&'static str> {
 
 /// One input line made ready to send: its key and its bytes, or why it is refused.
 /// Blank lines are `Ok(None)`.
-pub fn prepare_line(line: &str, schema: Option<&str>, key_field: &str, validate: bool) -> Result<Option<(Option<String>, Vec<u8>)>, String> {
+pub fn prepare_line(
+    line: &str,
+    schema: Option<&str>,
+    key_field: &str,
+    validate: bool,
+) -> Result<Option<(Option<String>, Vec<u8>)>, String> {
     let line = line.trim();
     if line.is_empty() {
         return Ok(None);
@@ -75,17 +80,25 @@ pub fn prepare_line(line: &str, schema: Option<&str>, key_field: &str, validate:
             return Err("not JSON".into());
         };
         if let Some(schema) = schema {
-            aifab_core::schema::validate(schema, v).map_err(|errs| aifab_core::schema::describe(&errs))?;
+            aifab_core::schema::validate(schema, v)
+                .map_err(|errs| aifab_core::schema::describe(&errs))?;
         }
     }
-    let key = value.as_ref().and_then(|v| v.get(key_field)).and_then(Value::as_str).map(str::to_string);
+    let key = value
+        .as_ref()
+        .and_then(|v| v.get(key_field))
+        .and_then(Value::as_str)
+        .map(str::to_string);
     Ok(Some((key, line.as_bytes().to_vec())))
 }
 
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let schema = topic_schema(&args.topic);
     if schema.is_none() && !args.no_validate {
-        eprintln!("note: {} is not an aifab topic; lines are only checked to be JSON", args.topic);
+        eprintln!(
+            "note: {} is not an aifab topic; lines are only checked to be JSON",
+            args.topic
+        );
     }
     let reader: Box<dyn BufRead> = match &args.file {
         Some(p) => Box::new(std::io::BufReader::new(
@@ -94,7 +107,9 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         None => Box::new(std::io::stdin().lock()),
     };
     let producer: FutureProducer =
-        aifab_core::kafka::producer_config(&args.kafka_brokers, "aifab-cli").create().context("creating the Kafka producer")?;
+        aifab_core::kafka::producer_config(&args.kafka_brokers, "aifab-cli")
+            .create()
+            .context("creating the Kafka producer")?;
     let mut pending = futures::stream::FuturesOrdered::new();
     let (mut sent, mut refused, mut failed) = (0u64, 0u64, 0u64);
     for (n, line) in reader.lines().enumerate() {
@@ -109,7 +124,14 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
                     if let Some(k) = &key {
                         record = record.key(k);
                     }
-                    (n + 1, producer.send(record, Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e))
+                    (
+                        n + 1,
+                        producer
+                            .send(record, Duration::from_secs(60))
+                            .await
+                            .map(|_| ())
+                            .map_err(|(e, _)| e),
+                    )
                 });
             }
             Err(reason) => {
@@ -119,14 +141,26 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         }
         // Bound what is in flight: a large file streams instead of piling up in memory.
         while pending.len() >= 10_000 {
-            tally(futures::StreamExt::next(&mut pending).await, &mut sent, &mut failed);
+            tally(
+                futures::StreamExt::next(&mut pending).await,
+                &mut sent,
+                &mut failed,
+            );
         }
     }
     while let Some(r) = futures::StreamExt::next(&mut pending).await {
         tally(Some(r), &mut sent, &mut failed);
     }
-    eprintln!("{sent} sent to {}, {refused} refused, {failed} failed", args.topic);
-    anyhow::ensure!(refused == 0 && failed == 0, "{} of {} lines were not sent", refused + failed, sent + refused + failed);
+    eprintln!(
+        "{sent} sent to {}, {refused} refused, {failed} failed",
+        args.topic
+    );
+    anyhow::ensure!(
+        refused == 0 && failed == 0,
+        "{} of {} lines were not sent",
+        refused + failed,
+        sent + refused + failed
+    );
     Ok(())
 }
 
@@ -144,13 +178,20 @@ fn tally(r: Option<SendOutcome>, sent: &mut u64, failed: &mut u64) {
 }
 
 /// How `consume` prints one message.
-pub fn render(partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>, with_meta: bool) -> String {
+pub fn render(
+    partition: i32,
+    offset: i64,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    with_meta: bool,
+) -> String {
     let payload = payload.unwrap_or_default();
     let text = String::from_utf8_lossy(payload);
     if !with_meta {
         return text.trim_end().to_string();
     }
-    let value = serde_json::from_slice::<Value>(payload).unwrap_or_else(|_| Value::String(text.into_owned()));
+    let value = serde_json::from_slice::<Value>(payload)
+        .unwrap_or_else(|_| Value::String(text.into_owned()));
     serde_json::json!({
         "partition": partition,
         "offset": offset,
@@ -165,19 +206,41 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || consume_blocking(&args, &shutdown)).await?
 }
 
-fn consume_blocking(args: &ConsumeArgs, shutdown: &tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+fn consume_blocking(
+    args: &ConsumeArgs,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     // A throwaway group id: librdkafka wants one, but partitions are assigned by hand and
     // nothing is ever committed.
     let group = format!("aifab-cli-{}", uuid::Uuid::new_v4().simple());
     let consumer: BaseConsumer =
-        aifab_core::kafka::consumer_config(&args.kafka_brokers, "aifab-cli", &group).create().context("creating the Kafka consumer")?;
+        aifab_core::kafka::consumer_config(&args.kafka_brokers, "aifab-cli", &group)
+            .create()
+            .context("creating the Kafka consumer")?;
     let md = consumer
         .fetch_metadata(Some(&args.topic), Duration::from_secs(30))
-        .with_context(|| format!("reading the metadata of {} (is Kafka up at {}?)", args.topic, args.kafka_brokers))?;
-    let partitions: Vec<i32> = md.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
-    anyhow::ensure!(!partitions.is_empty(), "topic {} does not exist", args.topic);
+        .with_context(|| {
+            format!(
+                "reading the metadata of {} (is Kafka up at {}?)",
+                args.topic, args.kafka_brokers
+            )
+        })?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        !partitions.is_empty(),
+        "topic {} does not exist",
+        args.topic
+    );
     let mut tpl = TopicPartitionList::new();
-    let start = if args.from_beginning { Offset::Beginning } else { Offset::End };
+    let start = if args.from_beginning {
+        Offset::Beginning
+    } else {
+        Offset::End
+    };
     for p in partitions {
         tpl.add_partition_offset(&args.topic, p, start)?;
     }
@@ -190,7 +253,17 @@ fn consume_blocking(args: &ConsumeArgs, shutdown: &tokio_util::sync::Cancellatio
     while !shutdown.is_cancelled() && args.max.is_none_or(|m| seen < m) {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                writeln!(out, "{}", render(m.partition(), m.offset(), m.key(), m.payload(), args.with_meta))?;
+                writeln!(
+                    out,
+                    "{}",
+                    render(
+                        m.partition(),
+                        m.offset(),
+                        m.key(),
+                        m.payload(),
+                        args.with_meta
+                    )
+                )?;
                 seen += 1;
                 last = std::time::Instant::now();
             }
@@ -221,29 +294,50 @@ mod tests {
     #[test]
     fn lines_are_checked_against_the_topic_schema() {
         let good = r#"{"schema":"ingest.raw/v1","id":"r1","tenant":"acme","text":"hello"}"#;
-        let (key, bytes) = prepare_line(good, Some("ingest.raw/v1"), "id", true).unwrap().unwrap();
+        let (key, bytes) = prepare_line(good, Some("ingest.raw/v1"), "id", true)
+            .unwrap()
+            .unwrap();
         assert_eq!(key.as_deref(), Some("r1"));
         assert_eq!(bytes, good.as_bytes());
 
         let missing = r#"{"schema":"ingest.raw/v1","text":"hello"}"#;
         let err = prepare_line(missing, Some("ingest.raw/v1"), "id", true).unwrap_err();
         assert!(err.contains("tenant"), "{err}");
-        assert_eq!(prepare_line("{nope", Some("ingest.raw/v1"), "id", true).unwrap_err(), "not JSON");
-        assert_eq!(prepare_line("   ", Some("ingest.raw/v1"), "id", true).unwrap(), None);
+        assert_eq!(
+            prepare_line("{nope", Some("ingest.raw/v1"), "id", true).unwrap_err(),
+            "not JSON"
+        );
+        assert_eq!(
+            prepare_line("   ", Some("ingest.raw/v1"), "id", true).unwrap(),
+            None
+        );
     }
 
     #[test]
     fn no_validate_sends_anything_and_other_topics_need_only_json() {
-        assert!(prepare_line("{nope", Some("ingest.raw/v1"), "id", false).unwrap().is_some());
-        let (key, _) = prepare_line(r#"{"a":1}"#, None, "id", true).unwrap().unwrap();
+        assert!(prepare_line("{nope", Some("ingest.raw/v1"), "id", false)
+            .unwrap()
+            .is_some());
+        let (key, _) = prepare_line(r#"{"a":1}"#, None, "id", true)
+            .unwrap()
+            .unwrap();
         assert_eq!(key, None);
     }
 
     #[test]
     fn render_prints_the_value_or_the_value_with_its_place() {
         assert_eq!(render(1, 7, None, Some(b"{\"a\":1}\n"), false), "{\"a\":1}");
-        let v: Value = serde_json::from_str(&render(1, 7, Some(b"k"), Some(b"{\"a\":1}"), true)).unwrap();
-        assert_eq!((v["partition"].as_i64(), v["offset"].as_i64(), v["key"].as_str(), v["value"]["a"].as_i64()), (Some(1), Some(7), Some("k"), Some(1)));
+        let v: Value =
+            serde_json::from_str(&render(1, 7, Some(b"k"), Some(b"{\"a\":1}"), true)).unwrap();
+        assert_eq!(
+            (
+                v["partition"].as_i64(),
+                v["offset"].as_i64(),
+                v["key"].as_str(),
+                v["value"]["a"].as_i64()
+            ),
+            (Some(1), Some(7), Some("k"), Some(1))
+        );
         let v: Value = serde_json::from_str(&render(0, 0, None, Some(b"not json"), true)).unwrap();
         assert_eq!(v["value"], "not json");
     }

@@ -60,7 +60,9 @@ impl ReplicaSetConfig {
         let max = env_u32("AIFAB_WORKER_MAX_REPLICAS")
             .unwrap_or(aifab_core::topics::INFERENCE_REQUESTS.partitions as u32)
             .max(1);
-        let ports = std::iter::once(service.port).chain((0..max - 1).map(|i| EXTRA_REPLICA_PORT + i as u16)).collect();
+        let ports = std::iter::once(service.port)
+            .chain((0..max - 1).map(|i| EXTRA_REPLICA_PORT + i as u16))
+            .collect();
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
             .ok()
@@ -132,7 +134,8 @@ impl Supervisor {
     /// Supervise `services`; the inference worker among them becomes a replica set with
     /// [`ReplicaSetConfig::local_default`].
     pub fn new(bin_dir: &Path, log_dir: &Path, services: &[LocalService]) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+        std::fs::create_dir_all(log_dir)
+            .with_context(|| format!("creating {}", log_dir.display()))?;
         for s in services {
             let bin = bin_dir.join(s.binary());
             anyhow::ensure!(
@@ -142,19 +145,30 @@ impl Supervisor {
                 build_command(bin_dir)
             );
         }
-        let replicas = services.iter().find(|s| s.name == SCALED_SERVICE).map(ReplicaSetConfig::local_default);
+        let replicas = services
+            .iter()
+            .find(|s| s.name == SCALED_SERVICE)
+            .map(ReplicaSetConfig::local_default);
         Ok(Supervisor {
             bin_dir: bin_dir.to_path_buf(),
             log_dir: log_dir.to_path_buf(),
             procs: services
                 .iter()
                 .filter(|s| s.name != SCALED_SERVICE)
-                .map(|s| Managed::new(s.name.to_string(), s.binary(), vec![("AIFAB_HTTP_ADDR".into(), s.addr())], true))
+                .map(|s| {
+                    Managed::new(
+                        s.name.to_string(),
+                        s.binary(),
+                        vec![("AIFAB_HTTP_ADDR".into(), s.addr())],
+                        true,
+                    )
+                })
                 .collect(),
             replicas,
             slots: Vec::new(),
             env: Vec::new(),
-            nats_url: std::env::var("AIFAB_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
+            nats_url: std::env::var("AIFAB_NATS_URL")
+                .unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
         })
     }
 
@@ -162,7 +176,10 @@ impl Supervisor {
     pub fn with_replica_set(mut self, cfg: ReplicaSetConfig) -> anyhow::Result<Self> {
         let bin = self.bin_dir.join(format!("aifab-{}", cfg.service));
         anyhow::ensure!(bin.exists(), "{} not found", bin.display());
-        anyhow::ensure!(!cfg.ports.is_empty(), "a replica set needs at least one port");
+        anyhow::ensure!(
+            !cfg.ports.is_empty(),
+            "a replica set needs at least one port"
+        );
         self.replicas = Some(cfg);
         Ok(self)
     }
@@ -195,7 +212,8 @@ impl Supervisor {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        cmd.spawn().with_context(|| format!("starting {}", m.binary))
+        cmd.spawn()
+            .with_context(|| format!("starting {}", m.binary))
     }
 
     /// Make the replica slots match `desired`.
@@ -204,11 +222,26 @@ impl Supervisor {
         let desired = desired.min(cfg.max());
         while (self.slots.len() as u32) < desired {
             let i = self.slots.len();
-            let name = if i == 0 { cfg.service.clone() } else { format!("{}-{i}", cfg.service) };
+            let name = if i == 0 {
+                cfg.service.clone()
+            } else {
+                format!("{}-{i}", cfg.service)
+            };
             let mut env = cfg.env.clone();
-            env.push(("AIFAB_HTTP_ADDR".into(), format!("127.0.0.1:{}", cfg.ports[i])));
-            env.push(("AIFAB_INSTANCE_ID".into(), format!("{}-{i}", cfg.instance_prefix)));
-            self.slots.push(Managed::new(name, format!("aifab-{}", cfg.service), env, false));
+            env.push((
+                "AIFAB_HTTP_ADDR".into(),
+                format!("127.0.0.1:{}", cfg.ports[i]),
+            ));
+            env.push((
+                "AIFAB_INSTANCE_ID".into(),
+                format!("{}-{i}", cfg.instance_prefix),
+            ));
+            self.slots.push(Managed::new(
+                name,
+                format!("aifab-{}", cfg.service),
+                env,
+                false,
+            ));
         }
         for (i, m) in self.slots.iter_mut().enumerate() {
             let want = (i as u32) < desired;
@@ -225,7 +258,10 @@ impl Supervisor {
 
     /// Replicas running (started and not being stopped).
     fn running_replicas(&self) -> u32 {
-        self.slots.iter().filter(|m| m.wanted && m.running()).count() as u32
+        self.slots
+            .iter()
+            .filter(|m| m.wanted && m.running())
+            .count() as u32
     }
 
     /// Reap, restart, start and stop one managed process.
@@ -252,7 +288,10 @@ impl Supervisor {
                 match m.stopping {
                     None => {
                         if let Some(pid) = child.id() {
-                            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+                            let _ = std::process::Command::new("kill")
+                                .arg("-TERM")
+                                .arg(pid.to_string())
+                                .status();
                         }
                         tracing::info!(service = %m.name, "scaling down: stopping replica");
                         m.stopping = Some(now);
@@ -290,7 +329,8 @@ impl Supervisor {
     /// Supervise until `shutdown` fires, then stop every child (SIGTERM, then SIGKILL
     /// after `grace`).
     pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) -> anyhow::Result<()> {
-        let (desired_tx, desired_rx) = watch::channel(self.replicas.as_ref().map(|r| r.initial).unwrap_or(0));
+        let (desired_tx, desired_rx) =
+            watch::channel(self.replicas.as_ref().map(|r| r.initial).unwrap_or(0));
         let nats = match &self.replicas {
             Some(cfg) => {
                 let client = aifab_core::nats::connect(&self.nats_url, "supervisor")
@@ -342,7 +382,10 @@ impl Supervisor {
                         actuator: "local".into(),
                         at_ms: aifab_core::now_ms(),
                     };
-                    if let Err(e) = client.publish(subjects::replicas(&cfg.scale_name), encode(&report).into()).await {
+                    if let Err(e) = client
+                        .publish(subjects::replicas(&cfg.scale_name), encode(&report).into())
+                        .await
+                    {
                         tracing::debug!(error = %e, "publishing the replica report failed");
                     }
                     reported = Some((running, now));
@@ -380,7 +423,10 @@ impl Supervisor {
     async fn stop_all(&mut self, grace: Duration) {
         for p in self.procs.iter().chain(self.slots.iter()) {
             if let Some(pid) = p.child.as_ref().and_then(|c| c.id()) {
-                let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
             }
         }
         let deadline = tokio::time::Instant::now() + grace;
@@ -409,7 +455,10 @@ pub fn build_command(bin_dir: &Path) -> String {
         Some(profile) => format!(" --profile {profile}"),
         None => " --profile local".to_string(),
     };
-    let packages: String = crate::local::SERVICES.iter().map(|s| format!(" -p {}", s.binary())).collect();
+    let packages: String = crate::local::SERVICES
+        .iter()
+        .map(|s| format!(" -p {}", s.binary()))
+        .collect();
     format!("cargo build{release} --bins -p aifab{packages}")
 }
 
@@ -425,8 +474,10 @@ async fn follow_decisions(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let subject = subjects::scale(&name);
-    let mut sub =
-        client.subscribe(subject.clone()).await.with_context(|| format!("subscribing to scale decisions on {subject}"))?;
+    let mut sub = client
+        .subscribe(subject.clone())
+        .await
+        .with_context(|| format!("subscribing to scale decisions on {subject}"))?;
     loop {
         let msg = tokio::select! {
             m = sub.next() => m,
@@ -436,7 +487,9 @@ async fn follow_decisions(
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            anyhow::bail!("the subscription to scale decisions on {subject} ended (NATS client closed)");
+            anyhow::bail!(
+                "the subscription to scale decisions on {subject} ended (NATS client closed)"
+            );
         };
         match decode::<ScaleDecision>(&msg.payload) {
             Ok(d) => {
@@ -459,15 +512,33 @@ mod tests {
     #[test]
     fn the_build_command_names_what_scripts_aifab_builds() {
         let cmd = super::build_command(Path::new("/x/target/release"));
-        assert!(cmd.starts_with("cargo build --release --bins -p aifab -p aifab-ingest "), "{cmd}");
+        assert!(
+            cmd.starts_with("cargo build --release --bins -p aifab -p aifab-ingest "),
+            "{cmd}"
+        );
         let debug = super::build_command(Path::new("/x/target/debug"));
-        assert!(!debug.contains("--release") && !debug.contains("--profile"), "{debug}");
+        assert!(
+            !debug.contains("--release") && !debug.contains("--profile"),
+            "{debug}"
+        );
         let local = super::build_command(Path::new("/x/target/local"));
-        assert!(local.starts_with("cargo build --profile local --bins "), "{local}");
-        assert!(script_builds(&local), "scripts/aifab builds with the same profile");
+        assert!(
+            local.starts_with("cargo build --profile local --bins "),
+            "{local}"
+        );
+        assert!(
+            script_builds(&local),
+            "scripts/aifab builds with the same profile"
+        );
         let mut from_cmd: Vec<&str> = cmd.split(" -p ").skip(1).collect();
-        let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/aifab")).unwrap();
-        let list = script.split_once("packages=(").and_then(|(_, rest)| rest.split_once(')')).expect("packages=(...) in scripts/aifab").0;
+        let script =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/aifab"))
+                .unwrap();
+        let list = script
+            .split_once("packages=(")
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .expect("packages=(...) in scripts/aifab")
+            .0;
         let mut from_script: Vec<&str> = list.split_whitespace().collect();
         from_cmd.sort();
         from_script.sort();
@@ -476,7 +547,9 @@ mod tests {
 
     /// Whether `scripts/aifab` runs the cargo command of `cmd` (up to its packages).
     fn script_builds(cmd: &str) -> bool {
-        let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/aifab")).unwrap();
+        let script =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/aifab"))
+                .unwrap();
         let head = cmd.split(" -p ").next().unwrap();
         script.contains(head)
     }

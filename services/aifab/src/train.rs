@@ -85,7 +85,12 @@ async fn offline(args: &TrainArgs, train: PathBuf) -> anyhow::Result<()> {
         (None, Some(f)) if f > 0.0 && f < 1.0 => aifab_trainer::dataset::split(&all, f, args.seed),
         _ => anyhow::bail!("give --eval FILE, or --eval-fraction between 0 and 1"),
     };
-    eprintln!("{} training and {} evaluation examples; encoder {}", train.len(), eval.len(), args.model_dir);
+    eprintln!(
+        "{} training and {} evaluation examples; encoder {}",
+        train.len(),
+        eval.len(),
+        args.model_dir
+    );
     let cfg = TrainConfig {
         seed: args.seed,
         learning_rate: args.learning_rate,
@@ -95,7 +100,11 @@ async fn offline(args: &TrainArgs, train: PathBuf) -> anyhow::Result<()> {
         c: args.c,
         ..TrainConfig::default()
     };
-    let (model_dir, max_len, out_dir) = (PathBuf::from(&args.model_dir), args.max_len, args.out.clone());
+    let (model_dir, max_len, out_dir) = (
+        PathBuf::from(&args.model_dir),
+        args.max_len,
+        args.out.clone(),
+    );
     let cache_arg = args.embedding_cache.clone();
     let out = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut trainer = Trainer::load(&model_dir, max_len, cfg)?;
@@ -104,7 +113,11 @@ async fn offline(args: &TrainArgs, train: PathBuf) -> anyhow::Result<()> {
             Some(p) => Some(PathBuf::from(p)),
             None => {
                 let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-                Some(PathBuf::from(home).join(".cache/aifab/embeddings").join(format!("{}-{max_len}.bin", &trainer.encoder_sha256[..16])))
+                Some(
+                    PathBuf::from(home)
+                        .join(".cache/aifab/embeddings")
+                        .join(format!("{}-{max_len}.bin", &trainer.encoder_sha256[..16])),
+                )
             }
         };
         if let Some(p) = &cache_path {
@@ -121,7 +134,10 @@ async fn offline(args: &TrainArgs, train: PathBuf) -> anyhow::Result<()> {
                 embed_bar.finish();
                 epoch_bar.set_length(e.max_epochs as u64);
                 epoch_bar.set_position(e.epoch as u64);
-                epoch_bar.set_message(format!("val loss {:.4} acc {:.4}", e.validation_loss, e.validation_accuracy));
+                epoch_bar.set_message(format!(
+                    "val loss {:.4} acc {:.4}",
+                    e.validation_loss, e.validation_accuracy
+                ));
             }
             Progress::Evaluating => epoch_bar.finish(),
         })?;
@@ -130,16 +146,25 @@ async fn offline(args: &TrainArgs, train: PathBuf) -> anyhow::Result<()> {
         }
         if let Some(dir) = out_dir {
             out.head.save(&dir)?;
-            std::fs::write(dir.join("metrics.json"), serde_json::to_vec_pretty(&out.evaluation)?)?;
+            std::fs::write(
+                dir.join("metrics.json"),
+                serde_json::to_vec_pretty(&out.evaluation)?,
+            )?;
             eprintln!("head saved to {}", dir.display());
         }
         Ok(out)
     })
     .await??;
     let e = &out.evaluation;
-    eprintln!("epochs {} (best {}), {} eval examples", out.report.epochs_run, out.report.best_epoch, e.examples);
+    eprintln!(
+        "epochs {} (best {}), {} eval examples",
+        out.report.epochs_run, out.report.best_epoch, e.examples
+    );
     for c in &e.per_class {
-        eprintln!("  {:<24} precision {:.4} recall {:.4} f1 {:.4} support {}", c.label, c.precision, c.recall, c.f1, c.support);
+        eprintln!(
+            "  {:<24} precision {:.4} recall {:.4} f1 {:.4} support {}",
+            c.label, c.precision, c.recall, c.f1, c.support
+        );
     }
     println!("accuracy {:.4}", e.accuracy);
     println!("macro_f1 {:.4}", e.macro_f1);
@@ -151,8 +176,14 @@ async fn offline(args: &TrainArgs, train: PathBuf) -> anyhow::Result<()> {
 pub async fn request_and_follow(nats_url: &str, task: &str) -> anyhow::Result<()> {
     let nats = async_nats::connect(nats_url).await?;
     let mut progress = nats.subscribe(subjects::TRAIN_PROGRESS).await?;
-    let req = TrainRequest { schema: tag(), task: task.to_string(), requested_by: Some("aifab-cli".into()), at_ms: aifab_core::now_ms() };
-    nats.publish(subjects::TRAIN_REQUEST, encode(&req).into()).await?;
+    let req = TrainRequest {
+        schema: tag(),
+        task: task.to_string(),
+        requested_by: Some("aifab-cli".into()),
+        at_ms: aifab_core::now_ms(),
+    };
+    nats.publish(subjects::TRAIN_REQUEST, encode(&req).into())
+        .await?;
     nats.flush().await?;
     let pb = bar(0, "waiting");
     loop {
@@ -160,7 +191,9 @@ pub async fn request_and_follow(nats_url: &str, task: &str) -> anyhow::Result<()
             .await
             .map_err(|_| anyhow::anyhow!("no progress from the trainer for 120s: is aifab-trainer running and does task {task:?} have examples?"))?
             .ok_or_else(|| anyhow::anyhow!("NATS subscription closed"))?;
-        let Ok(p) = decode::<TrainProgress>(&msg.payload) else { continue };
+        let Ok(p) = decode::<TrainProgress>(&msg.payload) else {
+            continue;
+        };
         if p.task != task {
             continue;
         }

@@ -22,9 +22,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum, EndpointSettings, NetworkConnectRequest, NetworkingConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum, EndpointSettings,
+    NetworkConnectRequest, NetworkingConfig,
+};
 use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions, UpdateServiceOptions,
+    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
+    UpdateServiceOptions,
 };
 use bollard::Docker;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -121,14 +125,22 @@ struct Replica {
 
 /// A failed Docker call: `docker <what>: <bollard's error>` (for an error answer:
 /// "Docker responded with status code 404: <the daemon's message>").
-fn docker_err(what: impl std::fmt::Display) -> impl FnOnce(bollard::errors::Error) -> anyhow::Error {
+fn docker_err(
+    what: impl std::fmt::Display,
+) -> impl FnOnce(bollard::errors::Error) -> anyhow::Error {
     move |e| anyhow!("docker {what}: {}", chain(&e))
 }
 
 impl DockerActuator {
     /// `host`: `unix:///var/run/docker.sock`, `tcp://host:port` or `http://host:port`.
     /// `project`/`service`: the compose project and service (swarm: the service name).
-    pub fn new(host: &str, mode: DockerMode, project: &str, service: &str, stop_timeout_s: u64) -> anyhow::Result<Self> {
+    pub fn new(
+        host: &str,
+        mode: DockerMode,
+        project: &str,
+        service: &str,
+        stop_timeout_s: u64,
+    ) -> anyhow::Result<Self> {
         // Per-request timeout: a stop waits up to `stop_timeout_s` for the container.
         let timeout = stop_timeout_s + 30;
         let client = if host.starts_with("unix://") {
@@ -138,7 +150,9 @@ impl DockerActuator {
             Docker::connect_with_http(host, timeout, bollard::API_DEFAULT_VERSION)
                 .with_context(|| format!("docker host {host}"))?
         } else {
-            bail!("docker host {host:?}: expected unix:///path, tcp://host:port or http://host:port");
+            bail!(
+                "docker host {host:?}: expected unix:///path, tcp://host:port or http://host:port"
+            );
         };
         Ok(DockerActuator {
             client,
@@ -154,26 +168,43 @@ impl DockerActuator {
     /// retried on the next call).
     async fn docker(&self) -> anyhow::Result<&Docker> {
         self.negotiated
-            .get_or_try_init(|| async { self.client.clone().negotiate_version().await.map_err(docker_err("GET /version")) })
+            .get_or_try_init(|| async {
+                self.client
+                    .clone()
+                    .negotiate_version()
+                    .await
+                    .map_err(docker_err("GET /version"))
+            })
             .await
     }
 
     async fn containers(&self) -> anyhow::Result<Vec<Replica>> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![format!("{LABEL_PROJECT}={}", self.project), format!("{LABEL_SERVICE}={}", self.service)],
+            vec![
+                format!("{LABEL_PROJECT}={}", self.project),
+                format!("{LABEL_SERVICE}={}", self.service),
+            ],
         )]);
         let list = self
             .docker()
             .await?
-            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
             .await
             .map_err(docker_err("GET /containers/json"))?;
         let mut out: Vec<Replica> = list
             .into_iter()
             .filter_map(|c| {
                 let number = c.labels.as_ref()?.get(LABEL_NUMBER)?.parse().ok()?;
-                Some(Replica { id: c.id?, number, running: c.state == Some(ContainerSummaryStateEnum::RUNNING) })
+                Some(Replica {
+                    id: c.id?,
+                    number,
+                    running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
+                })
             })
             .collect();
         out.sort_by_key(|r| r.number);
@@ -189,13 +220,21 @@ impl DockerActuator {
             .await
             .map_err(docker_err(format!("GET /services/{}", self.service)))?;
         let id = svc.id.context("swarm service without ID")?;
-        let version = svc.version.and_then(|v| v.index).context("swarm service without Version.Index")?;
+        let version = svc
+            .version
+            .and_then(|v| v.index)
+            .context("swarm service without Version.Index")?;
         Ok((id, version, svc.spec.unwrap_or_default()))
     }
 
     pub async fn replicas(&self) -> anyhow::Result<u32> {
         match self.mode {
-            DockerMode::Compose => Ok(self.containers().await?.iter().filter(|r| r.running).count() as u32),
+            DockerMode::Compose => Ok(self
+                .containers()
+                .await?
+                .iter()
+                .filter(|r| r.running)
+                .count() as u32),
             DockerMode::Swarm => {
                 let (_, _, spec) = self.swarm_service().await?;
                 replicated(&spec).map(|n| n as u32)
@@ -212,7 +251,8 @@ impl DockerActuator {
                     r.replicas = Some(n.into());
                 }
                 let options = UpdateServiceOptions {
-                    version: i32::try_from(version).with_context(|| format!("swarm service version {version}"))?,
+                    version: i32::try_from(version)
+                        .with_context(|| format!("swarm service version {version}"))?,
                     ..Default::default()
                 };
                 self.docker()
@@ -236,7 +276,13 @@ impl DockerActuator {
             for r in running.iter().rev().take((have - n) as usize) {
                 let t = i32::try_from(self.stop_timeout_s).unwrap_or(i32::MAX);
                 docker
-                    .stop_container(&r.id, Some(StopContainerOptions { t: Some(t), signal: None }))
+                    .stop_container(
+                        &r.id,
+                        Some(StopContainerOptions {
+                            t: Some(t),
+                            signal: None,
+                        }),
+                    )
                     .await
                     .map_err(docker_err(format!("POST /containers/{}/stop", r.id)))?;
                 docker
@@ -263,10 +309,12 @@ impl DockerActuator {
         if missing == 0 {
             return Ok(n);
         }
-        let template_id = all
-            .first()
-            .map(|r| r.id.clone())
-            .with_context(|| format!("compose service {}/{} has no container to copy; start one with docker compose up", self.project, self.service))?;
+        let template_id = all.first().map(|r| r.id.clone()).with_context(|| {
+            format!(
+                "compose service {}/{} has no container to copy; start one with docker compose up",
+                self.project, self.service
+            )
+        })?;
         let template = docker
             .inspect_container(&template_id, None)
             .await
@@ -275,14 +323,23 @@ impl DockerActuator {
         for number in next..next + missing {
             let (name, body, extra_networks) = self.create_body(&template, number);
             let created = docker
-                .create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
+                .create_container(
+                    Some(CreateContainerOptions {
+                        name: Some(name.clone()),
+                        ..Default::default()
+                    }),
+                    body,
+                )
                 .await
                 .map_err(docker_err(format!("POST /containers/create?name={name}")))?;
             let id = created.id;
             for net in extra_networks {
                 let connect = NetworkConnectRequest {
                     container: id.clone(),
-                    endpoint_config: Some(EndpointSettings { aliases: Some(vec![self.service.clone()]), ..Default::default() }),
+                    endpoint_config: Some(EndpointSettings {
+                        aliases: Some(vec![self.service.clone()]),
+                        ..Default::default()
+                    }),
                 };
                 docker
                     .connect_network(&net, connect)
@@ -300,7 +357,11 @@ impl DockerActuator {
 
     /// The create request for replica `number`, copied from `template` (an inspect
     /// answer): its name, body, and the networks to connect after the first.
-    fn create_body(&self, template: &ContainerInspectResponse, number: u32) -> (String, ContainerCreateBody, Vec<String>) {
+    fn create_body(
+        &self,
+        template: &ContainerInspectResponse,
+        number: u32,
+    ) -> (String, ContainerCreateBody, Vec<String>) {
         let cfg = template.config.clone().unwrap_or_default();
         let mut labels = cfg.labels.unwrap_or_default();
         labels.insert(LABEL_NUMBER.into(), number.to_string());
@@ -318,7 +379,10 @@ impl DockerActuator {
         let networking_config = networks.first().map(|first| NetworkingConfig {
             endpoints_config: Some(HashMap::from([(
                 first.clone(),
-                EndpointSettings { aliases: Some(vec![self.service.clone()]), ..Default::default() },
+                EndpointSettings {
+                    aliases: Some(vec![self.service.clone()]),
+                    ..Default::default()
+                },
             )])),
         });
         let body = ContainerCreateBody {
@@ -369,7 +433,12 @@ const KUBE_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// error answer (the API server's `Status`), else kube's error and its causes.
 fn kube_err(what: &str, e: kube::Error) -> anyhow::Error {
     match &e {
-        kube::Error::Api(s) => anyhow!("kubernetes {what}: HTTP {} {}: {}", s.code, s.reason, s.message.trim()),
+        kube::Error::Api(s) => anyhow!(
+            "kubernetes {what}: HTTP {} {}: {}",
+            s.code,
+            s.reason,
+            s.message.trim()
+        ),
         _ => anyhow!("kubernetes {what}: {}", chain(&e)),
     }
 }
@@ -377,14 +446,24 @@ fn kube_err(what: &str, e: kube::Error) -> anyhow::Error {
 impl KubeActuator {
     /// `api`: the API server's base URL (`http://127.0.0.1:8001` with `kubectl proxy`, or
     /// `https://...`), with an optional bearer token.
-    pub fn new(api: &str, namespace: &str, deployment: &str, token: Option<String>) -> anyhow::Result<Self> {
-        let mut config = kube::Config::new(api.parse().with_context(|| format!("--kube-api {api:?}"))?);
+    pub fn new(
+        api: &str,
+        namespace: &str,
+        deployment: &str,
+        token: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let mut config =
+            kube::Config::new(api.parse().with_context(|| format!("--kube-api {api:?}"))?);
         config.auth_info.token = token.map(Into::into);
         Self::from_config(config, namespace, deployment)
     }
 
     /// From a complete client configuration (see [`KubeActuator::config`]).
-    pub fn from_config(mut config: kube::Config, namespace: &str, deployment: &str) -> anyhow::Result<Self> {
+    pub fn from_config(
+        mut config: kube::Config,
+        namespace: &str,
+        deployment: &str,
+    ) -> anyhow::Result<Self> {
         config.read_timeout.get_or_insert(KUBE_READ_TIMEOUT);
         let client = kube::Client::try_from(config).context("kubernetes client")?;
         Ok(KubeActuator {
@@ -401,11 +480,15 @@ impl KubeActuator {
     /// namespace to use when none is given.
     pub async fn config(api: Option<&str>) -> anyhow::Result<kube::Config> {
         let Some(api) = api else {
-            return kube::Config::infer()
-                .await
-                .map_err(|e| anyhow!("kubernetes: no kubeconfig or in-cluster service account ({}); set --kube-api", chain(&e)));
+            return kube::Config::infer().await.map_err(|e| {
+                anyhow!(
+                    "kubernetes: no kubeconfig or in-cluster service account ({}); set --kube-api",
+                    chain(&e)
+                )
+            });
         };
-        let mut config = kube::Config::new(api.parse().with_context(|| format!("--kube-api {api:?}"))?);
+        let mut config =
+            kube::Config::new(api.parse().with_context(|| format!("--kube-api {api:?}"))?);
         let sa = std::path::Path::new(SERVICE_ACCOUNT_DIR);
         if sa.join("token").exists() {
             config.auth_info.token_file = Some(sa.join("token").display().to_string());
@@ -426,12 +509,18 @@ impl KubeActuator {
             .map(|s| s.replicas)
             .or_else(|| scale.spec.as_ref().and_then(|s| s.replicas))
             .map(|n| n.max(0) as u32)
-            .with_context(|| format!("kubernetes {what}: no status.replicas or spec.replicas in {scale:?}"))
+            .with_context(|| {
+                format!("kubernetes {what}: no status.replicas or spec.replicas in {scale:?}")
+            })
     }
 
     pub async fn replicas(&self) -> anyhow::Result<u32> {
         let what = format!("GET {}", self.path);
-        let scale = self.api.get_scale(&self.deployment).await.map_err(|e| kube_err(&what, e))?;
+        let scale = self
+            .api
+            .get_scale(&self.deployment)
+            .await
+            .map_err(|e| kube_err(&what, e))?;
         self.replicas_of(&what, &scale)
     }
 
@@ -443,6 +532,10 @@ impl KubeActuator {
             .patch_scale(&self.deployment, &PatchParams::default(), &patch)
             .await
             .map_err(|e| kube_err(&what, e))?;
-        Ok(scale.spec.and_then(|s| s.replicas).map(|v| v.max(0) as u32).unwrap_or(n))
+        Ok(scale
+            .spec
+            .and_then(|s| s.replicas)
+            .map(|v| v.max(0) as u32)
+            .unwrap_or(n))
     }
 }

@@ -20,7 +20,11 @@ pub struct BudgetTracker {
 
 impl BudgetTracker {
     pub fn new(tenant: &str, max_age_ms: i64) -> Self {
-        BudgetTracker { tenant: tenant.to_string(), max_age_ms, latest: BTreeMap::new() }
+        BudgetTracker {
+            tenant: tenant.to_string(),
+            max_age_ms,
+            latest: BTreeMap::new(),
+        }
     }
 
     pub fn tenant(&self) -> &str {
@@ -32,7 +36,11 @@ impl BudgetTracker {
         if ev.tenant != self.tenant {
             return false;
         }
-        if self.latest.get(&ev.period).is_some_and(|old| old.at_ms > ev.at_ms) {
+        if self
+            .latest
+            .get(&ev.period)
+            .is_some_and(|old| old.at_ms > ev.at_ms)
+        {
             return false;
         }
         self.latest.insert(ev.period.clone(), ev);
@@ -70,10 +78,22 @@ mod tests {
         // 2026-11-29T00:00Z = 1_795_910_400_000 ms.
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2026, 11, 29) * DAY_MS, 1_795_910_400_000);
-        assert_eq!(period_end_ms("2026-11-29"), Some(1_795_910_400_000 + DAY_MS));
-        assert_eq!(period_end_ms("2026-11"), Some(days_from_civil(2026, 12, 1) * DAY_MS));
-        assert_eq!(period_end_ms("2026-12"), Some(days_from_civil(2027, 1, 1) * DAY_MS));
-        assert_eq!(period_end_ms("2024-02-29"), Some(days_from_civil(2024, 3, 1) * DAY_MS));
+        assert_eq!(
+            period_end_ms("2026-11-29"),
+            Some(1_795_910_400_000 + DAY_MS)
+        );
+        assert_eq!(
+            period_end_ms("2026-11"),
+            Some(days_from_civil(2026, 12, 1) * DAY_MS)
+        );
+        assert_eq!(
+            period_end_ms("2026-12"),
+            Some(days_from_civil(2027, 1, 1) * DAY_MS)
+        );
+        assert_eq!(
+            period_end_ms("2024-02-29"),
+            Some(days_from_civil(2024, 3, 1) * DAY_MS)
+        );
         assert_eq!(period_end_ms("2026-13"), None);
         assert_eq!(period_end_ms("soon"), None);
     }
@@ -101,7 +121,10 @@ mod tests {
         // Day: 24 left for 12 h = 2/h. Month: 50 left for 36 h = 1.4/h: tighter.
         assert!(t.observe(ev("2026-11-29", 30.0, 6.0, now)));
         assert!(t.observe(ev("2026-11", 200.0, 150.0, now)));
-        assert!(!t.observe(BudgetEvent { tenant: "acme".into(), ..ev("2026-11", 1.0, 0.0, now) }));
+        assert!(!t.observe(BudgetEvent {
+            tenant: "acme".into(),
+            ..ev("2026-11", 1.0, 0.0, now)
+        }));
         let v = t.view(now).unwrap();
         assert_eq!(v.remaining, 50.0);
         assert!((v.hours_left - (12.0 + 24.0)).abs() < 1e-9, "{v:?}");

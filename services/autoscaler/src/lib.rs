@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aifab_core::config::{BrokerArgs, ServeArgs};
-use aifab_core::messages::{decode, encode, tag, BudgetEvent, LagReading, ReplicaReport, ScaleDecision, ScaleInputs};
+use aifab_core::messages::{
+    decode, encode, tag, BudgetEvent, LagReading, ReplicaReport, ScaleDecision, ScaleInputs,
+};
 use aifab_core::service::{Needs, Service, ServiceSpec};
 use aifab_core::topics::{groups, subjects};
 use anyhow::Context;
@@ -32,12 +34,20 @@ use crate::policy::{decide, Observation, PolicyConfig, PolicyKind, PolicyState};
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "autoscaler",
     default_port: 8086,
-    needs: Needs { kafka: false, nats: true, redis: false },
+    needs: Needs {
+        kafka: false,
+        nats: true,
+        redis: false,
+    },
 };
 
 /// Command-line and environment configuration.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "aifab-autoscaler", version, about = "Turns lag and budget events into scale decisions for inference workers.")]
+#[command(
+    name = "aifab-autoscaler",
+    version,
+    about = "Turns lag and budget events into scale decisions for inference workers."
+)]
 pub struct Config {
     #[command(flatten)]
     pub brokers: BrokerArgs,
@@ -46,7 +56,11 @@ pub struct Config {
 
     /// The service scaled: decisions go to `aifab.scale.<service>`, replica counts come
     /// from `aifab.replicas.<service>`.
-    #[arg(long, env = "AIFAB_AUTOSCALER_SERVICE", default_value = "inference-worker")]
+    #[arg(
+        long,
+        env = "AIFAB_AUTOSCALER_SERVICE",
+        default_value = "inference-worker"
+    )]
     pub service: String,
     /// The consumer group whose lag (`aifab.lag.<group>`) drives the decisions.
     #[arg(long, env = "AIFAB_AUTOSCALER_GROUP", default_value = groups::INFERENCE_WORKER)]
@@ -56,7 +70,12 @@ pub struct Config {
     pub topic: Option<String>,
     /// The policy: `aifab` (rate-based, learns replica throughput, budget-aware) or `keda`
     /// (KEDA's Kafka lag scaler with the HPA's defaults).
-    #[arg(long, env = "AIFAB_AUTOSCALER_POLICY", value_enum, default_value = "aifab")]
+    #[arg(
+        long,
+        env = "AIFAB_AUTOSCALER_POLICY",
+        value_enum,
+        default_value = "aifab"
+    )]
     pub policy: PolicyKind,
     /// Fewest replicas.
     #[arg(long, env = "AIFAB_AUTOSCALER_MIN_REPLICAS", default_value_t = 1)]
@@ -65,7 +84,11 @@ pub struct Config {
     #[arg(long, env = "AIFAB_AUTOSCALER_MAX_REPLICAS", default_value_t = 8)]
     pub max_replicas: u32,
     /// Target lag per replica (KEDA `lagThreshold`; aifab's fallback before it has rates).
-    #[arg(long, env = "AIFAB_AUTOSCALER_LAG_PER_REPLICA", default_value_t = 100.0)]
+    #[arg(
+        long,
+        env = "AIFAB_AUTOSCALER_LAG_PER_REPLICA",
+        default_value_t = 100.0
+    )]
     pub lag_per_replica: f64,
     /// At or under this lag with nothing arriving, scale to the minimum.
     #[arg(long, env = "AIFAB_AUTOSCALER_ACTIVATION_LAG", default_value_t = 0.0)]
@@ -84,10 +107,18 @@ pub struct Config {
     #[arg(long, env = "AIFAB_AUTOSCALER_REPLICA_RATE", default_value_t = 100.0)]
     pub replica_rate_per_s: f64,
     /// aifab: utilisation to provision for.
-    #[arg(long, env = "AIFAB_AUTOSCALER_TARGET_UTILIZATION", default_value_t = 0.85)]
+    #[arg(
+        long,
+        env = "AIFAB_AUTOSCALER_TARGET_UTILIZATION",
+        default_value_t = 0.85
+    )]
     pub target_utilization: f64,
     /// aifab: scale down only to a count that stays at or under this utilisation.
-    #[arg(long, env = "AIFAB_AUTOSCALER_SCALE_DOWN_UTILIZATION", default_value_t = 0.7)]
+    #[arg(
+        long,
+        env = "AIFAB_AUTOSCALER_SCALE_DOWN_UTILIZATION",
+        default_value_t = 0.7
+    )]
     pub scale_down_utilization: f64,
     /// aifab: drain a backlog within this many seconds.
     #[arg(long, env = "AIFAB_AUTOSCALER_DRAIN_S", default_value_t = 15.0)]
@@ -100,14 +131,26 @@ pub struct Config {
     pub budget_tenant: String,
     /// What one replica costs per hour, in the budget's currency (0: learn it from the
     /// burn rate the cost accountant reports).
-    #[arg(long, env = "AIFAB_AUTOSCALER_REPLICA_COST_PER_HOUR", default_value_t = 0.0)]
+    #[arg(
+        long,
+        env = "AIFAB_AUTOSCALER_REPLICA_COST_PER_HOUR",
+        default_value_t = 0.0
+    )]
     pub replica_cost_per_hour: f64,
     /// Replicas kept even when the budget allows fewer (0: the budget is a hard limit).
-    #[arg(long, env = "AIFAB_AUTOSCALER_MIN_REPLICAS_OVER_BUDGET", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "AIFAB_AUTOSCALER_MIN_REPLICAS_OVER_BUDGET",
+        default_value_t = 0
+    )]
     pub min_replicas_over_budget: u32,
     /// Bursts above the replicas the budget sustains to the period's end are allowed when
     /// this many seconds of the burst are affordable on top of them (0: no bursts).
-    #[arg(long, env = "AIFAB_AUTOSCALER_BUDGET_BURST_S", default_value_t = 3600.0)]
+    #[arg(
+        long,
+        env = "AIFAB_AUTOSCALER_BUDGET_BURST_S",
+        default_value_t = 3600.0
+    )]
     pub budget_burst_s: f64,
     /// Ignore budget reports older than this many seconds.
     #[arg(long, env = "AIFAB_AUTOSCALER_BUDGET_MAX_AGE_S", default_value_t = 300)]
@@ -115,10 +158,19 @@ pub struct Config {
 
     /// Who applies decisions: `none` (the `aifab up` supervisor listens on NATS), `docker`
     /// or `kubernetes` (this process calls their API).
-    #[arg(long, env = "AIFAB_AUTOSCALER_ACTUATOR", value_enum, default_value = "none")]
+    #[arg(
+        long,
+        env = "AIFAB_AUTOSCALER_ACTUATOR",
+        value_enum,
+        default_value = "none"
+    )]
     pub actuator: ActuatorKind,
     /// Docker Engine address: unix:///path, tcp://host:port or http://host:port.
-    #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
     pub docker_host: String,
     /// Docker: scale a compose service's containers, or a swarm service.
     #[arg(long, env = "AIFAB_DOCKER_MODE", value_enum, default_value = "compose")]
@@ -141,7 +193,11 @@ pub struct Config {
     #[arg(long, env = "AIFAB_KUBE_NAMESPACE")]
     pub kube_namespace: Option<String>,
     /// Kubernetes Deployment to scale.
-    #[arg(long, env = "AIFAB_KUBE_DEPLOYMENT", default_value = "aifab-inference-worker")]
+    #[arg(
+        long,
+        env = "AIFAB_KUBE_DEPLOYMENT",
+        default_value = "aifab-inference-worker"
+    )]
     pub kube_deployment: String,
     /// Seconds between reading the actuator's replica count (published on `aifab.replicas.<service>`).
     #[arg(long, env = "AIFAB_ACTUATOR_POLL_S", default_value_t = 5.0)]
@@ -185,8 +241,15 @@ impl Config {
             )?)),
             ActuatorKind::Kubernetes => {
                 let config = KubeActuator::config(self.kube_api.as_deref()).await?;
-                let ns = self.kube_namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
-                Some(Actuator::Kubernetes(KubeActuator::from_config(config, &ns, &self.kube_deployment)?))
+                let ns = self
+                    .kube_namespace
+                    .clone()
+                    .unwrap_or_else(|| config.default_namespace.clone());
+                Some(Actuator::Kubernetes(KubeActuator::from_config(
+                    config,
+                    &ns,
+                    &self.kube_deployment,
+                )?))
             }
         })
     }
@@ -205,7 +268,13 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(service: &str, policy: PolicyConfig, budget_tenant: &str, budget_max_age_ms: i64, topic: Option<String>) -> Self {
+    pub fn new(
+        service: &str,
+        policy: PolicyConfig,
+        budget_tenant: &str,
+        budget_max_age_ms: i64,
+        topic: Option<String>,
+    ) -> Self {
         Controller {
             service: service.to_string(),
             policy,
@@ -223,7 +292,10 @@ impl Controller {
         if self.topic.as_deref().is_some_and(|t| t != reading.topic) {
             return None;
         }
-        let current = self.current.or(self.last_desired).unwrap_or(self.policy.min_replicas);
+        let current = self
+            .current
+            .or(self.last_desired)
+            .unwrap_or(self.policy.min_replicas);
         let budget = self.budget.view(now_ms);
         let obs = Observation {
             at_ms: reading.at_ms,
@@ -231,20 +303,30 @@ impl Controller {
             lag_rate_per_s: reading.lag_rate_per_s,
             partitions: reading.partitions.len() as u32,
             produced_total: Some(reading.partitions.iter().map(|p| p.high_watermark).sum()),
-            consumed_total: Some(reading.partitions.iter().map(|p| p.high_watermark - p.lag).sum()),
+            consumed_total: Some(
+                reading
+                    .partitions
+                    .iter()
+                    .map(|p| p.high_watermark - p.lag)
+                    .sum(),
+            ),
             current_replicas: current,
             budget,
         };
         let d = decide(&self.policy, &mut self.state, &obs);
         self.last_desired = Some(d.desired);
         let svc = self.service.as_str();
-        metrics::gauge!("aifab_autoscaler_desired_replicas", "service" => svc.to_string()).set(d.desired as f64);
-        metrics::gauge!("aifab_autoscaler_recommended_replicas", "service" => svc.to_string()).set(d.recommended as f64);
-        metrics::gauge!("aifab_autoscaler_current_replicas", "service" => svc.to_string()).set(current as f64);
+        metrics::gauge!("aifab_autoscaler_desired_replicas", "service" => svc.to_string())
+            .set(d.desired as f64);
+        metrics::gauge!("aifab_autoscaler_recommended_replicas", "service" => svc.to_string())
+            .set(d.recommended as f64);
+        metrics::gauge!("aifab_autoscaler_current_replicas", "service" => svc.to_string())
+            .set(current as f64);
         metrics::counter!("aifab_autoscaler_decisions_total", "service" => svc.to_string(), "reason" => d.reason.as_str())
             .increment(1);
         if let Some(cap) = d.budget_cap {
-            metrics::gauge!("aifab_autoscaler_budget_cap_replicas", "service" => svc.to_string()).set(cap.min(10_000) as f64);
+            metrics::gauge!("aifab_autoscaler_budget_cap_replicas", "service" => svc.to_string())
+                .set(cap.min(10_000) as f64);
         }
         if let Some(r) = d.replica_rate_per_s {
             metrics::gauge!("aifab_autoscaler_replica_rate_records_per_second", "service" => svc.to_string()).set(r);
@@ -285,10 +367,20 @@ fn router(state: ApiState) -> Router {
         .route(
             "/v1/decisions",
             get(|State(s): State<ApiState>| async move {
-                Json(s.history.lock().expect("history lock").iter().cloned().collect::<Vec<_>>())
+                Json(
+                    s.history
+                        .lock()
+                        .expect("history lock")
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                )
             }),
         )
-        .route("/v1/policy", get(|State(s): State<ApiState>| async move { Json((*s.policy).clone()) }))
+        .route(
+            "/v1/policy",
+            get(|State(s): State<ApiState>| async move { Json((*s.policy).clone()) }),
+        )
         .with_state(state)
 }
 
@@ -298,15 +390,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let policy = config.policy_config();
     let actuator = config.build_actuator().await?.map(Arc::new);
     let history = Arc::new(Mutex::new(VecDeque::new()));
-    svc.serve(router(ApiState { history: history.clone(), policy: Arc::new(policy.clone()) })).await?;
+    svc.serve(router(ApiState {
+        history: history.clone(),
+        policy: Arc::new(policy.clone()),
+    }))
+    .await?;
     let nats = svc.nats()?;
 
     let lag_subject = subjects::lag(&config.group);
     let scale_subject = subjects::scale(&config.service);
     let replicas_subject = subjects::replicas(&config.service);
-    let mut lag_sub = nats.subscribe(lag_subject.clone()).await.context("subscribing to lag readings")?;
-    let mut budget_sub = nats.subscribe(subjects::BUDGET_ALL).await.context("subscribing to budget events")?;
-    let mut replicas_sub = nats.subscribe(replicas_subject.clone()).await.context("subscribing to replica reports")?;
+    let mut lag_sub = nats
+        .subscribe(lag_subject.clone())
+        .await
+        .context("subscribing to lag readings")?;
+    let mut budget_sub = nats
+        .subscribe(subjects::BUDGET_ALL)
+        .await
+        .context("subscribing to budget events")?;
+    let mut replicas_sub = nats
+        .subscribe(replicas_subject.clone())
+        .await
+        .context("subscribing to replica reports")?;
     tracing::info!(policy = policy.kind.name(), service = %config.service, lag = %lag_subject,
         decisions = %scale_subject, actuator = ?config.actuator, "autoscaler running");
 
@@ -396,7 +501,9 @@ fn apply(
     if current == Some(desired) {
         return;
     }
-    let Ok(guard) = lock.try_lock_owned() else { return };
+    let Ok(guard) = lock.try_lock_owned() else {
+        return;
+    };
     tokio::spawn(async move {
         let _guard = guard;
         match actuator.scale(desired).await {
@@ -421,7 +528,10 @@ async fn publish_replicas(nats: &async_nats::Client, service: &str, replicas: u3
         actuator: actuator.to_string(),
         at_ms: aifab_core::now_ms(),
     };
-    if let Err(e) = nats.publish(subjects::replicas(service), encode(&report).into()).await {
+    if let Err(e) = nats
+        .publish(subjects::replicas(service), encode(&report).into())
+        .await
+    {
         tracing::warn!(error = %e, "publishing the replica report failed");
     }
 }
@@ -438,7 +548,11 @@ async fn poll_actuator(
     loop {
         match actuator.replicas().await {
             Ok(n) => {
-                readiness.set("actuator", true, format!("{}: {n} replicas", actuator.name()));
+                readiness.set(
+                    "actuator",
+                    true,
+                    format!("{}: {n} replicas", actuator.name()),
+                );
                 publish_replicas(&nats, &service, n, actuator.name()).await;
             }
             Err(e) => {
@@ -468,7 +582,12 @@ mod tests {
                 .iter()
                 .zip(lags)
                 .enumerate()
-                .map(|(i, (h, l))| PartitionLag { partition: i as i32, committed: Some(h - l), high_watermark: *h, lag: *l })
+                .map(|(i, (h, l))| PartitionLag {
+                    partition: i as i32,
+                    committed: Some(h - l),
+                    high_watermark: *h,
+                    lag: *l,
+                })
                 .collect(),
             total_lag: lags.iter().sum(),
             lag_rate_per_s: 0.0,
@@ -482,11 +601,17 @@ mod tests {
         policy.replica_cost_per_hour = 2.0;
         let mut c = Controller::new("inference-worker", policy, "all", 60_000, None);
         let now = budget::period_end_ms("2026-11-29").unwrap() - 3_600_000; // 1 h left today
-        let d = c.on_lag(&reading(now, &[1000, 1000], &[400, 400]), now).unwrap();
-        assert_eq!(d.desired_replicas, 2, "800 lag at 100/replica capped at 2 partitions: {d:?}");
+        let d = c
+            .on_lag(&reading(now, &[1000, 1000], &[400, 400]), now)
+            .unwrap();
+        assert_eq!(
+            d.desired_replicas, 2,
+            "800 lag at 100/replica capped at 2 partitions: {d:?}"
+        );
         assert_eq!(d.inputs.partitions, 2);
         assert_eq!(d.inputs.remaining_budget, None);
-        aifab_core::schema::validate("scale.decision/v1", &serde_json::to_value(&d).unwrap()).unwrap();
+        aifab_core::schema::validate("scale.decision/v1", &serde_json::to_value(&d).unwrap())
+            .unwrap();
 
         // A budget of 3 left for the last hour at 2/h per replica: 1 replica.
         c.budget.observe(BudgetEvent {
@@ -501,8 +626,14 @@ mod tests {
             at_ms: now,
         });
         c.current = Some(2);
-        let d = c.on_lag(&reading(now + 5000, &[2000, 2000], &[900, 900]), now + 5000).unwrap();
-        assert_eq!((d.desired_replicas, d.reason.as_str()), (1, "budget_cap"), "{d:?}");
+        let d = c
+            .on_lag(&reading(now + 5000, &[2000, 2000], &[900, 900]), now + 5000)
+            .unwrap();
+        assert_eq!(
+            (d.desired_replicas, d.reason.as_str()),
+            (1, "budget_cap"),
+            "{d:?}"
+        );
         assert_eq!(d.inputs.remaining_budget, Some(3.0));
         assert_eq!(d.inputs.burn_rate_per_hour, Some(1.0));
 

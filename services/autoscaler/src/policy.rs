@@ -275,7 +275,11 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
     };
 
     // 2. Bounds: partitions, max, min.
-    let hard_max = if obs.partitions > 0 { cfg.max_replicas.min(obs.partitions) } else { cfg.max_replicas };
+    let hard_max = if obs.partitions > 0 {
+        cfg.max_replicas.min(obs.partitions)
+    } else {
+        cfg.max_replicas
+    };
     if raw > hard_max {
         if obs.partitions > 0 && obs.partitions <= cfg.max_replicas {
             reason = Reason::Partitions;
@@ -299,7 +303,11 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
     // 3. Stabilization and cooldowns.
     let window_ms = (cfg.scale_down_stabilization_s * 1000.0) as i64;
     state.recommendations.push_back((obs.at_ms, raw));
-    while state.recommendations.front().is_some_and(|(t, _)| *t < obs.at_ms - window_ms) {
+    while state
+        .recommendations
+        .front()
+        .is_some_and(|(t, _)| *t < obs.at_ms - window_ms)
+    {
         state.recommendations.pop_front();
     }
     let mut desired = raw;
@@ -313,7 +321,12 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
             }
         }
     } else if raw < current {
-        let stabilized = state.recommendations.iter().map(|(_, r)| *r).max().unwrap_or(raw);
+        let stabilized = state
+            .recommendations
+            .iter()
+            .map(|(_, r)| *r)
+            .max()
+            .unwrap_or(raw);
         if stabilized >= current {
             desired = current;
             reason = Reason::Stabilizing;
@@ -322,7 +335,9 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
                 cfg.scale_down_stabilization_s
             );
         } else {
-            let since_change = state.last_change_ms.map(|t| (obs.at_ms - t) as f64 / 1000.0);
+            let since_change = state
+                .last_change_ms
+                .map(|t| (obs.at_ms - t) as f64 / 1000.0);
             match since_change {
                 Some(s) if s < cfg.scale_down_cooldown_s => {
                     desired = current;
@@ -348,7 +363,10 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
                     desired = cap;
                     reason = Reason::BudgetCap;
                     let burst = if cap > bc.sustained {
-                        format!(" (sustains {} to the period's end, {cap} for {:.2} h)", bc.sustained, bc.burst_h)
+                        format!(
+                            " (sustains {} to the period's end, {cap} for {:.2} h)",
+                            bc.sustained, bc.burst_h
+                        )
                     } else {
                         String::new()
                     };
@@ -404,7 +422,9 @@ pub fn replicas_for(need: f64, partitions: u32) -> u32 {
     if partitions == 0 {
         return (need - 1e-9).ceil() as u32;
     }
-    (1..=partitions).find(|&n| effective_replicas(n, partitions) >= need - 1e-9).unwrap_or(partitions)
+    (1..=partitions)
+        .find(|&n| effective_replicas(n, partitions) >= need - 1e-9)
+        .unwrap_or(partitions)
 }
 
 /// What the budget allows now: the most replicas, and how that was worked out.
@@ -440,8 +460,14 @@ fn useful_at_most(n: u32, partitions: u32) -> u32 {
 /// therefore never lowers what can be sustained afterwards, and as the period's end
 /// nears (hours left ≤ the burst) the cap is the sustainable count. A budget that cannot
 /// keep one replica to the period's end allows no bursts (only `min_replicas_over_budget`).
-pub fn budget_cap_for(cfg: &PolicyConfig, b: &BudgetView, current: u32, partitions: u32) -> Option<BudgetCap> {
-    let observed = (current > 0 && b.burn_rate_per_hour > 0.0).then(|| b.burn_rate_per_hour / current as f64);
+pub fn budget_cap_for(
+    cfg: &PolicyConfig,
+    b: &BudgetView,
+    current: u32,
+    partitions: u32,
+) -> Option<BudgetCap> {
+    let observed =
+        (current > 0 && b.burn_rate_per_hour > 0.0).then(|| b.burn_rate_per_hour / current as f64);
     let configured = (cfg.replica_cost_per_hour > 0.0).then_some(cfg.replica_cost_per_hour);
     // The dearer of the two: a budget is a promise not to overspend.
     let per_replica = match (configured, observed) {
@@ -450,14 +476,25 @@ pub fn budget_cap_for(cfg: &PolicyConfig, b: &BudgetView, current: u32, partitio
         (None, Some(o)) => o,
         (None, None) => return None,
     };
-    let count = |x: f64| if x >= u32::MAX as f64 { u32::MAX } else { x.max(0.0).floor() as u32 };
-    let burst_h = (cfg.budget_burst_s / 3600.0).max(0.0).min(b.hours_left.max(0.0));
+    let count = |x: f64| {
+        if x >= u32::MAX as f64 {
+            u32::MAX
+        } else {
+            x.max(0.0).floor() as u32
+        }
+    };
+    let burst_h = (cfg.budget_burst_s / 3600.0)
+        .max(0.0)
+        .min(b.hours_left.max(0.0));
     let (cap, sustained) = if b.remaining <= 0.0 {
         (0, 0)
     } else if b.hours_left <= 0.0 {
         (u32::MAX, u32::MAX)
     } else {
-        let sustained = useful_at_most(count(b.remaining / (per_replica * b.hours_left)), partitions);
+        let sustained = useful_at_most(
+            count(b.remaining / (per_replica * b.hours_left)),
+            partitions,
+        );
         let cap = if burst_h > 0.0 && sustained > 0 {
             let left = b.remaining - sustained as f64 * per_replica * (b.hours_left - burst_h);
             useful_at_most(count(left / (per_replica * burst_h)), partitions).max(sustained)
@@ -467,12 +504,24 @@ pub fn budget_cap_for(cfg: &PolicyConfig, b: &BudgetView, current: u32, partitio
         (cap, sustained)
     };
     let floor = cfg.min_replicas_over_budget;
-    Some(BudgetCap { cap: cap.max(floor), per_replica, sustained: sustained.max(floor), burst_h })
+    Some(BudgetCap {
+        cap: cap.max(floor),
+        per_replica,
+        sustained: sustained.max(floor),
+        burst_h,
+    })
 }
 
 fn keda_recommendation(cfg: &PolicyConfig, current: u32, lag: f64) -> (u32, Reason, String) {
     if lag <= cfg.activation_lag {
-        return (0, Reason::Inactive, format!("lag {lag:.0} at or under activation {:.0}", cfg.activation_lag));
+        return (
+            0,
+            Reason::Inactive,
+            format!(
+                "lag {lag:.0} at or under activation {:.0}",
+                cfg.activation_lag
+            ),
+        );
     }
     let per = cfg.lag_per_replica.max(1e-9);
     let raw = (lag / per).ceil() as u32;
@@ -480,28 +529,60 @@ fn keda_recommendation(cfg: &PolicyConfig, current: u32, lag: f64) -> (u32, Reas
     if current > 0 {
         let ratio = lag / (per * current as f64);
         if (ratio - 1.0).abs() <= cfg.tolerance {
-            return (current, Reason::Steady, format!("lag {lag:.0} within {:.0}% of {per:.0} per replica", cfg.tolerance * 100.0));
+            return (
+                current,
+                Reason::Steady,
+                format!(
+                    "lag {lag:.0} within {:.0}% of {per:.0} per replica",
+                    cfg.tolerance * 100.0
+                ),
+            );
         }
     }
-    (raw, Reason::Lag, format!("lag {lag:.0} / {per:.0} per replica → {raw}"))
+    (
+        raw,
+        Reason::Lag,
+        format!("lag {lag:.0} / {per:.0} per replica → {raw}"),
+    )
 }
 
-fn aifab_recommendation(cfg: &PolicyConfig, state: &PolicyState, obs: &Observation, lag: f64) -> (u32, Reason, String) {
+fn aifab_recommendation(
+    cfg: &PolicyConfig,
+    state: &PolicyState,
+    obs: &Observation,
+    lag: f64,
+) -> (u32, Reason, String) {
     let Some(arrivals) = state.arrival_rate else {
         // First reading: no rate yet, size for the backlog as KEDA would.
         let (raw, _, d) = keda_recommendation(cfg, obs.current_replicas, lag);
-        return (raw, if raw == 0 { Reason::Inactive } else { Reason::Lag }, format!("{d} (no rate yet)"));
+        return (
+            raw,
+            if raw == 0 {
+                Reason::Inactive
+            } else {
+                Reason::Lag
+            },
+            format!("{d} (no rate yet)"),
+        );
     };
     if lag <= cfg.activation_lag && arrivals < 0.5 {
-        return (0, Reason::Inactive, format!("lag {lag:.0}, arrivals {arrivals:.1}/s: idle"));
+        return (
+            0,
+            Reason::Inactive,
+            format!("lag {lag:.0}, arrivals {arrivals:.1}/s: idle"),
+        );
     }
-    let rate = state.replica_rate.unwrap_or(cfg.replica_rate_per_s).max(1e-6);
+    let rate = state
+        .replica_rate
+        .unwrap_or(cfg.replica_rate_per_s)
+        .max(1e-6);
     let util = cfg.target_utilization.clamp(0.05, 1.0);
     // The backlog a new replica would find once it is up, if the trend holds. Only growth
     // that the arrival rate explains counts (arrivals beyond what the running replicas
     // serve): a lag that jumps because the group paused to rebalance is not more load.
     // (Counted by the partitions they can use: 6 replicas over 8 partitions serve like 4.)
-    let shortfall = (arrivals - effective_replicas(obs.current_replicas, obs.partitions) * rate).max(0.0);
+    let shortfall =
+        (arrivals - effective_replicas(obs.current_replicas, obs.partitions) * rate).max(0.0);
     let growth = obs.lag_rate_per_s.max(0.0).min(shortfall);
     let projected = lag + growth * cfg.startup_s;
     // Draining needs the arrivals plus the backlog over the drain time served, at full
@@ -534,13 +615,23 @@ fn aifab_recommendation(cfg: &PolicyConfig, state: &PolicyState, obs: &Observati
     let current = obs.current_replicas;
     let mut held = String::new();
     if raw < current && cfg.scale_down_utilization > 0.0 && cfg.scale_down_utilization < util {
-        let keep = replicas_for((arrivals / (rate * cfg.scale_down_utilization)).max(for_drain), p);
+        let keep = replicas_for(
+            (arrivals / (rate * cfg.scale_down_utilization)).max(for_drain),
+            p,
+        );
         if keep > raw {
             raw = keep.min(current);
-            held = format!(", held at {raw} for ≤ {:.0}% after scaling down", cfg.scale_down_utilization * 100.0);
+            held = format!(
+                ", held at {raw} for ≤ {:.0}% after scaling down",
+                cfg.scale_down_utilization * 100.0
+            );
         }
     }
-    let learned = if state.replica_rate.is_some() { "measured" } else { "assumed" };
+    let learned = if state.replica_rate.is_some() {
+        "measured"
+    } else {
+        "assumed"
+    };
     (
         raw,
         Reason::ArrivalRate,
@@ -556,7 +647,10 @@ fn aifab_recommendation(cfg: &PolicyConfig, state: &PolicyState, obs: &Observati
 
 /// Update the rate estimates from the change since the previous observation.
 fn learn(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) {
-    let replicas_changed = state.prev.map(|p| p.replicas != obs.current_replicas).unwrap_or(true);
+    let replicas_changed = state
+        .prev
+        .map(|p| p.replicas != obs.current_replicas)
+        .unwrap_or(true);
     if replicas_changed {
         state.replicas_changed_ms = Some(obs.at_ms);
     }
@@ -575,33 +669,40 @@ fn learn(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) {
                 let next = match state.arrival_rate {
                     None => s,
                     Some(old) => {
-                        let a = if s > old { ARRIVAL_ALPHA_UP } else { ARRIVAL_ALPHA_DOWN };
+                        let a = if s > old {
+                            ARRIVAL_ALPHA_UP
+                        } else {
+                            ARRIVAL_ALPHA_DOWN
+                        };
                         a * s + (1.0 - a) * old
                     }
                 };
                 if let Some(old) = state.arrival_rate {
                     let slope = (next - old) / dt;
-                    state.arrival_trend = TREND_ALPHA * slope + (1.0 - TREND_ALPHA) * state.arrival_trend;
+                    state.arrival_trend =
+                        TREND_ALPHA * slope + (1.0 - TREND_ALPHA) * state.arrival_trend;
                 }
                 state.arrival_rate = Some(next);
             }
             // Saturated all interval long with the same replicas, settled (started, and the
             // group rebalanced, with an interval to spare): a service-rate sample.
-            let settled = state
-                .replicas_changed_ms
-                .is_some_and(|t| (obs.at_ms - t) as f64 / 1000.0 >= cfg.startup_s + SETTLE_EXTRA_S + dt)
-                && !replicas_changed;
+            let settled = state.replicas_changed_ms.is_some_and(|t| {
+                (obs.at_ms - t) as f64 / 1000.0 >= cfg.startup_s + SETTLE_EXTRA_S + dt
+            }) && !replicas_changed;
             let n = obs.current_replicas as f64;
             // A backlog at both ends of at least half an interval's work per replica (and
             // a few batches): every replica was busy all along.
-            let per_replica = cfg.saturation_lag_per_replica.max(state.replica_rate.unwrap_or(cfg.replica_rate_per_s) * dt / 2.0);
+            let per_replica = cfg
+                .saturation_lag_per_replica
+                .max(state.replica_rate.unwrap_or(cfg.replica_rate_per_s) * dt / 2.0);
             let saturated = n > 0.0 && (p.total_lag.min(obs.total_lag) as f64) >= per_replica * n;
             if cfg.learn_rate && settled && saturated {
                 if let Some(c) = consumed_rate {
                     let prior = cfg.replica_rate_per_s;
                     // Per replica of useful parallelism: with 8 partitions, 3 replicas
                     // work like 2.67 (the one with 2 partitions idles part of the time).
-                    let sample = (c / effective_replicas(obs.current_replicas, obs.partitions)).clamp(prior / 4.0, prior * 4.0);
+                    let sample = (c / effective_replicas(obs.current_replicas, obs.partitions))
+                        .clamp(prior / 4.0, prior * 4.0);
                     state.replica_rate = Some(match state.replica_rate {
                         None => sample,
                         Some(old) => SERVICE_ALPHA * sample + (1.0 - SERVICE_ALPHA) * old,
@@ -655,7 +756,19 @@ mod tests {
     fn keda_scales_with_lag_up_at_once_down_after_the_window() {
         let mut cfg = PolicyConfig::new(PolicyKind::Keda);
         cfg.scale_down_stabilization_s = 60.0;
-        let out = script(&cfg, &[(0, 50), (15, 450), (30, 2000), (45, 100), (60, 0), (90, 0), (105, 0), (120, 0)]);
+        let out = script(
+            &cfg,
+            &[
+                (0, 50),
+                (15, 450),
+                (30, 2000),
+                (45, 100),
+                (60, 0),
+                (90, 0),
+                (105, 0),
+                (120, 0),
+            ],
+        );
         let desired: Vec<u32> = out.iter().map(|(d, _)| *d).collect();
         // 450/100 → 5 at once; 2000/100 → 20, capped at the 8 partitions; then held
         // until 60 s after the 8 was last recommended; then straight to the minimum.
@@ -672,7 +785,11 @@ mod tests {
         cfg.min_replicas = 0;
         cfg.max_replicas = 3;
         let mut s = PolicyState::default();
-        assert_eq!(decide(&cfg, &mut s, &obs(0, 15, 0)).desired, 0, "under activation: stays at zero");
+        assert_eq!(
+            decide(&cfg, &mut s, &obs(0, 15, 0)).desired,
+            0,
+            "under activation: stays at zero"
+        );
         assert_eq!(decide(&cfg, &mut s, &obs(5, 21, 0)).desired, 1, "activated");
         // 4 replicas' worth of lag with 4 running... but max is 3.
         let d = decide(&cfg, &mut s, &obs(10, 1000, 1));
@@ -734,7 +851,12 @@ mod tests {
         cfg.scale_down_cooldown_s = 0.0;
         cfg.scale_down_stabilization_s = 0.0;
         let mut state = PolicyState::default();
-        let mut feed = Feed { produced: 0, consumed: 0, t: 0, lag_prev: 0 };
+        let mut feed = Feed {
+            produced: 0,
+            consumed: 0,
+            t: 0,
+            lag_prev: 0,
+        };
         // Hold replicas at 2 (an actuator that does not act) under 400/s arrivals:
         // saturated, so the policy measures 100/s per replica.
         for _ in 0..12 {
@@ -745,7 +867,12 @@ mod tests {
         assert!((learned - 100.0).abs() < 5.0, "learned {learned}");
         // Backlog gone, 400/s steady: 400 / (100 × 0.85) = 4.7 replicas' worth, and over 8
         // partitions 5 to 7 replicas serve no faster than 4: 8.
-        let mut steady = Feed { produced: 0, consumed: 0, t: feed.t, lag_prev: 0 };
+        let mut steady = Feed {
+            produced: 0,
+            consumed: 0,
+            t: feed.t,
+            lag_prev: 0,
+        };
         let mut d = None;
         for _ in 0..6 {
             let o = steady.step(400, 100, 8);
@@ -767,14 +894,25 @@ mod tests {
         cfg.startup_s = 15.0;
         let run = |ramp: &[i64]| {
             let mut state = PolicyState::default();
-            let mut feed = Feed { produced: 0, consumed: 0, t: 0, lag_prev: 0 };
+            let mut feed = Feed {
+                produced: 0,
+                consumed: 0,
+                t: 0,
+                lag_prev: 0,
+            };
             // An actuator that does not act: 2 replicas serve 200/s all along.
-            ramp.iter().map(|&a| decide(&cfg, &mut state, &feed.step(a, 100, 2))).collect::<Vec<_>>()
+            ramp.iter()
+                .map(|&a| decide(&cfg, &mut state, &feed.step(a, 100, 2)))
+                .collect::<Vec<_>>()
         };
         // Rising 4/s every second up to 140/s: 2 replicas are enough now, so no more than
         // 2, however steep the ramp.
         let rising = run(&[40, 60, 80, 100, 120, 140]);
-        assert!(rising.iter().all(|d| d.desired <= 2), "{:?}", rising.iter().map(|d| &d.detail).collect::<Vec<_>>());
+        assert!(
+            rising.iter().all(|d| d.desired <= 2),
+            "{:?}",
+            rising.iter().map(|d| &d.detail).collect::<Vec<_>>()
+        );
         // At 180/s: 180 / (100 × 0.85) = 2.1 replicas' worth, 3 for now; but 60/s more are
         // coming within a start-up: 240 / 85 = 2.8, so 4.
         let rising = run(&[40, 60, 80, 100, 120, 140, 160, 180]);
@@ -794,7 +932,12 @@ mod tests {
         cfg.scale_down_cooldown_s = 10.0;
         cfg.learn_rate = false;
         let mut state = PolicyState::default();
-        let mut feed = Feed { produced: 0, consumed: 0, t: 0, lag_prev: 0 };
+        let mut feed = Feed {
+            produced: 0,
+            consumed: 0,
+            t: 0,
+            lag_prev: 0,
+        };
         let mut current = 1;
         let mut history = Vec::new();
         // 30 s of 300/s (a step), then 90 s of 50/s.
@@ -806,9 +949,19 @@ mod tests {
             current = d.desired;
         }
         let peak = history.iter().map(|h| h.0).max().unwrap();
-        assert!(peak >= 4, "scaled for 300/s at 100/s per replica: {history:?}");
-        assert_eq!(history.last().unwrap().0, 1, "back down once it is quiet: {history:?}");
-        assert!(history.iter().any(|h| h.1 == Reason::Stabilizing), "{history:?}");
+        assert!(
+            peak >= 4,
+            "scaled for 300/s at 100/s per replica: {history:?}"
+        );
+        assert_eq!(
+            history.last().unwrap().0,
+            1,
+            "back down once it is quiet: {history:?}"
+        );
+        assert!(
+            history.iter().any(|h| h.1 == Reason::Stabilizing),
+            "{history:?}"
+        );
         // Never down while the backlog was still there.
         for w in history.windows(2) {
             if w[1].0 < w[0].0 {
@@ -824,20 +977,41 @@ mod tests {
         let mut state = PolicyState::default();
         let mut o = obs(0, 5_000, 1);
         // 6 left for 3 hours at 1/h per replica → 2 replicas.
-        o.budget = Some(BudgetView { remaining: 6.0, burn_rate_per_hour: 1.0, hours_left: 3.0 });
+        o.budget = Some(BudgetView {
+            remaining: 6.0,
+            burn_rate_per_hour: 1.0,
+            hours_left: 3.0,
+        });
         let d = decide(&cfg, &mut state, &o);
-        assert_eq!((d.desired, d.reason, d.budget_cap), (2, Reason::BudgetCap, Some(2)), "{}", d.detail);
+        assert_eq!(
+            (d.desired, d.reason, d.budget_cap),
+            (2, Reason::BudgetCap, Some(2)),
+            "{}",
+            d.detail
+        );
         assert!(d.recommended > 2);
         assert!(d.detail.contains("capped at 2"), "{}", d.detail);
         // The observed burn is dearer than configured: it wins.
         o.at_ms += 5000;
         o.current_replicas = 2;
-        o.budget = Some(BudgetView { remaining: 6.0, burn_rate_per_hour: 6.0, hours_left: 3.0 });
+        o.budget = Some(BudgetView {
+            remaining: 6.0,
+            burn_rate_per_hour: 6.0,
+            hours_left: 3.0,
+        });
         let d = decide(&cfg, &mut state, &o);
-        assert_eq!(d.desired, 0, "3/h per replica for 3 h is more than 6 left: {}", d.detail);
+        assert_eq!(
+            d.desired, 0,
+            "3/h per replica for 3 h is more than 6 left: {}",
+            d.detail
+        );
         // Overspent: a floor can keep a replica anyway.
         cfg.min_replicas_over_budget = 1;
-        o.budget = Some(BudgetView { remaining: -1.0, burn_rate_per_hour: 0.0, hours_left: 3.0 });
+        o.budget = Some(BudgetView {
+            remaining: -1.0,
+            burn_rate_per_hour: 0.0,
+            hours_left: 3.0,
+        });
         let d = decide(&cfg, &mut state, &o);
         assert_eq!((d.desired, d.reason), (1, Reason::BudgetCap));
         // KEDA ignores budgets.
@@ -852,11 +1026,25 @@ mod tests {
         cfg.scale_up_cooldown_s = 30.0;
         cfg.scale_down_stabilization_s = 0.0;
         cfg.scale_down_cooldown_s = 20.0;
-        let out = script(&cfg, &[(0, 300), (10, 600), (30, 600), (35, 100), (45, 100), (55, 100)]);
+        let out = script(
+            &cfg,
+            &[
+                (0, 300),
+                (10, 600),
+                (30, 600),
+                (35, 100),
+                (45, 100),
+                (55, 100),
+            ],
+        );
         assert_eq!(out[0], (3, Reason::Lag));
         assert_eq!(out[1], (3, Reason::Cooldown), "second scale-up within 30 s");
         assert_eq!(out[2], (6, Reason::Lag));
-        assert_eq!(out[3], (6, Reason::Cooldown), "down within 20 s of the change");
+        assert_eq!(
+            out[3],
+            (6, Reason::Cooldown),
+            "down within 20 s of the change"
+        );
         assert_eq!(out[4], (6, Reason::Cooldown));
         assert_eq!(out[5], (1, Reason::Lag));
     }
@@ -878,28 +1066,56 @@ mod tests {
 
     #[test]
     fn budget_cap_math() {
-        let cfg = PolicyConfig { replica_cost_per_hour: 0.5, ..PolicyConfig::new(PolicyKind::Aifab) };
-        let b = |remaining, burn, hours| BudgetView { remaining, burn_rate_per_hour: burn, hours_left: hours };
-        let cap = |cfg: &PolicyConfig, v: BudgetView, current, partitions| budget_cap_for(cfg, &v, current, partitions).map(|c| (c.cap, c.per_replica));
+        let cfg = PolicyConfig {
+            replica_cost_per_hour: 0.5,
+            ..PolicyConfig::new(PolicyKind::Aifab)
+        };
+        let b = |remaining, burn, hours| BudgetView {
+            remaining,
+            burn_rate_per_hour: burn,
+            hours_left: hours,
+        };
+        let cap = |cfg: &PolicyConfig, v: BudgetView, current, partitions| {
+            budget_cap_for(cfg, &v, current, partitions).map(|c| (c.cap, c.per_replica))
+        };
         // 10 left for 4 h at 0.5/h: exactly 5 sustained, nothing left over for a burst.
         assert_eq!(cap(&cfg, b(10.0, 0.0, 4.0), 0, 0), Some((5, 0.5)));
         // Observed 2/h per replica: 1.25 on average sustains 1, and 10 - 1 × 2 × 3 h pays
         // for an hour of 2.
         let c = budget_cap_for(&cfg, &b(10.0, 4.0, 4.0), 2, 0).unwrap();
-        assert_eq!((c.sustained, c.cap, c.per_replica), (1, 2, 2.0), "observed 2/h per replica: {c:?}");
-        assert_eq!(cap(&cfg, b(1.5, 0.0, 4.0), 0, 0).unwrap().0, 0, "not one replica to the end: no burst either");
+        assert_eq!(
+            (c.sustained, c.cap, c.per_replica),
+            (1, 2, 2.0),
+            "observed 2/h per replica: {c:?}"
+        );
+        assert_eq!(
+            cap(&cfg, b(1.5, 0.0, 4.0), 0, 0).unwrap().0,
+            0,
+            "not one replica to the end: no burst either"
+        );
         assert_eq!(cap(&cfg, b(-3.0, 0.0, 4.0), 1, 0).unwrap().0, 0);
         let learn = PolicyConfig::new(PolicyKind::Aifab);
-        assert_eq!(budget_cap_for(&learn, &b(10.0, 0.0, 4.0), 0, 0), None, "nothing to price replicas with");
+        assert_eq!(
+            budget_cap_for(&learn, &b(10.0, 0.0, 4.0), 0, 0),
+            None,
+            "nothing to price replicas with"
+        );
         // Over 8 partitions 5 affordable sustains 4 (5 serve like 4): the 1 replica-hour
         // per hour left over pays for bursts. 4 × 0.5 × 3 h reserved, 4 left for the 1-h burst.
         let c = budget_cap_for(&cfg, &b(10.0, 0.0, 4.0), 0, 8).unwrap();
         assert_eq!((c.sustained, c.cap, c.burst_h), (4, 8, 1.0), "{c:?}");
         // No bursts configured: the sustainable count, as useful counts go.
-        let no_burst = PolicyConfig { budget_burst_s: 0.0, ..cfg.clone() };
+        let no_burst = PolicyConfig {
+            budget_burst_s: 0.0,
+            ..cfg.clone()
+        };
         assert_eq!(cap(&no_burst, b(10.0, 0.0, 4.0), 0, 8).unwrap().0, 4);
         // In the period's last hour the burst is the rest of the period: sustained only.
-        assert_eq!(cap(&cfg, b(3.5, 0.0, 1.0), 0, 8).unwrap().0, 4, "7 affordable serve like 4");
+        assert_eq!(
+            cap(&cfg, b(3.5, 0.0, 1.0), 0, 8).unwrap().0,
+            4,
+            "7 affordable serve like 4"
+        );
     }
 
     /// The rounding to useful counts used to make the budget cap a cliff: 6.75 replicas
@@ -913,22 +1129,39 @@ mod tests {
         cfg.learn_rate = false;
         let mut state = PolicyState::default();
         // 29.7 left for 22 h at 0.2/h: 6.75 replicas on average; 8 partitions.
-        let view = BudgetView { remaining: 29.7, burn_rate_per_hour: 0.8, hours_left: 22.0 };
+        let view = BudgetView {
+            remaining: 29.7,
+            burn_rate_per_hour: 0.8,
+            hours_left: 22.0,
+        };
         let mut o = obs(0, 20_000, 4);
         o.budget = Some(view);
         let d = decide(&cfg, &mut state, &o);
         assert_eq!((d.desired, d.budget_cap), (8, Some(8)), "{}", d.detail);
         assert_eq!(d.reason, Reason::Partitions);
         // After an hour at 8 the 4 are still sustainable.
-        let after = BudgetView { remaining: 29.7 - 8.0 * 0.2, burn_rate_per_hour: 1.6, hours_left: 21.0 };
+        let after = BudgetView {
+            remaining: 29.7 - 8.0 * 0.2,
+            burn_rate_per_hour: 1.6,
+            hours_left: 21.0,
+        };
         let c = budget_cap_for(&cfg, &after, 8, 8).unwrap();
         assert!(c.sustained >= 4, "{c:?}");
         // A budget that sustains 4 but not an hour at 8 on top: capped at 4, and said so.
-        let tight = BudgetView { remaining: 0.2 * 4.0 * 22.0 + 0.5, burn_rate_per_hour: 0.8, hours_left: 22.0 };
+        let tight = BudgetView {
+            remaining: 0.2 * 4.0 * 22.0 + 0.5,
+            burn_rate_per_hour: 0.8,
+            hours_left: 22.0,
+        };
         o.at_ms += 5000;
         o.budget = Some(tight);
         let d = decide(&cfg, &mut state, &o);
-        assert_eq!((d.desired, d.reason, d.budget_cap), (4, Reason::BudgetCap, Some(4)), "{}", d.detail);
+        assert_eq!(
+            (d.desired, d.reason, d.budget_cap),
+            (4, Reason::BudgetCap, Some(4)),
+            "{}",
+            d.detail
+        );
         assert!(d.detail.contains("capped at 4"), "{}", d.detail);
     }
 }

@@ -26,12 +26,17 @@ pub struct PriceTable {
 
 impl PriceTable {
     /// Parse `cpu=0.20,cuda=2.50` (per device-hour).
-    pub fn parse(spec: &str, default_per_device_hour: f64, per_1k_tokens: f64, currency: &str) -> Result<Self, String> {
+    pub fn parse(
+        spec: &str,
+        default_per_device_hour: f64,
+        per_1k_tokens: f64,
+        currency: &str,
+    ) -> Result<Self, String> {
         let mut per_device_hour = BTreeMap::new();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (kind, price) = part
-                .split_once('=')
-                .ok_or_else(|| format!("price {part:?}: expected KIND=PRICE_PER_HOUR, e.g. cuda=2.50"))?;
+            let (kind, price) = part.split_once('=').ok_or_else(|| {
+                format!("price {part:?}: expected KIND=PRICE_PER_HOUR, e.g. cuda=2.50")
+            })?;
             let price: f64 = price
                 .trim()
                 .parse()
@@ -42,26 +47,39 @@ impl PriceTable {
             per_device_hour.insert(kind.trim().to_string(), price);
         }
         if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
-            return Err(format!("currency {currency:?}: expected an ISO 4217 code such as USD"));
+            return Err(format!(
+                "currency {currency:?}: expected an ISO 4217 code such as USD"
+            ));
         }
-        Ok(PriceTable { per_device_hour, default_per_device_hour, per_1k_tokens, currency: currency.to_string() })
+        Ok(PriceTable {
+            per_device_hour,
+            default_per_device_hour,
+            per_1k_tokens,
+            currency: currency.to_string(),
+        })
     }
 
     pub fn device_hour(&self, kind: &str) -> f64 {
-        self.per_device_hour.get(kind).copied().unwrap_or(self.default_per_device_hour)
+        self.per_device_hour
+            .get(kind)
+            .copied()
+            .unwrap_or(self.default_per_device_hour)
     }
 
     /// (direct cost, idle cost) of one usage record.
     pub fn cost(&self, u: &UsageRecord) -> (f64, f64) {
         let per_s = self.device_hour(&u.device_kind) / 3600.0;
-        let direct = u.device_seconds.max(0.0) * per_s + u.tokens as f64 / 1000.0 * self.per_1k_tokens;
+        let direct =
+            u.device_seconds.max(0.0) * per_s + u.tokens as f64 / 1000.0 * self.per_1k_tokens;
         (direct, u.idle_seconds.max(0.0) * per_s)
     }
 }
 
 // ----------------------------------------------------------------------------- periods
 
-pub use aifab_core::period::{civil_from_days, day_of, days_from_civil, month_of, period_bounds, DAY_MS};
+pub use aifab_core::period::{
+    civil_from_days, day_of, days_from_civil, month_of, period_bounds, DAY_MS,
+};
 
 pub fn period_of(kind: BudgetPeriod, at_ms: i64) -> String {
     match kind {
@@ -79,8 +97,12 @@ pub fn period_kind_name(kind: BudgetPeriod) -> &'static str {
 
 /// The days (`YYYY-MM-DD`) of a period.
 pub fn days_in(period: &str) -> Vec<String> {
-    let Some((start, end)) = period_bounds(period) else { return Vec::new() };
-    (start / DAY_MS..end / DAY_MS).map(|d| day_of(d * DAY_MS)).collect()
+    let Some((start, end)) = period_bounds(period) else {
+        return Vec::new();
+    };
+    (start / DAY_MS..end / DAY_MS)
+        .map(|d| day_of(d * DAY_MS))
+        .collect()
 }
 
 // ------------------------------------------------------------------------------ ledger
@@ -99,7 +121,10 @@ pub struct ModelCost {
 
 /// The ledger field prefix of a usage record: `tenant|task|version|device`.
 pub fn ledger_prefix(u: &UsageRecord) -> String {
-    format!("{}|{}|{}|{}", u.tenant, u.task, u.model_version, u.device_kind)
+    format!(
+        "{}|{}|{}|{}",
+        u.tenant, u.task, u.model_version, u.device_kind
+    )
 }
 
 /// Parse a day's ledger hash (`tenant|task|version|device|metric` → value) into rows per
@@ -116,7 +141,12 @@ pub fn parse_ledger(fields: &[(String, String)]) -> BTreeMap<String, Vec<ModelCo
         let tenant = parts.remove(0);
         let task = parts.remove(0);
         let version = parts.join("|");
-        let key = (tenant.to_string(), task.to_string(), version.clone(), device.to_string());
+        let key = (
+            tenant.to_string(),
+            task.to_string(),
+            version.clone(),
+            device.to_string(),
+        );
         let row = rows.entry(key).or_insert_with(|| ModelCost {
             model: task.to_string(),
             model_version: version,
@@ -142,10 +172,11 @@ pub fn parse_ledger(fields: &[(String, String)]) -> BTreeMap<String, Vec<ModelCo
 /// Add `b` into `a` (same model, version and device).
 fn merge_rows(into: &mut Vec<ModelCost>, more: Vec<ModelCost>) {
     for r in more {
-        match into
-            .iter_mut()
-            .find(|x| x.model == r.model && x.model_version == r.model_version && x.device_kind == r.device_kind)
-        {
+        match into.iter_mut().find(|x| {
+            x.model == r.model
+                && x.model_version == r.model_version
+                && x.device_kind == r.device_kind
+        }) {
             Some(x) => {
                 x.device_seconds += r.device_seconds;
                 x.tokens += r.tokens;
@@ -158,7 +189,9 @@ fn merge_rows(into: &mut Vec<ModelCost>, more: Vec<ModelCost>) {
 }
 
 /// Merge several days' parsed ledgers.
-pub fn merge_ledgers(days: Vec<BTreeMap<String, Vec<ModelCost>>>) -> BTreeMap<String, Vec<ModelCost>> {
+pub fn merge_ledgers(
+    days: Vec<BTreeMap<String, Vec<ModelCost>>>,
+) -> BTreeMap<String, Vec<ModelCost>> {
     let mut out: BTreeMap<String, Vec<ModelCost>> = BTreeMap::new();
     for day in days {
         for (tenant, rows) in day {
@@ -182,13 +215,19 @@ pub fn parse_idle(days: &[Vec<(String, String)>]) -> Vec<IdleCost> {
     let mut rows: BTreeMap<(String, String), IdleCost> = BTreeMap::new();
     for fields in days {
         for (field, value) in fields {
-            let Some((rest, metric)) = field.rsplit_once('|') else { continue };
-            let Some((worker, device)) = rest.rsplit_once('|') else { continue };
-            let row = rows.entry((worker.to_string(), device.to_string())).or_insert_with(|| IdleCost {
-                worker: worker.to_string(),
-                device_kind: device.to_string(),
-                ..Default::default()
-            });
+            let Some((rest, metric)) = field.rsplit_once('|') else {
+                continue;
+            };
+            let Some((worker, device)) = rest.rsplit_once('|') else {
+                continue;
+            };
+            let row = rows
+                .entry((worker.to_string(), device.to_string()))
+                .or_insert_with(|| IdleCost {
+                    worker: worker.to_string(),
+                    device_kind: device.to_string(),
+                    ..Default::default()
+                });
             let v: f64 = value.parse().unwrap_or(0.0);
             match metric {
                 "idle_seconds" => row.idle_seconds += v,
@@ -207,7 +246,16 @@ pub fn share_idle(direct: &BTreeMap<String, f64>, idle_cost: f64) -> BTreeMap<St
     let total: f64 = direct.values().filter(|v| **v > 0.0).sum();
     direct
         .iter()
-        .map(|(t, d)| (t.clone(), if total > 0.0 && *d > 0.0 { idle_cost * d / total } else { 0.0 }))
+        .map(|(t, d)| {
+            (
+                t.clone(),
+                if total > 0.0 && *d > 0.0 {
+                    idle_cost * d / total
+                } else {
+                    0.0
+                },
+            )
+        })
         .collect()
 }
 
@@ -217,10 +265,19 @@ pub fn cost_per_1k(cost: f64, predictions: u64) -> Option<f64> {
 
 /// Spend per hour from burn buckets (`bucket index → cost`) over the window ending at
 /// `now_ms`.
-pub fn burn_rate_per_hour(buckets: &[(i64, f64)], bucket_ms: i64, window_ms: i64, now_ms: i64) -> f64 {
+pub fn burn_rate_per_hour(
+    buckets: &[(i64, f64)],
+    bucket_ms: i64,
+    window_ms: i64,
+    now_ms: i64,
+) -> f64 {
     let first = (now_ms - window_ms).div_euclid(bucket_ms) + 1;
     let last = now_ms.div_euclid(bucket_ms);
-    let sum: f64 = buckets.iter().filter(|(b, _)| *b >= first && *b <= last).map(|(_, c)| c).sum();
+    let sum: f64 = buckets
+        .iter()
+        .filter(|(b, _)| *b >= first && *b <= last)
+        .map(|(_, c)| c)
+        .sum();
     sum / (window_ms as f64 / 3_600_000.0)
 }
 
@@ -265,7 +322,11 @@ impl PeriodTotals {
             return self.direct_total + self.idle_total;
         }
         let d = self.direct.get(tenant).copied().unwrap_or(0.0);
-        let share = if self.direct_total > 0.0 { self.idle_total * d / self.direct_total } else { 0.0 };
+        let share = if self.direct_total > 0.0 {
+            self.idle_total * d / self.direct_total
+        } else {
+            0.0
+        };
         d + share
     }
 
@@ -324,9 +385,13 @@ mod tests {
         assert!((direct - (0.01 + 0.02)).abs() < 1e-12, "{direct}");
         assert!((idle - 0.005).abs() < 1e-12);
         assert_eq!(p.device_hour("tpu"), 1.8, "unknown kinds use the default");
-        assert!(PriceTable::parse("cpu", 0.0, 0.0, "USD").unwrap_err().contains("KIND=PRICE"));
+        assert!(PriceTable::parse("cpu", 0.0, 0.0, "USD")
+            .unwrap_err()
+            .contains("KIND=PRICE"));
         assert!(PriceTable::parse("cpu=-1", 0.0, 0.0, "USD").is_err());
-        assert!(PriceTable::parse("", 0.0, 0.0, "usd").unwrap_err().contains("ISO 4217"));
+        assert!(PriceTable::parse("", 0.0, 0.0, "usd")
+            .unwrap_err()
+            .contains("ISO 4217"));
     }
 
     #[test]
@@ -340,7 +405,10 @@ mod tests {
             let (y, m, dd) = civil_from_days(d);
             assert_eq!(days_from_civil(y, m, dd), d);
         }
-        assert_eq!(period_bounds("2026-11-29"), Some((1_795_910_400_000, 1_795_910_400_000 + DAY_MS)));
+        assert_eq!(
+            period_bounds("2026-11-29"),
+            Some((1_795_910_400_000, 1_795_910_400_000 + DAY_MS))
+        );
         assert_eq!(days_in("2026-02").len(), 28);
         assert_eq!(days_in("2024-02").last().unwrap(), "2024-02-29");
         assert_eq!(period_bounds("2026-02-30"), None);
@@ -362,19 +430,45 @@ mod tests {
         let rows = parse_ledger(&fields);
         assert_eq!(rows["acme"].len(), 2);
         let a = &rows["acme"][0];
-        assert_eq!((a.model.as_str(), a.model_version.as_str(), a.device_kind.as_str()), ("sms_spam", "v1", "cpu"));
-        assert_eq!((a.device_seconds, a.tokens, a.predictions, a.cost), (1.5, 300, 10, 0.25));
+        assert_eq!(
+            (
+                a.model.as_str(),
+                a.model_version.as_str(),
+                a.device_kind.as_str()
+            ),
+            ("sms_spam", "v1", "cpu")
+        );
+        assert_eq!(
+            (a.device_seconds, a.tokens, a.predictions, a.cost),
+            (1.5, 300, 10, 0.25)
+        );
         assert_eq!(rows["acme"][1].model_version, "v|2");
         let merged = merge_ledgers(vec![rows.clone(), rows]);
         assert_eq!(merged["acme"][0].predictions, 20);
         assert_eq!(merged["beta"][0].predictions, 8);
-        let idle = parse_idle(&[vec![f("w-0|cpu|idle_seconds", "30"), f("w-0|cpu|cost", "0.01")], vec![f("w-0|cpu|idle_seconds", "10")]]);
-        assert_eq!(idle, vec![IdleCost { worker: "w-0".into(), device_kind: "cpu".into(), idle_seconds: 40.0, cost: 0.01 }]);
+        let idle = parse_idle(&[
+            vec![f("w-0|cpu|idle_seconds", "30"), f("w-0|cpu|cost", "0.01")],
+            vec![f("w-0|cpu|idle_seconds", "10")],
+        ]);
+        assert_eq!(
+            idle,
+            vec![IdleCost {
+                worker: "w-0".into(),
+                device_kind: "cpu".into(),
+                idle_seconds: 40.0,
+                cost: 0.01
+            }]
+        );
     }
 
     #[test]
     fn idle_is_shared_by_direct_cost() {
-        let direct: BTreeMap<String, f64> = [("acme".to_string(), 3.0), ("beta".to_string(), 1.0), ("zero".to_string(), 0.0)].into();
+        let direct: BTreeMap<String, f64> = [
+            ("acme".to_string(), 3.0),
+            ("beta".to_string(), 1.0),
+            ("zero".to_string(), 0.0),
+        ]
+        .into();
         let s = share_idle(&direct, 2.0);
         assert_eq!(s["acme"], 1.5);
         assert_eq!(s["beta"], 0.5);
@@ -387,7 +481,13 @@ mod tests {
     #[test]
     fn budget_spend_and_thresholds() {
         let f = |k: &str, v: &str| (k.to_string(), v.to_string());
-        let t = PeriodTotals::parse(&[f("direct|acme", "6"), f("direct|beta", "2"), f("direct", "8"), f("idle", "4"), f("rows|acme", "10")]);
+        let t = PeriodTotals::parse(&[
+            f("direct|acme", "6"),
+            f("direct|beta", "2"),
+            f("direct", "8"),
+            f("idle", "4"),
+            f("rows|acme", "10"),
+        ]);
         assert_eq!(t.spent("acme"), 9.0, "6 direct + 3 of the idle 4");
         assert_eq!(t.spent(ALL_TENANTS), 12.0);
         assert_eq!(t.spent("nobody"), 0.0);
@@ -395,8 +495,15 @@ mod tests {
         assert_eq!(crossed(0.0, 10.0), vec![]);
         assert_eq!(crossed(7.9, 10.0), vec![]);
         assert_eq!(crossed(8.0, 10.0), vec![BudgetEventKind::Warning]);
-        assert_eq!(crossed(10.0, 10.0), vec![BudgetEventKind::Warning, BudgetEventKind::Exceeded]);
-        assert_eq!(crossed(0.01, 0.0), vec![BudgetEventKind::Warning, BudgetEventKind::Exceeded], "a zero budget");
+        assert_eq!(
+            crossed(10.0, 10.0),
+            vec![BudgetEventKind::Warning, BudgetEventKind::Exceeded]
+        );
+        assert_eq!(
+            crossed(0.01, 0.0),
+            vec![BudgetEventKind::Warning, BudgetEventKind::Exceeded],
+            "a zero budget"
+        );
     }
 
     #[test]

@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aifab_core::config::{BrokerArgs, ServeArgs};
-use aifab_core::messages::{decode, encode, tag, BudgetEvent, BudgetEventKind, BudgetPeriod, BudgetSet, DeadLetter, SourceRef, UsageRecord};
+use aifab_core::messages::{
+    decode, encode, tag, BudgetEvent, BudgetEventKind, BudgetPeriod, BudgetSet, DeadLetter,
+    SourceRef, UsageRecord,
+};
 use aifab_core::redis_store::RedisHandle;
 use aifab_core::service::{Needs, Service, ServiceSpec};
 use aifab_core::supervise::{Heartbeat, STALE_AFTER};
@@ -44,7 +47,11 @@ use crate::store::{Store, StoredBudget};
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "cost-accountant",
     default_port: 8085,
-    needs: Needs { kafka: true, nats: true, redis: true },
+    needs: Needs {
+        kafka: true,
+        nats: true,
+        redis: true,
+    },
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -55,7 +62,11 @@ pub enum StartFrom {
 
 /// Command-line and environment configuration.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "aifab-cost-accountant", version, about = "Charges device time to tenants and models, enforces budgets, serves /v1/costs.")]
+#[command(
+    name = "aifab-cost-accountant",
+    version,
+    about = "Charges device time to tenants and models, enforces budgets, serves /v1/costs."
+)]
 pub struct Config {
     #[command(flatten)]
     pub brokers: BrokerArgs,
@@ -69,7 +80,12 @@ pub struct Config {
     #[arg(long, env = "AIFAB_COST_GROUP", default_value = groups::COST_ACCOUNTANT)]
     pub group: String,
     /// Where a group with no committed offset starts.
-    #[arg(long, env = "AIFAB_COST_START_FROM", value_enum, default_value = "earliest")]
+    #[arg(
+        long,
+        env = "AIFAB_COST_START_FROM",
+        value_enum,
+        default_value = "earliest"
+    )]
     pub start_from: StartFrom,
     /// Prices per device-hour by device kind, `KIND=PRICE,...`.
     #[arg(long, env = "AIFAB_PRICES", default_value = "cpu=0.20,cuda=2.50")]
@@ -171,12 +187,18 @@ pub fn assemble(
     total_burn: f64,
     budgets: &[StoredBudget],
 ) -> CostReport {
-    let direct: BTreeMap<String, f64> =
-        ledger_rows.iter().map(|(t, rows)| (t.clone(), rows.iter().map(|r| r.cost).sum())).collect();
+    let direct: BTreeMap<String, f64> = ledger_rows
+        .iter()
+        .map(|(t, rows)| (t.clone(), rows.iter().map(|r| r.cost).sum()))
+        .collect();
     let idle_cost: f64 = idle.iter().map(|i| i.cost).sum();
     let shares = ledger::share_idle(&direct, idle_cost);
     let direct_total: f64 = direct.values().sum();
-    let idle_ratio = if direct_total > 0.0 { idle_cost / direct_total } else { 0.0 };
+    let idle_ratio = if direct_total > 0.0 {
+        idle_cost / direct_total
+    } else {
+        0.0
+    };
     let budget_of = |tenant: &str| {
         budgets
             .iter()
@@ -251,7 +273,11 @@ pub fn resolve_period(q: &CostQuery, now_ms: i64) -> Result<(BudgetPeriod, Strin
             if !ok {
                 return Err(format!(
                     "date {d:?}: expected {} for period {}",
-                    if kind == BudgetPeriod::Day { "YYYY-MM-DD" } else { "YYYY-MM" },
+                    if kind == BudgetPeriod::Day {
+                        "YYYY-MM-DD"
+                    } else {
+                        "YYYY-MM"
+                    },
                     ledger::period_kind_name(kind)
                 ));
             }
@@ -274,20 +300,30 @@ struct App {
 
 impl App {
     async fn conn(&self) -> Result<ConnectionManager, ApiError> {
-        self.redis
-            .try_get()
-            .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "redis is not connected yet".into()))
+        self.redis.try_get().ok_or_else(|| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "redis is not connected yet".into(),
+            )
+        })
     }
 
     async fn report(&self, q: &CostQuery) -> Result<CostReport, ApiError> {
         let now = aifab_core::now_ms();
-        let (kind, period) = resolve_period(q, now).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+        let (kind, period) =
+            resolve_period(q, now).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
         let mut conn = self.conn().await?;
-        let days = if kind == BudgetPeriod::Day { vec![period.clone()] } else { ledger::days_in(&period) };
+        let days = if kind == BudgetPeriod::Day {
+            vec![period.clone()]
+        } else {
+            ledger::days_in(&period)
+        };
         let mut ledgers = Vec::new();
         let mut idles = Vec::new();
         for d in &days {
-            ledgers.push(ledger::parse_ledger(&self.store.hash(&mut conn, &format!("ledger:{d}")).await?));
+            ledgers.push(ledger::parse_ledger(
+                &self.store.hash(&mut conn, &format!("ledger:{d}")).await?,
+            ));
             idles.push(self.store.hash(&mut conn, &format!("idle:{d}")).await?);
         }
         let mut rows = ledger::merge_ledgers(ledgers);
@@ -304,17 +340,36 @@ impl App {
             total_burn = self.store.burn_rate(&mut conn, ALL_TENANTS, now).await?;
         }
         let budgets = self.store.budgets(&mut conn).await?;
-        Ok(assemble(&period, kind, &self.prices.currency, rows, ledger::parse_idle(&idles), &burn, total_burn, &budgets))
+        Ok(assemble(
+            &period,
+            kind,
+            &self.prices.currency,
+            rows,
+            ledger::parse_idle(&idles),
+            &burn,
+            total_burn,
+            &budgets,
+        ))
     }
 
     /// Validate and store a budget.
     async fn set_budget(&self, b: BudgetSet) -> Result<StoredBudget, ApiError> {
         let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
-        if let Err(v) = aifab_core::schema::validate("budget.set/v1", &serde_json::to_value(&b).expect("serializes")) {
-            return Err(bad(v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; ")));
+        if let Err(v) = aifab_core::schema::validate(
+            "budget.set/v1",
+            &serde_json::to_value(&b).expect("serializes"),
+        ) {
+            return Err(bad(v
+                .iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")));
         }
         if !b.amount.is_finite() || b.amount < 0.0 {
-            return Err(bad(format!("amount {}: expected a finite number ≥ 0", b.amount)));
+            return Err(bad(format!(
+                "amount {}: expected a finite number ≥ 0",
+                b.amount
+            )));
         }
         if b.currency != self.prices.currency {
             return Err(bad(format!(
@@ -371,9 +426,11 @@ fn router(app: App) -> Router {
     Router::new()
         .route(
             "/v1/costs",
-            get(|State(app): State<App>, Query(q): Query<CostQuery>| async move {
-                app.report(&q).await.map(Json)
-            }),
+            get(
+                |State(app): State<App>, Query(q): Query<CostQuery>| async move {
+                    app.report(&q).await.map(Json)
+                },
+            ),
         )
         .route(
             "/v1/budgets",
@@ -381,32 +438,43 @@ fn router(app: App) -> Router {
                 let mut conn = app.conn().await?;
                 Ok::<_, ApiError>(Json(app.store.budgets(&mut conn).await?))
             })
-            .post(|State(app): State<App>, body: axum::body::Bytes| async move {
-                let b: BudgetBody = serde_json::from_slice(&body)
-                    .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("budget body: {e}")))?;
-                if let Some(s) = &b.schema {
-                    if s != "budget.set/v1" {
-                        return Err(ApiError(StatusCode::BAD_REQUEST, format!("schema: expected \"budget.set/v1\", found \"{s}\"")));
+            .post(
+                |State(app): State<App>, body: axum::body::Bytes| async move {
+                    let b: BudgetBody = serde_json::from_slice(&body).map_err(|e| {
+                        ApiError(StatusCode::BAD_REQUEST, format!("budget body: {e}"))
+                    })?;
+                    if let Some(s) = &b.schema {
+                        if s != "budget.set/v1" {
+                            return Err(ApiError(
+                                StatusCode::BAD_REQUEST,
+                                format!("schema: expected \"budget.set/v1\", found \"{s}\""),
+                            ));
+                        }
                     }
-                }
-                let set = BudgetSet {
-                    schema: tag(),
-                    tenant: b.tenant,
-                    period: b.period,
-                    amount: b.amount,
-                    currency: b.currency.unwrap_or_else(|| app.prices.currency.clone()),
-                    at_ms: b.at_ms.unwrap_or_else(aifab_core::now_ms),
-                };
-                app.set_budget(set).await.map(Json)
-            }),
+                    let set = BudgetSet {
+                        schema: tag(),
+                        tenant: b.tenant,
+                        period: b.period,
+                        amount: b.amount,
+                        currency: b.currency.unwrap_or_else(|| app.prices.currency.clone()),
+                        at_ms: b.at_ms.unwrap_or_else(aifab_core::now_ms),
+                    };
+                    app.set_budget(set).await.map(Json)
+                },
+            ),
         )
         .with_state(app)
 }
 
 /// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let prices = PriceTable::parse(&config.prices, config.default_price_per_hour, config.price_per_1k_tokens, &config.currency)
-        .map_err(|e| anyhow::anyhow!("--prices: {e}"))?;
+    let prices = PriceTable::parse(
+        &config.prices,
+        config.default_price_per_hour,
+        config.price_per_1k_tokens,
+        &config.currency,
+    )
+    .map_err(|e| anyhow::anyhow!("--prices: {e}"))?;
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
     let store = Store::new(
         &config.redis_prefix,
@@ -414,22 +482,48 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.retention_days * 86_400,
         config.burn_window_s as i64 * 1000,
     );
-    let app = App { store, redis: svc.redis()?, prices: Arc::new(prices), check_now: Arc::new(Notify::new()) };
+    let app = App {
+        store,
+        redis: svc.redis()?,
+        prices: Arc::new(prices),
+        check_now: Arc::new(Notify::new()),
+    };
     svc.serve(router(app.clone())).await?;
     let nats = svc.nats()?;
 
     let heartbeat = svc.heartbeat("usage-consumer", STALE_AFTER);
-    svc.supervise("usage-consumer", charge_loop(config.clone(), app.clone(), heartbeat, svc.shutdown.clone()));
-    svc.supervise("budget-checks", budget_loop(config.clone(), app.clone(), nats.clone(), svc.shutdown.clone()));
-    svc.supervise("budget-sets", listen_budget_sets(nats, app, svc.shutdown.clone()));
+    svc.supervise(
+        "usage-consumer",
+        charge_loop(config.clone(), app.clone(), heartbeat, svc.shutdown.clone()),
+    );
+    svc.supervise(
+        "budget-checks",
+        budget_loop(
+            config.clone(),
+            app.clone(),
+            nats.clone(),
+            svc.shutdown.clone(),
+        ),
+    );
+    svc.supervise(
+        "budget-sets",
+        listen_budget_sets(nats, app, svc.shutdown.clone()),
+    );
     // Until SIGTERM, or until a loop fails (then exit non-zero to be restarted).
     svc.shutdown.cancelled().await;
     svc.finish().await
 }
 
 /// Budgets set over NATS (`aifab.budget.set`), as `POST /v1/budgets` sets them.
-async fn listen_budget_sets(nats: async_nats::Client, app: App, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut sets = nats.subscribe(subjects::BUDGET_SET).await.context("subscribing to aifab.budget.set")?;
+async fn listen_budget_sets(
+    nats: async_nats::Client,
+    app: App,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut sets = nats
+        .subscribe(subjects::BUDGET_SET)
+        .await
+        .context("subscribing to aifab.budget.set")?;
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -447,14 +541,20 @@ async fn listen_budget_sets(nats: async_nats::Client, app: App, shutdown: Cancel
 }
 
 /// Consume usage records and charge each once; commit offsets after charging.
-async fn charge_loop(config: Config, app: App, heartbeat: Heartbeat, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn charge_loop(
+    config: Config,
+    app: App,
+    heartbeat: Heartbeat,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     // Charging needs Redis: do not consume before it answers.
     let mut conn = tokio::select! {
         c = app.redis.get() => c?,
         _ = shutdown.cancelled() => return Ok(()),
     };
     let brokers = &config.brokers.kafka_brokers;
-    let mut cc = aifab_core::kafka::consumer_config(brokers, "aifab-cost-accountant", &config.group);
+    let mut cc =
+        aifab_core::kafka::consumer_config(brokers, "aifab-cost-accountant", &config.group);
     cc.set(
         "auto.offset.reset",
         match config.start_from {
@@ -463,9 +563,13 @@ async fn charge_loop(config: Config, app: App, heartbeat: Heartbeat, shutdown: C
         },
     );
     let consumer: StreamConsumer = cc.create().context("creating the usage consumer")?;
-    consumer.subscribe(&[&config.usage_topic]).context("subscribing to the usage topic")?;
+    consumer
+        .subscribe(&[&config.usage_topic])
+        .context("subscribing to the usage topic")?;
     let producer: FutureProducer =
-        aifab_core::kafka::producer_config(brokers, "aifab-cost-accountant").create().context("creating the DLQ producer")?;
+        aifab_core::kafka::producer_config(brokers, "aifab-cost-accountant")
+            .create()
+            .context("creating the DLQ producer")?;
     tracing::info!(topic = %config.usage_topic, group = %config.group, "charging usage");
     let mut stream = consumer.stream();
     let mut last_commit = tokio::time::Instant::now();
@@ -516,12 +620,27 @@ async fn charge_loop(config: Config, app: App, heartbeat: Heartbeat, shutdown: C
                 }
                 Err(e) => {
                     metrics::counter!("aifab_cost_accountant_usage_records_total", "result" => "invalid").increment(1);
-                    let source = SourceRef { topic: m.topic().to_string(), partition: m.partition(), offset: m.offset() };
-                    let dl = DeadLetter::new(payload, m.key(), Some(source), "cost-accountant", e.kind(), &explain(payload, &e), None);
+                    let source = SourceRef {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    };
+                    let dl = DeadLetter::new(
+                        payload,
+                        m.key(),
+                        Some(source),
+                        "cost-accountant",
+                        e.kind(),
+                        &explain(payload, &e),
+                        None,
+                    );
                     let key = format!("{}:{}:{}", m.topic(), m.partition(), m.offset());
                     let bytes = encode(&dl);
                     if let Err((err, _)) = producer
-                        .send(FutureRecord::to(topics::DLQ.name).key(&key).payload(&bytes), Duration::from_secs(30))
+                        .send(
+                            FutureRecord::to(topics::DLQ.name).key(&key).payload(&bytes),
+                            Duration::from_secs(30),
+                        )
                         .await
                     {
                         tracing::error!(error = %err, "dead-lettering a bad usage record failed; not committing it");
@@ -556,14 +675,23 @@ async fn charge_loop(config: Config, app: App, heartbeat: Heartbeat, shutdown: C
 fn explain(payload: &[u8], e: &aifab_core::messages::DecodeError) -> String {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) {
         if let Err(violations) = aifab_core::schema::validate("usage/v1", &v) {
-            return violations.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; ");
+            return violations
+                .iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
         }
     }
     e.to_string()
 }
 
 /// The state of one budget now.
-async fn budget_state(app: &App, conn: &mut ConnectionManager, b: &StoredBudget, now: i64) -> redis::RedisResult<(String, f64, f64)> {
+async fn budget_state(
+    app: &App,
+    conn: &mut ConnectionManager,
+    b: &StoredBudget,
+    now: i64,
+) -> redis::RedisResult<(String, f64, f64)> {
     let period = ledger::period_of(b.period_kind(), now);
     let totals = app.store.period_totals(conn, &period).await?;
     let spent = totals.spent(&b.tenant);
@@ -573,19 +701,35 @@ async fn budget_state(app: &App, conn: &mut ConnectionManager, b: &StoredBudget,
         totals.with_idle_share(app.store.burn_rate(conn, &b.tenant, now).await?)
     };
     let currency = app.prices.currency.to_lowercase();
-    let labels = [("tenant", b.tenant.clone()), ("period_kind", b.period.clone())];
-    metrics::gauge!(format!("aifab_cost_accountant_period_spend_{currency}"), &labels).set(spent);
+    let labels = [
+        ("tenant", b.tenant.clone()),
+        ("period_kind", b.period.clone()),
+    ];
+    metrics::gauge!(
+        format!("aifab_cost_accountant_period_spend_{currency}"),
+        &labels
+    )
+    .set(spent);
     metrics::gauge!(format!("aifab_cost_accountant_budget_{currency}"), &labels).set(b.amount);
     if b.amount > 0.0 {
         metrics::gauge!("aifab_cost_accountant_budget_used_ratio", &labels).set(spent / b.amount);
     }
-    metrics::gauge!(format!("aifab_cost_accountant_burn_rate_{currency}_per_hour"), &labels).set(burn);
+    metrics::gauge!(
+        format!("aifab_cost_accountant_burn_rate_{currency}_per_hour"),
+        &labels
+    )
+    .set(burn);
     Ok((period, spent, burn))
 }
 
 /// Check every budget periodically: fire warning/exceeded once per period, and publish
 /// status reports.
-async fn budget_loop(config: Config, app: App, nats: async_nats::Client, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn budget_loop(
+    config: Config,
+    app: App,
+    nats: async_nats::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut conn = tokio::select! {
         c = app.redis.get() => c?,
         _ = shutdown.cancelled() => return Ok(()),
@@ -619,7 +763,11 @@ async fn budget_loop(config: Config, app: App, nats: async_nats::Client, shutdow
                         at_ms: now,
                     };
                     for kind in ledger::crossed(spent, b.amount) {
-                        match app.store.first_fire(&mut conn, &b.tenant, &period, kind).await {
+                        match app
+                            .store
+                            .first_fire(&mut conn, &b.tenant, &period, kind)
+                            .await
+                        {
                             Ok(true) => {
                                 let subject = match kind {
                                     BudgetEventKind::Warning => subjects::BUDGET_WARNING,
@@ -637,7 +785,13 @@ async fn budget_loop(config: Config, app: App, nats: async_nats::Client, shutdow
                         }
                     }
                     if publish_status {
-                        if let Err(e) = nats.publish(subjects::BUDGET_STATUS, encode(&event(BudgetEventKind::Status)).into()).await {
+                        if let Err(e) = nats
+                            .publish(
+                                subjects::BUDGET_STATUS,
+                                encode(&event(BudgetEventKind::Status)).into(),
+                            )
+                            .await
+                        {
                             tracing::debug!(error = %e, "publishing budget status failed");
                         }
                     }
@@ -674,44 +828,113 @@ mod tests {
     #[test]
     fn a_report_shares_idle_and_prices_per_prediction() {
         let rows: BTreeMap<String, Vec<ModelCost>> = [
-            ("acme".to_string(), vec![row("spam", 3.0, 3000), row("intent", 1.0, 1000)]),
+            (
+                "acme".to_string(),
+                vec![row("spam", 3.0, 3000), row("intent", 1.0, 1000)],
+            ),
             ("beta".to_string(), vec![row("spam", 4.0, 1000)]),
         ]
         .into();
-        let idle = vec![IdleCost { worker: "w0".into(), device_kind: "cpu".into(), idle_seconds: 100.0, cost: 2.0 }];
+        let idle = vec![IdleCost {
+            worker: "w0".into(),
+            device_kind: "cpu".into(),
+            idle_seconds: 100.0,
+            cost: 2.0,
+        }];
         let burn: BTreeMap<String, f64> = [("acme".to_string(), 1.0)].into();
         let budgets = vec![
-            StoredBudget { tenant: "acme".into(), period: "day".into(), amount: 10.0, currency: "USD".into(), set_at_ms: 0 },
-            StoredBudget { tenant: "beta".into(), period: "month".into(), amount: 99.0, currency: "USD".into(), set_at_ms: 0 },
-            StoredBudget { tenant: "all".into(), period: "day".into(), amount: 20.0, currency: "USD".into(), set_at_ms: 0 },
+            StoredBudget {
+                tenant: "acme".into(),
+                period: "day".into(),
+                amount: 10.0,
+                currency: "USD".into(),
+                set_at_ms: 0,
+            },
+            StoredBudget {
+                tenant: "beta".into(),
+                period: "month".into(),
+                amount: 99.0,
+                currency: "USD".into(),
+                set_at_ms: 0,
+            },
+            StoredBudget {
+                tenant: "all".into(),
+                period: "day".into(),
+                amount: 20.0,
+                currency: "USD".into(),
+                set_at_ms: 0,
+            },
         ];
-        let r = assemble("2026-11-29", BudgetPeriod::Day, "USD", rows, idle, &burn, 5.0, &budgets);
+        let r = assemble(
+            "2026-11-29",
+            BudgetPeriod::Day,
+            "USD",
+            rows,
+            idle,
+            &burn,
+            5.0,
+            &budgets,
+        );
         assert_eq!(r.totals.direct_cost, 8.0);
         assert_eq!(r.totals.idle_cost, 2.0);
         assert_eq!(r.totals.total_cost, 10.0);
         assert_eq!(r.totals.predictions, 5000);
         assert_eq!(r.totals.cost_per_1k_predictions, Some(2.0));
-        assert_eq!((r.totals.budget, r.totals.remaining), (Some(20.0), Some(10.0)));
+        assert_eq!(
+            (r.totals.budget, r.totals.remaining),
+            (Some(20.0), Some(10.0))
+        );
         let acme = &r.tenants[0];
-        assert_eq!((acme.direct_cost, acme.idle_share, acme.total_cost), (4.0, 1.0, 5.0));
+        assert_eq!(
+            (acme.direct_cost, acme.idle_share, acme.total_cost),
+            (4.0, 1.0, 5.0)
+        );
         assert_eq!(acme.cost_per_1k_predictions, Some(1.25));
-        assert_eq!(acme.burn_rate_per_hour, 1.25, "direct burn plus its idle share");
-        assert_eq!((acme.budget, acme.remaining, acme.budget_used), (Some(10.0), Some(5.0), Some(0.5)));
+        assert_eq!(
+            acme.burn_rate_per_hour, 1.25,
+            "direct burn plus its idle share"
+        );
+        assert_eq!(
+            (acme.budget, acme.remaining, acme.budget_used),
+            (Some(10.0), Some(5.0), Some(0.5))
+        );
         let beta = &r.tenants[1];
         assert_eq!(beta.total_cost, 5.0);
         assert_eq!(beta.budget, None, "a month budget is not in a day report");
         let sum: f64 = r.tenants.iter().map(|t| t.total_cost).sum();
-        assert!((sum - r.totals.total_cost).abs() < 1e-9, "idle shares add up");
+        assert!(
+            (sum - r.totals.total_cost).abs() < 1e-9,
+            "idle shares add up"
+        );
     }
 
     #[test]
     fn periods_from_queries() {
         let now = 1_795_910_400_000 + 1000;
-        let q = |p: Option<&str>, d: Option<&str>| CostQuery { period: p.map(Into::into), date: d.map(Into::into), tenant: None };
-        assert_eq!(resolve_period(&q(None, None), now).unwrap(), (BudgetPeriod::Day, "2026-11-29".into()));
-        assert_eq!(resolve_period(&q(Some("month"), None), now).unwrap(), (BudgetPeriod::Month, "2026-11".into()));
-        assert_eq!(resolve_period(&q(Some("month"), Some("2026-10")), now).unwrap().1, "2026-10");
-        assert!(resolve_period(&q(Some("month"), Some("2026-10-01")), now).unwrap_err().contains("YYYY-MM"));
-        assert!(resolve_period(&q(Some("week"), None), now).unwrap_err().contains("day or month"));
+        let q = |p: Option<&str>, d: Option<&str>| CostQuery {
+            period: p.map(Into::into),
+            date: d.map(Into::into),
+            tenant: None,
+        };
+        assert_eq!(
+            resolve_period(&q(None, None), now).unwrap(),
+            (BudgetPeriod::Day, "2026-11-29".into())
+        );
+        assert_eq!(
+            resolve_period(&q(Some("month"), None), now).unwrap(),
+            (BudgetPeriod::Month, "2026-11".into())
+        );
+        assert_eq!(
+            resolve_period(&q(Some("month"), Some("2026-10")), now)
+                .unwrap()
+                .1,
+            "2026-10"
+        );
+        assert!(resolve_period(&q(Some("month"), Some("2026-10-01")), now)
+            .unwrap_err()
+            .contains("YYYY-MM"));
+        assert!(resolve_period(&q(Some("week"), None), now)
+            .unwrap_err()
+            .contains("day or month"));
     }
 }

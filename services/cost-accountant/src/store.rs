@@ -100,7 +100,13 @@ impl Store {
     }
 
     /// Charge one usage record; false when it was charged before.
-    pub async fn charge(&self, conn: &mut ConnectionManager, u: &UsageRecord, direct: f64, idle: f64) -> redis::RedisResult<bool> {
+    pub async fn charge(
+        &self,
+        conn: &mut ConnectionManager,
+        u: &UsageRecord,
+        direct: f64,
+        idle: f64,
+    ) -> redis::RedisResult<bool> {
         let day = ledger::day_of(u.at_ms);
         let month = ledger::month_of(u.at_ms);
         let bucket = u.at_ms.div_euclid(self.bucket_ms);
@@ -132,17 +138,35 @@ impl Store {
         Ok(n == 1)
     }
 
-    pub async fn hash(&self, conn: &mut ConnectionManager, rest: &str) -> redis::RedisResult<Vec<(String, String)>> {
-        redis::cmd("HGETALL").arg(self.key(rest)).query_async(conn).await
+    pub async fn hash(
+        &self,
+        conn: &mut ConnectionManager,
+        rest: &str,
+    ) -> redis::RedisResult<Vec<(String, String)>> {
+        redis::cmd("HGETALL")
+            .arg(self.key(rest))
+            .query_async(conn)
+            .await
     }
 
-    pub async fn period_totals(&self, conn: &mut ConnectionManager, period: &str) -> redis::RedisResult<PeriodTotals> {
-        Ok(PeriodTotals::parse(&self.hash(conn, &format!("period:{period}")).await?))
+    pub async fn period_totals(
+        &self,
+        conn: &mut ConnectionManager,
+        period: &str,
+    ) -> redis::RedisResult<PeriodTotals> {
+        Ok(PeriodTotals::parse(
+            &self.hash(conn, &format!("period:{period}")).await?,
+        ))
     }
 
     /// Spend per hour over the burn window for a tenant (direct only) or, for
     /// [`ledger::ALL_TENANTS`], everything.
-    pub async fn burn_rate(&self, conn: &mut ConnectionManager, tenant: &str, now_ms: i64) -> redis::RedisResult<f64> {
+    pub async fn burn_rate(
+        &self,
+        conn: &mut ConnectionManager,
+        tenant: &str,
+        now_ms: i64,
+    ) -> redis::RedisResult<f64> {
         let last = now_ms.div_euclid(self.bucket_ms);
         let first = (now_ms - self.window_ms).div_euclid(self.bucket_ms) + 1;
         let buckets: Vec<i64> = (first..=last).collect();
@@ -157,11 +181,24 @@ impl Store {
             })
             .collect();
         let values: Vec<Option<f64>> = redis::cmd("MGET").arg(&keys).query_async(conn).await?;
-        let pairs: Vec<(i64, f64)> = buckets.into_iter().zip(values).filter_map(|(b, v)| v.map(|v| (b, v))).collect();
-        Ok(ledger::burn_rate_per_hour(&pairs, self.bucket_ms, self.window_ms, now_ms))
+        let pairs: Vec<(i64, f64)> = buckets
+            .into_iter()
+            .zip(values)
+            .filter_map(|(b, v)| v.map(|v| (b, v)))
+            .collect();
+        Ok(ledger::burn_rate_per_hour(
+            &pairs,
+            self.bucket_ms,
+            self.window_ms,
+            now_ms,
+        ))
     }
 
-    pub async fn set_budget(&self, conn: &mut ConnectionManager, b: &StoredBudget) -> redis::RedisResult<()> {
+    pub async fn set_budget(
+        &self,
+        conn: &mut ConnectionManager,
+        b: &StoredBudget,
+    ) -> redis::RedisResult<()> {
         let json = serde_json::to_string(b).expect("budget serializes");
         redis::cmd("HSET")
             .arg(self.key("budgets"))
@@ -171,13 +208,25 @@ impl Store {
             .await
     }
 
-    pub async fn budgets(&self, conn: &mut ConnectionManager) -> redis::RedisResult<Vec<StoredBudget>> {
+    pub async fn budgets(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> redis::RedisResult<Vec<StoredBudget>> {
         let fields = self.hash(conn, "budgets").await?;
-        Ok(fields.into_iter().filter_map(|(_, v)| serde_json::from_str(&v).ok()).collect())
+        Ok(fields
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_str(&v).ok())
+            .collect())
     }
 
     /// True the first time an event of `kind` fires for this tenant and period.
-    pub async fn first_fire(&self, conn: &mut ConnectionManager, tenant: &str, period: &str, kind: BudgetEventKind) -> redis::RedisResult<bool> {
+    pub async fn first_fire(
+        &self,
+        conn: &mut ConnectionManager,
+        tenant: &str,
+        period: &str,
+        kind: BudgetEventKind,
+    ) -> redis::RedisResult<bool> {
         let kind = match kind {
             BudgetEventKind::Warning => "warning",
             BudgetEventKind::Exceeded => "exceeded",

@@ -34,7 +34,14 @@ pub fn dedupe_key(m: &Consumed) -> Option<&str> {
 }
 
 /// The answer for `rec` (id `id`, task `task`) from a cached prediction.
-pub fn cached_prediction(cached: &Prediction, rec: &IngestRecord, id: &str, task: &str, worker: &str, now_ms: i64) -> Prediction {
+pub fn cached_prediction(
+    cached: &Prediction,
+    rec: &IngestRecord,
+    id: &str,
+    task: &str,
+    worker: &str,
+    now_ms: i64,
+) -> Prediction {
     let received = rec.received_at_ms.unwrap_or(now_ms);
     Prediction {
         schema: tag(),
@@ -86,9 +93,16 @@ impl Handler for CacheFill {
         }
         let mut pipe = redis::pipe();
         for (hash, payload) in &preds {
-            pipe.cmd("SET").arg(self.keys.dedupe(hash)).arg(*payload).arg("EX").arg(self.ttl_s.max(1)).ignore();
+            pipe.cmd("SET")
+                .arg(self.keys.dedupe(hash))
+                .arg(*payload)
+                .arg("EX")
+                .arg(self.ttl_s.max(1))
+                .ignore();
         }
-        pipe.exec_async(&mut conn).await.context("storing cache entries")?;
+        pipe.exec_async(&mut conn)
+            .await
+            .context("storing cache entries")?;
         let stored = preds.len() as u64;
         metrics::counter!("aifab_feature_dedupe_stored_total").increment(stored);
         Ok(())
@@ -134,9 +148,18 @@ mod tests {
             attributes: Default::default(),
         };
         let p = cached_prediction(&computed(), &rec, "second", "t", "feature-1", 1_250);
-        assert_eq!((p.id.as_str(), p.outcome, p.label.as_deref()), ("second", Outcome::Cached, Some("spam")));
-        assert_eq!((p.model_version.as_str(), p.batch_id.clone(), p.batch_size), ("v3", None, 0));
-        assert_eq!((p.queue_ms, p.compute_ms, p.worker.as_str()), (250.0, 0.0, "feature-1"));
+        assert_eq!(
+            (p.id.as_str(), p.outcome, p.label.as_deref()),
+            ("second", Outcome::Cached, Some("spam"))
+        );
+        assert_eq!(
+            (p.model_version.as_str(), p.batch_id.clone(), p.batch_size),
+            ("v3", None, 0)
+        );
+        assert_eq!(
+            (p.queue_ms, p.compute_ms, p.worker.as_str()),
+            (250.0, 0.0, "feature-1")
+        );
         assert_eq!(p.scores, computed().scores);
         let v = serde_json::to_value(&p).unwrap();
         aifab_core::schema::validate("prediction/v1", &v).unwrap();
@@ -150,23 +173,46 @@ mod tests {
             offset: 0,
             key: None,
             payload: Vec::new(),
-            headers: vec![("tenant".into(), b"acme".to_vec()), (DEDUPE_HEADER.into(), v.to_vec())],
+            headers: vec![
+                ("tenant".into(), b"acme".to_vec()),
+                (DEDUPE_HEADER.into(), v.to_vec()),
+            ],
             timestamp_ms: None,
         };
         let hash = crate::keys::dedupe_hash(crate::keys::DedupeScope::Tenant, "acme", "t", "hi");
         assert_eq!(dedupe_key(&with(hash.as_bytes())), Some(hash.as_str()));
         assert_eq!(dedupe_key(&with(b"abc")), None, "too short");
-        assert_eq!(dedupe_key(&with(format!("{}:x", &hash[..62]).as_bytes())), None, "not hex");
-        let none = Consumed { headers: Vec::new(), ..with(b"") };
+        assert_eq!(
+            dedupe_key(&with(format!("{}:x", &hash[..62]).as_bytes())),
+            None,
+            "not hex"
+        );
+        let none = Consumed {
+            headers: Vec::new(),
+            ..with(b"")
+        };
         assert_eq!(dedupe_key(&none), None);
     }
 
     #[test]
     fn only_computed_answers_fill_the_cache() {
         assert!(cacheable(&computed()));
-        assert!(!cacheable(&Prediction { outcome: Outcome::Cached, ..computed() }));
-        assert!(!cacheable(&Prediction { outcome: Outcome::Expired, label: None, ..computed() }));
-        assert!(!cacheable(&Prediction { arm: Arm::Shadow, ..computed() }));
-        assert!(!cacheable(&Prediction { arm: Arm::Canary, ..computed() }));
+        assert!(!cacheable(&Prediction {
+            outcome: Outcome::Cached,
+            ..computed()
+        }));
+        assert!(!cacheable(&Prediction {
+            outcome: Outcome::Expired,
+            label: None,
+            ..computed()
+        }));
+        assert!(!cacheable(&Prediction {
+            arm: Arm::Shadow,
+            ..computed()
+        }));
+        assert!(!cacheable(&Prediction {
+            arm: Arm::Canary,
+            ..computed()
+        }));
     }
 }

@@ -19,7 +19,9 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
-        Keys { prefix: prefix.trim_end_matches(':').to_string() }
+        Keys {
+            prefix: prefix.trim_end_matches(':').to_string(),
+        }
     }
     pub fn dedupe(&self, hash: &str) -> String {
         format!("{}:feature:dedupe:{hash}", self.prefix)
@@ -71,7 +73,10 @@ mod tests {
             dedupe_hash(DedupeScope::Global, "acme", "t", "hello"),
             dedupe_hash(DedupeScope::Global, "beta", "t", "hello")
         );
-        assert_ne!(dedupe_hash(DedupeScope::Global, "", "ab", "c"), dedupe_hash(DedupeScope::Global, "", "a", "bc"));
+        assert_ne!(
+            dedupe_hash(DedupeScope::Global, "", "ab", "c"),
+            dedupe_hash(DedupeScope::Global, "", "a", "bc")
+        );
         let k = Keys::new("p");
         assert_eq!(k.tenant_minute("acme", 5), "p:feature:tenant:acme:minute:5");
     }

@@ -32,7 +32,11 @@ use crate::tokenize::{FeatureTokenizer, TruncationPolicy};
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "feature",
     default_port: 8081,
-    needs: Needs { kafka: true, nats: false, redis: true },
+    needs: Needs {
+        kafka: true,
+        nats: false,
+        redis: true,
+    },
 };
 
 /// Command-line and environment configuration.
@@ -98,7 +102,11 @@ pub struct Config {
     pub group: String,
 
     /// Consumer group of the cache filler (reads the predictions topic).
-    #[arg(long, env = "AIFAB_FEATURE_CACHE_GROUP", default_value = "aifab-feature-cache")]
+    #[arg(
+        long,
+        env = "AIFAB_FEATURE_CACHE_GROUP",
+        default_value = "aifab-feature-cache"
+    )]
     pub cache_group: String,
 
     /// Task of records that name none.
@@ -138,12 +146,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
     let path = PathBuf::from(&config.model_dir);
     let tokenizer = FeatureTokenizer::load(&path, config.max_tokens, config.truncation)
-        .with_context(|| format!("loading the tokenizer from {} (run scripts/fetch-model, or set AIFAB_MODEL_DIR)", path.display()))?;
+        .with_context(|| {
+            format!(
+                "loading the tokenizer from {} (run scripts/fetch-model, or set AIFAB_MODEL_DIR)",
+                path.display()
+            )
+        })?;
     tracing::info!(path = %path.display(), max_tokens = config.max_tokens, truncation = ?config.truncation, "tokenizer loaded");
     let redis = svc.redis()?;
     let keys = keys::Keys::new(&config.redis_prefix);
     svc.serve(axum::Router::new()).await?;
-    let instance = config.instance_id.clone().unwrap_or_else(|| default_instance_id(config.serve.http_addr_or(SPEC.default_port)));
+    let instance = config
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| default_instance_id(config.serve.http_addr_or(SPEC.default_port)));
 
     let runtime = tokio::runtime::Handle::current();
     let stage = stage::FeatureStage {
@@ -172,12 +188,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         heartbeat: svc.heartbeat("feature-loop", STALE_AFTER),
     };
     let (rt, token) = (runtime.clone(), svc.shutdown.clone());
-    let stage_loop =
-        pipeline::spawn_loop("feature-loop", move || pipeline::run_transactional(stage_settings, stage, rt, token))?;
-    svc.supervise("feature-loop", async move { stage_loop.await.context("feature loop thread")? });
+    let stage_loop = pipeline::spawn_loop("feature-loop", move || {
+        pipeline::run_transactional(stage_settings, stage, rt, token)
+    })?;
+    svc.supervise("feature-loop", async move {
+        stage_loop.await.context("feature loop thread")?
+    });
 
     if config.dedupe_ttl_s > 0 {
-        let fill = dedupe::CacheFill { redis, keys, ttl_s: config.dedupe_ttl_s };
+        let fill = dedupe::CacheFill {
+            redis,
+            keys,
+            ttl_s: config.dedupe_ttl_s,
+        };
         let settings = LoopSettings {
             service: SPEC.name,
             brokers: config.brokers.kafka_brokers.clone(),
@@ -189,8 +212,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             heartbeat: svc.heartbeat("cache-loop", STALE_AFTER),
         };
         let (rt, token) = (runtime, svc.shutdown.clone());
-        let cache_loop = pipeline::spawn_loop("cache-loop", move || pipeline::run_at_least_once(settings, fill, rt, token))?;
-        svc.supervise("cache-loop", async move { cache_loop.await.context("cache loop thread")? });
+        let cache_loop = pipeline::spawn_loop("cache-loop", move || {
+            pipeline::run_at_least_once(settings, fill, rt, token)
+        })?;
+        svc.supervise("cache-loop", async move {
+            cache_loop.await.context("cache loop thread")?
+        });
     }
 
     // Until SIGTERM, or until a loop fails (then exit non-zero to be restarted).

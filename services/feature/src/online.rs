@@ -65,7 +65,11 @@ impl Deltas {
                     pipe.cmd("HINCRBY").arg(&k).arg(field).arg(n).ignore();
                 }
             }
-            pipe.cmd("HSETNX").arg(&k).arg("first_seen_ms").arg(d.last_seen_ms).ignore();
+            pipe.cmd("HSETNX")
+                .arg(&k)
+                .arg("first_seen_ms")
+                .arg(d.last_seen_ms)
+                .ignore();
             // last_seen_ms only moves forward, whichever replica writes last.
             pipe.cmd("EVAL")
                 .arg("local v = tonumber(redis.call('HGET', KEYS[1], 'last_seen_ms') or '0'); if tonumber(ARGV[1]) > v then redis.call('HSET', KEYS[1], 'last_seen_ms', ARGV[1]) end; return 0")
@@ -75,8 +79,16 @@ impl Deltas {
                 .ignore();
             if d.requests > 0 {
                 let m = keys.tenant_minute(tenant, d.last_seen_ms / 60_000);
-                pipe.cmd("HINCRBY").arg(&m).arg("requests").arg(d.requests).ignore();
-                pipe.cmd("HINCRBY").arg(&m).arg("tokens").arg(d.tokens).ignore();
+                pipe.cmd("HINCRBY")
+                    .arg(&m)
+                    .arg("requests")
+                    .arg(d.requests)
+                    .ignore();
+                pipe.cmd("HINCRBY")
+                    .arg(&m)
+                    .arg("tokens")
+                    .arg(d.tokens)
+                    .ignore();
                 pipe.cmd("EXPIRE").arg(&m).arg(MINUTE_TTL_S).ignore();
             }
         }
@@ -96,7 +108,12 @@ mod tests {
         d.tenant("beta", 3).examples += 1;
         assert_eq!(
             d.0["acme"],
-            TenantDelta { requests: 1, tokens: 7, last_seen_ms: 10, ..Default::default() }
+            TenantDelta {
+                requests: 1,
+                tokens: 7,
+                last_seen_ms: 10,
+                ..Default::default()
+            }
         );
         assert_eq!(d.0["beta"].examples, 1);
         assert!(!d.is_empty());

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aifab_core::messages::{decode, encode, tag, InferenceRequest, IngestRecord, Prediction, TrainingExample};
+use aifab_core::messages::{
+    decode, encode, tag, InferenceRequest, IngestRecord, Prediction, TrainingExample,
+};
 use aifab_core::pipeline::{dead_letter, Consumed, Record, Transform};
 use aifab_core::redis_store::RedisHandle;
 use anyhow::Context as _;
@@ -65,11 +67,27 @@ impl BatchCounts {
                 metrics::counter!(name, label.0 => label.1).increment(n);
             }
         };
-        add("aifab_feature_records_total", ("kind", "training"), self.training);
-        add("aifab_feature_records_total", ("kind", "inference"), self.inference);
-        add("aifab_feature_records_total", ("kind", "cached"), self.cached);
+        add(
+            "aifab_feature_records_total",
+            ("kind", "training"),
+            self.training,
+        );
+        add(
+            "aifab_feature_records_total",
+            ("kind", "inference"),
+            self.inference,
+        );
+        add(
+            "aifab_feature_records_total",
+            ("kind", "cached"),
+            self.cached,
+        );
         add("aifab_feature_dedupe_total", ("result", "hit"), self.cached);
-        add("aifab_feature_dedupe_total", ("result", "miss"), self.dedupe_misses);
+        add(
+            "aifab_feature_dedupe_total",
+            ("result", "miss"),
+            self.dedupe_misses,
+        );
         for (&kind, &n) in &self.dead_letters {
             add("aifab_feature_dead_letters_total", ("kind", kind), n);
         }
@@ -97,20 +115,30 @@ pub fn accept(m: &Consumed) -> Result<IngestRecord, (&'static str, String)> {
         Err(_) => decode(&m.payload).map_err(|e| (e.kind(), e.to_string()))?,
     };
     if rec.id.as_deref().is_none_or(str::is_empty) {
-        return Err(("missing_field", "missing field \"id\": records on the features topic carry the id ingest assigned".into()));
+        return Err((
+            "missing_field",
+            "missing field \"id\": records on the features topic carry the id ingest assigned"
+                .into(),
+        ));
     }
     if rec.received_at_ms.is_none() {
         return Err(("missing_field", "missing field \"received_at_ms\": records on the features topic carry ingest's receipt time".into()));
     }
     if rec.text.is_empty() {
-        return Err(("empty_text", "field \"text\": \"\" is shorter than 1 character".into()));
+        return Err((
+            "empty_text",
+            "field \"text\": \"\" is shorter than 1 character".into(),
+        ));
     }
     Ok(rec)
 }
 
 /// `priority` from the record's header (set by ingest for deprioritised tenants).
 pub fn priority_of(m: &Consumed) -> u8 {
-    m.header("priority").and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    m.header("priority")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn with_trace(mut r: Record, m: &Consumed, tenant: &str) -> Record {
@@ -141,7 +169,14 @@ impl Transform for FeatureStage {
                     let tenant = serde_json::from_slice::<serde_json::Value>(&m.payload)
                         .ok()
                         .and_then(|v| v["tenant"].as_str().map(str::to_string));
-                    out.push(dead_letter(&s.dlq_topic, "feature", m, kind, &reason, tenant));
+                    out.push(dead_letter(
+                        &s.dlq_topic,
+                        "feature",
+                        m,
+                        kind,
+                        &reason,
+                        tenant,
+                    ));
                     continue;
                 }
             };
@@ -160,10 +195,15 @@ impl Transform for FeatureStage {
                     };
                     deltas.tenant(&rec.tenant, now).examples += 1;
                     counts.training += 1;
-                    out.push(with_trace(Record::new(&s.training_topic, id, encode(&ex)), m, &rec.tenant));
+                    out.push(with_trace(
+                        Record::new(&s.training_topic, id, encode(&ex)),
+                        m,
+                        &rec.tenant,
+                    ));
                 }
                 None => {
-                    let hash = (s.dedupe_ttl_s > 0).then(|| dedupe_hash(s.dedupe_scope, &rec.tenant, &task, &rec.text));
+                    let hash = (s.dedupe_ttl_s > 0)
+                        .then(|| dedupe_hash(s.dedupe_scope, &rec.tenant, &task, &rec.text));
                     infer.push((m, rec, task, hash));
                 }
             }
@@ -178,11 +218,16 @@ impl Transform for FeatureStage {
             // lookups miss), and chunks keep any one command short for other clients.
             let mut pipe = redis::pipe();
             for chunk in hashed.chunks(DEDUPE_MGET_KEYS) {
-                let keys: Vec<String> =
-                    chunk.iter().map(|&i| self.keys.dedupe(infer[i].3.as_deref().unwrap_or_default())).collect();
+                let keys: Vec<String> = chunk
+                    .iter()
+                    .map(|&i| self.keys.dedupe(infer[i].3.as_deref().unwrap_or_default()))
+                    .collect();
                 pipe.cmd("MGET").arg(keys);
             }
-            let found: Vec<Vec<Option<Vec<u8>>>> = pipe.query_async(&mut conn).await.context("dedupe lookups")?;
+            let found: Vec<Vec<Option<Vec<u8>>>> = pipe
+                .query_async(&mut conn)
+                .await
+                .context("dedupe lookups")?;
             for (&i, f) in hashed.iter().zip(found.into_iter().flatten()) {
                 hits[i] = f.and_then(|bytes| decode::<Prediction>(&bytes).ok());
             }
@@ -203,7 +248,11 @@ impl Transform for FeatureStage {
                 d.requests += 1;
                 d.cached += 1;
                 let p = cached_prediction(&cached, rec, &id, task, &s.worker_name, now);
-                out.push(with_trace(Record::new(&s.predictions_topic, id, encode(&p)), m, &rec.tenant));
+                out.push(with_trace(
+                    Record::new(&s.predictions_topic, id, encode(&p)),
+                    m,
+                    &rec.tenant,
+                ));
                 continue;
             }
             if s.dedupe_ttl_s > 0 {
@@ -212,7 +261,14 @@ impl Transform for FeatureStage {
             match tokens.next().expect("one tokenization per miss") {
                 Err(e) => {
                     counts.dead_letter(e.kind);
-                    out.push(dead_letter(&s.dlq_topic, "feature", m, e.kind, &e.reason, Some(rec.tenant.clone())));
+                    out.push(dead_letter(
+                        &s.dlq_topic,
+                        "feature",
+                        m,
+                        e.kind,
+                        &e.reason,
+                        Some(rec.tenant.clone()),
+                    ));
                 }
                 Ok(t) => {
                     let n = t.ids.len() as u32;
@@ -240,7 +296,11 @@ impl Transform for FeatureStage {
                     }
                     counts.tokens += n as u64;
                     counts.inference += 1;
-                    let mut r = with_trace(Record::new(&s.inference_topic, id, encode(&req)), m, &rec.tenant);
+                    let mut r = with_trace(
+                        Record::new(&s.inference_topic, id, encode(&req)),
+                        m,
+                        &rec.tenant,
+                    );
                     // The worker copies request headers onto its prediction, which brings
                     // the hash back to the cache fill.
                     if let Some(h) = hash {
@@ -275,7 +335,15 @@ mod tests {
     use super::*;
 
     fn msg(payload: &[u8], headers: Vec<(String, Vec<u8>)>) -> Consumed {
-        Consumed { topic: "f".into(), partition: 0, offset: 1, key: None, payload: payload.to_vec(), headers, timestamp_ms: None }
+        Consumed {
+            topic: "f".into(),
+            partition: 0,
+            offset: 1,
+            key: None,
+            payload: payload.to_vec(),
+            headers,
+            timestamp_ms: None,
+        }
     }
 
     #[test]
@@ -285,16 +353,28 @@ mod tests {
         let no_id = br#"{"schema":"ingest.raw/v1","tenant":"acme","text":"hi","received_at_ms":5}"#;
         assert_eq!(accept(&msg(no_id, vec![])).unwrap_err().0, "missing_field");
         let no_time = br#"{"schema":"ingest.raw/v1","id":"a","tenant":"acme","text":"hi"}"#;
-        assert!(accept(&msg(no_time, vec![])).unwrap_err().1.contains("received_at_ms"));
+        assert!(accept(&msg(no_time, vec![]))
+            .unwrap_err()
+            .1
+            .contains("received_at_ms"));
         assert_eq!(accept(&msg(b"\xff", vec![])).unwrap_err().0, "not_utf8");
         assert_eq!(accept(&msg(b"{", vec![])).unwrap_err().0, "not_json");
-        assert_eq!(accept(&msg(br#"{"schema":"x/v1"}"#, vec![])).unwrap_err().0, "wrong_schema");
+        assert_eq!(
+            accept(&msg(br#"{"schema":"x/v1"}"#, vec![])).unwrap_err().0,
+            "wrong_schema"
+        );
     }
 
     #[test]
     fn priority_comes_from_the_header() {
         assert_eq!(priority_of(&msg(b"", vec![])), 0);
-        assert_eq!(priority_of(&msg(b"", vec![("priority".into(), b"9".to_vec())])), 9);
-        assert_eq!(priority_of(&msg(b"", vec![("priority".into(), b"high".to_vec())])), 0);
+        assert_eq!(
+            priority_of(&msg(b"", vec![("priority".into(), b"9".to_vec())])),
+            9
+        );
+        assert_eq!(
+            priority_of(&msg(b"", vec![("priority".into(), b"high".to_vec())])),
+            0
+        );
     }
 }

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use tokenizers::models::ModelWrapper;
 use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{Model as _, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    Model as _, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 /// What to do with a text longer than `--max-tokens`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -70,9 +72,16 @@ impl FeatureTokenizer {
             // Count every token, then refuse texts over the limit.
             TruncationPolicy::Reject => None,
         };
-        inner.with_truncation(truncation).map_err(|e| anyhow::anyhow!("setting truncation: {e}"))?;
+        inner
+            .with_truncation(truncation)
+            .map_err(|e| anyhow::anyhow!("setting truncation: {e}"))?;
         let ascii = AsciiWordPiece::for_tokenizer(&inner);
-        Ok(FeatureTokenizer { inner, ascii, max_tokens, policy })
+        Ok(FeatureTokenizer {
+            inner,
+            ascii,
+            max_tokens,
+            policy,
+        })
     }
 
     /// Whether ASCII texts take the fast path (the tokenizer's normalizer is BERT's).
@@ -87,7 +96,9 @@ impl FeatureTokenizer {
     /// Tokenize texts: ASCII ones through the fast path when there is one, the rest
     /// (and texts that spell out an added token such as `[CLS]`) through the library.
     pub fn encode_batch(&self, texts: &[&str]) -> Vec<Result<Tokens, TokenizeError>> {
-        let Some(ascii) = &self.ascii else { return self.encode_with(&self.inner, texts) };
+        let Some(ascii) = &self.ascii else {
+            return self.encode_with(&self.inner, texts);
+        };
         let mut out: Vec<Option<Result<Tokens, TokenizeError>>> = Vec::with_capacity(texts.len());
         let mut slow = Vec::new();
         let mut scratch = AsciiScratch::default();
@@ -100,11 +111,16 @@ impl FeatureTokenizer {
                 }
             }
         }
-        let slow_out = self.encode_with(&self.inner, &slow.iter().map(|&i| texts[i]).collect::<Vec<_>>());
+        let slow_out = self.encode_with(
+            &self.inner,
+            &slow.iter().map(|&i| texts[i]).collect::<Vec<_>>(),
+        );
         for (i, r) in slow.into_iter().zip(slow_out) {
             out[i] = Some(r);
         }
-        out.into_iter().map(|r| r.expect("every text tokenized once")).collect()
+        out.into_iter()
+            .map(|r| r.expect("every text tokenized once"))
+            .collect()
     }
 
     /// Tokenize with the library's own path only (the reference for the fast one).
@@ -112,7 +128,11 @@ impl FeatureTokenizer {
         self.encode_with(&self.inner, texts)
     }
 
-    fn encode_with(&self, tokenizer: &Tokenizer, texts: &[&str]) -> Vec<Result<Tokens, TokenizeError>> {
+    fn encode_with(
+        &self,
+        tokenizer: &Tokenizer,
+        texts: &[&str],
+    ) -> Vec<Result<Tokens, TokenizeError>> {
         if texts.is_empty() {
             return Vec::new();
         }
@@ -123,7 +143,10 @@ impl FeatureTokenizer {
                 .iter()
                 .map(|t| match tokenizer.encode_fast(*t, true) {
                     Ok(e) => self.finish(e),
-                    Err(e) => Err(TokenizeError { kind: "tokenize_failed", reason: format!("text: the tokenizer failed: {e}") }),
+                    Err(e) => Err(TokenizeError {
+                        kind: "tokenize_failed",
+                        reason: format!("text: the tokenizer failed: {e}"),
+                    }),
                 })
                 .collect(),
         }
@@ -131,15 +154,25 @@ impl FeatureTokenizer {
 
     fn finish(&self, e: tokenizers::Encoding) -> Result<Tokens, TokenizeError> {
         let truncated = !e.get_overflowing().is_empty();
-        let content = e.get_special_tokens_mask().iter().filter(|&&special| special == 0).count();
+        let content = e
+            .get_special_tokens_mask()
+            .iter()
+            .filter(|&&special| special == 0)
+            .count();
         self.checked(e.get_ids().to_vec(), content, truncated)
     }
 
     /// The fast path's content ids framed by the special tokens, truncated as the
     /// library's `post_process` does: the limit counts the special tokens, head keeps the
     /// first ids, tail the last.
-    fn finish_ascii(&self, ascii: &AsciiWordPiece, content: &[u32]) -> Result<Tokens, TokenizeError> {
-        let room = self.max_tokens.saturating_sub(ascii.prefix.len() + ascii.suffix.len());
+    fn finish_ascii(
+        &self,
+        ascii: &AsciiWordPiece,
+        content: &[u32],
+    ) -> Result<Tokens, TokenizeError> {
+        let room = self
+            .max_tokens
+            .saturating_sub(ascii.prefix.len() + ascii.suffix.len());
         let (kept, truncated) = match self.policy {
             TruncationPolicy::Reject => (content, false),
             _ if content.len() <= room => (content, false),
@@ -154,7 +187,12 @@ impl FeatureTokenizer {
     }
 
     /// `content`: the ids that are not special tokens.
-    fn checked(&self, ids: Vec<u32>, content: usize, truncated: bool) -> Result<Tokens, TokenizeError> {
+    fn checked(
+        &self,
+        ids: Vec<u32>,
+        content: usize,
+        truncated: bool,
+    ) -> Result<Tokens, TokenizeError> {
         if self.policy == TruncationPolicy::Reject && ids.len() > self.max_tokens {
             return Err(TokenizeError {
                 kind: "too_many_tokens",
@@ -227,24 +265,40 @@ struct AsciiScratch {
 
 impl AsciiWordPiece {
     fn for_tokenizer(inner: &Tokenizer) -> Option<Self> {
-        let Some(NormalizerWrapper::BertNormalizer(n)) = inner.get_normalizer() else { return None };
-        if !n.clean_text || !matches!(inner.get_pre_tokenizer(), Some(PreTokenizerWrapper::BertPreTokenizer(_))) {
+        let Some(NormalizerWrapper::BertNormalizer(n)) = inner.get_normalizer() else {
+            return None;
+        };
+        if !n.clean_text
+            || !matches!(
+                inner.get_pre_tokenizer(),
+                Some(PreTokenizerWrapper::BertPreTokenizer(_))
+            )
+        {
             return None;
         }
-        let ModelWrapper::WordPiece(wp) = inner.get_model() else { return None };
+        let ModelWrapper::WordPiece(wp) = inner.get_model() else {
+            return None;
+        };
         let (prefix, suffix) = special_frame(inner)?;
         let cont = wp.continuing_subword_prefix.as_bytes();
         let (mut starts, mut continues) = (VocabMap::default(), VocabMap::default());
         for (token, id) in wp.get_vocab() {
             let bytes = token.as_bytes();
-            if let Some(rest) = bytes.strip_prefix(cont).filter(|r| !r.is_empty() && !cont.is_empty()) {
+            if let Some(rest) = bytes
+                .strip_prefix(cont)
+                .filter(|r| !r.is_empty() && !cont.is_empty())
+            {
                 continues.insert(rest.into(), id);
             }
             starts.insert(bytes.into(), id);
         }
         let longest = |m: &VocabMap| m.keys().map(|k| k.len()).max().unwrap_or(0);
-        let added: Vec<Vec<u8>> =
-            inner.get_added_vocabulary().get_vocab().keys().map(|k| k.to_ascii_lowercase().into_bytes()).collect();
+        let added: Vec<Vec<u8>> = inner
+            .get_added_vocabulary()
+            .get_vocab()
+            .keys()
+            .map(|k| k.to_ascii_lowercase().into_bytes())
+            .collect();
         let mut added_first = [false; 256];
         for a in &added {
             if let Some(&b) = a.first() {
@@ -272,7 +326,11 @@ impl AsciiWordPiece {
     fn encode<'s>(&self, text: &str, scratch: &'s mut AsciiScratch) -> Option<&'s [u32]> {
         let bytes = text.as_bytes();
         let dropped_byte = |b: &u8| matches!(b, 0x00..=0x08 | 0x0b | 0x0c | 0x0e..=0x1f | 0x7f);
-        let may_hold_added = || bytes.iter().any(|b| self.added_first[b.to_ascii_lowercase() as usize]);
+        let may_hold_added = || {
+            bytes
+                .iter()
+                .any(|b| self.added_first[b.to_ascii_lowercase() as usize])
+        };
         if !text.is_ascii()
             || bytes.iter().any(dropped_byte)
             || (may_hold_added() && self.added.iter().any(|a| contains_ignore_case(bytes, a)))
@@ -290,7 +348,11 @@ impl AsciiWordPiece {
                     word.push(b);
                     self.flush_word(word, ids);
                 }
-                _ => word.push(if self.lowercase { b.to_ascii_lowercase() } else { b }),
+                _ => word.push(if self.lowercase {
+                    b.to_ascii_lowercase()
+                } else {
+                    b
+                }),
             }
         }
         self.flush_word(word, ids);
@@ -310,8 +372,11 @@ impl AsciiWordPiece {
         let mark = ids.len();
         let mut start = 0;
         while start < word.len() {
-            let (map, longest) =
-                if start == 0 { (&self.starts, self.longest_start) } else { (&self.continues, self.longest_continue) };
+            let (map, longest) = if start == 0 {
+                (&self.starts, self.longest_start)
+            } else {
+                (&self.continues, self.longest_continue)
+            };
             let mut end = word.len().min(start + longest);
             let found = loop {
                 if end <= start {
@@ -344,16 +409,29 @@ fn special_frame(inner: &Tokenizer) -> Option<(Vec<u32>, Vec<u32>)> {
     const PROBE: u32 = u32::MAX;
     let mut plain = inner.clone();
     plain.with_truncation(None).ok()?;
-    let probe = tokenizers::Encoding::from_tokens(vec![tokenizers::Token::new(PROBE, "probe".into(), (0, 1))], 0);
-    let ids = plain.post_process(probe, None, true).ok()?.get_ids().to_vec();
+    let probe = tokenizers::Encoding::from_tokens(
+        vec![tokenizers::Token::new(PROBE, "probe".into(), (0, 1))],
+        0,
+    );
+    let ids = plain
+        .post_process(probe, None, true)
+        .ok()?
+        .get_ids()
+        .to_vec();
     let at = ids.iter().position(|&id| id == PROBE)?;
-    (ids.iter().filter(|&&id| id == PROBE).count() == 1).then(|| (ids[..at].to_vec(), ids[at + 1..].to_vec()))
+    (ids.iter().filter(|&&id| id == PROBE).count() == 1)
+        .then(|| (ids[..at].to_vec(), ids[at + 1..].to_vec()))
 }
 
 fn contains_ignore_case(haystack: &[u8], lower_needle: &[u8]) -> bool {
-    let Some(&first) = lower_needle.first() else { return false };
+    let Some(&first) = lower_needle.first() else {
+        return false;
+    };
     let mut from = 0;
-    while let Some(i) = haystack[from..].iter().position(|b| b.to_ascii_lowercase() == first) {
+    while let Some(i) = haystack[from..]
+        .iter()
+        .position(|b| b.to_ascii_lowercase() == first)
+    {
         let at = from + i;
         if haystack.len() - at < lower_needle.len() {
             return false;
@@ -392,7 +470,8 @@ mod tests {
 
     #[test]
     fn head_keeps_the_start_and_tail_keeps_the_end() {
-        let words = "the cat sat on the mat and the dog sat on the mat and the fox jumps over the lazy dog";
+        let words =
+            "the cat sat on the mat and the dog sat on the mat and the fox jumps over the lazy dog";
         let (_d, head) = tiny(TruncationPolicy::Head, 8);
         let (_d2, tail) = tiny(TruncationPolicy::Tail, 8);
         let (_d3, full) = tiny(TruncationPolicy::Head, 64);
@@ -403,7 +482,11 @@ mod tests {
         assert_eq!((t.ids.len(), t.truncation), (8, Truncation::Tail));
         assert_eq!(h.ids[..7], all[..7], "head: [CLS] + the first 6 tokens");
         assert_eq!(t.ids[0], CLS);
-        assert_eq!(t.ids[1..], all[all.len() - 7..], "tail: the last 6 tokens + [SEP]");
+        assert_eq!(
+            t.ids[1..],
+            all[all.len() - 7..],
+            "tail: the last 6 tokens + [SEP]"
+        );
     }
 
     #[test]
@@ -413,7 +496,11 @@ mod tests {
         assert_eq!(out[0].as_ref().unwrap().truncation, Truncation::None);
         let e = out[1].as_ref().unwrap_err();
         assert_eq!(e.kind, "too_many_tokens");
-        assert!(e.reason.contains("8 tokens, more than the maximum of 6"), "{}", e.reason);
+        assert!(
+            e.reason.contains("8 tokens, more than the maximum of 6"),
+            "{}",
+            e.reason
+        );
     }
 
     #[test]
@@ -426,16 +513,31 @@ mod tests {
             let e = r.as_ref().expect_err(&format!("text {i} has no tokens"));
             assert_eq!(e.kind, "empty_text", "text {i}: {}", e.reason);
         }
-        assert!(t.encode_batch(&["\u{200b}cat"])[0].is_ok(), "a word next to them still counts");
+        assert!(
+            t.encode_batch(&["\u{200b}cat"])[0].is_ok(),
+            "a word next to them still counts"
+        );
     }
 
     #[test]
     fn added_tokens_are_found_in_any_case_and_position() {
-        assert!(contains_ignore_case(b"[[MASK] x", b"[mask]"), "after a false start");
+        assert!(
+            contains_ignore_case(b"[[MASK] x", b"[mask]"),
+            "after a false start"
+        );
         assert!(contains_ignore_case(b"x [Mask]", b"[mask]"), "at the end");
-        assert!(!contains_ignore_case(b"x [mask", b"[mask]"), "cut off by the end");
-        assert!(!contains_ignore_case(b"[ma", b"[mask]"), "shorter than the needle");
-        assert!(!contains_ignore_case(b"mask", b""), "an empty needle matches nothing");
+        assert!(
+            !contains_ignore_case(b"x [mask", b"[mask]"),
+            "cut off by the end"
+        );
+        assert!(
+            !contains_ignore_case(b"[ma", b"[mask]"),
+            "shorter than the needle"
+        );
+        assert!(
+            !contains_ignore_case(b"mask", b""),
+            "an empty needle matches nothing"
+        );
     }
 
     /// Whatever the fast path takes, it gives the library's ids: words in and out of the
@@ -445,14 +547,33 @@ mod tests {
     fn the_ascii_path_matches_the_library_on_the_tiny_tokenizer() {
         let long = "cat".repeat(40);
         let texts = [
-            "the cat sat", "The CAT, sat!", "cats catsat xyzzy", "  a\tb\nc\rd  ", "a\x0bb\x00c\x7f", "[CLS] the [mask]",
-            "!!!...???", "", " ", long.as_str(), "the cat sat on the mat and the dog sat on the mat and the fox",
-            "caf\u{e9} the", "it's 12:30 (or 13:00)",
+            "the cat sat",
+            "The CAT, sat!",
+            "cats catsat xyzzy",
+            "  a\tb\nc\rd  ",
+            "a\x0bb\x00c\x7f",
+            "[CLS] the [mask]",
+            "!!!...???",
+            "",
+            " ",
+            long.as_str(),
+            "the cat sat on the mat and the dog sat on the mat and the fox",
+            "caf\u{e9} the",
+            "it's 12:30 (or 13:00)",
         ];
-        for (policy, max) in [(TruncationPolicy::Head, 8), (TruncationPolicy::Tail, 8), (TruncationPolicy::Reject, 8), (TruncationPolicy::Head, 64)] {
+        for (policy, max) in [
+            (TruncationPolicy::Head, 8),
+            (TruncationPolicy::Tail, 8),
+            (TruncationPolicy::Reject, 8),
+            (TruncationPolicy::Head, 64),
+        ] {
             let (_d, t) = tiny(policy, max);
             assert!(t.has_ascii_path());
-            assert_eq!(t.encode_batch(&texts), t.encode_batch_reference(&texts), "{policy:?} {max}");
+            assert_eq!(
+                t.encode_batch(&texts),
+                t.encode_batch_reference(&texts),
+                "{policy:?} {max}"
+            );
         }
     }
 
@@ -461,22 +582,50 @@ mod tests {
     #[test]
     fn the_ascii_path_matches_the_library_on_the_real_tokenizer() {
         let dir = aifab_model::testing::real_model_dir();
-        let data = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../aifab/data/sms_spam/test.jsonl"))
-            .expect("services/aifab/data/sms_spam/test.jsonl");
-        let mut texts: Vec<String> =
-            data.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_string()).collect();
+        let data = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../aifab/data/sms_spam/test.jsonl"
+        ))
+        .expect("services/aifab/data/sms_spam/test.jsonl");
+        let mut texts: Vec<String> = data
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
         texts.extend(
-            ["", "\x00\x01", "Tab\tand\nnew\rline", "DEL\x7fhere", "UPPER lower MiXeD 123 !?.,;:'\"()[]{}<>@#$%^&*_+=~`|\\/",
-             "don't won't y'all", "a\x0bb\x0cc", "caf\u{e9} na\u{ef}ve", "\u{4e2d}\u{6587} text", "   spaced   out   ",
-             "[CLS] hi [SEP]", "a [mask] b", "unaffable xqzjvk brrrrrr", "antidisestablishmentarianism",
-             "e-mail me@x.com http://www.example.com/a?b=c&d=e #tag $5 ~ok~ a_b 1,000.50"]
-                .map(String::from),
+            [
+                "",
+                "\x00\x01",
+                "Tab\tand\nnew\rline",
+                "DEL\x7fhere",
+                "UPPER lower MiXeD 123 !?.,;:'\"()[]{}<>@#$%^&*_+=~`|\\/",
+                "don't won't y'all",
+                "a\x0bb\x0cc",
+                "caf\u{e9} na\u{ef}ve",
+                "\u{4e2d}\u{6587} text",
+                "   spaced   out   ",
+                "[CLS] hi [SEP]",
+                "a [mask] b",
+                "unaffable xqzjvk brrrrrr",
+                "antidisestablishmentarianism",
+                "e-mail me@x.com http://www.example.com/a?b=c&d=e #tag $5 ~ok~ a_b 1,000.50",
+            ]
+            .map(String::from),
         );
         texts.push("supercalifragilistic".repeat(6));
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let ascii = refs.iter().filter(|s| s.is_ascii()).count();
         assert!(ascii > 1000, "most SMS texts are ASCII: {ascii}");
-        for (policy, max) in [(TruncationPolicy::Head, 32), (TruncationPolicy::Tail, 32), (TruncationPolicy::Reject, 32), (TruncationPolicy::Head, 128)] {
+        for (policy, max) in [
+            (TruncationPolicy::Head, 32),
+            (TruncationPolicy::Tail, 32),
+            (TruncationPolicy::Reject, 32),
+            (TruncationPolicy::Head, 128),
+        ] {
             let t = FeatureTokenizer::load(&dir, max, policy).unwrap();
             assert!(t.has_ascii_path());
             let fast = t.encode_batch(&refs);
@@ -491,9 +640,13 @@ mod tests {
     fn max_tokens_must_leave_room_for_special_tokens() {
         let dir = tempfile::tempdir().unwrap();
         aifab_model::testing::write_tiny_bert(dir.path(), 1).unwrap();
-        let e = FeatureTokenizer::load(dir.path(), 2, TruncationPolicy::Head).err().unwrap();
+        let e = FeatureTokenizer::load(dir.path(), 2, TruncationPolicy::Head)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("special tokens"), "{e}");
-        let e = FeatureTokenizer::load(Path::new("/nonexistent"), 16, TruncationPolicy::Head).err().unwrap();
+        let e = FeatureTokenizer::load(Path::new("/nonexistent"), 16, TruncationPolicy::Head)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("does not exist"), "{e}");
     }
 }

@@ -25,7 +25,11 @@ use crate::worker::{Worker, WorkerSettings};
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "inference-worker",
     default_port: 8083,
-    needs: Needs { kafka: true, nats: true, redis: true },
+    needs: Needs {
+        kafka: true,
+        nats: true,
+        redis: true,
+    },
 };
 
 /// Command-line and environment configuration.
@@ -130,25 +134,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
     // A device that is not there is a start-up error, not a fallback.
     let spec: aifab_model::DeviceSpec = config.device.parse()?;
-    let device = aifab_model::select(spec).with_context(|| format!("--device {}", config.device))?;
+    let device =
+        aifab_model::select(spec).with_context(|| format!("--device {}", config.device))?;
     let device_kind = if device.is_cuda() { "cuda" } else { "cpu" }.to_string();
     tracing::info!(device = %config.device, kind = %device_kind, "inference device");
     let model_dir = PathBuf::from(&config.model_dir);
-    let encoder = tokio::task::spawn_blocking(move || aifab_model::Encoder::load(&model_dir, &device))
-        .await?
-        .with_context(|| format!("loading the encoder from {} (run scripts/fetch-model?)", config.model_dir))?;
-    let fetch = model_slot::ArtifactFetch { cache_dir: PathBuf::from(&config.artifact_cache_dir), s3: config.s3.config() };
-    let slot = Arc::new(ModelSlot::with_fetch(Arc::new(encoder), svc.readiness.clone(), fetch));
+    let encoder =
+        tokio::task::spawn_blocking(move || aifab_model::Encoder::load(&model_dir, &device))
+            .await?
+            .with_context(|| {
+                format!(
+                    "loading the encoder from {} (run scripts/fetch-model?)",
+                    config.model_dir
+                )
+            })?;
+    let fetch = model_slot::ArtifactFetch {
+        cache_dir: PathBuf::from(&config.artifact_cache_dir),
+        s3: config.s3.config(),
+    };
+    let slot = Arc::new(ModelSlot::with_fetch(
+        Arc::new(encoder),
+        svc.readiness.clone(),
+        fetch,
+    ));
     if let Some(dir) = config.head_dir.clone() {
-        let version = config
-            .model_version
-            .clone()
-            .unwrap_or_else(|| dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
+        let version = config.model_version.clone().unwrap_or_else(|| {
+            dir.file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default()
+        });
         let s = slot.clone();
         let d = dir.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || s.load(&d, &version)).await? {
             // Stay up and say why: readiness shows it, and a model event can still fix it.
-            svc.readiness.set("model", false, format!("{}: {e:#}", dir.display()));
+            svc.readiness
+                .set("model", false, format!("{}: {e:#}", dir.display()));
             tracing::error!(dir = %dir.display(), error = %format!("{e:#}"), "initial model failed to load");
         }
     }
@@ -156,26 +176,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // No head given: serve the registry's production version, as soon as there is one.
     if config.head_dir.is_none() {
-        let load = model_slot::load_production(svc.redis()?, slot.clone(), config.task.clone(), svc.shutdown.clone());
+        let load = model_slot::load_production(
+            svc.redis()?,
+            slot.clone(),
+            config.task.clone(),
+            svc.shutdown.clone(),
+        );
         svc.supervise_until_done("production-model", async move {
             load.await;
             Ok(())
         });
     }
 
-    let rollout = model_slot::follow_rollout(svc.redis()?, slot.clone(), config.task.clone(), svc.shutdown.clone());
+    let rollout = model_slot::follow_rollout(
+        svc.redis()?,
+        slot.clone(),
+        config.task.clone(),
+        svc.shutdown.clone(),
+    );
     svc.supervise("rollout-follower", async move {
         rollout.await;
         Ok(())
     });
-    let events = model_slot::follow_events(svc.nats()?, slot.clone(), config.task.clone(), config.follow, svc.shutdown.clone());
+    let events = model_slot::follow_events(
+        svc.nats()?,
+        slot.clone(),
+        config.task.clone(),
+        config.follow,
+        svc.shutdown.clone(),
+    );
     svc.supervise("model-events", events);
 
     let settings = WorkerSettings {
         brokers: config.brokers.kafka_brokers.clone(),
         group: config.group.clone(),
         input_topic: config.input_topic.clone(),
-        instance_id: config.instance_id.clone().unwrap_or_else(|| default_instance_id(svc.http_addr())),
+        instance_id: config
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| default_instance_id(svc.http_addr())),
         task: config.task.clone(),
         device_kind,
         limits: BatchLimits {
@@ -189,7 +228,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let worker = Worker::new(settings, slot, svc.shutdown.clone())?;
     let batch_loop = aifab_core::pipeline::spawn_loop("batch-loop", move || worker.run())?;
-    svc.supervise("batch-loop", async move { batch_loop.await.context("batch loop thread")? });
+    svc.supervise("batch-loop", async move {
+        batch_loop.await.context("batch loop thread")?
+    });
     // Until SIGTERM, or until a loop fails (then exit non-zero to be restarted).
     svc.shutdown.cancelled().await;
     svc.finish().await

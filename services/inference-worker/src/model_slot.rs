@@ -7,10 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use aifab_core::artifacts::{fetch_version, S3Config};
 use aifab_core::health::Readiness;
 use aifab_core::messages::{decode, ModelEvent, ModelEventKind};
 use aifab_core::registry::{Registry, Rollout, CANDIDATE};
-use aifab_core::artifacts::{fetch_version, S3Config};
 use aifab_model::head::{HEAD_FILE, LABELS_FILE};
 use aifab_model::{ClassificationHead, Classifier, Encoder};
 use anyhow::Context;
@@ -50,7 +50,10 @@ pub struct ArtifactFetch {
 
 impl Default for ArtifactFetch {
     fn default() -> Self {
-        ArtifactFetch { cache_dir: PathBuf::from(aifab_core::artifacts::default_cache_dir()), s3: S3Config::default() }
+        ArtifactFetch {
+            cache_dir: PathBuf::from(aifab_core::artifacts::default_cache_dir()),
+            s3: S3Config::default(),
+        }
     }
 }
 
@@ -81,21 +84,36 @@ impl ModelSlot {
     /// A slot that fetches registry versions' heads with `fetch`.
     pub fn with_fetch(encoder: Arc<Encoder>, readiness: Readiness, fetch: ArtifactFetch) -> Self {
         readiness.register("model", "no model loaded yet");
-        ModelSlot { encoder, current: RwLock::new(None), candidate: RwLock::new(None), readiness, fetch }
+        ModelSlot {
+            encoder,
+            current: RwLock::new(None),
+            candidate: RwLock::new(None),
+            readiness,
+            fetch,
+        }
     }
 
     /// Fetch the head of the version at `uri` (download if remote), then make it current.
     pub async fn load_uri(self: &Arc<Self>, uri: &str, version: &str) -> anyhow::Result<()> {
         let dir = self.fetch.head_dir(uri).await?;
         let (s, v) = (self.clone(), version.to_string());
-        tokio::task::spawn_blocking(move || s.load(&dir, &v)).await.context("model load task")?
+        tokio::task::spawn_blocking(move || s.load(&dir, &v))
+            .await
+            .context("model load task")?
     }
 
     /// Fetch the head at `uri` and make it the candidate under `rollout`.
-    pub async fn set_candidate_uri(self: &Arc<Self>, uri: &str, version: &str, rollout: Rollout) -> anyhow::Result<()> {
+    pub async fn set_candidate_uri(
+        self: &Arc<Self>,
+        uri: &str,
+        version: &str,
+        rollout: Rollout,
+    ) -> anyhow::Result<()> {
         let dir = self.fetch.head_dir(uri).await?;
         let (s, v) = (self.clone(), version.to_string());
-        tokio::task::spawn_blocking(move || s.set_candidate(Some((&dir, &v)), rollout)).await.context("model load task")?
+        tokio::task::spawn_blocking(move || s.set_candidate(Some((&dir, &v)), rollout))
+            .await
+            .context("model load task")?
     }
 
     pub fn current(&self) -> Option<Arc<Classifier>> {
@@ -108,12 +126,23 @@ impl ModelSlot {
     }
 
     /// Load a candidate head (blocking) for `rollout`, or clear it with `Rollout::Off`.
-    pub fn set_candidate(&self, head: Option<(&Path, &str)>, rollout: Rollout) -> anyhow::Result<()> {
+    pub fn set_candidate(
+        &self,
+        head: Option<(&Path, &str)>,
+        rollout: Rollout,
+    ) -> anyhow::Result<()> {
         let value = match (head, rollout) {
             (_, Rollout::Off) | (None, _) => None,
             (Some((dir, version)), rollout) => {
                 let h = ClassificationHead::load(dir)?;
-                Some((Arc::new(Classifier::new(self.encoder.clone(), h, version.to_string())?), rollout))
+                Some((
+                    Arc::new(Classifier::new(
+                        self.encoder.clone(),
+                        h,
+                        version.to_string(),
+                    )?),
+                    rollout,
+                ))
             }
         };
         let changed = value.as_ref().map(|(c, r)| (c.version.clone(), *r));
@@ -136,7 +165,8 @@ impl ModelSlot {
             .expect("model slot lock")
             .replace(Arc::new(classifier))
             .map(|c| c.version.clone());
-        self.readiness.set("model", true, format!("version {version}"));
+        self.readiness
+            .set("model", true, format!("version {version}"));
         metrics::counter!("aifab_inference_worker_model_swaps_total").increment(1);
         tracing::info!(version, previous = previous.as_deref().unwrap_or("none"), dir = %dir.display(), "model loaded");
         Ok(())
@@ -156,17 +186,27 @@ pub async fn follow_rollout(
     loop {
         let wanted = async {
             let rollout = registry.rollout(&task).await?;
-            let record = if rollout == Rollout::Off { None } else { registry.resolve(&task, CANDIDATE).await? };
+            let record = if rollout == Rollout::Off {
+                None
+            } else {
+                registry.resolve(&task, CANDIDATE).await?
+            };
             Ok::<_, redis::RedisError>((rollout, record))
         }
         .await;
         match wanted {
             Ok((rollout, record)) => {
                 let have = slot.candidate().map(|(c, r)| (c.version.clone(), r));
-                let want = record.as_ref().filter(|_| rollout != Rollout::Off).map(|r| (r.version.clone(), rollout));
+                let want = record
+                    .as_ref()
+                    .filter(|_| rollout != Rollout::Off)
+                    .map(|r| (r.version.clone(), rollout));
                 if have != want {
                     let result = match record {
-                        Some(r) if rollout != Rollout::Off => slot.set_candidate_uri(&r.artifact_uri, &r.version, rollout).await,
+                        Some(r) if rollout != Rollout::Off => {
+                            slot.set_candidate_uri(&r.artifact_uri, &r.version, rollout)
+                                .await
+                        }
                         _ => slot.set_candidate(None, Rollout::Off),
                     };
                     if let Err(e) = result {
@@ -195,17 +235,28 @@ pub async fn load_production(
     let mut registry = aifab_core::registry::Registry::new(conn);
     let mut said_waiting = false;
     while slot.current().is_none() && !shutdown.is_cancelled() {
-        match registry.resolve(&task, aifab_core::registry::PRODUCTION).await {
+        match registry
+            .resolve(&task, aifab_core::registry::PRODUCTION)
+            .await
+        {
             Ok(Some(record)) => match slot.load_uri(&record.artifact_uri, &record.version).await {
                 Ok(()) => return,
                 Err(e) => {
-                    slot.readiness.set("model", false, format!("production model of {task}: {e:#}"));
+                    slot.readiness.set(
+                        "model",
+                        false,
+                        format!("production model of {task}: {e:#}"),
+                    );
                     tracing::error!(%task, error = %format!("{e:#}"), "production model failed to load");
                 }
             },
             Ok(None) => {
                 if !said_waiting {
-                    slot.readiness.set("model", false, format!("no production model for task {task:?} yet"));
+                    slot.readiness.set(
+                        "model",
+                        false,
+                        format!("no production model for task {task:?} yet"),
+                    );
                     tracing::warn!(%task, "no production model in the registry yet; waiting");
                     said_waiting = true;
                 }
@@ -227,7 +278,9 @@ pub async fn follow_events(
     policy: FollowPolicy,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut sub = nats.subscribe(aifab_core::topics::subjects::MODEL_ALL).await?;
+    let mut sub = nats
+        .subscribe(aifab_core::topics::subjects::MODEL_ALL)
+        .await?;
     loop {
         let msg = tokio::select! {
             m = sub.next() => match m { Some(m) => m, None => return Ok(()) },
@@ -272,12 +325,36 @@ mod tests {
     fn follows_production_moves_only() {
         use FollowPolicy::*;
         use ModelEventKind::*;
-        assert!(should_follow(&event(Promoted, "spam", Some("production")), "spam", Production));
-        assert!(should_follow(&event(RolledBack, "spam", None), "spam", Production));
-        assert!(!should_follow(&event(Promoted, "spam", Some("candidate")), "spam", Production));
-        assert!(!should_follow(&event(Published, "spam", None), "spam", Production));
-        assert!(should_follow(&event(Published, "spam", None), "spam", Latest));
-        assert!(!should_follow(&event(Published, "other", None), "spam", Latest));
+        assert!(should_follow(
+            &event(Promoted, "spam", Some("production")),
+            "spam",
+            Production
+        ));
+        assert!(should_follow(
+            &event(RolledBack, "spam", None),
+            "spam",
+            Production
+        ));
+        assert!(!should_follow(
+            &event(Promoted, "spam", Some("candidate")),
+            "spam",
+            Production
+        ));
+        assert!(!should_follow(
+            &event(Published, "spam", None),
+            "spam",
+            Production
+        ));
+        assert!(should_follow(
+            &event(Published, "spam", None),
+            "spam",
+            Latest
+        ));
+        assert!(!should_follow(
+            &event(Published, "other", None),
+            "spam",
+            Latest
+        ));
     }
 
     #[tokio::test]
@@ -285,10 +362,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let head = dir.path().join("spam/v1");
         aifab_model::testing::write_random_head(&head, 8, &["a", "b"], 1).unwrap();
-        let fetch = ArtifactFetch { cache_dir: dir.path().join("cache"), s3: S3Config::default() };
+        let fetch = ArtifactFetch {
+            cache_dir: dir.path().join("cache"),
+            s3: S3Config::default(),
+        };
         let uri = format!("file://{}", head.display());
         assert_eq!(fetch.head_dir(&uri).await.unwrap(), head);
-        assert_eq!(fetch.head_dir(&head.display().to_string()).await.unwrap(), head);
+        assert_eq!(
+            fetch.head_dir(&head.display().to_string()).await.unwrap(),
+            head
+        );
         let missing = format!("file://{}", dir.path().join("spam/v2").display());
         let err = format!("{:#}", fetch.head_dir(&missing).await.unwrap_err());
         assert!(err.contains(&missing) && err.contains(HEAD_FILE), "{err}");

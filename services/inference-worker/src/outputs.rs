@@ -36,7 +36,10 @@ pub fn computed(req: &InferenceRequest, c: Classification, b: &BatchInfo, arm: A
         arm,
         batch_id: Some(b.batch_id.to_string()),
         batch_size: b.batch_size,
-        queue_ms: b.compute_started_ms.saturating_sub(req.received_at_ms).max(0) as f64,
+        queue_ms: b
+            .compute_started_ms
+            .saturating_sub(req.received_at_ms)
+            .max(0) as f64,
         compute_ms: b.compute_seconds * 1000.0,
         received_at_ms: req.received_at_ms,
         produced_at_ms: b.now_ms,
@@ -131,7 +134,10 @@ mod tests {
         let mut r = req("r", "acme", 3);
         for at in [i64::MIN, i64::MAX] {
             r.received_at_ms = at;
-            let c = Classification { label: "a".into(), scores: BTreeMap::new() };
+            let c = Classification {
+                label: "a".into(),
+                scores: BTreeMap::new(),
+            };
             assert!(computed(&r, c, &info(), Arm::Production).queue_ms >= 0.0);
             assert!(expired(&r, &info()).queue_ms >= 0.0);
         }
@@ -159,8 +165,14 @@ mod tests {
         let b = req("3", "beta", 30);
         let u = usage(&[&a1, &b, &a2], &info());
         assert_eq!(u.len(), 2);
-        assert_eq!((u[0].tenant.as_str(), u[0].rows, u[0].tokens), ("acme", 2, 30));
-        assert_eq!((u[1].tenant.as_str(), u[1].rows, u[1].tokens), ("beta", 1, 30));
+        assert_eq!(
+            (u[0].tenant.as_str(), u[0].rows, u[0].tokens),
+            ("acme", 2, 30)
+        );
+        assert_eq!(
+            (u[1].tenant.as_str(), u[1].rows, u[1].tokens),
+            ("beta", 1, 30)
+        );
         assert!((u[0].device_seconds - 0.15).abs() < 1e-12);
         assert!((u[0].device_seconds + u[1].device_seconds - 0.3).abs() < 1e-12);
         assert_eq!((u[0].idle_seconds, u[1].idle_seconds), (2.0, 0.0));
@@ -170,14 +182,20 @@ mod tests {
     #[test]
     fn predictions_carry_version_and_timings() {
         let r = req("1", "acme", 10);
-        let c = Classification { label: "spam".into(), scores: [("spam".to_string(), 0.9), ("ham".to_string(), 0.1)].into() };
+        let c = Classification {
+            label: "spam".into(),
+            scores: [("spam".to_string(), 0.9), ("ham".to_string(), 0.1)].into(),
+        };
         let p = computed(&r, c, &info(), Arm::Production);
         assert_eq!(p.model_version, "v1");
         assert_eq!(p.outcome, Outcome::Ok);
         assert_eq!(p.queue_ms, 250.0);
         assert!((p.compute_ms - 300.0).abs() < 1e-9);
         let e = expired(&r, &info());
-        assert_eq!((e.outcome, e.label.clone(), e.batch_size), (Outcome::Expired, None, 0));
+        assert_eq!(
+            (e.outcome, e.label.clone(), e.batch_size),
+            (Outcome::Expired, None, 0)
+        );
         for p in [p, e] {
             let v = serde_json::to_value(&p).unwrap();
             aifab_core::schema::validate("prediction/v1", &v).unwrap();

@@ -24,14 +24,15 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aifab_core::kafka::{
+    abort_transaction, commit_transaction, committed_positions_retrying,
+    init_transactions_retrying, needs_new_producer, retry_transactional, send_offsets_bounded,
+    send_waiting,
+};
 use aifab_core::messages::{decode, encode, Arm, DeadLetter, InferenceRequest, SourceRef};
 use aifab_core::pipeline::Positions;
-use aifab_core::supervise::Heartbeat;
 use aifab_core::registry::{canary_arm, Rollout};
-use aifab_core::kafka::{
-    abort_transaction, commit_transaction, committed_positions_retrying, init_transactions_retrying,
-    needs_new_producer, retry_transactional, send_offsets_bounded, send_waiting,
-};
+use aifab_core::supervise::Heartbeat;
 use aifab_core::topics;
 use aifab_model::batcher::{self, BatchLimits, Pending, Plan};
 use aifab_model::{Classification, Classifier};
@@ -136,7 +137,11 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(settings: WorkerSettings, slot: Arc<ModelSlot>, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: WorkerSettings,
+        slot: Arc<ModelSlot>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let consumer = group_consumer(&settings)?;
         let producer = transactional_producer(&settings)?;
         Ok(Worker {
@@ -169,21 +174,30 @@ impl Worker {
         if !init_transactions_retrying(&self.producer, TXN_TIMEOUT, &shutdown)? {
             return Ok(());
         }
-        self.consumer.subscribe(&[&self.settings.input_topic]).context("subscribing")?;
+        self.consumer
+            .subscribe(&[&self.settings.input_topic])
+            .context("subscribing")?;
         tracing::info!(topic = %self.settings.input_topic, group = %self.settings.group, "consuming");
 
         while !shutdown.is_cancelled() {
             let now = Instant::now();
             let plan = batcher::plan(&self.pending(), &self.settings.limits, now);
             match plan {
-                Plan::Run { take, expired, reason } => {
+                Plan::Run {
+                    take,
+                    expired,
+                    reason,
+                } => {
                     metrics::counter!("aifab_inference_worker_batches_total", "reason" => reason.as_str()).increment(1);
                     self.run_batch(take, &expired)?;
                     // Under backlog, go on with the next full batch in the same
                     // transaction, without polling (a poll may revoke partitions, and no
                     // open transaction may straddle a revocation).
                     let backlog = self.queue.len() >= self.settings.limits.max_batch_size;
-                    let young = self.open_txn.as_ref().is_some_and(|t| t.started.elapsed() < self.settings.max_txn);
+                    let young = self
+                        .open_txn
+                        .as_ref()
+                        .is_some_and(|t| t.started.elapsed() < self.settings.max_txn);
                     if !(backlog && young) {
                         self.commit_open()?;
                         // Keep the group membership alive and take what arrived meanwhile.
@@ -192,7 +206,11 @@ impl Worker {
                 }
                 Plan::Wait { until } => {
                     self.commit_open()?;
-                    self.poll(until.saturating_duration_since(now).min(Duration::from_millis(100)))
+                    self.poll(
+                        until
+                            .saturating_duration_since(now)
+                            .min(Duration::from_millis(100)),
+                    )
                 }
                 Plan::Idle => {
                     self.commit_open()?;
@@ -204,7 +222,10 @@ impl Worker {
             }
         }
         self.commit_open()?;
-        tracing::info!(queued = self.queue.len(), "stopping: queued messages stay uncommitted for the next owner");
+        tracing::info!(
+            queued = self.queue.len(),
+            "stopping: queued messages stay uncommitted for the next owner"
+        );
         self.consumer.unsubscribe();
         Ok(())
     }
@@ -221,17 +242,29 @@ impl Worker {
             // A poll may have run a rebalance: drop what the revoked partitions had
             // queued before looking at what it returned.
             let revoked = take_revoked(&self.consumer);
-            drop_revoked(&mut self.queue, &mut self.positions, &self.settings.input_topic, &revoked);
+            drop_revoked(
+                &mut self.queue,
+                &mut self.positions,
+                &self.settings.input_topic,
+                &revoked,
+            );
             match polled {
                 None => break,
                 Some(Err(e)) => {
-                    self.settings.heartbeat.trouble(format_args!("consumer error: {e}"));
+                    self.settings
+                        .heartbeat
+                        .trouble(format_args!("consumer error: {e}"));
                     tracing::warn!(error = %e, "consumer error");
                     break;
                 }
                 Some(Ok(m)) if !self.positions.admit(m.partition(), m.offset()) => {
-                    metrics::counter!("aifab_inference_worker_redeliveries_dropped_total").increment(1);
-                    tracing::debug!(partition = m.partition(), offset = m.offset(), "dropped a message delivered again");
+                    metrics::counter!("aifab_inference_worker_redeliveries_dropped_total")
+                        .increment(1);
+                    tracing::debug!(
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        "dropped a message delivered again"
+                    );
                     wait = Duration::ZERO;
                 }
                 Some(Ok(m)) => {
@@ -248,7 +281,9 @@ impl Worker {
 
     /// Compute, produce and commit the first `take` queued messages in one transaction.
     fn run_batch(&mut self, take: usize, expired: &[usize]) -> anyhow::Result<()> {
-        let Some(model) = self.slot.current() else { return Ok(()) };
+        let Some(model) = self.slot.current() else {
+            return Ok(());
+        };
         let rows: Vec<Queued> = self.queue.drain(..take).collect();
         self.batch_seq += 1;
         let batch_id = format!("{}-{}", self.settings.instance_id, self.batch_seq);
@@ -262,10 +297,14 @@ impl Worker {
         let live: Vec<usize> = (0..rows.len())
             .filter(|i| !expired.contains(i) && rows[*i].request.is_ok())
             .collect();
-        let (canary_rows, production_rows): (Vec<usize>, Vec<usize>) = live.iter().partition(|&&i| match &candidate {
-            Some((_, Rollout::Canary { share })) => canary_arm(&rows[i].request.as_ref().expect("live rows decoded").id, *share),
-            _ => false,
-        });
+        let (canary_rows, production_rows): (Vec<usize>, Vec<usize>) =
+            live.iter().partition(|&&i| match &candidate {
+                Some((_, Rollout::Canary { share })) => canary_arm(
+                    &rows[i].request.as_ref().expect("live rows decoded").id,
+                    *share,
+                ),
+                _ => false,
+            });
 
         // Compute outside the transaction: it can be retried, the transaction cannot.
         let compute_started_ms = aifab_core::now_ms();
@@ -285,8 +324,11 @@ impl Worker {
             }
         }
         let compute_seconds = t.elapsed().as_secs_f64();
-        let computed: Vec<usize> =
-            live.iter().copied().filter(|i| results.contains_key(i) || canary_results.contains_key(i)).collect();
+        let computed: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|i| results.contains_key(i) || canary_results.contains_key(i))
+            .collect();
 
         let info = BatchInfo {
             batch_id: &batch_id,
@@ -303,7 +345,10 @@ impl Worker {
         // Each arm is its own compute batch of one version, with its own batch id.
         let canary_batch_id = format!("{batch_id}-canary");
         let shadow_batch_id = format!("{batch_id}-shadow");
-        let candidate_version = candidate.as_ref().map(|(c, _)| c.version.clone()).unwrap_or_default();
+        let candidate_version = candidate
+            .as_ref()
+            .map(|(c, _)| c.version.clone())
+            .unwrap_or_default();
         let canary_info = BatchInfo {
             batch_id: &canary_batch_id,
             model_version: &candidate_version,
@@ -318,7 +363,11 @@ impl Worker {
         };
         let mut records: Vec<(&'static str, Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>)> = Vec::new();
         for (i, row) in rows.iter().enumerate() {
-            let source = SourceRef { topic: self.settings.input_topic.clone(), partition: row.partition, offset: row.offset };
+            let source = SourceRef {
+                topic: self.settings.input_topic.clone(),
+                partition: row.partition,
+                offset: row.offset,
+            };
             match &row.request {
                 Err((kind, reason, original)) => {
                     records.push(dead_letter(row, original, source, kind, reason));
@@ -326,42 +375,76 @@ impl Worker {
                 Ok(req) if expired.contains(&i) => {
                     metrics::counter!("aifab_inference_worker_requests_total", "outcome" => "expired").increment(1);
                     let p = outputs::expired(req, &info);
-                    records.push((topics::PREDICTIONS.name, req.id.clone().into_bytes(), encode(&p), row.headers.clone()));
+                    records.push((
+                        topics::PREDICTIONS.name,
+                        req.id.clone().into_bytes(),
+                        encode(&p),
+                        row.headers.clone(),
+                    ));
                 }
                 Ok(req) => {
                     let served = match (results.remove(&i), canary_results.remove(&i)) {
                         (Some(c), _) => Some(outputs::computed(req, c, &info, Arm::Production)),
-                        (None, Some(c)) => Some(outputs::computed(req, c, &canary_info, Arm::Canary)),
+                        (None, Some(c)) => {
+                            Some(outputs::computed(req, c, &canary_info, Arm::Canary))
+                        }
                         (None, None) => None,
                     };
                     match served {
                         Some(p) => {
                             metrics::counter!("aifab_inference_worker_requests_total", "outcome" => "ok").increment(1);
-                            records.push((topics::PREDICTIONS.name, req.id.clone().into_bytes(), encode(&p), row.headers.clone()));
+                            records.push((
+                                topics::PREDICTIONS.name,
+                                req.id.clone().into_bytes(),
+                                encode(&p),
+                                row.headers.clone(),
+                            ));
                         }
                         None => {
-                            let reason = compute_failures.remove(&i).unwrap_or_else(|| "not computed".into());
+                            let reason = compute_failures
+                                .remove(&i)
+                                .unwrap_or_else(|| "not computed".into());
                             let original = serde_json::to_vec(req).unwrap_or_default();
-                            records.push(dead_letter(row, &original, source, "model_rejected", &reason));
+                            records.push(dead_letter(
+                                row,
+                                &original,
+                                source,
+                                "model_rejected",
+                                &reason,
+                            ));
                         }
                     }
                     if let Some(c) = shadow_results.remove(&i) {
                         let p = outputs::computed(req, c, &shadow_info, Arm::Shadow);
-                        records.push((topics::PREDICTIONS.name, req.id.clone().into_bytes(), encode(&p), row.headers.clone()));
+                        records.push((
+                            topics::PREDICTIONS.name,
+                            req.id.clone().into_bytes(),
+                            encode(&p),
+                            row.headers.clone(),
+                        ));
                     }
                 }
             }
         }
-        let computed_reqs: Vec<&InferenceRequest> =
-            computed.iter().filter_map(|i| rows[*i].request.as_ref().ok()).collect();
+        let computed_reqs: Vec<&InferenceRequest> = computed
+            .iter()
+            .filter_map(|i| rows[*i].request.as_ref().ok())
+            .collect();
         for u in outputs::usage(&computed_reqs, &info) {
-            records.push((topics::USAGE.name, u.usage_id.clone().into_bytes(), encode(&u), Vec::new()));
+            records.push((
+                topics::USAGE.name,
+                u.usage_id.clone().into_bytes(),
+                encode(&u),
+                Vec::new(),
+            ));
         }
 
         match self.send_in_txn(&records, &rows) {
             Ok(()) => {
-                metrics::histogram!("aifab_inference_worker_batch_size").record(computed.len() as f64);
-                metrics::histogram!("aifab_inference_worker_compute_seconds").record(compute_seconds);
+                metrics::histogram!("aifab_inference_worker_batch_size")
+                    .record(computed.len() as f64);
+                metrics::histogram!("aifab_inference_worker_compute_seconds")
+                    .record(compute_seconds);
                 self.last_batch_end = Instant::now();
                 Ok(())
             }
@@ -380,17 +463,32 @@ impl Worker {
             // Present whenever the consumer is subscribed; checked before the transaction
             // starts so a missing one needs no abort.
             if self.consumer.group_metadata().is_none() {
-                return Err(KafkaError::Subscription("consumer has no group metadata yet".into()));
+                return Err(KafkaError::Subscription(
+                    "consumer has no group metadata yet".into(),
+                ));
             }
             self.producer.begin_transaction()?;
-            self.open_txn = Some(OpenTxn { started: Instant::now(), next_offsets: BTreeMap::new(), batches: 0 });
+            self.open_txn = Some(OpenTxn {
+                started: Instant::now(),
+                next_offsets: BTreeMap::new(),
+                batches: 0,
+            });
         }
         for (topic, key, payload, headers) in records {
             let mut h = OwnedHeaders::new();
             for (k, v) in headers {
-                h = h.insert(Header { key: k, value: Some(v) });
+                h = h.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
             }
-            send_waiting(&self.producer, BaseRecord::to(topic).key(key.as_slice()).payload(payload.as_slice()).headers(h))?;
+            send_waiting(
+                &self.producer,
+                BaseRecord::to(topic)
+                    .key(key.as_slice())
+                    .payload(payload.as_slice())
+                    .headers(h),
+            )?;
         }
         let txn = self.open_txn.as_mut().expect("opened above");
         for r in rows {
@@ -406,13 +504,13 @@ impl Worker {
     /// requires: aborting a commit in progress would leave the producer stuck between
     /// the two, failing every later transaction.
     fn commit_open(&mut self) -> anyhow::Result<()> {
-        let Some(txn) = self.open_txn.take() else { return Ok(()) };
+        let Some(txn) = self.open_txn.take() else {
+            return Ok(());
+        };
         let result = (|| {
-            let cgm = Arc::new(
-                self.consumer
-                    .group_metadata()
-                    .ok_or_else(|| KafkaError::Subscription("consumer has no group metadata".into()))?,
-            );
+            let cgm = Arc::new(self.consumer.group_metadata().ok_or_else(|| {
+                KafkaError::Subscription("consumer has no group metadata".into())
+            })?);
             let mut tpl = TopicPartitionList::new();
             for (p, o) in &txn.next_offsets {
                 tpl.add_partition_offset(&self.settings.input_topic, *p, Offset::Offset(*o))?;
@@ -420,12 +518,15 @@ impl Worker {
             retry_transactional(&self.producer, TXN_RETRIES, "send_offsets", || {
                 send_offsets_bounded(&self.producer, &tpl, &cgm, TXN_TIMEOUT)
             })?;
-            retry_transactional(&self.producer, TXN_RETRIES, "commit", || commit_transaction(&self.producer, TXN_TIMEOUT))
+            retry_transactional(&self.producer, TXN_RETRIES, "commit", || {
+                commit_transaction(&self.producer, TXN_TIMEOUT)
+            })
         })();
         match result {
             Ok(()) => {
                 tracing::debug!(batches = txn.batches, offsets = ?txn.next_offsets, "transaction committed");
-                metrics::histogram!("aifab_inference_worker_batches_per_transaction").record(txn.batches as f64);
+                metrics::histogram!("aifab_inference_worker_batches_per_transaction")
+                    .record(txn.batches as f64);
                 self.settings.heartbeat.progress();
                 Ok(())
             }
@@ -444,14 +545,18 @@ impl Worker {
             return self.replace_producer(e);
         }
         metrics::counter!("aifab_inference_worker_transactions_aborted_total").increment(1);
-        self.settings.heartbeat.trouble(format_args!("transaction failed: {e}"));
+        self.settings
+            .heartbeat
+            .trouble(format_args!("transaction failed: {e}"));
         tracing::warn!(error = %e, batch = %what, "transaction failed; aborting and rewinding to committed offsets");
         // A transaction exists to abort when one was begun, or when the failed call was a
         // transactional one (begin itself failing leaves the producer in the abortable
         // state of the transaction before).
         if self.open_txn.take().is_some() || matches!(e, KafkaError::Transaction(_)) {
             let producer = &self.producer;
-            match retry_transactional(producer, TXN_RETRIES, "abort", || abort_transaction(producer, TXN_TIMEOUT)) {
+            match retry_transactional(producer, TXN_RETRIES, "abort", || {
+                abort_transaction(producer, TXN_TIMEOUT)
+            }) {
                 Ok(()) => tracing::info!("transaction aborted"),
                 Err(abort) => return self.replace_producer(abort),
             }
@@ -483,10 +588,15 @@ impl Worker {
         metrics::counter!("aifab_inference_worker_consumer_restarts_total").increment(1);
         tracing::error!(error = %e, "the consumer cannot read its committed offsets; replacing it");
         let fresh = group_consumer(&self.settings)?;
-        fresh.subscribe(&[&self.settings.input_topic]).context("subscribing")?;
+        fresh
+            .subscribe(&[&self.settings.input_topic])
+            .context("subscribing")?;
         let old = std::mem::replace(&mut self.consumer, fresh);
         // Closing a consumer whose coordinator is unreachable can block: not on this thread.
-        std::thread::Builder::new().name("old-consumer".into()).spawn(move || drop(old)).context("closing the old consumer")?;
+        std::thread::Builder::new()
+            .name("old-consumer".into())
+            .spawn(move || drop(old))
+            .context("closing the old consumer")?;
         self.queue.clear();
         self.positions.clear();
         Ok(())
@@ -499,14 +609,23 @@ impl Worker {
         self.queue.clear();
         self.positions.clear();
         let give_up_at = Instant::now() + aifab_core::kafka::TXN_RETRY_BUDGET;
-        let tpl = match committed_positions_retrying(&self.consumer, TXN_TIMEOUT, Some(give_up_at), || false) {
+        let tpl = match committed_positions_retrying(
+            &self.consumer,
+            TXN_TIMEOUT,
+            Some(give_up_at),
+            || false,
+        ) {
             Ok(Some(tpl)) => tpl,
             Ok(None) => return Ok(()),
             // After a broker restart librdkafka's consumer can lose its group
             // coordinator for good, like the producer its transaction coordinator.
             Err(e) => return self.replace_consumer(e),
         };
-        let at: Vec<String> = tpl.elements().iter().map(|e| format!("{}:{:?}", e.partition(), e.offset())).collect();
+        let at: Vec<String> = tpl
+            .elements()
+            .iter()
+            .map(|e| format!("{}:{:?}", e.partition(), e.offset()))
+            .collect();
         tracing::info!(offsets = ?at, "rewinding to the committed offsets");
         if tpl.count() > 0 {
             self.consumer.seek_partitions(tpl, TXN_TIMEOUT)?;
@@ -522,12 +641,19 @@ fn group_consumer(settings: &WorkerSettings) -> anyhow::Result<BaseConsumer<Reba
 }
 
 fn take_revoked(consumer: &BaseConsumer<RebalanceTracker>) -> HashSet<(String, i32)> {
-    std::mem::take(&mut *consumer.context().revoked.lock().expect("rebalance lock")).into_iter().collect()
+    std::mem::take(&mut *consumer.context().revoked.lock().expect("rebalance lock"))
+        .into_iter()
+        .collect()
 }
 
 /// Forget the queued messages and positions of revoked partitions: their next owner
 /// (maybe this worker again) consumes them from the committed offset.
-fn drop_revoked(queue: &mut Vec<Queued>, positions: &mut Positions, topic: &str, revoked: &HashSet<(String, i32)>) {
+fn drop_revoked(
+    queue: &mut Vec<Queued>,
+    positions: &mut Positions,
+    topic: &str,
+    revoked: &HashSet<(String, i32)>,
+) {
     if revoked.is_empty() {
         return;
     }
@@ -536,7 +662,10 @@ fn drop_revoked(queue: &mut Vec<Queued>, positions: &mut Positions, topic: &str,
     for (_, p) in revoked.iter().filter(|(t, _)| t == topic) {
         positions.forget(*p);
     }
-    tracing::info!(dropped = before - queue.len(), "dropped queued messages of revoked partitions");
+    tracing::info!(
+        dropped = before - queue.len(),
+        "dropped queued messages of revoked partitions"
+    );
 }
 
 fn client_id(settings: &WorkerSettings) -> String {
@@ -548,12 +677,12 @@ fn client_id(settings: &WorkerSettings) -> String {
 /// the offsets (KIP-447).
 fn transactional_producer(settings: &WorkerSettings) -> anyhow::Result<Arc<BaseProducer>> {
     let id = client_id(settings);
-    let producer: BaseProducer = aifab_core::kafka::transactional_producer_config(&settings.brokers, &id, &id)
-        .create()
-        .context("creating the transactional producer")?;
+    let producer: BaseProducer =
+        aifab_core::kafka::transactional_producer_config(&settings.brokers, &id, &id)
+            .create()
+            .context("creating the transactional producer")?;
     Ok(Arc::new(producer))
 }
-
 
 /// Classify the `live` rows in length groups. A group the model rejects is retried row
 /// by row so one poison request cannot fail its neighbours.
@@ -562,12 +691,19 @@ fn classify_rows(
     rows: &[Queued],
     live: &[usize],
 ) -> (BTreeMap<usize, Classification>, BTreeMap<usize, String>) {
-    let ids: Vec<&[u32]> = live.iter().map(|i| rows[*i].request.as_ref().unwrap().input_ids.as_slice()).collect();
+    let ids: Vec<&[u32]> = live
+        .iter()
+        .map(|i| rows[*i].request.as_ref().unwrap().input_ids.as_slice())
+        .collect();
     let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
     let mut results = BTreeMap::new();
     let mut failures = BTreeMap::new();
     // Padding is waste only where the encoder pads; a ragged one takes the batch whole.
-    let max_padding = if model.encoder.implementation().is_ragged() { 1.0 } else { MAX_PADDING_FRACTION };
+    let max_padding = if model.encoder.implementation().is_ragged() {
+        1.0
+    } else {
+        MAX_PADDING_FRACTION
+    };
     for group in batcher::length_groups(&lengths, max_padding) {
         let batch: Vec<&[u32]> = group.iter().map(|&g| ids[g]).collect();
         match model.classify(&batch) {
@@ -597,7 +733,11 @@ fn to_queued<M: Message>(m: &M, task: &str) -> Queued {
     let payload = m.payload().unwrap_or_default();
     let headers: Vec<(String, Vec<u8>)> = m
         .headers()
-        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
         .unwrap_or_default();
     let now = Instant::now();
     let request = match decode::<InferenceRequest>(payload) {
@@ -607,13 +747,17 @@ fn to_queued<M: Message>(m: &M, task: &str) -> Queued {
             format!("task: this worker serves \"{task}\", found \"{}\"", r.task),
             payload.to_vec(),
         )),
-        Ok(r) if r.input_ids.is_empty() => {
-            Err(("missing_field".into(), "input_ids: expected at least one token, found none".into(), payload.to_vec()))
-        }
+        Ok(r) if r.input_ids.is_empty() => Err((
+            "missing_field".into(),
+            "input_ids: expected at least one token, found none".into(),
+            payload.to_vec(),
+        )),
         Ok(r) => Ok(r),
     };
-    let deadline =
-        request.as_ref().ok().and_then(|r| deadline_at(now, aifab_core::now_ms(), r.received_at_ms, r.deadline_ms?));
+    let deadline = request
+        .as_ref()
+        .ok()
+        .and_then(|r| deadline_at(now, aifab_core::now_ms(), r.received_at_ms, r.deadline_ms?));
     let tokens = request.as_ref().map(|r| r.input_ids.len()).unwrap_or(1);
     Queued {
         partition: m.partition(),
@@ -621,7 +765,11 @@ fn to_queued<M: Message>(m: &M, task: &str) -> Queued {
         key: m.key().map(|k| k.to_vec()),
         headers,
         request,
-        pending: Pending { tokens, enqueued_at: now, deadline },
+        pending: Pending {
+            tokens,
+            enqueued_at: now,
+            deadline,
+        },
     }
 }
 
@@ -632,10 +780,25 @@ fn dead_letter(
     kind: &str,
     reason: &str,
 ) -> (&'static str, Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>) {
-    metrics::counter!("aifab_inference_worker_dead_letters_total", "kind" => kind.to_string()).increment(1);
-    tracing::warn!(partition = source.partition, offset = source.offset, kind, reason, "dead-lettering request");
+    metrics::counter!("aifab_inference_worker_dead_letters_total", "kind" => kind.to_string())
+        .increment(1);
+    tracing::warn!(
+        partition = source.partition,
+        offset = source.offset,
+        kind,
+        reason,
+        "dead-lettering request"
+    );
     let tenant = row.request.as_ref().ok().map(|r| r.tenant.clone());
-    let dl = DeadLetter::new(original, row.key.as_deref(), Some(source), "inference-worker", kind, reason, tenant);
+    let dl = DeadLetter::new(
+        original,
+        row.key.as_deref(),
+        Some(source),
+        "inference-worker",
+        kind,
+        reason,
+        tenant,
+    );
     let key = row.key.clone().unwrap_or_default();
     (topics::DLQ.name, key, encode(&dl), row.headers.clone())
 }
@@ -646,7 +809,12 @@ fn dead_letter(
 /// arithmetic saturates: a receipt in the future counts as now, one in the far past (or a
 /// deadline of 0) has already expired, and a deadline too far ahead to represent is no
 /// deadline (`None`) rather than an `Instant` overflow (a panic).
-fn deadline_at(now: Instant, now_ms: i64, received_at_ms: i64, deadline_ms: u64) -> Option<Instant> {
+fn deadline_at(
+    now: Instant,
+    now_ms: i64,
+    received_at_ms: i64,
+    deadline_ms: u64,
+) -> Option<Instant> {
     let age_ms = u64::try_from(now_ms.saturating_sub(received_at_ms)).unwrap_or(0);
     match deadline_ms.checked_sub(age_ms) {
         Some(left) => now.checked_add(Duration::from_millis(left)),
@@ -661,9 +829,20 @@ mod deadline_tests {
     #[test]
     fn deadlines_count_from_receipt() {
         let now = Instant::now();
-        assert_eq!(deadline_at(now, 10_000, 9_000, 5_000), Some(now + Duration::from_millis(4_000)));
-        assert_eq!(deadline_at(now, 10_000, 2_000, 5_000), Some(now), "already past");
-        assert_eq!(deadline_at(now, 10_000, 12_000, 5_000), Some(now + Duration::from_millis(5_000)), "receipt in the future");
+        assert_eq!(
+            deadline_at(now, 10_000, 9_000, 5_000),
+            Some(now + Duration::from_millis(4_000))
+        );
+        assert_eq!(
+            deadline_at(now, 10_000, 2_000, 5_000),
+            Some(now),
+            "already past"
+        );
+        assert_eq!(
+            deadline_at(now, 10_000, 12_000, 5_000),
+            Some(now + Duration::from_millis(5_000)),
+            "receipt in the future"
+        );
     }
 
     /// Regression: a request with `deadline_ms` u64::MAX (or `received_at_ms` i64::MIN)
@@ -673,10 +852,14 @@ mod deadline_tests {
     fn extreme_fields_do_not_overflow() {
         let now = Instant::now();
         let now_ms = aifab_core::now_ms();
-        assert!(deadline_at(now, now_ms, now_ms, u64::MAX).is_none_or(|d| d > now + Duration::from_secs(86_400)));
+        assert!(deadline_at(now, now_ms, now_ms, u64::MAX)
+            .is_none_or(|d| d > now + Duration::from_secs(86_400)));
         assert!(deadline_at(now, now_ms, i64::MIN, u64::MAX).is_none_or(|d| d > now));
         assert_eq!(deadline_at(now, now_ms, i64::MIN, 1_000), Some(now));
-        assert_eq!(deadline_at(now, i64::MIN, i64::MAX, 1_000), Some(now + Duration::from_millis(1_000)));
+        assert_eq!(
+            deadline_at(now, i64::MIN, i64::MAX, 1_000),
+            Some(now + Duration::from_millis(1_000))
+        );
         assert_eq!(deadline_at(now, now_ms, i64::MAX, 0), Some(now));
     }
 }
@@ -694,14 +877,22 @@ mod positions_tests {
             key: None,
             headers: Vec::new(),
             request: Err(("k".into(), "r".into(), Vec::new())),
-            pending: Pending { tokens: 1, enqueued_at: Instant::now(), deadline: None },
+            pending: Pending {
+                tokens: 1,
+                enqueued_at: Instant::now(),
+                deadline: None,
+            },
         };
         let mut queue = vec![queued(0), queued(1), queued(0)];
         let mut p = Positions::default();
         assert!(p.admit(0, 7) && p.admit(1, 7));
-        let revoked: HashSet<(String, i32)> = [("in".to_string(), 0), ("other".to_string(), 1)].into();
+        let revoked: HashSet<(String, i32)> =
+            [("in".to_string(), 0), ("other".to_string(), 1)].into();
         drop_revoked(&mut queue, &mut p, "in", &revoked);
-        assert_eq!(queue.iter().map(|q| q.partition).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            queue.iter().map(|q| q.partition).collect::<Vec<_>>(),
+            vec![1]
+        );
         assert!(p.admit(0, 0), "partition 0 of the input topic forgotten");
         assert!(!p.admit(1, 0), "partition 1 of another topic is not ours");
     }
@@ -726,12 +917,32 @@ mod positions_tests {
             attributes: Default::default(),
         };
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "tenant", value: Some("acme") })
-            .insert(Header { key: "dedupe-key", value: Some("ab12") });
-        let m = OwnedMessage::new(Some(encode(&req)), Some(b"r-1".to_vec()), "in".into(), Timestamp::NotAvailable, 2, 40, Some(headers));
+            .insert(Header {
+                key: "tenant",
+                value: Some("acme"),
+            })
+            .insert(Header {
+                key: "dedupe-key",
+                value: Some("ab12"),
+            });
+        let m = OwnedMessage::new(
+            Some(encode(&req)),
+            Some(b"r-1".to_vec()),
+            "in".into(),
+            Timestamp::NotAvailable,
+            2,
+            40,
+            Some(headers),
+        );
         let q = to_queued(&m, "t");
         assert!(q.request.is_ok());
         assert_eq!((q.partition, q.offset), (2, 40));
-        assert_eq!(q.headers, vec![("tenant".to_string(), b"acme".to_vec()), ("dedupe-key".to_string(), b"ab12".to_vec())]);
+        assert_eq!(
+            q.headers,
+            vec![
+                ("tenant".to_string(), b"acme".to_vec()),
+                ("dedupe-key".to_string(), b"ab12".to_vec())
+            ]
+        );
     }
 }

@@ -68,11 +68,18 @@ pub struct BudgetBoard {
 
 impl BudgetBoard {
     pub fn new(keys: Keys) -> Self {
-        BudgetBoard { keys, local: Mutex::default() }
+        BudgetBoard {
+            keys,
+            local: Mutex::default(),
+        }
     }
 
     /// The tenant's exceeded state now, if any (local copy, refreshed from Redis).
-    pub async fn exceeded(&self, conn: &mut ConnectionManager, tenant: &str) -> redis::RedisResult<Option<Exceeded>> {
+    pub async fn exceeded(
+        &self,
+        conn: &mut ConnectionManager,
+        tenant: &str,
+    ) -> redis::RedisResult<Option<Exceeded>> {
         let now = aifab_core::now_ms();
         let fresh = self
             .local
@@ -84,9 +91,15 @@ impl BudgetBoard {
         let state = match fresh {
             Some(s) => s,
             None => {
-                let raw: Option<String> = redis::cmd("GET").arg(self.keys.budget(tenant)).query_async(conn).await?;
+                let raw: Option<String> = redis::cmd("GET")
+                    .arg(self.keys.budget(tenant))
+                    .query_async(conn)
+                    .await?;
                 let s = raw.and_then(|r| serde_json::from_str::<Exceeded>(&r).ok());
-                self.local.lock().expect("budget lock").insert(tenant.to_string(), (Instant::now(), s.clone()));
+                self.local
+                    .lock()
+                    .expect("budget lock")
+                    .insert(tenant.to_string(), (Instant::now(), s.clone()));
                 s
             }
         };
@@ -179,8 +192,15 @@ mod tests {
         // 2027-01-01T00:00:00Z
         assert_eq!(period_end_ms("2026-12"), Some(1_798_761_600_000));
         // 2026-11-30T00:00:00Z
-        assert_eq!(period_end_ms("2026-11-29"), Some(1_796_083_200_000 - 86_400_000));
-        assert_eq!(period_end_ms("2024-02-29"), Some(1_709_251_200_000), "leap day → 2024-03-01");
+        assert_eq!(
+            period_end_ms("2026-11-29"),
+            Some(1_796_083_200_000 - 86_400_000)
+        );
+        assert_eq!(
+            period_end_ms("2024-02-29"),
+            Some(1_709_251_200_000),
+            "leap day → 2024-03-01"
+        );
         assert_eq!(period_end_ms("2023-02-29"), None);
         assert_eq!(period_end_ms("2026-13"), None);
         assert_eq!(period_end_ms("2026-W48"), None);
@@ -205,8 +225,18 @@ mod tests {
         assert_eq!(s.until_ms, 1_796_083_200_000);
         assert_eq!(s.retry_after_s(s.until_ms - 1500), 2);
         assert_eq!(s.retry_after_s(s.until_ms + 5), 1);
-        assert!(s.describe("acme").contains("spent 12.50 of 10.00 USD"), "{}", s.describe("acme"));
-        let odd = Exceeded::from_event(&BudgetEvent { period: "q4".into(), ..e }, 1000);
+        assert!(
+            s.describe("acme").contains("spent 12.50 of 10.00 USD"),
+            "{}",
+            s.describe("acme")
+        );
+        let odd = Exceeded::from_event(
+            &BudgetEvent {
+                period: "q4".into(),
+                ..e
+            },
+            1000,
+        );
         assert_eq!(odd.until_ms, 1000 + UNKNOWN_PERIOD_MS);
     }
 }

@@ -106,7 +106,12 @@ async fn post_route(api: Arc<Api>, route: Route, request: Request) -> Response {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "a POST handler failed");
-            error(500, "internal", "the request failed inside ingest; retry with the same Idempotency-Key", &[])
+            error(
+                500,
+                "internal",
+                "the request failed inside ingest; retry with the same Idempotency-Key",
+                &[],
+            )
         }
     };
     count(route.name(), response.status(), started);
@@ -118,7 +123,10 @@ fn respond(status: u16, body: Value, headers: &[(&str, String)]) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = (status, axum::Json(body)).into_response();
     for (k, v) in headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             r.headers_mut().insert(k, v);
         }
     }
@@ -161,7 +169,11 @@ enum Auth {
     Refused(Rejection),
 }
 
-async fn authenticate(api: &Api, conn: &mut ConnectionManager, headers: &HeaderMap) -> redis::RedisResult<Auth> {
+async fn authenticate(
+    api: &Api,
+    conn: &mut ConnectionManager,
+    headers: &HeaderMap,
+) -> redis::RedisResult<Auth> {
     let Some(key) = api_key(headers) else {
         return Ok(Auth::Refused(Rejection::new(
             kind::MISSING_API_KEY,
@@ -176,14 +188,31 @@ async fn authenticate(api: &Api, conn: &mut ConnectionManager, headers: &HeaderM
 
 /// Write a refused HTTP request to the DLQ (best effort: the caller gets its 4xx anyway).
 async fn dead_letter(api: &Api, route: Route, body: &[u8], r: &Rejection) {
-    metrics::counter!("aifab_ingest_dead_letters_total", "source" => "http", "kind" => r.kind).increment(1);
-    let dl = DeadLetter::new(body, None, None, "ingest", r.kind, &r.reason, r.tenant.clone());
-    let mut record = Record::new(&api.settings.dlq_topic, uuid::Uuid::now_v7().to_string(), encode(&dl))
-        .header("route", format!("/v1/{}", route.name()));
+    metrics::counter!("aifab_ingest_dead_letters_total", "source" => "http", "kind" => r.kind)
+        .increment(1);
+    let dl = DeadLetter::new(
+        body,
+        None,
+        None,
+        "ingest",
+        r.kind,
+        &r.reason,
+        r.tenant.clone(),
+    );
+    let mut record = Record::new(
+        &api.settings.dlq_topic,
+        uuid::Uuid::now_v7().to_string(),
+        encode(&dl),
+    )
+    .header("route", format!("/v1/{}", route.name()));
     if let Some(t) = &r.tenant {
         record = record.header("tenant", t.clone());
     }
-    if let Err(e) = api.producer.send(vec![record], api.settings.produce_timeout).await {
+    if let Err(e) = api
+        .producer
+        .send(vec![record], api.settings.produce_timeout)
+        .await
+    {
         metrics::counter!("aifab_ingest_dead_letter_failures_total").increment(1);
         tracing::error!(error = %e, kind = r.kind, "could not write a dead letter for a refused HTTP request");
     }
@@ -222,8 +251,15 @@ async fn idempotency(
     let ttl_s = api.settings.produce_timeout.as_secs() + 60;
     // One command: a separate GET after a refused SET NX could find the key gone (its
     // request failed and released it) and read that as another body's key.
-    let held: Option<String> =
-        redis::cmd("SET").arg(&rkey).arg(&pending).arg("NX").arg("GET").arg("EX").arg(ttl_s).query_async(conn).await?;
+    let held: Option<String> = redis::cmd("SET")
+        .arg(&rkey)
+        .arg(&pending)
+        .arg("NX")
+        .arg("GET")
+        .arg("EX")
+        .arg(ttl_s)
+        .query_async(conn)
+        .await?;
     let Some(stored) = held else {
         return Ok(Idem::Claimed(rkey, pending));
     };
@@ -243,14 +279,25 @@ async fn idempotency(
             headers.push(("location", loc.to_string()));
         }
         metrics::counter!("aifab_ingest_idempotent_replays_total").increment(1);
-        return Ok(Idem::Replay(respond(status, stored["body"].clone(), &headers)));
+        return Ok(Idem::Replay(respond(
+            status,
+            stored["body"].clone(),
+            &headers,
+        )));
     }
     // Sending or undecided past the time its request had to settle it: that request is
     // gone (ingest stopped meanwhile), and what became of its records cannot be learnt.
-    let stale = stored["until_ms"].as_i64().is_some_and(|u| aifab_core::now_ms() >= u);
+    let stale = stored["until_ms"]
+        .as_i64()
+        .is_some_and(|u| aifab_core::now_ms() >= u);
     if stale && (stored["state"] == "undecided" || stored["state"] == "sending") {
-        let ids = if stored["ids"].is_array() { stored["ids"].clone() } else { json!([]) };
-        let (status, body, _) = outcome_unknown("the request with this Idempotency-Key stopped first", &ids);
+        let ids = if stored["ids"].is_array() {
+            stored["ids"].clone()
+        } else {
+            json!([])
+        };
+        let (status, body, _) =
+            outcome_unknown("the request with this Idempotency-Key stopped first", &ids);
         return Ok(Idem::Answer(respond(status, body, &[])));
     }
     Ok(Idem::Answer(error(
@@ -269,7 +316,12 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
         .and_then(|v| v.parse::<usize>().ok());
     let too_large = || {
         metrics::counter!("aifab_ingest_http_body_too_large_total").increment(1);
-        error(413, kind::BODY_TOO_LARGE, &format!("body: more than the maximum of {max} bytes"), &[])
+        error(
+            413,
+            kind::BODY_TOO_LARGE,
+            &format!("body: more than the maximum of {max} bytes"),
+            &[],
+        )
     };
     if declared.is_some_and(|n| n > max) {
         return too_large();
@@ -280,10 +332,19 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
         match chunk {
             Ok(c) if bytes.len() + c.len() > max => return too_large(),
             Ok(c) => bytes.extend_from_slice(&c),
-            Err(e) => return error(400, "bad_body", &format!("body: could not be read: {e}"), &[]),
+            Err(e) => {
+                return error(
+                    400,
+                    "bad_body",
+                    &format!("body: could not be read: {e}"),
+                    &[],
+                )
+            }
         }
     }
-    let Some(mut conn) = api.redis.try_get() else { return unavailable("redis is not connected") };
+    let Some(mut conn) = api.redis.try_get() else {
+        return unavailable("redis is not connected");
+    };
     let tenant = match authenticate(api, &mut conn, headers).await {
         Ok(Auth::Tenant(t)) => t,
         Ok(Auth::Refused(r)) => return refuse(api, route, &bytes, r).await,
@@ -294,8 +355,11 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
         Err(e) => return unavailable(&format!("redis: {e}")),
     };
     if !settings.enabled {
-        let r = Rejection::new(kind::TENANT_DISABLED, format!("tenant \"{tenant}\" is disabled"))
-            .with_tenant(Some(&tenant));
+        let r = Rejection::new(
+            kind::TENANT_DISABLED,
+            format!("tenant \"{tenant}\" is disabled"),
+        )
+        .with_tenant(Some(&tenant));
         return refuse(api, route, &bytes, r).await;
     }
 
@@ -320,10 +384,28 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
     }
     let mut undecided = None;
     // Never shorter than the ids' in-flight time: the key must outlive an undecided write.
-    let ttl_s = api.settings.idempotency_ttl_s.max((in_flight_ms(api) / 1000 + 61) as u64);
-    let mut idem =
-        idem_key.map(|(rkey, pending)| Idempotent { rkey, values: vec![pending], body_sha: sha256_hex(&bytes), ttl_s });
-    let response = accept(api, &mut conn, route, &tenant, &settings, headers, &bytes, idem.as_mut(), &mut undecided).await;
+    let ttl_s = api
+        .settings
+        .idempotency_ttl_s
+        .max((in_flight_ms(api) / 1000 + 61) as u64);
+    let mut idem = idem_key.map(|(rkey, pending)| Idempotent {
+        rkey,
+        values: vec![pending],
+        body_sha: sha256_hex(&bytes),
+        ttl_s,
+    });
+    let response = accept(
+        api,
+        &mut conn,
+        route,
+        &tenant,
+        &settings,
+        headers,
+        &bytes,
+        idem.as_mut(),
+        &mut undecided,
+    )
+    .await;
     match undecided {
         // The key stays pending (a retry gets 409 in_progress) until the outcome is known.
         Some(u) => {
@@ -370,9 +452,20 @@ impl Idempotent {
 
     /// Move the key on to `state` (with `until_ms`, and `ids` when given) from the value it
     /// holds now, for the key's whole TTL.
-    async fn advance(&mut self, conn: &mut ConnectionManager, state: &str, until_ms: i64, ids: Option<&Value>) -> redis::RedisResult<bool> {
-        let by = self.values.first().and_then(|v| serde_json::from_str::<Value>(v).ok()).map(|v| v["by"].clone());
-        let mut next = json!({"state": state, "body_sha256": self.body_sha, "until_ms": until_ms, "by": by});
+    async fn advance(
+        &mut self,
+        conn: &mut ConnectionManager,
+        state: &str,
+        until_ms: i64,
+        ids: Option<&Value>,
+    ) -> redis::RedisResult<bool> {
+        let by = self
+            .values
+            .first()
+            .and_then(|v| serde_json::from_str::<Value>(v).ok())
+            .map(|v| v["by"].clone());
+        let mut next =
+            json!({"state": state, "body_sha256": self.body_sha, "until_ms": until_ms, "by": by});
         if let Some(ids) = ids {
             next["ids"] = ids.clone();
         }
@@ -390,8 +483,13 @@ impl Idempotent {
         if let Some(loc) = response.2.iter().find(|(k, _)| *k == "location") {
             stored["location"] = json!(loc.1);
         }
-        let result: redis::RedisResult<()> =
-            redis::cmd("SET").arg(&self.rkey).arg(stored.to_string()).arg("EX").arg(self.ttl_s.max(1)).exec_async(conn).await;
+        let result: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(&self.rkey)
+            .arg(stored.to_string())
+            .arg("EX")
+            .arg(self.ttl_s.max(1))
+            .exec_async(conn)
+            .await;
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not store the idempotent response");
         }
@@ -434,7 +532,15 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, mut idem: Option
         // flight; if this task never gets that far (ingest stopped), the key then answers
         // outcome_unknown with the ids rather than let a retry write the records again.
         // If this fails the key stays `sending`, which answers the same without the ids.
-        if let Err(e) = idem.advance(&mut conn, "undecided", u.in_flight_until, Some(&u.success.1["ids"])).await {
+        if let Err(e) = idem
+            .advance(
+                &mut conn,
+                "undecided",
+                u.in_flight_until,
+                Some(&u.success.1["ids"]),
+            )
+            .await
+        {
             tracing::warn!(error = %e, "could not mark the Idempotency-Key undecided");
         }
     }
@@ -446,8 +552,10 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, mut idem: Option
     };
     match outcome {
         Outcome::Written => {
-            metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "written").increment(1);
-            metrics::counter!("aifab_ingest_records_total", "source" => "http", "route" => u.route).increment(u.records);
+            metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "written")
+                .increment(1);
+            metrics::counter!("aifab_ingest_records_total", "source" => "http", "route" => u.route)
+                .increment(u.records);
             mark_written(&mut conn, &u.claims, &claim_value, &u.holder).await;
             if let Some(idem) = idem {
                 idem.finish(&mut conn, &u.success).await;
@@ -458,18 +566,27 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, mut idem: Option
             tracing::info!(error = %e, "a timed-out request's records were not written; releasing its ids");
             store::release_retrying(&mut conn, &u.claims, &[&claim_value]).await;
             if let Some(idem) = idem {
-                idem.finish(&mut conn, &answer_error(503, "unavailable", &e, Vec::new())).await;
+                idem.finish(&mut conn, &answer_error(503, "unavailable", &e, Vec::new()))
+                    .await;
             }
         }
         Outcome::Unknown(e) => {
             // Never written twice: the ids stay used (a retry with them is refused) and
             // the Idempotency-Key keeps this answer (a retry with it gets it again rather
             // than new ids written a second time).
-            metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "unknown").increment(1);
+            metrics::counter!("aifab_ingest_http_undecided_writes_total", "outcome" => "unknown")
+                .increment(1);
             tracing::warn!(error = %e, ids = u.claims.len(), "a request's outcome is unknown; its ids stay claimed");
-            mark_written(&mut conn, &u.claims, &claim_value, &store::unknown(&u.holder)).await;
+            mark_written(
+                &mut conn,
+                &u.claims,
+                &claim_value,
+                &store::unknown(&u.holder),
+            )
+            .await;
             if let Some(idem) = idem {
-                idem.store(&mut conn, &outcome_unknown(&e, &u.success.1["ids"])).await;
+                idem.store(&mut conn, &outcome_unknown(&e, &u.success.1["ids"]))
+                    .await;
             }
         }
     }
@@ -505,7 +622,12 @@ fn outcome_unknown(why: &str, ids: &Value) -> Answer {
     answer
 }
 
-fn answer_error(status: u16, kind: &str, reason: &str, headers: Vec<(&'static str, String)>) -> Answer {
+fn answer_error(
+    status: u16,
+    kind: &str,
+    reason: &str,
+    headers: Vec<(&'static str, String)>,
+) -> Answer {
     let mut h = headers;
     if status == 401 {
         h.push(("www-authenticate", "Bearer realm=\"aifab\"".into()));
@@ -536,7 +658,10 @@ async fn accept(
         Err(r) => return refused(r).await,
     };
     let n = parsed.records.len();
-    if let Err(wait) = api.limiters.check(tenant, settings.rate_per_s, settings.burst, n as f64) {
+    if let Err(wait) = api
+        .limiters
+        .check(tenant, settings.rate_per_s, settings.burst, n as f64)
+    {
         metrics::counter!("aifab_ingest_rate_limited_total").increment(1);
         return answer_error(
             429,
@@ -552,18 +677,32 @@ async fn accept(
     match api.budget.exceeded(conn, tenant).await {
         Ok(Some(ex)) => match settings.budget_mode {
             BudgetMode::Reject => {
-                metrics::counter!("aifab_ingest_budget_rejected_total", "source" => "http").increment(1);
+                metrics::counter!("aifab_ingest_budget_rejected_total", "source" => "http")
+                    .increment(1);
                 return answer_error(
                     429,
                     kind::BUDGET_EXCEEDED,
-                    &format!("{}; requests are rejected until the period ends", ex.describe(tenant)),
-                    vec![("retry-after", ex.retry_after_s(aifab_core::now_ms()).to_string())],
+                    &format!(
+                        "{}; requests are rejected until the period ends",
+                        ex.describe(tenant)
+                    ),
+                    vec![(
+                        "retry-after",
+                        ex.retry_after_s(aifab_core::now_ms()).to_string(),
+                    )],
                 );
             }
             BudgetMode::Deprioritise => priority = Some(api.settings.deprioritised_priority),
         },
         Ok(None) => {}
-        Err(e) => return answer_error(503, "unavailable", &format!("redis: {e}"), vec![("retry-after", "1".into())]),
+        Err(e) => {
+            return answer_error(
+                503,
+                "unavailable",
+                &format!("redis: {e}"),
+                vec![("retry-after", "1".into())],
+            )
+        }
     }
 
     let mut records: Vec<IngestRecord> = parsed.records;
@@ -584,25 +723,50 @@ async fn accept(
     let claims: Vec<(String, String)> = records
         .iter()
         .map(|r| {
-            let key = api.keys.request_id(tenant, r.id.as_deref().unwrap_or_default());
+            let key = api
+                .keys
+                .request_id(tenant, r.id.as_deref().unwrap_or_default());
             (key, claim_value.clone())
         })
         .collect();
     // Never shorter than the in-flight time, or a claim could expire while in flight.
-    let ttl_s = api.settings.id_ttl_s.max(((in_flight_until - now) / 1000 + 1) as u64);
+    let ttl_s = api
+        .settings
+        .id_ttl_s
+        .max(((in_flight_until - now) / 1000 + 1) as u64);
     let claimed = match store::claim(conn, &claims, ttl_s).await {
         Ok(c) => c,
-        Err(e) => return answer_error(503, "unavailable", &format!("redis: {e}"), vec![("retry-after", "1".into())]),
+        Err(e) => {
+            return answer_error(
+                503,
+                "unavailable",
+                &format!("redis: {e}"),
+                vec![("retry-after", "1".into())],
+            )
+        }
     };
-    let mine: Vec<String> =
-        claims.iter().zip(&claimed).filter(|(_, c)| c.is_none()).map(|((k, _), _)| k.clone()).collect();
+    let mine: Vec<String> = claims
+        .iter()
+        .zip(&claimed)
+        .filter(|(_, c)| c.is_none())
+        .map(|((k, _), _)| k.clone())
+        .collect();
     if mine.len() < claims.len() {
         store::release_retrying(conn, &mine, &[&claim_value]).await;
         let now = aifab_core::now_ms();
-        let field = |i: usize| if parsed.batch { format!("{}[{i}].id", route.batch_field()) } else { "id".to_string() };
+        let field = |i: usize| {
+            if parsed.batch {
+                format!("{}[{i}].id", route.batch_field())
+            } else {
+                "id".to_string()
+            }
+        };
         let id = |i: usize| records[i].id.as_deref().unwrap_or_default().to_string();
         let held = |c: &Option<String>| c.as_deref().map(|h| store::held(h, now));
-        if let Some(i) = claimed.iter().position(|c| held(c) == Some(store::Held::Used)) {
+        if let Some(i) = claimed
+            .iter()
+            .position(|c| held(c) == Some(store::Held::Used))
+        {
             let r = Rejection::new(
                 kind::DUPLICATE_ID,
                 format!("field \"{}\": \"{}\" was already used by an earlier request of tenant \"{tenant}\"", field(i), id(i)),
@@ -610,8 +774,15 @@ async fn accept(
             .with_tenant(Some(tenant));
             return refused(r).await;
         }
-        if let Some(i) = claimed.iter().position(|c| held(c) == Some(store::Held::Unknown)) {
-            let why = format!("field \"{}\": \"{}\" belongs to an earlier request of tenant \"{tenant}\"", field(i), id(i));
+        if let Some(i) = claimed
+            .iter()
+            .position(|c| held(c) == Some(store::Held::Unknown))
+        {
+            let why = format!(
+                "field \"{}\": \"{}\" belongs to an earlier request of tenant \"{tenant}\"",
+                field(i),
+                id(i)
+            );
             return outcome_unknown(&why, &json!([id(i)]));
         }
         let i = claimed.iter().position(Option::is_some).unwrap_or_default();
@@ -628,12 +799,16 @@ async fn accept(
         );
     }
 
-    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let out: Vec<Record> = records
         .iter()
         .map(|r| {
             let id = r.id.clone().unwrap_or_default();
-            let mut rec = Record::new(&api.settings.features_topic, id, encode(r)).header("tenant", tenant);
+            let mut rec =
+                Record::new(&api.settings.features_topic, id, encode(r)).header("tenant", tenant);
             if let Some(p) = priority {
                 rec = rec.header("priority", p.to_string());
             }
@@ -648,16 +823,26 @@ async fn accept(
         // must then answer outcome_unknown, not expire and let a retry write them again.
         let why = match idem.advance(conn, "sending", in_flight_until, None).await {
             Ok(true) => None,
-            Ok(false) => Some("the Idempotency-Key's claim expired before the records were sent".to_string()),
+            Ok(false) => {
+                Some("the Idempotency-Key's claim expired before the records were sent".to_string())
+            }
             Err(e) => Some(format!("redis: {e}")),
         };
         if let Some(why) = why {
             store::release_retrying(conn, &mine, &[&claim_value]).await;
-            return answer_error(503, "unavailable", &format!("{why}; retry with the same Idempotency-Key"), vec![("retry-after", "1".into())]);
+            return answer_error(
+                503,
+                "unavailable",
+                &format!("{why}; retry with the same Idempotency-Key"),
+                vec![("retry-after", "1".into())],
+            );
         }
     }
     let sent = api.producer.send(out, api.settings.produce_timeout).await;
-    let ids: Vec<String> = records.iter().map(|r| r.id.clone().unwrap_or_default()).collect();
+    let ids: Vec<String> = records
+        .iter()
+        .map(|r| r.id.clone().unwrap_or_default())
+        .collect();
     let mut body = json!({"ids": ids, "accepted": n});
     let mut headers = Vec::new();
     if !parsed.batch {
@@ -677,12 +862,24 @@ async fn accept(
         Err(SendError::NotWritten(e)) => {
             store::release_retrying(conn, &mine, &[&claim_value]).await;
             tracing::warn!(error = %e, tenant, "could not write accepted records");
-            answer_error(503, "unavailable", &format!("kafka: {e}"), vec![("retry-after", "1".into())])
+            answer_error(
+                503,
+                "unavailable",
+                &format!("kafka: {e}"),
+                vec![("retry-after", "1".into())],
+            )
         }
         Err(SendError::Undecided { reason, outcome }) => {
             tracing::warn!(error = %reason, tenant, "accepted records not acknowledged in time; settling their ids later");
-            *undecided =
-                Some(UndecidedWrite { outcome, claims: mine, holder, in_flight_until, success, route: route.name(), records: n as u64 });
+            *undecided = Some(UndecidedWrite {
+                outcome,
+                claims: mine,
+                holder,
+                in_flight_until,
+                success,
+                route: route.name(),
+                records: n as u64,
+            });
             answer_error(
                 503,
                 "unavailable",
@@ -698,7 +895,11 @@ async fn accept(
     }
 }
 
-async fn prediction(State(api): State<Arc<Api>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn prediction(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let started = Instant::now();
     let r = get_prediction(&api, &id, &headers).await;
     count("predictions", r.status(), started);
@@ -706,7 +907,9 @@ async fn prediction(State(api): State<Arc<Api>>, Path(id): Path<String>, headers
 }
 
 async fn get_prediction(api: &Api, id: &str, headers: &HeaderMap) -> Response {
-    let Some(mut conn) = api.redis.try_get() else { return unavailable("redis is not connected") };
+    let Some(mut conn) = api.redis.try_get() else {
+        return unavailable("redis is not connected");
+    };
     let tenant = match authenticate(api, &mut conn, headers).await {
         Ok(Auth::Tenant(t)) => t,
         Ok(Auth::Refused(r)) => return error(401, r.kind, &r.reason, &[]),
@@ -714,26 +917,36 @@ async fn get_prediction(api: &Api, id: &str, headers: &HeaderMap) -> Response {
     };
     // Keys are per tenant, so another tenant's id is simply not found: same 404 as an id
     // nobody used, which leaks nothing.
-    let stored: redis::RedisResult<Option<String>> =
-        redis::cmd("GET").arg(api.keys.prediction(&tenant, id)).query_async(&mut conn).await;
+    let stored: redis::RedisResult<Option<String>> = redis::cmd("GET")
+        .arg(api.keys.prediction(&tenant, id))
+        .query_async(&mut conn)
+        .await;
     match stored {
         Ok(Some(json)) => {
             let mut r = (StatusCode::OK, json).into_response();
-            r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
             return r;
         }
         Ok(None) => {}
         Err(e) => return unavailable(&format!("redis: {e}")),
     }
-    let pending: redis::RedisResult<bool> =
-        redis::cmd("EXISTS").arg(api.keys.request_id(&tenant, id)).query_async(&mut conn).await;
+    let pending: redis::RedisResult<bool> = redis::cmd("EXISTS")
+        .arg(api.keys.request_id(&tenant, id))
+        .query_async(&mut conn)
+        .await;
     match pending {
         Ok(true) => respond(
             202,
             json!({"id": id, "status": "pending", "reason": "accepted; no prediction yet"}),
             &[("retry-after", "1".into())],
         ),
-        Ok(false) => error(404, "not_found", &format!("no request with id \"{id}\" for this API key's tenant"), &[]),
+        Ok(false) => error(
+            404,
+            "not_found",
+            &format!("no request with id \"{id}\" for this API key's tenant"),
+            &[],
+        ),
         Err(e) => unavailable(&format!("redis: {e}")),
     }
 }

@@ -35,7 +35,11 @@ use crate::tenants::{BudgetMode, Registry, StaticTenants, TenantSettings};
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "ingest",
     default_port: 8080,
-    needs: Needs { kafka: true, nats: true, redis: true },
+    needs: Needs {
+        kafka: true,
+        nats: true,
+        redis: true,
+    },
 };
 
 /// Command-line and environment configuration.
@@ -82,7 +86,11 @@ pub struct Config {
     pub group: String,
 
     /// Consumer group of the predictions store.
-    #[arg(long, env = "AIFAB_INGEST_PREDICTIONS_GROUP", default_value = "aifab-ingest-predictions")]
+    #[arg(
+        long,
+        env = "AIFAB_INGEST_PREDICTIONS_GROUP",
+        default_value = "aifab-ingest-predictions"
+    )]
     pub predictions_group: String,
 
     /// This replica's name, part of its Kafka transactional ids. Keep it stable across
@@ -127,7 +135,12 @@ pub struct Config {
     pub default_burst: f64,
 
     /// What happens to a tenant over budget unless its settings say otherwise.
-    #[arg(long, env = "AIFAB_DEFAULT_BUDGET_MODE", value_enum, default_value = "reject")]
+    #[arg(
+        long,
+        env = "AIFAB_DEFAULT_BUDGET_MODE",
+        value_enum,
+        default_value = "reject"
+    )]
     pub default_budget_mode: BudgetMode,
 
     /// `priority` of a deprioritised tenant's inference requests (0 = normal; higher is served later).
@@ -196,7 +209,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Bind first: the instance id defaults to the port.
     let listener_probe = config.serve.http_addr_or(SPEC.default_port);
-    let instance = config.instance_id.clone().unwrap_or_else(|| default_instance_id(Some(listener_probe)));
+    let instance = config
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| default_instance_id(Some(listener_probe)));
     let (producer, producer_thread) = AtomicProducer::start(
         SPEC.name,
         &config.brokers.kafka_brokers,
@@ -227,8 +243,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     svc.serve(http::router(api)).await?;
 
     // Every POST would answer 503 once the producer thread ended: better restarted.
-    svc.supervise("http-producer", async move { producer_thread.await.context("HTTP producer thread")?.context("HTTP producer") });
-    let events = budget::follow_events(svc.nats()?, budget.clone(), redis.clone(), svc.shutdown.clone());
+    svc.supervise("http-producer", async move {
+        producer_thread
+            .await
+            .context("HTTP producer thread")?
+            .context("HTTP producer")
+    });
+    let events = budget::follow_events(
+        svc.nats()?,
+        budget.clone(),
+        redis.clone(),
+        svc.shutdown.clone(),
+    );
     svc.supervise("budget-events", events);
 
     let runtime = tokio::runtime::Handle::current();
@@ -256,10 +282,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         heartbeat: svc.heartbeat("raw-loop", LOOP_STALE_AFTER),
     };
     let (rt, token) = (runtime.clone(), svc.shutdown.clone());
-    let raw_loop = pipeline::spawn_loop("raw-loop", move || pipeline::run_transactional(raw_settings, raw_stage, rt, token))?;
-    svc.supervise("raw-loop", async move { raw_loop.await.context("raw loop thread")? });
+    let raw_loop = pipeline::spawn_loop("raw-loop", move || {
+        pipeline::run_transactional(raw_settings, raw_stage, rt, token)
+    })?;
+    svc.supervise("raw-loop", async move {
+        raw_loop.await.context("raw loop thread")?
+    });
 
-    let store = predictions::PredictionStore { redis, keys, ttl_s: config.prediction_ttl_s };
+    let store = predictions::PredictionStore {
+        redis,
+        keys,
+        ttl_s: config.prediction_ttl_s,
+    };
     let pred_settings = LoopSettings {
         service: SPEC.name,
         brokers: config.brokers.kafka_brokers.clone(),
@@ -271,9 +305,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         heartbeat: svc.heartbeat("predictions-loop", LOOP_STALE_AFTER),
     };
     let (rt, token) = (runtime, svc.shutdown.clone());
-    let pred_loop =
-        pipeline::spawn_loop("predictions-loop", move || pipeline::run_at_least_once(pred_settings, store, rt, token))?;
-    svc.supervise("predictions-loop", async move { pred_loop.await.context("predictions loop thread")? });
+    let pred_loop = pipeline::spawn_loop("predictions-loop", move || {
+        pipeline::run_at_least_once(pred_settings, store, rt, token)
+    })?;
+    svc.supervise("predictions-loop", async move {
+        pred_loop.await.context("predictions loop thread")?
+    });
 
     // Until SIGTERM, or until a loop fails (then exit non-zero to be restarted). The loops
     // and the HTTP server drain first (within the grace period); then the requests whose
@@ -286,8 +323,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // longer (see `http::SETTLE_WAIT`): its ids are then held as in flight until their
     // in-flight time passes, and count as used after it.
     http_tasks.close();
-    if tokio::time::timeout(grace, http_tasks.wait()).await.is_err() {
-        tracing::warn!(left = http_tasks.len(), "HTTP requests still settling after the grace period; their ids stay claimed");
+    if tokio::time::timeout(grace, http_tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = http_tasks.len(),
+            "HTTP requests still settling after the grace period; their ids stay claimed"
+        );
     }
     svc.finish().await
 }

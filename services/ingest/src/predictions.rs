@@ -40,7 +40,12 @@ impl Handler for PredictionStore {
             match decode::<Prediction>(&m.payload) {
                 Ok(p) => {
                     if let Some(ttl) = keep_for_s(&p, self.ttl_s, now) {
-                        pipe.cmd("SET").arg(self.keys.prediction(&p.tenant, &p.id)).arg(&m.payload).arg("EX").arg(ttl).ignore();
+                        pipe.cmd("SET")
+                            .arg(self.keys.prediction(&p.tenant, &p.id))
+                            .arg(&m.payload)
+                            .arg("EX")
+                            .arg(ttl)
+                            .ignore();
                         n += 1;
                     }
                 }
@@ -51,7 +56,9 @@ impl Handler for PredictionStore {
             }
         }
         if n > 0 {
-            pipe.exec_async(&mut conn).await.context("storing predictions")?;
+            pipe.exec_async(&mut conn)
+                .await
+                .context("storing predictions")?;
         }
         metrics::counter!("aifab_ingest_predictions_stored_total").increment(n);
         Ok(())
@@ -86,9 +93,22 @@ mod tests {
 
     #[test]
     fn ttl_counts_from_production_and_shadows_are_skipped() {
-        assert_eq!(keep_for_s(&p(Arm::Production, 1_000_000), 3600, 1_000_000), Some(3600));
-        assert_eq!(keep_for_s(&p(Arm::Canary, 1_000_000), 3600, 1_000_000 + 600_000), Some(3000));
-        assert_eq!(keep_for_s(&p(Arm::Production, 0), 3600, 3_600_000), None, "stale");
-        assert_eq!(keep_for_s(&p(Arm::Shadow, 1_000_000), 3600, 1_000_000), None);
+        assert_eq!(
+            keep_for_s(&p(Arm::Production, 1_000_000), 3600, 1_000_000),
+            Some(3600)
+        );
+        assert_eq!(
+            keep_for_s(&p(Arm::Canary, 1_000_000), 3600, 1_000_000 + 600_000),
+            Some(3000)
+        );
+        assert_eq!(
+            keep_for_s(&p(Arm::Production, 0), 3600, 3_600_000),
+            None,
+            "stale"
+        );
+        assert_eq!(
+            keep_for_s(&p(Arm::Shadow, 1_000_000), 3600, 1_000_000),
+            None
+        );
     }
 }

@@ -23,7 +23,12 @@ impl TokenBucket {
     /// A full bucket.
     pub fn new(rate_per_s: f64, burst: f64, now_s: f64) -> Self {
         let burst = burst.max(1.0);
-        TokenBucket { rate_per_s, burst, tokens: burst, last_s: now_s }
+        TokenBucket {
+            rate_per_s,
+            burst,
+            tokens: burst,
+            last_s: now_s,
+        }
     }
 
     /// Change the limits (settings changed at run time), keeping the tokens it has.
@@ -75,13 +80,22 @@ pub struct Limiters {
 
 impl Default for Limiters {
     fn default() -> Self {
-        Limiters { epoch: Instant::now(), buckets: Mutex::default() }
+        Limiters {
+            epoch: Instant::now(),
+            buckets: Mutex::default(),
+        }
     }
 }
 
 impl Limiters {
     /// Take `cost` tokens from `tenant`'s bucket (created full with these limits).
-    pub fn check(&self, tenant: &str, rate_per_s: f64, burst: f64, cost: f64) -> Result<(), Duration> {
+    pub fn check(
+        &self,
+        tenant: &str,
+        rate_per_s: f64,
+        burst: f64,
+        cost: f64,
+    ) -> Result<(), Duration> {
         let now = self.epoch.elapsed().as_secs_f64();
         let mut buckets = self.buckets.lock().expect("limiter lock");
         let bucket = buckets
@@ -142,7 +156,13 @@ mod tests {
         assert!(l.check("a", 1.0, 2.0, 1.0).is_ok());
         assert!(l.check("a", 1.0, 2.0, 1.0).is_ok());
         assert!(l.check("a", 1.0, 2.0, 1.0).is_err());
-        assert!(l.check("b", 1.0, 2.0, 1.0).is_ok(), "tenants do not share a bucket");
-        assert!(l.check("a", 0.0, 2.0, 1.0).is_ok(), "raised to unlimited at run time");
+        assert!(
+            l.check("b", 1.0, 2.0, 1.0).is_ok(),
+            "tenants do not share a bucket"
+        );
+        assert!(
+            l.check("a", 0.0, 2.0, 1.0).is_ok(),
+            "raised to unlimited at run time"
+        );
     }
 }

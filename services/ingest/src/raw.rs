@@ -54,7 +54,10 @@ pub struct RawCounts {
 
 /// The verdict on one record before ids are claimed.
 enum Verdict {
-    Accept { rec: IngestRecord, priority: Option<u8> },
+    Accept {
+        rec: IngestRecord,
+        priority: Option<u8>,
+    },
     Refuse(Rejection),
 }
 
@@ -72,14 +75,20 @@ pub fn tenant_verdict(
         ));
     };
     if !s.enabled {
-        return Err(Rejection::new(kind::TENANT_DISABLED, format!("field \"tenant\": tenant \"{tenant}\" is disabled"))
-            .with_tenant(Some(tenant)));
+        return Err(Rejection::new(
+            kind::TENANT_DISABLED,
+            format!("field \"tenant\": tenant \"{tenant}\" is disabled"),
+        )
+        .with_tenant(Some(tenant)));
     }
     match (exceeded, s.budget_mode) {
         (None, _) => Ok(None),
         (Some(ex), BudgetMode::Reject) => Err(Rejection::new(
             kind::BUDGET_EXCEEDED,
-            format!("{}; its records are rejected until the period ends", ex.describe(tenant)),
+            format!(
+                "{}; its records are rejected until the period ends",
+                ex.describe(tenant)
+            ),
         )
         .with_tenant(Some(tenant))),
         (Some(_), BudgetMode::Deprioritise) => Ok(Some(deprioritised_priority)),
@@ -91,17 +100,33 @@ impl Transform for RawStage {
 
     async fn transform(&mut self, batch: &[Consumed]) -> anyhow::Result<(Vec<Record>, RawCounts)> {
         let mut conn = self.redis.try_get().context("redis is not connected")?;
-        let parsed: Vec<Result<IngestRecord, Rejection>> =
-            batch.iter().map(|m| validate::raw_record(&m.payload, &self.rules)).collect();
+        let parsed: Vec<Result<IngestRecord, Rejection>> = batch
+            .iter()
+            .map(|m| validate::raw_record(&m.payload, &self.rules))
+            .collect();
 
         // Tenant settings and budget state, once per tenant in the batch.
-        let tenants: BTreeSet<&str> = parsed.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.tenant.as_str()).collect();
+        let tenants: BTreeSet<&str> = parsed
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|r| r.tenant.as_str())
+            .collect();
         let mut settings: HashMap<&str, Option<TenantSettings>> = HashMap::new();
         let mut exceeded: HashMap<&str, Option<Exceeded>> = HashMap::new();
         for t in tenants {
-            let s = self.registry.tenant(&mut conn, t).await.context("looking up a tenant")?;
+            let s = self
+                .registry
+                .tenant(&mut conn, t)
+                .await
+                .context("looking up a tenant")?;
             if s.is_some() {
-                exceeded.insert(t, self.budget.exceeded(&mut conn, t).await.context("reading budget state")?);
+                exceeded.insert(
+                    t,
+                    self.budget
+                        .exceeded(&mut conn, t)
+                        .await
+                        .context("reading budget state")?,
+                );
             }
             settings.insert(t, s);
         }
@@ -144,8 +169,13 @@ impl Transform for RawStage {
                 }
             }
         }
-        let claims: Vec<(String, String)> = claim_of.iter().map(|(_, k, v)| (k.clone(), v.clone())).collect();
-        let holders = store::claim(&mut conn, &claims, self.settings.id_ttl_s).await.context("claiming request ids")?;
+        let claims: Vec<(String, String)> = claim_of
+            .iter()
+            .map(|(_, k, v)| (k.clone(), v.clone()))
+            .collect();
+        let holders = store::claim(&mut conn, &claims, self.settings.id_ttl_s)
+            .await
+            .context("claiming request ids")?;
         let now = aifab_core::now_ms();
         for ((i, _, mine), holder) in claim_of.iter().zip(holders) {
             if let Some(h) = holder {
@@ -153,7 +183,8 @@ impl Transform for RawStage {
                 // says whether this record is a duplicate. The batch is tried again (its own
                 // claims stay and pass); a write is decided within its in-flight time.
                 if &h != mine && store::held(&h, now) == store::Held::InFlight {
-                    metrics::counter!("aifab_ingest_raw_waits_total", "reason" => "id_in_flight").increment(1);
+                    metrics::counter!("aifab_ingest_raw_waits_total", "reason" => "id_in_flight")
+                        .increment(1);
                     let m = &batch[*i];
                     anyhow::bail!(
                         "the id of the record at {}:{}:{} is being written by an HTTP request; the batch waits for its outcome",
@@ -165,7 +196,9 @@ impl Transform for RawStage {
                 if &h != mine {
                     if let Verdict::Accept { rec, .. } = &verdicts[*i] {
                         let by = match store::held(&h, now) {
-                            store::Held::Unknown => "an earlier request, whose write may or may not have committed,",
+                            store::Held::Unknown => {
+                                "an earlier request, whose write may or may not have committed,"
+                            }
                             _ => "an earlier record",
                         };
                         let rej = Rejection::new(
@@ -189,8 +222,12 @@ impl Transform for RawStage {
             match v {
                 Verdict::Accept { mut rec, priority } => {
                     counts.accepted += 1;
-                    let id = rec.id.get_or_insert_with(|| uuid::Uuid::now_v7().to_string()).clone();
-                    let mut r = Record::new(&self.settings.features_topic, id, encode(&rec)).header("tenant", rec.tenant.clone());
+                    let id = rec
+                        .id
+                        .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
+                        .clone();
+                    let mut r = Record::new(&self.settings.features_topic, id, encode(&rec))
+                        .header("tenant", rec.tenant.clone());
                     if let Some(p) = priority {
                         r = r.header("priority", p.to_string());
                     }
@@ -203,7 +240,14 @@ impl Transform for RawStage {
                     *counts.dead_letters.entry(rej.kind).or_default() += 1;
                     tracing::debug!(partition = m.partition, offset = m.offset, kind = rej.kind, reason = %rej.reason,
                         "dead-lettering a raw record");
-                    out.push(dead_letter(&self.settings.dlq_topic, "ingest", m, rej.kind, &rej.reason, rej.tenant));
+                    out.push(dead_letter(
+                        &self.settings.dlq_topic,
+                        "ingest",
+                        m,
+                        rej.kind,
+                        &rej.reason,
+                        rej.tenant,
+                    ));
                 }
             }
         }
@@ -211,13 +255,18 @@ impl Transform for RawStage {
     }
 
     async fn committed(&mut self, counts: RawCounts) {
-        metrics::counter!("aifab_ingest_records_total", "source" => "kafka", "route" => "raw").increment(counts.accepted);
+        metrics::counter!("aifab_ingest_records_total", "source" => "kafka", "route" => "raw")
+            .increment(counts.accepted);
         for (&kind, &n) in &counts.dead_letters {
             metrics::counter!("aifab_ingest_dead_letters_total", "source" => "kafka", "kind" => kind).increment(n);
         }
         let refused: u64 = counts.dead_letters.values().sum();
         if refused > 0 {
-            tracing::info!(refused, accepted = counts.accepted, "dead-lettered raw records");
+            tracing::info!(
+                refused,
+                accepted = counts.accepted,
+                "dead-lettered raw records"
+            );
         }
     }
 }
@@ -227,19 +276,45 @@ mod tests {
     use super::*;
 
     fn s(mode: BudgetMode, enabled: bool) -> TenantSettings {
-        TenantSettings { rate_per_s: 1.0, burst: 1.0, budget_mode: mode, enabled }
+        TenantSettings {
+            rate_per_s: 1.0,
+            burst: 1.0,
+            budget_mode: mode,
+            enabled,
+        }
     }
 
     #[test]
     fn tenant_checks() {
         let e = tenant_verdict("ghost", None, None, 9).unwrap_err();
         assert_eq!(e.kind, kind::UNKNOWN_TENANT);
-        assert!(e.reason.contains("\"ghost\" is not a known tenant"), "{}", e.reason);
-        assert_eq!(tenant_verdict("a", Some(&s(BudgetMode::Reject, false)), None, 9).unwrap_err().kind, kind::TENANT_DISABLED);
-        assert_eq!(tenant_verdict("a", Some(&s(BudgetMode::Reject, true)), None, 9), Ok(None));
-        let ex = Exceeded { period: "2026-11".into(), until_ms: 1, budget: 1.0, spent: 2.0, currency: "USD".into() };
+        assert!(
+            e.reason.contains("\"ghost\" is not a known tenant"),
+            "{}",
+            e.reason
+        );
+        assert_eq!(
+            tenant_verdict("a", Some(&s(BudgetMode::Reject, false)), None, 9)
+                .unwrap_err()
+                .kind,
+            kind::TENANT_DISABLED
+        );
+        assert_eq!(
+            tenant_verdict("a", Some(&s(BudgetMode::Reject, true)), None, 9),
+            Ok(None)
+        );
+        let ex = Exceeded {
+            period: "2026-11".into(),
+            until_ms: 1,
+            budget: 1.0,
+            spent: 2.0,
+            currency: "USD".into(),
+        };
         let e = tenant_verdict("a", Some(&s(BudgetMode::Reject, true)), Some(&ex), 9).unwrap_err();
         assert_eq!((e.kind, e.status), (kind::BUDGET_EXCEEDED, 429));
-        assert_eq!(tenant_verdict("a", Some(&s(BudgetMode::Deprioritise, true)), Some(&ex), 9), Ok(Some(9)));
+        assert_eq!(
+            tenant_verdict("a", Some(&s(BudgetMode::Deprioritise, true)), Some(&ex), 9),
+            Ok(Some(9))
+        );
     }
 }

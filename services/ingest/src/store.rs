@@ -21,7 +21,9 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
-        Keys { prefix: prefix.trim_end_matches(':').to_string() }
+        Keys {
+            prefix: prefix.trim_end_matches(':').to_string(),
+        }
     }
     pub fn api_key(&self, key_sha256: &str) -> String {
         format!("{}:ingest:apikey:{key_sha256}", self.prefix)
@@ -33,7 +35,11 @@ impl Keys {
         format!("{}:ingest:id:{tenant}:{id}", self.prefix)
     }
     pub fn idempotency(&self, tenant: &str, route: &str, key: &str) -> String {
-        format!("{}:ingest:idem:{tenant}:{route}:{}", self.prefix, sha256_hex(key.as_bytes()))
+        format!(
+            "{}:ingest:idem:{tenant}:{route}:{}",
+            self.prefix,
+            sha256_hex(key.as_bytes())
+        )
     }
     pub fn prediction(&self, tenant: &str, id: &str) -> String {
         format!("{}:ingest:prediction:{tenant}:{id}", self.prefix)
@@ -66,7 +72,13 @@ pub async fn claim(
     }
     let mut pipe = redis::pipe();
     for (key, value) in claims {
-        pipe.cmd("SET").arg(key).arg(value).arg("NX").arg("GET").arg("EX").arg(ttl_s.max(1));
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("GET")
+            .arg("EX")
+            .arg(ttl_s.max(1));
     }
     pipe.query_async(conn).await
 }
@@ -150,7 +162,13 @@ static REPLACE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(||
 });
 
 /// Set `key` to `to` with a new TTL if it still holds `from`; whether it did.
-pub async fn replace(conn: &mut ConnectionManager, key: &str, from: &str, to: &str, ttl_s: u64) -> redis::RedisResult<bool> {
+pub async fn replace(
+    conn: &mut ConnectionManager,
+    key: &str,
+    from: &str,
+    to: &str,
+    ttl_s: u64,
+) -> redis::RedisResult<bool> {
     let mut call = REPLACE.prepare_invoke();
     call.key(key).arg(from).arg(to).arg(ttl_s.max(1));
     let n: i64 = call.invoke_async(conn).await?;
@@ -159,7 +177,12 @@ pub async fn replace(conn: &mut ConnectionManager, key: &str, from: &str, to: &s
 
 /// Set the claims that still hold `from` (this request's claim value) to `to`, keeping
 /// their TTL, in one round trip. Returns how many it changed.
-pub async fn mark(conn: &mut ConnectionManager, keys: &[String], from: &str, to: &str) -> redis::RedisResult<usize> {
+pub async fn mark(
+    conn: &mut ConnectionManager,
+    keys: &[String],
+    from: &str,
+    to: &str,
+) -> redis::RedisResult<usize> {
     if keys.is_empty() {
         return Ok(0);
     }
@@ -172,7 +195,10 @@ pub async fn mark(conn: &mut ConnectionManager, keys: &[String], from: &str, to:
 /// failed and stay would be answered as unknown once their in-flight time has passed,
 /// though nothing of them was written.
 pub async fn release_retrying(conn: &mut ConnectionManager, keys: &[String], values: &[&str]) {
-    let mut backoff = aifab_core::backoff::Backoff::new(std::time::Duration::from_millis(100), std::time::Duration::from_secs(2));
+    let mut backoff = aifab_core::backoff::Backoff::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(2),
+    );
     for attempt in 1..=5 {
         match release(conn, keys, values).await {
             Ok(_) => return,
@@ -189,7 +215,11 @@ pub async fn release_retrying(conn: &mut ConnectionManager, keys: &[String], val
 
 /// Release the claims that still hold one of `values` (what a request that then failed
 /// set them to). Returns how many it released.
-pub async fn release(conn: &mut ConnectionManager, keys: &[String], values: &[&str]) -> redis::RedisResult<usize> {
+pub async fn release(
+    conn: &mut ConnectionManager,
+    keys: &[String],
+    values: &[&str],
+) -> redis::RedisResult<usize> {
     if keys.is_empty() || values.is_empty() {
         return Ok(0);
     }
@@ -212,17 +242,31 @@ mod tests {
             k.api_key(&sha256_hex(b"abc")),
             "t1:ingest:apikey:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert!(k.idempotency("acme", "infer", "key-1").starts_with("t1:ingest:idem:acme:infer:"));
+        assert!(k
+            .idempotency("acme", "infer", "key-1")
+            .starts_with("t1:ingest:idem:acme:infer:"));
     }
 
     #[test]
     fn an_id_is_in_flight_only_while_its_request_may_still_release_it() {
         let v = in_flight("http:r1", 5_000);
         assert_eq!(held(&v, 4_999), Held::InFlight);
-        assert_eq!(held(&v, 5_000), Held::Unknown, "past its time its request died unsettled");
+        assert_eq!(
+            held(&v, 5_000),
+            Held::Unknown,
+            "past its time its request died unsettled"
+        );
         assert_eq!(held("http:r1", 0), Held::Used, "written");
-        assert_eq!(held(&unknown("http:r1"), 0), Held::Unknown, "settled as unknown");
+        assert_eq!(
+            held(&unknown("http:r1"), 0),
+            Held::Unknown,
+            "settled as unknown"
+        );
         assert_eq!(held("kafka:aifab.ingest.raw:3:17", 0), Held::Used);
-        assert_eq!(held("http:r1@soon", 0), Held::Used, "a value it cannot read counts as used");
+        assert_eq!(
+            held("http:r1@soon", 0),
+            Held::Used,
+            "a value it cannot read counts as used"
+        );
     }
 }

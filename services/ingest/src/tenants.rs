@@ -53,7 +53,9 @@ impl std::str::FromStr for BudgetMode {
         match s {
             "reject" => Ok(BudgetMode::Reject),
             "deprioritise" | "deprioritize" => Ok(BudgetMode::Deprioritise),
-            other => Err(format!("budget_mode: expected \"reject\" or \"deprioritise\", found {other:?}")),
+            other => Err(format!(
+                "budget_mode: expected \"reject\" or \"deprioritise\", found {other:?}"
+            )),
         }
     }
 }
@@ -151,16 +153,22 @@ fn valid_tenant(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 impl StaticTenants {
     /// Parse the file's text; errors name the problem.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let file: KeysFile = serde_json::from_str(text).context("API keys file: not the expected JSON")?;
+        let file: KeysFile =
+            serde_json::from_str(text).context("API keys file: not the expected JSON")?;
         let mut out = StaticTenants::default();
         for (i, k) in file.keys.iter().enumerate() {
-            anyhow::ensure!(valid_tenant(&k.tenant), "API keys file: keys[{i}].tenant {:?} is not a valid tenant name", k.tenant);
+            anyhow::ensure!(
+                valid_tenant(&k.tenant),
+                "API keys file: keys[{i}].tenant {:?} is not a valid tenant name",
+                k.tenant
+            );
             let sha = match (&k.key, &k.key_sha256) {
                 (Some(key), None) if !key.is_empty() => sha256_hex(key.as_bytes()),
                 (None, Some(sha)) if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) => sha.to_ascii_lowercase(),
@@ -170,14 +178,18 @@ impl StaticTenants {
             out.tenants.entry(k.tenant.clone()).or_default();
         }
         for (name, o) in file.tenants {
-            anyhow::ensure!(valid_tenant(&name), "API keys file: tenant {name:?} is not a valid tenant name");
+            anyhow::ensure!(
+                valid_tenant(&name),
+                "API keys file: tenant {name:?} is not a valid tenant name"
+            );
             out.tenants.insert(name, o);
         }
         Ok(out)
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -197,11 +209,21 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(statics: StaticTenants, defaults: TenantSettings, keys: Keys) -> Self {
-        Registry { statics, defaults, keys, key_cache: Mutex::default(), tenant_cache: Mutex::default() }
+        Registry {
+            statics,
+            defaults,
+            keys,
+            key_cache: Mutex::default(),
+            tenant_cache: Mutex::default(),
+        }
     }
 
     /// The tenant an API key belongs to, or `None` for an unknown key.
-    pub async fn tenant_for_key(&self, conn: &mut ConnectionManager, key: &str) -> redis::RedisResult<Option<String>> {
+    pub async fn tenant_for_key(
+        &self,
+        conn: &mut ConnectionManager,
+        key: &str,
+    ) -> redis::RedisResult<Option<String>> {
         let sha = sha256_hex(key.as_bytes());
         if let Some(t) = self.statics.keys.get(&sha) {
             return Ok(Some(t.clone()));
@@ -211,7 +233,10 @@ impl Registry {
                 return Ok(hit.clone());
             }
         }
-        let found: Option<String> = redis::cmd("GET").arg(self.keys.api_key(&sha)).query_async(conn).await?;
+        let found: Option<String> = redis::cmd("GET")
+            .arg(self.keys.api_key(&sha))
+            .query_async(conn)
+            .await?;
         let found = found.filter(|t| valid_tenant(t));
         let mut cache = self.key_cache.lock().expect("cache");
         if cache.len() > 100_000 {
@@ -222,7 +247,11 @@ impl Registry {
     }
 
     /// A tenant's settings, or `None` when the tenant is unknown.
-    pub async fn tenant(&self, conn: &mut ConnectionManager, tenant: &str) -> redis::RedisResult<Option<TenantSettings>> {
+    pub async fn tenant(
+        &self,
+        conn: &mut ConnectionManager,
+        tenant: &str,
+    ) -> redis::RedisResult<Option<TenantSettings>> {
         let cached = self
             .tenant_cache
             .lock()
@@ -233,8 +262,10 @@ impl Registry {
         let runtime = match cached {
             Some(o) => o,
             None => {
-                let hash: HashMap<String, String> =
-                    redis::cmd("HGETALL").arg(self.keys.tenant(tenant)).query_async(conn).await?;
+                let hash: HashMap<String, String> = redis::cmd("HGETALL")
+                    .arg(self.keys.tenant(tenant))
+                    .query_async(conn)
+                    .await?;
                 let o = if hash.is_empty() {
                     None
                 } else {
@@ -272,7 +303,12 @@ mod tests {
     use super::*;
 
     fn defaults() -> TenantSettings {
-        TenantSettings { rate_per_s: 100.0, burst: 200.0, budget_mode: BudgetMode::Reject, enabled: true }
+        TenantSettings {
+            rate_per_s: 100.0,
+            burst: 200.0,
+            budget_mode: BudgetMode::Reject,
+            enabled: true,
+        }
     }
 
     #[test]
@@ -282,21 +318,40 @@ mod tests {
                 "tenants":{"acme":{"rate_per_s":5,"burst":10},"gamma":{"enabled":false,"budget_mode":"deprioritize"}}}"#,
         )
         .unwrap();
-        assert_eq!(s.keys.get(&sha256_hex(b"k1")).map(String::as_str), Some("acme"));
-        assert_eq!(s.keys.get(&sha256_hex(b"test")).map(String::as_str), Some("beta"));
+        assert_eq!(
+            s.keys.get(&sha256_hex(b"k1")).map(String::as_str),
+            Some("acme")
+        );
+        assert_eq!(
+            s.keys.get(&sha256_hex(b"test")).map(String::as_str),
+            Some("beta")
+        );
         assert!(s.tenants.contains_key("beta"), "a key's tenant is known");
         let acme = s.tenants["acme"].apply(defaults());
-        assert_eq!((acme.rate_per_s, acme.burst, acme.enabled), (5.0, 10.0, true));
+        assert_eq!(
+            (acme.rate_per_s, acme.burst, acme.enabled),
+            (5.0, 10.0, true)
+        );
         let gamma = s.tenants["gamma"].apply(defaults());
-        assert_eq!((gamma.enabled, gamma.budget_mode), (false, BudgetMode::Deprioritise));
+        assert_eq!(
+            (gamma.enabled, gamma.budget_mode),
+            (false, BudgetMode::Deprioritise)
+        );
     }
 
     #[test]
     fn file_errors_say_what_is_wrong() {
         let e = StaticTenants::parse(r#"{"keys":[{"tenant":"acme"}]}"#).unwrap_err();
-        assert!(format!("{e:#}").contains("keys[0] needs exactly one of"), "{e:#}");
-        let e = StaticTenants::parse(r#"{"keys":[{"key":"x","tenant":"bad tenant"}]}"#).unwrap_err();
-        assert!(format!("{e:#}").contains("not a valid tenant name"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("keys[0] needs exactly one of"),
+            "{e:#}"
+        );
+        let e =
+            StaticTenants::parse(r#"{"keys":[{"key":"x","tenant":"bad tenant"}]}"#).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("not a valid tenant name"),
+            "{e:#}"
+        );
         let e = StaticTenants::parse(r#"{"tenants":{"a":{"rate":1}}}"#).unwrap_err();
         assert!(format!("{e:#}").contains("unknown field `rate`"), "{e:#}");
     }

@@ -53,7 +53,12 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(kind: &'static str, reason: impl Into<String>) -> Self {
-        Rejection { kind, reason: reason.into(), status: status_of(kind), tenant: None }
+        Rejection {
+            kind,
+            reason: reason.into(),
+            status: status_of(kind),
+            tenant: None,
+        }
     }
 
     pub fn with_tenant(mut self, tenant: Option<&str>) -> Self {
@@ -116,7 +121,13 @@ pub const MAX_RECORD_BYTES_LIMIT: usize = 512 * 1024;
 
 impl Default for Rules {
     fn default() -> Self {
-        Rules { default_task: "default".into(), labels: BTreeMap::new(), max_text_chars: 20_000, max_batch_items: 256, max_record_bytes: 256 * 1024 }
+        Rules {
+            default_task: "default".into(),
+            labels: BTreeMap::new(),
+            max_text_chars: 20_000,
+            max_batch_items: 256,
+            max_record_bytes: 256 * 1024,
+        }
     }
 }
 
@@ -127,10 +138,16 @@ pub fn parse_task_labels(s: &str) -> Result<BTreeMap<String, Vec<String>>, Strin
         let (task, labels) = part
             .split_once('=')
             .ok_or_else(|| format!("task labels: expected `task=label,label`, found {part:?}"))?;
-        let labels: Vec<String> =
-            labels.split(',').map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+        let labels: Vec<String> = labels
+            .split(',')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
         if task.trim().is_empty() || labels.is_empty() {
-            return Err(format!("task labels: expected `task=label,label`, found {part:?}"));
+            return Err(format!(
+                "task labels: expected `task=label,label`, found {part:?}"
+            ));
         }
         out.insert(task.trim().to_string(), labels);
     }
@@ -140,60 +157,97 @@ pub fn parse_task_labels(s: &str) -> Result<BTreeMap<String, Vec<String>>, Strin
 /// Bytes → a JSON value, or why not.
 fn parse_json(bytes: &[u8], what: &str) -> Result<Value, Rejection> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        Rejection::new(kind::NOT_UTF8, format!("{what}: not UTF-8: invalid byte at position {}", e.valid_up_to()))
+        Rejection::new(
+            kind::NOT_UTF8,
+            format!(
+                "{what}: not UTF-8: invalid byte at position {}",
+                e.valid_up_to()
+            ),
+        )
     })?;
-    serde_json::from_str(text).map_err(|e| Rejection::new(kind::NOT_JSON, format!("{what}: not JSON: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| Rejection::new(kind::NOT_JSON, format!("{what}: not JSON: {e}")))
 }
 
 /// Check a JSON object against `ingest.raw/v1` and the rules; `name` prefixes field names
 /// (`inputs[3].`) for batch items.
 fn check_record(value: Value, rules: &Rules, name: &str) -> Result<IngestRecord, Rejection> {
-    let tenant = value.get("tenant").and_then(Value::as_str).map(str::to_string);
-    let reject = |kind: &'static str, reason: String| Err(Rejection::new(kind, reason).with_tenant(tenant.as_deref()));
+    let tenant = value
+        .get("tenant")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let reject = |kind: &'static str, reason: String| {
+        Err(Rejection::new(kind, reason).with_tenant(tenant.as_deref()))
+    };
     match value.get("schema") {
         None if value.is_object() => {
             return reject(
                 kind::MISSING_SCHEMA,
-                format!("missing field \"{name}schema\": expected \"{}\"", IngestRecord::SCHEMA),
+                format!(
+                    "missing field \"{name}schema\": expected \"{}\"",
+                    IngestRecord::SCHEMA
+                ),
             )
         }
         Some(Value::String(s)) if s == IngestRecord::SCHEMA => {}
         Some(other) => {
             return reject(
                 kind::WRONG_SCHEMA,
-                format!("field \"{name}schema\": expected \"{}\", found {other}", IngestRecord::SCHEMA),
+                format!(
+                    "field \"{name}schema\": expected \"{}\", found {other}",
+                    IngestRecord::SCHEMA
+                ),
             )
         }
         None => {}
     }
     // Fast path: most records are valid, and a yes/no check is cheaper than collecting errors.
     let valid = schema::validator(IngestRecord::SCHEMA).is_some_and(|v| v.is_valid(&value));
-    if let Err(violations) = if valid { Ok(()) } else { schema::validate(IngestRecord::SCHEMA, &value) } {
+    if let Err(violations) = if valid {
+        Ok(())
+    } else {
+        schema::validate(IngestRecord::SCHEMA, &value)
+    } {
         let kind = kind_of(&violations[0]);
         let text = schema::describe(&violations);
         let text = if name.is_empty() {
             text
         } else {
-            text.replace("field \"", &format!("field \"{name}")).replace("message: ", &format!("{}: ", name.trim_end_matches('.')))
+            text.replace("field \"", &format!("field \"{name}"))
+                .replace("message: ", &format!("{}: ", name.trim_end_matches('.')))
         };
         return reject(kind, text);
     }
-    let mut rec: IngestRecord = serde_json::from_value(value)
-        .map_err(|e| Rejection::new(kind::INVALID_VALUE, format!("{name}: {e}")).with_tenant(tenant.as_deref()))?;
+    let mut rec: IngestRecord = serde_json::from_value(value).map_err(|e| {
+        Rejection::new(kind::INVALID_VALUE, format!("{name}: {e}")).with_tenant(tenant.as_deref())
+    })?;
     let chars = rec.text.chars().count();
     if chars > rules.max_text_chars {
         return reject(
             kind::TEXT_TOO_LONG,
-            format!("field \"{name}text\": {chars} characters long, more than the maximum of {}", rules.max_text_chars),
+            format!(
+                "field \"{name}text\": {chars} characters long, more than the maximum of {}",
+                rules.max_text_chars
+            ),
         );
     }
     if rec.text.trim().is_empty() {
-        return reject(kind::EMPTY_TEXT, format!("field \"{name}text\": only whitespace; expected some text"));
+        return reject(
+            kind::EMPTY_TEXT,
+            format!("field \"{name}text\": only whitespace; expected some text"),
+        );
     }
-    let task = rec.task.get_or_insert_with(|| rules.default_task.clone()).clone();
+    let task = rec
+        .task
+        .get_or_insert_with(|| rules.default_task.clone())
+        .clone();
     if let (Some(label), Some(labels)) = (&rec.label, rules.labels.get(&task)) {
         if !labels.contains(label) {
-            let expected = labels.iter().map(|l| format!("\"{l}\"")).collect::<Vec<_>>().join(", ");
+            let expected = labels
+                .iter()
+                .map(|l| format!("\"{l}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
             return reject(
                 kind::UNKNOWN_LABEL,
                 format!("field \"{name}label\": \"{label}\" is not a label of task \"{task}\" (expected one of {expected})"),
@@ -220,7 +274,10 @@ pub fn raw_record(bytes: &[u8], rules: &Rules) -> Result<IngestRecord, Rejection
         };
         return Err(Rejection::new(
             kind::WRONG_TYPE,
-            format!("message: expected a JSON object with schema \"{}\", found {found}", IngestRecord::SCHEMA),
+            format!(
+                "message: expected a JSON object with schema \"{}\", found {found}",
+                IngestRecord::SCHEMA
+            ),
         ));
     }
     check_record(value, rules, "")
@@ -229,7 +286,10 @@ pub fn raw_record(bytes: &[u8], rules: &Rules) -> Result<IngestRecord, Rejection
 fn record_too_large(what: &str, len: usize, rules: &Rules) -> Rejection {
     Rejection::new(
         kind::RECORD_TOO_LARGE,
-        format!("{what}: {len} bytes long, more than the maximum of {} bytes per record", rules.max_record_bytes),
+        format!(
+            "{what}: {len} bytes long, more than the maximum of {} bytes per record",
+            rules.max_record_bytes
+        ),
     )
 }
 
@@ -267,7 +327,12 @@ pub struct Parsed {
 /// An HTTP body for `route`, sent with an API key of `tenant`. Items may leave out
 /// `schema` and `tenant` (filled in); a `tenant` other than the key's is refused (403).
 /// Ids are not assigned here.
-pub fn http_body(bytes: &[u8], route: Route, tenant: &str, rules: &Rules) -> Result<Parsed, Rejection> {
+pub fn http_body(
+    bytes: &[u8],
+    route: Route,
+    tenant: &str,
+    rules: &Rules,
+) -> Result<Parsed, Rejection> {
     let with_tenant = |r: Rejection| r.with_tenant(Some(tenant));
     let value = parse_json(bytes, "body").map_err(with_tenant)?;
     let Value::Object(mut obj) = value else {
@@ -311,7 +376,13 @@ pub fn http_body(bytes: &[u8], route: Route, tenant: &str, rules: &Rules) -> Res
                     ),
                 )));
             }
-            (list.into_iter().enumerate().map(|(i, v)| (format!("{field}[{i}]."), v)).collect(), true)
+            (
+                list.into_iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("{field}[{i}]."), v))
+                    .collect(),
+                true,
+            )
         }
     };
     let mut records = Vec::with_capacity(items.len());
@@ -320,15 +391,24 @@ pub fn http_body(bytes: &[u8], route: Route, tenant: &str, rules: &Rules) -> Res
         let Value::Object(mut item) = item else {
             return Err(with_tenant(Rejection::new(
                 kind::WRONG_TYPE,
-                format!("field \"{}\": expected an object", name.trim_end_matches('.')),
+                format!(
+                    "field \"{}\": expected an object",
+                    name.trim_end_matches('.')
+                ),
             )));
         };
         fill_item(&mut item, route, tenant, &name)?;
         // Only a body longer than a record can hold an item that is.
         if bytes.len() > rules.max_record_bytes {
-            let len = serde_json::to_vec(&item).map(|v| v.len()).unwrap_or(usize::MAX);
+            let len = serde_json::to_vec(&item)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
             if len > rules.max_record_bytes {
-                let what = if name.is_empty() { "body".to_string() } else { name.trim_end_matches('.').to_string() };
+                let what = if name.is_empty() {
+                    "body".to_string()
+                } else {
+                    name.trim_end_matches('.').to_string()
+                };
                 return Err(with_tenant(record_too_large(&what, len, rules)));
             }
         }
@@ -347,8 +427,14 @@ pub fn http_body(bytes: &[u8], route: Route, tenant: &str, rules: &Rules) -> Res
 }
 
 /// Fill in `schema` and `tenant`; check the route's label rule.
-fn fill_item(item: &mut Map<String, Value>, route: Route, tenant: &str, name: &str) -> Result<(), Rejection> {
-    item.entry("schema").or_insert_with(|| Value::String(IngestRecord::SCHEMA.into()));
+fn fill_item(
+    item: &mut Map<String, Value>,
+    route: Route,
+    tenant: &str,
+    name: &str,
+) -> Result<(), Rejection> {
+    item.entry("schema")
+        .or_insert_with(|| Value::String(IngestRecord::SCHEMA.into()));
     match item.get("tenant") {
         None => {
             item.insert("tenant".into(), Value::String(tenant.into()));
@@ -383,7 +469,11 @@ mod tests {
 
     fn rules() -> Rules {
         Rules {
-            labels: [("sms_spam".to_string(), vec!["ham".to_string(), "spam".to_string()])].into(),
+            labels: [(
+                "sms_spam".to_string(),
+                vec!["ham".to_string(), "spam".to_string()],
+            )]
+            .into(),
             max_batch_items: 3,
             ..Rules::default()
         }
@@ -394,10 +484,18 @@ mod tests {
     }
 
     #[track_caller]
-    fn rejects(r: Result<impl std::fmt::Debug, Rejection>, kind: &str, reason_has: &str) -> Rejection {
+    fn rejects(
+        r: Result<impl std::fmt::Debug, Rejection>,
+        kind: &str,
+        reason_has: &str,
+    ) -> Rejection {
         let e = r.expect_err("should be rejected");
         assert_eq!(e.kind, kind, "{e:?}");
-        assert!(e.reason.contains(reason_has), "reason {:?} lacks {reason_has:?}", e.reason);
+        assert!(
+            e.reason.contains(reason_has),
+            "reason {:?} lacks {reason_has:?}",
+            e.reason
+        );
         e
     }
 
@@ -407,55 +505,119 @@ mod tests {
         assert_eq!(r.task.as_deref(), Some("default"));
         let r = raw(r#"{"schema":"ingest.raw/v1","tenant":"acme","text":"win","task":"sms_spam","label":"spam","id":"x"}"#)
             .unwrap();
-        assert_eq!((r.label.as_deref(), r.id.as_deref()), (Some("spam"), Some("x")));
+        assert_eq!(
+            (r.label.as_deref(), r.id.as_deref()),
+            (Some("spam"), Some("x"))
+        );
         // A task with no configured labels takes any label.
         raw(r#"{"schema":"ingest.raw/v1","tenant":"acme","text":"x","task":"other","label":"whatever"}"#).unwrap();
     }
 
     #[test]
     fn records_longer_than_the_limit_are_refused_before_parsing() {
-        let small = Rules { max_record_bytes: 100, ..rules() };
+        let small = Rules {
+            max_record_bytes: 100,
+            ..rules()
+        };
         let attrs = format!(r#"{{"pad":"{}"}}"#, "p".repeat(100));
-        let long = format!(r#"{{"schema":"ingest.raw/v1","tenant":"acme","text":"x","attributes":{attrs}}}"#);
-        let e = rejects(raw_record(long.as_bytes(), &small), kind::RECORD_TOO_LARGE, "more than the maximum of 100 bytes");
+        let long = format!(
+            r#"{{"schema":"ingest.raw/v1","tenant":"acme","text":"x","attributes":{attrs}}}"#
+        );
+        let e = rejects(
+            raw_record(long.as_bytes(), &small),
+            kind::RECORD_TOO_LARGE,
+            "more than the maximum of 100 bytes",
+        );
         assert_eq!(e.status, 413);
         // Not even parsed: invalid bytes over the limit are refused for their length.
-        rejects(raw_record(&[0xff; 101], &small), kind::RECORD_TOO_LARGE, "101 bytes long");
-        raw_record(br#"{"schema":"ingest.raw/v1","tenant":"acme","text":"x"}"#, &small).unwrap();
+        rejects(
+            raw_record(&[0xff; 101], &small),
+            kind::RECORD_TOO_LARGE,
+            "101 bytes long",
+        );
+        raw_record(
+            br#"{"schema":"ingest.raw/v1","tenant":"acme","text":"x"}"#,
+            &small,
+        )
+        .unwrap();
 
         // Over HTTP the limit is per item: a batch of small items may be longer than it.
         let item = r#"{"text":"a short text"}"#;
         let batch = format!(r#"{{"inputs":[{item},{item},{item}]}}"#);
-        let small = Rules { max_record_bytes: 70, ..small };
-        assert_eq!(http_body(batch.as_bytes(), Route::Infer, "acme", &small).unwrap().records.len(), 3);
+        let small = Rules {
+            max_record_bytes: 70,
+            ..small
+        };
+        assert_eq!(
+            http_body(batch.as_bytes(), Route::Infer, "acme", &small)
+                .unwrap()
+                .records
+                .len(),
+            3
+        );
         let big = format!(r#"{{"inputs":[{item},{{"text":"{}"}}]}}"#, "t".repeat(60));
-        let e = rejects(http_body(big.as_bytes(), Route::Infer, "acme", &small), kind::RECORD_TOO_LARGE, "inputs[1]: ");
+        let e = rejects(
+            http_body(big.as_bytes(), Route::Infer, "acme", &small),
+            kind::RECORD_TOO_LARGE,
+            "inputs[1]: ",
+        );
         assert_eq!(e.tenant.as_deref(), Some("acme"));
     }
 
     #[test]
     fn every_kind_of_bad_raw_input_is_named() {
-        rejects(raw_record(b"\xff\xfe{}", &rules()), kind::NOT_UTF8, "not UTF-8: invalid byte at position 0");
+        rejects(
+            raw_record(b"\xff\xfe{}", &rules()),
+            kind::NOT_UTF8,
+            "not UTF-8: invalid byte at position 0",
+        );
         rejects(raw("{nope"), kind::NOT_JSON, "not JSON");
         rejects(raw("[1,2]"), kind::WRONG_TYPE, "expected a JSON object");
-        rejects(raw(r#"{"tenant":"acme","text":"x"}"#), kind::MISSING_SCHEMA, "missing field \"schema\"");
+        rejects(
+            raw(r#"{"tenant":"acme","text":"x"}"#),
+            kind::MISSING_SCHEMA,
+            "missing field \"schema\"",
+        );
         rejects(
             raw(r#"{"schema":"ingest.raw/v2","tenant":"acme","text":"x"}"#),
             kind::WRONG_SCHEMA,
             "expected \"ingest.raw/v1\", found \"ingest.raw/v2\"",
         );
-        rejects(raw(r#"{"schema":"prediction/v1","tenant":"acme","text":"x"}"#), kind::WRONG_SCHEMA, "prediction/v1");
-        let e = rejects(raw(r#"{"schema":"ingest.raw/v1","text":"x"}"#), kind::MISSING_FIELD, "missing field \"tenant\"");
+        rejects(
+            raw(r#"{"schema":"prediction/v1","tenant":"acme","text":"x"}"#),
+            kind::WRONG_SCHEMA,
+            "prediction/v1",
+        );
+        let e = rejects(
+            raw(r#"{"schema":"ingest.raw/v1","text":"x"}"#),
+            kind::MISSING_FIELD,
+            "missing field \"tenant\"",
+        );
         assert_eq!(e.status, 400);
         rejects(
             raw(r#"{"schema":"ingest.raw/v1","tenant":"acme","text":"x","deadline_ms":"soon"}"#),
             kind::WRONG_TYPE,
             "field \"deadline_ms\": \"soon\" is not of type \"integer\"",
         );
-        rejects(raw(r#"{"schema":"ingest.raw/v1","tenant":"acme","text":""}"#), kind::EMPTY_TEXT, "field \"text\"");
-        rejects(raw(r#"{"schema":"ingest.raw/v1","tenant":"acme","text":"   "}"#), kind::EMPTY_TEXT, "only whitespace");
-        let long = format!(r#"{{"schema":"ingest.raw/v1","tenant":"acme","text":"{}"}}"#, "a".repeat(20_001));
-        rejects(raw(&long), kind::TEXT_TOO_LONG, "more than the maximum of 20000");
+        rejects(
+            raw(r#"{"schema":"ingest.raw/v1","tenant":"acme","text":""}"#),
+            kind::EMPTY_TEXT,
+            "field \"text\"",
+        );
+        rejects(
+            raw(r#"{"schema":"ingest.raw/v1","tenant":"acme","text":"   "}"#),
+            kind::EMPTY_TEXT,
+            "only whitespace",
+        );
+        let long = format!(
+            r#"{{"schema":"ingest.raw/v1","tenant":"acme","text":"{}"}}"#,
+            "a".repeat(20_001)
+        );
+        rejects(
+            raw(&long),
+            kind::TEXT_TOO_LONG,
+            "more than the maximum of 20000",
+        );
         rejects(
             raw(r#"{"schema":"ingest.raw/v1","tenant":"acme","text":"x","colour":"red"}"#),
             kind::UNEXPECTED_FIELD,
@@ -467,7 +629,9 @@ mod tests {
             "field \"tenant\"",
         );
         let e = rejects(
-            raw(r#"{"schema":"ingest.raw/v1","tenant":"acme","text":"x","task":"sms_spam","label":"spamm"}"#),
+            raw(
+                r#"{"schema":"ingest.raw/v1","tenant":"acme","text":"x","task":"sms_spam","label":"spamm"}"#,
+            ),
             kind::UNKNOWN_LABEL,
             r#"field "label": "spamm" is not a label of task "sms_spam" (expected one of "ham", "spam")"#,
         );
@@ -476,15 +640,33 @@ mod tests {
 
     #[test]
     fn a_lower_text_limit_applies() {
-        let r = Rules { max_text_chars: 5, ..rules() };
-        let e = raw_record(br#"{"schema":"ingest.raw/v1","tenant":"acme","text":"abcdef"}"#, &r).unwrap_err();
+        let r = Rules {
+            max_text_chars: 5,
+            ..rules()
+        };
+        let e = raw_record(
+            br#"{"schema":"ingest.raw/v1","tenant":"acme","text":"abcdef"}"#,
+            &r,
+        )
+        .unwrap_err();
         assert_eq!(e.kind, kind::TEXT_TOO_LONG);
-        assert!(e.reason.contains("6 characters long, more than the maximum of 5"), "{}", e.reason);
+        assert!(
+            e.reason
+                .contains("6 characters long, more than the maximum of 5"),
+            "{}",
+            e.reason
+        );
     }
 
     #[test]
     fn http_single_and_batch_bodies() {
-        let p = http_body(br#"{"text":"hello","task":"sms_spam"}"#, Route::Infer, "acme", &rules()).unwrap();
+        let p = http_body(
+            br#"{"text":"hello","task":"sms_spam"}"#,
+            Route::Infer,
+            "acme",
+            &rules(),
+        )
+        .unwrap();
         assert!(!p.batch);
         assert_eq!(p.records[0].tenant, "acme");
         let p = http_body(
@@ -496,8 +678,13 @@ mod tests {
         .unwrap();
         assert!(p.batch);
         assert_eq!(p.records.len(), 2);
-        let p = http_body(br#"{"examples":[{"text":"a","label":"ham","task":"sms_spam"}]}"#, Route::Examples, "acme", &rules())
-            .unwrap();
+        let p = http_body(
+            br#"{"examples":[{"text":"a","label":"ham","task":"sms_spam"}]}"#,
+            Route::Examples,
+            "acme",
+            &rules(),
+        )
+        .unwrap();
         assert_eq!(p.records[0].label.as_deref(), Some("ham"));
     }
 
@@ -505,13 +692,23 @@ mod tests {
     fn http_errors_name_the_field_and_map_to_statuses() {
         let r = rules();
         let e = rejects(
-            http_body(br#"{"inputs":[{"text":"a"},{"txt":"b"}]}"#, Route::Infer, "acme", &r),
+            http_body(
+                br#"{"inputs":[{"text":"a"},{"txt":"b"}]}"#,
+                Route::Infer,
+                "acme",
+                &r,
+            ),
             kind::MISSING_FIELD,
             "missing field \"inputs[1].text\"",
         );
         assert_eq!((e.status, e.tenant.as_deref()), (400, Some("acme")));
         rejects(
-            http_body(br#"{"inputs":[{"text":"a","deadline_ms":-1}]}"#, Route::Infer, "acme", &r),
+            http_body(
+                br#"{"inputs":[{"text":"a","deadline_ms":-1}]}"#,
+                Route::Infer,
+                "acme",
+                &r,
+            ),
             kind::INVALID_VALUE,
             "field \"inputs[0].deadline_ms\"",
         );
@@ -522,33 +719,89 @@ mod tests {
         );
         assert_eq!(e.status, 403);
         let e = rejects(
-            http_body(br#"{"inputs":[{"text":"a"},{"text":"b"},{"text":"c"},{"text":"d"}]}"#, Route::Infer, "acme", &r),
+            http_body(
+                br#"{"inputs":[{"text":"a"},{"text":"b"},{"text":"c"},{"text":"d"}]}"#,
+                Route::Infer,
+                "acme",
+                &r,
+            ),
             kind::BATCH_TOO_LARGE,
             "4 items, more than the maximum of 3",
         );
         assert_eq!(e.status, 413);
-        rejects(http_body(br#"{"inputs":[]}"#, Route::Infer, "acme", &r), kind::INVALID_VALUE, "fewer than 1 item");
-        rejects(http_body(br#"{"inputs":{}}"#, Route::Infer, "acme", &r), kind::WRONG_TYPE, "expected an array");
-        rejects(http_body(br#"{"inputs":[1]}"#, Route::Infer, "acme", &r), kind::WRONG_TYPE, "field \"inputs[0]\"");
-        rejects(http_body(br#"{"inputs":[],"x":1}"#, Route::Infer, "acme", &r), kind::UNEXPECTED_FIELD, "\"x\"");
-        rejects(http_body(br#"{"text":"a","label":"ham"}"#, Route::Infer, "acme", &r), kind::UNEXPECTED_FIELD, "label");
-        rejects(http_body(br#"{"text":"a"}"#, Route::Examples, "acme", &r), kind::MISSING_FIELD, "missing field \"label\"");
         rejects(
-            http_body(br#"{"examples":[{"text":"a","label":"nope","task":"sms_spam"}]}"#, Route::Examples, "acme", &r),
+            http_body(br#"{"inputs":[]}"#, Route::Infer, "acme", &r),
+            kind::INVALID_VALUE,
+            "fewer than 1 item",
+        );
+        rejects(
+            http_body(br#"{"inputs":{}}"#, Route::Infer, "acme", &r),
+            kind::WRONG_TYPE,
+            "expected an array",
+        );
+        rejects(
+            http_body(br#"{"inputs":[1]}"#, Route::Infer, "acme", &r),
+            kind::WRONG_TYPE,
+            "field \"inputs[0]\"",
+        );
+        rejects(
+            http_body(br#"{"inputs":[],"x":1}"#, Route::Infer, "acme", &r),
+            kind::UNEXPECTED_FIELD,
+            "\"x\"",
+        );
+        rejects(
+            http_body(br#"{"text":"a","label":"ham"}"#, Route::Infer, "acme", &r),
+            kind::UNEXPECTED_FIELD,
+            "label",
+        );
+        rejects(
+            http_body(br#"{"text":"a"}"#, Route::Examples, "acme", &r),
+            kind::MISSING_FIELD,
+            "missing field \"label\"",
+        );
+        rejects(
+            http_body(
+                br#"{"examples":[{"text":"a","label":"nope","task":"sms_spam"}]}"#,
+                Route::Examples,
+                "acme",
+                &r,
+            ),
             kind::UNKNOWN_LABEL,
             "field \"examples[0].label\"",
         );
         let e = rejects(
-            http_body(br#"{"inputs":[{"text":"a","id":"x"},{"text":"b","id":"x"}]}"#, Route::Infer, "acme", &r),
+            http_body(
+                br#"{"inputs":[{"text":"a","id":"x"},{"text":"b","id":"x"}]}"#,
+                Route::Infer,
+                "acme",
+                &r,
+            ),
             kind::DUPLICATE_ID,
             "field \"inputs[1].id\": \"x\" repeats inputs[0].id",
         );
         assert_eq!(e.status, 409);
-        rejects(http_body(b"[1]", Route::Infer, "acme", &r), kind::WRONG_TYPE, "expected a JSON object");
-        rejects(http_body(b"\xc3\x28", Route::Infer, "acme", &r), kind::NOT_UTF8, "body: not UTF-8");
-        rejects(http_body(b"{", Route::Infer, "acme", &r), kind::NOT_JSON, "body: not JSON");
         rejects(
-            http_body(br#"{"schema":"ingest.raw/v9","text":"a"}"#, Route::Infer, "acme", &r),
+            http_body(b"[1]", Route::Infer, "acme", &r),
+            kind::WRONG_TYPE,
+            "expected a JSON object",
+        );
+        rejects(
+            http_body(b"\xc3\x28", Route::Infer, "acme", &r),
+            kind::NOT_UTF8,
+            "body: not UTF-8",
+        );
+        rejects(
+            http_body(b"{", Route::Infer, "acme", &r),
+            kind::NOT_JSON,
+            "body: not JSON",
+        );
+        rejects(
+            http_body(
+                br#"{"schema":"ingest.raw/v9","text":"a"}"#,
+                Route::Infer,
+                "acme",
+                &r,
+            ),
             kind::WRONG_SCHEMA,
             "ingest.raw/v9",
         );

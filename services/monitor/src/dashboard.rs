@@ -39,7 +39,13 @@ pub struct Source<T> {
 
 impl<T> Source<T> {
     pub fn new(from: impl Into<String>) -> Self {
-        Source { value: None, ok: false, error: None, fetched_at_ms: None, from: from.into() }
+        Source {
+            value: None,
+            ok: false,
+            error: None,
+            fetched_at_ms: None,
+            from: from.into(),
+        }
     }
 
     pub fn update(&mut self, result: Result<T, String>, now_ms: i64) {
@@ -58,7 +64,12 @@ impl<T> Source<T> {
     }
 
     fn status(&self) -> SourceStatus {
-        SourceStatus { ok: self.ok, error: self.error.clone(), fetched_at_ms: self.fetched_at_ms, from: self.from.clone() }
+        SourceStatus {
+            ok: self.ok,
+            error: self.error.clone(),
+            fetched_at_ms: self.fetched_at_ms,
+            from: self.from.clone(),
+        }
     }
 }
 
@@ -143,16 +154,26 @@ impl Collected {
     }
 
     pub fn on_lag(&mut self, r: &LagReading) {
-        let h = self.lag_history.entry((r.group.clone(), r.topic.clone())).or_default();
+        let h = self
+            .lag_history
+            .entry((r.group.clone(), r.topic.clone()))
+            .or_default();
         push_capped(h, r.total_lag, LAG_POINTS);
     }
 
     pub fn on_decision(&mut self, d: ScaleDecision) {
-        push_capped(self.decisions.entry(d.service.clone()).or_default(), d, DECISIONS_KEPT);
+        push_capped(
+            self.decisions.entry(d.service.clone()).or_default(),
+            d,
+            DECISIONS_KEPT,
+        );
     }
 
     pub fn on_replicas(&mut self, r: ReplicaReport) {
-        let newer = self.replicas.get(&r.service).is_none_or(|old| old.at_ms <= r.at_ms);
+        let newer = self
+            .replicas
+            .get(&r.service)
+            .is_none_or(|old| old.at_ms <= r.at_ms);
         if newer {
             self.replicas.insert(r.service.clone(), r);
         }
@@ -161,7 +182,10 @@ impl Collected {
     /// Any budget report (status, warning, exceeded): the latest per tenant and period wins.
     pub fn on_budget(&mut self, e: BudgetEvent) {
         let key = (e.tenant.clone(), e.period.clone());
-        let newer = self.budgets.get(&key).is_none_or(|old| old.at_ms <= e.at_ms);
+        let newer = self
+            .budgets
+            .get(&key)
+            .is_none_or(|old| old.at_ms <= e.at_ms);
         if newer {
             self.budgets.insert(key, e);
         }
@@ -257,8 +281,11 @@ pub fn build(c: &Collected, now_ms: i64, limits: Limits) -> Dashboard {
         .into_iter()
         .filter_map(|name| {
             let rep = c.replicas.get(name).filter(|r| fresh(r.at_ms));
-            let decisions: Vec<&ScaleDecision> =
-                c.decisions.get(name).map(|d| d.iter().rev().filter(|d| fresh(d.at_ms)).collect()).unwrap_or_default();
+            let decisions: Vec<&ScaleDecision> = c
+                .decisions
+                .get(name)
+                .map(|d| d.iter().rev().filter(|d| fresh(d.at_ms)).collect())
+                .unwrap_or_default();
             if rep.is_none() && decisions.is_empty() {
                 return None;
             }
@@ -350,10 +377,16 @@ pub fn build(c: &Collected, now_ms: i64, limits: Limits) -> Dashboard {
             .records
             .iter()
             .enumerate()
-            .filter(|(i, r)| *i + limits.versions_per_task.max(1) >= n || aliased.contains(&r.version))
+            .filter(|(i, r)| {
+                *i + limits.versions_per_task.max(1) >= n || aliased.contains(&r.version)
+            })
             .map(|(_, r)| {
-                let aliases: Vec<String> =
-                    tm.aliases.iter().filter(|(_, v)| **v == r.version).map(|(a, _)| a.clone()).collect();
+                let aliases: Vec<String> = tm
+                    .aliases
+                    .iter()
+                    .filter(|(_, v)| **v == r.version)
+                    .map(|(a, _)| a.clone())
+                    .collect();
                 let is_candidate = aliases.iter().any(|a| a == aifab_core::registry::CANDIDATE);
                 registered.insert(crate::model_key(&r.task, &r.version));
                 ModelRow {
@@ -368,7 +401,10 @@ pub fn build(c: &Collected, now_ms: i64, limits: Limits) -> Dashboard {
                     eval_examples: Some(r.eval_examples),
                     created_at_ms: Some(r.created_at_ms),
                     registered: true,
-                    live: s.models.get(&crate::model_key(&r.task, &r.version)).cloned(),
+                    live: s
+                        .models
+                        .get(&crate::model_key(&r.task, &r.version))
+                        .cloned(),
                 }
             })
             .collect();
@@ -409,7 +445,10 @@ pub fn build(c: &Collected, now_ms: i64, limits: Limits) -> Dashboard {
         tenants,
         models,
         alerts_firing: s.alerts_firing.clone(),
-        sources: Sources { costs: c.costs.status(), registry: c.registry.status() },
+        sources: Sources {
+            costs: c.costs.status(),
+            registry: c.registry.status(),
+        },
     }
 }
 
@@ -419,7 +458,10 @@ mod tests {
     use aifab_core::messages::{tag, BudgetEventKind, PartitionLag, ScaleInputs};
     use aifab_core::registry::{ModelRecord, Rollout};
 
-    const LIMITS: Limits = Limits { max_age_ms: 60_000, versions_per_task: 2 };
+    const LIMITS: Limits = Limits {
+        max_age_ms: 60_000,
+        versions_per_task: 2,
+    };
 
     fn ws(count: u64, p99: f64) -> WindowStats {
         WindowStats {
@@ -442,7 +484,11 @@ mod tests {
             encoder: "all-MiniLM-L6-v2".into(),
             encoder_sha256: "00".into(),
             labels: vec!["ham".into(), "spam".into()],
-            metrics: [("accuracy".to_string(), f1 + 0.01), ("macro_f1".to_string(), f1)].into(),
+            metrics: [
+                ("accuracy".to_string(), f1 + 0.01),
+                ("macro_f1".to_string(), f1),
+            ]
+            .into(),
             train_examples: 800,
             eval_examples: 200,
             created_at_ms: at,
@@ -471,7 +517,13 @@ mod tests {
             desired_replicas: desired,
             reason: reason.into(),
             detail: format!("{reason}: {current} -> {desired}"),
-            inputs: ScaleInputs { total_lag: 400, lag_rate_per_s: 10.0, partitions: 8, burn_rate_per_hour: None, remaining_budget: None },
+            inputs: ScaleInputs {
+                total_lag: 400,
+                lag_rate_per_s: 10.0,
+                partitions: 8,
+                burn_rate_per_hour: None,
+                remaining_budget: None,
+            },
             at_ms: at,
         }
     }
@@ -482,13 +534,21 @@ mod tests {
             schema: tag(),
             group: "aifab-inference-worker".into(),
             topic: "aifab.inference.requests".into(),
-            partitions: vec![PartitionLag { partition: 0, committed: Some(5), high_watermark: 45, lag: 40 }],
+            partitions: vec![PartitionLag {
+                partition: 0,
+                committed: Some(5),
+                high_watermark: 45,
+                lag: 40,
+            }],
             total_lag: 40,
             lag_rate_per_s: -2.0,
             at_ms: now - 100,
         };
         for l in [10, 20, 40] {
-            c.on_lag(&LagReading { total_lag: l, ..lag.clone() });
+            c.on_lag(&LagReading {
+                total_lag: l,
+                ..lag.clone()
+            });
         }
         let mut report = StatsReport {
             window_s: 60.0,
@@ -501,11 +561,29 @@ mod tests {
         report.models.insert("spam@v9".into(), ws(20, 90.0));
         c.on_report(report, now);
         c.on_decision(decision("inference-worker", 1, 2, "lag", now - 2_000));
-        c.on_decision(decision("inference-worker", 2, 3, "budget_cap", now - 1_000));
+        c.on_decision(decision(
+            "inference-worker",
+            2,
+            3,
+            "budget_cap",
+            now - 1_000,
+        ));
         c.on_decision(decision("old-service", 1, 1, "steady", now - 3_600_000));
-        c.on_replicas(ReplicaReport { schema: tag(), service: "inference-worker".into(), replicas: 3, actuator: "local".into(), at_ms: now - 500 });
+        c.on_replicas(ReplicaReport {
+            schema: tag(),
+            service: "inference-worker".into(),
+            replicas: 3,
+            actuator: "local".into(),
+            at_ms: now - 500,
+        });
         // An older report does not replace a newer one.
-        c.on_replicas(ReplicaReport { schema: tag(), service: "inference-worker".into(), replicas: 1, actuator: "local".into(), at_ms: now - 9_000 });
+        c.on_replicas(ReplicaReport {
+            schema: tag(),
+            service: "inference-worker".into(),
+            replicas: 1,
+            actuator: "local".into(),
+            at_ms: now - 9_000,
+        });
         c.on_budget(budget("acme", "2026-11-29", 9.0, 10.0, now - 3_000));
         c.on_budget(budget("acme", "2026-11-29", 8.5, 10.0, now - 4_000)); // older: ignored
         c.on_budget(budget("beta", "2026-11", 1.0, 10.0, now - 1_000));
@@ -516,8 +594,20 @@ mod tests {
                 period_kind: "day".into(),
                 currency: "USD".into(),
                 tenants: vec![
-                    CostTenant { tenant: "acme".into(), total_cost: 9.0, predictions: 9000, cost_per_1k_predictions: Some(1.0), ..Default::default() },
-                    CostTenant { tenant: "zeta".into(), total_cost: 0.3, predictions: 30, budget: Some(0.2), ..Default::default() },
+                    CostTenant {
+                        tenant: "acme".into(),
+                        total_cost: 9.0,
+                        predictions: 9000,
+                        cost_per_1k_predictions: Some(1.0),
+                        ..Default::default()
+                    },
+                    CostTenant {
+                        tenant: "zeta".into(),
+                        total_cost: 0.3,
+                        predictions: 30,
+                        budget: Some(0.2),
+                        ..Default::default()
+                    },
                 ],
             }),
             now - 200,
@@ -525,8 +615,17 @@ mod tests {
         c.registry.update(
             Ok(vec![TaskModels {
                 task: "spam".into(),
-                records: vec![record("spam", "v1", 0.9, 1), record("spam", "v2", 0.91, 2), record("spam", "v3", 0.93, 3), record("spam", "v4", 0.5, 4)],
-                aliases: [("production".to_string(), "v3".to_string()), ("candidate".to_string(), "v4".to_string())].into(),
+                records: vec![
+                    record("spam", "v1", 0.9, 1),
+                    record("spam", "v2", 0.91, 2),
+                    record("spam", "v3", 0.93, 3),
+                    record("spam", "v4", 0.5, 4),
+                ],
+                aliases: [
+                    ("production".to_string(), "v3".to_string()),
+                    ("candidate".to_string(), "v4".to_string()),
+                ]
+                .into(),
                 rollout: Rollout::Canary { share: 0.1 },
             }]),
             now - 300,
@@ -541,11 +640,21 @@ mod tests {
         assert_eq!(d.throughput.predictions, 120);
         assert_eq!(d.throughput.errors, 1);
         assert_eq!(d.throughput.dead_letters_per_s, 0.25);
-        assert_eq!((d.latency_ms.p50, d.latency_ms.p99, d.latency_ms.max), (Some(40.0), Some(80.0), Some(81.0)));
+        assert_eq!(
+            (d.latency_ms.p50, d.latency_ms.p99, d.latency_ms.max),
+            (Some(40.0), Some(80.0), Some(81.0))
+        );
         assert_eq!(d.history.len(), 1);
         assert_eq!(d.history[0].p99_ms, Some(80.0));
         assert_eq!(d.lag.len(), 1);
-        assert_eq!((d.lag[0].total_lag, d.lag[0].partitions, d.lag[0].lag_rate_per_s), (40, 1, -2.0));
+        assert_eq!(
+            (
+                d.lag[0].total_lag,
+                d.lag[0].partitions,
+                d.lag[0].lag_rate_per_s
+            ),
+            (40, 1, -2.0)
+        );
         assert_eq!(d.lag[0].history, vec![10, 20, 40]);
     }
 
@@ -553,25 +662,66 @@ mod tests {
     fn services_show_replicas_and_the_newest_decision_first() {
         let now = 10_000_000;
         let d = build(&collected(now), now, LIMITS);
-        assert_eq!(d.services.len(), 1, "the hour-old decision is stale: {:?}", d.services);
+        assert_eq!(
+            d.services.len(),
+            1,
+            "the hour-old decision is stale: {:?}",
+            d.services
+        );
         let s = &d.services[0];
-        assert_eq!((s.service.as_str(), s.replicas, s.actuator.as_deref()), ("inference-worker", Some(3), Some("local")));
-        assert_eq!((s.desired_replicas, s.reason.as_deref()), (Some(3), Some("budget_cap")));
-        assert_eq!(s.decisions.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>(), vec!["budget_cap", "lag"]);
+        assert_eq!(
+            (s.service.as_str(), s.replicas, s.actuator.as_deref()),
+            ("inference-worker", Some(3), Some("local"))
+        );
+        assert_eq!(
+            (s.desired_replicas, s.reason.as_deref()),
+            (Some(3), Some("budget_cap"))
+        );
+        assert_eq!(
+            s.decisions
+                .iter()
+                .map(|d| d.reason.as_str())
+                .collect::<Vec<_>>(),
+            vec!["budget_cap", "lag"]
+        );
     }
 
     #[test]
     fn tenants_merge_budget_reports_and_the_cost_report() {
         let now = 10_000_000;
         let d = build(&collected(now), now, LIMITS);
-        let names: Vec<(&str, &str, &str)> = d.tenants.iter().map(|t| (t.tenant.as_str(), t.state.as_str(), t.source.as_str())).collect();
-        assert_eq!(names, vec![("acme", "warning", "nats"), ("beta", "ok", "nats"), ("zeta", "exceeded", "costs")]);
+        let names: Vec<(&str, &str, &str)> = d
+            .tenants
+            .iter()
+            .map(|t| (t.tenant.as_str(), t.state.as_str(), t.source.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("acme", "warning", "nats"),
+                ("beta", "ok", "nats"),
+                ("zeta", "exceeded", "costs")
+            ]
+        );
         let acme = &d.tenants[0];
-        assert_eq!((acme.spent, acme.budget, acme.remaining, acme.used_ratio), (9.0, Some(10.0), Some(1.0), Some(0.9)));
-        assert_eq!(acme.predictions, Some(9000), "the cost report's period matches the budget's");
-        assert_eq!(d.tenants[1].predictions, None, "a month budget is not today's report");
+        assert_eq!(
+            (acme.spent, acme.budget, acme.remaining, acme.used_ratio),
+            (9.0, Some(10.0), Some(1.0), Some(0.9))
+        );
+        assert_eq!(
+            acme.predictions,
+            Some(9000),
+            "the cost report's period matches the budget's"
+        );
+        assert_eq!(
+            d.tenants[1].predictions, None,
+            "a month budget is not today's report"
+        );
         let zeta = &d.tenants[2];
-        assert_eq!((zeta.spent, zeta.budget, zeta.period.as_str()), (0.3, Some(0.2), "2026-11-29"));
+        assert_eq!(
+            (zeta.spent, zeta.budget, zeta.period.as_str()),
+            (0.3, Some(0.2), "2026-11-29")
+        );
         assert!((zeta.used_ratio.unwrap() - 1.5).abs() < 1e-12);
         assert!(d.sources.costs.ok && d.sources.registry.ok);
     }
@@ -590,7 +740,10 @@ mod tests {
         assert_eq!(v3.live.as_ref().map(|l| l.count), Some(100));
         assert_eq!(v3.rollout, None);
         let v4 = &d.models[0];
-        assert_eq!((v4.aliases.clone(), v4.rollout.as_deref()), (vec!["candidate".to_string()], Some("canary 10%")));
+        assert_eq!(
+            (v4.aliases.clone(), v4.rollout.as_deref()),
+            (vec!["candidate".to_string()], Some("canary 10%"))
+        );
         assert!(v4.live.is_none());
         assert!(!d.models[2].registered && d.models[2].live.as_ref().unwrap().count == 20);
     }
@@ -615,7 +768,12 @@ mod tests {
         let d = build(&Collected::new("off"), 5, LIMITS);
         assert_eq!(d.throughput.predictions, 0);
         assert_eq!(d.latency_ms.p99, None);
-        assert!(d.lag.is_empty() && d.services.is_empty() && d.tenants.is_empty() && d.models.is_empty());
+        assert!(
+            d.lag.is_empty()
+                && d.services.is_empty()
+                && d.tenants.is_empty()
+                && d.models.is_empty()
+        );
         assert!(PAGE.contains("/v1/dashboard"), "the page polls the JSON");
     }
 }

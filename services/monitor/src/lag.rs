@@ -14,7 +14,13 @@ pub struct LagTracker {
 
 impl LagTracker {
     /// One reading for `group` on `topic` at `at_ms`.
-    pub fn observe(&mut self, group: &str, topic: &str, offsets: &[PartitionOffsets], at_ms: i64) -> LagReading {
+    pub fn observe(
+        &mut self,
+        group: &str,
+        topic: &str,
+        offsets: &[PartitionOffsets],
+        at_ms: i64,
+    ) -> LagReading {
         let total: i64 = offsets.iter().map(|p| p.lag).sum();
         let key = (group.to_string(), topic.to_string());
         let rate = match self.prev.get(&key) {
@@ -74,15 +80,23 @@ pub fn assignment_topics(bytes: &[u8]) -> Vec<String> {
         Some(i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
     }
     let mut out = Vec::new();
-    let Some(_version) = i16_at(bytes, 0) else { return out };
-    let Some(n) = i32_at(bytes, 2) else { return out };
+    let Some(_version) = i16_at(bytes, 0) else {
+        return out;
+    };
+    let Some(n) = i32_at(bytes, 2) else {
+        return out;
+    };
     let mut at = 6;
     for _ in 0..n.max(0) {
         let Some(len) = i16_at(bytes, at) else { break };
         at += 2;
-        let Some(name) = bytes.get(at..at + len.max(0) as usize) else { break };
+        let Some(name) = bytes.get(at..at + len.max(0) as usize) else {
+            break;
+        };
         at += len.max(0) as usize;
-        let Some(parts) = i32_at(bytes, at) else { break };
+        let Some(parts) = i32_at(bytes, at) else {
+            break;
+        };
         at += 4 + 4 * parts.max(0) as usize;
         if let Ok(s) = std::str::from_utf8(name) {
             out.push(s.to_string());
@@ -136,7 +150,10 @@ mod tests {
     fn member_assignments_name_their_topics() {
         let mut b = vec![0, 1]; // version 1
         b.extend(2i32.to_be_bytes());
-        for (topic, parts) in [("aifab.inference.requests", vec![0, 1, 2]), ("other", vec![7])] {
+        for (topic, parts) in [
+            ("aifab.inference.requests", vec![0, 1, 2]),
+            ("other", vec![7]),
+        ] {
             b.extend((topic.len() as i16).to_be_bytes());
             b.extend(topic.as_bytes());
             b.extend((parts.len() as i32).to_be_bytes());
@@ -145,8 +162,15 @@ mod tests {
             }
         }
         b.extend((-1i32).to_be_bytes()); // null user data
-        assert_eq!(assignment_topics(&b), vec!["aifab.inference.requests", "other"]);
+        assert_eq!(
+            assignment_topics(&b),
+            vec!["aifab.inference.requests", "other"]
+        );
         assert!(assignment_topics(&[0]).is_empty());
-        assert_eq!(assignment_topics(&b[..20]), Vec::<String>::new(), "truncated: nothing half-read");
+        assert_eq!(
+            assignment_topics(&b[..20]),
+            Vec::<String>::new(),
+            "truncated: nothing half-read"
+        );
     }
 }

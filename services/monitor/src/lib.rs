@@ -26,7 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aifab_core::config::{BrokerArgs, ServeArgs};
-use aifab_core::messages::{decode, encode, Alert, BudgetEvent, DeadLetter, LagReading, Outcome, Prediction, ReplicaReport, ScaleDecision};
+use aifab_core::messages::{
+    decode, encode, Alert, BudgetEvent, DeadLetter, LagReading, Outcome, Prediction, ReplicaReport,
+    ScaleDecision,
+};
 use aifab_core::service::{Needs, Service, ServiceSpec};
 use aifab_core::topics::{self, groups, subjects};
 use anyhow::Context;
@@ -45,7 +48,11 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     name: "monitor",
     default_port: 8084,
     // Redis holds the model registry the dashboard shows; readiness includes it.
-    needs: Needs { kafka: true, nats: true, redis: true },
+    needs: Needs {
+        kafka: true,
+        nats: true,
+        redis: true,
+    },
 };
 
 /// Command-line and environment configuration.
@@ -119,10 +126,18 @@ pub struct Config {
 
     /// Dashboard: the cost accountant's base URL, for `GET /v1/costs` (today's spend per
     /// tenant). Empty: off (budget reports on NATS still show).
-    #[arg(long, env = "AIFAB_MONITOR_COSTS_URL", default_value = "http://127.0.0.1:8085")]
+    #[arg(
+        long,
+        env = "AIFAB_MONITOR_COSTS_URL",
+        default_value = "http://127.0.0.1:8085"
+    )]
     pub costs_url: String,
     /// Dashboard: milliseconds between fetches of the cost report and the model registry.
-    #[arg(long, env = "AIFAB_MONITOR_DASHBOARD_REFRESH_MS", default_value_t = 5000)]
+    #[arg(
+        long,
+        env = "AIFAB_MONITOR_DASHBOARD_REFRESH_MS",
+        default_value_t = 5000
+    )]
     pub dashboard_refresh_ms: u64,
     /// Dashboard: budget reports, replica reports and scale decisions older than this many
     /// seconds are left out.
@@ -136,7 +151,10 @@ pub struct Config {
 impl Config {
     pub fn dashboard_limits(&self) -> dashboard::Limits {
         dashboard::Limits {
-            max_age_ms: self.dashboard_max_age_s.saturating_mul(1000).min(i64::MAX as u64) as i64,
+            max_age_ms: self
+                .dashboard_max_age_s
+                .saturating_mul(1000)
+                .min(i64::MAX as u64) as i64,
             versions_per_task: self.dashboard_versions.max(1),
         }
     }
@@ -188,9 +206,14 @@ type SharedState = Arc<Mutex<Shared>>;
 
 /// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let static_watch = lag::parse_watch(&config.watch).map_err(|e| anyhow::anyhow!("--watch: {e}"))?;
+    let static_watch =
+        lag::parse_watch(&config.watch).map_err(|e| anyhow::anyhow!("--watch: {e}"))?;
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
-    let costs_from = if config.costs_url.trim().is_empty() { "off (--costs-url is empty)".to_string() } else { costs_endpoint(&config.costs_url) };
+    let costs_from = if config.costs_url.trim().is_empty() {
+        "off (--costs-url is empty)".to_string()
+    } else {
+        costs_endpoint(&config.costs_url)
+    };
     let shared = Arc::new(Mutex::new(Shared {
         latest_lag: BTreeMap::new(),
         report: StatsReport::default(),
@@ -203,12 +226,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .route("/", get(|| async { Html(dashboard::PAGE) }))
         .route(
             "/v1/stats",
-            get(|State(s): State<SharedState>| async move { Json(s.lock().expect("stats lock").report.clone()) }),
+            get(|State(s): State<SharedState>| async move {
+                Json(s.lock().expect("stats lock").report.clone())
+            }),
         )
         .route(
             "/v1/dashboard",
             get(move |State(s): State<SharedState>| async move {
-                let d = dashboard::build(&s.lock().expect("stats lock").dash, aifab_core::now_ms(), limits);
+                let d = dashboard::build(
+                    &s.lock().expect("stats lock").dash,
+                    aifab_core::now_ms(),
+                    limits,
+                );
                 Json(d)
             }),
         )
@@ -216,7 +245,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     svc.serve(api).await?;
     let nats = svc.nats()?;
     let redis = svc.redis()?;
-    svc.supervise("control-listener", listen_control(nats.clone(), shared.clone(), svc.shutdown.clone()));
+    svc.supervise(
+        "control-listener",
+        listen_control(nats.clone(), shared.clone(), svc.shutdown.clone()),
+    );
     let refresher = refresh_sources(config.clone(), redis, shared.clone(), svc.shutdown.clone());
     svc.supervise("dashboard-refresher", async move {
         refresher.await;
@@ -233,8 +265,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(())
         })?
     };
-    svc.supervise("lag-poller", async move { poller.await.context("lag poller thread")? });
-    svc.supervise("predictions-consumer", consume_predictions(config.clone(), windows.clone(), svc.shutdown.clone()));
+    svc.supervise("lag-poller", async move {
+        poller.await.context("lag poller thread")?
+    });
+    svc.supervise(
+        "predictions-consumer",
+        consume_predictions(config.clone(), windows.clone(), svc.shutdown.clone()),
+    );
 
     let slo = config.slo();
     let mut engine = SloEngine::default();
@@ -312,7 +349,11 @@ fn build_report(
     lag: &BTreeMap<(String, String), LagReading>,
     firing: &BTreeMap<String, Alert>,
 ) -> StatsReport {
-    let mut r = StatsReport { window_s, dead_letters_per_s: dlq, ..Default::default() };
+    let mut r = StatsReport {
+        window_s,
+        dead_letters_per_s: dlq,
+        ..Default::default()
+    };
     for (k, s) in stats {
         match k {
             Key::All => r.overall = Some(s.clone()),
@@ -343,7 +384,8 @@ fn export_window_metrics(stats: &BTreeMap<Key, WindowStats>, dlq: f64) {
             }
         }
         metrics::gauge!("aifab_monitor_window_predictions_per_second", "scope" => scope, "key" => key.clone()).set(s.per_second);
-        metrics::gauge!("aifab_monitor_window_error_ratio", "scope" => scope, "key" => key).set(s.error_rate);
+        metrics::gauge!("aifab_monitor_window_error_ratio", "scope" => scope, "key" => key)
+            .set(s.error_rate);
     }
     metrics::gauge!("aifab_monitor_window_dead_letters_per_second").set(dlq);
 }
@@ -351,13 +393,20 @@ fn export_window_metrics(stats: &BTreeMap<Key, WindowStats>, dlq: f64) {
 async fn publish_lag(nats: &async_nats::Client, r: &LagReading) {
     let labels = [("group", r.group.clone()), ("topic", r.topic.clone())];
     metrics::gauge!("aifab_monitor_consumer_lag_records", &labels).set(r.total_lag as f64);
-    metrics::gauge!("aifab_monitor_consumer_lag_rate_records_per_second", &labels).set(r.lag_rate_per_s);
+    metrics::gauge!(
+        "aifab_monitor_consumer_lag_rate_records_per_second",
+        &labels
+    )
+    .set(r.lag_rate_per_s);
     for p in &r.partitions {
         metrics::gauge!("aifab_monitor_consumer_lag_partition_records",
             "group" => r.group.clone(), "topic" => r.topic.clone(), "partition" => p.partition.to_string())
         .set(p.lag as f64);
     }
-    if let Err(e) = nats.publish(subjects::lag(&r.group), encode(r).into()).await {
+    if let Err(e) = nats
+        .publish(subjects::lag(&r.group), encode(r).into())
+        .await
+    {
         tracing::warn!(error = %e, "publishing a lag reading failed");
     }
 }
@@ -378,7 +427,8 @@ struct Watch {
 /// must not count against the client (a group watching only that topic would have its
 /// client replaced every few reads).
 fn broker_answered<T>(read: &anyhow::Result<T>) -> bool {
-    read.as_ref().map_or_else(|e| e.is::<aifab_core::kafka::TopicMissing>(), |_| true)
+    read.as_ref()
+        .map_or_else(|e| e.is::<aifab_core::kafka::TopicMissing>(), |_| true)
 }
 
 /// Failed reads in a row after which a group's offsets client is replaced: after a broker
@@ -389,9 +439,13 @@ const READ_FAILURES_BEFORE_NEW_CLIENT: u32 = 3;
 impl Watch {
     fn client(&mut self, group: &str) -> anyhow::Result<&BaseConsumer> {
         if !self.clients.contains_key(group) {
-            let c: BaseConsumer = aifab_core::kafka::consumer_config(&self.config.brokers.kafka_brokers, "aifab-monitor-lag", group)
-                .create()
-                .with_context(|| format!("offsets client for group {group}"))?;
+            let c: BaseConsumer = aifab_core::kafka::consumer_config(
+                &self.config.brokers.kafka_brokers,
+                "aifab-monitor-lag",
+                group,
+            )
+            .create()
+            .with_context(|| format!("offsets client for group {group}"))?;
             self.clients.insert(group.to_string(), c);
         }
         Ok(&self.clients[group])
@@ -418,7 +472,8 @@ impl Watch {
     fn discover(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let brokers = self.config.brokers.kafka_brokers.clone();
         let list = {
-            let c: BaseConsumer = aifab_core::kafka::metadata_client(&brokers, "aifab-monitor-groups")?;
+            let c: BaseConsumer =
+                aifab_core::kafka::metadata_client(&brokers, "aifab-monitor-groups")?;
             c.fetch_group_list(None, timeout)?
                 .groups()
                 .iter()
@@ -447,7 +502,10 @@ impl Watch {
                 // No members and not a known service: look for committed offsets.
                 self.probed.insert(group.clone());
                 let prefix = self.config.topic_prefix.clone();
-                for t in topics::TOPICS.iter().filter(|t| t.name.starts_with(&prefix)) {
+                for t in topics::TOPICS
+                    .iter()
+                    .filter(|t| t.name.starts_with(&prefix))
+                {
                     let c = self.client(&group)?;
                     if let Ok(offs) = aifab_core::kafka::group_offsets(c, t.name, timeout) {
                         if offs.iter().any(|p| p.committed.is_some()) {
@@ -470,7 +528,12 @@ impl Watch {
     }
 }
 
-fn lag_poller(config: Config, static_watch: BTreeSet<(String, String)>, tx: tokio::sync::mpsc::Sender<LagReading>, token: CancellationToken) {
+fn lag_poller(
+    config: Config,
+    static_watch: BTreeSet<(String, String)>,
+    tx: tokio::sync::mpsc::Sender<LagReading>,
+    token: CancellationToken,
+) {
     let interval = Duration::from_millis(config.interval_ms.max(100));
     let timeout = Duration::from_secs(5);
     let discover_every = Duration::from_secs(config.discover_every_s.max(1));
@@ -486,7 +549,8 @@ fn lag_poller(config: Config, static_watch: BTreeSet<(String, String)>, tx: toki
     // Transactional consumers commit up to, not past, each transaction's commit marker:
     // the probe takes markers (and aborted records) out of the lag, so a group at rest
     // reads 0, not one per partition.
-    let mut probe = aifab_core::kafka::LagProbe::new(&config.brokers.kafka_brokers, "aifab-monitor-lag");
+    let mut probe =
+        aifab_core::kafka::LagProbe::new(&config.brokers.kafka_brokers, "aifab-monitor-lag");
     let mut last_discovery: Option<std::time::Instant> = None;
     let mut warned = false;
     while !token.is_cancelled() {
@@ -505,7 +569,9 @@ fn lag_poller(config: Config, static_watch: BTreeSet<(String, String)>, tx: toki
                 return;
             }
             let at = aifab_core::now_ms();
-            let result = watch.client(group).and_then(|c| aifab_core::kafka::group_offsets(c, topic, timeout));
+            let result = watch
+                .client(group)
+                .and_then(|c| aifab_core::kafka::group_offsets(c, topic, timeout));
             watch.note_read(group, broker_answered(&result));
             match result {
                 Ok(mut offs) => {
@@ -531,8 +597,16 @@ fn lag_poller(config: Config, static_watch: BTreeSet<(String, String)>, tx: toki
     }
 }
 
-async fn consume_predictions(config: Config, windows: Arc<Mutex<Windows>>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut cc = aifab_core::kafka::consumer_config(&config.brokers.kafka_brokers, "aifab-monitor", &config.group);
+async fn consume_predictions(
+    config: Config,
+    windows: Arc<Mutex<Windows>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut cc = aifab_core::kafka::consumer_config(
+        &config.brokers.kafka_brokers,
+        "aifab-monitor",
+        &config.group,
+    );
     // Statistics, not a pipeline stage: start at the end and let the client commit.
     cc.set("auto.offset.reset", "latest")
         .set("enable.auto.commit", "true")
@@ -562,7 +636,10 @@ async fn consume_predictions(config: Config, windows: Arc<Mutex<Windows>>, shutd
                 metrics::counter!("aifab_monitor_dead_letters_by_stage_total", "stage" => dl.stage, "error_kind" => dl.error_kind)
                     .increment(1);
             }
-            windows.lock().expect("windows lock").record_dead_letter(now);
+            windows
+                .lock()
+                .expect("windows lock")
+                .record_dead_letter(now);
             continue;
         }
         match decode::<Prediction>(payload) {
@@ -578,8 +655,16 @@ async fn consume_predictions(config: Config, windows: Arc<Mutex<Windows>>, shutd
                     "task" => p.task.clone(), "model_version" => p.model_version.clone(),
                     "tenant" => p.tenant.clone(), "outcome" => outcome)
                 .increment(1);
-                metrics::histogram!("aifab_monitor_e2e_latency_seconds", "task" => p.task.clone()).record(latency_ms / 1000.0);
-                windows.lock().expect("windows lock").record(now, latency_ms, error, &p.task, &p.model_version, &p.tenant);
+                metrics::histogram!("aifab_monitor_e2e_latency_seconds", "task" => p.task.clone())
+                    .record(latency_ms / 1000.0);
+                windows.lock().expect("windows lock").record(
+                    now,
+                    latency_ms,
+                    error,
+                    &p.task,
+                    &p.model_version,
+                    &p.tenant,
+                );
             }
             Err(e) => {
                 metrics::counter!("aifab_monitor_decode_errors_total", "topic" => m.topic().to_string()).increment(1);
@@ -590,10 +675,18 @@ async fn consume_predictions(config: Config, windows: Arc<Mutex<Windows>>, shutd
 }
 
 /// The dashboard's control-plane inputs: scale decisions, replica reports, budget reports.
-async fn listen_control(nats: async_nats::Client, shared: SharedState, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn listen_control(
+    nats: async_nats::Client,
+    shared: SharedState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let subscribe = |subject: &'static str| {
         let nats = nats.clone();
-        async move { nats.subscribe(subject).await.with_context(|| format!("subscribing to {subject}")) }
+        async move {
+            nats.subscribe(subject)
+                .await
+                .with_context(|| format!("subscribing to {subject}"))
+        }
     };
     let mut scale = subscribe(subjects::SCALE_ALL).await?;
     let mut replicas = subscribe(subjects::REPLICAS_ALL).await?;
@@ -629,37 +722,74 @@ fn costs_endpoint(base: &str) -> String {
     format!("{}/v1/costs", base.trim().trim_end_matches('/'))
 }
 
-async fn fetch_costs(http: &reqwest::Client, url: &str) -> Result<dashboard::CostsSnapshot, String> {
-    let resp = http.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+async fn fetch_costs(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<dashboard::CostsSnapshot, String> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
     let status = resp.status();
     if !status.is_success() {
         let body = resp.text().await.unwrap_or_default();
-        return Err(format!("GET {url}: {status}: {}", body.chars().take(200).collect::<String>()));
+        return Err(format!(
+            "GET {url}: {status}: {}",
+            body.chars().take(200).collect::<String>()
+        ));
     }
-    resp.json::<dashboard::CostsSnapshot>().await.map_err(|e| format!("GET {url}: not a cost report: {e}"))
+    resp.json::<dashboard::CostsSnapshot>()
+        .await
+        .map_err(|e| format!("GET {url}: not a cost report: {e}"))
 }
 
-async fn fetch_registry(conn: redis::aio::ConnectionManager) -> Result<Vec<dashboard::TaskModels>, String> {
+async fn fetch_registry(
+    conn: redis::aio::ConnectionManager,
+) -> Result<Vec<dashboard::TaskModels>, String> {
     use aifab_core::registry::{Registry, CANDIDATE, PRODUCTION};
     let mut reg = Registry::new(conn);
     let mut out = Vec::new();
-    for task in reg.tasks().await.map_err(|e| format!("registry tasks: {e}"))? {
-        let records = reg.list(&task).await.map_err(|e| format!("registry {task}: {e}"))?;
+    for task in reg
+        .tasks()
+        .await
+        .map_err(|e| format!("registry tasks: {e}"))?
+    {
+        let records = reg
+            .list(&task)
+            .await
+            .map_err(|e| format!("registry {task}: {e}"))?;
         let mut aliases = BTreeMap::new();
         for alias in [PRODUCTION, CANDIDATE] {
-            if let Some(v) = reg.alias(&task, alias).await.map_err(|e| format!("registry {task} {alias}: {e}"))? {
+            if let Some(v) = reg
+                .alias(&task, alias)
+                .await
+                .map_err(|e| format!("registry {task} {alias}: {e}"))?
+            {
                 aliases.insert(alias.to_string(), v);
             }
         }
-        let rollout = reg.rollout(&task).await.map_err(|e| format!("registry {task} rollout: {e}"))?;
-        out.push(dashboard::TaskModels { task, records, aliases, rollout });
+        let rollout = reg
+            .rollout(&task)
+            .await
+            .map_err(|e| format!("registry {task} rollout: {e}"))?;
+        out.push(dashboard::TaskModels {
+            task,
+            records,
+            aliases,
+            rollout,
+        });
     }
     Ok(out)
 }
 
 /// Model metrics and aliases on `/metrics`, for Grafana: the versions the dashboard shows.
 /// Alias series that moved away are set to 0 (the exporter cannot delete a series).
-fn export_model_metrics(tasks: &[dashboard::TaskModels], limits: dashboard::Limits, exported: &mut BTreeSet<(String, String, String)>) {
+fn export_model_metrics(
+    tasks: &[dashboard::TaskModels],
+    limits: dashboard::Limits,
+    exported: &mut BTreeSet<(String, String, String)>,
+) {
     let mut now_set = BTreeSet::new();
     for tm in tasks {
         let aliased: BTreeSet<&String> = tm.aliases.values().collect();
@@ -688,15 +818,22 @@ fn export_model_metrics(tasks: &[dashboard::TaskModels], limits: dashboard::Limi
 }
 
 /// Every `--dashboard-refresh-ms`: the cost report and the model registry.
-async fn refresh_sources(config: Config, redis: aifab_core::redis_store::RedisHandle, shared: SharedState, shutdown: CancellationToken) {
-    let costs_url = (!config.costs_url.trim().is_empty()).then(|| costs_endpoint(&config.costs_url));
+async fn refresh_sources(
+    config: Config,
+    redis: aifab_core::redis_store::RedisHandle,
+    shared: SharedState,
+    shutdown: CancellationToken,
+) {
+    let costs_url =
+        (!config.costs_url.trim().is_empty()).then(|| costs_endpoint(&config.costs_url));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()
         .expect("an HTTP client with a timeout builds");
     let limits = config.dashboard_limits();
     let mut exported = BTreeSet::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(config.dashboard_refresh_ms.max(100)));
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(config.dashboard_refresh_ms.max(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -708,7 +845,12 @@ async fn refresh_sources(config: Config, redis: aifab_core::redis_store::RedisHa
             if let Err(e) = &result {
                 tracing::debug!(error = %e, "cost report fetch failed");
             }
-            shared.lock().expect("stats lock").dash.costs.update(result, aifab_core::now_ms());
+            shared
+                .lock()
+                .expect("stats lock")
+                .dash
+                .costs
+                .update(result, aifab_core::now_ms());
         }
         let result = match redis.try_get() {
             None => Err("redis is not connected yet".to_string()),
@@ -718,7 +860,12 @@ async fn refresh_sources(config: Config, redis: aifab_core::redis_store::RedisHa
             Ok(tasks) => export_model_metrics(tasks, limits, &mut exported),
             Err(e) => tracing::debug!(error = %e, "registry read failed"),
         }
-        shared.lock().expect("stats lock").dash.registry.update(result, aifab_core::now_ms());
+        shared
+            .lock()
+            .expect("stats lock")
+            .dash
+            .registry
+            .update(result, aifab_core::now_ms());
     }
 }
 
@@ -744,14 +891,28 @@ mod tests {
         watch.note_read("g", true);
         watch.note_read("g", false);
         watch.note_read("g", false);
-        assert!(watch.clients.contains_key("g"), "a success in between starts the count again");
+        assert!(
+            watch.clients.contains_key("g"),
+            "a success in between starts the count again"
+        );
         watch.note_read("g", false);
-        assert!(!watch.clients.contains_key("g"), "the third failure in a row drops the client");
+        assert!(
+            !watch.clients.contains_key("g"),
+            "the third failure in a row drops the client"
+        );
         let missing: anyhow::Result<()> = Err(aifab_core::kafka::TopicMissing("t".into()).into());
-        assert!(broker_answered(&missing), "a topic that does not exist yet is the broker's answer");
-        assert!(!broker_answered::<()>(&Err(anyhow::anyhow!("metadata timed out"))));
+        assert!(
+            broker_answered(&missing),
+            "a topic that does not exist yet is the broker's answer"
+        );
+        assert!(!broker_answered::<()>(&Err(anyhow::anyhow!(
+            "metadata timed out"
+        ))));
         watch.client("g").unwrap();
         watch.note_read("g", false);
-        assert!(watch.clients.contains_key("g"), "the new client starts with no failures");
+        assert!(
+            watch.clients.contains_key("g"),
+            "the new client starts with no failures"
+        );
     }
 }

@@ -95,7 +95,10 @@ impl SloEngine {
                     value: p99,
                     threshold: cfg.p99_ms,
                     severity: Severity::Warning,
-                    what: format!("p99 end-to-end latency over the last {:.0} s: {p99:.0} ms (SLO {:.0} ms)", m.window_s, cfg.p99_ms),
+                    what: format!(
+                        "p99 end-to-end latency over the last {:.0} s: {p99:.0} ms (SLO {:.0} ms)",
+                        m.window_s, cfg.p99_ms
+                    ),
                     measured: true,
                 },
                 _ => Check {
@@ -103,7 +106,11 @@ impl SloEngine {
                     value: 0.0,
                     threshold: cfg.p99_ms,
                     severity: Severity::Warning,
-                    what: format!("p99 end-to-end latency not measured: {} (SLO {:.0} ms)", too_few(), cfg.p99_ms),
+                    what: format!(
+                        "p99 end-to-end latency not measured: {} (SLO {:.0} ms)",
+                        too_few(),
+                        cfg.p99_ms
+                    ),
                     measured: false,
                 },
             });
@@ -129,7 +136,11 @@ impl SloEngine {
                     value: 0.0,
                     threshold: cfg.error_rate,
                     severity: Severity::Critical,
-                    what: format!("error rate not measured: {} (SLO {:.2}%)", too_few(), cfg.error_rate * 100.0),
+                    what: format!(
+                        "error rate not measured: {} (SLO {:.2}%)",
+                        too_few(),
+                        cfg.error_rate * 100.0
+                    ),
                     measured: false,
                 }
             });
@@ -141,7 +152,10 @@ impl SloEngine {
                     value: *lag as f64,
                     threshold: cfg.max_lag as f64,
                     severity: Severity::Warning,
-                    what: format!("consumer group {group} is {lag} records behind (SLO {})", cfg.max_lag),
+                    what: format!(
+                        "consumer group {group} is {lag} records behind (SLO {})",
+                        cfg.max_lag
+                    ),
                     measured: true,
                 });
             }
@@ -152,7 +166,10 @@ impl SloEngine {
                 value: m.dlq_per_s,
                 threshold: cfg.dlq_per_s,
                 severity: Severity::Warning,
-                what: format!("{:.2} dead letters/s over the last {:.0} s (SLO {:.2}/s)", m.dlq_per_s, m.window_s, cfg.dlq_per_s),
+                what: format!(
+                    "{:.2} dead letters/s over the last {:.0} s (SLO {:.2}/s)",
+                    m.dlq_per_s, m.window_s, cfg.dlq_per_s
+                ),
                 measured: true,
             });
         }
@@ -193,11 +210,19 @@ impl SloEngine {
                     out.push(Alert {
                         schema: tag(),
                         rule: c.rule,
-                        state: if breached { AlertState::Firing } else { AlertState::Resolved },
+                        state: if breached {
+                            AlertState::Firing
+                        } else {
+                            AlertState::Resolved
+                        },
                         severity: if breached { c.severity } else { Severity::Info },
                         value: c.value,
                         threshold: c.threshold,
-                        message: if breached { c.what } else { format!("resolved: {}", c.what) },
+                        message: if breached {
+                            c.what
+                        } else {
+                            format!("resolved: {}", c.what)
+                        },
                         at_ms: now_ms,
                     });
                 }
@@ -214,7 +239,14 @@ mod tests {
     use super::*;
 
     fn cfg() -> SloConfig {
-        SloConfig { p99_ms: 500.0, error_rate: 0.01, max_lag: 1000, dlq_per_s: 1.0, min_samples: 10, for_evals: 2 }
+        SloConfig {
+            p99_ms: 500.0,
+            error_rate: 0.01,
+            max_lag: 1000,
+            dlq_per_s: 1.0,
+            min_samples: 10,
+            for_evals: 2,
+        }
     }
 
     fn m(p99: f64, errors: f64, lag: i64, dlq: f64, n: u64) -> Measurements {
@@ -233,33 +265,52 @@ mod tests {
         let mut e = SloEngine::default();
         let c = cfg();
         assert!(e.evaluate(&c, &m(100.0, 0.0, 10, 0.0, 100), 1).is_empty());
-        assert!(e.evaluate(&c, &m(900.0, 0.0, 10, 0.0, 100), 2).is_empty(), "one breach is not enough");
+        assert!(
+            e.evaluate(&c, &m(900.0, 0.0, 10, 0.0, 100), 2).is_empty(),
+            "one breach is not enough"
+        );
         let a = e.evaluate(&c, &m(900.0, 0.0, 10, 0.0, 100), 3);
         assert_eq!(a.len(), 1);
-        assert_eq!((a[0].rule.as_str(), a[0].state, a[0].severity), ("p99_latency", AlertState::Firing, Severity::Warning));
+        assert_eq!(
+            (a[0].rule.as_str(), a[0].state, a[0].severity),
+            ("p99_latency", AlertState::Firing, Severity::Warning)
+        );
         assert_eq!((a[0].value, a[0].threshold), (900.0, 500.0));
         assert!(a[0].message.contains("900 ms"), "{}", a[0].message);
-        assert!(e.evaluate(&c, &m(900.0, 0.0, 10, 0.0, 100), 4).is_empty(), "firing stays quiet");
+        assert!(
+            e.evaluate(&c, &m(900.0, 0.0, 10, 0.0, 100), 4).is_empty(),
+            "firing stays quiet"
+        );
         assert_eq!(e.firing().count(), 1);
         // A blip under the threshold does not resolve it; two do.
         assert!(e.evaluate(&c, &m(100.0, 0.0, 10, 0.0, 100), 5).is_empty());
         assert!(e.evaluate(&c, &m(900.0, 0.0, 10, 0.0, 100), 6).is_empty());
         assert!(e.evaluate(&c, &m(100.0, 0.0, 10, 0.0, 100), 7).is_empty());
         let a = e.evaluate(&c, &m(100.0, 0.0, 10, 0.0, 100), 8);
-        assert_eq!((a[0].state, a[0].severity), (AlertState::Resolved, Severity::Info));
+        assert_eq!(
+            (a[0].state, a[0].severity),
+            (AlertState::Resolved, Severity::Info)
+        );
         assert!(a[0].message.starts_with("resolved"));
         for alert in &a {
-            aifab_core::schema::validate("alert/v1", &serde_json::to_value(alert).unwrap()).unwrap();
+            aifab_core::schema::validate("alert/v1", &serde_json::to_value(alert).unwrap())
+                .unwrap();
         }
     }
 
     #[test]
     fn each_rule_has_its_own_state() {
         let mut e = SloEngine::default();
-        let c = SloConfig { for_evals: 1, ..cfg() };
+        let c = SloConfig {
+            for_evals: 1,
+            ..cfg()
+        };
         let a = e.evaluate(&c, &m(100.0, 0.05, 5000, 3.0, 100), 1);
         let rules: Vec<&str> = a.iter().map(|a| a.rule.as_str()).collect();
-        assert_eq!(rules, vec!["error_rate", "lag-aifab-inference-worker", "dlq_rate"]);
+        assert_eq!(
+            rules,
+            vec!["error_rate", "lag-aifab-inference-worker", "dlq_rate"]
+        );
         assert_eq!(a[0].severity, Severity::Critical);
     }
 
@@ -270,16 +321,41 @@ mod tests {
         for t in 1..=2 {
             e.evaluate(&c, &m(6431.0, 0.5, 10, 0.0, 100), t);
         }
-        assert_eq!(e.firing().map(|(r, _)| r.as_str()).collect::<Vec<_>>(), vec!["error_rate", "p99_latency"]);
+        assert_eq!(
+            e.firing().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+            vec!["error_rate", "p99_latency"]
+        );
         // The window empties: the last p99 is gone with it (the monitor reports none).
-        let empty = Measurements { p99_ms: None, error_rate: 0.0, ..m(0.0, 0.0, 10, 0.0, 0) };
-        assert!(e.evaluate(&c, &empty, 3).is_empty(), "one clear evaluation is not enough");
+        let empty = Measurements {
+            p99_ms: None,
+            error_rate: 0.0,
+            ..m(0.0, 0.0, 10, 0.0, 0)
+        };
+        assert!(
+            e.evaluate(&c, &empty, 3).is_empty(),
+            "one clear evaluation is not enough"
+        );
         let a = e.evaluate(&c, &empty, 4);
-        let resolved: Vec<(&str, AlertState, f64)> = a.iter().map(|a| (a.rule.as_str(), a.state, a.value)).collect();
-        assert_eq!(resolved, vec![("p99_latency", AlertState::Resolved, 0.0), ("error_rate", AlertState::Resolved, 0.0)]);
-        assert!(a[0].message.contains("0 predictions over the last 60 s, fewer than the 10"), "{}", a[0].message);
+        let resolved: Vec<(&str, AlertState, f64)> = a
+            .iter()
+            .map(|a| (a.rule.as_str(), a.state, a.value))
+            .collect();
+        assert_eq!(
+            resolved,
+            vec![
+                ("p99_latency", AlertState::Resolved, 0.0),
+                ("error_rate", AlertState::Resolved, 0.0)
+            ]
+        );
+        assert!(
+            a[0].message
+                .contains("0 predictions over the last 60 s, fewer than the 10"),
+            "{}",
+            a[0].message
+        );
         for alert in &a {
-            aifab_core::schema::validate("alert/v1", &serde_json::to_value(alert).unwrap()).unwrap();
+            aifab_core::schema::validate("alert/v1", &serde_json::to_value(alert).unwrap())
+                .unwrap();
         }
         assert_eq!(e.firing().count(), 0);
         // Too few to judge is no data either, and nothing to judge never fires.
@@ -289,10 +365,16 @@ mod tests {
         assert_eq!(e.firing().count(), 1);
         assert!(e.evaluate(&c, &m(6431.0, 0.0, 10, 0.0, 3), 7).is_empty());
         let a = e.evaluate(&c, &m(6431.0, 0.0, 10, 0.0, 3), 8);
-        assert_eq!((a[0].rule.as_str(), a[0].state), ("p99_latency", AlertState::Resolved));
+        assert_eq!(
+            (a[0].rule.as_str(), a[0].state),
+            ("p99_latency", AlertState::Resolved)
+        );
         assert!(a[0].message.contains("3 predictions"), "{}", a[0].message);
         for t in 9..=20 {
-            assert!(e.evaluate(&c, &empty, t).is_empty(), "an empty window stays quiet");
+            assert!(
+                e.evaluate(&c, &empty, t).is_empty(),
+                "an empty window stays quiet"
+            );
         }
     }
 
@@ -300,22 +382,48 @@ mod tests {
     fn a_lag_alert_resolves_when_its_group_is_no_longer_watched() {
         let mut e = SloEngine::default();
         // Two evaluations in a row on either side, as by default.
-        let c = SloConfig { for_evals: 2, ..cfg() };
+        let c = SloConfig {
+            for_evals: 2,
+            ..cfg()
+        };
         assert!(e.evaluate(&c, &m(100.0, 0.0, 5000, 0.0, 100), 0).is_empty());
         let a = e.evaluate(&c, &m(100.0, 0.0, 5000, 0.0, 100), 1);
-        assert_eq!((a[0].rule.as_str(), a[0].state), ("lag-aifab-inference-worker", AlertState::Firing));
-        let gone = Measurements { lag: BTreeMap::new(), ..m(100.0, 0.0, 0, 0.0, 100) };
-        assert!(e.evaluate(&c, &gone, 2).is_empty(), "one clear evaluation is not enough");
+        assert_eq!(
+            (a[0].rule.as_str(), a[0].state),
+            ("lag-aifab-inference-worker", AlertState::Firing)
+        );
+        let gone = Measurements {
+            lag: BTreeMap::new(),
+            ..m(100.0, 0.0, 0, 0.0, 100)
+        };
+        assert!(
+            e.evaluate(&c, &gone, 2).is_empty(),
+            "one clear evaluation is not enough"
+        );
         let a = e.evaluate(&c, &gone, 2);
-        assert_eq!((a[0].rule.as_str(), a[0].state, a[0].threshold), ("lag-aifab-inference-worker", AlertState::Resolved, 1000.0));
-        assert!(a[0].message.contains("no longer measured"), "{}", a[0].message);
+        assert_eq!(
+            (a[0].rule.as_str(), a[0].state, a[0].threshold),
+            ("lag-aifab-inference-worker", AlertState::Resolved, 1000.0)
+        );
+        assert!(
+            a[0].message.contains("no longer measured"),
+            "{}",
+            a[0].message
+        );
         assert!(e.evaluate(&c, &gone, 3).is_empty());
     }
 
     #[test]
     fn few_samples_and_disabled_rules_do_not_fire() {
         let mut e = SloEngine::default();
-        let c = SloConfig { for_evals: 1, max_lag: 0, dlq_per_s: 0.0, ..cfg() };
-        assert!(e.evaluate(&c, &m(9000.0, 0.5, 1_000_000, 100.0, 5), 1).is_empty());
+        let c = SloConfig {
+            for_evals: 1,
+            max_lag: 0,
+            dlq_per_s: 0.0,
+            ..cfg()
+        };
+        assert!(e
+            .evaluate(&c, &m(9000.0, 0.5, 1_000_000, 100.0, 5), 1)
+            .is_empty());
     }
 }

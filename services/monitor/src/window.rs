@@ -53,7 +53,12 @@ pub struct Windows {
 impl Windows {
     pub fn new(window_ms: i64, slots: u32) -> Self {
         let window_ms = window_ms.max(1000);
-        Windows { window_ms, slot_ms: (window_ms / slots.max(1) as i64).max(100), slots: VecDeque::new(), started_ms: None }
+        Windows {
+            window_ms,
+            slot_ms: (window_ms / slots.max(1) as i64).max(100),
+            slots: VecDeque::new(),
+            started_ms: None,
+        }
     }
 
     pub fn window_ms(&self) -> i64 {
@@ -64,23 +69,43 @@ impl Windows {
         self.started_ms.get_or_insert(now_ms);
         let start = now_ms - now_ms.rem_euclid(self.slot_ms);
         if self.slots.back().is_none_or(|s| s.start_ms < start) {
-            self.slots.push_back(Slot { start_ms: start, stats: BTreeMap::new(), dead_letters: 0 });
+            self.slots.push_back(Slot {
+                start_ms: start,
+                stats: BTreeMap::new(),
+                dead_letters: 0,
+            });
         }
         self.expire(now_ms);
         self.slots.back_mut().expect("just pushed")
     }
 
     fn expire(&mut self, now_ms: i64) {
-        while self.slots.front().is_some_and(|s| s.start_ms + self.slot_ms <= now_ms - self.window_ms) {
+        while self
+            .slots
+            .front()
+            .is_some_and(|s| s.start_ms + self.slot_ms <= now_ms - self.window_ms)
+        {
             self.slots.pop_front();
         }
     }
 
     /// Record one prediction: its latency, whether it failed, its model and tenant.
-    pub fn record(&mut self, now_ms: i64, latency_ms: f64, error: bool, task: &str, version: &str, tenant: &str) {
+    pub fn record(
+        &mut self,
+        now_ms: i64,
+        latency_ms: f64,
+        error: bool,
+        task: &str,
+        version: &str,
+        tenant: &str,
+    ) {
         let slot = self.slot(now_ms);
         let v = latency_ms.round().clamp(1.0, 3_600_000.0) as u64;
-        for key in [Key::All, Key::Model(task.to_string(), version.to_string()), Key::Tenant(tenant.to_string())] {
+        for key in [
+            Key::All,
+            Key::Model(task.to_string(), version.to_string()),
+            Key::Tenant(tenant.to_string()),
+        ] {
             let s = slot.stats.entry(key).or_insert_with(Stats::new);
             s.latency_ms.saturating_record(v);
             s.count += 1;
@@ -100,7 +125,9 @@ impl Windows {
 
     fn in_window(&self, now_ms: i64) -> impl Iterator<Item = &Slot> {
         let from = now_ms - self.window_ms;
-        self.slots.iter().filter(move |s| s.start_ms + self.slot_ms > from)
+        self.slots
+            .iter()
+            .filter(move |s| s.start_ms + self.slot_ms > from)
     }
 
     /// Stats per key over the window ending at `now_ms`.
@@ -126,7 +153,11 @@ impl Windows {
                         count: s.count,
                         per_second: s.count as f64 / span,
                         errors: s.errors,
-                        error_rate: if s.count > 0 { s.errors as f64 / s.count as f64 } else { 0.0 },
+                        error_rate: if s.count > 0 {
+                            s.errors as f64 / s.count as f64
+                        } else {
+                            0.0
+                        },
                         p50_ms: q(0.5),
                         p90_ms: q(0.9),
                         p99_ms: q(0.99),
@@ -157,7 +188,14 @@ mod tests {
             let tenant = if i % 4 == 0 { "beta" } else { "acme" };
             let version = if i < 500 { "v1" } else { "v2" };
             // Latencies 1..=1000 ms; every 100th expired.
-            w.record(t0 + (i as i64) * 60, (i + 1) as f64, i % 100 == 0, "spam", version, tenant);
+            w.record(
+                t0 + (i as i64) * 60,
+                (i + 1) as f64,
+                i % 100 == 0,
+                "spam",
+                version,
+                tenant,
+            );
         }
         let now = t0 + 60_000;
         let s = w.stats(now);
@@ -182,7 +220,10 @@ mod tests {
         w.record_dead_letter(0);
         w.record(9_000, 7.0, false, "t", "v", "a");
         assert_eq!(w.stats(9_500)[&Key::All].count, 2);
-        assert!((w.dead_letters_per_s(9_500) - 1.0 / 9.5).abs() < 1e-9, "1 in the 9.5 s seen so far");
+        assert!(
+            (w.dead_letters_per_s(9_500) - 1.0 / 9.5).abs() < 1e-9,
+            "1 in the 9.5 s seen so far"
+        );
         // At 12 s the first 2 s slot [0, 2000) is out.
         assert_eq!(w.stats(12_000)[&Key::All].count, 1);
         assert_eq!(w.dead_letters_per_s(12_000), 0.0);

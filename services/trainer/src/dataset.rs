@@ -17,7 +17,8 @@ pub struct Example {
 /// Read a JSONL file of `{"text": ..., "label": ...}` (other fields ignored). Errors name
 /// the line.
 pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Example>> {
-    let body = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let body =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse_jsonl(&body, &path.display().to_string())
 }
 
@@ -36,8 +37,14 @@ pub fn parse_jsonl(body: &str, origin: &str) -> anyhow::Result<Vec<Example>> {
             other => other.to_string(),
         });
         match (text, label) {
-            (Some(t), Some(l)) if !t.trim().is_empty() => out.push(Example { text: t.to_string(), label: l }),
-            _ => anyhow::bail!("{origin}:{}: expected {{\"text\": non-empty string, \"label\": ...}}", n + 1),
+            (Some(t), Some(l)) if !t.trim().is_empty() => out.push(Example {
+                text: t.to_string(),
+                label: l,
+            }),
+            _ => anyhow::bail!(
+                "{origin}:{}: expected {{\"text\": non-empty string, \"label\": ...}}",
+                n + 1
+            ),
         }
     }
     anyhow::ensure!(!out.is_empty(), "{origin}: no examples");
@@ -46,7 +53,12 @@ pub fn parse_jsonl(body: &str, origin: &str) -> anyhow::Result<Vec<Example>> {
 
 /// The sorted set of labels.
 pub fn labels_of(examples: &[Example]) -> Vec<String> {
-    examples.iter().map(|e| e.label.clone()).collect::<BTreeSet<_>>().into_iter().collect()
+    examples
+        .iter()
+        .map(|e| e.label.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// Deterministic split: `fraction` of the examples (seeded shuffle) held out.
@@ -70,7 +82,10 @@ pub struct TrainingWindow {
 
 impl TrainingWindow {
     pub fn new(capacity: usize) -> Self {
-        TrainingWindow { capacity: capacity.max(1), ..Default::default() }
+        TrainingWindow {
+            capacity: capacity.max(1),
+            ..Default::default()
+        }
     }
 
     /// Add an example; `fresh` ones count towards the every-N-examples trigger (replayed
@@ -87,12 +102,18 @@ impl TrainingWindow {
     }
 
     pub fn examples(&self, task: &str) -> Vec<Example> {
-        self.tasks.get(task).map(|q| q.iter().cloned().collect()).unwrap_or_default()
+        self.tasks
+            .get(task)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Examples held per task.
     pub fn sizes(&self) -> std::collections::BTreeMap<String, usize> {
-        self.tasks.iter().map(|(t, q)| (t.clone(), q.len())).collect()
+        self.tasks
+            .iter()
+            .map(|(t, q)| (t.clone(), q.len()))
+            .collect()
     }
 
     pub fn len(&self, task: &str) -> usize {
@@ -109,8 +130,12 @@ impl TrainingWindow {
 
     /// Tasks with at least `every_n` new examples since they were last trained.
     pub fn due(&self, every_n: usize) -> Vec<String> {
-        let mut due: Vec<String> =
-            self.new_since_training.iter().filter(|(_, n)| **n >= every_n).map(|(t, _)| t.clone()).collect();
+        let mut due: Vec<String> = self
+            .new_since_training
+            .iter()
+            .filter(|(_, n)| **n >= every_n)
+            .map(|(t, _)| t.clone())
+            .collect();
         due.sort();
         due
     }
@@ -125,7 +150,10 @@ mod tests {
     use super::*;
 
     fn ex(t: &str, l: &str) -> Example {
-        Example { text: t.into(), label: l.into() }
+        Example {
+            text: t.into(),
+            label: l.into(),
+        }
     }
 
     #[test]
@@ -145,7 +173,9 @@ mod tests {
 
     #[test]
     fn split_is_deterministic_and_complete() {
-        let all: Vec<Example> = (0..100).map(|i| ex(&format!("t{i}"), if i % 2 == 0 { "a" } else { "b" })).collect();
+        let all: Vec<Example> = (0..100)
+            .map(|i| ex(&format!("t{i}"), if i % 2 == 0 { "a" } else { "b" }))
+            .collect();
         let (a1, b1) = split(&all, 0.2, 7);
         let (a2, b2) = split(&all, 0.2, 7);
         assert_eq!((a1.len(), b1.len()), (80, 20));
@@ -158,10 +188,18 @@ mod tests {
     fn jsonl_errors_name_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.jsonl");
-        std::fs::write(&p, "{\"text\":\"hi\",\"label\":\"a\"}\n{\"text\":\"\",\"label\":\"b\"}\n").unwrap();
+        std::fs::write(
+            &p,
+            "{\"text\":\"hi\",\"label\":\"a\"}\n{\"text\":\"\",\"label\":\"b\"}\n",
+        )
+        .unwrap();
         let err = read_jsonl(&p).unwrap_err().to_string();
         assert!(err.contains(":2:"), "{err}");
         std::fs::write(&p, "{\"text\":\"hi\",\"label\":1}\n").unwrap();
-        assert_eq!(read_jsonl(&p).unwrap()[0].label, "1", "numeric labels become strings");
+        assert_eq!(
+            read_jsonl(&p).unwrap()[0].label,
+            "1",
+            "numeric labels become strings"
+        );
     }
 }

@@ -34,8 +34,15 @@ impl EmbeddingCache {
             let key: [u8; 32] = rest[..32].try_into().expect("32 bytes");
             let width = u32::from_le_bytes(rest[32..36].try_into().expect("4 bytes")) as usize;
             rest = &rest[36..];
-            anyhow::ensure!(rest.len() >= width * 4, "{}: truncated vector", path.display());
-            let v = rest[..width * 4].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+            anyhow::ensure!(
+                rest.len() >= width * 4,
+                "{}: truncated vector",
+                path.display()
+            );
+            let v = rest[..width * 4]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect();
             rest = &rest[width * 4..];
             cache.map.insert(key, v);
         }
@@ -102,7 +109,10 @@ impl EmbeddingCache {
             done += chunk.len();
             on_batch(done, total);
         }
-        Ok(texts.iter().map(|t| self.map[&text_key(t)].clone()).collect())
+        Ok(texts
+            .iter()
+            .map(|t| self.map[&text_key(t)].clone())
+            .collect())
     }
 }
 
@@ -114,7 +124,10 @@ mod tests {
     fn save_and_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.bin");
-        assert!(EmbeddingCache::load(&path).unwrap().is_empty(), "missing file is empty");
+        assert!(
+            EmbeddingCache::load(&path).unwrap().is_empty(),
+            "missing file is empty"
+        );
         let mut c = EmbeddingCache::default();
         c.map.insert(text_key("a"), vec![1.0, -2.5]);
         c.map.insert(text_key("b"), vec![0.25, 3.0]);

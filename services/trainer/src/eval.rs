@@ -36,19 +36,45 @@ pub fn evaluate(labels: &[String], truth: &[usize], predicted: &[usize]) -> Eval
             let tp = confusion[c][c] as f64;
             let predicted_c: usize = (0..n).map(|t| confusion[t][c]).sum();
             let support: usize = confusion[c].iter().sum();
-            let precision = if predicted_c == 0 { 0.0 } else { tp / predicted_c as f64 };
-            let recall = if support == 0 { 0.0 } else { tp / support as f64 };
-            let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
-            ClassMetrics { label: labels[c].clone(), precision, recall, f1, support }
+            let precision = if predicted_c == 0 {
+                0.0
+            } else {
+                tp / predicted_c as f64
+            };
+            let recall = if support == 0 {
+                0.0
+            } else {
+                tp / support as f64
+            };
+            let f1 = if precision + recall == 0.0 {
+                0.0
+            } else {
+                2.0 * precision * recall / (precision + recall)
+            };
+            ClassMetrics {
+                label: labels[c].clone(),
+                precision,
+                recall,
+                f1,
+                support,
+            }
         })
         .collect();
     // Macro-F1 over the classes present in the evaluation set (as scikit-learn does
     // when given only the labels seen).
     let present: Vec<&ClassMetrics> = per_class.iter().filter(|m| m.support > 0).collect();
-    let macro_f1 = if present.is_empty() { 0.0 } else { present.iter().map(|m| m.f1).sum::<f64>() / present.len() as f64 };
+    let macro_f1 = if present.is_empty() {
+        0.0
+    } else {
+        present.iter().map(|m| m.f1).sum::<f64>() / present.len() as f64
+    };
     Evaluation {
         examples: truth.len(),
-        accuracy: if truth.is_empty() { 0.0 } else { correct as f64 / truth.len() as f64 },
+        accuracy: if truth.is_empty() {
+            0.0
+        } else {
+            correct as f64 / truth.len() as f64
+        },
         macro_f1,
         per_class,
         confusion,

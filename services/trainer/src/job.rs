@@ -42,15 +42,22 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn load(model_dir: &Path, max_len: usize, config: TrainConfig) -> anyhow::Result<Self> {
-        let encoder = Encoder::load(model_dir, &aifab_model::Device::Cpu)
-            .with_context(|| format!("loading the encoder from {} (run scripts/fetch-model?)", model_dir.display()))?;
+        let encoder = Encoder::load(model_dir, &aifab_model::Device::Cpu).with_context(|| {
+            format!(
+                "loading the encoder from {} (run scripts/fetch-model?)",
+                model_dir.display()
+            )
+        })?;
         let tokenizer = TextTokenizer::from_file(model_dir.join("tokenizer.json"), max_len)?;
         let weights = std::fs::read(model_dir.join("model.safetensors"))?;
         Ok(Trainer {
             encoder,
             tokenizer,
             cache: EmbeddingCache::default(),
-            encoder_name: model_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+            encoder_name: model_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default(),
             encoder_sha256: format!("{:x}", Sha256::digest(&weights)),
             config,
         })
@@ -58,18 +65,34 @@ impl Trainer {
 
     /// Train on `train` and evaluate on `eval` (labels seen only in `eval` count as
     /// errors: the head cannot predict them).
-    pub fn run(&mut self, train: &[Example], eval: &[Example], mut progress: impl FnMut(Progress)) -> anyhow::Result<JobOutput> {
+    pub fn run(
+        &mut self,
+        train: &[Example],
+        eval: &[Example],
+        mut progress: impl FnMut(Progress),
+    ) -> anyhow::Result<JobOutput> {
         let labels = labels_of(train);
-        anyhow::ensure!(labels.len() >= 2, "training needs at least two labels; found {:?}", labels);
-        let index: BTreeMap<&str, usize> = labels.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect();
+        anyhow::ensure!(
+            labels.len() >= 2,
+            "training needs at least two labels; found {:?}",
+            labels
+        );
+        let index: BTreeMap<&str, usize> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.as_str(), i))
+            .collect();
         let texts: Vec<&str> = train.iter().chain(eval).map(|e| e.text.as_str()).collect();
-        let vectors = self.cache.embed_all(&self.encoder, &self.tokenizer, &texts, 32, |done, total| {
-            progress(Progress::Embedding { done, total })
-        })?;
+        let vectors =
+            self.cache
+                .embed_all(&self.encoder, &self.tokenizer, &texts, 32, |done, total| {
+                    progress(Progress::Embedding { done, total })
+                })?;
         let (train_x, eval_x) = vectors.split_at(train.len());
         let train_y: Vec<usize> = train.iter().map(|e| index[e.label.as_str()]).collect();
-        let (head, report) =
-            train_head(train_x, &train_y, labels.clone(), &self.config, |p| progress(Progress::Epoch(p)))?;
+        let (head, report) = train_head(train_x, &train_y, labels.clone(), &self.config, |p| {
+            progress(Progress::Epoch(p))
+        })?;
         progress(Progress::Evaluating);
         // An evaluation label the head never saw is an extra class nobody predicts.
         let mut eval_labels = labels.clone();
@@ -87,10 +110,20 @@ impl Trainer {
         let predicted: Vec<usize> = head
             .scores(eval_x)
             .iter()
-            .map(|s| s.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0))
+            .map(|s| {
+                s.iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i)
+                    .unwrap_or(0)
+            })
             .collect();
         let evaluation = evaluate(&eval_labels, &truth, &predicted);
-        Ok(JobOutput { head, evaluation, report })
+        Ok(JobOutput {
+            head,
+            evaluation,
+            report,
+        })
     }
 }
 
@@ -111,10 +144,22 @@ struct Manifest<'a> {
 
 /// A version's files: `head.safetensors`, `labels.json`, `metrics.json` and
 /// `manifest.json` (the manifest names the encoder and its weights' SHA-256).
-pub fn artifact_files(task: &str, version: &str, trainer: &Trainer, out: &JobOutput) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let mut files: Vec<(String, Vec<u8>)> =
-        out.head.to_files()?.into_iter().map(|(name, bytes)| (name.to_string(), bytes)).collect();
-    files.push(("metrics.json".into(), serde_json::to_vec_pretty(&out.evaluation)?));
+pub fn artifact_files(
+    task: &str,
+    version: &str,
+    trainer: &Trainer,
+    out: &JobOutput,
+) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut files: Vec<(String, Vec<u8>)> = out
+        .head
+        .to_files()?
+        .into_iter()
+        .map(|(name, bytes)| (name.to_string(), bytes))
+        .collect();
+    files.push((
+        "metrics.json".into(),
+        serde_json::to_vec_pretty(&out.evaluation)?,
+    ));
     let manifest = Manifest {
         task,
         version,
@@ -128,7 +173,10 @@ pub fn artifact_files(task: &str, version: &str, trainer: &Trainer, out: &JobOut
         best_epoch: out.report.best_epoch,
         created_at_ms: aifab_core::now_ms(),
     };
-    files.push(("manifest.json".into(), serde_json::to_vec_pretty(&manifest)?));
+    files.push((
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&manifest)?,
+    ));
     Ok(files)
 }
 
@@ -141,7 +189,10 @@ pub async fn write_artifact(
     version: &str,
     files: &[(String, Vec<u8>)],
 ) -> anyhow::Result<ArtifactLocation> {
-    let (manifest, rest): (Vec<_>, Vec<_>) = files.iter().cloned().partition(|(name, _)| name == "manifest.json");
+    let (manifest, rest): (Vec<_>, Vec<_>) = files
+        .iter()
+        .cloned()
+        .partition(|(name, _)| name == "manifest.json");
     let rel = format!("{task}/{version}");
     store.put_all(&rel, &rest).await?;
     Ok(store.put_all(&rel, &manifest).await?)

@@ -21,7 +21,11 @@ use aifab_core::service::{Needs, ServiceSpec};
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "trainer",
     default_port: 8082,
-    needs: Needs { kafka: true, nats: true, redis: true },
+    needs: Needs {
+        kafka: true,
+        nats: true,
+        redis: true,
+    },
 };
 
 /// Command-line and environment configuration.
@@ -100,13 +104,19 @@ pub fn default_model_dir() -> String {
 impl Config {
     /// The artifact store URL in force: --artifact-store, else --artifact-dir.
     pub fn artifact_store_url(&self) -> &str {
-        self.artifact_store.as_deref().filter(|s| !s.trim().is_empty()).unwrap_or(&self.artifact_dir)
+        self.artifact_store
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or(&self.artifact_dir)
     }
 }
 
 pub fn default_artifact_dir() -> String {
     let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-    PathBuf::from(home).join(".aifab/artifacts").display().to_string()
+    PathBuf::from(home)
+        .join(".aifab/artifacts")
+        .display()
+        .to_string()
 }
 
 pub use service::run;

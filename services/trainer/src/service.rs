@@ -7,9 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aifab_core::artifacts::ArtifactStore;
-use aifab_core::messages::{decode, encode, tag, ModelEvent, ModelEventKind, TrainProgress, TrainRequest, TrainStage, TrainingExample};
-use aifab_core::registry::{promotion_gate, GateDecision, ModelRecord, Registry, CANDIDATE, PRODUCTION};
 use aifab_core::backoff::Backoff;
+use aifab_core::messages::{
+    decode, encode, tag, ModelEvent, ModelEventKind, TrainProgress, TrainRequest, TrainStage,
+    TrainingExample,
+};
+use aifab_core::registry::{
+    promotion_gate, GateDecision, ModelRecord, Registry, CANDIDATE, PRODUCTION,
+};
 use aifab_core::service::Service;
 use aifab_core::supervise::{Heartbeat, STALE_AFTER};
 use aifab_core::topics::subjects;
@@ -35,20 +40,31 @@ struct AppState {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
-    let train_config = TrainConfig { seed: config.seed, ..TrainConfig::default() };
+    let train_config = TrainConfig {
+        seed: config.seed,
+        ..TrainConfig::default()
+    };
     let model_dir = PathBuf::from(&config.model_dir);
     let max_len = config.max_len;
-    let trainer = tokio::task::spawn_blocking(move || Trainer::load(&model_dir, max_len, train_config)).await??;
+    let trainer =
+        tokio::task::spawn_blocking(move || Trainer::load(&model_dir, max_len, train_config))
+            .await??;
     let trainer = Arc::new(Mutex::new(trainer));
     // A store that is misconfigured or unreachable is a start-up error, not a failure
     // discovered after the first training job.
     let store = ArtifactStore::open(config.artifact_store_url(), &config.s3.config())?;
-    store.probe().await.context("checking the artifact store (--artifact-store)")?;
+    store
+        .probe()
+        .await
+        .context("checking the artifact store (--artifact-store)")?;
     tracing::info!(store = %store.root(), "artifact store");
 
     let window = Arc::new(Mutex::new(TrainingWindow::new(config.window)));
     let (tx, rx) = mpsc::unbounded_channel::<String>();
-    let state = AppState { window: window.clone(), triggers: tx.clone() };
+    let state = AppState {
+        window: window.clone(),
+        triggers: tx.clone(),
+    };
     let api = axum::Router::new()
         .route("/v1/train/{task}", post(train_now))
         .route("/v1/window", get(window_sizes))
@@ -58,16 +74,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let nats = svc.nats()?;
     let redis = svc.redis()?;
     let consumer: Arc<StreamConsumer> = Arc::new(
-        aifab_core::kafka::consumer_config(&config.brokers.kafka_brokers, "aifab-trainer", &config.group)
-            .create()
-            .context("creating the Kafka consumer")?,
+        aifab_core::kafka::consumer_config(
+            &config.brokers.kafka_brokers,
+            "aifab-trainer",
+            &config.group,
+        )
+        .create()
+        .context("creating the Kafka consumer")?,
     );
     let shutdown = svc.shutdown.clone();
 
     let heartbeat = svc.heartbeat("examples-consumer", STALE_AFTER);
-    let examples = consume_examples(consumer.clone(), config.clone(), window.clone(), tx.clone(), heartbeat, shutdown.clone());
+    let examples = consume_examples(
+        consumer.clone(),
+        config.clone(),
+        window.clone(),
+        tx.clone(),
+        heartbeat,
+        shutdown.clone(),
+    );
     svc.supervise("examples-consumer", examples);
-    svc.supervise("train-requests", listen_for_requests(nats.clone(), tx.clone(), shutdown.clone()));
+    svc.supervise(
+        "train-requests",
+        listen_for_requests(nats.clone(), tx.clone(), shutdown.clone()),
+    );
     let jobs_shutdown = shutdown.clone();
     svc.supervise("train-jobs", async move {
         let registry = tokio::select! {
@@ -86,7 +116,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     svc.finish().await
 }
 
-async fn train_now(State(s): State<AppState>, Path(task): Path<String>) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+async fn train_now(
+    State(s): State<AppState>,
+    Path(task): Path<String>,
+) -> (axum::http::StatusCode, Json<serde_json::Value>) {
     let examples = s.window.lock().expect("window lock").len(&task);
     if examples == 0 {
         return (
@@ -95,7 +128,10 @@ async fn train_now(State(s): State<AppState>, Path(task): Path<String>) -> (axum
         );
     }
     let _ = s.triggers.send(task.clone());
-    (axum::http::StatusCode::ACCEPTED, Json(serde_json::json!({"task": task, "examples": examples})))
+    (
+        axum::http::StatusCode::ACCEPTED,
+        Json(serde_json::json!({"task": task, "examples": examples})),
+    )
 }
 
 async fn window_sizes(State(s): State<AppState>) -> Json<serde_json::Value> {
@@ -119,7 +155,10 @@ async fn consume_examples(
     let mut backoff = Backoff::for_dependencies();
     let committed = loop {
         let (c, t) = (consumer.clone(), topic.clone());
-        let why = match tokio::task::spawn_blocking(move || assign_from_beginning(&c, &t)).await.context("assigning the examples topic")? {
+        let why = match tokio::task::spawn_blocking(move || assign_from_beginning(&c, &t))
+            .await
+            .context("assigning the examples topic")?
+        {
             Ok(Some(committed)) => break committed,
             Ok(None) => format!("topic {topic} does not exist yet"),
             Err(e) => format!("assigning {topic}: {e:#}"),
@@ -155,10 +194,19 @@ async fn consume_examples(
         heartbeat.progress();
         match decode::<TrainingExample>(msg.payload().unwrap_or_default()) {
             Ok(ex) => {
-                let fresh = committed.get(&msg.partition()).is_none_or(|c| msg.offset() >= *c);
+                let fresh = committed
+                    .get(&msg.partition())
+                    .is_none_or(|c| msg.offset() >= *c);
                 let due = {
                     let mut w = window.lock().expect("window lock");
-                    w.push(&ex.task, Example { text: ex.text, label: ex.label }, fresh);
+                    w.push(
+                        &ex.task,
+                        Example {
+                            text: ex.text,
+                            label: ex.label,
+                        },
+                        fresh,
+                    );
                     config.train_every > 0 && w.new_examples(&ex.task) >= config.train_every
                 };
                 metrics::counter!("aifab_trainer_examples_total").increment(1);
@@ -180,9 +228,19 @@ const IDLE_BEAT: Duration = Duration::from_secs(5);
 
 /// Assign every partition of `topic` from the beginning; the group's committed offsets
 /// by partition. `None` while the topic does not exist.
-fn assign_from_beginning(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<Option<HashMap<i32, i64>>> {
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).context("metadata")?;
-    let partitions = md.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions()).unwrap_or_default();
+fn assign_from_beginning(
+    consumer: &StreamConsumer,
+    topic: &str,
+) -> anyhow::Result<Option<HashMap<i32, i64>>> {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .context("metadata")?;
+    let partitions = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions())
+        .unwrap_or_default();
     if partitions.is_empty() {
         return Ok(None);
     }
@@ -190,7 +248,9 @@ fn assign_from_beginning(consumer: &StreamConsumer, topic: &str) -> anyhow::Resu
     for p in partitions {
         tpl.add_partition(topic, p.id());
     }
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).context("the group's committed offsets")?;
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .context("the group's committed offsets")?;
     let mut assign = TopicPartitionList::new();
     let mut out = HashMap::new();
     for e in committed.elements() {
@@ -208,7 +268,10 @@ async fn listen_for_requests(
     triggers: mpsc::UnboundedSender<String>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut sub = nats.subscribe(subjects::TRAIN_REQUEST).await.context("subscribing to train requests")?;
+    let mut sub = nats
+        .subscribe(subjects::TRAIN_REQUEST)
+        .await
+        .context("subscribing to train requests")?;
     loop {
         let msg = tokio::select! {
             m = sub.next() => match m { Some(m) => m, None => anyhow::bail!("the NATS subscription to {} ended", subjects::TRAIN_REQUEST) },
@@ -224,8 +287,24 @@ async fn listen_for_requests(
     }
 }
 
-fn progress_message(task: &str, stage: TrainStage, done: u64, total: u64, loss: Option<f64>, detail: Option<String>) -> TrainProgress {
-    TrainProgress { schema: tag(), task: task.to_string(), stage, done, total, validation_loss: loss, detail, at_ms: aifab_core::now_ms() }
+fn progress_message(
+    task: &str,
+    stage: TrainStage,
+    done: u64,
+    total: u64,
+    loss: Option<f64>,
+    detail: Option<String>,
+) -> TrainProgress {
+    TrainProgress {
+        schema: tag(),
+        task: task.to_string(),
+        stage,
+        done,
+        total,
+        validation_loss: loss,
+        detail,
+        at_ms: aifab_core::now_ms(),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -249,7 +328,17 @@ async fn run_jobs(
             tracing::warn!(%task, examples = examples.len(), "too few examples to train; skipping");
             continue;
         }
-        match train_one(&task, examples, &trainer, &mut registry, &store, &nats, &config).await {
+        match train_one(
+            &task,
+            examples,
+            &trainer,
+            &mut registry,
+            &store,
+            &nats,
+            &config,
+        )
+        .await
+        {
             Ok(version) => {
                 metrics::counter!("aifab_trainer_jobs_total", "result" => "ok").increment(1);
                 tracing::info!(%task, %version, "training job done");
@@ -261,8 +350,17 @@ async fn run_jobs(
             Err(e) => {
                 metrics::counter!("aifab_trainer_jobs_total", "result" => "failed").increment(1);
                 tracing::error!(%task, error = %format!("{e:#}"), "training job failed");
-                let msg = progress_message(&task, TrainStage::Failed, 0, 0, None, Some(format!("{e:#}")));
-                let _ = nats.publish(subjects::TRAIN_PROGRESS, encode(&msg).into()).await;
+                let msg = progress_message(
+                    &task,
+                    TrainStage::Failed,
+                    0,
+                    0,
+                    None,
+                    Some(format!("{e:#}")),
+                );
+                let _ = nats
+                    .publish(subjects::TRAIN_PROGRESS, encode(&msg).into())
+                    .await;
             }
         }
     }
@@ -296,11 +394,29 @@ async fn train_one(
     let forward = tokio::spawn(async move {
         while let Some(p) = prx.recv().await {
             let msg = match p {
-                Progress::Embedding { done, total } => progress_message(&task2, TrainStage::Embedding, done as u64, total as u64, None, None),
-                Progress::Epoch(e) => progress_message(&task2, TrainStage::Training, e.epoch as u64, e.max_epochs as u64, Some(e.validation_loss), None),
-                Progress::Evaluating => progress_message(&task2, TrainStage::Evaluating, 0, 1, None, None),
+                Progress::Embedding { done, total } => progress_message(
+                    &task2,
+                    TrainStage::Embedding,
+                    done as u64,
+                    total as u64,
+                    None,
+                    None,
+                ),
+                Progress::Epoch(e) => progress_message(
+                    &task2,
+                    TrainStage::Training,
+                    e.epoch as u64,
+                    e.max_epochs as u64,
+                    Some(e.validation_loss),
+                    None,
+                ),
+                Progress::Evaluating => {
+                    progress_message(&task2, TrainStage::Evaluating, 0, 1, None, None)
+                }
             };
-            let _ = nats2.publish(subjects::TRAIN_PROGRESS, encode(&msg).into()).await;
+            let _ = nats2
+                .publish(subjects::TRAIN_PROGRESS, encode(&msg).into())
+                .await;
         }
     });
     let (out, encoder, encoder_sha256) = job.await??;
@@ -334,7 +450,12 @@ async fn train_one(
         Some(p) => p.metrics.get("macro_f1").copied(),
         None => None,
     };
-    match promotion_gate(out.evaluation.macro_f1, production_f1, config.promotion_tolerance, config.promotion_floor) {
+    match promotion_gate(
+        out.evaluation.macro_f1,
+        production_f1,
+        config.promotion_tolerance,
+        config.promotion_floor,
+    ) {
         GateDecision::Promote { reason } => {
             registry.set_production(task, &version).await?;
             publish_event(nats, ModelEventKind::Promoted, &record, Some(PRODUCTION)).await?;
@@ -346,7 +467,8 @@ async fn train_one(
         }
     }
     let done = progress_message(task, TrainStage::Done, 1, 1, None, Some(version.clone()));
-    nats.publish(subjects::TRAIN_PROGRESS, encode(&done).into()).await?;
+    nats.publish(subjects::TRAIN_PROGRESS, encode(&done).into())
+        .await?;
     Ok(version)
 }
 

@@ -74,8 +74,17 @@ pub fn train_head(
     mut on_epoch: impl FnMut(EpochProgress),
 ) -> anyhow::Result<(ClassificationHead, TrainReport)> {
     anyhow::ensure!(!x.is_empty(), "no training examples");
-    anyhow::ensure!(x.len() == y.len(), "{} embeddings but {} labels", x.len(), y.len());
-    anyhow::ensure!(labels.len() >= 2, "need at least two labels, found {}", labels.len());
+    anyhow::ensure!(
+        x.len() == y.len(),
+        "{} embeddings but {} labels",
+        x.len(),
+        y.len()
+    );
+    anyhow::ensure!(
+        labels.len() >= 2,
+        "need at least two labels, found {}",
+        labels.len()
+    );
     let hidden = x[0].len();
     let n_labels = labels.len();
 
@@ -83,26 +92,59 @@ pub fn train_head(
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut order: Vec<usize> = (0..x.len()).collect();
     order.shuffle(&mut rng);
-    let n_val = if x.len() >= 10 { ((x.len() as f64) * cfg.validation_fraction).round() as usize } else { 0 };
+    let n_val = if x.len() >= 10 {
+        ((x.len() as f64) * cfg.validation_fraction).round() as usize
+    } else {
+        0
+    };
     let (val_idx, train_idx) = order.split_at(n_val);
     let train_idx = train_idx.to_vec();
-    let val_idx = if val_idx.is_empty() { train_idx.clone() } else { val_idx.to_vec() };
+    let val_idx = if val_idx.is_empty() {
+        train_idx.clone()
+    } else {
+        val_idx.to_vec()
+    };
     let train_examples = train_idx.len();
     let validation_examples = if n_val > 0 { val_idx.len() } else { 0 };
 
     // Find the best epoch count on the validation split, then refit on every example
     // for that many epochs: early stopping without losing a tenth of the data.
-    let search = fit(x, y, &train_idx, Some(&val_idx), n_labels, cfg, cfg.max_epochs, &mut rng, &mut on_epoch)?;
+    let search = fit(
+        x,
+        y,
+        &train_idx,
+        Some(&val_idx),
+        n_labels,
+        cfg,
+        cfg.max_epochs,
+        &mut rng,
+        &mut on_epoch,
+    )?;
     let mut all_idx = train_idx.clone();
     if n_val > 0 {
         all_idx.extend_from_slice(&val_idx);
     }
     let final_fit = if n_val > 0 && cfg.refit {
-        fit(x, y, &all_idx, None, n_labels, cfg, search.best_epoch, &mut rng, &mut |_| {})?
+        fit(
+            x,
+            y,
+            &all_idx,
+            None,
+            n_labels,
+            cfg,
+            search.best_epoch,
+            &mut rng,
+            &mut |_| {},
+        )?
     } else {
         search.clone()
     };
-    let (w_std, b_std, mean, std) = (final_fit.weight, final_fit.bias, final_fit.mean, final_fit.std);
+    let (w_std, b_std, mean, std) = (
+        final_fit.weight,
+        final_fit.bias,
+        final_fit.mean,
+        final_fit.std,
+    );
     let best = (search.best_loss, search.best_epoch);
     let epochs_run = search.epochs_run;
 
@@ -179,10 +221,19 @@ fn fit(
     let standardise = |rows: &[usize]| -> anyhow::Result<(Tensor, Tensor)> {
         let mut flat = Vec::with_capacity(rows.len() * hidden);
         for &i in rows {
-            flat.extend(x[i].iter().zip(&mean).zip(&std).map(|((v, m), s)| ((*v as f64 - m) / s) as f32));
+            flat.extend(
+                x[i].iter()
+                    .zip(&mean)
+                    .zip(&std)
+                    .map(|((v, m), s)| ((*v as f64 - m) / s) as f32),
+            );
         }
         let xs = Tensor::from_vec(flat, (rows.len(), hidden), &dev)?;
-        let ys = Tensor::from_vec(rows.iter().map(|&i| y[i] as u32).collect::<Vec<_>>(), rows.len(), &dev)?;
+        let ys = Tensor::from_vec(
+            rows.iter().map(|&i| y[i] as u32).collect::<Vec<_>>(),
+            rows.len(),
+            &dev,
+        )?;
         Ok((xs, ys))
     };
     let val = match val_idx {
@@ -195,11 +246,22 @@ fn fit(
     let b = Var::zeros(n_labels, DType::F32, &dev)?;
     let mut opt = AdamW::new(
         vec![w.clone(), b.clone()],
-        ParamsAdamW { lr: cfg.learning_rate, weight_decay: cfg.weight_decay, ..Default::default() },
+        ParamsAdamW {
+            lr: cfg.learning_rate,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
     )?;
-    let forward = |xs: &Tensor| -> candle_core::Result<Tensor> { xs.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor()) };
+    let forward = |xs: &Tensor| -> candle_core::Result<Tensor> {
+        xs.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor())
+    };
 
-    let mut best = (f64::INFINITY, 0usize, w.as_tensor().copy()?, b.as_tensor().copy()?);
+    let mut best = (
+        f64::INFINITY,
+        0usize,
+        w.as_tensor().copy()?,
+        b.as_tensor().copy()?,
+    );
     let mut epochs_run = 0;
     let mut order = idx.to_vec();
     for epoch in 1..=epochs.max(1) {
@@ -216,12 +278,22 @@ fn fit(
             loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
         }
         let Some(((val_x, val_y), n_val)) = &val else {
-            best = (f64::NAN, epoch, w.as_tensor().copy()?, b.as_tensor().copy()?);
+            best = (
+                f64::NAN,
+                epoch,
+                w.as_tensor().copy()?,
+                b.as_tensor().copy()?,
+            );
             continue;
         };
         let logits = forward(val_x)?;
         let val_loss = candle_nn::loss::cross_entropy(&logits, val_y)?.to_scalar::<f32>()? as f64;
-        let correct = logits.argmax(D::Minus1)?.eq(val_y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64;
+        let correct = logits
+            .argmax(D::Minus1)?
+            .eq(val_y)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
         on_epoch(EpochProgress {
             epoch,
             max_epochs: epochs,
@@ -230,7 +302,12 @@ fn fit(
             validation_accuracy: correct / *n_val as f64,
         });
         if val_loss < best.0 - 1e-6 {
-            best = (val_loss, epoch, w.as_tensor().copy()?, b.as_tensor().copy()?);
+            best = (
+                val_loss,
+                epoch,
+                w.as_tensor().copy()?,
+                b.as_tensor().copy()?,
+            );
         } else if epoch - best.1 >= cfg.patience {
             break;
         }
@@ -275,7 +352,8 @@ mod tests {
         let (x, y) = clusters(300, 1);
         let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let mut epochs = 0;
-        let (head, report) = train_head(&x, &y, labels, &TrainConfig::default(), |_| epochs += 1).unwrap();
+        let (head, report) =
+            train_head(&x, &y, labels, &TrainConfig::default(), |_| epochs += 1).unwrap();
         assert_eq!(epochs, report.epochs_run);
         assert!(report.best_epoch >= 1);
         let (tx, ty) = clusters(90, 2);
@@ -284,7 +362,12 @@ mod tests {
             .zip(&ty)
             .filter(|(v, t)| {
                 let s = head.scores(&[v.to_vec()]);
-                let best = s[0].iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+                let best = s[0]
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .unwrap()
+                    .0;
                 best == **t
             })
             .count();
@@ -295,7 +378,10 @@ mod tests {
     fn same_seed_same_head() {
         let (x, y) = clusters(120, 3);
         let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-        let cfg = TrainConfig { max_epochs: 20, ..Default::default() };
+        let cfg = TrainConfig {
+            max_epochs: 20,
+            ..Default::default()
+        };
         let (h1, _) = train_head(&x, &y, labels.clone(), &cfg, |_| {}).unwrap();
         let (h2, _) = train_head(&x, &y, labels, &cfg, |_| {}).unwrap();
         assert_eq!(h1.weight(), h2.weight());
@@ -304,8 +390,22 @@ mod tests {
 
     #[test]
     fn refuses_bad_input() {
-        assert!(train_head(&[], &[], vec!["a".into(), "b".into()], &TrainConfig::default(), |_| {}).is_err());
-        let err = train_head(&[vec![1.0]], &[0], vec!["a".into()], &TrainConfig::default(), |_| {}).unwrap_err();
+        assert!(train_head(
+            &[],
+            &[],
+            vec!["a".into(), "b".into()],
+            &TrainConfig::default(),
+            |_| {}
+        )
+        .is_err());
+        let err = train_head(
+            &[vec![1.0]],
+            &[0],
+            vec!["a".into()],
+            &TrainConfig::default(),
+            |_| {},
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("two labels"));
     }
 }

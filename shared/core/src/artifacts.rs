@@ -37,7 +37,10 @@ impl ArtifactLocation {
     /// Parse an artifact URI (see the module docs). Relative plain paths are made
     /// absolute against the current directory.
     pub fn parse(uri: &str) -> Result<Self, ArtifactError> {
-        let bad = |reason: &str| ArtifactError::BadUri { uri: uri.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| ArtifactError::BadUri {
+            uri: uri.to_string(),
+            reason: reason.to_string(),
+        };
         let uri_trimmed = uri.trim();
         if uri_trimmed.is_empty() {
             return Err(bad("empty"));
@@ -51,7 +54,10 @@ impl ArtifactLocation {
             if prefix.split('/').any(|p| p == "." || p == "..") {
                 return Err(bad("`.` and `..` are not allowed in an S3 prefix"));
             }
-            return Ok(ArtifactLocation::S3 { bucket: bucket.to_string(), prefix: collapse_slashes(prefix) });
+            return Ok(ArtifactLocation::S3 {
+                bucket: bucket.to_string(),
+                prefix: collapse_slashes(prefix),
+            });
         }
         if let Some(rest) = uri_trimmed.strip_prefix("file://") {
             if !rest.starts_with('/') {
@@ -62,7 +68,8 @@ impl ArtifactLocation {
         if let Some((scheme, _)) = uri_trimmed.split_once("://") {
             return Err(bad(&format!("unsupported scheme {scheme:?}: expected a path, file:///abs/dir or s3://bucket/prefix")));
         }
-        let path = std::path::absolute(uri_trimmed).map_err(|e| bad(&format!("cannot make it absolute: {e}")))?;
+        let path = std::path::absolute(uri_trimmed)
+            .map_err(|e| bad(&format!("cannot make it absolute: {e}")))?;
         Ok(ArtifactLocation::Local(path))
     }
 
@@ -74,7 +81,14 @@ impl ArtifactLocation {
             ArtifactLocation::Local(p) => ArtifactLocation::Local(p.join(rel)),
             ArtifactLocation::S3 { bucket, prefix } => ArtifactLocation::S3 {
                 bucket: bucket.clone(),
-                prefix: collapse_slashes(&[prefix.as_str(), rel].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join("/")),
+                prefix: collapse_slashes(
+                    &[prefix.as_str(), rel]
+                        .iter()
+                        .filter(|s| !s.is_empty())
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                ),
             },
         }
     }
@@ -83,7 +97,9 @@ impl ArtifactLocation {
     pub fn uri(&self) -> String {
         match self {
             ArtifactLocation::Local(p) => format!("file://{}", p.display()),
-            ArtifactLocation::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+            ArtifactLocation::S3 { bucket, prefix } if prefix.is_empty() => {
+                format!("s3://{bucket}")
+            }
             ArtifactLocation::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
         }
     }
@@ -96,7 +112,10 @@ impl std::fmt::Display for ArtifactLocation {
 }
 
 fn collapse_slashes(s: &str) -> String {
-    s.split('/').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("/")
+    s.split('/')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,11 +123,23 @@ pub enum ArtifactError {
     #[error("artifact URI {uri:?}: {reason}")]
     BadUri { uri: String, reason: String },
     #[error("{uri} does not exist in the artifact store (the store said: {source})")]
-    NotFound { uri: String, source: object_store::Error },
+    NotFound {
+        uri: String,
+        source: object_store::Error,
+    },
     #[error("{uri}: {op} failed (the store said: {source})")]
-    Store { uri: String, op: &'static str, source: object_store::Error },
+    Store {
+        uri: String,
+        op: &'static str,
+        source: object_store::Error,
+    },
     #[error("{uri}: {op} {path}: {source}")]
-    Io { uri: String, op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        uri: String,
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// S3 settings on the command line; the rest comes from the standard `AWS_*` variables.
@@ -124,7 +155,10 @@ pub struct S3Args {
 
 impl S3Args {
     pub fn config(&self) -> S3Config {
-        S3Config { endpoint: self.endpoint.clone(), ..S3Config::default() }
+        S3Config {
+            endpoint: self.endpoint.clone(),
+            ..S3Config::default()
+        }
     }
 }
 
@@ -163,15 +197,31 @@ impl ArtifactStore {
                     path: dir.clone(),
                     source,
                 })?;
-                let fs = LocalFileSystem::new_with_prefix(dir)
-                    .map_err(|source| ArtifactError::Store { uri: root.uri(), op: "opening", source })?;
-                Ok(ArtifactStore { store: Arc::new(fs), root, prefix: String::new() })
+                let fs = LocalFileSystem::new_with_prefix(dir).map_err(|source| {
+                    ArtifactError::Store {
+                        uri: root.uri(),
+                        op: "opening",
+                        source,
+                    }
+                })?;
+                Ok(ArtifactStore {
+                    store: Arc::new(fs),
+                    root,
+                    prefix: String::new(),
+                })
             }
             ArtifactLocation::S3 { bucket, prefix } => {
-                let store = s3_store(bucket, s3)
-                    .map_err(|source| ArtifactError::Store { uri: root.uri(), op: "configuring S3", source })?;
+                let store = s3_store(bucket, s3).map_err(|source| ArtifactError::Store {
+                    uri: root.uri(),
+                    op: "configuring S3",
+                    source,
+                })?;
                 let prefix = prefix.clone();
-                Ok(ArtifactStore { store: Arc::new(store), root, prefix })
+                Ok(ArtifactStore {
+                    store: Arc::new(store),
+                    root,
+                    prefix,
+                })
             }
         }
     }
@@ -179,7 +229,11 @@ impl ArtifactStore {
     /// A store over any `object_store` backend (in-memory in tests); `root` only labels
     /// URIs and errors, `prefix` is the key prefix inside `store`.
     pub fn with_backend(store: Arc<dyn ObjectStore>, root: ArtifactLocation, prefix: &str) -> Self {
-        ArtifactStore { store, root, prefix: collapse_slashes(prefix) }
+        ArtifactStore {
+            store,
+            root,
+            prefix: collapse_slashes(prefix),
+        }
     }
 
     /// Where this store is rooted.
@@ -194,7 +248,10 @@ impl ArtifactStore {
 
     fn key(&self, rel: &str) -> Result<ObjectPath, ArtifactError> {
         let full = collapse_slashes(&format!("{}/{}", self.prefix, rel));
-        ObjectPath::parse(&full).map_err(|e| ArtifactError::BadUri { uri: self.location(rel).uri(), reason: e.to_string() })
+        ObjectPath::parse(&full).map_err(|e| ArtifactError::BadUri {
+            uri: self.location(rel).uri(),
+            reason: e.to_string(),
+        })
     }
 
     /// Write one object.
@@ -204,11 +261,19 @@ impl ArtifactStore {
             .put(&key, PutPayload::from(bytes))
             .await
             .map(|_| ())
-            .map_err(|source| ArtifactError::Store { uri: self.location(rel).uri(), op: "writing", source })
+            .map_err(|source| ArtifactError::Store {
+                uri: self.location(rel).uri(),
+                op: "writing",
+                source,
+            })
     }
 
     /// Write `files` (name, contents) under `rel`; returns the location of `rel`.
-    pub async fn put_all(&self, rel: &str, files: &[(String, Vec<u8>)]) -> Result<ArtifactLocation, ArtifactError> {
+    pub async fn put_all(
+        &self,
+        rel: &str,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<ArtifactLocation, ArtifactError> {
         for (name, bytes) in files {
             self.put(&format!("{rel}/{name}"), bytes.clone()).await?;
         }
@@ -221,10 +286,25 @@ impl ArtifactStore {
         let uri = || self.location(rel).uri();
         let result = match self.store.get(&key).await {
             Ok(r) => r,
-            Err(source @ object_store::Error::NotFound { .. }) => return Err(ArtifactError::NotFound { uri: uri(), source }),
-            Err(source) => return Err(ArtifactError::Store { uri: uri(), op: "reading", source }),
+            Err(source @ object_store::Error::NotFound { .. }) => {
+                return Err(ArtifactError::NotFound { uri: uri(), source })
+            }
+            Err(source) => {
+                return Err(ArtifactError::Store {
+                    uri: uri(),
+                    op: "reading",
+                    source,
+                })
+            }
         };
-        let bytes = result.bytes().await.map_err(|source| ArtifactError::Store { uri: uri(), op: "reading", source })?;
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(|source| ArtifactError::Store {
+                uri: uri(),
+                op: "reading",
+                source,
+            })?;
         Ok(bytes.to_vec())
     }
 
@@ -235,26 +315,45 @@ impl ArtifactStore {
             .list_with_delimiter(prefix.as_ref())
             .await
             .map(|_| ())
-            .map_err(|source| ArtifactError::Store { uri: self.root.uri(), op: "listing", source })
+            .map_err(|source| ArtifactError::Store {
+                uri: self.root.uri(),
+                op: "listing",
+                source,
+            })
     }
 
     /// Download `files` under `rel` into `dest` (created if missing). Each file is
     /// written to a temporary name and renamed into place, so a reader never sees half
     /// a file and a concurrent fetch of the same version is harmless.
-    pub async fn fetch_to(&self, rel: &str, files: &[&str], dest: &Path) -> Result<(), ArtifactError> {
+    pub async fn fetch_to(
+        &self,
+        rel: &str,
+        files: &[&str],
+        dest: &Path,
+    ) -> Result<(), ArtifactError> {
         let io = |op: &'static str, path: &Path, source| ArtifactError::Io {
             uri: self.location(rel).uri(),
             op,
             path: path.to_path_buf(),
             source,
         };
-        tokio::fs::create_dir_all(dest).await.map_err(|e| io("creating", dest, e))?;
+        tokio::fs::create_dir_all(dest)
+            .await
+            .map_err(|e| io("creating", dest, e))?;
         for name in files {
             let bytes = self.get(&format!("{rel}/{name}")).await?;
             let path = dest.join(name);
-            let tmp = dest.join(format!(".{name}.tmp{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
-            tokio::fs::write(&tmp, &bytes).await.map_err(|e| io("writing", &tmp, e))?;
-            tokio::fs::rename(&tmp, &path).await.map_err(|e| io("renaming into", &path, e))?;
+            let tmp = dest.join(format!(
+                ".{name}.tmp{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ));
+            tokio::fs::write(&tmp, &bytes)
+                .await
+                .map_err(|e| io("writing", &tmp, e))?;
+            tokio::fs::rename(&tmp, &path)
+                .await
+                .map_err(|e| io("renaming into", &path, e))?;
         }
         Ok(())
     }
@@ -264,7 +363,12 @@ impl ArtifactStore {
 /// must exist); an s3:// one is downloaded into `<cache_dir>/s3/<bucket>/<prefix>/`.
 /// Returns the local directory. Always downloads: heads are small, and a version's
 /// files can be rewritten if the registry was reset and the name reissued.
-pub async fn fetch_version(uri: &str, files: &[&str], cache_dir: &Path, s3: &S3Config) -> Result<PathBuf, ArtifactError> {
+pub async fn fetch_version(
+    uri: &str,
+    files: &[&str],
+    cache_dir: &Path,
+    s3: &S3Config,
+) -> Result<PathBuf, ArtifactError> {
     match ArtifactLocation::parse(uri)? {
         ArtifactLocation::Local(dir) => {
             for name in files {
@@ -281,7 +385,9 @@ pub async fn fetch_version(uri: &str, files: &[&str], cache_dir: &Path, s3: &S3C
             Ok(dir)
         }
         location @ ArtifactLocation::S3 { .. } => {
-            let ArtifactLocation::S3 { bucket, prefix } = &location else { unreachable!() };
+            let ArtifactLocation::S3 { bucket, prefix } = &location else {
+                unreachable!()
+            };
             let dest = cache_dir.join("s3").join(bucket).join(prefix);
             let store = ArtifactStore::open_location(location.clone(), s3)?;
             store.fetch_to("", files, &dest).await?;
@@ -314,14 +420,25 @@ fn s3_store(bucket: &str, s3: &S3Config) -> object_store::Result<object_store::a
     // `from_env` reads AWS_REGION and AWS_DEFAULT_REGION (the first wins; default us-east-1).
     // Fail in seconds, not minutes, when the store is down: a few quick retries. (Client
     // options first: they hold allow_http, which the next step may set.)
-    let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(30), ..RetryConfig::default() };
-    let mut options = ClientOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(60));
-    if let Some(allow) = b.get_config_value(&AmazonS3ConfigKey::Client(object_store::ClientConfigKey::AllowHttp)) {
+    let retry = RetryConfig {
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(30),
+        ..RetryConfig::default()
+    };
+    let mut options = ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(60));
+    if let Some(allow) = b.get_config_value(&AmazonS3ConfigKey::Client(
+        object_store::ClientConfigKey::AllowHttp,
+    )) {
         options = options.with_allow_http(allow.eq_ignore_ascii_case("true"));
     }
     b = b.with_retry(retry).with_client_options(options);
     let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
-    if endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) {
+    if endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"))
+    {
         b = b.with_allow_http(true);
     }
     b.build()
@@ -345,17 +462,32 @@ mod tests {
 
     #[test]
     fn parses_paths_file_and_s3_uris() {
-        assert_eq!(ArtifactLocation::parse("/a/b").unwrap(), ArtifactLocation::Local("/a/b".into()));
-        assert_eq!(ArtifactLocation::parse("file:///a/b").unwrap(), ArtifactLocation::Local("/a/b".into()));
+        assert_eq!(
+            ArtifactLocation::parse("/a/b").unwrap(),
+            ArtifactLocation::Local("/a/b".into())
+        );
+        assert_eq!(
+            ArtifactLocation::parse("file:///a/b").unwrap(),
+            ArtifactLocation::Local("/a/b".into())
+        );
         let rel = ArtifactLocation::parse("rel/dir").unwrap();
-        assert_eq!(rel, ArtifactLocation::Local(std::env::current_dir().unwrap().join("rel/dir")));
+        assert_eq!(
+            rel,
+            ArtifactLocation::Local(std::env::current_dir().unwrap().join("rel/dir"))
+        );
         assert_eq!(
             ArtifactLocation::parse("s3://models/aifab/prod/").unwrap(),
-            ArtifactLocation::S3 { bucket: "models".into(), prefix: "aifab/prod".into() }
+            ArtifactLocation::S3 {
+                bucket: "models".into(),
+                prefix: "aifab/prod".into()
+            }
         );
         assert_eq!(
             ArtifactLocation::parse("s3://models").unwrap(),
-            ArtifactLocation::S3 { bucket: "models".into(), prefix: "".into() }
+            ArtifactLocation::S3 {
+                bucket: "models".into(),
+                prefix: "".into()
+            }
         );
         for (bad, says) in [
             ("", "empty"),
@@ -366,7 +498,10 @@ mod tests {
             ("gs://bucket/x", "unsupported scheme \"gs\""),
         ] {
             let err = ArtifactLocation::parse(bad).unwrap_err().to_string();
-            assert!(err.contains(says) && err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
+            assert!(
+                err.contains(says) && err.contains(&format!("{bad:?}")),
+                "{bad:?}: {err}"
+            );
         }
     }
 
@@ -374,7 +509,13 @@ mod tests {
     fn joins_and_prints_uris() {
         let s3 = ArtifactLocation::parse("s3://models/aifab").unwrap();
         assert_eq!(s3.join("spam/v3").uri(), "s3://models/aifab/spam/v3");
-        assert_eq!(ArtifactLocation::parse("s3://models").unwrap().join("/spam/v3/").uri(), "s3://models/spam/v3");
+        assert_eq!(
+            ArtifactLocation::parse("s3://models")
+                .unwrap()
+                .join("/spam/v3/")
+                .uri(),
+            "s3://models/spam/v3"
+        );
         let local = ArtifactLocation::parse("/srv/art").unwrap();
         assert_eq!(local.join("spam/v3").uri(), "file:///srv/art/spam/v3");
         assert_eq!(local.join("").uri(), "file:///srv/art");
@@ -385,7 +526,10 @@ mod tests {
     }
 
     fn files() -> Vec<(String, Vec<u8>)> {
-        vec![("head.safetensors".into(), vec![1, 2, 3]), ("labels.json".into(), b"[\"a\",\"b\"]".to_vec())]
+        vec![
+            ("head.safetensors".into(), vec![1, 2, 3]),
+            ("labels.json".into(), b"[\"a\",\"b\"]".to_vec()),
+        ]
     }
 
     #[tokio::test]
@@ -396,19 +540,44 @@ mod tests {
         let at = store.put_all("spam/v1", &files()).await.unwrap();
         assert_eq!(at.uri(), "s3://mem/models/spam/v1");
         // Keys carry the prefix inside the bucket.
-        assert_eq!(mem.get(&ObjectPath::from("models/spam/v1/labels.json")).await.unwrap().bytes().await.unwrap().as_ref(), b"[\"a\",\"b\"]");
-        assert_eq!(store.get("spam/v1/head.safetensors").await.unwrap(), vec![1, 2, 3]);
+        assert_eq!(
+            mem.get(&ObjectPath::from("models/spam/v1/labels.json"))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .as_ref(),
+            b"[\"a\",\"b\"]"
+        );
+        assert_eq!(
+            store.get("spam/v1/head.safetensors").await.unwrap(),
+            vec![1, 2, 3]
+        );
 
         let dest = tempfile::tempdir().unwrap();
-        store.fetch_to("spam/v1", &["head.safetensors", "labels.json"], dest.path()).await.unwrap();
-        assert_eq!(std::fs::read(dest.path().join("head.safetensors")).unwrap(), vec![1, 2, 3]);
+        store
+            .fetch_to("spam/v1", &["head.safetensors", "labels.json"], dest.path())
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(dest.path().join("head.safetensors")).unwrap(),
+            vec![1, 2, 3]
+        );
         // No temporary files are left behind.
         assert_eq!(std::fs::read_dir(dest.path()).unwrap().count(), 2);
 
-        let err = store.fetch_to("spam/v2", &["head.safetensors"], dest.path()).await.unwrap_err();
+        let err = store
+            .fetch_to("spam/v2", &["head.safetensors"], dest.path())
+            .await
+            .unwrap_err();
         assert!(matches!(err, ArtifactError::NotFound { .. }), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("s3://mem/models/spam/v2/head.safetensors") && msg.contains("does not exist"), "{msg}");
+        assert!(
+            msg.contains("s3://mem/models/spam/v2/head.safetensors")
+                && msg.contains("does not exist"),
+            "{msg}"
+        );
         store.probe().await.unwrap();
     }
 
@@ -420,17 +589,36 @@ mod tests {
         assert!(root.is_dir(), "opening a local store creates its directory");
         let at = store.put_all("spam/v1", &files()).await.unwrap();
         assert_eq!(at, ArtifactLocation::Local(root.join("spam/v1")));
-        assert_eq!(std::fs::read(root.join("spam/v1/head.safetensors")).unwrap(), vec![1, 2, 3]);
-        assert_eq!(store.get("spam/v1/labels.json").await.unwrap(), b"[\"a\",\"b\"]");
+        assert_eq!(
+            std::fs::read(root.join("spam/v1/head.safetensors")).unwrap(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            store.get("spam/v1/labels.json").await.unwrap(),
+            b"[\"a\",\"b\"]"
+        );
         store.probe().await.unwrap();
 
         // A local version is read in place: nothing is copied into the cache.
         let cache = dir.path().join("cache");
-        let got = fetch_version(&at.uri(), &["head.safetensors", "labels.json"], &cache, &S3Config::default()).await.unwrap();
+        let got = fetch_version(
+            &at.uri(),
+            &["head.safetensors", "labels.json"],
+            &cache,
+            &S3Config::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(got, root.join("spam/v1"));
         assert!(!cache.exists());
-        let err = fetch_version(&at.uri(), &["missing.bin"], &cache, &S3Config::default()).await.unwrap_err().to_string();
-        assert!(err.contains(&at.uri()) && err.contains("missing.bin") && err.contains("no such file"), "{err}");
+        let err = fetch_version(&at.uri(), &["missing.bin"], &cache, &S3Config::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&at.uri()) && err.contains("missing.bin") && err.contains("no such file"),
+            "{err}"
+        );
         let err = store.get("spam/v9/labels.json").await.unwrap_err();
         assert!(matches!(err, ArtifactError::NotFound { .. }), "{err:?}");
     }
@@ -438,7 +626,11 @@ mod tests {
     #[tokio::test]
     async fn unreachable_s3_names_the_uri_and_the_failure() {
         // A loopback port with nobody listening: the client must fail fast and say so.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let s3 = S3Config {
             endpoint: Some(format!("http://127.0.0.1:{port}")),
             region: Some("us-east-1".into()),
@@ -447,11 +639,29 @@ mod tests {
         };
         let cache = tempfile::tempdir().unwrap();
         let started = std::time::Instant::now();
-        let err = fetch_version("s3://nobody/models/spam/v1", &["labels.json"], cache.path(), &s3).await.unwrap_err();
+        let err = fetch_version(
+            "s3://nobody/models/spam/v1",
+            &["labels.json"],
+            cache.path(),
+            &s3,
+        )
+        .await
+        .unwrap_err();
         let msg = format!("{err}");
-        assert!(msg.contains("s3://nobody/models/spam/v1/labels.json") && msg.contains("the store said"), "{msg}");
+        assert!(
+            msg.contains("s3://nobody/models/spam/v1/labels.json")
+                && msg.contains("the store said"),
+            "{msg}"
+        );
         // It got as far as connecting (not a client-side configuration error).
-        assert!(!msg.contains("BadScheme") && msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
-        assert!(started.elapsed() < Duration::from_secs(30), "gave up after {:?}", started.elapsed());
+        assert!(
+            !msg.contains("BadScheme") && msg.contains(&format!("127.0.0.1:{port}")),
+            "{msg}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "gave up after {:?}",
+            started.elapsed()
+        );
     }
 }

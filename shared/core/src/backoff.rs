@@ -12,7 +12,9 @@ pub fn sleep_or_cancelled(token: &CancellationToken, d: Duration) -> bool {
         if token.is_cancelled() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
+        std::thread::sleep(
+            Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())),
+        );
     }
     token.is_cancelled()
 }
@@ -26,7 +28,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Backoff { initial, max, attempt: 0 }
+        Backoff {
+            initial,
+            max,
+            attempt: 0,
+        }
     }
 
     /// 200 ms doubling to 10 s: the default for dependency connects.
@@ -80,7 +86,10 @@ mod tests {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
         for _ in 0..20 {
             let d = b.next_delay_jittered();
-            assert!(d >= Duration::from_secs(1) && d <= Duration::from_millis(1100), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(1) && d <= Duration::from_millis(1100),
+                "{d:?}"
+            );
         }
     }
 

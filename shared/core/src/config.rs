@@ -17,7 +17,11 @@ pub struct BrokerArgs {
     pub nats_url: String,
 
     /// Redis URL (state: registry, ledger, caches).
-    #[arg(long, env = "AIFAB_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "AIFAB_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
 }
 

@@ -44,27 +44,39 @@ pub struct ReadinessReport {
 
 impl Readiness {
     pub fn new(service: &'static str) -> Self {
-        Readiness { service, checks: Arc::default(), loops: Arc::default() }
+        Readiness {
+            service,
+            checks: Arc::default(),
+            loops: Arc::default(),
+        }
     }
 
     /// Watch a loop: ready while it runs (and, with a heartbeat, while it progresses).
     pub fn watch_loop(&self, name: &str, heartbeat: Option<(Heartbeat, Duration)>) {
         let health = LoopHealth::new(crate::now_ms(), heartbeat);
-        self.loops.write().expect("readiness lock").insert(name.to_string(), health);
+        self.loops
+            .write()
+            .expect("readiness lock")
+            .insert(name.to_string(), health);
     }
 
     /// Watch a loop with no heartbeat, unless it is watched already (with one).
     pub fn watch_loop_once(&self, name: &str) {
         let mut loops = self.loops.write().expect("readiness lock");
-        loops.entry(name.to_string()).or_insert_with(|| LoopHealth::new(crate::now_ms(), None));
+        loops
+            .entry(name.to_string())
+            .or_insert_with(|| LoopHealth::new(crate::now_ms(), None));
     }
 
     /// A watched loop ended while the service was running.
     pub fn loop_stopped(&self, name: &str, why: &str) {
         let mut loops = self.loops.write().expect("readiness lock");
-        let health = loops.entry(name.to_string()).or_insert_with(|| LoopHealth::new(crate::now_ms(), None));
+        let health = loops
+            .entry(name.to_string())
+            .or_insert_with(|| LoopHealth::new(crate::now_ms(), None));
         health.stopped = Some((crate::now_ms(), why.to_string()));
-        metrics::gauge!(metric_name(self.service, "check_up"), "check" => format!("loop:{name}")).set(0.0);
+        metrics::gauge!(metric_name(self.service, "check_up"), "check" => format!("loop:{name}"))
+            .set(0.0);
     }
 
     /// Every check now: the ones tasks set plus one per watched loop.
@@ -80,11 +92,13 @@ impl Readiness {
     /// Add a check that starts failing with `detail` until someone sets it.
     pub fn register(&self, name: &str, detail: impl Into<String>) {
         let mut checks = self.checks.write().expect("readiness lock");
-        checks.entry(name.to_string()).or_insert_with(|| CheckState {
-            ok: false,
-            detail: detail.into(),
-            since_ms: crate::now_ms(),
-        });
+        checks
+            .entry(name.to_string())
+            .or_insert_with(|| CheckState {
+                ok: false,
+                detail: detail.into(),
+                since_ms: crate::now_ms(),
+            });
     }
 
     /// Record a check's result; returns true when its ok-state changed.
@@ -96,7 +110,14 @@ impl Readiness {
             Some(c) if !changed => c.since_ms,
             _ => crate::now_ms(),
         };
-        checks.insert(name.to_string(), CheckState { ok, detail, since_ms });
+        checks.insert(
+            name.to_string(),
+            CheckState {
+                ok,
+                detail,
+                since_ms,
+            },
+        );
         metrics::gauge!(metric_name(self.service, "check_up"), "check" => name.to_string())
             .set(if ok { 1.0 } else { 0.0 });
         changed
@@ -113,7 +134,11 @@ impl Readiness {
 
     pub fn report(&self) -> ReadinessReport {
         let checks = self.all_checks();
-        ReadinessReport { service: self.service, ready: checks.values().all(|c| c.ok), checks }
+        ReadinessReport {
+            service: self.service,
+            ready: checks.values().all(|c| c.ok),
+            checks,
+        }
     }
 }
 
@@ -138,13 +163,20 @@ async fn healthz(State(s): State<OpsState>) -> impl IntoResponse {
 
 async fn readyz(State(s): State<OpsState>) -> impl IntoResponse {
     let report = s.readiness.report();
-    let code = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(report))
 }
 
 async fn metrics_text(State(s): State<OpsState>) -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         s.metrics.render(),
     )
 }
@@ -183,12 +215,20 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         let report = r.report();
         assert!(!report.ready);
-        assert!(report.checks["loop:examples-consumer"].detail.starts_with("no progress for"), "{report:?}");
+        assert!(
+            report.checks["loop:examples-consumer"]
+                .detail
+                .starts_with("no progress for"),
+            "{report:?}"
+        );
         assert!(report.checks["loop:train-requests"].ok);
         r.watch_loop("examples-consumer", None);
         assert!(r.is_ready());
         r.loop_stopped("train-requests", "nats subscription ended");
         assert!(!r.is_ready());
-        assert_eq!(r.report().checks["loop:train-requests"].detail, "stopped: nats subscription ended");
+        assert_eq!(
+            r.report().checks["loop:train-requests"].detail,
+            "stopped: nats subscription ended"
+        );
     }
 }

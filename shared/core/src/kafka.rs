@@ -88,7 +88,10 @@ pub fn consumer_config(brokers: &str, client_id: &str, group: &str) -> ClientCon
 
 /// Ask the cluster for metadata: the liveness probe for Kafka. Blocking; call from
 /// `spawn_blocking`. Returns the number of brokers seen.
-pub fn probe(client: &BaseConsumer, timeout: Duration) -> Result<usize, rdkafka::error::KafkaError> {
+pub fn probe(
+    client: &BaseConsumer,
+    timeout: Duration,
+) -> Result<usize, rdkafka::error::KafkaError> {
     let md = client.fetch_metadata(None, timeout)?;
     Ok(md.brokers().len())
 }
@@ -106,7 +109,10 @@ pub async fn ensure_topics(brokers: &str, topics: &[Topic]) -> anyhow::Result<()
         .map(|t| NewTopic::new(t.name, t.partitions, TopicReplication::Fixed(1)))
         .collect();
     let results = admin
-        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
         .await?;
     for r in results {
         match r {
@@ -164,7 +170,9 @@ pub fn group_offsets(
     timeout: Duration,
 ) -> anyhow::Result<Vec<PartitionOffsets>> {
     let md = client.fetch_metadata(Some(topic), timeout)?;
-    let Some(t) = md.topics().first() else { anyhow::bail!("topic {topic}: no metadata") };
+    let Some(t) = md.topics().first() else {
+        anyhow::bail!("topic {topic}: no metadata")
+    };
     if let Some(err) = t.error() {
         let code = RDKafkaErrorCode::from(err);
         if code == RDKafkaErrorCode::UnknownTopicOrPartition {
@@ -205,7 +213,12 @@ pub fn group_offsets(
 /// (`send_offsets_to_transaction`), which is the offset of the commit marker that ends the
 /// producer's transaction: at rest `high - committed` is one marker per partition, and
 /// after an aborted transaction at the end of a partition its records and its marker too.
-pub fn settled_lag(committed: Option<i64>, low_watermark: i64, high_watermark: i64, no_data_before: Option<i64>) -> i64 {
+pub fn settled_lag(
+    committed: Option<i64>,
+    low_watermark: i64,
+    high_watermark: i64,
+    no_data_before: Option<i64>,
+) -> i64 {
     let position = committed.unwrap_or(low_watermark).max(low_watermark);
     let first_unread = no_data_before.map_or(position, |o| o.max(position));
     (high_watermark - first_unread).max(0)
@@ -260,7 +273,14 @@ struct Probed {
 
 impl Probed {
     fn new(position: i64, high: i64) -> Self {
-        Self { position, high, no_data_before: None, done: false, tried: None, readings: 0 }
+        Self {
+            position,
+            high,
+            no_data_before: None,
+            done: false,
+            tried: None,
+            readings: 0,
+        }
     }
 }
 
@@ -290,7 +310,12 @@ pub struct LagProbe {
 
 impl LagProbe {
     pub fn new(brokers: &str, client_id: &str) -> Self {
-        Self { brokers: brokers.to_string(), client_id: client_id.to_string(), consumer: None, known: Default::default() }
+        Self {
+            brokers: brokers.to_string(),
+            client_id: client_id.to_string(),
+            consumer: None,
+            known: Default::default(),
+        }
     }
 
     /// Correct each partition's `lag` in `offsets` (from [`group_offsets`]) for what no
@@ -320,13 +345,21 @@ impl LagProbe {
         now: Instant,
     ) {
         for &(partition, start, high) in starts {
-            let Some(k) = self.known.get_mut(&(group.to_string(), topic.to_string(), partition)) else { continue };
+            let Some(k) = self
+                .known
+                .get_mut(&(group.to_string(), topic.to_string(), partition))
+            else {
+                continue;
+            };
             if (k.position, k.high) != (start, high) {
                 continue;
             }
             k.tried = Some(now);
             if let Some(s) = seen.and_then(|seen| seen.get(&partition)) {
-                k.no_data_before = s.no_data_before().filter(|o| *o >= start).max(k.no_data_before);
+                k.no_data_before = s
+                    .no_data_before()
+                    .filter(|o| *o >= start)
+                    .max(k.no_data_before);
                 k.done = s.done(high);
             }
         }
@@ -334,11 +367,18 @@ impl LagProbe {
 
     /// Forget the partitions of (group, topic) pairs no longer watched.
     pub fn retain(&mut self, watched: &std::collections::BTreeSet<(String, String)>) {
-        self.known.retain(|(g, t, _), _| watched.contains(&(g.clone(), t.clone())));
+        self.known
+            .retain(|(g, t, _), _| watched.contains(&(g.clone(), t.clone())));
     }
 
     /// Note each partition's offsets; the (partition, start, high) to probe now.
-    fn plan(&mut self, group: &str, topic: &str, offsets: &[PartitionOffsets], now: Instant) -> Vec<(i32, i64, i64)> {
+    fn plan(
+        &mut self,
+        group: &str,
+        topic: &str,
+        offsets: &[PartitionOffsets],
+        now: Instant,
+    ) -> Vec<(i32, i64, i64)> {
         let mut starts = Vec::new();
         for p in offsets {
             let key = (group.to_string(), topic.to_string(), p.partition);
@@ -347,7 +387,10 @@ impl LagProbe {
                 self.known.remove(&key);
                 continue;
             }
-            let k = self.known.entry(key).or_insert_with(|| Probed::new(position, p.high_watermark));
+            let k = self
+                .known
+                .entry(key)
+                .or_insert_with(|| Probed::new(position, p.high_watermark));
             if (k.position, k.high) != (position, p.high_watermark) {
                 *k = Probed::new(position, p.high_watermark);
             }
@@ -374,13 +417,22 @@ impl LagProbe {
                 .get(&(group.to_string(), topic.to_string(), p.partition))
                 .filter(|k| (k.position, k.high) == (position, p.high_watermark))
                 .and_then(|k| k.no_data_before);
-            p.lag = settled_lag(p.committed, p.low_watermark, p.high_watermark, no_data_before);
+            p.lag = settled_lag(
+                p.committed,
+                p.low_watermark,
+                p.high_watermark,
+                no_data_before,
+            );
         }
     }
 
     /// Assign the probe at each start and read until every partition has its answer or
     /// [`PROBE_BUDGET`] has passed.
-    fn probe(&mut self, topic: &str, starts: &[(i32, i64, i64)]) -> anyhow::Result<std::collections::BTreeMap<i32, ProbeSeen>> {
+    fn probe(
+        &mut self,
+        topic: &str,
+        starts: &[(i32, i64, i64)],
+    ) -> anyhow::Result<std::collections::BTreeMap<i32, ProbeSeen>> {
         if self.consumer.is_none() {
             self.consumer = Some(probe_config(&self.brokers, &self.client_id).create()?);
         }
@@ -393,13 +445,23 @@ impl LagProbe {
         }
         consumer.assign(&tpl)?;
         let deadline = Instant::now() + PROBE_BUDGET;
-        let start_of = |partition: i32| starts.iter().find(|s| s.0 == partition).map(|s| (s.1, s.2));
+        let start_of =
+            |partition: i32| starts.iter().find(|s| s.0 == partition).map(|s| (s.1, s.2));
         loop {
-            let all_done = starts.iter().all(|&(partition, _, high)| seen[&partition].done(high));
-            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|_| !all_done) else { break };
+            let all_done = starts
+                .iter()
+                .all(|&(partition, _, high)| seen[&partition].done(high));
+            let Some(left) = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|_| !all_done)
+            else {
+                break;
+            };
             match consumer.poll(left.min(Duration::from_millis(20))) {
                 Some(Ok(m)) if m.topic() == topic => {
-                    if let (Some((start, _)), Some(s)) = (start_of(m.partition()), seen.get_mut(&m.partition())) {
+                    if let (Some((start, _)), Some(s)) =
+                        (start_of(m.partition()), seen.get_mut(&m.partition()))
+                    {
                         if m.offset() >= start && s.first_data.is_none_or(|o| m.offset() < o) {
                             s.first_data = Some(m.offset());
                         }
@@ -410,8 +472,11 @@ impl LagProbe {
             }
             // Control records are never handed out, but polling gets the position past them.
             for e in consumer.position()?.elements_for_topic(topic) {
-                if let (Offset::Offset(o), Some((start, _)), Some(s)) = (e.offset(), start_of(e.partition()), seen.get_mut(&e.partition()))
-                {
+                if let (Offset::Offset(o), Some((start, _)), Some(s)) = (
+                    e.offset(),
+                    start_of(e.partition()),
+                    seen.get_mut(&e.partition()),
+                ) {
                     if o >= start {
                         s.position = Some(o);
                     }
@@ -432,53 +497,124 @@ mod tests {
         let brokers = "127.0.0.1:1";
         let configs = [
             ("producer", producer_config(brokers, "t")),
-            ("transactional", transactional_producer_config(brokers, "t", "t")),
+            (
+                "transactional",
+                transactional_producer_config(brokers, "t", "t"),
+            ),
             ("consumer", consumer_config(brokers, "t", "g")),
         ];
         for (name, c) in configs {
-            let trigger: u64 = c.get("metadata.recovery.rebootstrap.trigger.ms").expect(name).parse().unwrap();
+            let trigger: u64 = c
+                .get("metadata.recovery.rebootstrap.trigger.ms")
+                .expect(name)
+                .parse()
+                .unwrap();
             assert!(trigger <= 10_000, "{name}: rebootstrap after {trigger} ms");
         }
         // Creating a client checks every property name and value (no connection needed).
-        let _: BaseConsumer = consumer_config(brokers, "t", "g").create().expect("consumer settings accepted");
-        let _: BaseProducer = transactional_producer_config(brokers, "t", "t").create().expect("producer settings accepted");
+        let _: BaseConsumer = consumer_config(brokers, "t", "g")
+            .create()
+            .expect("consumer settings accepted");
+        let _: BaseProducer = transactional_producer_config(brokers, "t", "t")
+            .create()
+            .expect("producer settings accepted");
         metadata_client(brokers, "t").expect("metadata client settings accepted");
     }
 
     #[test]
     fn settled_lag_leaves_out_what_no_consumer_is_handed() {
         // Committed at the commit marker (offset 10), high watermark after it: at rest.
-        assert_eq!(partition_lag(Some(10), 0, 11), 1, "offsets alone count the marker");
-        assert_eq!(settled_lag(Some(10), 0, 11, Some(11)), 0, "the probe got past the marker: nothing waits");
-        assert_eq!(settled_lag(Some(10), 0, 11, None), 1, "no answer: offsets alone");
+        assert_eq!(
+            partition_lag(Some(10), 0, 11),
+            1,
+            "offsets alone count the marker"
+        );
+        assert_eq!(
+            settled_lag(Some(10), 0, 11, Some(11)),
+            0,
+            "the probe got past the marker: nothing waits"
+        );
+        assert_eq!(
+            settled_lag(Some(10), 0, 11, None),
+            1,
+            "no answer: offsets alone"
+        );
         // Markers and an aborted transaction, then 5 records waiting (data at 20..25).
         assert_eq!(settled_lag(Some(10), 0, 25, Some(20)), 5);
-        assert_eq!(settled_lag(Some(10), 0, 25, Some(10)), 15, "data right at the commit");
-        assert_eq!(settled_lag(Some(10), 0, 25, Some(3)), 15, "an answer from before the commit changes nothing");
-        assert_eq!(settled_lag(Some(10), 0, 25, Some(30)), 0, "data only after the high watermark read");
-        assert_eq!(settled_lag(None, 4, 9, Some(9)), 0, "never committed: from the low watermark");
-        assert_eq!(settled_lag(Some(2), 4, 9, Some(6)), 3, "commit below retention");
+        assert_eq!(
+            settled_lag(Some(10), 0, 25, Some(10)),
+            15,
+            "data right at the commit"
+        );
+        assert_eq!(
+            settled_lag(Some(10), 0, 25, Some(3)),
+            15,
+            "an answer from before the commit changes nothing"
+        );
+        assert_eq!(
+            settled_lag(Some(10), 0, 25, Some(30)),
+            0,
+            "data only after the high watermark read"
+        );
+        assert_eq!(
+            settled_lag(None, 4, 9, Some(9)),
+            0,
+            "never committed: from the low watermark"
+        );
+        assert_eq!(
+            settled_lag(Some(2), 4, 9, Some(6)),
+            3,
+            "commit below retention"
+        );
     }
 
     #[test]
     fn a_probe_is_done_when_it_meets_data_or_gets_to_the_high_watermark() {
         let nothing = ProbeSeen::default();
         assert_eq!((nothing.no_data_before(), nothing.done(11)), (None, false));
-        let past_marker = ProbeSeen { first_data: None, position: Some(11) };
-        assert_eq!((past_marker.no_data_before(), past_marker.done(11)), (Some(11), true));
-        let partway = ProbeSeen { first_data: None, position: Some(8) };
-        assert_eq!((partway.no_data_before(), partway.done(11)), (Some(8), false), "partway: no data before 8, so far");
-        let data = ProbeSeen { first_data: Some(12), position: Some(40) };
-        assert_eq!((data.no_data_before(), data.done(50)), (Some(12), true), "the first data record, not where it stopped");
+        let past_marker = ProbeSeen {
+            first_data: None,
+            position: Some(11),
+        };
+        assert_eq!(
+            (past_marker.no_data_before(), past_marker.done(11)),
+            (Some(11), true)
+        );
+        let partway = ProbeSeen {
+            first_data: None,
+            position: Some(8),
+        };
+        assert_eq!(
+            (partway.no_data_before(), partway.done(11)),
+            (Some(8), false),
+            "partway: no data before 8, so far"
+        );
+        let data = ProbeSeen {
+            first_data: Some(12),
+            position: Some(40),
+        };
+        assert_eq!(
+            (data.no_data_before(), data.done(50)),
+            (Some(12), true),
+            "the first data record, not where it stopped"
+        );
     }
 
     fn offsets(committed: Option<i64>, high: i64) -> Vec<PartitionOffsets> {
-        vec![PartitionOffsets { partition: 0, committed, low_watermark: 0, high_watermark: high, lag: partition_lag(committed, 0, high) }]
+        vec![PartitionOffsets {
+            partition: 0,
+            committed,
+            low_watermark: 0,
+            high_watermark: high,
+            lag: partition_lag(committed, 0, high),
+        }]
     }
 
     #[test]
     fn the_probe_is_asked_once_per_offsets_and_large_lags_wait_for_rest() {
-        let _: BaseConsumer = probe_config("127.0.0.1:1", "t").create().expect("probe settings accepted");
+        let _: BaseConsumer = probe_config("127.0.0.1:1", "t")
+            .create()
+            .expect("probe settings accepted");
         let mut probe = LagProbe::new("127.0.0.1:1", "t");
         let t0 = Instant::now();
         let at_marker = |p: &LagProbe| p.known[&("g".to_string(), "t".to_string(), 0)].clone();
@@ -486,35 +622,91 @@ mod tests {
         let mut offs = offsets(Some(10), 11);
         let starts = probe.plan("g", "t", &offs, t0);
         assert_eq!(starts, vec![(0, 10, 11)]);
-        let seen = [(0, ProbeSeen { first_data: None, position: Some(11) })].into();
+        let seen = [(
+            0,
+            ProbeSeen {
+                first_data: None,
+                position: Some(11),
+            },
+        )]
+        .into();
         probe.record("g", "t", &starts, Some(&seen), t0);
         probe.apply("g", "t", &mut offs);
         assert_eq!(offs[0].lag, 0);
         assert!(at_marker(&probe).done);
         let mut again = offsets(Some(10), 11);
-        assert!(probe.plan("g", "t", &again, t0 + PROBE_RETRY_AFTER * 2).is_empty(), "settled: not probed again");
+        assert!(
+            probe
+                .plan("g", "t", &again, t0 + PROBE_RETRY_AFTER * 2)
+                .is_empty(),
+            "settled: not probed again"
+        );
         probe.apply("g", "t", &mut again);
         assert_eq!(again[0].lag, 0);
         // New records arrive: the answer was for other offsets.
         let mut moved = offsets(Some(10), 14);
         assert_eq!(probe.plan("g", "t", &moved, t0), vec![(0, 10, 14)]);
-        probe.record("g", "t", &[(0, 10, 14)], Some(&[(0, ProbeSeen { first_data: Some(11), position: Some(14) })].into()), t0);
+        probe.record(
+            "g",
+            "t",
+            &[(0, 10, 14)],
+            Some(
+                &[(
+                    0,
+                    ProbeSeen {
+                        first_data: Some(11),
+                        position: Some(14),
+                    },
+                )]
+                .into(),
+            ),
+            t0,
+        );
         probe.apply("g", "t", &mut moved);
-        assert_eq!(moved[0].lag, 3, "the marker at 10 is not lag, the 3 records after it are");
+        assert_eq!(
+            moved[0].lag, 3,
+            "the marker at 10 is not lag, the 3 records after it are"
+        );
         // A large lag is probed only once the offsets stayed put for a second reading.
         let big = offsets(Some(10), 10_000);
-        assert!(probe.plan("g", "t", &big, t0).is_empty(), "moving: offsets alone");
-        assert_eq!(probe.plan("g", "t", &big, t0), vec![(0, 10, 10_000)], "at rest: probed");
+        assert!(
+            probe.plan("g", "t", &big, t0).is_empty(),
+            "moving: offsets alone"
+        );
+        assert_eq!(
+            probe.plan("g", "t", &big, t0),
+            vec![(0, 10, 10_000)],
+            "at rest: probed"
+        );
         // A probe that failed or timed out is retried, not at every reading.
         probe.record("g", "t", &[(0, 10, 10_000)], None, t0);
-        assert!(probe.plan("g", "t", &big, t0 + Duration::from_secs(1)).is_empty());
+        assert!(probe
+            .plan("g", "t", &big, t0 + Duration::from_secs(1))
+            .is_empty());
         assert_eq!(probe.plan("g", "t", &big, t0 + PROBE_RETRY_AFTER).len(), 1);
         // Partway is still an answer; caught up forgets the partition; so does an unwatched pair.
-        probe.record("g", "t", &[(0, 10, 10_000)], Some(&[(0, ProbeSeen { first_data: None, position: Some(500) })].into()), t0);
+        probe.record(
+            "g",
+            "t",
+            &[(0, 10, 10_000)],
+            Some(
+                &[(
+                    0,
+                    ProbeSeen {
+                        first_data: None,
+                        position: Some(500),
+                    },
+                )]
+                .into(),
+            ),
+            t0,
+        );
         let mut partway = big.clone();
         probe.apply("g", "t", &mut partway);
         assert_eq!(partway[0].lag, 9_500);
-        assert!(probe.plan("g", "t", &offsets(Some(10_000), 10_000), t0).is_empty());
+        assert!(probe
+            .plan("g", "t", &offsets(Some(10_000), 10_000), t0)
+            .is_empty());
         assert!(probe.known.is_empty());
         probe.plan("g", "t", &offsets(Some(1), 2), t0);
         probe.retain(&[("g".to_string(), "other".to_string())].into());
@@ -525,8 +717,16 @@ mod tests {
     fn lag_counts_from_commit_or_low_watermark() {
         assert_eq!(partition_lag(Some(40), 0, 100), 60);
         assert_eq!(partition_lag(None, 0, 100), 100);
-        assert_eq!(partition_lag(None, 30, 100), 70, "deleted records are not lag");
-        assert_eq!(partition_lag(Some(10), 30, 100), 70, "commit below retention");
+        assert_eq!(
+            partition_lag(None, 30, 100),
+            70,
+            "deleted records are not lag"
+        );
+        assert_eq!(
+            partition_lag(Some(10), 30, 100),
+            70,
+            "commit below retention"
+        );
         assert_eq!(partition_lag(Some(100), 0, 100), 0);
         assert_eq!(partition_lag(Some(120), 0, 100), 0, "never negative");
     }
@@ -583,7 +783,10 @@ pub fn retry_transactional(
                 let delay = backoff.next_delay_jittered();
                 tracing::warn!(error = %e, retry_in = ?delay, "transaction {call} failed; retrying");
                 let until = Instant::now() + delay;
-                while let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+                while let Some(left) = until
+                    .checked_duration_since(Instant::now())
+                    .filter(|d| !d.is_zero())
+                {
                     producer.poll(left.min(Duration::from_millis(50)));
                 }
             }
@@ -600,7 +803,8 @@ pub fn retry_transactional(
 /// a call that timed out for the whole retry budget, or one abandoned as stuck:
 /// [`KafkaError::Canceled`]) rather than its transaction aborted.
 pub fn needs_new_producer(e: &KafkaError) -> bool {
-    matches!(e, KafkaError::Canceled) || matches!(txn_action(e), TxnAction::Fatal | TxnAction::Retry)
+    matches!(e, KafkaError::Canceled)
+        || matches!(txn_action(e), TxnAction::Fatal | TxnAction::Retry)
 }
 
 /// Longest one `send_offsets_to_transaction` call may block before the producer is
@@ -651,7 +855,11 @@ pub fn abort_transaction(producer: &BaseProducer, timeout: Duration) -> Result<(
     while producer.in_flight_count() > 0 && Instant::now() < deadline {
         producer.poll(PRODUCER_POLL_STEP);
     }
-    producer.abort_transaction(deadline.saturating_duration_since(Instant::now()).max(PRODUCER_POLL_STEP))
+    producer.abort_transaction(
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(PRODUCER_POLL_STEP),
+    )
 }
 
 /// `init_transactions`, retried while the broker is away. `Ok(false)` when `shutdown`
@@ -665,7 +873,9 @@ pub fn init_transactions_retrying(
     loop {
         match producer.init_transactions(timeout) {
             Ok(()) => return Ok(true),
-            Err(e) if txn_action(&e) == TxnAction::Fatal => anyhow::bail!("initialising Kafka transactions: {e}"),
+            Err(e) if txn_action(&e) == TxnAction::Fatal => {
+                anyhow::bail!("initialising Kafka transactions: {e}")
+            }
             Err(e) => {
                 let delay = backoff.next_delay_jittered();
                 tracing::warn!(error = %e, retry_in = ?delay, "initialising Kafka transactions failed; retrying");
@@ -708,9 +918,15 @@ pub fn committed_positions_retrying<C: rdkafka::consumer::ConsumerContext>(
 /// and until then its committed-offset lookups time out, however long the broker has been
 /// back. Messages polled meanwhile are dropped: the caller seeks to the committed offsets
 /// next, which reads them again.
-pub fn serve_consumer<C: rdkafka::consumer::ConsumerContext>(consumer: &BaseConsumer<C>, delay: Duration) {
+pub fn serve_consumer<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    delay: Duration,
+) {
     let until = Instant::now() + delay;
-    while let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+    while let Some(left) = until
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+    {
         let _ = consumer.poll(left.min(Duration::from_millis(100)));
     }
 }
@@ -738,7 +954,10 @@ pub fn committed_positions<C: rdkafka::consumer::ConsumerContext>(
 }
 
 /// Queue `record`, waiting for space while the producer's queue is full.
-pub fn send_waiting(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+pub fn send_waiting(
+    producer: &BaseProducer,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
@@ -766,5 +985,9 @@ pub fn commit_transaction(producer: &BaseProducer, timeout: Duration) -> Result<
         }
         producer.poll(PRODUCER_POLL_STEP);
     }
-    producer.commit_transaction(deadline.saturating_duration_since(Instant::now()).max(PRODUCER_POLL_STEP))
+    producer.commit_transaction(
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(PRODUCER_POLL_STEP),
+    )
 }

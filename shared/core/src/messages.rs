@@ -313,7 +313,10 @@ impl DeadLetter {
         let b64 = base64::engine::general_purpose::STANDARD;
         let kept = &original[..original.len().min(DEAD_LETTER_ORIGINAL_MAX_BYTES)];
         let reason = match reason.char_indices().nth(DEAD_LETTER_REASON_MAX_CHARS) {
-            Some((cut, _)) => format!("{}… (reason cut at {DEAD_LETTER_REASON_MAX_CHARS} characters)", &reason[..cut]),
+            Some((cut, _)) => format!(
+                "{}… (reason cut at {DEAD_LETTER_REASON_MAX_CHARS} characters)",
+                &reason[..cut]
+            ),
             None => reason.to_string(),
         };
         DeadLetter {
@@ -585,11 +588,17 @@ pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, DecodeError> {
     match value.get("schema") {
         None => return Err(DecodeError::MissingSchema),
         Some(serde_json::Value::String(s)) if s != T::SCHEMA => {
-            return Err(DecodeError::WrongSchema { expected: T::SCHEMA, found: s.clone() })
+            return Err(DecodeError::WrongSchema {
+                expected: T::SCHEMA,
+                found: s.clone(),
+            })
         }
         Some(serde_json::Value::String(_)) => {}
         Some(other) => {
-            return Err(DecodeError::WrongSchema { expected: T::SCHEMA, found: other.to_string() })
+            return Err(DecodeError::WrongSchema {
+                expected: T::SCHEMA,
+                found: other.to_string(),
+            })
         }
     }
     serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))
@@ -610,7 +619,10 @@ pub enum DecodeError {
     #[error("missing field `schema`: expected a string like \"name/v1\"")]
     MissingSchema,
     #[error("schema: expected \"{expected}\", found {found}")]
-    WrongSchema { expected: &'static str, found: String },
+    WrongSchema {
+        expected: &'static str,
+        found: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -659,11 +671,21 @@ mod tests {
 
     #[test]
     fn decode_errors_say_what_is_wrong() {
-        assert_eq!(decode::<InferenceRequest>(b"\xff\xfe").unwrap_err().kind(), "not_utf8");
-        assert_eq!(decode::<InferenceRequest>(b"{nope").unwrap_err().kind(), "not_json");
+        assert_eq!(
+            decode::<InferenceRequest>(b"\xff\xfe").unwrap_err().kind(),
+            "not_utf8"
+        );
+        assert_eq!(
+            decode::<InferenceRequest>(b"{nope").unwrap_err().kind(),
+            "not_json"
+        );
         let wrong = br#"{"schema":"prediction/v1"}"#;
         let err = decode::<InferenceRequest>(wrong).unwrap_err();
-        assert!(err.to_string().contains("expected \"inference.request/v1\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("expected \"inference.request/v1\""),
+            "{err}"
+        );
         let missing = br#"{"schema":"inference.request/v1","id":"x"}"#;
         let err = decode::<InferenceRequest>(missing).unwrap_err();
         assert!(err.to_string().contains("missing field `tenant`"), "{err}");

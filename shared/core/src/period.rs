@@ -50,7 +50,9 @@ pub fn month_of(at_ms: i64) -> String {
 /// anything else, including dates that do not exist (`2023-02-29`).
 pub fn period_bounds(period: &str) -> Option<(i64, i64)> {
     let num = |s: &str, len: usize| -> Option<u32> {
-        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten()
+        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
     };
     match period.split('-').collect::<Vec<_>>().as_slice() {
         [y, m] => {
@@ -59,7 +61,10 @@ pub fn period_bounds(period: &str) -> Option<(i64, i64)> {
                 return None;
             }
             let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-            Some((days_from_civil(y, m, 1) * DAY_MS, days_from_civil(ny, nm, 1) * DAY_MS))
+            Some((
+                days_from_civil(y, m, 1) * DAY_MS,
+                days_from_civil(ny, nm, 1) * DAY_MS,
+            ))
         }
         [y, m, d] => {
             let (y, m, d) = (num(y, 4)? as i64, num(m, 2)?, num(d, 2)?);
@@ -94,7 +99,10 @@ mod tests {
         }
         assert_eq!(day_of(0), "1970-01-01");
         assert_eq!(clock_of(0), "00:00:00");
-        assert_eq!(clock_of(1_795_910_400_000 + 13 * 3_600_000 + 5 * 60_000 + 9_999), "13:05:09");
+        assert_eq!(
+            clock_of(1_795_910_400_000 + 13 * 3_600_000 + 5 * 60_000 + 9_999),
+            "13:05:09"
+        );
         assert_eq!(clock_of(-1_000), "23:59:59");
         assert_eq!(day_of(951_782_400_000), "2000-02-29");
         assert_eq!(month_of(1_795_910_400_000 + 3_600_000), "2026-11");
@@ -102,12 +110,29 @@ mod tests {
 
     #[test]
     fn periods_end_at_midnight_or_the_first_of_the_next_month() {
-        assert_eq!(period_bounds("2026-11-29"), Some((1_795_910_400_000, 1_795_910_400_000 + DAY_MS)));
+        assert_eq!(
+            period_bounds("2026-11-29"),
+            Some((1_795_910_400_000, 1_795_910_400_000 + DAY_MS))
+        );
         assert_eq!(period_end_ms("2026-11"), Some(1_796_083_200_000));
         assert_eq!(period_end_ms("2026-12"), Some(1_798_761_600_000));
-        assert_eq!(period_end_ms("2024-02-29"), Some(1_709_251_200_000), "leap day → 2024-03-01");
+        assert_eq!(
+            period_end_ms("2024-02-29"),
+            Some(1_709_251_200_000),
+            "leap day → 2024-03-01"
+        );
         assert_eq!(period_end_ms("1970-01-01"), Some(DAY_MS));
-        for bad in ["2023-02-29", "2026-02-30", "2026-13", "2026-W48", "soon", "2026-1", "26-11", "2026-11-29-1", ""] {
+        for bad in [
+            "2023-02-29",
+            "2026-02-30",
+            "2026-13",
+            "2026-W48",
+            "soon",
+            "2026-1",
+            "26-11",
+            "2026-11-29-1",
+            "",
+        ] {
             assert_eq!(period_bounds(bad), None, "{bad}");
         }
     }

@@ -60,12 +60,19 @@ pub struct Consumed {
 impl Consumed {
     /// The first header called `name`.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
     }
 
     /// Where this message came from, for dead letters.
     pub fn source(&self) -> SourceRef {
-        SourceRef { topic: self.topic.clone(), partition: self.partition, offset: self.offset }
+        SourceRef {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+        }
     }
 
     pub fn from_message<M: Message>(m: &M) -> Self {
@@ -77,7 +84,11 @@ impl Consumed {
             payload: m.payload().unwrap_or_default().to_vec(),
             headers: m
                 .headers()
-                .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
                 .unwrap_or_default(),
             timestamp_ms: m.timestamp().to_millis(),
         }
@@ -95,7 +106,12 @@ pub struct Record {
 
 impl Record {
     pub fn new(topic: impl Into<String>, key: impl Into<Vec<u8>>, payload: Vec<u8>) -> Self {
-        Record { topic: topic.into(), key: key.into(), payload, headers: Vec::new() }
+        Record {
+            topic: topic.into(),
+            key: key.into(),
+            payload,
+            headers: Vec::new(),
+        }
     }
 
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
@@ -107,14 +123,20 @@ impl Record {
     pub fn owned_headers(&self) -> OwnedHeaders {
         let mut h = OwnedHeaders::new_with_capacity(self.headers.len());
         for (k, v) in &self.headers {
-            h = h.insert(Header { key: k, value: Some(v) });
+            h = h.insert(Header {
+                key: k,
+                value: Some(v),
+            });
         }
         h
     }
 
     /// The rdkafka record to send.
     pub fn base_record(&self) -> BaseRecord<'_, [u8], [u8]> {
-        BaseRecord::to(&self.topic).key(self.key.as_slice()).payload(self.payload.as_slice()).headers(self.owned_headers())
+        BaseRecord::to(&self.topic)
+            .key(self.key.as_slice())
+            .payload(self.payload.as_slice())
+            .headers(self.owned_headers())
     }
 }
 
@@ -129,7 +151,15 @@ pub fn dead_letter(
     reason: &str,
     tenant: Option<String>,
 ) -> Record {
-    let dl = DeadLetter::new(&msg.payload, msg.key.as_deref(), Some(msg.source()), stage, error_kind, reason, tenant);
+    let dl = DeadLetter::new(
+        &msg.payload,
+        msg.key.as_deref(),
+        Some(msg.source()),
+        stage,
+        error_kind,
+        reason,
+        tenant,
+    );
     let mut budget = DEAD_LETTER_HEADER_MAX_BYTES;
     let headers = msg
         .headers
@@ -266,9 +296,11 @@ impl ConsumerContext for RebalanceTracker {
 type LoopConsumer = BaseConsumer<RebalanceTracker>;
 
 fn consumer(settings: &LoopSettings) -> anyhow::Result<LoopConsumer> {
-    let config = crate::kafka::consumer_config(&settings.brokers, &settings.client_id, &settings.group);
-    let consumer: LoopConsumer =
-        config.create_with_context(RebalanceTracker::default()).context("creating the Kafka consumer")?;
+    let config =
+        crate::kafka::consumer_config(&settings.brokers, &settings.client_id, &settings.group);
+    let consumer: LoopConsumer = config
+        .create_with_context(RebalanceTracker::default())
+        .context("creating the Kafka consumer")?;
     consumer
         .subscribe(&[&settings.input_topic])
         .with_context(|| format!("subscribing to {}", settings.input_topic))?;
@@ -281,7 +313,11 @@ const BATCH_MAX_BYTES: usize = 64 << 20;
 
 /// Collect one batch: wait up to 100 ms for a first message (so shutdown is seen), then
 /// take more until `max_batch`, [`BATCH_MAX_BYTES`] or `max_wait` after the first.
-fn poll_batch(consumer: &LoopConsumer, settings: &LoopSettings, positions: &mut Positions) -> Vec<Consumed> {
+fn poll_batch(
+    consumer: &LoopConsumer,
+    settings: &LoopSettings,
+    positions: &mut Positions,
+) -> Vec<Consumed> {
     let mut batch: Vec<Consumed> = Vec::new();
     let mut bytes = 0usize;
     let mut first_at: Option<Instant> = None;
@@ -295,12 +331,16 @@ fn poll_batch(consumer: &LoopConsumer, settings: &LoopSettings, positions: &mut 
         };
         let polled = consumer.poll(wait);
         // Messages collected before a revocation belong to their partitions' next owner.
-        let revoked: HashSet<(String, i32)> = consumer.context().take_revoked().into_iter().collect();
+        let revoked: HashSet<(String, i32)> =
+            consumer.context().take_revoked().into_iter().collect();
         if !revoked.is_empty() {
             let before = batch.len();
             batch.retain(|m| !revoked.contains(&(m.topic.clone(), m.partition)));
             if before != batch.len() {
-                tracing::info!(dropped = before - batch.len(), "dropped collected messages of revoked partitions");
+                tracing::info!(
+                    dropped = before - batch.len(),
+                    "dropped collected messages of revoked partitions"
+                );
             }
             for (_, p) in revoked.iter().filter(|(t, _)| *t == settings.input_topic) {
                 positions.forget(*p);
@@ -313,12 +353,18 @@ fn poll_batch(consumer: &LoopConsumer, settings: &LoopSettings, positions: &mut 
                 }
             }
             Some(Err(e)) => {
-                settings.heartbeat.trouble(format_args!("consumer error: {e}"));
+                settings
+                    .heartbeat
+                    .trouble(format_args!("consumer error: {e}"));
                 tracing::warn!(error = %e, topic = %settings.input_topic, "consumer error");
                 break;
             }
             Some(Ok(m)) if !positions.admit(m.partition(), m.offset()) => {
-                metrics::counter!(metric_name(settings.service, "pipeline_redeliveries_dropped_total")).increment(1);
+                metrics::counter!(metric_name(
+                    settings.service,
+                    "pipeline_redeliveries_dropped_total"
+                ))
+                .increment(1);
             }
             Some(Ok(m)) => {
                 bytes += m.payload_len();
@@ -334,7 +380,9 @@ fn poll_batch(consumer: &LoopConsumer, settings: &LoopSettings, positions: &mut 
 pub fn next_offsets(batch: &[Consumed]) -> anyhow::Result<TopicPartitionList> {
     let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for m in batch {
-        let e = next.entry((m.topic.as_str(), m.partition)).or_insert(m.offset + 1);
+        let e = next
+            .entry((m.topic.as_str(), m.partition))
+            .or_insert(m.offset + 1);
         *e = (*e).max(m.offset + 1);
     }
     let mut tpl = TopicPartitionList::new();
@@ -349,16 +397,26 @@ pub fn next_offsets(batch: &[Consumed]) -> anyhow::Result<TopicPartitionList> {
 /// loop has polled (all of them are in the batch) and past transaction control records;
 /// committing it keeps a drained group's lag at 0 on a topic written transactionally,
 /// whose partitions end with a commit marker, instead of 1 per partition forever.
-fn commit_offsets(consumer: &LoopConsumer, batch: &[Consumed]) -> anyhow::Result<TopicPartitionList> {
+fn commit_offsets(
+    consumer: &LoopConsumer,
+    batch: &[Consumed],
+) -> anyhow::Result<TopicPartitionList> {
     let mut tpl = next_offsets(batch)?;
     if let Ok(position) = consumer.position() {
         let ahead: Vec<(String, i32, i64)> = tpl
             .elements()
             .iter()
             .filter_map(|e| {
-                let Offset::Offset(next) = e.offset() else { return None };
-                match position.find_partition(e.topic(), e.partition()).map(|p| p.offset()) {
-                    Some(Offset::Offset(pos)) if pos > next => Some((e.topic().to_string(), e.partition(), pos)),
+                let Offset::Offset(next) = e.offset() else {
+                    return None;
+                };
+                match position
+                    .find_partition(e.topic(), e.partition())
+                    .map(|p| p.offset())
+                {
+                    Some(Offset::Offset(pos)) if pos > next => {
+                        Some((e.topic().to_string(), e.partition(), pos))
+                    }
                     _ => None,
                 }
             })
@@ -385,12 +443,15 @@ fn remember(committed: &mut Committed, tpl: &TopicPartitionList) {
 /// the committed offset can only have moved over transaction control records. Commit it,
 /// so a drained group shows lag 0 (the trailing commit marker is not work left).
 fn commit_idle_position(consumer: &LoopConsumer, committed: &mut Committed) {
-    let Ok(position) = consumer.position() else { return };
+    let Ok(position) = consumer.position() else {
+        return;
+    };
     let mut tpl = TopicPartitionList::new();
     for e in position.elements() {
-        if let (Offset::Offset(pos), Some(&done)) =
-            (e.offset(), committed.get(&(e.topic().to_string(), e.partition())))
-        {
+        if let (Offset::Offset(pos), Some(&done)) = (
+            e.offset(),
+            committed.get(&(e.topic().to_string(), e.partition())),
+        ) {
             if pos > done {
                 let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(pos));
             }
@@ -403,10 +464,16 @@ fn commit_idle_position(consumer: &LoopConsumer, committed: &mut Committed) {
 
 /// Restart every assigned partition from its committed offset. While the broker is away
 /// the offsets cannot be read: wait for it (or for shutdown) rather than exit.
-fn rewind(consumer: &LoopConsumer, positions: &mut Positions, shutdown: &CancellationToken) -> anyhow::Result<()> {
+fn rewind(
+    consumer: &LoopConsumer,
+    positions: &mut Positions,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     positions.clear();
-    let Some(tpl) = kafka::committed_positions_retrying(consumer, TXN_TIMEOUT, None, || shutdown.is_cancelled())
-        .map_err(|e| anyhow::anyhow!("reading committed offsets to rewind: {e}"))?
+    let Some(tpl) = kafka::committed_positions_retrying(consumer, TXN_TIMEOUT, None, || {
+        shutdown.is_cancelled()
+    })
+    .map_err(|e| anyhow::anyhow!("reading committed offsets to rewind: {e}"))?
     else {
         return Ok(());
     };
@@ -422,15 +489,20 @@ fn is_fatal(e: &KafkaError) -> bool {
     crate::kafka::txn_action(e) == crate::kafka::TxnAction::Fatal
 }
 
-
 /// A transactional producer with its transactions initialised (waiting for the broker
 /// while it is away); `None` when shutdown came first. Its `init_transactions` fences a
 /// predecessor with the same transactional id and settles its open transaction.
-fn transactional_producer(settings: &LoopSettings, shutdown: &CancellationToken) -> anyhow::Result<Option<BaseProducer>> {
-    let producer: BaseProducer =
-        kafka::transactional_producer_config(&settings.brokers, &settings.client_id, &settings.client_id)
-            .create()
-            .context("creating the transactional producer")?;
+fn transactional_producer(
+    settings: &LoopSettings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<BaseProducer>> {
+    let producer: BaseProducer = kafka::transactional_producer_config(
+        &settings.brokers,
+        &settings.client_id,
+        &settings.client_id,
+    )
+    .create()
+    .context("creating the transactional producer")?;
     Ok(kafka::init_transactions_retrying(&producer, TXN_TIMEOUT, shutdown)?.then_some(producer))
 }
 
@@ -449,7 +521,9 @@ fn commit_batch(
     retry_transactional(producer, retries_metric, "send_offsets", || {
         kafka::send_offsets_bounded(producer, offsets, cgm, TXN_TIMEOUT)
     })?;
-    retry_transactional(producer, retries_metric, "commit", || kafka::commit_transaction(producer, TXN_TIMEOUT))
+    retry_transactional(producer, retries_metric, "commit", || {
+        kafka::commit_transaction(producer, TXN_TIMEOUT)
+    })
 }
 
 /// Longest the loop waits for a batch's commit thread. Each call in it is bounded (retries
@@ -485,7 +559,9 @@ pub fn run_transactional<T: Transform>(
 ) -> anyhow::Result<()> {
     let svc = settings.service;
     let retries_metric = metric_name(svc, "pipeline_transaction_retries_total");
-    let Some(producer) = transactional_producer(&settings, &shutdown)? else { return Ok(()) };
+    let Some(producer) = transactional_producer(&settings, &shutdown)? else {
+        return Ok(());
+    };
     let mut producer = std::sync::Arc::new(producer);
     let consumer = consumer(&settings)?;
     tracing::info!(topic = %settings.input_topic, group = %settings.group, "consuming (transactional)");
@@ -514,9 +590,12 @@ pub fn run_transactional<T: Transform>(
             Ok(()) => {
                 remember(committed, &f.offsets);
                 runtime.block_on(stage.committed(f.done));
-                metrics::counter!(metric_name(svc, "pipeline_messages_total")).increment(f.messages as u64);
-                metrics::counter!(metric_name(svc, "pipeline_records_produced_total")).increment(f.records as u64);
-                metrics::histogram!(metric_name(svc, "pipeline_batch_seconds")).record(f.started.elapsed().as_secs_f64());
+                metrics::counter!(metric_name(svc, "pipeline_messages_total"))
+                    .increment(f.messages as u64);
+                metrics::counter!(metric_name(svc, "pipeline_records_produced_total"))
+                    .increment(f.records as u64);
+                metrics::histogram!(metric_name(svc, "pipeline_batch_seconds"))
+                    .record(f.started.elapsed().as_secs_f64());
                 heartbeat.progress();
                 Ok(true)
             }
@@ -531,14 +610,19 @@ pub fn run_transactional<T: Transform>(
                     Err(e)
                 } else {
                     let p: &BaseProducer = producer;
-                    retry_transactional(p, &retries_metric, "abort", || kafka::abort_transaction(p, TXN_TIMEOUT))
+                    retry_transactional(p, &retries_metric, "abort", || {
+                        kafka::abort_transaction(p, TXN_TIMEOUT)
+                    })
                 };
                 match aborted {
                     Ok(()) => Ok(false),
-                    Err(abort) if is_fatal(&abort) => anyhow::bail!("abort failed fatally: {abort}"),
+                    Err(abort) if is_fatal(&abort) => {
+                        anyhow::bail!("abort failed fatally: {abort}")
+                    }
                     // The producer's state is unknown: start again with a new one.
                     Err(abort) => {
-                        metrics::counter!(metric_name(svc, "pipeline_producer_restarts_total")).increment(1);
+                        metrics::counter!(metric_name(svc, "pipeline_producer_restarts_total"))
+                            .increment(1);
                         tracing::warn!(error = %abort, "the transaction could not be ended; replacing the producer");
                         match transactional_producer(&settings, &shutdown)? {
                             Some(p) => *producer = std::sync::Arc::new(p),
@@ -557,7 +641,10 @@ pub fn run_transactional<T: Transform>(
             match inflight.take() {
                 Some(f) => {
                     if !settle(f, &mut stage, &mut committed, &mut producer)? {
-                        sleep_or_cancelled(&shutdown, backoff.next_delay_jittered().min(Duration::from_secs(2)));
+                        sleep_or_cancelled(
+                            &shutdown,
+                            backoff.next_delay_jittered().min(Duration::from_secs(2)),
+                        );
                         rewind(&consumer, &mut positions, &shutdown)?;
                     }
                 }
@@ -573,7 +660,10 @@ pub fn run_transactional<T: Transform>(
         // The previous batch decides whether this one stands.
         if let Some(f) = inflight.take() {
             if !settle(f, &mut stage, &mut committed, &mut producer)? {
-                sleep_or_cancelled(&shutdown, backoff.next_delay_jittered().min(Duration::from_secs(2)));
+                sleep_or_cancelled(
+                    &shutdown,
+                    backoff.next_delay_jittered().min(Duration::from_secs(2)),
+                );
                 rewind(&consumer, &mut positions, &shutdown)?;
                 continue;
             }
@@ -581,8 +671,11 @@ pub fn run_transactional<T: Transform>(
         let (records, done) = match out {
             Ok(r) => r,
             Err(e) => {
-                metrics::counter!(metric_name(svc, "pipeline_retries_total"), "reason" => "stage").increment(1);
-                settings.heartbeat.trouble(format_args!("batch failed: {e:#}"));
+                metrics::counter!(metric_name(svc, "pipeline_retries_total"), "reason" => "stage")
+                    .increment(1);
+                settings
+                    .heartbeat
+                    .trouble(format_args!("batch failed: {e:#}"));
                 let delay = backoff.next_delay_jittered();
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, messages = batch.len(),
                     "batch failed; rewinding to the committed offsets to retry");
@@ -608,7 +701,14 @@ pub fn run_transactional<T: Transform>(
                 let _ = tx.send(commit_batch(&p, &retries, &cgm, &records, &o));
             })
             .context("starting a commit thread")?;
-        inflight = Some(InFlight { result, done, offsets, messages: batch.len(), records: n_records, started });
+        inflight = Some(InFlight {
+            result,
+            done,
+            offsets,
+            messages: batch.len(),
+            records: n_records,
+            started,
+        });
     }
     if let Some(f) = inflight.take() {
         if !settle(f, &mut stage, &mut committed, &mut producer)? {
@@ -652,8 +752,11 @@ pub fn run_at_least_once<H: Handler>(
             continue;
         }
         if let Err(e) = runtime.block_on(handler.handle(&batch)) {
-            metrics::counter!(metric_name(svc, "pipeline_retries_total"), "reason" => "handler").increment(1);
-            settings.heartbeat.trouble(format_args!("batch failed: {e:#}"));
+            metrics::counter!(metric_name(svc, "pipeline_retries_total"), "reason" => "handler")
+                .increment(1);
+            settings
+                .heartbeat
+                .trouble(format_args!("batch failed: {e:#}"));
             let delay = backoff.next_delay_jittered();
             tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, topic = %settings.input_topic,
                 "batch failed; rewinding to the committed offsets to retry");
@@ -669,16 +772,22 @@ pub fn run_at_least_once<H: Handler>(
                 settings.heartbeat.progress();
             }
             // A rebalance took the partitions: the new owner repeats the batch (idempotent).
-            Err(e) => tracing::warn!(error = %e, topic = %settings.input_topic, "offset commit failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, topic = %settings.input_topic, "offset commit failed")
+            }
         }
-        metrics::counter!(metric_name(svc, "pipeline_messages_total")).increment(batch.len() as u64);
+        metrics::counter!(metric_name(svc, "pipeline_messages_total"))
+            .increment(batch.len() as u64);
     }
     consumer.unsubscribe();
     Ok(())
 }
 
 /// Start a loop on its own OS thread; the returned handle resolves when it ends.
-pub fn spawn_loop<F>(name: &str, f: F) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>>
+pub fn spawn_loop<F>(
+    name: &str,
+    f: F,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>>
 where
     F: FnOnce() -> anyhow::Result<()> + Send + 'static,
 {
@@ -734,14 +843,19 @@ pub enum SendError {
     /// finished within the timeout, or its commit's outcome is unknown. The receiver gets
     /// the final [`Outcome`] within [`ATOMIC_ANSWER_BOUND`] of the call; it is dropped
     /// unanswered only if the producer thread stops, which is [`Outcome::Unknown`] too.
-    Undecided { reason: String, outcome: tokio::sync::oneshot::Receiver<Outcome> },
+    Undecided {
+        reason: String,
+        outcome: tokio::sync::oneshot::Receiver<Outcome>,
+    },
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendError::NotWritten(r) => write!(f, "{r}"),
-            SendError::Undecided { reason, .. } => write!(f, "{reason} (the records may still be written)"),
+            SendError::Undecided { reason, .. } => {
+                write!(f, "{reason} (the records may still be written)")
+            }
         }
     }
 }
@@ -767,21 +881,40 @@ const ATOMIC_QUEUE_KIB: usize = 256 * 1024;
 
 /// A job's size in KiB (at least 1), for [`ATOMIC_QUEUE_KIB`].
 fn queued_kib(records: &[Record]) -> u32 {
-    let bytes: usize =
-        records.iter().map(|r| r.payload.len() + r.key.len() + r.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()).sum();
+    let bytes: usize = records
+        .iter()
+        .map(|r| {
+            r.payload.len()
+                + r.key.len()
+                + r.headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
+        })
+        .sum();
     bytes.div_ceil(1024).clamp(1, ATOMIC_QUEUE_KIB) as u32
 }
 
 /// The caller's side of the race: give the job up unless the producer took it first.
 fn abandon(state: &AtomicU8) -> bool {
-    state.compare_exchange(JOB_QUEUED, JOB_ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    state
+        .compare_exchange(
+            JOB_QUEUED,
+            JOB_ABANDONED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_ok()
 }
 
 impl AtomicJob {
     /// Take the job into the transaction being built, unless its caller gave up first.
     fn take(&self) -> bool {
         !self.reply.is_closed()
-            && self.state.compare_exchange(JOB_QUEUED, JOB_TAKEN, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            && self
+                .state
+                .compare_exchange(JOB_QUEUED, JOB_TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 }
 
@@ -798,8 +931,9 @@ const ATOMIC_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the producer thread takes to answer a job it took: the commit, retried for
 /// [`kafka::TXN_RETRY_BUDGET`] and then one more call and the backoff before it (at most
 /// 11 s), then the same again for an abort, plus room for the records' own sends.
-pub const ATOMIC_ANSWER_BOUND: Duration =
-    Duration::from_secs(2 * (kafka::TXN_RETRY_BUDGET.as_secs() + ATOMIC_CALL_TIMEOUT.as_secs() + 11) + 30);
+pub const ATOMIC_ANSWER_BOUND: Duration = Duration::from_secs(
+    2 * (kafka::TXN_RETRY_BUDGET.as_secs() + ATOMIC_CALL_TIMEOUT.as_secs() + 11) + 30,
+);
 
 impl AtomicProducer {
     /// Start the producer thread. `transactional_id` must be stable per replica (a restart
@@ -821,8 +955,11 @@ impl AtomicProducer {
         std::thread::Builder::new()
             .name("atomic-producer".into())
             .spawn(move || {
-                let run = std::panic::AssertUnwindSafe(|| atomic_loop(service, &brokers, &id, rx, shutdown));
-                let result = std::panic::catch_unwind(run).unwrap_or_else(|_| Err(anyhow::anyhow!("the producer thread panicked")));
+                let run = std::panic::AssertUnwindSafe(|| {
+                    atomic_loop(service, &brokers, &id, rx, shutdown)
+                });
+                let result = std::panic::catch_unwind(run)
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the producer thread panicked")));
                 if let Err(e) = &result {
                     tracing::error!(error = %format!("{e:#}"), "atomic producer stopped");
                 }
@@ -837,15 +974,33 @@ impl AtomicProducer {
     pub async fn send(&self, records: Vec<Record>, timeout: Duration) -> Result<(), SendError> {
         let (reply, mut rx) = tokio::sync::oneshot::channel();
         let state = Arc::new(AtomicU8::new(JOB_QUEUED));
-        let queued = self.queued.clone().try_acquire_many_owned(queued_kib(&records)).map_err(|_| {
-            SendError::NotWritten(format!("producer queue full (overloaded: {} MiB of records waiting)", ATOMIC_QUEUE_KIB / 1024))
-        })?;
-        self.tx.try_send(AtomicJob { records, reply, state: state.clone(), _queued: queued }).map_err(|e| {
-            SendError::NotWritten(match e {
-                std::sync::mpsc::TrySendError::Full(_) => "producer queue full (overloaded)".to_string(),
-                std::sync::mpsc::TrySendError::Disconnected(_) => "producer stopped".to_string(),
+        let queued = self
+            .queued
+            .clone()
+            .try_acquire_many_owned(queued_kib(&records))
+            .map_err(|_| {
+                SendError::NotWritten(format!(
+                    "producer queue full (overloaded: {} MiB of records waiting)",
+                    ATOMIC_QUEUE_KIB / 1024
+                ))
+            })?;
+        self.tx
+            .try_send(AtomicJob {
+                records,
+                reply,
+                state: state.clone(),
+                _queued: queued,
             })
-        })?;
+            .map_err(|e| {
+                SendError::NotWritten(match e {
+                    std::sync::mpsc::TrySendError::Full(_) => {
+                        "producer queue full (overloaded)".to_string()
+                    }
+                    std::sync::mpsc::TrySendError::Disconnected(_) => {
+                        "producer stopped".to_string()
+                    }
+                })
+            })?;
         match tokio::time::timeout(timeout, &mut rx).await {
             Ok(Ok(Outcome::Written)) => Ok(()),
             Ok(Ok(Outcome::NotWritten(e))) => Err(SendError::NotWritten(e)),
@@ -857,16 +1012,20 @@ impl AtomicProducer {
             }
             // The producer thread ended without answering: if it had taken the job, the
             // outcome is unknown (the closed receiver says so to whoever waits on it).
-            Ok(Err(_)) if state.load(Ordering::Acquire) == JOB_TAKEN => {
-                Err(SendError::Undecided { reason: "producer stopped".into(), outcome: rx })
-            }
+            Ok(Err(_)) if state.load(Ordering::Acquire) == JOB_TAKEN => Err(SendError::Undecided {
+                reason: "producer stopped".into(),
+                outcome: rx,
+            }),
             Ok(Err(_)) => Err(SendError::NotWritten("producer stopped".into())),
             Err(_) => {
                 let reason = format!("Kafka did not acknowledge within {timeout:?}");
                 if abandon(&state) {
                     Err(SendError::NotWritten(reason))
                 } else {
-                    Err(SendError::Undecided { reason, outcome: rx })
+                    Err(SendError::Undecided {
+                        reason,
+                        outcome: rx,
+                    })
                 }
             }
         }
@@ -900,7 +1059,9 @@ fn atomic_loop(
             .context("creating the transactional producer")?;
         Ok(kafka::init_transactions_retrying(&p, TXN_TIMEOUT, &shutdown)?.then_some(p))
     };
-    let Some(mut producer) = make()? else { return Ok(()) };
+    let Some(mut producer) = make()? else {
+        return Ok(());
+    };
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(j) => j,
@@ -949,8 +1110,13 @@ fn atomic_loop(
             Err(e) => e,
         };
         let outcome = failed_outcome(committing, &e);
-        let result = if matches!(outcome, Outcome::Unknown(_)) { "unknown" } else { "failed" };
-        metrics::counter!(metric_name(service, "atomic_transactions_total"), "result" => result).increment(1);
+        let result = if matches!(outcome, Outcome::Unknown(_)) {
+            "unknown"
+        } else {
+            "failed"
+        };
+        metrics::counter!(metric_name(service, "atomic_transactions_total"), "result" => result)
+            .increment(1);
         tracing::warn!(error = %e, calls = jobs.len(), outcome = ?outcome, "transaction failed");
         let broken = kafka::needs_new_producer(&e)
             || retry_transactional(&producer, &retries_metric, "abort", || {
@@ -962,7 +1128,9 @@ fn atomic_loop(
         }
         if broken {
             // Its transaction could not be ended: a new producer under the same id settles it.
-            tracing::warn!("recreating the transactional producer: its transaction could not be ended");
+            tracing::warn!(
+                "recreating the transactional producer: its transaction could not be ended"
+            );
             match make()? {
                 Some(p) => producer = p,
                 None => return Ok(()),
@@ -974,23 +1142,39 @@ fn atomic_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::types::RDKafkaErrorCode;
     use base64::Engine as _;
+    use rdkafka::types::RDKafkaErrorCode;
 
     fn job() -> (AtomicJob, tokio::sync::oneshot::Receiver<Outcome>) {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let state = Arc::new(AtomicU8::new(JOB_QUEUED));
-        let queued = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
-        (AtomicJob { records: Vec::new(), reply, state, _queued: queued }, rx)
+        let queued = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        (
+            AtomicJob {
+                records: Vec::new(),
+                reply,
+                state,
+                _queued: queued,
+            },
+            rx,
+        )
     }
 
     #[test]
     fn a_job_is_either_taken_or_abandoned_never_both() {
         let (j, _rx) = job();
         assert!(j.take(), "a queued job is taken");
-        assert!(!abandon(&j.state), "so its caller's timeout finds it undecided");
+        assert!(
+            !abandon(&j.state),
+            "so its caller's timeout finds it undecided"
+        );
         let (j, _rx) = job();
-        assert!(abandon(&j.state), "a caller that gives up first abandons it");
+        assert!(
+            abandon(&j.state),
+            "a caller that gives up first abandons it"
+        );
         assert!(!j.take(), "so the producer skips it: nothing is written");
         let (j, rx) = job();
         drop(rx);
@@ -1004,7 +1188,11 @@ mod tests {
         assert_eq!(queued_kib(&[r(990)]), 1, "1,015 bytes");
         assert_eq!(queued_kib(&[r(1_000)]), 2, "1,025 bytes");
         assert_eq!(queued_kib(&[r(2_000), r(2_000)]), 4, "4,050 bytes");
-        assert_eq!(queued_kib(&vec![r(1 << 20); 300]), ATOMIC_QUEUE_KIB as u32, "never more than the whole queue");
+        assert_eq!(
+            queued_kib(&vec![r(1 << 20); 300]),
+            ATOMIC_QUEUE_KIB as u32,
+            "never more than the whole queue"
+        );
     }
 
     #[test]
@@ -1014,11 +1202,29 @@ mod tests {
         let gave_up = KafkaError::Canceled;
         let flush_timed_out = KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut);
         let delivery = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
-        assert!(matches!(failed_outcome(true, &gave_up), Outcome::Unknown(_)));
-        assert!(matches!(failed_outcome(false, &gave_up), Outcome::NotWritten(_)), "the commit never started");
-        assert!(matches!(failed_outcome(true, &flush_timed_out), Outcome::NotWritten(_)), "flushing, before EndTxn");
-        assert!(matches!(failed_outcome(true, &delivery), Outcome::NotWritten(_)), "a commit that needs an abort");
-        assert!(matches!(failed_outcome(false, &delivery), Outcome::NotWritten(_)));
+        assert!(matches!(
+            failed_outcome(true, &gave_up),
+            Outcome::Unknown(_)
+        ));
+        assert!(
+            matches!(failed_outcome(false, &gave_up), Outcome::NotWritten(_)),
+            "the commit never started"
+        );
+        assert!(
+            matches!(
+                failed_outcome(true, &flush_timed_out),
+                Outcome::NotWritten(_)
+            ),
+            "flushing, before EndTxn"
+        );
+        assert!(
+            matches!(failed_outcome(true, &delivery), Outcome::NotWritten(_)),
+            "a commit that needs an abort"
+        );
+        assert!(matches!(
+            failed_outcome(false, &delivery),
+            Outcome::NotWritten(_)
+        ));
     }
 
     fn msg(topic: &str, partition: i32, offset: i64) -> Consumed {
@@ -1036,9 +1242,15 @@ mod tests {
     #[test]
     fn a_partition_delivered_again_from_an_earlier_offset_is_dropped() {
         let mut p = Positions::default();
-        assert!(p.admit(3, 0) && p.admit(3, 1) && p.admit(3, 5), "offsets may skip (transaction markers)");
+        assert!(
+            p.admit(3, 0) && p.admit(3, 1) && p.admit(3, 5),
+            "offsets may skip (transaction markers)"
+        );
         assert!(!p.admit(3, 0) && !p.admit(3, 5), "already taken");
-        assert!(p.admit(3, 6) && p.admit(1, 0), "new offsets, and other partitions, pass");
+        assert!(
+            p.admit(3, 6) && p.admit(1, 0),
+            "new offsets, and other partitions, pass"
+        );
     }
 
     #[test]
@@ -1046,7 +1258,10 @@ mod tests {
         let mut p = Positions::default();
         assert!(p.admit(0, 10) && p.admit(1, 10));
         p.forget(0);
-        assert!(p.admit(0, 3), "revoked and assigned again: starts from the committed offset");
+        assert!(
+            p.admit(0, 3),
+            "revoked and assigned again: starts from the committed offset"
+        );
         assert!(!p.admit(1, 3));
         p.clear();
         assert!(p.admit(1, 3), "after the loop's own rewind");
@@ -1054,24 +1269,58 @@ mod tests {
 
     #[test]
     fn next_offsets_are_one_past_the_last_per_partition() {
-        let batch = [msg("t", 0, 5), msg("t", 1, 9), msg("t", 0, 7), msg("u", 0, 1)];
+        let batch = [
+            msg("t", 0, 5),
+            msg("t", 1, 9),
+            msg("t", 0, 7),
+            msg("u", 0, 1),
+        ];
         let tpl = next_offsets(&batch).unwrap();
-        assert_eq!(tpl.find_partition("t", 0).unwrap().offset(), Offset::Offset(8));
-        assert_eq!(tpl.find_partition("t", 1).unwrap().offset(), Offset::Offset(10));
-        assert_eq!(tpl.find_partition("u", 0).unwrap().offset(), Offset::Offset(2));
+        assert_eq!(
+            tpl.find_partition("t", 0).unwrap().offset(),
+            Offset::Offset(8)
+        );
+        assert_eq!(
+            tpl.find_partition("t", 1).unwrap().offset(),
+            Offset::Offset(10)
+        );
+        assert_eq!(
+            tpl.find_partition("u", 0).unwrap().offset(),
+            Offset::Offset(2)
+        );
         assert_eq!(tpl.count(), 3);
     }
 
     #[test]
     fn dead_letters_keep_bytes_source_and_reason() {
-        let r = dead_letter("dlq", "ingest", &msg("raw", 2, 41), "not_utf8", "not UTF-8", None);
-        assert_eq!((r.topic.as_str(), r.key.as_slice()), ("dlq", b"k".as_slice()));
+        let r = dead_letter(
+            "dlq",
+            "ingest",
+            &msg("raw", 2, 41),
+            "not_utf8",
+            "not UTF-8",
+            None,
+        );
+        assert_eq!(
+            (r.topic.as_str(), r.key.as_slice()),
+            ("dlq", b"k".as_slice())
+        );
         assert_eq!(r.headers, vec![("tenant".to_string(), b"acme".to_vec())]);
         let dl: DeadLetter = crate::messages::decode(&r.payload).unwrap();
         assert_eq!(dl.original_base64, "/3g=");
         assert_eq!(dl.key_base64.as_deref(), Some("aw=="));
-        assert_eq!(dl.source, Some(SourceRef { topic: "raw".into(), partition: 2, offset: 41 }));
-        assert_eq!((dl.stage.as_str(), dl.error_kind.as_str()), ("ingest", "not_utf8"));
+        assert_eq!(
+            dl.source,
+            Some(SourceRef {
+                topic: "raw".into(),
+                partition: 2,
+                offset: 41
+            })
+        );
+        assert_eq!(
+            (dl.stage.as_str(), dl.error_kind.as_str()),
+            ("ingest", "not_utf8")
+        );
         let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
         crate::schema::validate("dead_letter/v1", &v).unwrap();
         assert_eq!(dl.original_len, None, "kept whole");
@@ -1084,19 +1333,29 @@ mod tests {
         let mut m = msg("raw", 0, 7);
         m.payload = vec![b'x'; 1_000_000];
         m.key = Some(vec![b'k'; 256 * 1024]);
-        m.headers = (0..100).map(|i| (format!("h{i}"), vec![b'v'; 10_000])).collect();
+        m.headers = (0..100)
+            .map(|i| (format!("h{i}"), vec![b'v'; 10_000]))
+            .collect();
         let reason = format!("field \"schema\": found \"{}\"", "y".repeat(1_000_000));
         let r = dead_letter("dlq", "ingest", &m, "wrong_schema", &reason, None);
         let header_bytes: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        assert!(header_bytes <= DEAD_LETTER_HEADER_MAX_BYTES && !r.headers.is_empty(), "{header_bytes}");
+        assert!(
+            header_bytes <= DEAD_LETTER_HEADER_MAX_BYTES && !r.headers.is_empty(),
+            "{header_bytes}"
+        );
         let size = r.payload.len() + r.key.len() + header_bytes;
         assert!(size < 600 * 1024, "{size} bytes");
         assert_eq!(r.key.len(), crate::messages::DEAD_LETTER_KEY_MAX_BYTES);
         let dl: DeadLetter = crate::messages::decode(&r.payload).unwrap();
         assert_eq!(dl.original_len, Some(1_000_000));
-        let kept = base64::engine::general_purpose::STANDARD.decode(&dl.original_base64).unwrap();
+        let kept = base64::engine::general_purpose::STANDARD
+            .decode(&dl.original_base64)
+            .unwrap();
         assert_eq!(kept.len(), crate::messages::DEAD_LETTER_ORIGINAL_MAX_BYTES);
-        assert!(dl.reason.starts_with("field \"schema\"") && dl.reason.ends_with("(reason cut at 4096 characters)"));
+        assert!(
+            dl.reason.starts_with("field \"schema\"")
+                && dl.reason.ends_with("(reason cut at 4096 characters)")
+        );
         let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
         crate::schema::validate("dead_letter/v1", &v).unwrap();
     }
@@ -1105,6 +1364,8 @@ mod tests {
     fn a_reason_is_cut_on_a_character_boundary() {
         let reason = "é".repeat(5_000);
         let dl = DeadLetter::new(b"", None, None, "ingest", "x", &reason, None);
-        assert!(dl.reason.starts_with(&"é".repeat(4_096)) && !dl.reason.starts_with(&"é".repeat(4_097)));
+        assert!(
+            dl.reason.starts_with(&"é".repeat(4_096)) && !dl.reason.starts_with(&"é".repeat(4_097))
+        );
     }
 }

@@ -23,7 +23,10 @@ impl RedisHandle {
     /// The connection once it exists; waits for it.
     pub async fn get(&self) -> Result<ConnectionManager, NotConnected> {
         let mut rx = self.rx.clone();
-        let conn = rx.wait_for(|c| c.is_some()).await.map_err(|_| NotConnected)?;
+        let conn = rx
+            .wait_for(|c| c.is_some())
+            .await
+            .map_err(|_| NotConnected)?;
         Ok(conn.clone().expect("checked is_some"))
     }
 
@@ -34,7 +37,10 @@ impl RedisHandle {
 }
 
 /// Start connecting in the background; the handle resolves when Redis first answers.
-pub fn connect_in_background(url: &str, shutdown: CancellationToken) -> anyhow::Result<RedisHandle> {
+pub fn connect_in_background(
+    url: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RedisHandle> {
     let client = redis::Client::open(url)?;
     let (tx, rx) = watch::channel(None);
     let url = url.to_string();
@@ -45,7 +51,10 @@ pub fn connect_in_background(url: &str, shutdown: CancellationToken) -> anyhow::
             .set_max_delay(Duration::from_secs(5));
         let mut backoff = Backoff::for_dependencies();
         loop {
-            match client.get_connection_manager_with_config(config.clone()).await {
+            match client
+                .get_connection_manager_with_config(config.clone())
+                .await
+            {
                 Ok(conn) => {
                     tracing::info!(%url, "redis connected");
                     let _ = tx.send(Some(conn));
@@ -68,9 +77,10 @@ pub fn connect_in_background(url: &str, shutdown: CancellationToken) -> anyhow::
 
 /// PING with a timeout: the readiness probe for Redis.
 pub async fn ping(conn: &mut ConnectionManager) -> anyhow::Result<()> {
-    let reply: String = tokio::time::timeout(Duration::from_secs(2), redis::cmd("PING").query_async(conn))
-        .await
-        .map_err(|_| anyhow::anyhow!("PING timed out after 2s"))??;
+    let reply: String =
+        tokio::time::timeout(Duration::from_secs(2), redis::cmd("PING").query_async(conn))
+            .await
+            .map_err(|_| anyhow::anyhow!("PING timed out after 2s"))??;
     anyhow::ensure!(reply == "PONG", "PING answered {reply:?}");
     Ok(())
 }

@@ -63,18 +63,29 @@ pub enum GateDecision {
 
 /// The promotion gate: macro-F1 at least production's minus `tolerance`, or at least
 /// `floor` for a task's first model.
-pub fn promotion_gate(candidate_f1: f64, production_f1: Option<f64>, tolerance: f64, floor: f64) -> GateDecision {
+pub fn promotion_gate(
+    candidate_f1: f64,
+    production_f1: Option<f64>,
+    tolerance: f64,
+    floor: f64,
+) -> GateDecision {
     match production_f1 {
         Some(p) if candidate_f1 + 1e-12 >= p - tolerance => GateDecision::Promote {
-            reason: format!("macro_f1 {candidate_f1:.4} >= production {p:.4} - tolerance {tolerance}"),
+            reason: format!(
+                "macro_f1 {candidate_f1:.4} >= production {p:.4} - tolerance {tolerance}"
+            ),
         },
         Some(p) => GateDecision::Reject {
-            reason: format!("macro_f1 {candidate_f1:.4} < production {p:.4} - tolerance {tolerance}"),
+            reason: format!(
+                "macro_f1 {candidate_f1:.4} < production {p:.4} - tolerance {tolerance}"
+            ),
         },
         None if candidate_f1 + 1e-12 >= floor => GateDecision::Promote {
             reason: format!("first model: macro_f1 {candidate_f1:.4} >= floor {floor}"),
         },
-        None => GateDecision::Reject { reason: format!("first model: macro_f1 {candidate_f1:.4} < floor {floor}") },
+        None => GateDecision::Reject {
+            reason: format!("first model: macro_f1 {candidate_f1:.4} < floor {floor}"),
+        },
     }
 }
 
@@ -115,14 +126,28 @@ impl Registry {
         let json = serde_json::to_string(record).expect("record serializes");
         redis::pipe()
             .atomic()
-            .set(key(&record.task, &format!("version:{}", record.version)), json)
-            .zadd(key(&record.task, "versions"), &record.version, record.created_at_ms)
+            .set(
+                key(&record.task, &format!("version:{}", record.version)),
+                json,
+            )
+            .zadd(
+                key(&record.task, "versions"),
+                &record.version,
+                record.created_at_ms,
+            )
             .query_async::<()>(&mut self.conn)
             .await
     }
 
-    pub async fn get(&mut self, task: &str, version: &str) -> redis::RedisResult<Option<ModelRecord>> {
-        let json: Option<String> = self.conn.get(key(task, &format!("version:{version}"))).await?;
+    pub async fn get(
+        &mut self,
+        task: &str,
+        version: &str,
+    ) -> redis::RedisResult<Option<ModelRecord>> {
+        let json: Option<String> = self
+            .conn
+            .get(key(task, &format!("version:{version}")))
+            .await?;
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
@@ -143,7 +168,11 @@ impl Registry {
         let keys: Vec<String> = self.conn.keys("aifab:registry:*:versions").await?;
         let mut tasks: Vec<String> = keys
             .iter()
-            .filter_map(|k| k.strip_prefix("aifab:registry:")?.strip_suffix(":versions").map(String::from))
+            .filter_map(|k| {
+                k.strip_prefix("aifab:registry:")?
+                    .strip_suffix(":versions")
+                    .map(String::from)
+            })
             .collect();
         tasks.sort();
         Ok(tasks)
@@ -154,7 +183,11 @@ impl Registry {
     }
 
     /// The record an alias points to.
-    pub async fn resolve(&mut self, task: &str, alias: &str) -> redis::RedisResult<Option<ModelRecord>> {
+    pub async fn resolve(
+        &mut self,
+        task: &str,
+        alias: &str,
+    ) -> redis::RedisResult<Option<ModelRecord>> {
         match self.alias(task, alias).await? {
             Some(v) => self.get(task, &v).await,
             None => Ok(None),
@@ -162,10 +195,15 @@ impl Registry {
     }
 
     /// Point `production` at `version`, remembering the previous one for rollback.
-    pub async fn set_production(&mut self, task: &str, version: &str) -> redis::RedisResult<Option<String>> {
+    pub async fn set_production(
+        &mut self,
+        task: &str,
+        version: &str,
+    ) -> redis::RedisResult<Option<String>> {
         let previous = self.alias(task, PRODUCTION).await?;
         let mut pipe = redis::pipe();
-        pipe.atomic().set(key(task, &format!("alias:{PRODUCTION}")), version);
+        pipe.atomic()
+            .set(key(task, &format!("alias:{PRODUCTION}")), version);
         if let Some(p) = previous.as_deref().filter(|p| *p != version) {
             pipe.lpush(key(task, "history:production"), p);
         }
@@ -174,29 +212,49 @@ impl Registry {
     }
 
     pub async fn set_candidate(&mut self, task: &str, version: &str) -> redis::RedisResult<()> {
-        self.conn.set(key(task, &format!("alias:{CANDIDATE}")), version).await
+        self.conn
+            .set(key(task, &format!("alias:{CANDIDATE}")), version)
+            .await
     }
 
     /// Move production back: to `to` if given, else to the previous production version.
     /// Returns the version production now points to.
-    pub async fn rollback(&mut self, task: &str, to: Option<&str>) -> redis::RedisResult<Option<String>> {
+    pub async fn rollback(
+        &mut self,
+        task: &str,
+        to: Option<&str>,
+    ) -> redis::RedisResult<Option<String>> {
         let target = match to {
             Some(v) => Some(v.to_string()),
-            None => self.conn.lpop(key(task, "history:production"), None).await?,
+            None => {
+                self.conn
+                    .lpop(key(task, "history:production"), None)
+                    .await?
+            }
         };
         if let Some(v) = &target {
-            let _: () = self.conn.set(key(task, &format!("alias:{PRODUCTION}")), v).await?;
+            let _: () = self
+                .conn
+                .set(key(task, &format!("alias:{PRODUCTION}")), v)
+                .await?;
         }
         Ok(target)
     }
 
     pub async fn rollout(&mut self, task: &str) -> redis::RedisResult<Rollout> {
         let json: Option<String> = self.conn.get(key(task, "rollout")).await?;
-        Ok(json.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or(Rollout::Off))
+        Ok(json
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or(Rollout::Off))
     }
 
     pub async fn set_rollout(&mut self, task: &str, rollout: Rollout) -> redis::RedisResult<()> {
-        self.conn.set(key(task, "rollout"), serde_json::to_string(&rollout).expect("rollout serializes")).await
+        self.conn
+            .set(
+                key(task, "rollout"),
+                serde_json::to_string(&rollout).expect("rollout serializes"),
+            )
+            .await
     }
 }
 
@@ -206,9 +264,18 @@ mod tests {
 
     #[test]
     fn gate_compares_with_production_or_floor() {
-        assert!(matches!(promotion_gate(0.95, Some(0.96), 0.02, 0.5), GateDecision::Promote { .. }));
-        assert!(matches!(promotion_gate(0.93, Some(0.96), 0.02, 0.5), GateDecision::Reject { .. }));
-        assert!(matches!(promotion_gate(0.6, None, 0.02, 0.5), GateDecision::Promote { .. }));
+        assert!(matches!(
+            promotion_gate(0.95, Some(0.96), 0.02, 0.5),
+            GateDecision::Promote { .. }
+        ));
+        assert!(matches!(
+            promotion_gate(0.93, Some(0.96), 0.02, 0.5),
+            GateDecision::Reject { .. }
+        ));
+        assert!(matches!(
+            promotion_gate(0.6, None, 0.02, 0.5),
+            GateDecision::Promote { .. }
+        ));
         match promotion_gate(0.4, None, 0.02, 0.5) {
             GateDecision::Reject { reason } => assert!(reason.contains("floor"), "{reason}"),
             other => panic!("{other:?}"),
@@ -220,7 +287,9 @@ mod tests {
         let ids: Vec<String> = (0..20_000).map(|i| format!("req-{i}")).collect();
         let hits = ids.iter().filter(|id| canary_arm(id, 0.1)).count();
         assert!((1700..2300).contains(&hits), "{hits} of 20000 at share 0.1");
-        assert!(ids.iter().all(|id| canary_arm(id, 0.1) == canary_arm(id, 0.1)));
+        assert!(ids
+            .iter()
+            .all(|id| canary_arm(id, 0.1) == canary_arm(id, 0.1)));
         assert!(!ids.iter().any(|id| canary_arm(id, 0.0)));
         assert!(ids.iter().all(|id| canary_arm(id, 1.0)));
     }
@@ -229,6 +298,9 @@ mod tests {
     fn rollout_json_shape() {
         let j = serde_json::to_string(&Rollout::Canary { share: 0.25 }).unwrap();
         assert_eq!(j, r#"{"mode":"canary","share":0.25}"#);
-        assert_eq!(serde_json::from_str::<Rollout>(r#"{"mode":"shadow"}"#).unwrap(), Rollout::Shadow);
+        assert_eq!(
+            serde_json::from_str::<Rollout>(r#"{"mode":"shadow"}"#).unwrap(),
+            Rollout::Shadow
+        );
     }
 }

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures::FutureExt;
 use axum::Router;
+use futures::FutureExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -75,7 +75,11 @@ const PROBE_FAILURES_BEFORE_NEW_CLIENT: u32 = 3;
 
 impl Service {
     /// Logging, metrics, signal handling and background dependency connections.
-    pub async fn init(spec: ServiceSpec, serve: &ServeArgs, brokers: &BrokerArgs) -> anyhow::Result<Self> {
+    pub async fn init(
+        spec: ServiceSpec,
+        serve: &ServeArgs,
+        brokers: &BrokerArgs,
+    ) -> anyhow::Result<Self> {
         crate::telemetry::init_logging(serve.log_format, &serve.log);
         let metrics = crate::telemetry::init_metrics()?;
         let shutdown = crate::shutdown::on_signal();
@@ -107,7 +111,11 @@ impl Service {
             http_addr: None,
         };
         metrics::gauge!(metric_name(spec.name, "up")).set(1.0);
-        tracing::info!(service = spec.name, version = env!("CARGO_PKG_VERSION"), "starting");
+        tracing::info!(
+            service = spec.name,
+            version = env!("CARGO_PKG_VERSION"),
+            "starting"
+        );
         if spec.needs.kafka {
             svc.readiness.register("kafka", "not probed yet");
             svc.spawn_kafka_probe()?;
@@ -122,8 +130,9 @@ impl Service {
         }
         if spec.needs.redis {
             svc.readiness.register("redis", "not connected yet");
-            let handle = crate::redis_store::connect_in_background(&brokers.redis_url, svc.shutdown.clone())
-                .with_context(|| format!("bad Redis url {:?}", brokers.redis_url))?;
+            let handle =
+                crate::redis_store::connect_in_background(&brokers.redis_url, svc.shutdown.clone())
+                    .with_context(|| format!("bad Redis url {:?}", brokers.redis_url))?;
             svc.spawn_redis_probe(handle.clone());
             svc.redis = Some(handle);
         }
@@ -132,20 +141,24 @@ impl Service {
 
     /// The NATS client (present when the service needs NATS). It may be reconnecting.
     pub fn nats(&self) -> anyhow::Result<async_nats::Client> {
-        self.nats.clone().context("this service was not configured to use NATS")
+        self.nats
+            .clone()
+            .context("this service was not configured to use NATS")
     }
 
     /// The Redis handle (present when the service needs Redis).
     pub fn redis(&self) -> anyhow::Result<RedisHandle> {
-        self.redis.clone().context("this service was not configured to use Redis")
+        self.redis
+            .clone()
+            .context("this service was not configured to use Redis")
     }
 
     /// Bind the HTTP port and serve the ops routes plus `api`. Fails if the port is taken.
     pub async fn serve(&mut self, api: Router) -> anyhow::Result<std::net::SocketAddr> {
         let addr = self.serve_args.http_addr_or(self.spec.default_port);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding HTTP address {addr} (set --http-addr / AIFAB_HTTP_ADDR)"))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("binding HTTP address {addr} (set --http-addr / AIFAB_HTTP_ADDR)")
+        })?;
         let local = listener.local_addr()?;
         let app = ops_router(self.readiness.clone(), self.metrics.clone()).merge(api);
         let token = self.shutdown.clone();
@@ -194,14 +207,25 @@ impl Service {
         let task: futures::future::BoxFuture<'static, anyhow::Result<()>> =
             if failpoint_set(std::env::var(FAILPOINT_ENV).ok().as_deref(), name) {
                 drop(task);
-                Box::pin(async move { Err(anyhow::anyhow!("failed on purpose ({FAILPOINT_ENV}={name})")) })
+                Box::pin(async move {
+                    Err(anyhow::anyhow!(
+                        "failed on purpose ({FAILPOINT_ENV}={name})"
+                    ))
+                })
             } else {
                 Box::pin(task)
             };
-        let (readiness, shutdown, failure) = (self.readiness.clone(), self.shutdown.clone(), self.failure.clone());
+        let (readiness, shutdown, failure) = (
+            self.readiness.clone(),
+            self.shutdown.clone(),
+            self.failure.clone(),
+        );
         let service = self.spec.name;
         let handle = tokio::spawn(async move {
-            let result = AssertUnwindSafe(task).catch_unwind().await.map_err(|p| panic_message(&*p));
+            let result = AssertUnwindSafe(task)
+                .catch_unwind()
+                .await
+                .map_err(|p| panic_message(&*p));
             match loop_end_failure(&result, shutdown.is_cancelled(), may_finish) {
                 None => {
                     if let Ok(Err(e)) = &result {
@@ -210,10 +234,14 @@ impl Service {
                 }
                 Some(why) => {
                     readiness.loop_stopped(name, &why);
-                    metrics::counter!(metric_name(service, "loop_failures_total"), "loop" => name).increment(1);
+                    metrics::counter!(metric_name(service, "loop_failures_total"), "loop" => name)
+                        .increment(1);
                     tracing::error!(loop_name = name, error = %why,
                         "a loop the service needs stopped; shutting down to be restarted");
-                    failure.lock().expect("failure lock").get_or_insert_with(|| format!("loop {name} stopped: {why}"));
+                    failure
+                        .lock()
+                        .expect("failure lock")
+                        .get_or_insert_with(|| format!("loop {name} stopped: {why}"));
                     shutdown.cancel();
                 }
             }
@@ -225,7 +253,8 @@ impl Service {
     /// it): `/readyz` fails, naming the loop, after `stale_after` without progress.
     pub fn heartbeat(&self, name: &'static str, stale_after: Duration) -> Heartbeat {
         let hb = Heartbeat::new();
-        self.readiness.watch_loop(name, Some((hb.clone(), stale_after)));
+        self.readiness
+            .watch_loop(name, Some((hb.clone(), stale_after)));
         hb
     }
 
@@ -260,8 +289,14 @@ impl Service {
         let until = Instant::now() + Duration::from_secs(self.serve_args.shutdown_grace_s);
         for (name, handle) in self.loops.drain(..) {
             let abort = handle.abort_handle();
-            if tokio::time::timeout(until.saturating_duration_since(Instant::now()), handle).await.is_err() {
-                tracing::warn!(loop_name = name, "loop did not stop within the grace period; aborted");
+            if tokio::time::timeout(until.saturating_duration_since(Instant::now()), handle)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    loop_name = name,
+                    "loop did not stop within the grace period; aborted"
+                );
                 abort.abort();
             }
         }
@@ -309,7 +344,9 @@ impl Service {
                             // Destroying a client waits for its threads: not on the runtime.
                             drop(tokio::task::spawn_blocking(move || drop(old)));
                         }
-                        Err(e) => tracing::warn!(error = %e, "could not create a new kafka probe client"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not create a new kafka probe client")
+                        }
                     }
                 }
                 let c = client.clone();
@@ -426,11 +463,26 @@ mod tests {
     use super::*;
 
     async fn service() -> Service {
-        let serve = ServeArgs { http_addr: None, log_format: crate::config::LogFormat::Text, log: "info".into(), shutdown_grace_s: 5 };
-        let brokers = BrokerArgs { kafka_brokers: String::new(), nats_url: String::new(), redis_url: String::new() };
-        let spec = ServiceSpec { name: "test", default_port: 0, needs: Needs::default() };
+        let serve = ServeArgs {
+            http_addr: None,
+            log_format: crate::config::LogFormat::Text,
+            log: "info".into(),
+            shutdown_grace_s: 5,
+        };
+        let brokers = BrokerArgs {
+            kafka_brokers: String::new(),
+            nats_url: String::new(),
+            redis_url: String::new(),
+        };
+        let spec = ServiceSpec {
+            name: "test",
+            default_port: 0,
+            needs: Needs::default(),
+        };
         let metrics = crate::telemetry::init_metrics().unwrap();
-        Service::init_with(spec, &serve, &brokers, metrics, CancellationToken::new()).await.unwrap()
+        Service::init_with(spec, &serve, &brokers, metrics, CancellationToken::new())
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
@@ -448,13 +500,24 @@ mod tests {
             anyhow::bail!("committed offsets: coordinator not available")
         });
         tx.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), svc.shutdown.cancelled()).await.expect("the failure stops the service");
+        tokio::time::timeout(Duration::from_secs(5), svc.shutdown.cancelled())
+            .await
+            .expect("the failure stops the service");
         let report = svc.readiness.report();
         assert!(!report.ready);
-        assert_eq!(report.checks["loop:examples-consumer"].detail, "stopped: committed offsets: coordinator not available");
-        assert!(report.checks["loop:steady"].ok, "the other loop did not fail");
+        assert_eq!(
+            report.checks["loop:examples-consumer"].detail,
+            "stopped: committed offsets: coordinator not available"
+        );
+        assert!(
+            report.checks["loop:steady"].ok,
+            "the other loop did not fail"
+        );
         let err = svc.finish().await.expect_err("finish reports the failure");
-        assert!(err.to_string().contains("loop examples-consumer stopped"), "{err}");
+        assert!(
+            err.to_string().contains("loop examples-consumer stopped"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -467,9 +530,17 @@ mod tests {
                 }
                 Ok(())
             });
-            tokio::time::timeout(Duration::from_secs(5), svc.shutdown.cancelled()).await.expect("stopped");
-            let detail = svc.readiness.report().checks[&format!("loop:{name}")].detail.clone();
-            let expected = if panics { "stopped: panicked: boom" } else { "stopped: ended while the service was running" };
+            tokio::time::timeout(Duration::from_secs(5), svc.shutdown.cancelled())
+                .await
+                .expect("stopped");
+            let detail = svc.readiness.report().checks[&format!("loop:{name}")]
+                .detail
+                .clone();
+            let expected = if panics {
+                "stopped: panicked: boom"
+            } else {
+                "stopped: ended while the service was running"
+            };
             assert_eq!(detail, expected);
             assert!(svc.finish().await.is_err());
         }

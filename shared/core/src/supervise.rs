@@ -63,12 +63,19 @@ impl Heartbeat {
     /// until its first beat. Not watched until a readiness registers it (benches and
     /// tests use it unwatched).
     pub fn new() -> Self {
-        Heartbeat { inner: Arc::new(Beats { last_progress_ms: AtomicI64::new(NEVER), trouble: Mutex::new(None) }) }
+        Heartbeat {
+            inner: Arc::new(Beats {
+                last_progress_ms: AtomicI64::new(NEVER),
+                trouble: Mutex::new(None),
+            }),
+        }
     }
 
     /// The loop did a unit of work (a batch committed, a message handled).
     pub fn progress(&self) {
-        self.inner.last_progress_ms.store(crate::now_ms(), Ordering::Relaxed);
+        self.inner
+            .last_progress_ms
+            .store(crate::now_ms(), Ordering::Relaxed);
         let mut t = self.inner.trouble.lock().expect("heartbeat lock");
         if t.is_some() {
             *t = None;
@@ -85,7 +92,11 @@ impl Heartbeat {
             let mut t = self.inner.trouble.lock().expect("heartbeat lock");
             match t.as_mut() {
                 None => true,
-                Some(trouble) => *trouble.quiet_since_ms.get_or_insert(now) + QUIET_AFTER_TROUBLE.as_millis() as i64 <= now,
+                Some(trouble) => {
+                    *trouble.quiet_since_ms.get_or_insert(now)
+                        + QUIET_AFTER_TROUBLE.as_millis() as i64
+                        <= now
+                }
             }
         };
         if quiet {
@@ -95,7 +106,10 @@ impl Heartbeat {
 
     /// Why the loop is not progressing (shown by readiness once the loop is stale).
     pub fn trouble(&self, why: impl std::fmt::Display) {
-        *self.inner.trouble.lock().expect("heartbeat lock") = Some(Trouble { why: why.to_string(), quiet_since_ms: None });
+        *self.inner.trouble.lock().expect("heartbeat lock") = Some(Trouble {
+            why: why.to_string(),
+            quiet_since_ms: None,
+        });
     }
 
     /// When the loop last made progress; `None` before its first beat.
@@ -104,7 +118,12 @@ impl Heartbeat {
     }
 
     fn trouble_now(&self) -> Option<String> {
-        self.inner.trouble.lock().expect("heartbeat lock").as_ref().map(|t| t.why.clone())
+        self.inner
+            .trouble
+            .lock()
+            .expect("heartbeat lock")
+            .as_ref()
+            .map(|t| t.why.clone())
     }
 }
 
@@ -120,39 +139,69 @@ pub struct LoopHealth {
 
 impl LoopHealth {
     pub fn new(started_ms: i64, heartbeat: Option<(Heartbeat, Duration)>) -> Self {
-        LoopHealth { started_ms, stopped: None, heartbeat }
+        LoopHealth {
+            started_ms,
+            stopped: None,
+            heartbeat,
+        }
     }
 
     /// The readiness check this loop reads as at `now_ms`.
     pub fn check(&self, now_ms: i64) -> CheckState {
         if let Some((at, why)) = &self.stopped {
-            return CheckState { ok: false, detail: format!("stopped: {why}"), since_ms: *at };
+            return CheckState {
+                ok: false,
+                detail: format!("stopped: {why}"),
+                since_ms: *at,
+            };
         }
         let Some((hb, stale_after)) = &self.heartbeat else {
-            return CheckState { ok: true, detail: "running".into(), since_ms: self.started_ms };
+            return CheckState {
+                ok: true,
+                detail: "running".into(),
+                since_ms: self.started_ms,
+            };
         };
         let Some(last) = hb.last_progress_ms() else {
             // Not working yet (waiting for its topic, its coordinator, its producer's
             // transactions): not ready, and why if it said.
-            let detail = hb.trouble_now().map_or_else(|| "starting".to_string(), |t| format!("starting: {t}"));
-            return CheckState { ok: false, detail, since_ms: self.started_ms };
+            let detail = hb
+                .trouble_now()
+                .map_or_else(|| "starting".to_string(), |t| format!("starting: {t}"));
+            return CheckState {
+                ok: false,
+                detail,
+                since_ms: self.started_ms,
+            };
         };
         let quiet_ms = now_ms.saturating_sub(last);
         if quiet_ms <= stale_after.as_millis() as i64 {
-            return CheckState { ok: true, detail: "running".into(), since_ms: last };
+            return CheckState {
+                ok: true,
+                detail: "running".into(),
+                since_ms: last,
+            };
         }
         let mut detail = format!("no progress for {} s", quiet_ms / 1000);
         if let Some(t) = hb.trouble_now() {
             detail.push_str(": ");
             detail.push_str(&t);
         }
-        CheckState { ok: false, detail, since_ms: last + stale_after.as_millis() as i64 }
+        CheckState {
+            ok: false,
+            detail,
+            since_ms: last + stale_after.as_millis() as i64,
+        }
     }
 }
 
 /// Why a loop's end stops the service, or `None` when it ended because the service is
 /// stopping anyway, or it is a task that may finish (`may_finish`) and did so cleanly.
-pub fn loop_end_failure(result: &Result<anyhow::Result<()>, String>, stopping: bool, may_finish: bool) -> Option<String> {
+pub fn loop_end_failure(
+    result: &Result<anyhow::Result<()>, String>,
+    stopping: bool,
+    may_finish: bool,
+) -> Option<String> {
     match result {
         _ if stopping => None,
         Ok(Ok(())) if may_finish => None,
@@ -198,9 +247,15 @@ mod tests {
         let hb = Heartbeat::new();
         let h = LoopHealth::new(1_000, Some((hb.clone(), Duration::from_secs(30))));
         let c = h.check(1_500);
-        assert_eq!((c.ok, c.detail.as_str(), c.since_ms), (false, "starting", 1_000));
+        assert_eq!(
+            (c.ok, c.detail.as_str(), c.since_ms),
+            (false, "starting", 1_000)
+        );
         hb.trouble("topic aifab.training.examples does not exist yet");
-        assert_eq!(h.check(2_000).detail, "starting: topic aifab.training.examples does not exist yet");
+        assert_eq!(
+            h.check(2_000).detail,
+            "starting: topic aifab.training.examples does not exist yet"
+        );
         hb.progress();
         assert!(h.check(hb.last_progress_ms().unwrap()).ok);
     }
@@ -211,7 +266,10 @@ mod tests {
         hb.progress();
         let h = LoopHealth::new(0, Some((hb.clone(), Duration::from_secs(30))));
         let last = hb.last_progress_ms().unwrap();
-        assert!(h.check(last + 30_000).ok, "exactly at the limit is still fine");
+        assert!(
+            h.check(last + 30_000).ok,
+            "exactly at the limit is still fine"
+        );
         hb.trouble("batch failed: redis down");
         let c = h.check(last + 45_000);
         assert!(!c.ok);
@@ -221,27 +279,52 @@ mod tests {
         let c = h.check(last + 1_000);
         assert!(c.ok, "progress clears it: {c:?}");
         let c = h.check(last + 31_000);
-        assert_eq!(c.detail, "no progress for 31 s", "progress also cleared the trouble");
+        assert_eq!(
+            c.detail, "no progress for 31 s",
+            "progress also cleared the trouble"
+        );
     }
 
     #[test]
     fn idling_is_progress_unless_in_trouble_until_quiet_for_a_while() {
         let hb = Heartbeat::new();
         hb.idle();
-        assert!(hb.last_progress_ms().is_some(), "an empty poll with no trouble is progress");
+        assert!(
+            hb.last_progress_ms().is_some(),
+            "an empty poll with no trouble is progress"
+        );
         let hb = Heartbeat::new();
         hb.trouble("transaction failed: coordinator not available");
         hb.idle();
-        assert_eq!(hb.last_progress_ms(), None, "an empty poll right after a failed batch is not progress");
-        assert_eq!(hb.trouble_now().as_deref(), Some("transaction failed: coordinator not available"));
+        assert_eq!(
+            hb.last_progress_ms(),
+            None,
+            "an empty poll right after a failed batch is not progress"
+        );
+        assert_eq!(
+            hb.trouble_now().as_deref(),
+            Some("transaction failed: coordinator not available")
+        );
         // Quiet since long enough ago: idling counts again.
-        hb.inner.trouble.lock().unwrap().as_mut().unwrap().quiet_since_ms = Some(crate::now_ms() - QUIET_AFTER_TROUBLE.as_millis() as i64);
+        hb.inner
+            .trouble
+            .lock()
+            .unwrap()
+            .as_mut()
+            .unwrap()
+            .quiet_since_ms = Some(crate::now_ms() - QUIET_AFTER_TROUBLE.as_millis() as i64);
         hb.idle();
         assert!(hb.last_progress_ms().is_some());
         assert_eq!(hb.trouble_now(), None);
         // New trouble starts the quiet time again.
         hb.trouble("consumer error: unknown topic");
-        hb.inner.trouble.lock().unwrap().as_mut().unwrap().quiet_since_ms = Some(0);
+        hb.inner
+            .trouble
+            .lock()
+            .unwrap()
+            .as_mut()
+            .unwrap()
+            .quiet_since_ms = Some(0);
         hb.trouble("consumer error: unknown topic");
         let before = hb.last_progress_ms();
         hb.idle();
@@ -264,20 +347,48 @@ mod tests {
     fn a_loop_end_is_a_failure_only_while_the_service_runs() {
         let ok: Result<anyhow::Result<()>, String> = Ok(Ok(()));
         assert_eq!(loop_end_failure(&ok, true, false), None);
-        assert_eq!(loop_end_failure(&ok, false, false).as_deref(), Some("ended while the service was running"));
-        assert_eq!(loop_end_failure(&ok, false, true), None, "a task that may finish did");
-        let err: Result<anyhow::Result<()>, String> = Ok(Err(anyhow::anyhow!("inner").context("outer")));
-        assert_eq!(loop_end_failure(&err, false, false).as_deref(), Some("outer: inner"));
-        assert_eq!(loop_end_failure(&err, false, true).as_deref(), Some("outer: inner"), "failing is never finishing");
-        assert_eq!(loop_end_failure(&err, true, false), None, "an error while stopping is logged, not fatal");
+        assert_eq!(
+            loop_end_failure(&ok, false, false).as_deref(),
+            Some("ended while the service was running")
+        );
+        assert_eq!(
+            loop_end_failure(&ok, false, true),
+            None,
+            "a task that may finish did"
+        );
+        let err: Result<anyhow::Result<()>, String> =
+            Ok(Err(anyhow::anyhow!("inner").context("outer")));
+        assert_eq!(
+            loop_end_failure(&err, false, false).as_deref(),
+            Some("outer: inner")
+        );
+        assert_eq!(
+            loop_end_failure(&err, false, true).as_deref(),
+            Some("outer: inner"),
+            "failing is never finishing"
+        );
+        assert_eq!(
+            loop_end_failure(&err, true, false),
+            None,
+            "an error while stopping is logged, not fatal"
+        );
         let panicked: Result<anyhow::Result<()>, String> = Err("index out of bounds".into());
-        assert_eq!(loop_end_failure(&panicked, false, true).as_deref(), Some("panicked: index out of bounds"));
+        assert_eq!(
+            loop_end_failure(&panicked, false, true).as_deref(),
+            Some("panicked: index out of bounds")
+        );
     }
 
     #[test]
     fn the_failpoint_names_loops_exactly() {
-        assert!(failpoint_set(Some("examples-consumer"), "examples-consumer"));
-        assert!(failpoint_set(Some("http, examples-consumer"), "examples-consumer"));
+        assert!(failpoint_set(
+            Some("examples-consumer"),
+            "examples-consumer"
+        ));
+        assert!(failpoint_set(
+            Some("http, examples-consumer"),
+            "examples-consumer"
+        ));
         assert!(!failpoint_set(Some("examples"), "examples-consumer"));
         assert!(!failpoint_set(None, "examples-consumer"));
     }

@@ -23,10 +23,17 @@ pub fn init_logging(format: LogFormat, filter: &str) {
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Text => {
-            let ansi = use_ansi(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
-            registry.with(fmt::layer().with_target(true).with_ansi(ansi)).try_init()
+            let ansi = use_ansi(
+                std::io::stdout().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            );
+            registry
+                .with(fmt::layer().with_target(true).with_ansi(ansi))
+                .try_init()
         }
-        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true)).try_init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().flatten_event(true))
+            .try_init(),
     };
     drop(result);
 }
@@ -60,9 +67,20 @@ pub fn cli_log_filter(aifab_log: Option<&str>, rust_log: Option<&str>, default: 
 /// to [`CLI_LOG_FILTER`].
 pub fn init_cli_logging(filter: &str) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new(CLI_LOG_FILTER));
-    let ansi = use_ansi(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
-    let layer = fmt::layer().with_target(false).with_ansi(ansi).with_writer(std::io::stderr);
-    drop(tracing_subscriber::registry().with(filter).with(layer).try_init());
+    let ansi = use_ansi(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    let layer = fmt::layer()
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    drop(
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .try_init(),
+    );
 }
 
 /// Install the Prometheus recorder and return the handle that renders `/metrics`.
@@ -120,10 +138,19 @@ mod tests {
 
     #[test]
     fn the_cli_filter_is_quiet_unless_asked() {
-        assert_eq!(cli_log_filter(None, None, CLI_LOG_FILTER), "error,aifab=warn");
-        assert_eq!(cli_log_filter(Some("debug"), Some("trace"), CLI_LOG_FILTER), "debug");
+        assert_eq!(
+            cli_log_filter(None, None, CLI_LOG_FILTER),
+            "error,aifab=warn"
+        );
+        assert_eq!(
+            cli_log_filter(Some("debug"), Some("trace"), CLI_LOG_FILTER),
+            "debug"
+        );
         assert_eq!(cli_log_filter(None, Some("info"), CLI_LOG_FILTER), "info");
-        assert_eq!(cli_log_filter(Some(" "), Some("info"), CLI_LOG_FILTER), "info");
+        assert_eq!(
+            cli_log_filter(Some(" "), Some("info"), CLI_LOG_FILTER),
+            "info"
+        );
         assert_eq!(cli_log_filter(Some(""), None, "warn"), "warn");
     }
 
@@ -137,14 +164,23 @@ mod tests {
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         struct Record(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
         impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Record {
-            fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            fn on_event(
+                &self,
+                e: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
                 let m = e.metadata();
-                self.0.lock().unwrap().push(format!("{} {}", m.target(), m.level()));
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push(format!("{} {}", m.target(), m.level()));
             }
         }
         let filter = tracing_subscriber::EnvFilter::new(CLI_LOG_FILTER);
         assert_eq!(filter.max_level_hint(), Some(LevelFilter::WARN));
-        let subscriber = tracing_subscriber::registry().with(filter).with(Record(seen.clone()));
+        let subscriber = tracing_subscriber::registry()
+            .with(filter)
+            .with(Record(seen.clone()));
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(target: "async_nats", "event: connected");
             tracing::warn!(target: "async_nats", "event: disconnected");
@@ -155,7 +191,11 @@ mod tests {
         });
         assert_eq!(
             *seen.lock().unwrap(),
-            ["rdkafka::client ERROR", "aifab::supervisor WARN", "aifab_core::kafka WARN"]
+            [
+                "rdkafka::client ERROR",
+                "aifab::supervisor WARN",
+                "aifab_core::kafka WARN"
+            ]
         );
     }
 

@@ -14,24 +14,57 @@ pub struct Topic {
 }
 
 /// Raw records from external producers (kcat, any client): validated by ingest.
-pub const INGEST_RAW: Topic = Topic { name: "aifab.ingest.raw", partitions: 4, schema: "ingest.raw/v1" };
+pub const INGEST_RAW: Topic = Topic {
+    name: "aifab.ingest.raw",
+    partitions: 4,
+    schema: "ingest.raw/v1",
+};
 /// Records ingest accepted (ids assigned, tenant resolved), waiting for features.
-pub const FEATURES_IN: Topic = Topic { name: "aifab.features.in", partitions: 4, schema: "ingest.raw/v1" };
+pub const FEATURES_IN: Topic = Topic {
+    name: "aifab.features.in",
+    partitions: 4,
+    schema: "ingest.raw/v1",
+};
 /// Tokenized requests for the inference workers. Partition count caps worker replicas.
-pub const INFERENCE_REQUESTS: Topic =
-    Topic { name: "aifab.inference.requests", partitions: 8, schema: "inference.request/v1" };
+pub const INFERENCE_REQUESTS: Topic = Topic {
+    name: "aifab.inference.requests",
+    partitions: 8,
+    schema: "inference.request/v1",
+};
 /// Labelled examples for the trainer.
-pub const TRAINING_EXAMPLES: Topic =
-    Topic { name: "aifab.training.examples", partitions: 4, schema: "training.example/v1" };
+pub const TRAINING_EXAMPLES: Topic = Topic {
+    name: "aifab.training.examples",
+    partitions: 4,
+    schema: "training.example/v1",
+};
 /// One prediction (or expiry/error outcome) per inference request.
-pub const PREDICTIONS: Topic = Topic { name: "aifab.predictions", partitions: 4, schema: "prediction/v1" };
+pub const PREDICTIONS: Topic = Topic {
+    name: "aifab.predictions",
+    partitions: 4,
+    schema: "prediction/v1",
+};
 /// Device time and tokens per tenant per batch, for the cost accountant.
-pub const USAGE: Topic = Topic { name: "aifab.usage", partitions: 4, schema: "usage/v1" };
+pub const USAGE: Topic = Topic {
+    name: "aifab.usage",
+    partitions: 4,
+    schema: "usage/v1",
+};
 /// Everything no stage could accept, with the original bytes and the reason.
-pub const DLQ: Topic = Topic { name: "aifab.dlq", partitions: 1, schema: "dead_letter/v1" };
+pub const DLQ: Topic = Topic {
+    name: "aifab.dlq",
+    partitions: 1,
+    schema: "dead_letter/v1",
+};
 
-pub const TOPICS: [Topic; 7] =
-    [INGEST_RAW, FEATURES_IN, INFERENCE_REQUESTS, TRAINING_EXAMPLES, PREDICTIONS, USAGE, DLQ];
+pub const TOPICS: [Topic; 7] = [
+    INGEST_RAW,
+    FEATURES_IN,
+    INFERENCE_REQUESTS,
+    TRAINING_EXAMPLES,
+    PREDICTIONS,
+    USAGE,
+    DLQ,
+];
 
 /// NATS subjects (control plane: small, fan-out, latest wins).
 pub mod subjects {
@@ -72,7 +105,13 @@ pub mod subjects {
     /// NATS tokens may not contain `.`, `*`, `>` or whitespace; group names may.
     fn token(s: &str) -> String {
         s.chars()
-            .map(|c| if c == '.' || c == '*' || c == '>' || c.is_whitespace() { '_' } else { c })
+            .map(|c| {
+                if c == '.' || c == '*' || c == '>' || c.is_whitespace() {
+                    '_'
+                } else {
+                    c
+                }
+            })
             .collect()
     }
 }
@@ -93,7 +132,10 @@ mod tests {
 
     #[test]
     fn subject_tokens_are_escaped() {
-        assert_eq!(subjects::lag("aifab-inference-worker"), "aifab.lag.aifab-inference-worker");
+        assert_eq!(
+            subjects::lag("aifab-inference-worker"),
+            "aifab.lag.aifab-inference-worker"
+        );
         assert_eq!(subjects::lag("a.b c"), "aifab.lag.a_b_c");
     }
 
@@ -103,6 +145,8 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), TOPICS.len());
-        assert!(TOPICS.iter().all(|t| t.name.starts_with("aifab.") && t.partitions > 0));
+        assert!(TOPICS
+            .iter()
+            .all(|t| t.name.starts_with("aifab.") && t.partitions > 0));
     }
 }

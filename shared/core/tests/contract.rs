@@ -625,7 +625,12 @@ fn train_progress() {
         detail: Some("v3".into()),
         at_ms: T0,
     };
-    let minimal = TrainProgress { validation_loss: None, detail: None, stage: TrainStage::Embedding, ..full.clone() };
+    let minimal = TrainProgress {
+        validation_loss: None,
+        detail: None,
+        stage: TrainStage::Embedding,
+        ..full.clone()
+    };
     check_type(full, minimal);
 }
 

@@ -30,7 +30,11 @@ pub struct BatchLimits {
 
 impl Default for BatchLimits {
     fn default() -> Self {
-        BatchLimits { max_batch_size: 32, max_batch_tokens: 32 * 128, max_wait: Duration::from_millis(10) }
+        BatchLimits {
+            max_batch_size: 32,
+            max_batch_tokens: 32 * 128,
+            max_wait: Duration::from_millis(10),
+        }
     }
 }
 
@@ -53,7 +57,11 @@ pub enum Plan {
     Wait { until: Instant },
     /// Take the first `take` requests off the queue now. Of those, the ones at
     /// `expired` (indices into the queue) get an `expired` outcome; the rest are computed.
-    Run { take: usize, expired: Vec<usize>, reason: CloseReason },
+    Run {
+        take: usize,
+        expired: Vec<usize>,
+        reason: CloseReason,
+    },
 }
 
 /// Why a batch closed (a metric label, and what the tests check).
@@ -110,25 +118,51 @@ pub fn plan(queue: &[Pending], limits: &BatchLimits, now: Instant) -> Plan {
         }
     }
     if let Some(reason) = closed {
-        return Plan::Run { take, expired, reason };
+        return Plan::Run {
+            take,
+            expired,
+            reason,
+        };
     }
     // Not full: run if the first live request in line has waited long enough.
     let head = queue.iter().find(|p| !is_expired(p, now));
     match head {
         None if expired.is_empty() => Plan::Idle,
-        None => Plan::Run { take, expired, reason: CloseReason::Expired },
+        None => Plan::Run {
+            take,
+            expired,
+            reason: CloseReason::Expired,
+        },
         Some(h) => {
             let due = h.enqueued_at + limits.max_wait;
             if now >= due {
-                Plan::Run { take, expired, reason: CloseReason::MaxWait }
+                Plan::Run {
+                    take,
+                    expired,
+                    reason: CloseReason::MaxWait,
+                }
             } else if !expired.is_empty() && expired[0] == 0 {
                 // Expired requests at the front are answered now; they need no batch.
-                let front = expired.iter().enumerate().take_while(|(n, i)| n == *i).count();
-                Plan::Run { take: front, expired: (0..front).collect(), reason: CloseReason::Expired }
+                let front = expired
+                    .iter()
+                    .enumerate()
+                    .take_while(|(n, i)| n == *i)
+                    .count();
+                Plan::Run {
+                    take: front,
+                    expired: (0..front).collect(),
+                    reason: CloseReason::Expired,
+                }
             } else {
                 // Wake when the head's wait runs out, or earlier when a queued deadline falls.
-                let next_deadline = queue.iter().filter_map(|p| p.deadline).filter(|d| *d > now).min();
-                Plan::Wait { until: next_deadline.map_or(due, |d| d.min(due)) }
+                let next_deadline = queue
+                    .iter()
+                    .filter_map(|p| p.deadline)
+                    .filter(|d| *d > now)
+                    .min();
+                Plan::Wait {
+                    until: next_deadline.map_or(due, |d| d.min(due)),
+                }
             }
         }
     }
@@ -168,16 +202,27 @@ mod tests {
     use super::*;
 
     fn limits(size: usize, tokens: usize, wait_ms: u64) -> BatchLimits {
-        BatchLimits { max_batch_size: size, max_batch_tokens: tokens, max_wait: Duration::from_millis(wait_ms) }
+        BatchLimits {
+            max_batch_size: size,
+            max_batch_tokens: tokens,
+            max_wait: Duration::from_millis(wait_ms),
+        }
     }
 
     fn req(t0: Instant, at_ms: u64, tokens: usize) -> Pending {
-        Pending { tokens, enqueued_at: t0 + Duration::from_millis(at_ms), deadline: None }
+        Pending {
+            tokens,
+            enqueued_at: t0 + Duration::from_millis(at_ms),
+            deadline: None,
+        }
     }
 
     #[test]
     fn empty_queue_is_idle() {
-        assert_eq!(plan(&[], &BatchLimits::default(), Instant::now()), Plan::Idle);
+        assert_eq!(
+            plan(&[], &BatchLimits::default(), Instant::now()),
+            Plan::Idle
+        );
     }
 
     #[test]
@@ -185,16 +230,35 @@ mod tests {
         let t0 = Instant::now();
         let q: Vec<_> = (0..5).map(|i| req(t0, i, 10)).collect();
         let p = plan(&q, &limits(4, 10_000, 1000), t0 + Duration::from_millis(5));
-        assert_eq!(p, Plan::Run { take: 4, expired: vec![], reason: CloseReason::Full });
+        assert_eq!(
+            p,
+            Plan::Run {
+                take: 4,
+                expired: vec![],
+                reason: CloseReason::Full
+            }
+        );
     }
 
     #[test]
     fn closes_on_padded_token_budget() {
         let t0 = Instant::now();
         // 3 rows of 10 = 30 padded tokens; a 4th row of 40 would make 4 × 40 = 160 > 100.
-        let q = vec![req(t0, 0, 10), req(t0, 0, 10), req(t0, 0, 10), req(t0, 0, 40)];
+        let q = vec![
+            req(t0, 0, 10),
+            req(t0, 0, 10),
+            req(t0, 0, 10),
+            req(t0, 0, 40),
+        ];
         let p = plan(&q, &limits(64, 100, 1000), t0);
-        assert_eq!(p, Plan::Run { take: 3, expired: vec![], reason: CloseReason::TokenBudget });
+        assert_eq!(
+            p,
+            Plan::Run {
+                take: 3,
+                expired: vec![],
+                reason: CloseReason::TokenBudget
+            }
+        );
     }
 
     #[test]
@@ -202,7 +266,14 @@ mod tests {
         let t0 = Instant::now();
         let q = vec![req(t0, 0, 500), req(t0, 0, 5)];
         let p = plan(&q, &limits(64, 100, 1000), t0);
-        assert_eq!(p, Plan::Run { take: 1, expired: vec![], reason: CloseReason::TokenBudget });
+        assert_eq!(
+            p,
+            Plan::Run {
+                take: 1,
+                expired: vec![],
+                reason: CloseReason::TokenBudget
+            }
+        );
     }
 
     #[test]
@@ -210,10 +281,19 @@ mod tests {
         let t0 = Instant::now();
         let q = vec![req(t0, 0, 10), req(t0, 3, 10)];
         let l = limits(32, 10_000, 10);
-        assert_eq!(plan(&q, &l, t0 + Duration::from_millis(4)), Plan::Wait { until: t0 + Duration::from_millis(10) });
+        assert_eq!(
+            plan(&q, &l, t0 + Duration::from_millis(4)),
+            Plan::Wait {
+                until: t0 + Duration::from_millis(10)
+            }
+        );
         assert_eq!(
             plan(&q, &l, t0 + Duration::from_millis(10)),
-            Plan::Run { take: 2, expired: vec![], reason: CloseReason::MaxWait }
+            Plan::Run {
+                take: 2,
+                expired: vec![],
+                reason: CloseReason::MaxWait
+            }
         );
     }
 
@@ -225,10 +305,24 @@ mod tests {
         let q = vec![late, req(t0, 1, 10)];
         // At 5 ms the first is past its deadline; the second has not waited 10 ms yet.
         let p = plan(&q, &limits(32, 10_000, 10), t0 + Duration::from_millis(5));
-        assert_eq!(p, Plan::Run { take: 1, expired: vec![0], reason: CloseReason::Expired });
+        assert_eq!(
+            p,
+            Plan::Run {
+                take: 1,
+                expired: vec![0],
+                reason: CloseReason::Expired
+            }
+        );
         // Expired rows inside a closing batch ride along and cost no budget.
         let p = plan(&q, &limits(1, 10_000, 10), t0 + Duration::from_millis(5));
-        assert_eq!(p, Plan::Run { take: 2, expired: vec![0], reason: CloseReason::Full });
+        assert_eq!(
+            p,
+            Plan::Run {
+                take: 2,
+                expired: vec![0],
+                reason: CloseReason::Full
+            }
+        );
     }
 
     #[test]
@@ -237,7 +331,12 @@ mod tests {
         let mut r = req(t0, 0, 10);
         r.deadline = Some(t0 + Duration::from_millis(3));
         let p = plan(&[r], &limits(32, 10_000, 10), t0);
-        assert_eq!(p, Plan::Wait { until: t0 + Duration::from_millis(3) });
+        assert_eq!(
+            p,
+            Plan::Wait {
+                until: t0 + Duration::from_millis(3)
+            }
+        );
     }
 
     /// Simulate arrivals at random times and check that no request first in line waits
@@ -250,7 +349,9 @@ mod tests {
         let mut x: u64 = 7;
         let mut t = 0u64;
         for _ in 0..2000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             t += (x >> 60) % 7; // 0..6 ms gaps: bursts and lulls
             arrivals.push((t, 4 + ((x >> 40) % 120) as usize));
         }

@@ -329,6 +329,9 @@ pub fn real_model_dir() -> std::path::PathBuf {
     let cache = std::env::var_os("AIFAB_MODEL_CACHE")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/aifab/models"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/aifab/models")
+        });
     cache.join("all-minilm-l6-v2")
 }

@@ -19,7 +19,9 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
-use aifab_autoscaler::policy::{decide, BudgetView, Observation, PolicyConfig, PolicyKind, PolicyState};
+use aifab_autoscaler::policy::{
+    decide, BudgetView, Observation, PolicyConfig, PolicyKind, PolicyState,
+};
 use hdrhistogram::Histogram;
 
 /// Throughput of one worker by batch size, from the worker benchmark.
@@ -37,8 +39,13 @@ impl ServiceModel {
     pub fn parse(spec: &str, batch_overhead_s: f64, max_batch: u32) -> Result<Self, String> {
         let mut points = Vec::new();
         for p in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (b, r) = p.split_once(':').ok_or_else(|| format!("{p:?}: expected BATCH:SEQ_PER_S"))?;
-            let b: u32 = b.trim().parse().map_err(|_| format!("{p:?}: bad batch size"))?;
+            let (b, r) = p
+                .split_once(':')
+                .ok_or_else(|| format!("{p:?}: expected BATCH:SEQ_PER_S"))?;
+            let b: u32 = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("{p:?}: bad batch size"))?;
             let r: f64 = r.trim().parse().map_err(|_| format!("{p:?}: bad rate"))?;
             if b == 0 || r <= 0.0 {
                 return Err(format!("{p:?}: batch and rate must be positive"));
@@ -49,7 +56,11 @@ impl ServiceModel {
             return Err("no service rates".into());
         }
         points.sort_by_key(|p| p.0);
-        Ok(ServiceModel { points, batch_overhead_s, max_batch: max_batch.max(1) })
+        Ok(ServiceModel {
+            points,
+            batch_overhead_s,
+            max_batch: max_batch.max(1),
+        })
     }
 
     /// Throughput (sequences/s) at batch size `b`, interpolated in log2(b).
@@ -207,7 +218,11 @@ struct Sim<'a> {
 impl<'a> Sim<'a> {
     fn push(&mut self, t: f64, kind: Kind) {
         self.seq += 1;
-        self.heap.push(Ev { t, seq: self.seq, kind });
+        self.heap.push(Ev {
+            t,
+            seq: self.seq,
+            kind,
+        });
     }
 
     fn replicas(&self) -> u32 {
@@ -224,14 +239,17 @@ impl<'a> Sim<'a> {
     }
 
     fn cost_so_far(&self) -> f64 {
-        let pending = self.workers.len() as f64 * (self.t.min(self.end) - self.count_since).max(0.0);
+        let pending =
+            self.workers.len() as f64 * (self.t.min(self.end) - self.count_since).max(0.0);
         (self.worker_seconds + pending) / 3600.0 * self.cfg.price_per_worker_hour
     }
 
     /// Range assignment over the consuming workers, and a rebalance pause.
     fn rebalance(&mut self) {
         let p = self.cfg.partitions as usize;
-        let mut active: Vec<usize> = (0..self.workers.len()).filter(|&i| self.workers[i].active).collect();
+        let mut active: Vec<usize> = (0..self.workers.len())
+            .filter(|&i| self.workers[i].active)
+            .collect();
         active.sort_by_key(|&i| self.workers[i].id);
         for w in self.workers.iter_mut() {
             w.parts.clear();
@@ -313,7 +331,9 @@ impl<'a> Sim<'a> {
     }
 
     fn done(&mut self, id: u64) {
-        let Some(b) = self.batches.remove(&id) else { return };
+        let Some(b) = self.batches.remove(&id) else {
+            return;
+        };
         self.in_flight -= b.n as u64;
         self.consumed += b.n as u64;
         let s = self.t as usize;
@@ -335,7 +355,10 @@ impl<'a> Sim<'a> {
     }
 
     fn oldest_waiting(&self) -> Option<f64> {
-        self.queues.iter().filter_map(|q| q.front().map(|f| f.0)).min_by(|a, b| a.total_cmp(b))
+        self.queues
+            .iter()
+            .filter_map(|q| q.front().map(|f| f.0))
+            .min_by(|a, b| a.total_cmp(b))
     }
 
     fn apply(&mut self, desired: u32) {
@@ -349,14 +372,20 @@ impl<'a> Sim<'a> {
             for _ in current..desired {
                 let id = self.next_worker;
                 self.next_worker += 1;
-                self.workers.push(Worker { id, active: false, busy: false, parts: Vec::new() });
+                self.workers.push(Worker {
+                    id,
+                    active: false,
+                    busy: false,
+                    parts: Vec::new(),
+                });
                 self.push(self.t + self.cfg.startup_s, Kind::Ready(id));
             }
         } else {
             let mut remove = (current - desired) as usize;
             let mut lost_active = false;
             // Starting ones first (newest first), then the highest-numbered consumers.
-            self.workers.sort_by_key(|w| (w.active, std::cmp::Reverse(w.id)));
+            self.workers
+                .sort_by_key(|w| (w.active, std::cmp::Reverse(w.id)));
             while remove > 0 && !self.workers.is_empty() {
                 let w = self.workers.remove(0);
                 lost_active |= w.active;
@@ -405,7 +434,12 @@ pub fn simulate(name: &str, arrivals: &[u32], cfg: &SimConfig, run: &Run) -> Sim
     let mut policy = match run {
         Run::Fixed(n) => {
             for id in 0..*n as u64 {
-                sim.workers.push(Worker { id, active: true, busy: false, parts: Vec::new() });
+                sim.workers.push(Worker {
+                    id,
+                    active: true,
+                    busy: false,
+                    parts: Vec::new(),
+                });
             }
             sim.next_worker = *n as u64;
             sim.max_replicas = *n;
@@ -430,10 +464,14 @@ pub fn simulate(name: &str, arrivals: &[u32], cfg: &SimConfig, run: &Run) -> Sim
     sim.push(0.0, Kind::Second(0));
     // AIFAB_SIM_DEBUG=DIR: one CSV of decisions per policy run, for tuning.
     let mut debug = std::env::var_os("AIFAB_SIM_DEBUG").and_then(|dir| {
-        let f = std::fs::File::create(std::path::Path::new(&dir).join(format!("{name}.csv"))).ok()?;
+        let f =
+            std::fs::File::create(std::path::Path::new(&dir).join(format!("{name}.csv"))).ok()?;
         let mut w = std::io::BufWriter::new(f);
         use std::io::Write;
-        let _ = writeln!(w, "t_s,lag,replicas,desired,arrivals_per_s,replica_rate_per_s,reason,recommended");
+        let _ = writeln!(
+            w,
+            "t_s,lag,replicas,desired,arrivals_per_s,replica_rate_per_s,reason,recommended"
+        );
         Some(w)
     });
     let mut prev_lag: Option<(f64, i64)> = None;
@@ -532,7 +570,11 @@ pub fn simulate(name: &str, arrivals: &[u32], cfg: &SimConfig, run: &Run) -> Sim
     sim.t = sim.end;
     sim.account();
     let violations = (0..d)
-        .filter(|&s| sim.head_late[s] || (sim.completed_in[s] > 0 && sim.over_in[s] as u64 * 100 > sim.completed_in[s] as u64))
+        .filter(|&s| {
+            sim.head_late[s]
+                || (sim.completed_in[s] > 0
+                    && sim.over_in[s] as u64 * 100 > sim.completed_in[s] as u64)
+        })
         .count() as u64;
     let worker_hours = sim.worker_seconds / 3600.0;
     SimResult {
@@ -547,7 +589,10 @@ pub fn simulate(name: &str, arrivals: &[u32], cfg: &SimConfig, run: &Run) -> Sim
         requests: sim.produced,
         completed: sim.consumed,
         scale_events: sim.scale_events,
-        learned_rate: policy.as_ref().filter(|(p, _)| p.kind == PolicyKind::Aifab).and_then(|(_, s)| s.replica_rate()),
+        learned_rate: policy
+            .as_ref()
+            .filter(|(p, _)| p.kind == PolicyKind::Aifab)
+            .and_then(|(_, s)| s.replica_rate()),
         samples: sim.samples,
     }
 }
@@ -574,7 +619,10 @@ mod tests {
         let m = ServiceModel::parse("1:44,8:84,32:106", 0.004, 32).unwrap();
         assert_eq!(m.rate(1), 44.0);
         assert_eq!(m.rate(8), 84.0);
-        assert!((m.rate(16) - 95.0).abs() < 1e-9, "half-way in log2 between 8 and 32");
+        assert!(
+            (m.rate(16) - 95.0).abs() < 1e-9,
+            "half-way in log2 between 8 and 32"
+        );
         assert_eq!(m.rate(64), 106.0);
         assert!((m.batch_time(32) - (32.0 / 106.0 + 0.004)).abs() < 1e-12);
         assert!(m.saturated_rate() > 100.0 && m.saturated_rate() < 106.0);
@@ -624,7 +672,16 @@ mod tests {
         let r = simulate("aifab", &arrivals, &c, &Run::Policy(p));
         assert!(r.cost <= 1.0 + 1e-9, "cost {}", r.cost);
         assert!(r.max_replicas >= 2);
-        let unbounded = simulate("keda", &arrivals, &c, &Run::Policy(PolicyConfig::new(PolicyKind::Keda)));
-        assert!(unbounded.cost > 1.0, "KEDA ignores the budget: {}", unbounded.cost);
+        let unbounded = simulate(
+            "keda",
+            &arrivals,
+            &c,
+            &Run::Policy(PolicyConfig::new(PolicyKind::Keda)),
+        );
+        assert!(
+            unbounded.cost > 1.0,
+            "KEDA ignores the budget: {}",
+            unbounded.cost
+        );
     }
 }

@@ -110,8 +110,12 @@ pub struct SimulateArgs {
 
 impl SimulateArgs {
     pub fn sim_config(&self) -> anyhow::Result<SimConfig> {
-        let service = ServiceModel::parse(&self.service_rates, self.batch_overhead_ms / 1000.0, self.max_batch)
-            .map_err(|e| anyhow::anyhow!("--service-rates: {e}"))?;
+        let service = ServiceModel::parse(
+            &self.service_rates,
+            self.batch_overhead_ms / 1000.0,
+            self.max_batch,
+        )
+        .map_err(|e| anyhow::anyhow!("--service-rates: {e}"))?;
         anyhow::ensure!(self.partitions > 0, "--partitions must be at least 1");
         anyhow::ensure!(self.interval_s > 0.0, "--interval-s must be positive");
         Ok(SimConfig {
@@ -129,9 +133,9 @@ impl SimulateArgs {
     /// The three runs: fixed, keda, aifab.
     pub fn runs(&self, cfg: &SimConfig) -> Vec<(String, Run)> {
         let sat = cfg.service.saturated_rate();
-        let fixed = self
-            .fixed_replicas
-            .unwrap_or_else(|| ((self.peak_rps / (sat * 0.8)).ceil() as u32).clamp(1, cfg.partitions));
+        let fixed = self.fixed_replicas.unwrap_or_else(|| {
+            ((self.peak_rps / (sat * 0.8)).ceil() as u32).clamp(1, cfg.partitions)
+        });
         let mut keda = PolicyConfig::new(PolicyKind::Keda);
         keda.max_replicas = cfg.partitions;
         keda.lag_per_replica = self.lag_per_replica;
@@ -157,7 +161,12 @@ impl SimulateArgs {
 
 /// Run every policy on the trace (in parallel threads).
 pub fn run_all(args: &SimulateArgs) -> anyhow::Result<(trace::Trace, SimConfig, Vec<SimResult>)> {
-    let opts = TraceOptions { peak_rps: args.peak_rps, duration_s: args.duration_s, burst_s: args.burst_s, seed: args.seed };
+    let opts = TraceOptions {
+        peak_rps: args.peak_rps,
+        duration_s: args.duration_s,
+        burst_s: args.burst_s,
+        seed: args.seed,
+    };
     let trace = trace::load(&args.trace, &opts)?;
     let cfg = args.sim_config()?;
     let arrivals = trace.arrivals(args.seed);
@@ -170,21 +179,32 @@ pub fn run_all(args: &SimulateArgs) -> anyhow::Result<(trace::Trace, SimConfig, 
                 s.spawn(move || simulate(name, arrivals, cfg, run))
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("simulation thread")).collect::<Vec<_>>()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("simulation thread"))
+            .collect::<Vec<_>>()
     });
     Ok((trace, cfg, results))
 }
 
 /// The policy lines the command ends with.
 pub fn policy_line(r: &SimResult) -> String {
-    format!("policy {} slo_violation_s {} worker_hours {:.2} cost {:.2}", r.name, r.slo_violation_s, r.worker_hours, r.cost)
+    format!(
+        "policy {} slo_violation_s {} worker_hours {:.2} cost {:.2}",
+        r.name, r.slo_violation_s, r.worker_hours, r.cost
+    )
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let (trace, cfg, results) = run_all(&args)?;
     let requests = results.first().map(|r| r.requests).unwrap_or(0);
-    println!("trace    {} — {} ({})", trace.name, trace.kind.describe(), trace.note);
+    println!(
+        "trace    {} — {} ({})",
+        trace.name,
+        trace.kind.describe(),
+        trace.note
+    );
     println!(
         "load     {} s simulated, peak minute {:.0} req/s, mean {:.1} req/s, {} requests",
         trace.duration_s(),
@@ -207,7 +227,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         "slo      p99 ≤ {} ms; price {:.2} per worker-hour; budget {}",
         args.slo_ms,
         args.price_per_worker_hour,
-        args.budget.map(|b| format!("{b:.2}")).unwrap_or_else(|| "none".into())
+        args.budget
+            .map(|b| format!("{b:.2}"))
+            .unwrap_or_else(|| "none".into())
     );
     if let Some((_, Run::Fixed(n))) = args.runs(&cfg).first() {
         println!("policies fixed = {n} replicas; keda = lag/{} per replica, HPA defaults; aifab = rate-based, budget-aware", args.lag_per_replica);
@@ -215,7 +237,17 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     println!();
     println!(
         "{:<10} {:>11} {:>12} {:>9} {:>8} {:>8} {:>9} {:>10} {:>7} {:>7} {:>9}",
-        "POLICY", "SLO_VIOL_S", "WORKER_H", "COST", "P50_MS", "P99_MS", "MAX_REPL", "MEAN_REPL", "SCALES", "BUDGET", "RATE/REPL"
+        "POLICY",
+        "SLO_VIOL_S",
+        "WORKER_H",
+        "COST",
+        "P50_MS",
+        "P99_MS",
+        "MAX_REPL",
+        "MEAN_REPL",
+        "SCALES",
+        "BUDGET",
+        "RATE/REPL"
     );
     for r in &results {
         let budget = match args.budget {
@@ -223,25 +255,46 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             Some(b) if r.cost <= b + 1e-9 => "within",
             Some(_) => "OVER",
         };
-        let learned = r.learned_rate.map(|x| format!("{x:.1}/s")).unwrap_or_else(|| "-".into());
+        let learned = r
+            .learned_rate
+            .map(|x| format!("{x:.1}/s"))
+            .unwrap_or_else(|| "-".into());
         println!(
             "{:<10} {:>11} {:>12.2} {:>9.2} {:>8.0} {:>8.0} {:>9} {:>10.2} {:>7} {:>7} {:>9}",
-            r.name, r.slo_violation_s, r.worker_hours, r.cost, r.p50_ms, r.p99_ms, r.max_replicas, r.mean_replicas, r.scale_events, budget, learned
+            r.name,
+            r.slo_violation_s,
+            r.worker_hours,
+            r.cost,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_replicas,
+            r.mean_replicas,
+            r.scale_events,
+            budget,
+            learned
         );
     }
-    if let (Some(k), Some(a)) = (results.iter().find(|r| r.name == "keda"), results.iter().find(|r| r.name == "aifab")) {
+    if let (Some(k), Some(a)) = (
+        results.iter().find(|r| r.name == "keda"),
+        results.iter().find(|r| r.name == "aifab"),
+    ) {
         let saved = 100.0 * (1.0 - a.worker_hours / k.worker_hours.max(1e-9));
         println!();
         println!(
             "aifab vs keda: {saved:.1}% fewer worker-hours; SLO-violation seconds {} vs {}{}",
             a.slo_violation_s,
             k.slo_violation_s,
-            args.budget.map(|b| format!("; aifab cost {:.2} of budget {b:.2}", a.cost)).unwrap_or_default()
+            args.budget
+                .map(|b| format!("; aifab cost {:.2} of budget {b:.2}", a.cost))
+                .unwrap_or_default()
         );
     }
     if !args.no_plot {
         let path = args.plot.clone().unwrap_or_else(|| {
-            let stem = std::path::Path::new(&trace.name).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            let stem = std::path::Path::new(&trace.name)
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
             PathBuf::from(format!("simulate-{stem}.png"))
         });
         plot::write(&path, &trace.name, &results)?;

@@ -100,11 +100,19 @@ pub fn load(spec: &str, opts: &TraceOptions) -> anyhow::Result<Trace> {
         synthetic(opts)
     } else {
         let path = Path::new(spec);
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading trace {spec}"))?;
-        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| spec.into());
-        let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading trace {spec}"))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| spec.into());
+        let first = text
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default();
         if first.trim_start().starts_with('{') {
-            let v: serde_json::Value = serde_json::from_str(first).with_context(|| format!("{spec}: first line is not JSON"))?;
+            let v: serde_json::Value = serde_json::from_str(first)
+                .with_context(|| format!("{spec}: first line is not JSON"))?;
             if v.get("creation_time").is_none() {
                 bail!("{spec}: JSON lines without `creation_time`: {}", FORMATS);
             }
@@ -171,8 +179,18 @@ fn synthetic(opts: &TraceOptions) -> Trace {
     }
 }
 
-fn gpu_util(name: &str, text: &str, header: &[String], opts: &TraceOptions) -> anyhow::Result<Trace> {
-    let col = |n: &str| header.iter().position(|h| h == n).with_context(|| format!("{name}: no column {n}"));
+fn gpu_util(
+    name: &str,
+    text: &str,
+    header: &[String],
+    opts: &TraceOptions,
+) -> anyhow::Result<Trace> {
+    let col = |n: &str| {
+        header
+            .iter()
+            .position(|h| h == n)
+            .with_context(|| format!("{name}: no column {n}"))
+    };
     let (ti, ui) = (col("timestamp_anon")?, col("gpu_util_pct")?);
     let containers_col = header.iter().position(|h| h == "container_ip");
     let mut sums: std::collections::BTreeMap<i64, f64> = std::collections::BTreeMap::new();
@@ -182,8 +200,14 @@ fn gpu_util(name: &str, text: &str, header: &[String], opts: &TraceOptions) -> a
             continue;
         }
         let f: Vec<&str> = line.split(',').collect();
-        let t: i64 = f.get(ti).and_then(|v| v.trim().parse().ok()).with_context(|| format!("{name}:{}: bad timestamp", n + 1))?;
-        let u: f64 = f.get(ui).and_then(|v| v.trim().parse().ok()).with_context(|| format!("{name}:{}: bad gpu_util_pct", n + 1))?;
+        let t: i64 = f
+            .get(ti)
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("{name}:{}: bad timestamp", n + 1))?;
+        let u: f64 = f
+            .get(ui)
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("{name}:{}: bad gpu_util_pct", n + 1))?;
         if let Some(c) = containers_col.and_then(|c| f.get(c)) {
             containers.insert(c.to_string());
         }
@@ -193,7 +217,11 @@ fn gpu_util(name: &str, text: &str, header: &[String], opts: &TraceOptions) -> a
     let points: Vec<(i64, f64)> = sums.into_iter().collect();
     let (t0, t1) = (points[0].0, points[points.len() - 1].0);
     let span = (t1 - t0) as f64;
-    let d = opts.duration_s.map(|d| d as usize).unwrap_or(span as usize).max(60);
+    let d = opts
+        .duration_s
+        .map(|d| d as usize)
+        .unwrap_or(span as usize)
+        .max(60);
     // Linear interpolation between samples, the trace's span mapped onto d seconds.
     let mut rate = Vec::with_capacity(d);
     let mut j = 0;
@@ -203,7 +231,11 @@ fn gpu_util(name: &str, text: &str, header: &[String], opts: &TraceOptions) -> a
             j += 1;
         }
         let (a, b) = (points[j], points[(j + 1).min(points.len() - 1)]);
-        let w = if b.0 > a.0 { ((t - a.0 as f64) / (b.0 - a.0) as f64).clamp(0.0, 1.0) } else { 0.0 };
+        let w = if b.0 > a.0 {
+            ((t - a.0 as f64) / (b.0 - a.0) as f64).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         rate.push(a.1 + (b.1 - a.1) * w);
     }
     Ok(Trace {
@@ -215,7 +247,11 @@ fn gpu_util(name: &str, text: &str, header: &[String], opts: &TraceOptions) -> a
             points.len(),
             containers.len(),
             span / 3600.0,
-            if d as f64 == span { String::new() } else { format!(", compressed to {d} s") }
+            if d as f64 == span {
+                String::new()
+            } else {
+                format!(", compressed to {d} s")
+            }
         ),
     })
 }
@@ -243,12 +279,17 @@ pub fn pods_from_jsonl(text: &str) -> anyhow::Result<Vec<Pod>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(n, l)| {
-            let v: serde_json::Value = serde_json::from_str(l).with_context(|| format!("line {}: not JSON", n + 1))?;
+            let v: serde_json::Value =
+                serde_json::from_str(l).with_context(|| format!("line {}: not JSON", n + 1))?;
             let num = |k: &str| v.get(k).and_then(|x| x.as_f64());
             Ok(Pod {
-                creation_time: num("creation_time").with_context(|| format!("line {}: no creation_time", n + 1))?,
+                creation_time: num("creation_time")
+                    .with_context(|| format!("line {}: no creation_time", n + 1))?,
                 deletion_time: num("deletion_time"),
-                gpus: gpus_of(num("num_gpu").unwrap_or(0.0), num("gpu_milli").unwrap_or(0.0)),
+                gpus: gpus_of(
+                    num("num_gpu").unwrap_or(0.0),
+                    num("gpu_milli").unwrap_or(0.0),
+                ),
             })
         })
         .collect()
@@ -264,9 +305,13 @@ pub fn pods_from_csv(text: &str, header: &[String]) -> anyhow::Result<Vec<Pod>> 
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(n, l)| {
             let f: Vec<&str> = l.split(',').collect();
-            let num = |c: Option<usize>| c.and_then(|c| f.get(c)).and_then(|v| v.trim().parse::<f64>().ok());
+            let num = |c: Option<usize>| {
+                c.and_then(|c| f.get(c))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            };
             Ok(Pod {
-                creation_time: num(Some(ct)).with_context(|| format!("line {}: bad creation_time", n + 1))?,
+                creation_time: num(Some(ct))
+                    .with_context(|| format!("line {}: bad creation_time", n + 1))?,
                 deletion_time: num(dt),
                 gpus: gpus_of(num(ng).unwrap_or(0.0), num(gm).unwrap_or(0.0)),
             })
@@ -278,9 +323,21 @@ fn pods(name: &str, pods: &[Pod], opts: &TraceOptions) -> anyhow::Result<Trace> 
     anyhow::ensure!(!pods.is_empty(), "{name}: no pods");
     // The snapshot window: from the earliest deletion (pods alive at the snapshot) to the
     // last creation; the few long-lived pods created before it are left out.
-    let last = pods.iter().map(|p| p.creation_time).fold(f64::MIN, f64::max);
-    let first_deletion = pods.iter().filter_map(|p| p.deletion_time).fold(f64::MAX, f64::min);
-    let start = if first_deletion < last { first_deletion } else { pods.iter().map(|p| p.creation_time).fold(f64::MAX, f64::min) };
+    let last = pods
+        .iter()
+        .map(|p| p.creation_time)
+        .fold(f64::MIN, f64::max);
+    let first_deletion = pods
+        .iter()
+        .filter_map(|p| p.deletion_time)
+        .fold(f64::MAX, f64::min);
+    let start = if first_deletion < last {
+        first_deletion
+    } else {
+        pods.iter()
+            .map(|p| p.creation_time)
+            .fold(f64::MAX, f64::min)
+    };
     let inside: Vec<&Pod> = pods.iter().filter(|p| p.creation_time >= start).collect();
     let span = (last - start).max(1.0);
     let d = opts.duration_s.unwrap_or(86_400).max(60) as usize;
@@ -313,11 +370,18 @@ mod tests {
     use super::*;
 
     fn opts() -> TraceOptions {
-        TraceOptions { peak_rps: 100.0, duration_s: Some(3600), burst_s: 30.0, seed: 7 }
+        TraceOptions {
+            peak_rps: 100.0,
+            duration_s: Some(3600),
+            burst_s: 30.0,
+            seed: 7,
+        }
     }
 
     fn peak_minute(rate: &[f64]) -> f64 {
-        rate.windows(60).map(|w| w.iter().sum::<f64>() / 60.0).fold(0.0, f64::max)
+        rate.windows(60)
+            .map(|w| w.iter().sum::<f64>() / 60.0)
+            .fold(0.0, f64::max)
     }
 
     #[test]
@@ -329,7 +393,10 @@ mod tests {
         let a = t.arrivals(1);
         let total: u64 = a.iter().map(|x| *x as u64).sum();
         let expected: f64 = t.rate.iter().sum();
-        assert!((total as f64 - expected).abs() < expected * 0.02, "{total} vs {expected}");
+        assert!(
+            (total as f64 - expected).abs() < expected * 0.02,
+            "{total} vs {expected}"
+        );
         assert_eq!(a, t.arrivals(1), "same seed, same arrivals");
     }
 
@@ -339,7 +406,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let util = dir.join("u.csv");
         std::fs::write(&util, "timestamp_anon,container_ip,gpu_util_pct\n0,a,10\n0,b,10\n100,a,40\n100,b,0\n200,a,0\n200,b,0\n").unwrap();
-        let t = load(util.to_str().unwrap(), &TraceOptions { duration_s: None, ..opts() }).unwrap();
+        let t = load(
+            util.to_str().unwrap(),
+            &TraceOptions {
+                duration_s: None,
+                ..opts()
+            },
+        )
+        .unwrap();
         assert_eq!(t.kind, TraceKind::GpuUtil);
         assert_eq!(t.duration_s(), 200);
         assert!(t.rate[100] > t.rate[0] && t.rate[199] < t.rate[100]);
@@ -355,19 +429,35 @@ mod tests {
         .unwrap();
         let t = load(jsonl.to_str().unwrap(), &opts()).unwrap();
         assert_eq!(t.kind, TraceKind::Pods);
-        assert!(t.note.starts_with("2 pods"), "the pod before the window is left out: {}", t.note);
+        assert!(
+            t.note.starts_with("2 pods"),
+            "the pod before the window is left out: {}",
+            t.note
+        );
         assert!((peak_minute(&t.rate) - 100.0).abs() < 1e-6);
         let busy = t.rate.iter().filter(|r| **r > 0.0).count();
         assert!((55..=65).contains(&busy), "two 30-s bursts: {busy}");
 
         let csv = dir.join("p.csv");
-        std::fs::write(&csv, "name,num_gpu,gpu_milli,creation_time,deletion_time\na,1,500,0,100\nb,1,1000,50,100\n").unwrap();
-        assert_eq!(load(csv.to_str().unwrap(), &opts()).unwrap().kind, TraceKind::Pods);
+        std::fs::write(
+            &csv,
+            "name,num_gpu,gpu_milli,creation_time,deletion_time\na,1,500,0,100\nb,1,1000,50,100\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load(csv.to_str().unwrap(), &opts()).unwrap().kind,
+            TraceKind::Pods
+        );
 
         let bad = dir.join("x.csv");
         std::fs::write(&bad, "a,b\n1,2\n").unwrap();
-        let err = load(bad.to_str().unwrap(), &opts()).unwrap_err().to_string();
-        assert!(err.contains("unrecognised trace") && err.contains("gpu_util_pct"), "{err}");
+        let err = load(bad.to_str().unwrap(), &opts())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unrecognised trace") && err.contains("gpu_util_pct"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -376,8 +466,14 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         for lambda in [0.5, 5.0, 80.0] {
             let n = 20_000;
-            let mean = (0..n).map(|_| poisson(&mut rng, lambda) as f64).sum::<f64>() / n as f64;
-            assert!((mean - lambda).abs() < lambda * 0.03 + 0.02, "λ {lambda}: mean {mean}");
+            let mean = (0..n)
+                .map(|_| poisson(&mut rng, lambda) as f64)
+                .sum::<f64>()
+                / n as f64;
+            assert!(
+                (mean - lambda).abs() < lambda * 0.03 + 0.02,
+                "λ {lambda}: mean {mean}"
+            );
         }
     }
 }

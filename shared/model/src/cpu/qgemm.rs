@@ -211,9 +211,7 @@ fn panels_body(
                         ldc: n,
                         nv,
                     };
-                    unsafe {
-                        kernel(r, a.as_ptr().add(i0 * kp), kp, wp.as_ptr(), kp / 2, &epi)
-                    };
+                    unsafe { kernel(r, a.as_ptr().add(i0 * kp), kp, wp.as_ptr(), kp / 2, &epi) };
                     i0 += r;
                     continue;
                 }
