@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use aifab_core::dead_letter::ErrorKind;
 use aifab_core::messages::{
     decode, encode, tag, InferenceRequest, IngestRecord, Prediction, TrainingExample,
 };
@@ -53,11 +54,11 @@ pub struct BatchCounts {
     pub dedupe_misses: u64,
     pub tokens: u64,
     pub truncated: u64,
-    pub dead_letters: BTreeMap<&'static str, u64>,
+    pub dead_letters: BTreeMap<ErrorKind, u64>,
 }
 
 impl BatchCounts {
-    fn dead_letter(&mut self, kind: &'static str) {
+    fn dead_letter(&mut self, kind: ErrorKind) {
         *self.dead_letters.entry(kind).or_default() += 1;
     }
 
@@ -89,7 +90,11 @@ impl BatchCounts {
             self.dedupe_misses,
         );
         for (&kind, &n) in &self.dead_letters {
-            add("aifab_feature_dead_letters_total", ("kind", kind), n);
+            add(
+                "aifab_feature_dead_letters_total",
+                ("kind", kind.as_str()),
+                n,
+            );
         }
         if self.tokens > 0 {
             metrics::counter!("aifab_feature_tokens_total").increment(self.tokens);
@@ -108,7 +113,7 @@ pub struct BatchDone {
 }
 
 /// A decoded record this stage can use: id and receipt time present.
-pub fn accept(m: &Consumed) -> Result<IngestRecord, (&'static str, String)> {
+pub fn accept(m: &Consumed) -> Result<IngestRecord, (ErrorKind, String)> {
     // One pass for the usual case (ingest wrote it); the slower decode explains a failure.
     let rec: IngestRecord = match serde_json::from_slice(&m.payload) {
         Ok(r) => r,
@@ -116,17 +121,17 @@ pub fn accept(m: &Consumed) -> Result<IngestRecord, (&'static str, String)> {
     };
     if rec.id.as_deref().is_none_or(str::is_empty) {
         return Err((
-            "missing_field",
+            ErrorKind::MissingField,
             "missing field \"id\": records on the features topic carry the id ingest assigned"
                 .into(),
         ));
     }
     if rec.received_at_ms.is_none() {
-        return Err(("missing_field", "missing field \"received_at_ms\": records on the features topic carry ingest's receipt time".into()));
+        return Err((ErrorKind::MissingField, "missing field \"received_at_ms\": records on the features topic carry ingest's receipt time".into()));
     }
     if rec.text.is_empty() {
         return Err((
-            "empty_text",
+            ErrorKind::EmptyText,
             "field \"text\": \"\" is shorter than 1 character".into(),
         ));
     }
@@ -351,17 +356,26 @@ mod tests {
         let ok = br#"{"schema":"ingest.raw/v1","id":"a","tenant":"acme","text":"hi","received_at_ms":5}"#;
         assert_eq!(accept(&msg(ok, vec![])).unwrap().id.as_deref(), Some("a"));
         let no_id = br#"{"schema":"ingest.raw/v1","tenant":"acme","text":"hi","received_at_ms":5}"#;
-        assert_eq!(accept(&msg(no_id, vec![])).unwrap_err().0, "missing_field");
+        assert_eq!(
+            accept(&msg(no_id, vec![])).unwrap_err().0,
+            ErrorKind::MissingField
+        );
         let no_time = br#"{"schema":"ingest.raw/v1","id":"a","tenant":"acme","text":"hi"}"#;
         assert!(accept(&msg(no_time, vec![]))
             .unwrap_err()
             .1
             .contains("received_at_ms"));
-        assert_eq!(accept(&msg(b"\xff", vec![])).unwrap_err().0, "not_utf8");
-        assert_eq!(accept(&msg(b"{", vec![])).unwrap_err().0, "not_json");
+        assert_eq!(
+            accept(&msg(b"\xff", vec![])).unwrap_err().0,
+            ErrorKind::NotUtf8
+        );
+        assert_eq!(
+            accept(&msg(b"{", vec![])).unwrap_err().0,
+            ErrorKind::NotJson
+        );
         assert_eq!(
             accept(&msg(br#"{"schema":"x/v1"}"#, vec![])).unwrap_err().0,
-            "wrong_schema"
+            ErrorKind::WrongSchema
         );
     }
 

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use aifab_core::dead_letter::ErrorKind;
 use aifab_core::messages::Truncation;
 use aifab_model::TextTokenizer;
 use std::collections::HashMap;
@@ -37,7 +38,7 @@ pub struct Tokens {
 /// Why a text could not be tokenized.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenizeError {
-    pub kind: &'static str,
+    pub kind: ErrorKind,
     pub reason: String,
 }
 
@@ -144,7 +145,7 @@ impl FeatureTokenizer {
                 .map(|t| match tokenizer.encode_fast(*t, true) {
                     Ok(e) => self.finish(e),
                     Err(e) => Err(TokenizeError {
-                        kind: "tokenize_failed",
+                        kind: ErrorKind::TokenizeFailed,
                         reason: format!("text: the tokenizer failed: {e}"),
                     }),
                 })
@@ -195,7 +196,7 @@ impl FeatureTokenizer {
     ) -> Result<Tokens, TokenizeError> {
         if self.policy == TruncationPolicy::Reject && ids.len() > self.max_tokens {
             return Err(TokenizeError {
-                kind: "too_many_tokens",
+                kind: ErrorKind::TooManyTokens,
                 reason: format!(
                     "field \"text\": {} tokens, more than the maximum of {} (truncation policy: reject)",
                     ids.len(),
@@ -207,7 +208,7 @@ impl FeatureTokenizer {
         // characters) passes ingest's checks but would reach the model as [CLS] [SEP].
         if content == 0 {
             return Err(TokenizeError {
-                kind: "empty_text",
+                kind: ErrorKind::EmptyText,
                 reason: "field \"text\": no tokens besides the special ones (only characters the tokenizer drops, such as control or zero-width characters)".into(),
             });
         }
@@ -495,7 +496,7 @@ mod tests {
         let out = t.encode_batch(&["the cat sat", "the cat sat on the mat"]);
         assert_eq!(out[0].as_ref().unwrap().truncation, Truncation::None);
         let e = out[1].as_ref().unwrap_err();
-        assert_eq!(e.kind, "too_many_tokens");
+        assert_eq!(e.kind, ErrorKind::TooManyTokens);
         assert!(
             e.reason.contains("8 tokens, more than the maximum of 6"),
             "{}",
@@ -511,7 +512,7 @@ mod tests {
         let out = t.encode_batch(&["\u{0}", "\u{200b}", "\u{301}", "\x01\x02", ""]);
         for (i, r) in out.iter().enumerate() {
             let e = r.as_ref().expect_err(&format!("text {i} has no tokens"));
-            assert_eq!(e.kind, "empty_text", "text {i}: {}", e.reason);
+            assert_eq!(e.kind, ErrorKind::EmptyText, "text {i}: {}", e.reason);
         }
         assert!(
             t.encode_batch(&["\u{200b}cat"])[0].is_ok(),

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aifab_core::dead_letter::ErrorKind;
 use aifab_core::kafka::{
     abort_transaction, commit_transaction, committed_positions_retrying,
     init_transactions_retrying, needs_new_producer, retry_transactional, send_offsets_bounded,
@@ -117,7 +118,7 @@ struct Queued {
     key: Option<Vec<u8>>,
     headers: Vec<(String, Vec<u8>)>,
     /// The decoded request, or why it could not be decoded (it goes to the DLQ).
-    request: Result<InferenceRequest, (String, String, Vec<u8>)>,
+    request: Result<InferenceRequest, (ErrorKind, String, Vec<u8>)>,
     pending: Pending,
 }
 
@@ -370,7 +371,7 @@ impl Worker {
             };
             match &row.request {
                 Err((kind, reason, original)) => {
-                    records.push(dead_letter(row, original, source, kind, reason));
+                    records.push(dead_letter(row, original, source, *kind, reason));
                 }
                 Ok(req) if expired.contains(&i) => {
                     metrics::counter!("aifab_inference_worker_requests_total", "outcome" => "expired").increment(1);
@@ -409,7 +410,7 @@ impl Worker {
                                 row,
                                 &original,
                                 source,
-                                "model_rejected",
+                                ErrorKind::ModelRejected,
                                 &reason,
                             ));
                         }
@@ -741,14 +742,14 @@ fn to_queued<M: Message>(m: &M, task: &str) -> Queued {
         .unwrap_or_default();
     let now = Instant::now();
     let request = match decode::<InferenceRequest>(payload) {
-        Err(e) => Err((e.kind().to_string(), e.to_string(), payload.to_vec())),
+        Err(e) => Err((e.kind(), e.to_string(), payload.to_vec())),
         Ok(r) if r.task != task => Err((
-            "wrong_task".to_string(),
+            ErrorKind::WrongTask,
             format!("task: this worker serves \"{task}\", found \"{}\"", r.task),
             payload.to_vec(),
         )),
         Ok(r) if r.input_ids.is_empty() => Err((
-            "missing_field".into(),
+            ErrorKind::MissingField,
             "input_ids: expected at least one token, found none".into(),
             payload.to_vec(),
         )),
@@ -777,15 +778,15 @@ fn dead_letter(
     row: &Queued,
     original: &[u8],
     source: SourceRef,
-    kind: &str,
+    kind: ErrorKind,
     reason: &str,
 ) -> (&'static str, Vec<u8>, Vec<u8>, Vec<(String, Vec<u8>)>) {
-    metrics::counter!("aifab_inference_worker_dead_letters_total", "kind" => kind.to_string())
+    metrics::counter!("aifab_inference_worker_dead_letters_total", "kind" => kind.as_str())
         .increment(1);
     tracing::warn!(
         partition = source.partition,
         offset = source.offset,
-        kind,
+        kind = %kind,
         reason,
         "dead-lettering request"
     );

@@ -35,7 +35,7 @@ use crate::budget::BudgetBoard;
 use crate::ratelimit::{retry_after_secs, Limiters};
 use crate::store::{self, sha256_hex, Keys};
 use crate::tenants::{BudgetMode, Registry, TenantSettings};
-use crate::validate::{self, kind, Rejection, Route, Rules};
+use crate::validate::{self, Code, ErrorKind, Rejection, Route, Rules};
 
 /// What the HTTP API needs besides the shared state.
 #[derive(Debug, Clone)]
@@ -108,7 +108,7 @@ async fn post_route(api: Arc<Api>, route: Route, request: Request) -> Response {
             tracing::error!(error = %e, "a POST handler failed");
             error(
                 500,
-                "internal",
+                Code::Internal,
                 "the request failed inside ingest; retry with the same Idempotency-Key",
                 &[],
             )
@@ -133,16 +133,20 @@ fn respond(status: u16, body: Value, headers: &[(&str, String)]) -> Response {
     r
 }
 
-fn error(status: u16, kind: &str, reason: &str, headers: &[(&str, String)]) -> Response {
+fn error(status: u16, kind: impl Into<Code>, reason: &str, headers: &[(&str, String)]) -> Response {
     let mut h: Vec<(&str, String)> = headers.to_vec();
     if status == 401 {
         h.push(("www-authenticate", "Bearer realm=\"aifab\"".into()));
     }
-    respond(status, json!({"error": kind, "reason": reason}), &h)
+    respond(
+        status,
+        json!({"error": kind.into().as_str(), "reason": reason}),
+        &h,
+    )
 }
 
 fn unavailable(what: &str) -> Response {
-    error(503, "unavailable", what, &[("retry-after", "1".into())])
+    error(503, Code::Unavailable, what, &[("retry-after", "1".into())])
 }
 
 /// The API key: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
@@ -176,19 +180,19 @@ async fn authenticate(
 ) -> redis::RedisResult<Auth> {
     let Some(key) = api_key(headers) else {
         return Ok(Auth::Refused(Rejection::new(
-            kind::MISSING_API_KEY,
+            ErrorKind::MissingApiKey,
             "missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
         )));
     };
     Ok(match api.registry.tenant_for_key(conn, &key).await? {
         Some(t) => Auth::Tenant(t),
-        None => Auth::Refused(Rejection::new(kind::BAD_API_KEY, "unknown API key")),
+        None => Auth::Refused(Rejection::new(ErrorKind::BadApiKey, "unknown API key")),
     })
 }
 
 /// Write a refused HTTP request to the DLQ (best effort: the caller gets its 4xx anyway).
 async fn dead_letter(api: &Api, route: Route, body: &[u8], r: &Rejection) {
-    metrics::counter!("aifab_ingest_dead_letters_total", "source" => "http", "kind" => r.kind)
+    metrics::counter!("aifab_ingest_dead_letters_total", "source" => "http", "kind" => r.kind.as_str())
         .increment(1);
     let dl = DeadLetter::new(
         body,
@@ -214,13 +218,13 @@ async fn dead_letter(api: &Api, route: Route, body: &[u8], r: &Rejection) {
         .await
     {
         metrics::counter!("aifab_ingest_dead_letter_failures_total").increment(1);
-        tracing::error!(error = %e, kind = r.kind, "could not write a dead letter for a refused HTTP request");
+        tracing::error!(error = %e, kind = %r.kind, "could not write a dead letter for a refused HTTP request");
     }
 }
 
 /// Refuse: dead-letter it, answer the 4xx.
 async fn refuse(api: &Api, route: Route, body: &[u8], r: Rejection) -> Response {
-    tracing::debug!(kind = r.kind, reason = %r.reason, tenant = ?r.tenant, "refused HTTP request");
+    tracing::debug!(kind = %r.kind, reason = %r.reason, tenant = ?r.tenant, "refused HTTP request");
     dead_letter(api, route, body, &r).await;
     error(r.status, r.kind, &r.reason, &[])
 }
@@ -267,7 +271,7 @@ async fn idempotency(
     if stored["body_sha256"].as_str() != Some(body_sha) {
         return Ok(Idem::Answer(error(
             422,
-            "idempotency_key_reused",
+            Code::IdempotencyKeyReused,
             "this Idempotency-Key was used with a different request body",
             &[],
         )));
@@ -302,7 +306,7 @@ async fn idempotency(
     }
     Ok(Idem::Answer(error(
         409,
-        kind::IN_PROGRESS,
+        ErrorKind::InProgress,
         "a request with this Idempotency-Key is still being processed; retry shortly",
         &[("retry-after", "1".into())],
     )))
@@ -318,7 +322,7 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
         metrics::counter!("aifab_ingest_http_body_too_large_total").increment(1);
         error(
             413,
-            kind::BODY_TOO_LARGE,
+            ErrorKind::BodyTooLarge,
             &format!("body: more than the maximum of {max} bytes"),
             &[],
         )
@@ -335,7 +339,7 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
             Err(e) => {
                 return error(
                     400,
-                    "bad_body",
+                    Code::BadBody,
                     &format!("body: could not be read: {e}"),
                     &[],
                 )
@@ -356,7 +360,7 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
     };
     if !settings.enabled {
         let r = Rejection::new(
-            kind::TENANT_DISABLED,
+            ErrorKind::TenantDisabled,
             format!("tenant \"{tenant}\" is disabled"),
         )
         .with_tenant(Some(&tenant));
@@ -369,7 +373,7 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
             Ok(k) if !k.trim().is_empty() && k.len() <= 255 => k.trim().to_string(),
             _ => {
                 let r = Rejection::new(
-                    kind::INVALID_VALUE,
+                    ErrorKind::InvalidValue,
                     "header \"Idempotency-Key\": expected 1 to 255 visible ASCII characters",
                 )
                 .with_tenant(Some(&tenant));
@@ -566,8 +570,11 @@ async fn settle(mut conn: ConnectionManager, u: UndecidedWrite, mut idem: Option
             tracing::info!(error = %e, "a timed-out request's records were not written; releasing its ids");
             store::release_retrying(&mut conn, &u.claims, &[&claim_value]).await;
             if let Some(idem) = idem {
-                idem.finish(&mut conn, &answer_error(503, "unavailable", &e, Vec::new()))
-                    .await;
+                idem.finish(
+                    &mut conn,
+                    &answer_error(503, Code::Unavailable, &e, Vec::new()),
+                )
+                .await;
             }
         }
         Outcome::Unknown(e) => {
@@ -617,14 +624,14 @@ fn outcome_unknown(why: &str, ids: &Value) -> Answer {
         "{why}: the records may or may not have been written, and will not be written again with these ids \
          or this Idempotency-Key; GET /v1/predictions/{{id}} answers 200 for those that were"
     );
-    let mut answer = answer_error(409, kind::OUTCOME_UNKNOWN, &reason, Vec::new());
+    let mut answer = answer_error(409, ErrorKind::OutcomeUnknown, &reason, Vec::new());
     answer.1["ids"] = ids.clone();
     answer
 }
 
 fn answer_error(
     status: u16,
-    kind: &str,
+    kind: impl Into<Code>,
     reason: &str,
     headers: Vec<(&'static str, String)>,
 ) -> Answer {
@@ -632,7 +639,11 @@ fn answer_error(
     if status == 401 {
         h.push(("www-authenticate", "Bearer realm=\"aifab\"".into()));
     }
-    (status, json!({"error": kind, "reason": reason}), h)
+    (
+        status,
+        json!({"error": kind.into().as_str(), "reason": reason}),
+        h,
+    )
 }
 
 /// Validate, limit, claim ids, produce. Returns status, body and headers; sets
@@ -665,7 +676,7 @@ async fn accept(
         metrics::counter!("aifab_ingest_rate_limited_total").increment(1);
         return answer_error(
             429,
-            kind::RATE_LIMITED,
+            ErrorKind::RateLimited,
             &format!(
                 "tenant \"{tenant}\" is over its rate limit of {} texts/s (burst {}); {n} text(s) in this request",
                 settings.rate_per_s, settings.burst
@@ -681,7 +692,7 @@ async fn accept(
                     .increment(1);
                 return answer_error(
                     429,
-                    kind::BUDGET_EXCEEDED,
+                    ErrorKind::BudgetExceeded,
                     &format!(
                         "{}; requests are rejected until the period ends",
                         ex.describe(tenant)
@@ -698,7 +709,7 @@ async fn accept(
         Err(e) => {
             return answer_error(
                 503,
-                "unavailable",
+                Code::Unavailable,
                 &format!("redis: {e}"),
                 vec![("retry-after", "1".into())],
             )
@@ -739,7 +750,7 @@ async fn accept(
         Err(e) => {
             return answer_error(
                 503,
-                "unavailable",
+                Code::Unavailable,
                 &format!("redis: {e}"),
                 vec![("retry-after", "1".into())],
             )
@@ -768,7 +779,7 @@ async fn accept(
             .position(|c| held(c) == Some(store::Held::Used))
         {
             let r = Rejection::new(
-                kind::DUPLICATE_ID,
+                ErrorKind::DuplicateId,
                 format!("field \"{}\": \"{}\" was already used by an earlier request of tenant \"{tenant}\"", field(i), id(i)),
             )
             .with_tenant(Some(tenant));
@@ -788,7 +799,7 @@ async fn accept(
         let i = claimed.iter().position(Option::is_some).unwrap_or_default();
         return answer_error(
             409,
-            kind::IN_PROGRESS,
+            ErrorKind::InProgress,
             &format!(
                 "field \"{}\": \"{}\" belongs to an earlier request of tenant \"{tenant}\" whose write is not \
                  decided yet; retry shortly (it is refused as a duplicate once written, accepted if not)",
@@ -832,7 +843,7 @@ async fn accept(
             store::release_retrying(conn, &mine, &[&claim_value]).await;
             return answer_error(
                 503,
-                "unavailable",
+                Code::Unavailable,
                 &format!("{why}; retry with the same Idempotency-Key"),
                 vec![("retry-after", "1".into())],
             );
@@ -864,7 +875,7 @@ async fn accept(
             tracing::warn!(error = %e, tenant, "could not write accepted records");
             answer_error(
                 503,
-                "unavailable",
+                Code::Unavailable,
                 &format!("kafka: {e}"),
                 vec![("retry-after", "1".into())],
             )
@@ -882,7 +893,7 @@ async fn accept(
             });
             answer_error(
                 503,
-                "unavailable",
+                Code::Unavailable,
                 &format!(
                     "kafka: {reason}; the records may still be written. A retry with the same Idempotency-Key \
                      or the same ids gets 409 in_progress until that is known, then the final answer: the 202 \
@@ -943,7 +954,7 @@ async fn get_prediction(api: &Api, id: &str, headers: &HeaderMap) -> Response {
         ),
         Ok(false) => error(
             404,
-            "not_found",
+            Code::NotFound,
             &format!("no request with id \"{id}\" for this API key's tenant"),
             &[],
         ),

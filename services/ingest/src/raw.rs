@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use crate::budget::{BudgetBoard, Exceeded};
 use crate::store::{self, Keys};
 use crate::tenants::{BudgetMode, Registry, TenantSettings};
-use crate::validate::{self, kind, Rejection, Rules};
+use crate::validate::{self, ErrorKind, Rejection, Rules};
 
 #[derive(Debug, Clone)]
 pub struct RawSettings {
@@ -49,7 +49,7 @@ pub struct RawStage {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RawCounts {
     pub accepted: u64,
-    pub dead_letters: BTreeMap<&'static str, u64>,
+    pub dead_letters: BTreeMap<ErrorKind, u64>,
 }
 
 /// The verdict on one record before ids are claimed.
@@ -70,13 +70,13 @@ pub fn tenant_verdict(
 ) -> Result<Option<u8>, Rejection> {
     let Some(s) = settings else {
         return Err(Rejection::new(
-            kind::UNKNOWN_TENANT,
+            ErrorKind::UnknownTenant,
             format!("field \"tenant\": \"{tenant}\" is not a known tenant (no API key or tenant settings for it)"),
         ));
     };
     if !s.enabled {
         return Err(Rejection::new(
-            kind::TENANT_DISABLED,
+            ErrorKind::TenantDisabled,
             format!("field \"tenant\": tenant \"{tenant}\" is disabled"),
         )
         .with_tenant(Some(tenant)));
@@ -84,7 +84,7 @@ pub fn tenant_verdict(
     match (exceeded, s.budget_mode) {
         (None, _) => Ok(None),
         (Some(ex), BudgetMode::Reject) => Err(Rejection::new(
-            kind::BUDGET_EXCEEDED,
+            ErrorKind::BudgetExceeded,
             format!(
                 "{}; its records are rejected until the period ends",
                 ex.describe(tenant)
@@ -202,7 +202,7 @@ impl Transform for RawStage {
                             _ => "an earlier record",
                         };
                         let rej = Rejection::new(
-                            kind::DUPLICATE_ID,
+                            ErrorKind::DuplicateId,
                             format!(
                                 "field \"id\": \"{}\" was already used by {by} of tenant \"{}\"",
                                 rec.id.as_deref().unwrap_or_default(),
@@ -238,7 +238,7 @@ impl Transform for RawStage {
                 }
                 Verdict::Refuse(rej) => {
                     *counts.dead_letters.entry(rej.kind).or_default() += 1;
-                    tracing::debug!(partition = m.partition, offset = m.offset, kind = rej.kind, reason = %rej.reason,
+                    tracing::debug!(partition = m.partition, offset = m.offset, kind = %rej.kind, reason = %rej.reason,
                         "dead-lettering a raw record");
                     out.push(dead_letter(
                         &self.settings.dlq_topic,
@@ -258,7 +258,7 @@ impl Transform for RawStage {
         metrics::counter!("aifab_ingest_records_total", "source" => "kafka", "route" => "raw")
             .increment(counts.accepted);
         for (&kind, &n) in &counts.dead_letters {
-            metrics::counter!("aifab_ingest_dead_letters_total", "source" => "kafka", "kind" => kind).increment(n);
+            metrics::counter!("aifab_ingest_dead_letters_total", "source" => "kafka", "kind" => kind.as_str()).increment(n);
         }
         let refused: u64 = counts.dead_letters.values().sum();
         if refused > 0 {
@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn tenant_checks() {
         let e = tenant_verdict("ghost", None, None, 9).unwrap_err();
-        assert_eq!(e.kind, kind::UNKNOWN_TENANT);
+        assert_eq!(e.kind, ErrorKind::UnknownTenant);
         assert!(
             e.reason.contains("\"ghost\" is not a known tenant"),
             "{}",
@@ -297,7 +297,7 @@ mod tests {
             tenant_verdict("a", Some(&s(BudgetMode::Reject, false)), None, 9)
                 .unwrap_err()
                 .kind,
-            kind::TENANT_DISABLED
+            ErrorKind::TenantDisabled
         );
         assert_eq!(
             tenant_verdict("a", Some(&s(BudgetMode::Reject, true)), None, 9),
@@ -311,7 +311,7 @@ mod tests {
             currency: "USD".into(),
         };
         let e = tenant_verdict("a", Some(&s(BudgetMode::Reject, true)), Some(&ex), 9).unwrap_err();
-        assert_eq!((e.kind, e.status), (kind::BUDGET_EXCEEDED, 429));
+        assert_eq!((e.kind, e.status), (ErrorKind::BudgetExceeded, 429));
         assert_eq!(
             tenant_verdict("a", Some(&s(BudgetMode::Deprioritise, true)), Some(&ex), 9),
             Ok(Some(9))

@@ -9,40 +9,48 @@ use aifab_core::messages::{IngestRecord, Message as _};
 use aifab_core::schema::{self, SchemaViolation};
 use serde_json::{Map, Value};
 
-/// Error kinds (the `error_kind` of dead letters and the `error` of HTTP 4xx bodies).
-pub mod kind {
-    pub const NOT_UTF8: &str = "not_utf8";
-    pub const NOT_JSON: &str = "not_json";
-    pub const MISSING_SCHEMA: &str = "missing_schema";
-    pub const WRONG_SCHEMA: &str = "wrong_schema";
-    pub const MISSING_FIELD: &str = "missing_field";
-    pub const UNEXPECTED_FIELD: &str = "unexpected_field";
-    pub const WRONG_TYPE: &str = "wrong_type";
-    pub const EMPTY_TEXT: &str = "empty_text";
-    pub const TEXT_TOO_LONG: &str = "text_too_long";
-    pub const RECORD_TOO_LARGE: &str = "record_too_large";
-    pub const INVALID_VALUE: &str = "invalid_value";
-    pub const UNKNOWN_LABEL: &str = "unknown_label";
-    pub const UNKNOWN_TENANT: &str = "unknown_tenant";
-    pub const DUPLICATE_ID: &str = "duplicate_id";
-    /// Not bad input: an id whose earlier request is still being written (HTTP only).
-    pub const IN_PROGRESS: &str = "in_progress";
-    /// Not bad input: the request's write may or may not have committed (HTTP only).
-    pub const OUTCOME_UNKNOWN: &str = "outcome_unknown";
-    pub const BATCH_TOO_LARGE: &str = "batch_too_large";
-    pub const MISSING_API_KEY: &str = "missing_api_key";
-    pub const BAD_API_KEY: &str = "bad_api_key";
-    pub const FORBIDDEN_TENANT: &str = "forbidden_tenant";
-    pub const TENANT_DISABLED: &str = "tenant_disabled";
-    pub const BUDGET_EXCEEDED: &str = "budget_exceeded";
-    pub const RATE_LIMITED: &str = "rate_limited";
-    pub const BODY_TOO_LARGE: &str = "body_too_large";
+pub use aifab_core::dead_letter::ErrorKind;
+
+/// The `error` of an HTTP error body: a refusal (whose kind a dead letter also carries) or
+/// one of the API's own answers that refuse nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Refused(ErrorKind),
+    /// Ingest failed inside; the client retries with the same Idempotency-Key.
+    Internal,
+    /// Kafka or Redis cannot take the request now (503).
+    Unavailable,
+    /// An Idempotency-Key sent again with a different body (422).
+    IdempotencyKeyReused,
+    /// The body could not be read off the connection.
+    BadBody,
+    /// No such request for this tenant (404).
+    NotFound,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Refused(k) => k.as_str(),
+            Code::Internal => "internal",
+            Code::Unavailable => "unavailable",
+            Code::IdempotencyKeyReused => "idempotency_key_reused",
+            Code::BadBody => "bad_body",
+            Code::NotFound => "not_found",
+        }
+    }
+}
+
+impl From<ErrorKind> for Code {
+    fn from(k: ErrorKind) -> Code {
+        Code::Refused(k)
+    }
 }
 
 /// Why an input was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    pub kind: &'static str,
+    pub kind: ErrorKind,
     /// Human-readable: names the field, says what was expected and what was found.
     pub reason: String,
     /// The HTTP status this maps to.
@@ -52,7 +60,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    pub fn new(kind: &'static str, reason: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, reason: impl Into<String>) -> Self {
         Rejection {
             kind,
             reason: reason.into(),
@@ -68,34 +76,34 @@ impl Rejection {
 }
 
 /// The HTTP status of each kind.
-pub fn status_of(kind: &str) -> u16 {
+pub fn status_of(kind: ErrorKind) -> u16 {
     match kind {
-        kind::MISSING_API_KEY | kind::BAD_API_KEY => 401,
-        kind::FORBIDDEN_TENANT | kind::TENANT_DISABLED => 403,
-        kind::DUPLICATE_ID => 409,
-        kind::BATCH_TOO_LARGE | kind::BODY_TOO_LARGE | kind::RECORD_TOO_LARGE => 413,
-        kind::RATE_LIMITED | kind::BUDGET_EXCEEDED => 429,
+        ErrorKind::MissingApiKey | ErrorKind::BadApiKey => 401,
+        ErrorKind::ForbiddenTenant | ErrorKind::TenantDisabled => 403,
+        ErrorKind::DuplicateId => 409,
+        ErrorKind::BatchTooLarge | ErrorKind::BodyTooLarge | ErrorKind::RecordTooLarge => 413,
+        ErrorKind::RateLimited | ErrorKind::BudgetExceeded => 429,
         _ => 400,
     }
 }
 
 /// The kind of one schema violation.
-pub fn kind_of(v: &SchemaViolation) -> &'static str {
+pub fn kind_of(v: &SchemaViolation) -> ErrorKind {
     let m = v.message.as_str();
     if v.path == "/schema" {
-        kind::WRONG_SCHEMA
+        ErrorKind::WrongSchema
     } else if m.starts_with("missing field") {
-        kind::MISSING_FIELD
+        ErrorKind::MissingField
     } else if m.starts_with("unexpected field") {
-        kind::UNEXPECTED_FIELD
+        ErrorKind::UnexpectedField
     } else if m.contains(" is not of type ") {
-        kind::WRONG_TYPE
+        ErrorKind::WrongType
     } else if v.path == "/text" && m.contains("is shorter than") {
-        kind::EMPTY_TEXT
+        ErrorKind::EmptyText
     } else if v.path == "/text" && m.contains("more than the maximum") {
-        kind::TEXT_TOO_LONG
+        ErrorKind::TextTooLong
     } else {
-        kind::INVALID_VALUE
+        ErrorKind::InvalidValue
     }
 }
 
@@ -158,7 +166,7 @@ pub fn parse_task_labels(s: &str) -> Result<BTreeMap<String, Vec<String>>, Strin
 fn parse_json(bytes: &[u8], what: &str) -> Result<Value, Rejection> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         Rejection::new(
-            kind::NOT_UTF8,
+            ErrorKind::NotUtf8,
             format!(
                 "{what}: not UTF-8: invalid byte at position {}",
                 e.valid_up_to()
@@ -166,7 +174,7 @@ fn parse_json(bytes: &[u8], what: &str) -> Result<Value, Rejection> {
         )
     })?;
     serde_json::from_str(text)
-        .map_err(|e| Rejection::new(kind::NOT_JSON, format!("{what}: not JSON: {e}")))
+        .map_err(|e| Rejection::new(ErrorKind::NotJson, format!("{what}: not JSON: {e}")))
 }
 
 /// Check a JSON object against `ingest.raw/v1` and the rules; `name` prefixes field names
@@ -176,13 +184,13 @@ fn check_record(value: Value, rules: &Rules, name: &str) -> Result<IngestRecord,
         .get("tenant")
         .and_then(Value::as_str)
         .map(str::to_string);
-    let reject = |kind: &'static str, reason: String| {
+    let reject = |kind: ErrorKind, reason: String| {
         Err(Rejection::new(kind, reason).with_tenant(tenant.as_deref()))
     };
     match value.get("schema") {
         None if value.is_object() => {
             return reject(
-                kind::MISSING_SCHEMA,
+                ErrorKind::MissingSchema,
                 format!(
                     "missing field \"{name}schema\": expected \"{}\"",
                     IngestRecord::SCHEMA
@@ -192,7 +200,7 @@ fn check_record(value: Value, rules: &Rules, name: &str) -> Result<IngestRecord,
         Some(Value::String(s)) if s == IngestRecord::SCHEMA => {}
         Some(other) => {
             return reject(
-                kind::WRONG_SCHEMA,
+                ErrorKind::WrongSchema,
                 format!(
                     "field \"{name}schema\": expected \"{}\", found {other}",
                     IngestRecord::SCHEMA
@@ -219,12 +227,13 @@ fn check_record(value: Value, rules: &Rules, name: &str) -> Result<IngestRecord,
         return reject(kind, text);
     }
     let mut rec: IngestRecord = serde_json::from_value(value).map_err(|e| {
-        Rejection::new(kind::INVALID_VALUE, format!("{name}: {e}")).with_tenant(tenant.as_deref())
+        Rejection::new(ErrorKind::InvalidValue, format!("{name}: {e}"))
+            .with_tenant(tenant.as_deref())
     })?;
     let chars = rec.text.chars().count();
     if chars > rules.max_text_chars {
         return reject(
-            kind::TEXT_TOO_LONG,
+            ErrorKind::TextTooLong,
             format!(
                 "field \"{name}text\": {chars} characters long, more than the maximum of {}",
                 rules.max_text_chars
@@ -233,7 +242,7 @@ fn check_record(value: Value, rules: &Rules, name: &str) -> Result<IngestRecord,
     }
     if rec.text.trim().is_empty() {
         return reject(
-            kind::EMPTY_TEXT,
+            ErrorKind::EmptyText,
             format!("field \"{name}text\": only whitespace; expected some text"),
         );
     }
@@ -249,7 +258,7 @@ fn check_record(value: Value, rules: &Rules, name: &str) -> Result<IngestRecord,
                 .collect::<Vec<_>>()
                 .join(", ");
             return reject(
-                kind::UNKNOWN_LABEL,
+                ErrorKind::UnknownLabel,
                 format!("field \"{name}label\": \"{label}\" is not a label of task \"{task}\" (expected one of {expected})"),
             );
         }
@@ -273,7 +282,7 @@ pub fn raw_record(bytes: &[u8], rules: &Rules) -> Result<IngestRecord, Rejection
             _ => "null",
         };
         return Err(Rejection::new(
-            kind::WRONG_TYPE,
+            ErrorKind::WrongType,
             format!(
                 "message: expected a JSON object with schema \"{}\", found {found}",
                 IngestRecord::SCHEMA
@@ -285,7 +294,7 @@ pub fn raw_record(bytes: &[u8], rules: &Rules) -> Result<IngestRecord, Rejection
 
 fn record_too_large(what: &str, len: usize, rules: &Rules) -> Rejection {
     Rejection::new(
-        kind::RECORD_TOO_LARGE,
+        ErrorKind::RecordTooLarge,
         format!(
             "{what}: {len} bytes long, more than the maximum of {} bytes per record",
             rules.max_record_bytes
@@ -337,7 +346,7 @@ pub fn http_body(
     let value = parse_json(bytes, "body").map_err(with_tenant)?;
     let Value::Object(mut obj) = value else {
         return Err(with_tenant(Rejection::new(
-            kind::WRONG_TYPE,
+            ErrorKind::WrongType,
             format!(
                 "body: expected a JSON object (one item, or {{\"{}\": [...]}} for a batch)",
                 route.batch_field()
@@ -350,25 +359,25 @@ pub fn http_body(
         Some(list) => {
             if let Some(extra) = obj.keys().next() {
                 return Err(with_tenant(Rejection::new(
-                    kind::UNEXPECTED_FIELD,
+                    ErrorKind::UnexpectedField,
                     format!("unexpected field \"{extra}\": a batch body has only \"{field}\""),
                 )));
             }
             let Value::Array(list) = list else {
                 return Err(with_tenant(Rejection::new(
-                    kind::WRONG_TYPE,
+                    ErrorKind::WrongType,
                     format!("field \"{field}\": expected an array of items"),
                 )));
             };
             if list.is_empty() {
                 return Err(with_tenant(Rejection::new(
-                    kind::INVALID_VALUE,
+                    ErrorKind::InvalidValue,
                     format!("field \"{field}\": [] has fewer than 1 item"),
                 )));
             }
             if list.len() > rules.max_batch_items {
                 return Err(with_tenant(Rejection::new(
-                    kind::BATCH_TOO_LARGE,
+                    ErrorKind::BatchTooLarge,
                     format!(
                         "field \"{field}\": {} items, more than the maximum of {} per request",
                         list.len(),
@@ -390,7 +399,7 @@ pub fn http_body(
     for (name, item) in items {
         let Value::Object(mut item) = item else {
             return Err(with_tenant(Rejection::new(
-                kind::WRONG_TYPE,
+                ErrorKind::WrongType,
                 format!(
                     "field \"{}\": expected an object",
                     name.trim_end_matches('.')
@@ -416,7 +425,7 @@ pub fn http_body(
         if let Some(id) = &rec.id {
             if let Some(first) = seen_ids.insert(id.clone(), name.clone()) {
                 return Err(with_tenant(Rejection::new(
-                    kind::DUPLICATE_ID,
+                    ErrorKind::DuplicateId,
                     format!("field \"{name}id\": \"{id}\" repeats {first}id of the same request"),
                 )));
             }
@@ -442,7 +451,7 @@ fn fill_item(
         Some(Value::String(t)) if t == tenant => {}
         Some(other) => {
             return Err(Rejection::new(
-                kind::FORBIDDEN_TENANT,
+                ErrorKind::ForbiddenTenant,
                 format!("field \"{name}tenant\": this API key belongs to tenant \"{tenant}\", found {other}"),
             )
             .with_tenant(Some(tenant)))
@@ -450,12 +459,12 @@ fn fill_item(
     }
     match (route, item.contains_key("label")) {
         (Route::Infer, true) => Err(Rejection::new(
-            kind::UNEXPECTED_FIELD,
+            ErrorKind::UnexpectedField,
             format!("unexpected field \"{name}label\": /v1/infer takes unlabelled texts; send labelled ones to /v1/examples"),
         )
         .with_tenant(Some(tenant))),
         (Route::Examples, false) => Err(Rejection::new(
-            kind::MISSING_FIELD,
+            ErrorKind::MissingField,
             format!("missing field \"{name}label\": /v1/examples takes labelled texts; send unlabelled ones to /v1/infer"),
         )
         .with_tenant(Some(tenant))),
@@ -486,7 +495,7 @@ mod tests {
     #[track_caller]
     fn rejects(
         r: Result<impl std::fmt::Debug, Rejection>,
-        kind: &str,
+        kind: ErrorKind,
         reason_has: &str,
     ) -> Rejection {
         let e = r.expect_err("should be rejected");
@@ -525,14 +534,14 @@ mod tests {
         );
         let e = rejects(
             raw_record(long.as_bytes(), &small),
-            kind::RECORD_TOO_LARGE,
+            ErrorKind::RecordTooLarge,
             "more than the maximum of 100 bytes",
         );
         assert_eq!(e.status, 413);
         // Not even parsed: invalid bytes over the limit are refused for their length.
         rejects(
             raw_record(&[0xff; 101], &small),
-            kind::RECORD_TOO_LARGE,
+            ErrorKind::RecordTooLarge,
             "101 bytes long",
         );
         raw_record(
@@ -558,7 +567,7 @@ mod tests {
         let big = format!(r#"{{"inputs":[{item},{{"text":"{}"}}]}}"#, "t".repeat(60));
         let e = rejects(
             http_body(big.as_bytes(), Route::Infer, "acme", &small),
-            kind::RECORD_TOO_LARGE,
+            ErrorKind::RecordTooLarge,
             "inputs[1]: ",
         );
         assert_eq!(e.tenant.as_deref(), Some("acme"));
@@ -568,45 +577,45 @@ mod tests {
     fn every_kind_of_bad_raw_input_is_named() {
         rejects(
             raw_record(b"\xff\xfe{}", &rules()),
-            kind::NOT_UTF8,
+            ErrorKind::NotUtf8,
             "not UTF-8: invalid byte at position 0",
         );
-        rejects(raw("{nope"), kind::NOT_JSON, "not JSON");
-        rejects(raw("[1,2]"), kind::WRONG_TYPE, "expected a JSON object");
+        rejects(raw("{nope"), ErrorKind::NotJson, "not JSON");
+        rejects(raw("[1,2]"), ErrorKind::WrongType, "expected a JSON object");
         rejects(
             raw(r#"{"tenant":"acme","text":"x"}"#),
-            kind::MISSING_SCHEMA,
+            ErrorKind::MissingSchema,
             "missing field \"schema\"",
         );
         rejects(
             raw(r#"{"schema":"ingest.raw/v2","tenant":"acme","text":"x"}"#),
-            kind::WRONG_SCHEMA,
+            ErrorKind::WrongSchema,
             "expected \"ingest.raw/v1\", found \"ingest.raw/v2\"",
         );
         rejects(
             raw(r#"{"schema":"prediction/v1","tenant":"acme","text":"x"}"#),
-            kind::WRONG_SCHEMA,
+            ErrorKind::WrongSchema,
             "prediction/v1",
         );
         let e = rejects(
             raw(r#"{"schema":"ingest.raw/v1","text":"x"}"#),
-            kind::MISSING_FIELD,
+            ErrorKind::MissingField,
             "missing field \"tenant\"",
         );
         assert_eq!(e.status, 400);
         rejects(
             raw(r#"{"schema":"ingest.raw/v1","tenant":"acme","text":"x","deadline_ms":"soon"}"#),
-            kind::WRONG_TYPE,
+            ErrorKind::WrongType,
             "field \"deadline_ms\": \"soon\" is not of type \"integer\"",
         );
         rejects(
             raw(r#"{"schema":"ingest.raw/v1","tenant":"acme","text":""}"#),
-            kind::EMPTY_TEXT,
+            ErrorKind::EmptyText,
             "field \"text\"",
         );
         rejects(
             raw(r#"{"schema":"ingest.raw/v1","tenant":"acme","text":"   "}"#),
-            kind::EMPTY_TEXT,
+            ErrorKind::EmptyText,
             "only whitespace",
         );
         let long = format!(
@@ -615,24 +624,24 @@ mod tests {
         );
         rejects(
             raw(&long),
-            kind::TEXT_TOO_LONG,
+            ErrorKind::TextTooLong,
             "more than the maximum of 20000",
         );
         rejects(
             raw(r#"{"schema":"ingest.raw/v1","tenant":"acme","text":"x","colour":"red"}"#),
-            kind::UNEXPECTED_FIELD,
+            ErrorKind::UnexpectedField,
             "unexpected field \"colour\"",
         );
         rejects(
             raw(r#"{"schema":"ingest.raw/v1","tenant":"acme corp","text":"x"}"#),
-            kind::INVALID_VALUE,
+            ErrorKind::InvalidValue,
             "field \"tenant\"",
         );
         let e = rejects(
             raw(
                 r#"{"schema":"ingest.raw/v1","tenant":"acme","text":"x","task":"sms_spam","label":"spamm"}"#,
             ),
-            kind::UNKNOWN_LABEL,
+            ErrorKind::UnknownLabel,
             r#"field "label": "spamm" is not a label of task "sms_spam" (expected one of "ham", "spam")"#,
         );
         assert_eq!(e.tenant.as_deref(), Some("acme"));
@@ -649,7 +658,7 @@ mod tests {
             &r,
         )
         .unwrap_err();
-        assert_eq!(e.kind, kind::TEXT_TOO_LONG);
+        assert_eq!(e.kind, ErrorKind::TextTooLong);
         assert!(
             e.reason
                 .contains("6 characters long, more than the maximum of 5"),
@@ -698,7 +707,7 @@ mod tests {
                 "acme",
                 &r,
             ),
-            kind::MISSING_FIELD,
+            ErrorKind::MissingField,
             "missing field \"inputs[1].text\"",
         );
         assert_eq!((e.status, e.tenant.as_deref()), (400, Some("acme")));
@@ -709,12 +718,12 @@ mod tests {
                 "acme",
                 &r,
             ),
-            kind::INVALID_VALUE,
+            ErrorKind::InvalidValue,
             "field \"inputs[0].deadline_ms\"",
         );
         let e = rejects(
             http_body(br#"{"text":"a","tenant":"beta"}"#, Route::Infer, "acme", &r),
-            kind::FORBIDDEN_TENANT,
+            ErrorKind::ForbiddenTenant,
             "belongs to tenant \"acme\", found \"beta\"",
         );
         assert_eq!(e.status, 403);
@@ -725,38 +734,38 @@ mod tests {
                 "acme",
                 &r,
             ),
-            kind::BATCH_TOO_LARGE,
+            ErrorKind::BatchTooLarge,
             "4 items, more than the maximum of 3",
         );
         assert_eq!(e.status, 413);
         rejects(
             http_body(br#"{"inputs":[]}"#, Route::Infer, "acme", &r),
-            kind::INVALID_VALUE,
+            ErrorKind::InvalidValue,
             "fewer than 1 item",
         );
         rejects(
             http_body(br#"{"inputs":{}}"#, Route::Infer, "acme", &r),
-            kind::WRONG_TYPE,
+            ErrorKind::WrongType,
             "expected an array",
         );
         rejects(
             http_body(br#"{"inputs":[1]}"#, Route::Infer, "acme", &r),
-            kind::WRONG_TYPE,
+            ErrorKind::WrongType,
             "field \"inputs[0]\"",
         );
         rejects(
             http_body(br#"{"inputs":[],"x":1}"#, Route::Infer, "acme", &r),
-            kind::UNEXPECTED_FIELD,
+            ErrorKind::UnexpectedField,
             "\"x\"",
         );
         rejects(
             http_body(br#"{"text":"a","label":"ham"}"#, Route::Infer, "acme", &r),
-            kind::UNEXPECTED_FIELD,
+            ErrorKind::UnexpectedField,
             "label",
         );
         rejects(
             http_body(br#"{"text":"a"}"#, Route::Examples, "acme", &r),
-            kind::MISSING_FIELD,
+            ErrorKind::MissingField,
             "missing field \"label\"",
         );
         rejects(
@@ -766,7 +775,7 @@ mod tests {
                 "acme",
                 &r,
             ),
-            kind::UNKNOWN_LABEL,
+            ErrorKind::UnknownLabel,
             "field \"examples[0].label\"",
         );
         let e = rejects(
@@ -776,23 +785,23 @@ mod tests {
                 "acme",
                 &r,
             ),
-            kind::DUPLICATE_ID,
+            ErrorKind::DuplicateId,
             "field \"inputs[1].id\": \"x\" repeats inputs[0].id",
         );
         assert_eq!(e.status, 409);
         rejects(
             http_body(b"[1]", Route::Infer, "acme", &r),
-            kind::WRONG_TYPE,
+            ErrorKind::WrongType,
             "expected a JSON object",
         );
         rejects(
             http_body(b"\xc3\x28", Route::Infer, "acme", &r),
-            kind::NOT_UTF8,
+            ErrorKind::NotUtf8,
             "body: not UTF-8",
         );
         rejects(
             http_body(b"{", Route::Infer, "acme", &r),
-            kind::NOT_JSON,
+            ErrorKind::NotJson,
             "body: not JSON",
         );
         rejects(
@@ -802,7 +811,7 @@ mod tests {
                 "acme",
                 &r,
             ),
-            kind::WRONG_SCHEMA,
+            ErrorKind::WrongSchema,
             "ingest.raw/v9",
         );
     }
@@ -819,9 +828,9 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(status_of(kind::BAD_API_KEY), 401);
-        assert_eq!(status_of(kind::TENANT_DISABLED), 403);
-        assert_eq!(status_of(kind::BUDGET_EXCEEDED), 429);
-        assert_eq!(status_of(kind::NOT_JSON), 400);
+        assert_eq!(status_of(ErrorKind::BadApiKey), 401);
+        assert_eq!(status_of(ErrorKind::TenantDisabled), 403);
+        assert_eq!(status_of(ErrorKind::BudgetExceeded), 429);
+        assert_eq!(status_of(ErrorKind::NotJson), 400);
     }
 }

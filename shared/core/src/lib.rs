@@ -2,7 +2,8 @@
 //!
 //! - [`artifacts`]: the model artifact store (local directory or S3-compatible).
 //! - [`topics`]: the one list of Kafka topics and NATS subjects.
-//! - [`messages`]: typed messages, the one source in code of the contract in `schemas/`.
+//! - [`messages`]: typed messages, the one source in code of the contract in `schemas/`;
+//!   [`dead_letter`]: the one catalogue of refusal kinds.
 //! - [`config`]: command-line/env configuration pieces services flatten into their own.
 //! - [`kafka`], [`nats`], [`redis_store`]: broker clients with retry, backoff and probes.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on every service's port.
@@ -15,6 +16,7 @@ pub mod artifacts;
 pub mod backoff;
 pub mod config;
 pub mod dashboard;
+pub mod dead_letter;
 pub mod health;
 pub mod kafka;
 pub mod messages;

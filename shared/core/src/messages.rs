@@ -276,7 +276,8 @@ pub struct DeadLetter {
     pub source: Option<SourceRef>,
     /// The stage that refused it: `ingest`, `feature`, `inference-worker`, ...
     pub stage: String,
-    /// Machine-readable kind of failure, e.g. `not_json`, `missing_field`.
+    /// Machine-readable kind of failure: an [`ErrorKind`](crate::dead_letter::ErrorKind)'s
+    /// string (kept a string so a reader never refuses a dead letter).
     pub error_kind: String,
     /// Human-readable: what was expected and what was found.
     pub reason: String,
@@ -305,7 +306,7 @@ impl DeadLetter {
         key: Option<&[u8]>,
         source: Option<SourceRef>,
         stage: &str,
-        error_kind: &str,
+        error_kind: crate::dead_letter::ErrorKind,
         reason: &str,
         tenant: Option<String>,
     ) -> Self {
@@ -326,7 +327,7 @@ impl DeadLetter {
             key_base64: key.map(|k| b64.encode(&k[..k.len().min(DEAD_LETTER_KEY_MAX_BYTES)])),
             source,
             stage: stage.to_string(),
-            error_kind: error_kind.to_string(),
+            error_kind: error_kind.as_str().to_string(),
             reason,
             tenant: tenant.map(|t| t.chars().take(256).collect()),
             at_ms: crate::now_ms(),
@@ -629,13 +630,14 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// Short machine-readable kind for DLQ records and metrics labels.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> crate::dead_letter::ErrorKind {
+        use crate::dead_letter::ErrorKind;
         match self {
-            DecodeError::NotUtf8 { .. } => "not_utf8",
-            DecodeError::NotJson(_) => "not_json",
-            DecodeError::MissingSchema => "missing_schema",
-            DecodeError::WrongSchema { .. } => "wrong_schema",
-            DecodeError::Invalid(_) => "invalid_message",
+            DecodeError::NotUtf8 { .. } => ErrorKind::NotUtf8,
+            DecodeError::NotJson(_) => ErrorKind::NotJson,
+            DecodeError::MissingSchema => ErrorKind::MissingSchema,
+            DecodeError::WrongSchema { .. } => ErrorKind::WrongSchema,
+            DecodeError::Invalid(_) => ErrorKind::InvalidMessage,
         }
     }
 }
@@ -673,11 +675,11 @@ mod tests {
     fn decode_errors_say_what_is_wrong() {
         assert_eq!(
             decode::<InferenceRequest>(b"\xff\xfe").unwrap_err().kind(),
-            "not_utf8"
+            crate::dead_letter::ErrorKind::NotUtf8
         );
         assert_eq!(
             decode::<InferenceRequest>(b"{nope").unwrap_err().kind(),
-            "not_json"
+            crate::dead_letter::ErrorKind::NotJson
         );
         let wrong = br#"{"schema":"prediction/v1"}"#;
         let err = decode::<InferenceRequest>(wrong).unwrap_err();

@@ -147,7 +147,7 @@ pub fn dead_letter(
     dlq_topic: &str,
     stage: &str,
     msg: &Consumed,
-    error_kind: &str,
+    error_kind: crate::dead_letter::ErrorKind,
     reason: &str,
     tenant: Option<String>,
 ) -> Record {
@@ -1142,6 +1142,7 @@ fn atomic_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dead_letter::ErrorKind;
     use base64::Engine as _;
     use rdkafka::types::RDKafkaErrorCode;
 
@@ -1297,7 +1298,7 @@ mod tests {
             "dlq",
             "ingest",
             &msg("raw", 2, 41),
-            "not_utf8",
+            ErrorKind::NotUtf8,
             "not UTF-8",
             None,
         );
@@ -1337,7 +1338,7 @@ mod tests {
             .map(|i| (format!("h{i}"), vec![b'v'; 10_000]))
             .collect();
         let reason = format!("field \"schema\": found \"{}\"", "y".repeat(1_000_000));
-        let r = dead_letter("dlq", "ingest", &m, "wrong_schema", &reason, None);
+        let r = dead_letter("dlq", "ingest", &m, ErrorKind::WrongSchema, &reason, None);
         let header_bytes: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
         assert!(
             header_bytes <= DEAD_LETTER_HEADER_MAX_BYTES && !r.headers.is_empty(),
@@ -1363,7 +1364,7 @@ mod tests {
     #[test]
     fn a_reason_is_cut_on_a_character_boundary() {
         let reason = "é".repeat(5_000);
-        let dl = DeadLetter::new(b"", None, None, "ingest", "x", &reason, None);
+        let dl = DeadLetter::new(b"", None, None, "ingest", ErrorKind::NotJson, &reason, None);
         assert!(
             dl.reason.starts_with(&"é".repeat(4_096)) && !dl.reason.starts_with(&"é".repeat(4_097))
         );

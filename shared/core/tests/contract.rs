@@ -946,3 +946,20 @@ fn field_names_from_example_names() {
     assert!(names(r#"missing field "inputs.total_lag""#, "total_lag"));
     assert!(!names(r#"missing field "total_lag_x""#, "total_lag"));
 }
+
+#[test]
+fn dead_letter_kinds_are_the_schemas() {
+    use aifab_core::dead_letter::ErrorKind;
+    let schema = read_json(&schemas_dir().join("dead_letter.v1.json"));
+    let listed: Vec<&str> = schema["properties"]["error_kind"]["enum"]
+        .as_array()
+        .expect("error_kind lists its kinds")
+        .iter()
+        .map(|v| v.as_str().expect("a kind is a string"))
+        .collect();
+    let ours: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+    assert_eq!(
+        listed, ours,
+        "schemas/dead_letter.v1.json and ErrorKind::ALL differ"
+    );
+}
