@@ -105,8 +105,8 @@ async fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
         async move {
             let page = http_get(&addr, "/metrics").await.ok()?.1;
             let met = [
-                "aifab_inference_worker_transaction_retries_total",
-                "aifab_inference_worker_transactions_aborted_total",
+                "aifab_inference_worker_pipeline_transaction_retries_total",
+                "aifab_inference_worker_pipeline_transactions_aborted_total",
             ]
             .iter()
             .any(|m| metric(&page, m).is_some_and(|v| v >= 1.0));

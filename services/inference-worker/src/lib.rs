@@ -6,8 +6,12 @@
 //! Modules: [`worker`] (the consume/batch/produce loop), [`model_slot`] (current model and
 //! hot swap), [`outputs`] (predictions and usage records, pure).
 
+mod arms;
+mod compute;
+pub mod metric_names;
 pub mod model_slot;
 pub mod outputs;
+mod queue;
 pub mod worker;
 
 use std::path::PathBuf;

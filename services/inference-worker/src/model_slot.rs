@@ -167,7 +167,7 @@ impl ModelSlot {
             .map(|c| c.version.clone());
         self.readiness
             .set("model", true, format!("version {version}"));
-        metrics::counter!("aifab_inference_worker_model_swaps_total").increment(1);
+        metrics::counter!(crate::metric_names::MODEL_SWAPS).increment(1);
         tracing::info!(version, previous = previous.as_deref().unwrap_or("none"), dir = %dir.display(), "model loaded");
         Ok(())
     }
@@ -297,7 +297,7 @@ pub async fn follow_events(
             continue;
         }
         if let Err(e) = slot.load_uri(&event.artifact_uri, &event.version).await {
-            metrics::counter!("aifab_inference_worker_model_load_failures_total").increment(1);
+            metrics::counter!(crate::metric_names::MODEL_LOAD_FAILURES).increment(1);
             tracing::error!(version = %event.version, error = %format!("{e:#}"), "new model version failed to load; keeping the current one");
         }
     }
