@@ -22,6 +22,7 @@ use aifab_core::redis_store::RedisHandle;
 use anyhow::Context as _;
 
 use crate::keys::Keys;
+use crate::metric_names;
 
 /// The header of inference requests (and so of their predictions) naming the dedupe hash.
 pub const DEDUPE_HEADER: &str = "dedupe-key";
@@ -104,7 +105,7 @@ impl Handler for CacheFill {
             .await
             .context("storing cache entries")?;
         let stored = preds.len() as u64;
-        metrics::counter!("aifab_feature_dedupe_stored_total").increment(stored);
+        metrics::counter!(metric_names::DEDUPE_STORED_TOTAL).increment(stored);
         Ok(())
     }
 }

@@ -5,12 +5,14 @@
 //!
 //! Modules: [`stage`] (the transactional transform), [`tokenize`] (tokenizer and
 //! truncation policy), [`dedupe`] (cached answers and the cache filler), [`online`]
-//! (online feature counts), [`keys`] (the Redis key layout).
+//! (online feature counts), [`keys`] (the Redis key layout), [`metric_names`] (every metric
+//! it exports).
 //!
 //! The binary (`main.rs`) only parses [`Config`] and calls [`run`].
 
 pub mod dedupe;
 pub mod keys;
+pub mod metric_names;
 pub mod online;
 pub mod stage;
 pub mod tokenize;

@@ -16,6 +16,10 @@ use anyhow::Context as _;
 
 use crate::dedupe::{cached_prediction, DEDUPE_HEADER};
 use crate::keys::{dedupe_hash, DedupeScope, Keys};
+use crate::metric_names::{
+    DEAD_LETTERS_TOTAL, DEDUPE_TOTAL, ONLINE_WRITE_FAILURES_TOTAL, RECORDS_TOTAL, TOKENS_TOTAL,
+    TRUNCATED_TOTAL,
+};
 use crate::online::Deltas;
 use crate::tokenize::FeatureTokenizer;
 
@@ -68,39 +72,19 @@ impl BatchCounts {
                 metrics::counter!(name, label.0 => label.1).increment(n);
             }
         };
-        add(
-            "aifab_feature_records_total",
-            ("kind", "training"),
-            self.training,
-        );
-        add(
-            "aifab_feature_records_total",
-            ("kind", "inference"),
-            self.inference,
-        );
-        add(
-            "aifab_feature_records_total",
-            ("kind", "cached"),
-            self.cached,
-        );
-        add("aifab_feature_dedupe_total", ("result", "hit"), self.cached);
-        add(
-            "aifab_feature_dedupe_total",
-            ("result", "miss"),
-            self.dedupe_misses,
-        );
+        add(RECORDS_TOTAL, ("kind", "training"), self.training);
+        add(RECORDS_TOTAL, ("kind", "inference"), self.inference);
+        add(RECORDS_TOTAL, ("kind", "cached"), self.cached);
+        add(DEDUPE_TOTAL, ("result", "hit"), self.cached);
+        add(DEDUPE_TOTAL, ("result", "miss"), self.dedupe_misses);
         for (&kind, &n) in &self.dead_letters {
-            add(
-                "aifab_feature_dead_letters_total",
-                ("kind", kind.as_str()),
-                n,
-            );
+            add(DEAD_LETTERS_TOTAL, ("kind", kind.as_str()), n);
         }
         if self.tokens > 0 {
-            metrics::counter!("aifab_feature_tokens_total").increment(self.tokens);
+            metrics::counter!(TOKENS_TOTAL).increment(self.tokens);
         }
         if self.truncated > 0 {
-            metrics::counter!("aifab_feature_truncated_total").increment(self.truncated);
+            metrics::counter!(TRUNCATED_TOTAL).increment(self.truncated);
         }
     }
 }
@@ -329,7 +313,7 @@ impl Transform for FeatureStage {
             return;
         };
         if let Err(e) = deltas.write(&mut conn, &self.keys).await {
-            metrics::counter!("aifab_feature_online_write_failures_total").increment(1);
+            metrics::counter!(ONLINE_WRITE_FAILURES_TOTAL).increment(1);
             tracing::warn!(error = %e, "could not write online features");
         }
     }

@@ -9,15 +9,15 @@
 //! start of December UTC, `2026-11-29` at midnight UTC); an operator lifts it early by
 //! deleting the key. A period this code cannot read lasts [`UNKNOWN_PERIOD_MS`].
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aifab_core::messages::{decode, BudgetEvent, BudgetEventKind};
 use futures::StreamExt as _;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
+use crate::cache::TtlCache;
+use crate::metric_names;
 use crate::store::Keys;
 
 pub const REFRESH: Duration = Duration::from_secs(2);
@@ -63,14 +63,15 @@ pub use aifab_core::period::period_end_ms;
 /// Which tenants are over budget, as this replica knows it.
 pub struct BudgetBoard {
     keys: Keys,
-    local: Mutex<HashMap<String, (Instant, Option<Exceeded>)>>,
+    /// Each tenant's state as last read from Redis or heard on NATS.
+    local: TtlCache<Option<Exceeded>>,
 }
 
 impl BudgetBoard {
     pub fn new(keys: Keys) -> Self {
         BudgetBoard {
             keys,
-            local: Mutex::default(),
+            local: TtlCache::new(REFRESH),
         }
     }
 
@@ -81,14 +82,7 @@ impl BudgetBoard {
         tenant: &str,
     ) -> redis::RedisResult<Option<Exceeded>> {
         let now = aifab_core::now_ms();
-        let fresh = self
-            .local
-            .lock()
-            .expect("budget lock")
-            .get(tenant)
-            .filter(|(at, _)| at.elapsed() < REFRESH)
-            .map(|(_, e)| e.clone());
-        let state = match fresh {
+        let state = match self.local.fresh(tenant) {
             Some(s) => s,
             None => {
                 let raw: Option<String> = redis::cmd("GET")
@@ -96,10 +90,7 @@ impl BudgetBoard {
                     .query_async(conn)
                     .await?;
                 let s = raw.and_then(|r| serde_json::from_str::<Exceeded>(&r).ok());
-                self.local
-                    .lock()
-                    .expect("budget lock")
-                    .insert(tenant.to_string(), (Instant::now(), s.clone()));
+                self.local.insert(tenant.to_string(), s.clone());
                 s
             }
         };
@@ -119,11 +110,8 @@ impl BudgetBoard {
         }
         tracing::warn!(tenant = %event.tenant, period = %event.period, spent = event.spent, budget = event.budget,
             "tenant over budget");
-        metrics::counter!("aifab_ingest_budget_events_total").increment(1);
-        self.local
-            .lock()
-            .expect("budget lock")
-            .insert(event.tenant.clone(), (Instant::now(), Some(state.clone())));
+        metrics::counter!(metric_names::BUDGET_EVENTS_TOTAL).increment(1);
+        self.local.insert(event.tenant.clone(), Some(state.clone()));
         if let Some(conn) = conn {
             let ttl_ms = (state.until_ms - now).max(1);
             let json = serde_json::to_string(&state).expect("serializes");
@@ -173,7 +161,7 @@ pub async fn follow_events(
                 board.record(conn.as_mut(), &event).await;
             }
             Err(e) => {
-                metrics::counter!("aifab_ingest_budget_events_invalid_total").increment(1);
+                metrics::counter!(metric_names::BUDGET_EVENTS_INVALID_TOTAL).increment(1);
                 tracing::warn!(error = %e, subject, "ignoring an invalid budget event");
             }
         }

@@ -6,12 +6,17 @@
 //! Modules: [`validate`] (pure checks, error kinds and reasons), [`tenants`] (API keys
 //! and tenant settings from a file and Redis), [`ratelimit`] (token buckets, pure),
 //! [`budget`] (over-budget tenants from NATS), [`raw`] (the Kafka path), [`http`] (the
-//! API), [`predictions`] (the predictions store), [`store`] (the Redis key layout).
+//! API), [`features`] (the record either path writes), [`predictions`] (the predictions
+//! store), [`store`] (the Redis key layout), [`cache`] (Redis answers reused for a while),
+//! [`metric_names`] (every metric it exports).
 //!
 //! The binary (`main.rs`) only parses [`Config`] and calls [`run`].
 
 pub mod budget;
+pub mod cache;
+pub mod features;
 pub mod http;
+pub mod metric_names;
 pub mod predictions;
 pub mod ratelimit;
 pub mod raw;
@@ -320,7 +325,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.serve.shutdown_grace_s);
     // POSTs still running, and undecided writes still settling, get a grace period of their
     // own to finish before the producer goes with the process. One settling can take
-    // longer (see `http::SETTLE_WAIT`): its ids are then held as in flight until their
+    // longer (see `http::settle::SETTLE_WAIT`): its ids are then held as in flight until their
     // in-flight time passes, and count as used after it.
     http_tasks.close();
     if tokio::time::timeout(grace, http_tasks.wait())

@@ -13,6 +13,7 @@ use aifab_core::pipeline::{Consumed, Handler};
 use aifab_core::redis_store::RedisHandle;
 use anyhow::Context as _;
 
+use crate::metric_names;
 use crate::store::Keys;
 
 pub struct PredictionStore {
@@ -50,7 +51,7 @@ impl Handler for PredictionStore {
                     }
                 }
                 Err(e) => {
-                    metrics::counter!("aifab_ingest_predictions_invalid_total").increment(1);
+                    metrics::counter!(metric_names::PREDICTIONS_INVALID_TOTAL).increment(1);
                     tracing::warn!(partition = m.partition, offset = m.offset, error = %e, "skipping an invalid prediction");
                 }
             }
@@ -60,7 +61,7 @@ impl Handler for PredictionStore {
                 .await
                 .context("storing predictions")?;
         }
-        metrics::counter!("aifab_ingest_predictions_stored_total").increment(n);
+        metrics::counter!(metric_names::PREDICTIONS_STORED_TOTAL).increment(n);
         Ok(())
     }
 }

@@ -17,12 +17,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use aifab_core::messages::{encode, IngestRecord};
+use aifab_core::messages::IngestRecord;
 use aifab_core::pipeline::{dead_letter, Consumed, Record, Transform};
 use aifab_core::redis_store::RedisHandle;
 use anyhow::Context as _;
 
 use crate::budget::{BudgetBoard, Exceeded};
+use crate::features::features_record;
+use crate::metric_names;
 use crate::store::{self, Keys};
 use crate::tenants::{BudgetMode, Registry, TenantSettings};
 use crate::validate::{self, ErrorKind, Rejection, Rules};
@@ -183,7 +185,7 @@ impl Transform for RawStage {
                 // says whether this record is a duplicate. The batch is tried again (its own
                 // claims stay and pass); a write is decided within its in-flight time.
                 if &h != mine && store::held(&h, now) == store::Held::InFlight {
-                    metrics::counter!("aifab_ingest_raw_waits_total", "reason" => "id_in_flight")
+                    metrics::counter!(metric_names::RAW_WAITS_TOTAL, "reason" => "id_in_flight")
                         .increment(1);
                     let m = &batch[*i];
                     anyhow::bail!(
@@ -222,19 +224,14 @@ impl Transform for RawStage {
             match v {
                 Verdict::Accept { mut rec, priority } => {
                     counts.accepted += 1;
-                    let id = rec
-                        .id
-                        .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
-                        .clone();
-                    let mut r = Record::new(&self.settings.features_topic, id, encode(&rec))
-                        .header("tenant", rec.tenant.clone());
-                    if let Some(p) = priority {
-                        r = r.header("priority", p.to_string());
-                    }
-                    if let Some(tp) = m.header("traceparent") {
-                        r = r.header("traceparent", tp.to_vec());
-                    }
-                    out.push(r);
+                    rec.id
+                        .get_or_insert_with(|| uuid::Uuid::now_v7().to_string());
+                    out.push(features_record(
+                        &self.settings.features_topic,
+                        &rec,
+                        priority,
+                        m.header("traceparent"),
+                    ));
                 }
                 Verdict::Refuse(rej) => {
                     *counts.dead_letters.entry(rej.kind).or_default() += 1;
@@ -255,10 +252,11 @@ impl Transform for RawStage {
     }
 
     async fn committed(&mut self, counts: RawCounts) {
-        metrics::counter!("aifab_ingest_records_total", "source" => "kafka", "route" => "raw")
+        metrics::counter!(metric_names::RECORDS_TOTAL, "source" => "kafka", "route" => "raw")
             .increment(counts.accepted);
         for (&kind, &n) in &counts.dead_letters {
-            metrics::counter!("aifab_ingest_dead_letters_total", "source" => "kafka", "kind" => kind.as_str()).increment(n);
+            let labels = [("source", "kafka"), ("kind", kind.as_str())];
+            metrics::counter!(metric_names::DEAD_LETTERS_TOTAL, &labels).increment(n);
         }
         let refused: u64 = counts.dead_letters.values().sum();
         if refused > 0 {

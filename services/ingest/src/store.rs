@@ -49,13 +49,9 @@ impl Keys {
     }
 }
 
+/// SHA-256 of `bytes`, as 64 lowercase hex digits.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = sha2::Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("{:x}", sha2::Sha256::digest(bytes))
 }
 
 /// Claim request ids: `SET key value NX GET EX ttl` for each, in one round trip. Returns,

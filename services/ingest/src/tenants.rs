@@ -22,13 +22,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 
+use crate::cache::TtlCache;
 use crate::store::{sha256_hex, Keys};
 
 /// How long a Redis answer about a key or tenant is reused.
@@ -203,8 +203,10 @@ pub struct Registry {
     statics: StaticTenants,
     defaults: TenantSettings,
     keys: Keys,
-    key_cache: Mutex<HashMap<String, (Instant, Option<String>)>>,
-    tenant_cache: Mutex<HashMap<String, (Instant, Option<TenantOverrides>)>>,
+    /// sha256 hex of a key added in Redis → its tenant.
+    key_cache: TtlCache<Option<String>>,
+    /// A tenant's settings added in Redis.
+    tenant_cache: TtlCache<Option<TenantOverrides>>,
 }
 
 impl Registry {
@@ -213,8 +215,8 @@ impl Registry {
             statics,
             defaults,
             keys,
-            key_cache: Mutex::default(),
-            tenant_cache: Mutex::default(),
+            key_cache: TtlCache::new(CACHE_TTL),
+            tenant_cache: TtlCache::new(CACHE_TTL),
         }
     }
 
@@ -228,21 +230,15 @@ impl Registry {
         if let Some(t) = self.statics.keys.get(&sha) {
             return Ok(Some(t.clone()));
         }
-        if let Some((at, hit)) = self.key_cache.lock().expect("cache").get(&sha) {
-            if at.elapsed() < CACHE_TTL {
-                return Ok(hit.clone());
-            }
+        if let Some(hit) = self.key_cache.fresh(&sha) {
+            return Ok(hit);
         }
         let found: Option<String> = redis::cmd("GET")
             .arg(self.keys.api_key(&sha))
             .query_async(conn)
             .await?;
         let found = found.filter(|t| valid_tenant(t));
-        let mut cache = self.key_cache.lock().expect("cache");
-        if cache.len() > 100_000 {
-            cache.clear(); // bounded: someone is spraying random keys
-        }
-        cache.insert(sha, (Instant::now(), found.clone()));
+        self.key_cache.insert(sha, found.clone());
         Ok(found)
     }
 
@@ -252,14 +248,7 @@ impl Registry {
         conn: &mut ConnectionManager,
         tenant: &str,
     ) -> redis::RedisResult<Option<TenantSettings>> {
-        let cached = self
-            .tenant_cache
-            .lock()
-            .expect("cache")
-            .get(tenant)
-            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
-            .map(|(_, o)| o.clone());
-        let runtime = match cached {
+        let runtime = match self.tenant_cache.fresh(tenant) {
             Some(o) => o,
             None => {
                 let hash: HashMap<String, String> = redis::cmd("HGETALL")
@@ -275,11 +264,7 @@ impl Registry {
                     }
                     Some(o)
                 };
-                let mut cache = self.tenant_cache.lock().expect("cache");
-                if cache.len() > 100_000 {
-                    cache.clear();
-                }
-                cache.insert(tenant.to_string(), (Instant::now(), o.clone()));
+                self.tenant_cache.insert(tenant.to_string(), o.clone());
                 o
             }
         };

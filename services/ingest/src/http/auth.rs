@@ -1,0 +1,67 @@
+//! Who is asking: the API key from the request's headers, and the tenant it belongs to.
+
+use axum::http::HeaderMap;
+use redis::aio::ConnectionManager;
+
+use super::Api;
+use crate::validate::{ErrorKind, Rejection};
+
+/// The API key: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+pub fn api_key(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+            let k = v[7..].trim();
+            if !k.is_empty() {
+                return Some(k.to_string());
+            }
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+}
+
+/// The tenant of a request's API key, or why it has none.
+pub(super) async fn authenticate(
+    api: &Api,
+    conn: &mut ConnectionManager,
+    headers: &HeaderMap,
+) -> redis::RedisResult<Result<String, Rejection>> {
+    let Some(key) = api_key(headers) else {
+        return Ok(Err(Rejection::new(
+            ErrorKind::MissingApiKey,
+            "missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+        )));
+    };
+    Ok(api
+        .registry
+        .tenant_for_key(conn, &key)
+        .await?
+        .ok_or_else(|| Rejection::new(ErrorKind::BadApiKey, "unknown API key")))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn api_keys_from_either_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(api_key(&h), None);
+        h.insert("x-api-key", HeaderValue::from_static(" k1 "));
+        assert_eq!(api_key(&h).as_deref(), Some("k1"));
+        h.insert("authorization", HeaderValue::from_static("Bearer k2"));
+        assert_eq!(api_key(&h).as_deref(), Some("k2"), "Authorization wins");
+        h.insert("authorization", HeaderValue::from_static("Basic abc"));
+        assert_eq!(api_key(&h).as_deref(), Some("k1"));
+        h.insert("authorization", HeaderValue::from_static("bearer   "));
+        h.remove("x-api-key");
+        assert_eq!(api_key(&h), None);
+    }
+}
