@@ -134,15 +134,6 @@ fn default_model_dir() -> String {
     format!("{home}/.cache/aifab/models/all-minilm-l6-v2")
 }
 
-fn default_instance_id(addr: std::net::SocketAddr) -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "feature".into());
-    format!("{host}-{}", addr.port())
-}
-
 /// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
@@ -158,10 +149,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let redis = svc.redis()?;
     let keys = keys::Keys::new(&config.redis_prefix);
     svc.serve(axum::Router::new()).await?;
-    let instance = config
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| default_instance_id(config.serve.http_addr_or(SPEC.default_port)));
+    let instance = config.instance_id.clone().unwrap_or_else(|| {
+        aifab_core::service::default_instance_id(
+            SPEC.name,
+            config.serve.http_addr_or(SPEC.default_port).port(),
+        )
+    });
 
     let runtime = tokio::runtime::Handle::current();
     let stage = stage::FeatureStage {

@@ -29,11 +29,7 @@ use crate::worker::{Worker, WorkerSettings};
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "inference-worker",
     default_port: 8083,
-    needs: Needs {
-        kafka: true,
-        nats: true,
-        redis: true,
-    },
+    needs: Needs::ALL,
 };
 
 /// Command-line and environment configuration.
@@ -117,15 +113,6 @@ pub struct Config {
     /// its dead predecessor's open transaction at once. Default: `<hostname>-<http port>`.
     #[arg(long, env = "AIFAB_INSTANCE_ID")]
     pub instance_id: Option<String>,
-}
-
-fn default_instance_id(addr: Option<std::net::SocketAddr>) -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".into());
-    format!("{host}-{}", addr.map(|a| a.port()).unwrap_or(0))
 }
 
 fn default_model_dir() -> String {
@@ -215,10 +202,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         brokers: config.brokers.kafka_brokers.clone(),
         group: config.group.clone(),
         input_topic: config.input_topic.clone(),
-        instance_id: config
-            .instance_id
-            .clone()
-            .unwrap_or_else(|| default_instance_id(svc.http_addr())),
+        instance_id: config.instance_id.clone().unwrap_or_else(|| {
+            aifab_core::service::default_instance_id(
+                SPEC.name,
+                svc.http_addr().map(|a| a.port()).unwrap_or(0),
+            )
+        }),
         task: config.task.clone(),
         device_kind,
         limits: BatchLimits {

@@ -40,11 +40,7 @@ use crate::tenants::{BudgetMode, Registry, StaticTenants, TenantSettings};
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "ingest",
     default_port: 8080,
-    needs: Needs {
-        kafka: true,
-        nats: true,
-        redis: true,
-    },
+    needs: Needs::ALL,
 };
 
 /// Command-line and environment configuration.
@@ -177,15 +173,6 @@ pub struct Config {
     pub produce_timeout_ms: u64,
 }
 
-fn default_instance_id(addr: Option<std::net::SocketAddr>) -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "ingest".into());
-    format!("{host}-{}", addr.map(|a| a.port()).unwrap_or(0))
-}
-
 /// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
@@ -214,10 +201,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Bind first: the instance id defaults to the port.
     let listener_probe = config.serve.http_addr_or(SPEC.default_port);
-    let instance = config
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| default_instance_id(Some(listener_probe)));
+    let instance = config.instance_id.clone().unwrap_or_else(|| {
+        aifab_core::service::default_instance_id(SPEC.name, listener_probe.port())
+    });
     let (producer, producer_thread) = AtomicProducer::start(
         SPEC.name,
         &config.brokers.kafka_brokers,

@@ -41,6 +41,27 @@ pub struct Needs {
     pub redis: bool,
 }
 
+impl Needs {
+    /// Kafka, NATS and Redis.
+    pub const ALL: Needs = Needs {
+        kafka: true,
+        nats: true,
+        redis: true,
+    };
+}
+
+/// This replica's id when none is configured: `<hostname>-<port>` (`<service>-<port>`
+/// without a hostname). Stable across restarts of the same replica, so the transactional
+/// ids made from it fence the replica's dead predecessor.
+pub fn default_instance_id(service: &str, port: u16) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| service.to_string());
+    format!("{host}-{port}")
+}
+
 /// What a service is: its name (used in logs, metrics, client ids) and default port.
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceSpec {
