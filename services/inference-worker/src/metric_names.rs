@@ -36,16 +36,8 @@ pub const ALL: &[&str] = &[
 #[cfg(test)]
 mod tests {
     #[test]
-    fn names_are_unique_prefixed_and_prometheus_valid() {
-        let names: std::collections::BTreeSet<&str> = super::ALL.iter().copied().collect();
-        assert_eq!(names.len(), super::ALL.len());
-        for n in names {
-            assert!(n.starts_with("aifab_inference_worker_"), "{n}");
-            assert!(
-                n.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-                "{n}"
-            );
-        }
+    fn names_are_unique_prefixed_and_valid() {
+        let problems = aifab_core::telemetry::catalogue_problems("inference-worker", super::ALL);
+        assert!(problems.is_empty(), "{problems:#?}");
     }
 }

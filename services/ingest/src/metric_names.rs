@@ -55,25 +55,9 @@ pub const ALL: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
-    /// Prometheus' metric name syntax: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
-    fn valid_prometheus_name(name: &str) -> bool {
-        let mut chars = name.chars();
-        chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-    }
-
     #[test]
     fn names_are_unique_prefixed_and_valid() {
-        let unique: BTreeSet<&str> = super::ALL.iter().copied().collect();
-        assert_eq!(unique.len(), super::ALL.len(), "a name is listed twice");
-        for name in super::ALL {
-            assert!(name.starts_with("aifab_ingest_"), "{name}");
-            assert!(valid_prometheus_name(name), "{name}");
-        }
-        assert!(!valid_prometheus_name("9lives") && !valid_prometheus_name("a-b"));
+        let problems = aifab_core::telemetry::catalogue_problems("ingest", super::ALL);
+        assert!(problems.is_empty(), "{problems:#?}");
     }
 }

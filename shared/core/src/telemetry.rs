@@ -120,11 +120,57 @@ pub fn metric_name(service: &str, what: &str) -> String {
     format!("aifab_{}_{}", service.replace('-', "_"), what)
 }
 
+/// What is wrong with a service's catalogue of metric names (its `metric_names::ALL`):
+/// names listed twice, names without the service's `aifab_<service>_` prefix, names
+/// Prometheus refuses (`[a-zA-Z_:][a-zA-Z0-9_:]*`). Empty when all is well; each crate's
+/// catalogue test asserts that.
+pub fn catalogue_problems(service: &str, names: &[&str]) -> Vec<String> {
+    let prefix = metric_name(service, "");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut problems = Vec::new();
+    for name in names {
+        if !seen.insert(*name) {
+            problems.push(format!("{name}: listed twice"));
+        }
+        if !name.starts_with(&prefix) {
+            problems.push(format!("{name}: does not start with {prefix}"));
+        }
+        let mut chars = name.chars();
+        let valid = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+        if !valid {
+            problems.push(format!("{name}: not a valid Prometheus name"));
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use std::ffi::OsStr;
 
-    use super::{cli_log_filter, use_ansi, CLI_LOG_FILTER};
+    use super::{catalogue_problems, cli_log_filter, use_ansi, CLI_LOG_FILTER};
+
+    #[test]
+    fn a_catalogue_check_names_every_problem() {
+        assert!(
+            catalogue_problems("cost-accountant", &["aifab_cost_accountant_x_total"]).is_empty()
+        );
+        let p = catalogue_problems(
+            "ingest",
+            &[
+                "aifab_ingest_a",
+                "aifab_ingest_a",
+                "aifab_feature_b",
+                "aifab_ingest_c-d",
+            ],
+        );
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].contains("twice") && p[1].contains("start with aifab_ingest_"));
+        assert!(p[2].contains("not a valid Prometheus name"));
+    }
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {
