@@ -66,13 +66,25 @@ impl PriceTable {
             .unwrap_or(self.default_per_device_hour)
     }
 
-    /// (direct cost, idle cost) of one usage record.
-    pub fn cost(&self, u: &UsageRecord) -> (f64, f64) {
+    /// What one usage record costs.
+    pub fn cost(&self, u: &UsageRecord) -> UsageCost {
         let per_s = self.device_hour(&u.device_kind) / 3600.0;
         let direct =
             u.device_seconds.max(0.0) * per_s + u.tokens as f64 / 1000.0 * self.per_1k_tokens;
-        (direct, u.idle_seconds.max(0.0) * per_s)
+        UsageCost {
+            direct,
+            idle: u.idle_seconds.max(0.0) * per_s,
+        }
     }
+}
+
+/// What one usage record costs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UsageCost {
+    /// Device time and tokens used for the tenant.
+    pub direct: f64,
+    /// The worker's idle time the record reports (shared out among tenants).
+    pub idle: f64,
 }
 
 // ----------------------------------------------------------------------------- periods
@@ -88,10 +100,20 @@ pub fn period_of(kind: BudgetPeriod, at_ms: i64) -> String {
     }
 }
 
+/// A period kind's wire name (`day`, `month`).
 pub fn period_kind_name(kind: BudgetPeriod) -> &'static str {
     match kind {
         BudgetPeriod::Day => "day",
         BudgetPeriod::Month => "month",
+    }
+}
+
+/// A budget event kind's wire name (`warning`, `exceeded`, `status`).
+pub fn event_kind_name(kind: BudgetEventKind) -> &'static str {
+    match kind {
+        BudgetEventKind::Warning => "warning",
+        BudgetEventKind::Exceeded => "exceeded",
+        BudgetEventKind::Status => "status",
     }
 }
 
@@ -381,9 +403,9 @@ mod tests {
     #[test]
     fn prices_by_device_kind_and_tokens() {
         let p = PriceTable::parse("cpu=0.36, cuda=3.6", 1.8, 0.01, "USD").unwrap();
-        let (direct, idle) = p.cost(&usage("acme", "cuda", 10.0, 2000, 5.0));
-        assert!((direct - (0.01 + 0.02)).abs() < 1e-12, "{direct}");
-        assert!((idle - 0.005).abs() < 1e-12);
+        let c = p.cost(&usage("acme", "cuda", 10.0, 2000, 5.0));
+        assert!((c.direct - (0.01 + 0.02)).abs() < 1e-12, "{}", c.direct);
+        assert!((c.idle - 0.005).abs() < 1e-12);
         assert_eq!(p.device_hour("tpu"), 1.8, "unknown kinds use the default");
         assert!(PriceTable::parse("cpu", 0.0, 0.0, "USD")
             .unwrap_err()
@@ -392,6 +414,20 @@ mod tests {
         assert!(PriceTable::parse("", 0.0, 0.0, "usd")
             .unwrap_err()
             .contains("ISO 4217"));
+    }
+
+    #[test]
+    fn kind_names_are_the_wire_names() {
+        for kind in [
+            BudgetEventKind::Warning,
+            BudgetEventKind::Exceeded,
+            BudgetEventKind::Status,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), event_kind_name(kind));
+        }
+        for kind in [BudgetPeriod::Day, BudgetPeriod::Month] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), period_kind_name(kind));
+        }
     }
 
     #[test]

@@ -53,20 +53,11 @@ return 1
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredBudget {
     pub tenant: String,
-    pub period: String,
+    /// `day` or `month` in the JSON.
+    pub period: BudgetPeriod,
     pub amount: f64,
     pub currency: String,
     pub set_at_ms: i64,
-}
-
-impl StoredBudget {
-    pub fn period_kind(&self) -> BudgetPeriod {
-        if self.period == "month" {
-            BudgetPeriod::Month
-        } else {
-            BudgetPeriod::Day
-        }
-    }
 }
 
 #[derive(Clone)]
@@ -202,7 +193,11 @@ impl Store {
         let json = serde_json::to_string(b).expect("budget serializes");
         redis::cmd("HSET")
             .arg(self.key("budgets"))
-            .arg(format!("{}|{}", b.tenant, b.period))
+            .arg(format!(
+                "{}|{}",
+                b.tenant,
+                ledger::period_kind_name(b.period)
+            ))
             .arg(json)
             .query_async(conn)
             .await
@@ -227,11 +222,7 @@ impl Store {
         period: &str,
         kind: BudgetEventKind,
     ) -> redis::RedisResult<bool> {
-        let kind = match kind {
-            BudgetEventKind::Warning => "warning",
-            BudgetEventKind::Exceeded => "exceeded",
-            BudgetEventKind::Status => "status",
-        };
+        let kind = ledger::event_kind_name(kind);
         let set: Option<String> = redis::cmd("SET")
             .arg(self.key(&format!("fired:{tenant}:{period}:{kind}")))
             .arg(aifab_core::now_ms())

@@ -11,8 +11,7 @@ pub use aifab_core::dashboard::WindowStats;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Key {
     All,
-    /// (task, model version)
-    Model(String, String),
+    Model { task: String, version: String },
     Tenant(String),
 }
 
@@ -103,7 +102,10 @@ impl Windows {
         let v = latency_ms.round().clamp(1.0, 3_600_000.0) as u64;
         for key in [
             Key::All,
-            Key::Model(task.to_string(), version.to_string()),
+            Key::Model {
+                task: task.to_string(),
+                version: version.to_string(),
+            },
             Key::Tenant(tenant.to_string()),
         ] {
             let s = slot.stats.entry(key).or_insert_with(Stats::new);
@@ -209,8 +211,12 @@ mod tests {
         let p50 = all.p50_ms.unwrap();
         assert!((495.0..=505.0).contains(&p50), "p50 {p50}");
         assert_eq!(s[&Key::Tenant("beta".into())].count, 250);
-        assert_eq!(s[&Key::Model("spam".into(), "v2".into())].count, 500);
-        assert!(s[&Key::Model("spam".into(), "v2".into())].p50_ms.unwrap() > 700.0);
+        let spam_v2 = Key::Model {
+            task: "spam".into(),
+            version: "v2".into(),
+        };
+        assert_eq!(s[&spam_v2].count, 500);
+        assert!(s[&spam_v2].p50_ms.unwrap() > 700.0);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::dataset::{labels_of, Example};
 use crate::embeddings::EmbeddingCache;
 use crate::eval::{evaluate, Evaluation};
-use crate::train::{train_head, EpochProgress, TrainConfig, TrainReport};
+use crate::train::{train_head, EpochProgress, TrainConfig, TrainReport, TrainedHead};
 
 /// What a job reports as it goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,9 +90,10 @@ impl Trainer {
                 })?;
         let (train_x, eval_x) = vectors.split_at(train.len());
         let train_y: Vec<usize> = train.iter().map(|e| index[e.label.as_str()]).collect();
-        let (head, report) = train_head(train_x, &train_y, labels.clone(), &self.config, |p| {
-            progress(Progress::Epoch(p))
-        })?;
+        let TrainedHead { head, report } =
+            train_head(train_x, &train_y, labels.clone(), &self.config, |p| {
+                progress(Progress::Epoch(p))
+            })?;
         progress(Progress::Evaluating);
         // An evaluation label the head never saw is an extra class nobody predicts.
         let mut eval_labels = labels.clone();

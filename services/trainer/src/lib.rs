@@ -4,12 +4,16 @@
 //!
 //! Modules: [`dataset`] (examples, window), [`embeddings`] (cached encoder embeddings),
 //! [`train`] (the head trainer), [`eval`] (metrics), [`job`] (one training job and its
-//! artifact), [`service`] (the Kafka/NATS/Redis edges).
+//! artifact), [`metric_names`] (every metric the trainer exports), [`service`] (the
+//! Kafka/NATS/Redis edges: `examples` the examples consumer, `jobs` the training jobs).
 
 pub mod dataset;
 pub mod embeddings;
 pub mod eval;
+mod examples;
 pub mod job;
+mod jobs;
+pub mod metric_names;
 pub mod service;
 pub mod train;
 
@@ -21,11 +25,7 @@ use aifab_core::service::{Needs, ServiceSpec};
 pub const SPEC: ServiceSpec = ServiceSpec {
     name: "trainer",
     default_port: 8082,
-    needs: Needs {
-        kafka: true,
-        nats: true,
-        redis: true,
-    },
+    needs: Needs::ALL,
 };
 
 /// Command-line and environment configuration.
@@ -88,7 +88,11 @@ pub struct Config {
     pub seed: u64,
 
     /// Topic of labelled examples.
-    #[arg(long, env = "AIFAB_TRAINING_TOPIC", default_value = aifab_core::topics::TRAINING_EXAMPLES.name)]
+    #[arg(
+        long,
+        env = "AIFAB_TRAINING_TOPIC",
+        default_value = aifab_core::topics::TRAINING_EXAMPLES.name
+    )]
     pub input_topic: String,
 
     /// Consumer group (its committed offsets mark which examples were already seen).

@@ -1,36 +1,36 @@
-//! The trainer's edges: examples from Kafka into the window, triggers from NATS, HTTP and
-//! the example count, jobs on a blocking thread, results into the registry and NATS.
+//! The trainer's edges: examples from Kafka into the window (`examples`), triggers from
+//! NATS, HTTP and the example count, jobs on a blocking thread with results into the
+//! registry and NATS (`jobs`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use aifab_core::artifacts::ArtifactStore;
-use aifab_core::backoff::Backoff;
-use aifab_core::messages::{
-    decode, encode, tag, ModelEvent, ModelEventKind, TrainProgress, TrainRequest, TrainStage,
-    TrainingExample,
-};
-use aifab_core::registry::{
-    promotion_gate, GateDecision, ModelRecord, Registry, CANDIDATE, PRODUCTION,
-};
+use aifab_core::messages::{decode, TrainRequest};
+use aifab_core::registry::Registry;
 use aifab_core::service::Service;
-use aifab_core::supervise::{Heartbeat, STALE_AFTER};
+use aifab_core::supervise::STALE_AFTER;
 use aifab_core::topics::subjects;
 use anyhow::Context;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use futures::StreamExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::consumer::StreamConsumer;
+use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::dataset::{split, Example, TrainingWindow};
-use crate::job::{artifact_files, write_artifact, Progress, Trainer};
+use crate::dataset::TrainingWindow;
+use crate::examples;
+use crate::job::Trainer;
+use crate::jobs::Jobs;
 use crate::train::TrainConfig;
 use crate::{Config, SPEC};
+
+pub use crate::jobs::publish_event;
 
 #[derive(Clone)]
 struct AppState {
@@ -38,6 +38,7 @@ struct AppState {
     triggers: mpsc::UnboundedSender<String>,
 }
 
+/// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
     let train_config = TrainConfig {
@@ -85,7 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = svc.shutdown.clone();
 
     let heartbeat = svc.heartbeat("examples-consumer", STALE_AFTER);
-    let examples = consume_examples(
+    let examples = examples::consume_examples(
         consumer.clone(),
         config.clone(),
         window.clone(),
@@ -104,8 +105,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             conn = redis.get() => Registry::new(conn?),
             _ = jobs_shutdown.cancelled() => return Ok(()),
         };
+        let jobs = Jobs {
+            trainer,
+            window,
+            registry,
+            store,
+            nats,
+            consumer,
+            config,
+        };
         tokio::select! {
-            r = run_jobs(rx, trainer, window, registry, store, nats, consumer, config) => r,
+            r = jobs.run(rx) => r,
             // A job in progress runs on a blocking thread; it is not waited for.
             _ = jobs_shutdown.cancelled() => Ok(()),
         }
@@ -116,153 +126,43 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     svc.finish().await
 }
 
-async fn train_now(
-    State(s): State<AppState>,
-    Path(task): Path<String>,
-) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+/// `POST /v1/train/{task}` accepted: the task and its examples in the window.
+// Fields in name order: the JSON is what `json!` made before (keys sorted).
+#[derive(Debug, Serialize)]
+struct TrainAccepted {
+    examples: usize,
+    task: String,
+}
+
+/// An HTTP error answer.
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// `GET /v1/window`: examples in the window per task.
+#[derive(Debug, Serialize)]
+struct WindowSizes {
+    examples: BTreeMap<String, usize>,
+}
+
+/// Train `task` now (`404` while the window holds none of its examples).
+async fn train_now(State(s): State<AppState>, Path(task): Path<String>) -> Response {
     let examples = s.window.lock().expect("window lock").len(&task);
     if examples == 0 {
-        return (
-            axum::http::StatusCode::NOT_FOUND,
-            Json(serde_json::json!({"error": format!("no examples for task {task:?}")})),
-        );
+        let error = format!("no examples for task {task:?}");
+        return (StatusCode::NOT_FOUND, Json(ErrorBody { error })).into_response();
     }
     let _ = s.triggers.send(task.clone());
-    (
-        axum::http::StatusCode::ACCEPTED,
-        Json(serde_json::json!({"task": task, "examples": examples})),
-    )
+    (StatusCode::ACCEPTED, Json(TrainAccepted { examples, task })).into_response()
 }
 
-async fn window_sizes(State(s): State<AppState>) -> Json<serde_json::Value> {
-    let sizes = s.window.lock().expect("window lock").sizes();
-    Json(serde_json::json!({ "examples": sizes }))
+async fn window_sizes(State(s): State<AppState>) -> Json<WindowSizes> {
+    let examples = s.window.lock().expect("window lock").sizes();
+    Json(WindowSizes { examples })
 }
 
-/// Replay the topic from the beginning: records before the group's committed offsets are
-/// history (they fill the window), later ones are new (they count towards a trigger).
-/// Until the topic exists and the group coordinator answers (a broker that is still
-/// starting), the assignment is retried with backoff; the heartbeat says why meanwhile.
-async fn consume_examples(
-    consumer: Arc<StreamConsumer>,
-    config: Config,
-    window: Arc<Mutex<TrainingWindow>>,
-    triggers: mpsc::UnboundedSender<String>,
-    heartbeat: Heartbeat,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
-    let topic = config.input_topic.clone();
-    let mut backoff = Backoff::for_dependencies();
-    let committed = loop {
-        let (c, t) = (consumer.clone(), topic.clone());
-        let why = match tokio::task::spawn_blocking(move || assign_from_beginning(&c, &t))
-            .await
-            .context("assigning the examples topic")?
-        {
-            Ok(Some(committed)) => break committed,
-            Ok(None) => format!("topic {topic} does not exist yet"),
-            Err(e) => format!("assigning {topic}: {e:#}"),
-        };
-        heartbeat.trouble(&why);
-        let delay = backoff.next_delay_jittered();
-        tracing::warn!(%topic, attempt = backoff.attempt(), retry_in = ?delay, reason = %why, "cannot read training examples yet; retrying");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return Ok(()),
-        }
-    };
-    tracing::info!(%topic, partitions_with_history = committed.len(), "replaying training examples");
-    heartbeat.progress();
-    let mut stream = consumer.stream();
-    loop {
-        let msg = tokio::select! {
-            m = stream.next() => match m { Some(m) => m, None => anyhow::bail!("the examples consumer's stream ended") },
-            _ = tokio::time::sleep(IDLE_BEAT) => {
-                heartbeat.idle();
-                continue;
-            }
-            _ = shutdown.cancelled() => return Ok(()),
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                heartbeat.trouble(format_args!("consumer error: {e}"));
-                tracing::warn!(error = %e, "consumer error");
-                continue;
-            }
-        };
-        heartbeat.progress();
-        match decode::<TrainingExample>(msg.payload().unwrap_or_default()) {
-            Ok(ex) => {
-                let fresh = committed
-                    .get(&msg.partition())
-                    .is_none_or(|c| msg.offset() >= *c);
-                let due = {
-                    let mut w = window.lock().expect("window lock");
-                    w.push(
-                        &ex.task,
-                        Example {
-                            text: ex.text,
-                            label: ex.label,
-                        },
-                        fresh,
-                    );
-                    config.train_every > 0 && w.new_examples(&ex.task) >= config.train_every
-                };
-                metrics::counter!("aifab_trainer_examples_total").increment(1);
-                if due {
-                    window.lock().expect("window lock").mark_trained(&ex.task);
-                    let _ = triggers.send(ex.task);
-                }
-            }
-            Err(e) => {
-                metrics::counter!("aifab_trainer_bad_examples_total").increment(1);
-                tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "skipping undecodable training example");
-            }
-        }
-    }
-}
-
-/// How often a quiet examples consumer reports that it is alive.
-const IDLE_BEAT: Duration = Duration::from_secs(5);
-
-/// Assign every partition of `topic` from the beginning; the group's committed offsets
-/// by partition. `None` while the topic does not exist.
-fn assign_from_beginning(
-    consumer: &StreamConsumer,
-    topic: &str,
-) -> anyhow::Result<Option<HashMap<i32, i64>>> {
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .context("metadata")?;
-    let partitions = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions())
-        .unwrap_or_default();
-    if partitions.is_empty() {
-        return Ok(None);
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        tpl.add_partition(topic, p.id());
-    }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .context("the group's committed offsets")?;
-    let mut assign = TopicPartitionList::new();
-    let mut out = HashMap::new();
-    for e in committed.elements() {
-        if let Offset::Offset(o) = e.offset() {
-            out.insert(e.partition(), o);
-        }
-        assign.add_partition_offset(topic, e.partition(), Offset::Beginning)?;
-    }
-    consumer.assign(&assign)?;
-    Ok(Some(out))
-}
-
+/// Train requests on NATS `aifab.train.request`.
 async fn listen_for_requests(
     nats: async_nats::Client,
     triggers: mpsc::UnboundedSender<String>,
@@ -274,226 +174,22 @@ async fn listen_for_requests(
         .context("subscribing to train requests")?;
     loop {
         let msg = tokio::select! {
-            m = sub.next() => match m { Some(m) => m, None => anyhow::bail!("the NATS subscription to {} ended", subjects::TRAIN_REQUEST) },
+            m = sub.next() => match m {
+                Some(m) => m,
+                None => anyhow::bail!(
+                    "the NATS subscription to {} ended",
+                    subjects::TRAIN_REQUEST
+                ),
+            },
             _ = shutdown.cancelled() => return Ok(()),
         };
         match decode::<TrainRequest>(&msg.payload) {
             Ok(r) => {
-                tracing::info!(task = %r.task, by = r.requested_by.as_deref().unwrap_or("?"), "train request");
+                let by = r.requested_by.as_deref().unwrap_or("?");
+                tracing::info!(task = %r.task, by, "train request");
                 let _ = triggers.send(r.task);
             }
             Err(e) => tracing::warn!(error = %e, "ignoring malformed train request"),
         }
     }
-}
-
-fn progress_message(
-    task: &str,
-    stage: TrainStage,
-    done: u64,
-    total: u64,
-    loss: Option<f64>,
-    detail: Option<String>,
-) -> TrainProgress {
-    TrainProgress {
-        schema: tag(),
-        task: task.to_string(),
-        stage,
-        done,
-        total,
-        validation_loss: loss,
-        detail,
-        at_ms: aifab_core::now_ms(),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_jobs(
-    mut triggers: mpsc::UnboundedReceiver<String>,
-    trainer: Arc<Mutex<Trainer>>,
-    window: Arc<Mutex<TrainingWindow>>,
-    mut registry: Registry,
-    store: ArtifactStore,
-    nats: async_nats::Client,
-    consumer: Arc<StreamConsumer>,
-    config: Config,
-) -> anyhow::Result<()> {
-    while let Some(task) = triggers.recv().await {
-        let examples = {
-            let mut w = window.lock().expect("window lock");
-            w.mark_trained(&task);
-            w.examples(&task)
-        };
-        if examples.len() < 10 {
-            tracing::warn!(%task, examples = examples.len(), "too few examples to train; skipping");
-            continue;
-        }
-        match train_one(
-            &task,
-            examples,
-            &trainer,
-            &mut registry,
-            &store,
-            &nats,
-            &config,
-        )
-        .await
-        {
-            Ok(version) => {
-                metrics::counter!("aifab_trainer_jobs_total", "result" => "ok").increment(1);
-                tracing::info!(%task, %version, "training job done");
-                // Mark what the window has seen, so a restart does not count it as new.
-                if let Ok(pos) = consumer.position() {
-                    let _ = consumer.commit(&pos, CommitMode::Async);
-                }
-            }
-            Err(e) => {
-                metrics::counter!("aifab_trainer_jobs_total", "result" => "failed").increment(1);
-                tracing::error!(%task, error = %format!("{e:#}"), "training job failed");
-                let msg = progress_message(
-                    &task,
-                    TrainStage::Failed,
-                    0,
-                    0,
-                    None,
-                    Some(format!("{e:#}")),
-                );
-                let _ = nats
-                    .publish(subjects::TRAIN_PROGRESS, encode(&msg).into())
-                    .await;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Train, evaluate, write the artifact, register, gate, announce. Returns the version.
-async fn train_one(
-    task: &str,
-    examples: Vec<Example>,
-    trainer: &Arc<Mutex<Trainer>>,
-    registry: &mut Registry,
-    store: &ArtifactStore,
-    nats: &async_nats::Client,
-    config: &Config,
-) -> anyhow::Result<String> {
-    let (train, eval) = split(&examples, config.eval_fraction, config.seed);
-    let version = registry.next_version(task).await?;
-    let (ptx, mut prx) = mpsc::unbounded_channel::<Progress>();
-    let t = trainer.clone();
-    let job = tokio::task::spawn_blocking(move || {
-        let mut t = t.lock().expect("trainer lock");
-        t.run(&train, &eval, |p| {
-            let _ = ptx.send(p);
-        })
-        .map(|out| (out, t.encoder_name.clone(), t.encoder_sha256.clone()))
-    });
-    // Forward progress to NATS while the job runs (throttled to one event per epoch/batch).
-    let nats2 = nats.clone();
-    let task2 = task.to_string();
-    let forward = tokio::spawn(async move {
-        while let Some(p) = prx.recv().await {
-            let msg = match p {
-                Progress::Embedding { done, total } => progress_message(
-                    &task2,
-                    TrainStage::Embedding,
-                    done as u64,
-                    total as u64,
-                    None,
-                    None,
-                ),
-                Progress::Epoch(e) => progress_message(
-                    &task2,
-                    TrainStage::Training,
-                    e.epoch as u64,
-                    e.max_epochs as u64,
-                    Some(e.validation_loss),
-                    None,
-                ),
-                Progress::Evaluating => {
-                    progress_message(&task2, TrainStage::Evaluating, 0, 1, None, None)
-                }
-            };
-            let _ = nats2
-                .publish(subjects::TRAIN_PROGRESS, encode(&msg).into())
-                .await;
-        }
-    });
-    let (out, encoder, encoder_sha256) = job.await??;
-    let _ = forward.await;
-
-    let files = {
-        let t = trainer.lock().expect("trainer lock");
-        artifact_files(task, &version, &t, &out)?
-    };
-    let location = write_artifact(store, task, &version, &files).await?;
-    let mut metrics_map = std::collections::BTreeMap::new();
-    metrics_map.insert("accuracy".to_string(), out.evaluation.accuracy);
-    metrics_map.insert("macro_f1".to_string(), out.evaluation.macro_f1);
-    let record = ModelRecord {
-        task: task.to_string(),
-        version: version.clone(),
-        artifact_uri: location.uri(),
-        encoder,
-        encoder_sha256,
-        labels: out.head.labels().to_vec(),
-        metrics: metrics_map.clone(),
-        train_examples: out.report.train_examples + out.report.validation_examples,
-        eval_examples: out.evaluation.examples,
-        created_at_ms: aifab_core::now_ms(),
-    };
-    registry.put(&record).await?;
-    registry.set_candidate(task, &version).await?;
-    publish_event(nats, ModelEventKind::Published, &record, Some(CANDIDATE)).await?;
-
-    let production_f1 = match registry.resolve(task, PRODUCTION).await? {
-        Some(p) => p.metrics.get("macro_f1").copied(),
-        None => None,
-    };
-    match promotion_gate(
-        out.evaluation.macro_f1,
-        production_f1,
-        config.promotion_tolerance,
-        config.promotion_floor,
-    ) {
-        GateDecision::Promote { reason } => {
-            registry.set_production(task, &version).await?;
-            publish_event(nats, ModelEventKind::Promoted, &record, Some(PRODUCTION)).await?;
-            tracing::info!(%task, %version, %reason, "promoted to production");
-        }
-        GateDecision::Reject { reason } => {
-            metrics::counter!("aifab_trainer_promotions_rejected_total").increment(1);
-            tracing::warn!(%task, %version, %reason, "not promoted: stays candidate");
-        }
-    }
-    let done = progress_message(task, TrainStage::Done, 1, 1, None, Some(version.clone()));
-    nats.publish(subjects::TRAIN_PROGRESS, encode(&done).into())
-        .await?;
-    Ok(version)
-}
-
-pub async fn publish_event(
-    nats: &async_nats::Client,
-    kind: ModelEventKind,
-    record: &ModelRecord,
-    alias: Option<&str>,
-) -> anyhow::Result<()> {
-    let subject = match kind {
-        ModelEventKind::Published => subjects::MODEL_PUBLISHED,
-        ModelEventKind::Promoted => subjects::MODEL_PROMOTED,
-        ModelEventKind::RolledBack => subjects::MODEL_ROLLED_BACK,
-    };
-    let event = ModelEvent {
-        schema: tag(),
-        kind,
-        task: record.task.clone(),
-        version: record.version.clone(),
-        artifact_uri: record.artifact_uri.clone(),
-        alias: alias.map(String::from),
-        metrics: record.metrics.clone(),
-        at_ms: aifab_core::now_ms(),
-    };
-    nats.publish(subject, encode(&event).into()).await?;
-    nats.flush().await?;
-    Ok(())
 }

@@ -65,6 +65,13 @@ pub struct TrainReport {
     pub validation_examples: usize,
 }
 
+/// A trained head and how its training went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainedHead {
+    pub head: ClassificationHead,
+    pub report: TrainReport,
+}
+
 /// Train a head over `labels` on embeddings `x` with class ids `y`.
 pub fn train_head(
     x: &[Vec<f32>],
@@ -72,7 +79,7 @@ pub fn train_head(
     labels: Vec<String>,
     cfg: &TrainConfig,
     mut on_epoch: impl FnMut(EpochProgress),
-) -> anyhow::Result<(ClassificationHead, TrainReport)> {
+) -> anyhow::Result<TrainedHead> {
     anyhow::ensure!(!x.is_empty(), "no training examples");
     anyhow::ensure!(
         x.len() == y.len(),
@@ -109,12 +116,11 @@ pub fn train_head(
 
     // Find the best epoch count on the validation split, then refit on every example
     // for that many epochs: early stopping without losing a tenth of the data.
+    let data = Dataset { x, y, n_labels };
     let search = fit(
-        x,
-        y,
+        &data,
         &train_idx,
         Some(&val_idx),
-        n_labels,
         cfg,
         cfg.max_epochs,
         &mut rng,
@@ -126,11 +132,9 @@ pub fn train_head(
     }
     let final_fit = if n_val > 0 && cfg.refit {
         fit(
-            x,
-            y,
+            &data,
             &all_idx,
             None,
-            n_labels,
             cfg,
             search.best_epoch,
             &mut rng,
@@ -168,7 +172,14 @@ pub fn train_head(
         train_examples,
         validation_examples,
     };
-    Ok((head, report))
+    Ok(TrainedHead { head, report })
+}
+
+/// What a head is fitted to: embeddings, their class ids, and how many classes there are.
+struct Dataset<'a> {
+    x: &'a [Vec<f32>],
+    y: &'a [usize],
+    n_labels: usize,
 }
 
 #[derive(Clone)]
@@ -185,18 +196,16 @@ struct Fit {
 /// Train softmax regression on standardised `idx` rows for up to `epochs` epochs. With a
 /// validation set, keep the weights of the epoch with the lowest validation loss and stop
 /// after `patience` epochs without improvement; without one, keep the last epoch's.
-#[allow(clippy::too_many_arguments)]
 fn fit(
-    x: &[Vec<f32>],
-    y: &[usize],
+    data: &Dataset,
     idx: &[usize],
     val_idx: Option<&[usize]>,
-    n_labels: usize,
     cfg: &TrainConfig,
     epochs: usize,
     rng: &mut rand::rngs::StdRng,
     on_epoch: &mut dyn FnMut(EpochProgress),
 ) -> anyhow::Result<Fit> {
+    let Dataset { x, y, n_labels } = *data;
     let hidden = x[0].len();
     let dev = Device::Cpu;
     let mut mean = vec![0f64; hidden];
@@ -352,7 +361,7 @@ mod tests {
         let (x, y) = clusters(300, 1);
         let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let mut epochs = 0;
-        let (head, report) =
+        let TrainedHead { head, report } =
             train_head(&x, &y, labels, &TrainConfig::default(), |_| epochs += 1).unwrap();
         assert_eq!(epochs, report.epochs_run);
         assert!(report.best_epoch >= 1);
@@ -382,8 +391,10 @@ mod tests {
             max_epochs: 20,
             ..Default::default()
         };
-        let (h1, _) = train_head(&x, &y, labels.clone(), &cfg, |_| {}).unwrap();
-        let (h2, _) = train_head(&x, &y, labels, &cfg, |_| {}).unwrap();
+        let h1 = train_head(&x, &y, labels.clone(), &cfg, |_| {})
+            .unwrap()
+            .head;
+        let h2 = train_head(&x, &y, labels, &cfg, |_| {}).unwrap().head;
         assert_eq!(h1.weight(), h2.weight());
         assert_eq!(h1.bias(), h2.bias());
     }

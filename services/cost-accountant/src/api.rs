@@ -1,0 +1,73 @@
+//! The cost accountant's HTTP API: `GET /v1/costs`, `GET /v1/budgets` and
+//! `POST /v1/budgets`.
+
+use aifab_core::messages::{tag, BudgetPeriod, BudgetSet};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::app::{ApiError, App};
+use crate::report::CostQuery;
+
+/// Body of `POST /v1/budgets`: a `budget.set/v1` message, or the same without `schema`
+/// and `at_ms` (currency defaults to the accountant's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetBody {
+    #[serde(default)]
+    schema: Option<String>,
+    tenant: String,
+    period: BudgetPeriod,
+    amount: f64,
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    at_ms: Option<i64>,
+}
+
+/// `GET /v1/costs`, `GET /v1/budgets` and `POST /v1/budgets`.
+pub(crate) fn router(app: App) -> Router {
+    Router::new()
+        .route(
+            "/v1/costs",
+            get(
+                |State(app): State<App>, Query(q): Query<CostQuery>| async move {
+                    app.report(&q).await.map(Json)
+                },
+            ),
+        )
+        .route(
+            "/v1/budgets",
+            get(|State(app): State<App>| async move {
+                let mut conn = app.conn().await?;
+                Ok::<_, ApiError>(Json(app.store.budgets(&mut conn).await?))
+            })
+            .post(
+                |State(app): State<App>, body: axum::body::Bytes| async move {
+                    let b: BudgetBody = serde_json::from_slice(&body).map_err(|e| {
+                        ApiError(StatusCode::BAD_REQUEST, format!("budget body: {e}"))
+                    })?;
+                    if let Some(s) = &b.schema {
+                        if s != "budget.set/v1" {
+                            return Err(ApiError(
+                                StatusCode::BAD_REQUEST,
+                                format!("schema: expected \"budget.set/v1\", found \"{s}\""),
+                            ));
+                        }
+                    }
+                    let set = BudgetSet {
+                        schema: tag(),
+                        tenant: b.tenant,
+                        period: b.period,
+                        amount: b.amount,
+                        currency: b.currency.unwrap_or_else(|| app.prices.currency.clone()),
+                        at_ms: b.at_ms.unwrap_or_else(aifab_core::now_ms),
+                    };
+                    app.set_budget(set).await.map(Json)
+                },
+            ),
+        )
+        .with_state(app)
+}
