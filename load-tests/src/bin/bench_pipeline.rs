@@ -15,14 +15,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aifab_core::messages::{decode, encode, tag, InferenceRequest, Prediction, Truncation};
+use aifab_core::tail::{Start, Tail};
 use aifab_model::{Encoder, TextTokenizer};
 use anyhow::Context;
 use clap::Parser;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
 
 #[derive(Parser)]
 #[command(about = "Saturated throughput through Kafka vs the bare model, and the batching gain.")]
@@ -143,7 +142,12 @@ fn bare_model(dir: &Path, ids: &[Vec<u32>], batch: usize) -> anyhow::Result<f64>
 fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.parent().context("exe dir")?.join(name);
-    anyhow::ensure!(path.exists(), "{} missing: cargo build --release -p aifab-inference-worker (or run load-tests/bench-pipeline)", path.display());
+    anyhow::ensure!(
+        path.exists(),
+        "{} missing: cargo build --release -p aifab-inference-worker \
+         (or run load-tests/bench-pipeline)",
+        path.display()
+    );
     Ok(path)
 }
 
@@ -206,16 +210,12 @@ async fn pipeline(
     }
 
     // Read predictions from the current end so only this run's count.
-    let reader: BaseConsumer =
-        aifab_core::kafka::consumer_config(&args.brokers, "bench", &format!("bench-reader-{run}"))
-            .create()?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    let pred_topic = aifab_core::topics::PREDICTIONS.name;
-    for p in 0..aifab_core::topics::PREDICTIONS.partitions {
-        let (_, high) = reader.fetch_watermarks(pred_topic, p, Duration::from_secs(10))?;
-        tpl.add_partition_offset(pred_topic, p, rdkafka::Offset::Offset(high))?;
-    }
-    reader.assign(&tpl)?;
+    let mut reader = Tail::open(
+        &args.brokers,
+        "bench",
+        aifab_core::topics::PREDICTIONS.name,
+        Start::Latest,
+    )?;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -250,9 +250,8 @@ async fn pipeline(
             "only {} of {n} predictions in time",
             seen.len()
         );
-        if let Some(m) = reader.poll(Duration::from_millis(100)) {
-            let m = m?;
-            let p: Prediction = decode(m.payload().unwrap_or_default())?;
+        for m in reader.read(Duration::from_millis(100))? {
+            let p: Prediction = decode(m.value())?;
             if p.id.starts_with(&prefix) && seen.insert(p.id.clone()) {
                 // The worker's own clock: from the start of its first batch's compute
                 // (it had waited for its model and partitions before) to its last output.

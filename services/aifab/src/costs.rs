@@ -268,14 +268,22 @@ mod tests {
     fn the_table_has_a_row_per_tenant_and_model() {
         let r = serde_json::json!({
             "period": "2026-11-29", "period_kind": "day", "currency": "USD",
-            "totals": {"direct_cost": 3.0, "idle_cost": 1.0, "total_cost": 4.0, "predictions": 2000, "device_seconds": 1.0,
-                       "idle_seconds": 30.0, "tokens": 1, "cost_per_1k_predictions": 2.0, "burn_rate_per_hour": 0.5,
-                       "budget": 10.0, "remaining": 6.0},
-            "tenants": [{"tenant": "acme", "direct_cost": 3.0, "idle_share": 1.0, "total_cost": 4.0, "predictions": 2000,
-                         "device_seconds": 1.0, "tokens": 1, "cost_per_1k_predictions": 2.0, "burn_rate_per_hour": 0.5,
-                         "budget": 5.0, "remaining": 1.0, "budget_used": 0.8,
-                         "models": [{"model": "spam", "model_version": "v1", "device_kind": "cpu", "device_seconds": 1.0,
-                                     "tokens": 1, "predictions": 2000, "cost": 3.0}]}],
+            "totals": {
+                "direct_cost": 3.0, "idle_cost": 1.0, "total_cost": 4.0, "predictions": 2000,
+                "device_seconds": 1.0, "idle_seconds": 30.0, "tokens": 1,
+                "cost_per_1k_predictions": 2.0, "burn_rate_per_hour": 0.5,
+                "budget": 10.0, "remaining": 6.0
+            },
+            "tenants": [{
+                "tenant": "acme", "direct_cost": 3.0, "idle_share": 1.0, "total_cost": 4.0,
+                "predictions": 2000, "device_seconds": 1.0, "tokens": 1,
+                "cost_per_1k_predictions": 2.0, "burn_rate_per_hour": 0.5,
+                "budget": 5.0, "remaining": 1.0, "budget_used": 0.8,
+                "models": [{
+                    "model": "spam", "model_version": "v1", "device_kind": "cpu",
+                    "device_seconds": 1.0, "tokens": 1, "predictions": 2000, "cost": 3.0
+                }]
+            }],
             "idle": []
         });
         let t = super::render(&r);

@@ -18,13 +18,12 @@ use std::time::{Duration, Instant};
 
 use aifab_core::messages::{decode, Arm, Outcome, Prediction};
 use aifab_core::registry::Registry;
+use aifab_core::tail::{Start, Tail};
 use aifab_core::topics::{INGEST_RAW, PREDICTIONS};
 use aifab_trainer::dataset::{parse_jsonl, read_jsonl, Example};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
 use crate::local::{self, LocalService, SERVICES};
@@ -260,7 +259,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let production = registry.resolve(&args.task, "production").await?;
     match production {
         Some(m) if !args.retrain => println!(
-            "\nreusing model {}/{} (production; accuracy {:.4}, macro-F1 {:.4} on {} held-out examples); --retrain trains a new one",
+            "\nreusing model {}/{} (production; accuracy {:.4}, macro-F1 {:.4} \
+             on {} held-out examples); --retrain trains a new one",
             m.task,
             m.version,
             m.metrics.get("accuracy").copied().unwrap_or(f64::NAN),
@@ -272,7 +272,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let model = registry
         .resolve(&args.task, "production")
         .await?
-        .with_context(|| format!("task {:?} has no production model: the new one did not pass the promotion gate (`aifab models list`; the trainer's log is in {})", args.task, local::log_dir().display()))?;
+        .with_context(|| {
+            format!(
+                "task {:?} has no production model: the new one did not pass the promotion \
+                 gate (`aifab models list`; the trainer's log is in {})",
+                args.task,
+                local::log_dir().display()
+            )
+        })?;
 
     let worker = service("inference-worker");
     crate::status::wait_ready(&worker.addr(), Duration::from_secs(120))
@@ -371,7 +378,14 @@ async fn train_model(
         .enumerate()
         .map(|(i, e)| {
             let id = format!("{run_id}-train-{i}");
-            let v = json!({"schema": INGEST_RAW.schema, "id": id, "tenant": args.tenant, "task": args.task, "text": e.text, "label": e.label});
+            let v = json!({
+                "schema": INGEST_RAW.schema,
+                "id": id,
+                "tenant": args.tenant,
+                "task": args.task,
+                "text": e.text,
+                "label": e.label,
+            });
             (id, v.to_string().into_bytes())
         })
         .collect();
@@ -391,7 +405,8 @@ async fn train_model(
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the trainer holds {} of the {} examples sent; see the ingest and feature logs in {} and `aifab consume --topic aifab.dlq --from-beginning`",
+            "the trainer holds {} of the {} examples sent; see the ingest and feature logs \
+             in {} and `aifab consume --topic aifab.dlq --from-beginning`",
             n.saturating_sub(before),
             train.len(),
             local::log_dir().display()
@@ -411,27 +426,8 @@ async fn serve(
 ) -> anyhow::Result<Summary> {
     // Start reading predictions at the current end before sending anything.
     let brokers = args.kafka_brokers.clone();
-    let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<BaseConsumer> {
-        let c: BaseConsumer = aifab_core::kafka::consumer_config(
-            &brokers,
-            "aifab-demo",
-            &format!("aifab-cli-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .create()?;
-        let md = c.fetch_metadata(Some(PREDICTIONS.name), Duration::from_secs(30))?;
-        let mut tpl = TopicPartitionList::new();
-        for p in md
-            .topics()
-            .first()
-            .map(|t| t.partitions())
-            .unwrap_or_default()
-        {
-            let (_, high) =
-                c.fetch_watermarks(PREDICTIONS.name, p.id(), Duration::from_secs(30))?;
-            tpl.add_partition_offset(PREDICTIONS.name, p.id(), Offset::Offset(high))?;
-        }
-        c.assign(&tpl)?;
-        Ok(c)
+    let mut tail = tokio::task::spawn_blocking(move || {
+        Tail::open(&brokers, "aifab-demo", PREDICTIONS.name, Start::Latest)
     })
     .await??;
 
@@ -440,7 +436,13 @@ async fn serve(
         .enumerate()
         .map(|(i, e)| {
             let id = format!("{run_id}-{i}");
-            let v = json!({"schema": INGEST_RAW.schema, "id": id, "tenant": args.tenant, "task": args.task, "text": e.text});
+            let v = json!({
+                "schema": INGEST_RAW.schema,
+                "id": id,
+                "tenant": args.tenant,
+                "task": args.task,
+                "text": e.text,
+            });
             (id, v.to_string().into_bytes())
         })
         .collect();
@@ -457,10 +459,10 @@ async fn serve(
         let mut answers: HashMap<usize, Answer> = HashMap::new();
         let mut last = Instant::now();
         while answers.len() < n && last.elapsed() < idle {
-            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+            let Some(Ok(m)) = tail.poll(Duration::from_millis(200)) else {
                 continue;
             };
-            let Some(p) = m.payload().and_then(|b| decode::<Prediction>(b).ok()) else {
+            let Some(p) = m.payload.and_then(|b| decode::<Prediction>(&b).ok()) else {
                 continue;
             };
             if p.arm == Arm::Shadow {
@@ -545,7 +547,11 @@ fn print_summary(args: &DemoArgs, version: &str, s: &Summary, cost: Option<f64>)
         "  predictions  aifab consume --topic {} --from-beginning --max 5",
         PREDICTIONS.name
     );
-    println!("  your own     echo '{{\"schema\":\"ingest.raw/v1\",\"tenant\":\"{}\",\"text\":\"WIN a prize now\"}}' | aifab produce --topic {}", args.tenant, INGEST_RAW.name);
+    println!(
+        "  your own     echo '{{\"schema\":\"ingest.raw/v1\",\"tenant\":\"{}\",\
+         \"text\":\"WIN a prize now\"}}' | aifab produce --topic {}",
+        args.tenant, INGEST_RAW.name
+    );
     println!("  more         aifab status · aifab models list · aifab costs · aifab down");
 }
 

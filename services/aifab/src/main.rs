@@ -169,7 +169,8 @@ async fn up(
                     println!("logs: {} — stop with Ctrl-C or `aifab down`", local::log_dir().display());
                     // From here on the table stays live (redrawn on a terminal, printed on
                     // changes otherwise) until the supervisor stops.
-                    aifab::status::live(SERVICES, &local::monitor_url(), Duration::from_secs(live_every_s), &shutdown).await;
+                    let every = Duration::from_secs(live_every_s);
+                    aifab::status::live(SERVICES, &local::monitor_url(), every, &shutdown).await;
                 }
                 _ = shutdown.cancelled() => {}
             }

@@ -92,8 +92,8 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 None => registry.tasks().await?,
             };
             println!(
-                "{:<20} {:<8} {:<10} {:<10} {:<8} {}",
-                "TASK", "VERSION", "ACCURACY", "MACRO_F1", "EXAMPLES", "ALIASES"
+                "{:<20} {:<8} {:<10} {:<10} {:<8} ALIASES",
+                "TASK", "VERSION", "ACCURACY", "MACRO_F1", "EXAMPLES"
             );
             for t in tasks {
                 let production = registry.alias(&t, PRODUCTION).await?;

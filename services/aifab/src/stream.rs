@@ -10,11 +10,10 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use aifab_core::tail::{Start, Tail, TailError};
 use aifab_core::topics::TOPICS;
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::Value;
 
 #[derive(Debug, clap::Args)]
@@ -62,14 +61,21 @@ pub fn topic_schema(topic: &str) -> Option<&'static str> {
     TOPICS.iter().find(|t| t.name == topic).map(|t| t.schema)
 }
 
-/// One input line made ready to send: its key and its bytes, or why it is refused.
-/// Blank lines are `Ok(None)`.
+/// An input line made ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// The message key: the line's `--key-field`, when present and a string.
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// One input line made ready to send, or why it is refused. Blank lines are `Ok(None)`.
 pub fn prepare_line(
     line: &str,
     schema: Option<&str>,
     key_field: &str,
     validate: bool,
-) -> Result<Option<(Option<String>, Vec<u8>)>, String> {
+) -> Result<Option<Prepared>, String> {
     let line = line.trim();
     if line.is_empty() {
         return Ok(None);
@@ -89,7 +95,10 @@ pub fn prepare_line(
         .and_then(|v| v.get(key_field))
         .and_then(Value::as_str)
         .map(str::to_string);
-    Ok(Some((key, line.as_bytes().to_vec())))
+    Ok(Some(Prepared {
+        key,
+        payload: line.as_bytes().to_vec(),
+    }))
 }
 
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
@@ -116,7 +125,7 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         let line = line.with_context(|| format!("reading line {}", n + 1))?;
         match prepare_line(&line, schema, &args.key_field, !args.no_validate) {
             Ok(None) => {}
-            Ok(Some((key, payload))) => {
+            Ok(Some(Prepared { key, payload })) => {
                 let producer = producer.clone();
                 let topic = args.topic.clone();
                 pending.push_back(async move {
@@ -210,57 +219,36 @@ fn consume_blocking(
     args: &ConsumeArgs,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    // A throwaway group id: librdkafka wants one, but partitions are assigned by hand and
-    // nothing is ever committed.
-    let group = format!("aifab-cli-{}", uuid::Uuid::new_v4().simple());
-    let consumer: BaseConsumer =
-        aifab_core::kafka::consumer_config(&args.kafka_brokers, "aifab-cli", &group)
-            .create()
-            .context("creating the Kafka consumer")?;
-    let md = consumer
-        .fetch_metadata(Some(&args.topic), Duration::from_secs(30))
-        .with_context(|| {
-            format!(
-                "reading the metadata of {} (is Kafka up at {}?)",
-                args.topic, args.kafka_brokers
-            )
-        })?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    anyhow::ensure!(
-        !partitions.is_empty(),
-        "topic {} does not exist",
-        args.topic
-    );
-    let mut tpl = TopicPartitionList::new();
+    // Assigned by hand, nothing committed: a service's group is never touched.
     let start = if args.from_beginning {
-        Offset::Beginning
+        Start::Beginning
     } else {
-        Offset::End
+        Start::Latest
     };
-    for p in partitions {
-        tpl.add_partition_offset(&args.topic, p, start)?;
-    }
-    consumer.assign(&tpl)?;
+    let mut tail =
+        Tail::open(&args.kafka_brokers, "aifab-cli", &args.topic, start).map_err(|e| match e {
+            TailError::NoPartitions(topic) => anyhow::anyhow!("topic {topic} does not exist"),
+            e => anyhow::Error::new(e).context(format!(
+                "reading {} (is Kafka up at {}?)",
+                args.topic, args.kafka_brokers
+            )),
+        })?;
     let idle = args.idle_timeout_s.map(Duration::from_secs_f64);
     let mut last = std::time::Instant::now();
     let mut seen = 0u64;
     // Locked per message, not for the whole loop: the signal handler logs too.
     let mut out = std::io::stdout();
     while !shutdown.is_cancelled() && args.max.is_none_or(|m| seen < m) {
-        match consumer.poll(Duration::from_millis(200)) {
+        match tail.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 writeln!(
                     out,
                     "{}",
                     render(
-                        m.partition(),
-                        m.offset(),
-                        m.key(),
-                        m.payload(),
+                        m.partition,
+                        m.offset,
+                        m.key.as_deref(),
+                        m.payload.as_deref(),
                         args.with_meta
                     )
                 )?;
@@ -294,11 +282,11 @@ mod tests {
     #[test]
     fn lines_are_checked_against_the_topic_schema() {
         let good = r#"{"schema":"ingest.raw/v1","id":"r1","tenant":"acme","text":"hello"}"#;
-        let (key, bytes) = prepare_line(good, Some("ingest.raw/v1"), "id", true)
+        let p = prepare_line(good, Some("ingest.raw/v1"), "id", true)
             .unwrap()
             .unwrap();
-        assert_eq!(key.as_deref(), Some("r1"));
-        assert_eq!(bytes, good.as_bytes());
+        assert_eq!(p.key.as_deref(), Some("r1"));
+        assert_eq!(p.payload, good.as_bytes());
 
         let missing = r#"{"schema":"ingest.raw/v1","text":"hello"}"#;
         let err = prepare_line(missing, Some("ingest.raw/v1"), "id", true).unwrap_err();
@@ -318,10 +306,10 @@ mod tests {
         assert!(prepare_line("{nope", Some("ingest.raw/v1"), "id", false)
             .unwrap()
             .is_some());
-        let (key, _) = prepare_line(r#"{"a":1}"#, None, "id", true)
+        let p = prepare_line(r#"{"a":1}"#, None, "id", true)
             .unwrap()
             .unwrap();
-        assert_eq!(key, None);
+        assert_eq!(p.key, None);
     }
 
     #[test]

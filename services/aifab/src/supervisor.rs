@@ -404,7 +404,10 @@ impl Supervisor {
                         Ok(Err(e)) => e,
                         Err(join) => anyhow::anyhow!("the scale-decision follower panicked: {join}"),
                     };
-                    tracing::error!(error = %format!("{e:#}"), "replica set cannot follow scale decisions; stopping every service");
+                    tracing::error!(
+                        error = %format!("{e:#}"),
+                        "replica set cannot follow scale decisions; stopping every service"
+                    );
                     failure = Some(e);
                     break;
                 }
@@ -444,22 +447,18 @@ impl Supervisor {
     }
 }
 
-/// The command that builds what the local supervisor runs: the CLI and every service
-/// (the same packages `scripts/aifab` builds), in release mode unless `bin_dir` is a
-/// debug build's.
+/// The command that builds what the local supervisor runs: every binary of the
+/// workspace (the CLI and every service), as `scripts/build` (which `scripts/aifab` runs)
+/// does, in the profile whose output directory `bin_dir` is.
 pub fn build_command(bin_dir: &Path) -> String {
     // target/debug: the dev profile; target/release: --release; target/<p>: --profile <p>.
-    let release = match bin_dir.file_name().and_then(|n| n.to_str()) {
+    let profile = match bin_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") => String::new(),
         Some("release") => " --release".to_string(),
         Some(profile) => format!(" --profile {profile}"),
         None => " --profile local".to_string(),
     };
-    let packages: String = crate::local::SERVICES
-        .iter()
-        .map(|s| format!(" -p {}", s.binary()))
-        .collect();
-    format!("cargo build{release} --bins -p aifab{packages}")
+    format!("cargo build{profile} --workspace --bins")
 }
 
 /// Follow `aifab.scale.<name>`: each decision's desired replicas (clamped to `max`).
@@ -495,7 +494,13 @@ async fn follow_decisions(
             Ok(d) => {
                 let n = d.desired_replicas.min(max);
                 if *desired.borrow() != n {
-                    tracing::info!(service = %name, desired = n, reason = %d.reason, detail = %d.detail, "scale decision");
+                    tracing::info!(
+                        service = %name,
+                        desired = n,
+                        reason = %d.reason,
+                        detail = %d.detail,
+                        "scale decision"
+                    );
                 }
                 desired.send_replace(n);
             }
@@ -508,49 +513,43 @@ async fn follow_decisions(
 mod tests {
     use std::path::Path;
 
-    /// The supervisor's hint and `scripts/aifab` build the same packages.
+    /// The supervisor's hint is the build `scripts/aifab` runs (through `scripts/build`),
+    /// and that build has every service the supervisor starts.
     #[test]
     fn the_build_command_names_what_scripts_aifab_builds() {
         let cmd = super::build_command(Path::new("/x/target/release"));
-        assert!(
-            cmd.starts_with("cargo build --release --bins -p aifab -p aifab-ingest "),
-            "{cmd}"
-        );
+        assert_eq!(cmd, "cargo build --release --workspace --bins");
         let debug = super::build_command(Path::new("/x/target/debug"));
         assert!(
             !debug.contains("--release") && !debug.contains("--profile"),
             "{debug}"
         );
         let local = super::build_command(Path::new("/x/target/local"));
+        assert_eq!(local, "cargo build --profile local --workspace --bins");
         assert!(
-            local.starts_with("cargo build --profile local --bins "),
-            "{local}"
+            repo_file("scripts/aifab").contains("\"$root/scripts/build\""),
+            "scripts/aifab builds through scripts/build"
         );
         assert!(
-            script_builds(&local),
-            "scripts/aifab builds with the same profile"
+            repo_file("scripts/build").contains(&format!("exec {local}")),
+            "scripts/build builds with the same profile and packages"
         );
-        let mut from_cmd: Vec<&str> = cmd.split(" -p ").skip(1).collect();
-        let script =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/aifab"))
-                .unwrap();
-        let list = script
-            .split_once("packages=(")
-            .and_then(|(_, rest)| rest.split_once(')'))
-            .expect("packages=(...) in scripts/aifab")
-            .0;
-        let mut from_script: Vec<&str> = list.split_whitespace().collect();
-        from_cmd.sort();
-        from_script.sort();
-        assert_eq!(from_cmd, from_script);
+        // --workspace: every service the supervisor runs is a package of the workspace.
+        let members = repo_file("Cargo.toml");
+        for s in crate::local::SERVICES {
+            let dir = format!("services/{}", s.name);
+            assert!(members.contains(&format!("\"{dir}\"")), "{dir} is a member");
+            let manifest = repo_file(&format!("{dir}/Cargo.toml"));
+            assert!(
+                manifest.contains(&format!("name = \"{}\"", s.binary())),
+                "{dir} builds {}",
+                s.binary()
+            );
+        }
     }
 
-    /// Whether `scripts/aifab` runs the cargo command of `cmd` (up to its packages).
-    fn script_builds(cmd: &str) -> bool {
-        let script =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/aifab"))
-                .unwrap();
-        let head = cmd.split(" -p ").next().unwrap();
-        script.contains(head)
+    fn repo_file(path: &str) -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 }

@@ -74,7 +74,10 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
     match (&args.train, &args.task) {
         (Some(train), _) => offline(&args, train.clone()).await,
         (None, Some(task)) => request_and_follow(&args.nats_url, task).await,
-        _ => anyhow::bail!("give --train FILE with --eval FILE or --eval-fraction F (offline), or --task NAME (ask the trainer service)"),
+        _ => anyhow::bail!(
+            "give --train FILE with --eval FILE or --eval-fraction F (offline), \
+             or --task NAME (ask the trainer service)"
+        ),
     }
 }
 
@@ -189,7 +192,12 @@ pub async fn request_and_follow(nats_url: &str, task: &str) -> anyhow::Result<()
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(120), progress.next())
             .await
-            .map_err(|_| anyhow::anyhow!("no progress from the trainer for 120s: is aifab-trainer running and does task {task:?} have examples?"))?
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no progress from the trainer for 120s: is aifab-trainer running \
+                     and does task {task:?} have examples?"
+                )
+            })?
             .ok_or_else(|| anyhow::anyhow!("NATS subscription closed"))?;
         let Ok(p) = decode::<TrainProgress>(&msg.payload) else {
             continue;

@@ -29,6 +29,7 @@ pub mod schema;
 pub mod service;
 pub mod shutdown;
 pub mod supervise;
+pub mod tail;
 pub mod telemetry;
 pub mod topics;
 

@@ -24,72 +24,8 @@ use aifab_autoscaler::policy::{
 };
 use hdrhistogram::Histogram;
 
-/// Throughput of one worker by batch size, from the worker benchmark.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServiceModel {
-    /// (batch size, sequences per second), ascending by batch size.
-    pub points: Vec<(u32, f64)>,
-    /// Fixed cost of each batch (transaction commit, polling), seconds.
-    pub batch_overhead_s: f64,
-    pub max_batch: u32,
-}
-
-impl ServiceModel {
-    /// Parse `1:44,8:84,32:106`.
-    pub fn parse(spec: &str, batch_overhead_s: f64, max_batch: u32) -> Result<Self, String> {
-        let mut points = Vec::new();
-        for p in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (b, r) = p
-                .split_once(':')
-                .ok_or_else(|| format!("{p:?}: expected BATCH:SEQ_PER_S"))?;
-            let b: u32 = b
-                .trim()
-                .parse()
-                .map_err(|_| format!("{p:?}: bad batch size"))?;
-            let r: f64 = r.trim().parse().map_err(|_| format!("{p:?}: bad rate"))?;
-            if b == 0 || r <= 0.0 {
-                return Err(format!("{p:?}: batch and rate must be positive"));
-            }
-            points.push((b, r));
-        }
-        if points.is_empty() {
-            return Err("no service rates".into());
-        }
-        points.sort_by_key(|p| p.0);
-        Ok(ServiceModel {
-            points,
-            batch_overhead_s,
-            max_batch: max_batch.max(1),
-        })
-    }
-
-    /// Throughput (sequences/s) at batch size `b`, interpolated in log2(b).
-    pub fn rate(&self, b: u32) -> f64 {
-        let x = (b.max(1) as f64).log2();
-        let p = &self.points;
-        if b <= p[0].0 {
-            return p[0].1;
-        }
-        for w in p.windows(2) {
-            if b <= w[1].0 {
-                let (x0, x1) = ((w[0].0 as f64).log2(), (w[1].0 as f64).log2());
-                return w[0].1 + (w[1].1 - w[0].1) * (x - x0) / (x1 - x0);
-            }
-        }
-        p[p.len() - 1].1
-    }
-
-    /// Seconds one batch of `b` takes.
-    pub fn batch_time(&self, b: u32) -> f64 {
-        b as f64 / self.rate(b) + self.batch_overhead_s
-    }
-
-    /// A worker's throughput with full batches (what it does under a backlog).
-    pub fn saturated_rate(&self) -> f64 {
-        let b = self.max_batch;
-        b as f64 / self.batch_time(b)
-    }
-}
+use super::decision_log::DecisionLog;
+use super::service_model::ServiceModel;
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -254,9 +190,8 @@ impl<'a> Sim<'a> {
         for w in self.workers.iter_mut() {
             w.parts.clear();
         }
-        let r = active.len();
-        if r > 0 {
-            let (base, extra) = (p / r, p % r);
+        if let Some(base) = p.checked_div(active.len()) {
+            let extra = p % active.len();
             let mut next = 0;
             for (k, &i) in active.iter().enumerate() {
                 let n = base + usize::from(k < extra);
@@ -361,6 +296,32 @@ impl<'a> Sim<'a> {
             .min_by(|a, b| a.total_cmp(b))
     }
 
+    /// What the monitor would publish now, as the policy sees it; `prev_lag` is the lag
+    /// at the previous decision (for its rate of change) and is moved to now.
+    fn observe(&self, prev_lag: &mut Option<(f64, i64)>) -> Observation {
+        let lag = (self.queued + self.in_flight) as i64;
+        let rate = match *prev_lag {
+            Some((t0, l0)) if self.t > t0 => (lag - l0) as f64 / (self.t - t0),
+            _ => 0.0,
+        };
+        *prev_lag = Some((self.t, lag));
+        let budget = self.cfg.budget.map(|b| BudgetView {
+            remaining: b - self.cost_so_far(),
+            burn_rate_per_hour: self.replicas() as f64 * self.cfg.price_per_worker_hour,
+            hours_left: (self.end - self.t) / 3600.0,
+        });
+        Observation {
+            at_ms: (self.t * 1000.0) as i64,
+            total_lag: lag,
+            lag_rate_per_s: rate,
+            partitions: self.cfg.partitions,
+            produced_total: Some(self.produced as i64),
+            consumed_total: Some(self.consumed as i64),
+            current_replicas: self.replicas(),
+            budget,
+        }
+    }
+
     fn apply(&mut self, desired: u32) {
         let current = self.replicas();
         if desired == current {
@@ -462,18 +423,7 @@ pub fn simulate(name: &str, arrivals: &[u32], cfg: &SimConfig, run: &Run) -> Sim
         }
     };
     sim.push(0.0, Kind::Second(0));
-    // AIFAB_SIM_DEBUG=DIR: one CSV of decisions per policy run, for tuning.
-    let mut debug = std::env::var_os("AIFAB_SIM_DEBUG").and_then(|dir| {
-        let f =
-            std::fs::File::create(std::path::Path::new(&dir).join(format!("{name}.csv"))).ok()?;
-        let mut w = std::io::BufWriter::new(f);
-        use std::io::Write;
-        let _ = writeln!(
-            w,
-            "t_s,lag,replicas,desired,arrivals_per_s,replica_rate_per_s,reason,recommended"
-        );
-        Some(w)
-    });
+    let mut debug = DecisionLog::from_env(name);
     let mut prev_lag: Option<(f64, i64)> = None;
     let mut replica_seconds = 0.0;
     while let Some(ev) = sim.heap.pop() {
@@ -523,42 +473,10 @@ pub fn simulate(name: &str, arrivals: &[u32], cfg: &SimConfig, run: &Run) -> Sim
             Kind::Wake => {}
             Kind::Decide => {
                 if let Some((p, state)) = policy.as_mut() {
-                    let lag = (sim.queued + sim.in_flight) as i64;
-                    let rate = match prev_lag {
-                        Some((t0, l0)) if sim.t > t0 => (lag - l0) as f64 / (sim.t - t0),
-                        _ => 0.0,
-                    };
-                    prev_lag = Some((sim.t, lag));
-                    let budget = cfg.budget.map(|b| BudgetView {
-                        remaining: b - sim.cost_so_far(),
-                        burn_rate_per_hour: sim.replicas() as f64 * cfg.price_per_worker_hour,
-                        hours_left: (sim.end - sim.t) / 3600.0,
-                    });
-                    let obs = Observation {
-                        at_ms: (sim.t * 1000.0) as i64,
-                        total_lag: lag,
-                        lag_rate_per_s: rate,
-                        partitions: cfg.partitions,
-                        produced_total: Some(sim.produced as i64),
-                        consumed_total: Some(sim.consumed as i64),
-                        current_replicas: sim.replicas(),
-                        budget,
-                    };
+                    let obs = sim.observe(&mut prev_lag);
                     let decision = decide(p, state, &obs);
-                    if let Some(out) = debug.as_mut() {
-                        use std::io::Write;
-                        let _ = writeln!(
-                            out,
-                            "{:.0},{},{},{},{:.1},{:.1},{},{}",
-                            sim.t,
-                            lag,
-                            sim.replicas(),
-                            decision.desired,
-                            decision.arrival_rate_per_s.unwrap_or(0.0),
-                            decision.replica_rate_per_s.unwrap_or(0.0),
-                            decision.reason.as_str(),
-                            decision.recommended
-                        );
+                    if let Some(log) = debug.as_mut() {
+                        log.write(sim.t, &obs, &decision);
                     }
                     sim.apply(decision.desired);
                     sim.push(sim.t + cfg.interval_s, Kind::Decide);
@@ -612,21 +530,6 @@ mod tests {
             price_per_worker_hour: 1.0,
             budget: None,
         }
-    }
-
-    #[test]
-    fn the_service_model_interpolates_the_benchmark() {
-        let m = ServiceModel::parse("1:44,8:84,32:106", 0.004, 32).unwrap();
-        assert_eq!(m.rate(1), 44.0);
-        assert_eq!(m.rate(8), 84.0);
-        assert!(
-            (m.rate(16) - 95.0).abs() < 1e-9,
-            "half-way in log2 between 8 and 32"
-        );
-        assert_eq!(m.rate(64), 106.0);
-        assert!((m.batch_time(32) - (32.0 / 106.0 + 0.004)).abs() < 1e-12);
-        assert!(m.saturated_rate() > 100.0 && m.saturated_rate() < 106.0);
-        assert!(ServiceModel::parse("1-44", 0.0, 32).is_err());
     }
 
     #[test]

@@ -10,15 +10,18 @@
 //! The KEDA and aifab policies are `aifab_autoscaler::policy`, the code the live
 //! autoscaler runs.
 
+mod decision_log;
 pub mod engine;
 pub mod plot;
+pub mod service_model;
 pub mod trace;
 
 use std::path::PathBuf;
 
 use aifab_autoscaler::policy::{PolicyConfig, PolicyKind};
 
-use self::engine::{simulate, Run, ServiceModel, SimConfig, SimResult};
+use self::engine::{simulate, Run, SimConfig, SimResult};
+use self::service_model::ServiceModel;
 use self::trace::TraceOptions;
 
 /// `aifab simulate`.
@@ -213,8 +216,13 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         requests
     );
     println!(
-        "workers  {} at batch 1 … {:.0}/s saturated (batch {}, +{} ms per batch); {} partitions; start-up {} s; rebalance {} s; decisions every {} s",
-        cfg.service.points.first().map(|p| format!("{:.0}/s", p.1)).unwrap_or_default(),
+        "workers  {} at batch 1 … {:.0}/s saturated (batch {}, +{} ms per batch); \
+         {} partitions; start-up {} s; rebalance {} s; decisions every {} s",
+        cfg.service
+            .points
+            .first()
+            .map(|p| format!("{:.0}/s", p.1))
+            .unwrap_or_default(),
         cfg.service.saturated_rate(),
         cfg.service.max_batch,
         args.batch_overhead_ms,
@@ -232,7 +240,11 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "none".into())
     );
     if let Some((_, Run::Fixed(n))) = args.runs(&cfg).first() {
-        println!("policies fixed = {n} replicas; keda = lag/{} per replica, HPA defaults; aifab = rate-based, budget-aware", args.lag_per_replica);
+        println!(
+            "policies fixed = {n} replicas; keda = lag/{} per replica, HPA defaults; \
+             aifab = rate-based, budget-aware",
+            args.lag_per_replica
+        );
     }
     println!();
     println!(

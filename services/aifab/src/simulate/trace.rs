@@ -356,7 +356,8 @@ fn pods(name: &str, pods: &[Pod], opts: &TraceOptions) -> anyhow::Result<Trace> 
         name: name.into(),
         rate,
         note: format!(
-            "{} pods created over {:.1} days (of {} in the file), compressed ×{:.0} into {d} s; each a {burst:.0}-s burst sized by its GPUs",
+            "{} pods created over {:.1} days (of {} in the file), compressed ×{:.0} into {d} s; \
+             each a {burst:.0}-s burst sized by its GPUs",
             inside.len(),
             span / 86_400.0,
             pods.len(),
@@ -405,7 +406,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("aifab-trace-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let util = dir.join("u.csv");
-        std::fs::write(&util, "timestamp_anon,container_ip,gpu_util_pct\n0,a,10\n0,b,10\n100,a,40\n100,b,0\n200,a,0\n200,b,0\n").unwrap();
+        std::fs::write(
+            &util,
+            "timestamp_anon,container_ip,gpu_util_pct\n\
+             0,a,10\n0,b,10\n100,a,40\n100,b,0\n200,a,0\n200,b,0\n",
+        )
+        .unwrap();
         let t = load(
             util.to_str().unwrap(),
             &TraceOptions {

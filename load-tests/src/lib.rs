@@ -1,0 +1,5 @@
+//! The load generators and benchmarks behind `src/bin/*`: each binary parses its command
+//! line and hands over to its module here.
+
+pub mod bench_ingest;
+pub mod loadgen;
