@@ -92,7 +92,7 @@ async fn group_shares_partitions_exactly_once_and_commits_survive_restart() {
     let got = receive_shared(&[a, b], n).await;
 
     assert!(
-        got[0].len() > 0 && got[1].len() > 0,
+        !got[0].is_empty() && !got[1].is_empty(),
         "both members worked: {} / {}",
         got[0].len(),
         got[1].len()

@@ -424,7 +424,7 @@ async fn poison_requests_go_to_the_dlq_and_do_not_block_the_partition() {
         ),
         ("wrong_task", encode(&request("another-task", &prefix, 999))),
     ];
-    let mut records: Vec<(Option<String>, Vec<u8>, Vec<(String, String)>)> = Vec::new();
+    let mut records: Vec<RawRecord> = Vec::new();
     records.extend((0..20).map(|i| (Some(format!("{prefix}-{i}")), valid(i), vec![])));
     records.extend(poison.iter().map(|(_, b)| (None, b.clone(), vec![])));
     records.push((Some(far.id.clone()), encode(&far), vec![]));

@@ -97,20 +97,10 @@ impl Moto {
 
     /// Create a bucket (moto accepts unsigned requests).
     async fn create_bucket(&self, bucket: &str) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
-        let req = format!(
-            "PUT /{bucket} HTTP/1.0\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
-            self.addr
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.unwrap();
-        let text = String::from_utf8_lossy(&buf);
-        assert!(
-            text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
-            "creating bucket {bucket}: {text}"
-        );
+        let r = http_request(&self.addr, "PUT", &format!("/{bucket}"), &[], b"")
+            .await
+            .unwrap_or_else(|e| panic!("creating bucket {bucket}: {e}"));
+        assert_eq!(r.status, 200, "creating bucket {bucket}: {}", r.body);
     }
 
     fn s3(&self) -> S3Config {
@@ -138,7 +128,7 @@ const NEGATIVE: &[&str] = &["bad", "terrible", "hate", "sad"];
 const FILLER: &[&str] = &["the", "movie", "film", "day", "this", "was", "very", "it"];
 
 fn example(i: usize) -> Example {
-    let positive = i % 2 == 0;
+    let positive = i.is_multiple_of(2);
     let words = if positive { POSITIVE } else { NEGATIVE };
     let text = format!(
         "{} {} {} {}",

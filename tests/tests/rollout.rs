@@ -108,7 +108,7 @@ async fn canary_share_and_shadow_are_served_as_configured() {
             continue;
         }
         canary_seen = true;
-        assert!(by_arm.get("Shadow").is_none());
+        assert!(!by_arm.contains_key("Shadow"));
         assert!(by_arm["Production"]
             .iter()
             .all(|p| p.model_version == "v1" && p.arm == Arm::Production));
@@ -138,7 +138,7 @@ async fn canary_share_and_shadow_are_served_as_configured() {
             );
             assert_eq!(by_arm["Shadow"].len(), 100, "and shadowed by the candidate");
             assert!(by_arm["Shadow"].iter().all(|p| p.model_version == "v2"));
-            assert!(by_arm.get("Canary").is_none());
+            assert!(!by_arm.contains_key("Canary"));
             shadow_seen = true;
             break;
         }

@@ -3,7 +3,7 @@
 //!
 //! The schema files are compiled into the binary (`include_str!`), so no service reads the
 //! repository at run time. [`crate::messages`] holds the matching Rust types; the contract
-//! test (`tests/contract.rs`) checks that the two agree.
+//! test (`tests/contract/`) checks that the two agree.
 //!
 //! ```
 //! use aifab_core::schema;
