@@ -75,7 +75,7 @@ impl Readiness {
             .entry(name.to_string())
             .or_insert_with(|| LoopHealth::new(crate::now_ms(), None));
         health.stopped = Some((crate::now_ms(), why.to_string()));
-        metrics::gauge!(metric_name(self.service, "check_up"), "check" => format!("loop:{name}"))
+        metrics::gauge!(metric_name(self.service, crate::telemetry::CHECK_UP), "check" => format!("loop:{name}"))
             .set(0.0);
     }
 
@@ -118,7 +118,7 @@ impl Readiness {
                 since_ms,
             },
         );
-        metrics::gauge!(metric_name(self.service, "check_up"), "check" => name.to_string())
+        metrics::gauge!(metric_name(self.service, crate::telemetry::CHECK_UP), "check" => name.to_string())
             .set(if ok { 1.0 } else { 0.0 });
         changed
     }

@@ -131,7 +131,7 @@ impl Service {
             failure: Arc::default(),
             http_addr: None,
         };
-        metrics::gauge!(metric_name(spec.name, "up")).set(1.0);
+        metrics::gauge!(metric_name(spec.name, crate::telemetry::UP)).set(1.0);
         tracing::info!(
             service = spec.name,
             version = env!("CARGO_PKG_VERSION"),
@@ -255,7 +255,7 @@ impl Service {
                 }
                 Some(why) => {
                     readiness.loop_stopped(name, &why);
-                    metrics::counter!(metric_name(service, "loop_failures_total"), "loop" => name)
+                    metrics::counter!(metric_name(service, crate::telemetry::LOOP_FAILURES), "loop" => name)
                         .increment(1);
                     tracing::error!(loop_name = name, error = %why,
                         "a loop the service needs stopped; shutting down to be restarted");

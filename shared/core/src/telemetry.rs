@@ -115,6 +115,16 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// What every service exports through its skeleton ([`crate::service`], [`crate::health`]),
+/// as suffixes of [`metric_name`]: 1 while the process runs.
+pub const UP: &str = "up";
+/// Each readiness check (`check` label: `kafka`, `loop:<name>`, ...), 1 when it passes.
+pub const CHECK_UP: &str = "check_up";
+/// Loops the service needs that stopped (`loop` label).
+pub const LOOP_FAILURES: &str = "loop_failures_total";
+/// Every suffix above.
+pub const SERVICE_METRICS: &[&str] = &[UP, CHECK_UP, LOOP_FAILURES];
+
 /// `aifab_<service>_<what>`, with the service's dashes made underscores.
 pub fn metric_name(service: &str, what: &str) -> String {
     format!("aifab_{}_{}", service.replace('-', "_"), what)

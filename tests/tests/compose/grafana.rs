@@ -1,8 +1,6 @@
 //! Grafana: the provisioning files parse and point at a compose service, and the
 //! overview dashboard queries only metrics the services export.
 
-use std::path::{Path, PathBuf};
-
 use crate::addresses::host_port;
 use crate::model::{parse_yaml, Compose, Datasources};
 use crate::{assert_clean, read, root, stack};
@@ -43,53 +41,37 @@ fn grafana_provisioning_and_dashboards_parse() {
     }
 }
 
-/// Metric names in the sources: every string literal starting `aifab_` (a `{...}` in a
-/// `format!` literal stands for any name part), plus `aifab_<service>_<what>` for the
-/// `metric_name(spec.name, "what")` helper of `aifab-core`.
-fn exported_metric_patterns(root: &Path) -> Vec<String> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push(p);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(&root.join("services"), &mut files);
-    walk(&root.join("shared"), &mut files);
-    let mut out = Vec::new();
-    let mut helper_whats = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap_or_default();
-        for (i, _) in text.match_indices("\"aifab_") {
-            let lit = &text[i + 1..];
-            if let Some(end) = lit.find('"') {
-                // `"aifab_{}_{}"` is the helper itself, not a metric.
-                if !lit[..end].contains("{}") {
-                    out.push(lit[..end].to_string());
-                }
-            }
-        }
-        for (i, _) in text.match_indices("metric_name(") {
-            let rest = &text[i..text.len().min(i + 120)];
-            if let Some(q) = rest.find(", \"") {
-                if let Some(end) = rest[q + 3..].find('"') {
-                    helper_whats.push(rest[q + 3..q + 3 + end].to_string());
-                }
-            }
-        }
-    }
-    let services: Vec<String> = std::fs::read_dir(root.join("services"))
-        .expect("services/")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().replace('-', "_"))
+/// Every metric name the services export, from the catalogues in code: each service's
+/// `metric_names::ALL`, and for every service the skeleton's and the Kafka engine's (a
+/// `{...}` in a name stands for any name part, e.g. the cost accountant's currency).
+fn exported_metric_patterns() -> Vec<String> {
+    use aifab_core::pipeline::metric_names as engine;
+    use aifab_core::telemetry::{metric_name, SERVICE_METRICS};
+    let own: [&[&str]; 7] = [
+        aifab_ingest::metric_names::ALL,
+        aifab_feature::metric_names::ALL,
+        aifab_inference_worker::metric_names::ALL,
+        aifab_trainer::metric_names::ALL,
+        aifab_monitor::metric_names::ALL,
+        aifab_cost_accountant::metric_names::ALL,
+        aifab_autoscaler::metric_names::ALL,
+    ];
+    let services = [
+        aifab_ingest::SPEC.name,
+        aifab_feature::SPEC.name,
+        aifab_inference_worker::SPEC.name,
+        aifab_trainer::SPEC.name,
+        aifab_monitor::SPEC.name,
+        aifab_cost_accountant::SPEC.name,
+        aifab_autoscaler::SPEC.name,
+    ];
+    let mut out: Vec<String> = own
+        .iter()
+        .flat_map(|names| names.iter().map(|n| n.to_string()))
         .collect();
-    for s in &services {
-        for w in &helper_whats {
-            out.push(format!("aifab_{s}_{w}"));
+    for service in services {
+        for suffix in SERVICE_METRICS.iter().chain(engine::ALL) {
+            out.push(metric_name(service, suffix));
         }
     }
     out
@@ -144,12 +126,12 @@ fn promql_metric_names(expr: &str) -> Vec<String> {
 
 #[test]
 fn grafana_dashboard_queries_metrics_the_services_export() {
-    let patterns = exported_metric_patterns(&root());
+    let patterns = exported_metric_patterns();
     assert!(
         patterns
             .iter()
             .any(|p| p == "aifab_monitor_consumer_lag_records"),
-        "the source scan finds metrics: {patterns:?}"
+        "the catalogues list the metrics: {patterns:?}"
     );
     assert!(metric_matches(
         "aifab_cost_accountant_budget_{currency}",
