@@ -79,22 +79,6 @@ struct Args {
     check_cosine: bool,
 }
 
-fn model_dir(args: &Args) -> PathBuf {
-    if let Some(d) = &args.model_dir {
-        return d.clone();
-    }
-    if let Some(d) = std::env::var_os("AIFAB_MODEL_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    let cache = std::env::var_os("AIFAB_MODEL_CACHE")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/aifab/models")
-        });
-    cache.join("all-minilm-l6-v2")
-}
-
 fn load_texts(path: &Path, limit: usize) -> Result<Vec<String>> {
     let body =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -262,7 +246,10 @@ fn main() -> Result<()> {
         .num_threads(args.threads)
         .build_global();
 
-    let dir = model_dir(&args);
+    let dir = args
+        .model_dir
+        .clone()
+        .unwrap_or_else(aifab_model::testing::real_model_dir);
     if !dir.join("model.safetensors").is_file() {
         bail!(
             "no model in {}: run scripts/fetch-model first (or pass --model-dir)",

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use aifab_core::config::BrokerArgs;
 use aifab_core::messages::{decode, Arm, Outcome, Prediction};
 use aifab_core::registry::Registry;
 use aifab_core::tail::{Start, Tail};
@@ -63,16 +64,8 @@ pub struct DemoArgs {
     /// Give up on outstanding predictions after this many seconds without a new one.
     #[arg(long, default_value_t = 120)]
     pub idle_timeout_s: u64,
-    #[arg(long, env = "AIFAB_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
-    #[arg(long, env = "AIFAB_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    #[arg(
-        long,
-        env = "AIFAB_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub brokers: BrokerArgs,
 }
 
 /// What came back for one test request.
@@ -238,7 +231,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let redis = redis::Client::open(args.redis_url.as_str())?;
+    let redis = redis::Client::open(args.brokers.redis_url.as_str())?;
     let mut conn = redis::aio::ConnectionManager::new(redis)
         .await
         .context("connecting to Redis")?;
@@ -252,7 +245,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .query_async(&mut conn)
         .await?;
     let producer: FutureProducer =
-        aifab_core::kafka::producer_config(&args.kafka_brokers, "aifab-demo").create()?;
+        aifab_core::kafka::producer_config(&args.brokers.kafka_brokers, "aifab-demo").create()?;
     let run_id = format!("demo-{}", uuid::Uuid::now_v7().simple());
 
     let mut registry = Registry::new(conn.clone());
@@ -415,7 +408,7 @@ async fn train_model(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     pb.finish();
-    crate::train::request_and_follow(&args.nats_url, &args.task).await
+    crate::train::request_and_follow(&args.brokers.nats_url, &args.task).await
 }
 
 async fn serve(
@@ -425,7 +418,7 @@ async fn serve(
     test: &[Example],
 ) -> anyhow::Result<Summary> {
     // Start reading predictions at the current end before sending anything.
-    let brokers = args.kafka_brokers.clone();
+    let brokers = args.brokers.kafka_brokers.clone();
     let mut tail = tokio::task::spawn_blocking(move || {
         Tail::open(&brokers, "aifab-demo", PREDICTIONS.name, Start::Latest)
     })

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use aifab_core::config::ModelArgs;
 use aifab_core::messages::{decode, encode, tag, TrainProgress, TrainRequest, TrainStage};
 use aifab_core::topics::subjects;
 use aifab_trainer::dataset::read_jsonl;
@@ -13,6 +14,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("model_dir", |a| a.help("Encoder directory")))]
 pub struct TrainArgs {
     /// Train offline on this JSONL of {"text","label"} (no stack needed).
     #[arg(long)]
@@ -29,9 +31,8 @@ pub struct TrainArgs {
     /// Online: ask the trainer service to train this task now and follow its progress.
     #[arg(long, conflicts_with = "train")]
     pub task: Option<String>,
-    /// Encoder directory.
-    #[arg(long, env = "AIFAB_MODEL_DIR", default_value_t = aifab_trainer::default_model_dir())]
-    pub model_dir: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[arg(long, default_value_t = 128)]
     pub max_len: usize,
     #[arg(long, default_value_t = 42)]
@@ -92,7 +93,7 @@ async fn offline(args: &TrainArgs, train: PathBuf) -> anyhow::Result<()> {
         "{} training and {} evaluation examples; encoder {}",
         train.len(),
         eval.len(),
-        args.model_dir
+        args.model.model_dir
     );
     let cfg = TrainConfig {
         seed: args.seed,
@@ -104,7 +105,7 @@ async fn offline(args: &TrainArgs, train: PathBuf) -> anyhow::Result<()> {
         ..TrainConfig::default()
     };
     let (model_dir, max_len, out_dir) = (
-        PathBuf::from(&args.model_dir),
+        PathBuf::from(&args.model.model_dir),
         args.max_len,
         args.out.clone(),
     );

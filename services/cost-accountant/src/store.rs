@@ -15,6 +15,7 @@
 //! so a replayed or duplicated usage record charges nothing twice.
 
 use aifab_core::messages::{BudgetEventKind, BudgetPeriod, UsageRecord};
+use aifab_core::redis_store::KeyPrefix;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
@@ -62,7 +63,7 @@ pub struct StoredBudget {
 
 #[derive(Clone)]
 pub struct Store {
-    prefix: String,
+    prefix: KeyPrefix,
     script: redis::Script,
     /// TTL of the idempotency keys, seconds (longer than the usage topic's retention).
     pub dedupe_ttl_s: u64,
@@ -77,7 +78,7 @@ impl Store {
     pub fn new(prefix: &str, dedupe_ttl_s: u64, retention_s: u64, window_ms: i64) -> Self {
         let window_ms = window_ms.max(1000);
         Store {
-            prefix: prefix.trim_end_matches(':').to_string(),
+            prefix: KeyPrefix::new(prefix),
             script: redis::Script::new(CHARGE),
             dedupe_ttl_s,
             retention_s,

@@ -7,6 +7,7 @@
 //! | `<p>:feature:tenant:<tenant>` | hash: `requests`, `examples`, `tokens`, `cached`, `truncated`, `first_seen_ms`, `last_seen_ms` | online features, all time |
 //! | `<p>:feature:tenant:<tenant>:minute:<unix minute>` | hash: `requests`, `tokens`, TTL 2 h | online features per minute (rolling windows) |
 
+use aifab_core::redis_store::KeyPrefix;
 use sha2::Digest;
 
 /// Seconds a per-minute online-features hash is kept.
@@ -14,13 +15,13 @@ pub const MINUTE_TTL_S: u64 = 7200;
 
 #[derive(Debug, Clone)]
 pub struct Keys {
-    prefix: String,
+    prefix: KeyPrefix,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
         Keys {
-            prefix: prefix.trim_end_matches(':').to_string(),
+            prefix: KeyPrefix::new(prefix),
         }
     }
     pub fn dedupe(&self, hash: &str) -> String {

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aifab_core::config::{BrokerArgs, ServeArgs};
+use aifab_core::config::{BrokerArgs, ModelArgs, ServeArgs};
 use aifab_core::pipeline::{self, LoopSettings};
 use aifab_core::service::{Needs, Service, ServiceSpec};
 use aifab_core::supervise::STALE_AFTER;
@@ -41,12 +41,18 @@ pub const SPEC: ServiceSpec = ServiceSpec {
     },
 };
 
+/// `--model-dir` as this service reads it: only the tokenizer.
+const MODEL_DIR_HELP: &str = "The model directory holding tokenizer.json (or the tokenizer.json \
+    file itself); see scripts/fetch-model";
+
 /// Command-line and environment configuration.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "aifab-feature",
     version,
-    about = "Tokenizes accepted records into inference requests and training examples; dedupe cache and per-tenant online features in Redis."
+    about = "Tokenizes accepted records into inference requests and training examples; dedupe \
+             cache and per-tenant online features in Redis.",
+    mut_arg("model_dir", |a| a.help(MODEL_DIR_HELP))
 )]
 pub struct Config {
     #[command(flatten)]
@@ -54,9 +60,8 @@ pub struct Config {
     #[command(flatten)]
     pub serve: ServeArgs,
 
-    /// The model directory holding tokenizer.json (or the tokenizer.json file itself); see scripts/fetch-model.
-    #[arg(long, env = "AIFAB_MODEL_DIR", default_value_t = default_model_dir())]
-    pub model_dir: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
 
     /// Most tokens per text, special tokens included.
     #[arg(long, env = "AIFAB_MAX_TOKENS", default_value_t = 128)]
@@ -129,15 +134,10 @@ pub struct Config {
     pub consume_wait_ms: u64,
 }
 
-fn default_model_dir() -> String {
-    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-    format!("{home}/.cache/aifab/models/all-minilm-l6-v2")
-}
-
 /// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
-    let path = PathBuf::from(&config.model_dir);
+    let path = PathBuf::from(&config.model.model_dir);
     let tokenizer = FeatureTokenizer::load(&path, config.max_tokens, config.truncation)
         .with_context(|| {
             format!(
@@ -196,16 +196,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             keys,
             ttl_s: config.dedupe_ttl_s,
         };
-        let settings = LoopSettings {
-            service: SPEC.name,
-            brokers: config.brokers.kafka_brokers.clone(),
-            group: config.cache_group.clone(),
-            input_topic: config.predictions_topic.clone(),
-            client_id: format!("aifab-feature-cache-{instance}"),
-            max_batch: 2000,
-            max_wait: Duration::from_millis(20),
-            heartbeat: svc.heartbeat("cache-loop", STALE_AFTER),
-        };
+        let settings = LoopSettings::secondary(
+            SPEC.name,
+            config.brokers.kafka_brokers.clone(),
+            config.cache_group.clone(),
+            config.predictions_topic.clone(),
+            format!("aifab-feature-cache-{instance}"),
+            svc.heartbeat("cache-loop", STALE_AFTER),
+        );
         let (rt, token) = (runtime, svc.shutdown.clone());
         let cache_loop = pipeline::spawn_loop("cache-loop", move || {
             pipeline::run_at_least_once(settings, fill, rt, token)
@@ -218,4 +216,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Until SIGTERM, or until a loop fails (then exit non-zero to be restarted).
     svc.shutdown.cancelled().await;
     svc.finish().await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn model_dir_help_says_only_the_tokenizer_is_read() {
+        let cmd = Config::command();
+        cmd.clone().debug_assert();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "model_dir")
+            .expect("--model-dir");
+        assert_eq!(
+            arg.get_help().map(|h| h.to_string()),
+            Some(MODEL_DIR_HELP.into())
+        );
+    }
 }

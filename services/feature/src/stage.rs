@@ -130,12 +130,9 @@ pub fn priority_of(m: &Consumed) -> u8 {
         .unwrap_or(0)
 }
 
-fn with_trace(mut r: Record, m: &Consumed, tenant: &str) -> Record {
-    r = r.header("tenant", tenant.to_string());
-    if let Some(tp) = m.header("traceparent") {
-        r = r.header("traceparent", tp.to_vec());
-    }
-    r
+fn with_trace(r: Record, m: &Consumed, tenant: &str) -> Record {
+    r.header("tenant", tenant)
+        .traceparent(m.header("traceparent"))
 }
 
 impl Transform for FeatureStage {

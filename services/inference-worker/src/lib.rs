@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aifab_core::config::{BrokerArgs, ServeArgs};
+use aifab_core::config::{BrokerArgs, ModelArgs, ServeArgs};
 use aifab_core::service::{Needs, Service, ServiceSpec};
 use aifab_model::batcher::BatchLimits;
 use anyhow::Context;
@@ -45,9 +45,8 @@ pub struct Config {
     #[command(flatten)]
     pub serve: ServeArgs,
 
-    /// Encoder directory (config.json, model.safetensors, tokenizer.json); see scripts/fetch-model.
-    #[arg(long, env = "AIFAB_MODEL_DIR", default_value_t = default_model_dir())]
-    pub model_dir: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
 
     /// Classification head to serve at start (head.safetensors + labels.json). Without
     /// it the worker serves the registry's `production` version of --task (from Redis),
@@ -115,11 +114,6 @@ pub struct Config {
     pub instance_id: Option<String>,
 }
 
-fn default_model_dir() -> String {
-    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-    format!("{home}/.cache/aifab/models/all-minilm-l6-v2")
-}
-
 /// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
@@ -129,14 +123,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         aifab_model::select(spec).with_context(|| format!("--device {}", config.device))?;
     let device_kind = if device.is_cuda() { "cuda" } else { "cpu" }.to_string();
     tracing::info!(device = %config.device, kind = %device_kind, "inference device");
-    let model_dir = PathBuf::from(&config.model_dir);
+    let model_dir = PathBuf::from(&config.model.model_dir);
     let encoder =
         tokio::task::spawn_blocking(move || aifab_model::Encoder::load(&model_dir, &device))
             .await?
             .with_context(|| {
                 format!(
                     "loading the encoder from {} (run scripts/fetch-model?)",
-                    config.model_dir
+                    config.model.model_dir
                 )
             })?;
     let fetch = model_slot::ArtifactFetch {

@@ -17,10 +17,7 @@ pub fn features_record(
     if let Some(p) = priority {
         r = r.header("priority", p.to_string());
     }
-    if let Some(tp) = traceparent {
-        r = r.header("traceparent", tp);
-    }
-    r
+    r.traceparent(traceparent)
 }
 
 #[cfg(test)]

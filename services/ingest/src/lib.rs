@@ -285,16 +285,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         keys,
         ttl_s: config.prediction_ttl_s,
     };
-    let pred_settings = LoopSettings {
-        service: SPEC.name,
-        brokers: config.brokers.kafka_brokers.clone(),
-        group: config.predictions_group.clone(),
-        input_topic: config.predictions_topic.clone(),
-        client_id: format!("aifab-ingest-predictions-{instance}"),
-        max_batch: 2000,
-        max_wait: Duration::from_millis(20),
-        heartbeat: svc.heartbeat("predictions-loop", LOOP_STALE_AFTER),
-    };
+    let pred_settings = LoopSettings::secondary(
+        SPEC.name,
+        config.brokers.kafka_brokers.clone(),
+        config.predictions_group.clone(),
+        config.predictions_topic.clone(),
+        format!("aifab-ingest-predictions-{instance}"),
+        svc.heartbeat("predictions-loop", LOOP_STALE_AFTER),
+    );
     let (rt, token) = (runtime, svc.shutdown.clone());
     let pred_loop = pipeline::spawn_loop("predictions-loop", move || {
         pipeline::run_at_least_once(pred_settings, store, rt, token)

@@ -11,18 +11,19 @@
 //! | `<p>:ingest:prediction:<tenant>:<id>` | string: `prediction/v1` JSON, TTL `--prediction-ttl-s` | ingest's predictions consumer | answers for `GET /v1/predictions/{id}` |
 //! | `<p>:ingest:budget:<tenant>` | string: JSON, expires at the end of the budget period | ingest (from NATS `aifab.budget.exceeded`) | the tenant is over budget |
 
+use aifab_core::redis_store::KeyPrefix;
 use redis::aio::ConnectionManager;
 use sha2::Digest;
 
 #[derive(Debug, Clone)]
 pub struct Keys {
-    prefix: String,
+    prefix: KeyPrefix,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
         Keys {
-            prefix: prefix.trim_end_matches(':').to_string(),
+            prefix: KeyPrefix::new(prefix),
         }
     }
     pub fn api_key(&self, key_sha256: &str) -> String {

@@ -19,7 +19,7 @@ pub mod train;
 
 use std::path::PathBuf;
 
-use aifab_core::config::{BrokerArgs, ServeArgs};
+use aifab_core::config::{BrokerArgs, ModelArgs, ServeArgs};
 use aifab_core::service::{Needs, ServiceSpec};
 
 pub const SPEC: ServiceSpec = ServiceSpec {
@@ -41,9 +41,8 @@ pub struct Config {
     #[command(flatten)]
     pub serve: ServeArgs,
 
-    /// Encoder directory (config.json, model.safetensors, tokenizer.json); see scripts/fetch-model.
-    #[arg(long, env = "AIFAB_MODEL_DIR", default_value_t = default_model_dir())]
-    pub model_dir: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
 
     /// Where artifacts are written when --artifact-store is not given: `<dir>/<task>/<version>/`.
     #[arg(long, env = "AIFAB_ARTIFACT_DIR", default_value_t = default_artifact_dir())]
@@ -98,11 +97,6 @@ pub struct Config {
     /// Consumer group (its committed offsets mark which examples were already seen).
     #[arg(long, env = "AIFAB_TRAINER_GROUP", default_value = aifab_core::topics::groups::TRAINER)]
     pub group: String,
-}
-
-pub fn default_model_dir() -> String {
-    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-    format!("{home}/.cache/aifab/models/all-minilm-l6-v2")
 }
 
 impl Config {

@@ -45,7 +45,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         seed: config.seed,
         ..TrainConfig::default()
     };
-    let model_dir = PathBuf::from(&config.model_dir);
+    let model_dir = PathBuf::from(&config.model.model_dir);
     let max_len = config.max_len;
     let trainer =
         tokio::task::spawn_blocking(move || Trainer::load(&model_dir, max_len, train_config))

@@ -25,6 +25,22 @@ pub struct BrokerArgs {
     pub redis_url: String,
 }
 
+/// Where the encoder is (the inference worker, the trainer, the feature service's
+/// tokenizer, `aifab train`).
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Encoder directory (config.json, model.safetensors, tokenizer.json); see scripts/fetch-model.
+    #[arg(long, env = "AIFAB_MODEL_DIR", default_value_t = default_model_dir())]
+    pub model_dir: String,
+}
+
+/// Where `scripts/fetch-model` puts the encoder when `AIFAB_MODEL_CACHE` is not set:
+/// `$HOME/.cache/aifab/models/all-minilm-l6-v2`.
+pub fn default_model_dir() -> String {
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    format!("{home}/.cache/aifab/models/all-minilm-l6-v2")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -58,5 +74,25 @@ impl ServeArgs {
     pub fn http_addr_or(&self, default_port: u16) -> std::net::SocketAddr {
         self.http_addr
             .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], default_port)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        model: ModelArgs,
+    }
+
+    #[test]
+    fn the_model_dir_is_a_flag_with_fetch_models_directory_as_default() {
+        let cli = Cli::parse_from(["test", "--model-dir", "/models/encoder"]);
+        assert_eq!(cli.model.model_dir, "/models/encoder");
+        assert!(default_model_dir().ends_with("/.cache/aifab/models/all-minilm-l6-v2"));
     }
 }

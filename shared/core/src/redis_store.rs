@@ -1,5 +1,6 @@
 //! Redis connection: a `ConnectionManager` (reconnects by itself once it exists), created
-//! by a background task that retries with backoff until Redis first answers.
+//! by a background task that retries with backoff until Redis first answers; and the
+//! prefix every service's keys start with.
 
 use std::time::Duration;
 
@@ -83,4 +84,34 @@ pub async fn ping(conn: &mut ConnectionManager) -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("PING timed out after 2s"))??;
     anyhow::ensure!(reply == "PONG", "PING answered {reply:?}");
     Ok(())
+}
+
+/// The start of every Redis key a service reads or writes (`--redis-prefix`), so tests and
+/// several deployments can share one Redis. Shown without a trailing `:`, so `aifab` and
+/// `aifab:` name the same keys: `format!("{prefix}:ingest:tenant:{tenant}")`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPrefix(String);
+
+impl KeyPrefix {
+    pub fn new(prefix: &str) -> Self {
+        KeyPrefix(prefix.trim_end_matches(':').to_string())
+    }
+}
+
+impl std::fmt::Display for KeyPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyPrefix;
+
+    #[test]
+    fn a_prefix_names_the_same_keys_with_or_without_its_colon() {
+        assert_eq!(KeyPrefix::new("aifab:").to_string(), "aifab");
+        assert_eq!(KeyPrefix::new("aifab"), KeyPrefix::new("aifab:"));
+        assert_eq!(KeyPrefix::new("t1::").to_string(), "t1");
+    }
 }

@@ -1,50 +1,13 @@
 //! The simulator's PNG: arrivals, replicas and lag over time, one line per policy.
-//! Drawn with plotters' bitmap backend; plotters draws the text itself (ab_glyph) from
-//! DejaVu Sans embedded in the binary, so no system font (fontconfig, freetype) is needed.
+//! Drawn by `aifab-plot` (text from an embedded font).
 
 use std::path::Path;
-use std::sync::OnceLock;
 
-use plotters::prelude::*;
-use plotters::style::FontStyle;
+use aifab_plot::{Axes, Canvas, PanelStyle, Series, PALETTE as COLORS};
 
 use super::engine::SimResult;
 
-const W: u32 = 1200;
-const H: u32 = 900;
-const COLORS: [RGBColor; 4] = [
-    RGBColor(120, 120, 120),
-    RGBColor(220, 80, 40),
-    RGBColor(30, 110, 200),
-    RGBColor(40, 160, 60),
-];
-const GRID: RGBColor = RGBColor(225, 225, 225);
-/// The family every text style below names; registered from the embedded font.
-const FONT: &str = "sans-serif";
-
-type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
-
-/// One line of a panel.
-struct Series<'s> {
-    name: &'s str,
-    color: RGBColor,
-    points: Vec<(f64, f64)>,
-}
-
-/// Give plotters the embedded font: with the `ab_glyph` feature it draws text only in
-/// fonts registered here, never from the system.
-fn register_font() -> anyhow::Result<()> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = REGISTERED.get_or_init(|| {
-        plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok()
-    });
-    anyhow::ensure!(*ok, "plot: the embedded DejaVu Sans does not parse");
-    Ok(())
-}
-
-fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("plot: {e:?}")
-}
+const SIZE: (u32, u32) = (1200, 900);
 
 /// Tick labels: whole numbers, `k` for thousands, one decimal below 10.
 fn short(v: f64) -> String {
@@ -57,89 +20,25 @@ fn short(v: f64) -> String {
     }
 }
 
-/// Top of a y axis: a little above the highest point, 1 when there is none.
-fn y_top(points: impl Iterator<Item = f64>) -> f64 {
-    let max = points.fold(0.0, f64::max);
-    if max > 0.0 {
-        max * 1.05
-    } else {
-        1.0
-    }
-}
-
-/// The panel's title and then a colour key per series, in the row above the plot, whose
-/// left edge is at `x` (backend pixels): a legend inside the plot would hide lines.
-fn title_and_legend(area: &Area, x: i32, title: &str, series: &[Series]) -> anyhow::Result<()> {
-    let title_style = TextStyle::from((FONT, 20)).color(&BLACK);
-    let key_style = TextStyle::from((FONT, 14)).color(&BLACK);
-    let x = x - area.get_base_pixel().0;
-    area.draw(&Text::new(title, (x, 6), title_style.clone()))
-        .map_err(plot_err)?;
-    let (w, _) = area
-        .estimate_text_size(title, &title_style)
-        .map_err(plot_err)?;
-    let mut lx = x + w as i32 + 30;
-    for s in series {
-        area.draw(&Rectangle::new([(lx, 9), (lx + 18, 21)], s.color.filled()))
-            .map_err(plot_err)?;
-        area.draw(&Text::new(s.name, (lx + 24, 8), key_style.clone()))
-            .map_err(plot_err)?;
-        let (w, _) = area
-            .estimate_text_size(s.name, &key_style)
-            .map_err(plot_err)?;
-        lx += 24 + w as i32 + 24;
-    }
-    Ok(())
-}
-
-/// One panel: a title and legend, axes with labelled ticks, and one line per series.
-fn panel(area: &Area, title: &str, t_max_h: f64, series: &[Series]) -> anyhow::Result<()> {
-    let y_max = y_top(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
-    let mut chart = ChartBuilder::on(area)
-        .margin(8)
-        .margin_top(32)
-        // Room for the last x label, centred on the right edge.
-        .margin_right(28)
-        .x_label_area_size(24)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..t_max_h, 0f64..y_max)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .bold_line_style(GRID)
-        .light_line_style(TRANSPARENT)
-        .x_labels(6)
-        .y_labels(6)
-        .x_label_formatter(&|x| format!("{x:.1}h"))
-        .y_label_formatter(&|y| short(*y))
-        .label_style((FONT, 13))
-        .draw()
-        .map_err(plot_err)?;
-    for s in series {
-        chart
-            .draw_series(LineSeries::new(s.points.iter().copied(), s.color))
-            .map_err(plot_err)?;
-    }
-    title_and_legend(area, chart.backend_coord(&(0.0, y_max)).0, title, series)
-}
-
 /// Write the plot for `results` (all run on the same trace) to `path`.
 pub fn write(path: &Path, trace_name: &str, results: &[SimResult]) -> anyhow::Result<()> {
-    register_font()?;
-    let root = BitMapBackend::new(path, (W, H)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_err)?;
     let header = format!("aifab simulate: {trace_name}");
-    let header_style = TextStyle::from((FONT, 22)).color(&BLACK);
-    root.draw(&Text::new(header.as_str(), (10, 8), header_style))
-        .map_err(plot_err)?;
-    let panels = root.margin(34, 0, 0, 0).split_evenly((3, 1));
+    let canvas = Canvas::new(path, SIZE, &header, 3)?;
+    let panels = &canvas.panels;
     let t_max_h = results
         .iter()
         .flat_map(|r| r.samples.last().map(|s| s.t_s))
         .fold(0.0, f64::max)
         .max(60.0)
         / 3600.0;
+    let axes = Axes {
+        x_max: t_max_h,
+        x_label: &|x| format!("{x:.1}h"),
+        y_label: &|y| short(*y),
+    };
+    let panel = |area, title, series: &[Series]| {
+        aifab_plot::panel(area, title, &axes, PanelStyle::DENSE, series)
+    };
     let h = |s: f64| s / 3600.0;
     let arrivals: Vec<(f64, f64)> = results
         .first()
@@ -156,7 +55,7 @@ pub fn write(path: &Path, trace_name: &str, results: &[SimResult]) -> anyhow::Re
         color: COLORS[0],
         points: arrivals,
     }];
-    panel(&panels[0], "arrivals/s", t_max_h, &arrivals)?;
+    panel(&panels[0], "arrivals/s", &arrivals)?;
     let per_policy = |value: fn(&super::engine::Sample) -> f64| -> Vec<Series> {
         results
             .iter()
@@ -168,21 +67,9 @@ pub fn write(path: &Path, trace_name: &str, results: &[SimResult]) -> anyhow::Re
             })
             .collect()
     };
-    panel(
-        &panels[1],
-        "replicas",
-        t_max_h,
-        &per_policy(|s| s.replicas as f64),
-    )?;
-    panel(
-        &panels[2],
-        "lag (records)",
-        t_max_h,
-        &per_policy(|s| s.lag as f64),
-    )?;
-    root.present()
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-    Ok(())
+    panel(&panels[1], "replicas", &per_policy(|s| s.replicas as f64))?;
+    panel(&panels[2], "lag (records)", &per_policy(|s| s.lag as f64))?;
+    canvas.save()
 }
 
 #[cfg(test)]
@@ -234,7 +121,5 @@ mod tests {
             [short(0.0), short(2.5), short(40.0), short(12_000.0)],
             ["0", "2.5", "40", "12k"]
         );
-        assert_eq!(y_top([].into_iter()), 1.0);
-        assert!((y_top([10.0, 20.0].into_iter()) - 21.0).abs() < 1e-9);
     }
 }

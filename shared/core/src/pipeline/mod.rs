@@ -71,6 +71,31 @@ pub struct LoopSettings {
 }
 
 impl LoopSettings {
+    /// A secondary loop's settings: one that keeps a store in step with a topic
+    /// ([`run_at_least_once`]) beside the service's main loop (feature's dedupe-cache
+    /// filler, ingest's predictions store). Batches of up to 2000 messages, filled for at
+    /// most 20 ms: what it writes trails the topic by little, whatever the main loop's
+    /// settings.
+    pub fn secondary(
+        service: &'static str,
+        brokers: String,
+        group: String,
+        input_topic: String,
+        client_id: String,
+        heartbeat: Heartbeat,
+    ) -> Self {
+        LoopSettings {
+            service,
+            brokers,
+            group,
+            input_topic,
+            client_id,
+            max_batch: 2000,
+            max_wait: Duration::from_millis(20),
+            heartbeat,
+        }
+    }
+
     fn consumer(&self, call_timeout: Duration) -> ConsumerSettings {
         ConsumerSettings {
             service: self.service,

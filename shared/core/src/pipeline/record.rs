@@ -84,6 +84,15 @@ impl Record {
         self
     }
 
+    /// Carry the W3C trace context of the input (its `traceparent`, when it has one) to
+    /// this output, so a trace follows the record from service to service.
+    pub fn traceparent(self, value: Option<&[u8]>) -> Self {
+        match value {
+            Some(tp) => self.header("traceparent", tp),
+            None => self,
+        }
+    }
+
     /// rdkafka headers for this record.
     pub fn owned_headers(&self) -> OwnedHeaders {
         let mut h = OwnedHeaders::new_with_capacity(self.headers.len());
