@@ -96,7 +96,13 @@ fn accepted(
     text: &str,
     extra: serde_json::Value,
 ) -> (Option<String>, Vec<u8>, Vec<(String, String)>) {
-    let mut v = json!({"schema": "ingest.raw/v1", "id": id, "tenant": tenant, "text": text, "received_at_ms": aifab_core::now_ms()});
+    let mut v = json!({
+        "schema": "ingest.raw/v1",
+        "id": id,
+        "tenant": tenant,
+        "text": text,
+        "received_at_ms": aifab_core::now_ms(),
+    });
     for (k, x) in extra.as_object().unwrap() {
         v[k] = x.clone();
     }

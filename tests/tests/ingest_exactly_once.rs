@@ -78,8 +78,17 @@ async fn every_record_comes_out_once_through_sigkills() {
     let wave = 1500;
     let records: Vec<_> = (0..n)
         .map(|i| {
-            let v = json!({"schema": "ingest.raw/v1", "id": format!("e-{i}"), "tenant": "acme", "text": format!("the cat sat {i}")});
-            (Some(format!("e-{i}")), serde_json::to_vec(&v).unwrap(), vec![])
+            let v = json!({
+                "schema": "ingest.raw/v1",
+                "id": format!("e-{i}"),
+                "tenant": "acme",
+                "text": format!("the cat sat {i}"),
+            });
+            (
+                Some(format!("e-{i}")),
+                serde_json::to_vec(&v).unwrap(),
+                vec![],
+            )
         })
         .collect();
 

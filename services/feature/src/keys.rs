@@ -1,11 +1,13 @@
 //! The feature service's Redis key layout (documented in the README, "Ingest and
 //! features"). Every key starts with `--redis-prefix` (default `aifab`).
 //!
-//! | key | type | meaning |
-//! |---|---|---|
-//! | `<p>:feature:dedupe:<sha256>` | string: `prediction/v1` JSON, TTL `--dedupe-ttl-s` | a computed prediction for (scope, task, text) |
-//! | `<p>:feature:tenant:<tenant>` | hash: `requests`, `examples`, `tokens`, `cached`, `truncated`, `first_seen_ms`, `last_seen_ms` | online features, all time |
-//! | `<p>:feature:tenant:<tenant>:minute:<unix minute>` | hash: `requests`, `tokens`, TTL 2 h | online features per minute (rolling windows) |
+//! - `<p>:feature:dedupe:<sha256>`: a computed prediction for (scope, task, text).
+//!   Type: string, `prediction/v1` JSON, TTL `--dedupe-ttl-s`.
+//! - `<p>:feature:tenant:<tenant>`: online features, all time.
+//!   Type: hash of `requests`, `examples`, `tokens`, `cached`, `truncated`,
+//!   `first_seen_ms`, `last_seen_ms`.
+//! - `<p>:feature:tenant:<tenant>:minute:<unix minute>`: online features per minute
+//!   (rolling windows). Type: hash of `requests`, `tokens`, TTL 2 h.
 
 use aifab_core::redis_store::KeyPrefix;
 use sha2::Digest;

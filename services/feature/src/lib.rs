@@ -145,7 +145,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 path.display()
             )
         })?;
-    tracing::info!(path = %path.display(), max_tokens = config.max_tokens, truncation = ?config.truncation, "tokenizer loaded");
+    tracing::info!(
+        path = %path.display(),
+        max_tokens = config.max_tokens,
+        truncation = ?config.truncation,
+        "tokenizer loaded"
+    );
     let redis = svc.redis()?;
     let keys = keys::Keys::new(&config.redis_prefix);
     svc.serve(axum::Router::new()).await?;

@@ -72,7 +72,11 @@ impl Deltas {
                 .ignore();
             // last_seen_ms only moves forward, whichever replica writes last.
             pipe.cmd("EVAL")
-                .arg("local v = tonumber(redis.call('HGET', KEYS[1], 'last_seen_ms') or '0'); if tonumber(ARGV[1]) > v then redis.call('HSET', KEYS[1], 'last_seen_ms', ARGV[1]) end; return 0")
+                .arg(concat!(
+                    "local v = tonumber(redis.call('HGET', KEYS[1], 'last_seen_ms') or '0'); ",
+                    "if tonumber(ARGV[1]) > v then ",
+                    "redis.call('HSET', KEYS[1], 'last_seen_ms', ARGV[1]) end; return 0"
+                ))
                 .arg(1)
                 .arg(&k)
                 .arg(d.last_seen_ms)

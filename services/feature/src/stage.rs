@@ -111,7 +111,12 @@ pub fn accept(m: &Consumed) -> Result<IngestRecord, (ErrorKind, String)> {
         ));
     }
     if rec.received_at_ms.is_none() {
-        return Err((ErrorKind::MissingField, "missing field \"received_at_ms\": records on the features topic carry ingest's receipt time".into()));
+        return Err((
+            ErrorKind::MissingField,
+            "missing field \"received_at_ms\": records on the features topic carry ingest's \
+             receipt time"
+                .into(),
+        ));
     }
     if rec.text.is_empty() {
         return Err((

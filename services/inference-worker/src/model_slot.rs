@@ -298,7 +298,11 @@ pub async fn follow_events(
         }
         if let Err(e) = slot.load_uri(&event.artifact_uri, &event.version).await {
             metrics::counter!(crate::metric_names::MODEL_LOAD_FAILURES).increment(1);
-            tracing::error!(version = %event.version, error = %format!("{e:#}"), "new model version failed to load; keeping the current one");
+            tracing::error!(
+                version = %event.version,
+                error = %format!("{e:#}"),
+                "new model version failed to load; keeping the current one"
+            );
         }
     }
 }

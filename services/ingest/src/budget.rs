@@ -105,7 +105,11 @@ impl BudgetBoard {
         let now = aifab_core::now_ms();
         let state = Exceeded::from_event(event, now);
         if state.until_ms <= now {
-            tracing::info!(tenant = %event.tenant, period = %event.period, "budget event for a period already over; ignored");
+            tracing::info!(
+                tenant = %event.tenant,
+                period = %event.period,
+                "budget event for a period already over; ignored"
+            );
             return;
         }
         tracing::warn!(tenant = %event.tenant, period = %event.period, spent = event.spent, budget = event.budget,
@@ -152,7 +156,10 @@ pub async fn follow_events(
     tracing::info!(subject, "following budget events");
     loop {
         let msg = tokio::select! {
-            m = sub.next() => match m { Some(m) => m, None => anyhow::bail!("the NATS subscription to {subject} ended") },
+            m = sub.next() => match m {
+                Some(m) => m,
+                None => anyhow::bail!("the NATS subscription to {subject} ended"),
+            },
             _ = shutdown.cancelled() => return Ok(()),
         };
         match decode::<BudgetEvent>(&msg.payload) {

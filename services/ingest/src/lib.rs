@@ -48,7 +48,8 @@ pub const SPEC: ServiceSpec = ServiceSpec {
 #[command(
     name = "aifab-ingest",
     version,
-    about = "Validated entry: HTTP API and the aifab.ingest.raw topic; accepted records go to aifab.features.in, invalid input to aifab.dlq."
+    about = "Validated entry: HTTP API and the aifab.ingest.raw topic; accepted records go to \
+             aifab.features.in, invalid input to aifab.dlq."
 )]
 pub struct Config {
     #[command(flatten)]
@@ -56,10 +57,20 @@ pub struct Config {
     #[command(flatten)]
     pub serve: ServeArgs,
 
-    /// JSON file of API keys and tenant settings:
-    /// {"keys":[{"key":"...","tenant":"acme"}],"tenants":{"acme":{"rate_per_s":100,"burst":200,"budget_mode":"reject"}}}.
-    /// Keys and tenants can also be added at run time in Redis (see the README).
-    #[arg(long, env = "AIFAB_API_KEYS_FILE")]
+    /// JSON file of API keys and tenant settings (`help` below shows its format). Keys and
+    /// tenants can also be added at run time in Redis (see the README).
+    // The help text is spelled out because clap would join a doc comment's lines with spaces,
+    // and the JSON example does not fit on one line.
+    #[arg(
+        long,
+        env = "AIFAB_API_KEYS_FILE",
+        help = concat!(
+            "JSON file of API keys and tenant settings: ",
+            r#"{"keys":[{"key":"...","tenant":"acme"}],"#,
+            r#""tenants":{"acme":{"rate_per_s":100,"burst":200,"budget_mode":"reject"}}}. "#,
+            "Keys and tenants can also be added at run time in Redis (see the README)"
+        )
+    )]
     pub api_keys_file: Option<PathBuf>,
 
     /// Prefix of every Redis key this service reads or writes.
@@ -109,7 +120,12 @@ pub struct Config {
     pub task_labels: std::collections::BTreeMap<String, Vec<String>>,
 
     /// Longest text in characters (the schema's limit is 20000).
-    #[arg(long, env = "AIFAB_MAX_TEXT_CHARS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=20_000))]
+    #[arg(
+        long,
+        env = "AIFAB_MAX_TEXT_CHARS",
+        default_value_t = 20_000,
+        value_parser = clap::value_parser!(u64).range(1..=20_000)
+    )]
     pub max_text_chars: u64,
 
     /// Largest HTTP body in bytes (413 above).

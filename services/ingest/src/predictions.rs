@@ -52,7 +52,12 @@ impl Handler for PredictionStore {
                 }
                 Err(e) => {
                     metrics::counter!(metric_names::PREDICTIONS_INVALID_TOTAL).increment(1);
-                    tracing::warn!(partition = m.partition, offset = m.offset, error = %e, "skipping an invalid prediction");
+                    tracing::warn!(
+                        partition = m.partition,
+                        offset = m.offset,
+                        error = %e,
+                        "skipping an invalid prediction"
+                    );
                 }
             }
         }

@@ -189,7 +189,8 @@ impl Transform for RawStage {
                         .increment(1);
                     let m = &batch[*i];
                     anyhow::bail!(
-                        "the id of the record at {}:{}:{} is being written by an HTTP request; the batch waits for its outcome",
+                        "the id of the record at {}:{}:{} is being written by an HTTP request; \
+                         the batch waits for its outcome",
                         m.topic,
                         m.partition,
                         m.offset

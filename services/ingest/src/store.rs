@@ -2,14 +2,22 @@
 //! features"). Every key starts with the configured prefix (`--redis-prefix`, default
 //! `aifab`), so tests and several deployments can share one Redis.
 //!
-//! | key | type | written by | meaning |
-//! |---|---|---|---|
-//! | `<p>:ingest:apikey:<sha256 hex of key>` | string: tenant | operators | an API key added at run time |
-//! | `<p>:ingest:tenant:<tenant>` | hash: `rate_per_s`, `burst`, `budget_mode`, `enabled` | operators | a tenant added (or its settings changed) at run time |
-//! | `<p>:ingest:id:<tenant>:<id>` | string: who claimed it (see [`held`]), TTL `--id-ttl-s` | ingest | request ids in use (duplicate-id check, "pending" answers) |
-//! | `<p>:ingest:idem:<tenant>:<route>:<sha256 hex of Idempotency-Key>` | string: JSON, TTL `--idempotency-ttl-s` | ingest | the stored response of an idempotent POST |
-//! | `<p>:ingest:prediction:<tenant>:<id>` | string: `prediction/v1` JSON, TTL `--prediction-ttl-s` | ingest's predictions consumer | answers for `GET /v1/predictions/{id}` |
-//! | `<p>:ingest:budget:<tenant>` | string: JSON, expires at the end of the budget period | ingest (from NATS `aifab.budget.exceeded`) | the tenant is over budget |
+//! - `<p>:ingest:apikey:<sha256 hex of key>`: an API key added at run time.
+//!   Type: string, the tenant. Written by operators.
+//! - `<p>:ingest:tenant:<tenant>`: a tenant added (or its settings changed) at run time.
+//!   Type: hash of `rate_per_s`, `burst`, `budget_mode`, `enabled`. Written by operators.
+//! - `<p>:ingest:id:<tenant>:<id>`: request ids in use (duplicate-id check, "pending"
+//!   answers). Type: string, who claimed it (see [`held`]), TTL `--id-ttl-s`. Written by
+//!   ingest.
+//! - `<p>:ingest:idem:<tenant>:<route>:<sha256 hex of Idempotency-Key>`: the stored
+//!   response of an idempotent POST. Type: string, JSON, TTL `--idempotency-ttl-s`.
+//!   Written by ingest.
+//! - `<p>:ingest:prediction:<tenant>:<id>`: answers for `GET /v1/predictions/{id}`.
+//!   Type: string, `prediction/v1` JSON, TTL `--prediction-ttl-s`. Written by ingest's
+//!   predictions consumer.
+//! - `<p>:ingest:budget:<tenant>`: the tenant is over budget. Type: string, JSON,
+//!   expires at the end of the budget period. Written by ingest (from NATS
+//!   `aifab.budget.exceeded`).
 
 use aifab_core::redis_store::KeyPrefix;
 use redis::aio::ConnectionManager;
@@ -200,7 +208,12 @@ pub async fn release_retrying(conn: &mut ConnectionManager, keys: &[String], val
         match release(conn, keys, values).await {
             Ok(_) => return,
             Err(e) if attempt == 5 => {
-                tracing::error!(error = %e, keys = keys.len(), "could not release the claims of a failed write (ids are refused as unknown, an Idempotency-Key answers outcome_unknown, once their in-flight time passes)")
+                tracing::error!(
+                    error = %e,
+                    keys = keys.len(),
+                    "could not release the claims of a failed write (ids are refused as unknown, \
+                     an Idempotency-Key answers outcome_unknown, once their in-flight time passes)"
+                )
             }
             Err(e) => {
                 tracing::warn!(error = %e, "releasing the claims of a failed write failed; retrying");

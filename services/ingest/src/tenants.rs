@@ -171,8 +171,15 @@ impl StaticTenants {
             );
             let sha = match (&k.key, &k.key_sha256) {
                 (Some(key), None) if !key.is_empty() => sha256_hex(key.as_bytes()),
-                (None, Some(sha)) if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) => sha.to_ascii_lowercase(),
-                _ => anyhow::bail!("API keys file: keys[{i}] needs exactly one of \"key\" (non-empty) or \"key_sha256\" (64 hex digits)"),
+                (None, Some(sha))
+                    if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                {
+                    sha.to_ascii_lowercase()
+                }
+                _ => anyhow::bail!(
+                    "API keys file: keys[{i}] needs exactly one of \"key\" (non-empty) or \
+                     \"key_sha256\" (64 hex digits)"
+                ),
             };
             out.keys.insert(sha, k.tenant.clone());
             out.tenants.entry(k.tenant.clone()).or_default();
@@ -260,7 +267,12 @@ impl Registry {
                 } else {
                     let (o, problems) = TenantOverrides::from_hash(&hash);
                     for p in problems {
-                        tracing::warn!(tenant, key = %self.keys.tenant(tenant), problem = %p, "ignoring a bad tenant setting in Redis");
+                        tracing::warn!(
+                            tenant,
+                            key = %self.keys.tenant(tenant),
+                            problem = %p,
+                            "ignoring a bad tenant setting in Redis"
+                        );
                     }
                     Some(o)
                 };
@@ -298,10 +310,13 @@ mod tests {
 
     #[test]
     fn file_keys_are_hashed_and_tenants_known() {
-        let s = StaticTenants::parse(
-            r#"{"keys":[{"key":"k1","tenant":"acme"},{"key_sha256":"9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08","tenant":"beta"}],
-                "tenants":{"acme":{"rate_per_s":5,"burst":10},"gamma":{"enabled":false,"budget_mode":"deprioritize"}}}"#,
-        )
+        let s = StaticTenants::parse(concat!(
+            r#"{"keys":[{"key":"k1","tenant":"acme"},"#,
+            r#"{"key_sha256":"9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08","#,
+            r#""tenant":"beta"}],"#,
+            r#""tenants":{"acme":{"rate_per_s":5,"burst":10},"#,
+            r#""gamma":{"enabled":false,"budget_mode":"deprioritize"}}}"#,
+        ))
         .unwrap();
         assert_eq!(
             s.keys.get(&sha256_hex(b"k1")).map(String::as_str),

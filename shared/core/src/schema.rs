@@ -421,11 +421,23 @@ mod tests {
         v["truncation"] = json!("middle");
         let got = errors(v);
         assert!(
-            got.contains(&r#"field "schema": expected "inference.request/v1", found "prediction/v1" @ /schema"#.to_string()),
+            got.contains(
+                &concat!(
+                    r#"field "schema": expected "inference.request/v1", "#,
+                    r#"found "prediction/v1" @ /schema"#
+                )
+                .to_string()
+            ),
             "{got:?}"
         );
         assert!(
-            got.contains(&r#"field "truncation": "middle" is not one of "none", "head", "tail" @ /truncation"#.to_string()),
+            got.contains(
+                &concat!(
+                    r#"field "truncation": "middle" is not one of "none", "head", "tail" "#,
+                    r#"@ /truncation"#
+                )
+                .to_string()
+            ),
             "{got:?}"
         );
     }
@@ -502,7 +514,14 @@ mod tests {
             "{}",
             got[0]
         );
-        assert!(got[0].message.ends_with("(A tenant or task name: 1 to 64 characters, letters, digits, `_`, `.` or `-`, starting with a letter or digit)"), "{}", got[0]);
+        assert!(
+            got[0].message.ends_with(
+                "(A tenant or task name: 1 to 64 characters, letters, digits, `_`, `.` or `-`, \
+                 starting with a letter or digit)"
+            ),
+            "{}",
+            got[0]
+        );
         // Without the schema at hand it still names the field and the pattern.
         let got = validate_with(validator("ingest.raw/v1").unwrap(), &v).unwrap_err();
         assert!(got[0].message.ends_with("{0,63}$"), "{}", got[0]);

@@ -421,8 +421,15 @@ impl Service {
                 } else {
                     let delay = backoff.next_delay_jittered();
                     let state = format!("{:?}", client.connection_state());
-                    if readiness.set("nats", false, format!("{url}: {state}")) || backoff.attempt() % 10 == 1 {
-                        tracing::warn!(%url, %state, attempt = backoff.attempt(), "nats unreachable; client is retrying");
+                    if readiness.set("nats", false, format!("{url}: {state}"))
+                        || backoff.attempt() % 10 == 1
+                    {
+                        tracing::warn!(
+                            %url,
+                            %state,
+                            attempt = backoff.attempt(),
+                            "nats unreachable; client is retrying"
+                        );
                     }
                     delay.min(Duration::from_secs(2))
                 };

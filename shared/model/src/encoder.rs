@@ -202,7 +202,8 @@ impl Encoder {
                 }
                 if let Some(dt) = options.dtype.filter(|d| *d != DType::F32) {
                     return Err(ModelError::Invalid(format!(
-                        "encoder implementation {fast} computes in f32/integers; dtype {dt:?} needs the candle implementation"
+                        "encoder implementation {fast} computes in f32/integers; dtype {dt:?} \
+                         needs the candle implementation"
                     )));
                 }
                 let precision = if fast == EncoderImpl::FastF32 {

@@ -142,7 +142,8 @@ fn check(which: Which) {
         }
     }
     eprintln!(
-        "{which:?} ({}) reference agreement over {} sentences: min cosine batched {min_batched:.9} (1 - {:.2e}), alone {min_alone:.9} (1 - {:.2e})",
+        "{which:?} ({}) reference agreement over {} sentences: \
+         min cosine batched {min_batched:.9} (1 - {:.2e}), alone {min_alone:.9} (1 - {:.2e})",
         enc.implementation(),
         texts.len(),
         1.0 - min_batched,

@@ -117,7 +117,10 @@ pub fn run_transactional<T: Transform>(
         let result = match f.result.recv_timeout(COMMIT_BOUND) {
             Ok(r) => r,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                tracing::error!(bound = ?COMMIT_BOUND, "the batch's commit is stuck in librdkafka; abandoning the producer");
+                tracing::error!(
+                    bound = ?COMMIT_BOUND,
+                    "the batch's commit is stuck in librdkafka; abandoning the producer"
+                );
                 Err(KafkaError::Canceled)
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(KafkaError::Canceled),
