@@ -61,7 +61,7 @@ impl Queued {
         let tokens = request.as_ref().map(|r| r.input_ids.len()).unwrap_or(1);
         Queued {
             source: SourceRef {
-                topic: m.topic,
+                topic: m.topic.to_string(),
                 partition: m.partition,
                 offset: m.offset,
             },

@@ -2,6 +2,7 @@
 //! rebalances and redeliveries make stale, and commits, or rewinds to, its offsets.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -47,6 +48,8 @@ pub enum Polled {
 /// A group consumer with the loop's bookkeeping.
 pub struct LoopConsumer {
     settings: ConsumerSettings,
+    /// `settings.topic`, shared with every message consumed.
+    topic: Arc<str>,
     consumer: BaseConsumer<RebalanceTracker>,
     positions: Positions,
     /// What this loop committed last per partition (for [`LoopConsumer::commit_idle`]).
@@ -62,6 +65,7 @@ impl LoopConsumer {
         Ok(LoopConsumer {
             redeliveries_metric: full(settings.service, metric_names::REDELIVERIES_DROPPED),
             restarts_metric: full(settings.service, metric_names::CONSUMER_RESTARTS),
+            topic: Arc::from(settings.topic.as_str()),
             settings,
             consumer,
             positions: Positions::default(),
@@ -114,7 +118,7 @@ impl LoopConsumer {
                 );
                 Polled::Redelivered
             }
-            Some(Ok(m)) => Polled::Message(Consumed::from_message(&m)),
+            Some(Ok(m)) => Polled::Message(Consumed::from_message_of(&m, &self.topic)),
         }
     }
 

@@ -4,6 +4,7 @@
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use rdkafka::Message;
+use std::sync::Arc;
 
 use crate::dead_letter::ErrorKind;
 use crate::messages::{encode, DeadLetter, SourceRef, DEAD_LETTER_KEY_MAX_BYTES};
@@ -11,7 +12,8 @@ use crate::messages::{encode, DeadLetter, SourceRef, DEAD_LETTER_KEY_MAX_BYTES};
 /// One consumed Kafka message, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumed {
-    pub topic: String,
+    /// Shared by every message a loop consumes (one topic), not copied per message.
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
@@ -34,15 +36,20 @@ impl Consumed {
     /// Where this message came from, for dead letters.
     pub fn source(&self) -> SourceRef {
         SourceRef {
-            topic: self.topic.clone(),
+            topic: self.topic.to_string(),
             partition: self.partition,
             offset: self.offset,
         }
     }
 
     pub fn from_message<M: Message>(m: &M) -> Self {
+        Consumed::from_message_of(m, &Arc::from(m.topic()))
+    }
+
+    /// [`Consumed::from_message`] for a message of `topic`, which the caller holds.
+    pub fn from_message_of<M: Message>(m: &M, topic: &Arc<str>) -> Self {
         Consumed {
-            topic: m.topic().to_string(),
+            topic: topic.clone(),
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
@@ -107,10 +114,15 @@ impl Record {
 
     /// The rdkafka record to send.
     pub fn base_record(&self) -> BaseRecord<'_, [u8], [u8]> {
-        BaseRecord::to(&self.topic)
+        let r = BaseRecord::to(&self.topic)
             .key(self.key.as_slice())
-            .payload(self.payload.as_slice())
-            .headers(self.owned_headers())
+            .payload(self.payload.as_slice());
+        // An empty header list still costs librdkafka an allocation per record.
+        if self.headers.is_empty() {
+            r
+        } else {
+            r.headers(self.owned_headers())
+        }
     }
 }
 
