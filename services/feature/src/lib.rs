@@ -188,12 +188,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         heartbeat: svc.heartbeat("feature-loop", STALE_AFTER),
     };
     let (rt, token) = (runtime.clone(), svc.shutdown.clone());
-    let stage_loop = pipeline::spawn_loop("feature-loop", move || {
+    svc.supervise_thread("feature-loop", move || {
         pipeline::run_transactional(stage_settings, stage, rt, token)
     })?;
-    svc.supervise("feature-loop", async move {
-        stage_loop.await.context("feature loop thread")?
-    });
 
     if config.dedupe_ttl_s > 0 {
         let fill = dedupe::CacheFill {
@@ -210,12 +207,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             svc.heartbeat("cache-loop", STALE_AFTER),
         );
         let (rt, token) = (runtime, svc.shutdown.clone());
-        let cache_loop = pipeline::spawn_loop("cache-loop", move || {
+        svc.supervise_thread("cache-loop", move || {
             pipeline::run_at_least_once(settings, fill, rt, token)
         })?;
-        svc.supervise("cache-loop", async move {
-            cache_loop.await.context("cache loop thread")?
-        });
     }
 
     // Until SIGTERM, or until a loop fails (then exit non-zero to be restarted).

@@ -214,10 +214,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         heartbeat: svc.heartbeat("batch-loop", aifab_core::supervise::STALE_AFTER),
     };
     let worker = Worker::new(settings, slot, svc.shutdown.clone())?;
-    let batch_loop = aifab_core::pipeline::spawn_loop("batch-loop", move || worker.run())?;
-    svc.supervise("batch-loop", async move {
-        batch_loop.await.context("batch loop thread")?
-    });
+    svc.supervise_thread("batch-loop", move || worker.run())?;
     // Until SIGTERM, or until a loop fails (then exit non-zero to be restarted).
     svc.shutdown.cancelled().await;
     svc.finish().await

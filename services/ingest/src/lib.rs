@@ -289,12 +289,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         heartbeat: svc.heartbeat("raw-loop", LOOP_STALE_AFTER),
     };
     let (rt, token) = (runtime.clone(), svc.shutdown.clone());
-    let raw_loop = pipeline::spawn_loop("raw-loop", move || {
+    svc.supervise_thread("raw-loop", move || {
         pipeline::run_transactional(raw_settings, raw_stage, rt, token)
     })?;
-    svc.supervise("raw-loop", async move {
-        raw_loop.await.context("raw loop thread")?
-    });
 
     let store = predictions::PredictionStore {
         redis,
@@ -310,12 +307,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         svc.heartbeat("predictions-loop", LOOP_STALE_AFTER),
     );
     let (rt, token) = (runtime, svc.shutdown.clone());
-    let pred_loop = pipeline::spawn_loop("predictions-loop", move || {
+    svc.supervise_thread("predictions-loop", move || {
         pipeline::run_at_least_once(pred_settings, store, rt, token)
     })?;
-    svc.supervise("predictions-loop", async move {
-        pred_loop.await.context("predictions loop thread")?
-    });
 
     // Until SIGTERM, or until a loop fails (then exit non-zero to be restarted). The loops
     // and the HTTP server drain first (within the grace period); then the requests whose

@@ -42,7 +42,6 @@ use std::time::Duration;
 
 use aifab_core::messages::LagReading;
 use aifab_core::service::{Needs, Service, ServiceSpec};
-use anyhow::Context;
 
 pub use crate::config::Config;
 pub use crate::stats::StatsReport;
@@ -82,17 +81,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Lag: blocking librdkafka calls on their own thread, readings sent here.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<LagReading>(256);
-    let poller = {
+    {
         let config = config.clone();
         let token = svc.shutdown.clone();
-        aifab_core::pipeline::spawn_loop("lag-poller", move || {
+        svc.supervise_thread("lag-poller", move || {
             lag_poller::lag_poller(config, static_watch, tx, token);
             Ok(())
-        })?
-    };
-    svc.supervise("lag-poller", async move {
-        poller.await.context("lag poller thread")?
-    });
+        })?;
+    }
     svc.supervise(
         "predictions-consumer",
         predictions::consume_predictions(config.clone(), windows.clone(), svc.shutdown.clone()),

@@ -211,6 +211,19 @@ impl Service {
         self.spawn_supervised(name, false, task)
     }
 
+    /// [`Service::supervise`] a blocking loop (a Kafka consumer's) on an OS thread of its
+    /// own, named `name`; its error or panic stops the service like a task's.
+    pub fn supervise_thread<F>(&mut self, name: &'static str, f: F) -> anyhow::Result<()>
+    where
+        F: FnOnce() -> anyhow::Result<()> + Send + 'static,
+    {
+        let thread = crate::pipeline::spawn_loop(name, f)?;
+        self.supervise(name, async move {
+            thread.await.with_context(|| format!("{name} thread"))?
+        });
+        Ok(())
+    }
+
     /// As [`Service::supervise`], for a task that is done when it returns `Ok` (loading
     /// the first model, say): only its error or panic stops the service.
     pub fn supervise_until_done<F>(&mut self, name: &'static str, task: F)
