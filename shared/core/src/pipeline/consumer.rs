@@ -174,9 +174,12 @@ impl LoopConsumer {
     pub fn rewind(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         self.positions.clear();
         let give_up_at = Instant::now() + kafka::TXN_RETRY_BUDGET;
+        // Several tries within the budget: the first can time out only because a
+        // revocation waits to be served, which happens between tries.
+        let per_try = self.settings.call_timeout.min(kafka::TXN_RETRY_BUDGET / 3);
         let tpl = match kafka::committed_positions_retrying(
             &self.consumer,
-            self.settings.call_timeout,
+            per_try,
             Some(give_up_at),
             || shutdown.is_cancelled(),
         ) {

@@ -164,7 +164,9 @@ fn poll_batch(consumer: &mut LoopConsumer, settings: &LoopSettings) -> Vec<Consu
         match polled {
             Polled::Nothing if deadline.is_none() => break,
             Polled::Nothing => unclocked = 0,
-            Polled::Redelivered => {}
+            // Counted like a message taken, so that a replay of many cannot hold the
+            // batch open past its deadline unclocked.
+            Polled::Redelivered => unclocked = unclocked.saturating_add(1),
             Polled::Failed => break,
             Polled::Message(m) => {
                 bytes += m.payload.len();

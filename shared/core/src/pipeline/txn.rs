@@ -99,6 +99,37 @@ pub struct TxnSettings {
 pub struct TxnProducer {
     settings: TxnSettings,
     txn: Txn,
+    fenced: FenceWindow,
+}
+
+/// Fenced this many times within [`FENCE_WINDOW`], a producer is replaced; once more and
+/// the loop exits. A broker outage longer than `transaction.timeout.ms` fences a producer
+/// once, and its replacement carries on; two live instances sharing a transactional id
+/// fence each other over and over, and replacing forever would hide that (every
+/// transaction aborted, nothing served) where exiting shows it.
+pub const FENCES_TOLERATED: usize = 2;
+pub const FENCE_WINDOW: Duration = Duration::from_secs(120);
+
+/// When a producer was last fenced: decides whether the next fence is one too many.
+#[derive(Debug, Default)]
+struct FenceWindow {
+    recent: std::collections::VecDeque<std::time::Instant>,
+}
+
+impl FenceWindow {
+    /// Note a fence at `now`; true when it is more than [`FENCES_TOLERATED`] within
+    /// [`FENCE_WINDOW`].
+    fn note(&mut self, now: std::time::Instant) -> bool {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > FENCE_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        self.recent.len() > FENCES_TOLERATED
+    }
 }
 
 impl TxnProducer {
@@ -118,7 +149,11 @@ impl TxnProducer {
             metrics: Arc::new(metrics),
             timeout: settings.call_timeout,
         };
-        Ok(Some(TxnProducer { settings, txn }))
+        Ok(Some(TxnProducer {
+            settings,
+            txn,
+            fenced: FenceWindow::default(),
+        }))
     }
 
     /// The calls of the current producer.
@@ -138,12 +173,24 @@ impl TxnProducer {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<bool> {
         if kafka::needs_new_producer(e) {
+            if kafka::txn_action(e) == kafka::TxnAction::Fatal
+                && self.fenced.note(std::time::Instant::now())
+            {
+                anyhow::bail!(
+                    "the transactional producer {} was fenced {} times within {:?}: another \
+                     running instance probably uses the same transactional id (give each \
+                     replica its own instance id); exiting",
+                    self.settings.transactional_id,
+                    FENCES_TOLERATED + 1,
+                    FENCE_WINDOW
+                );
+            }
             return self.replace(e, shutdown);
         }
-        metrics::counter!(self.txn.metrics.aborted.clone()).increment(1);
         // Begin itself failing leaves the producer in the abortable state of the
         // transaction before: a `Transaction` error always has one to abort.
         if open || matches!(e, KafkaError::Transaction(_)) {
+            metrics::counter!(self.txn.metrics.aborted.clone()).increment(1);
             if let Err(abort) = self.txn.abort() {
                 return self.replace(&abort, shutdown);
             }
@@ -188,4 +235,28 @@ fn create(
         kafka::init_transactions_retrying(&producer, settings.init_timeout, shutdown)?
             .then_some(producer),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn fences_are_tolerated_unless_they_repeat_within_the_window() {
+        let t0 = Instant::now();
+        let mut w = FenceWindow::default();
+        assert!(!w.note(t0), "one outage: replace");
+        assert!(!w.note(t0 + Duration::from_secs(10)));
+        assert!(
+            w.note(t0 + Duration::from_secs(20)),
+            "a third within the window: exit"
+        );
+
+        let mut spread = FenceWindow::default();
+        for i in 0..10 {
+            let at = t0 + FENCE_WINDOW * i + Duration::from_secs(1) * i;
+            assert!(!spread.note(at), "fence {i} long after the one before");
+        }
+    }
 }
