@@ -93,17 +93,19 @@ pub(crate) async fn charge_loop(
             let payload = m.payload().unwrap_or_default();
             match decode::<UsageRecord>(payload) {
                 Ok(u) => {
+                    // Shut down meanwhile: this record's offset is not stored, the
+                    // earlier ones are committed below.
                     let Some(result) = charge(&app, &mut conn, &u, &heartbeat, &shutdown).await
                     else {
-                        return Ok(());
+                        break;
                     };
                     result.count();
                     heartbeat.progress();
                 }
                 Err(e) => {
                     UsageResult::Invalid.count();
-                    if !dead_letter(&producer, &m, &e).await {
-                        continue;
+                    if !dead_letter(&producer, &m, &e, &heartbeat, &shutdown).await {
+                        break;
                     }
                 }
             }
@@ -157,9 +159,16 @@ async fn charge(
     }
 }
 
-/// Send a record that is not a usage record to the DLQ. False when that failed: its
-/// offset must not be committed then.
-async fn dead_letter(producer: &FutureProducer, m: &impl Message, e: &DecodeError) -> bool {
+/// Send a record that is not a usage record to the DLQ, retrying until the broker takes
+/// it: a later record's offset commits past this one, so giving up would lose it. False
+/// when shut down meanwhile (its offset must not be committed then).
+async fn dead_letter(
+    producer: &FutureProducer,
+    m: &impl Message,
+    e: &DecodeError,
+    heartbeat: &Heartbeat,
+    shutdown: &CancellationToken,
+) -> bool {
     let payload = m.payload().unwrap_or_default();
     let source = SourceRef {
         topic: m.topic().to_string(),
@@ -177,11 +186,22 @@ async fn dead_letter(producer: &FutureProducer, m: &impl Message, e: &DecodeErro
     );
     let key = format!("{}:{}:{}", m.topic(), m.partition(), m.offset());
     let bytes = encode(&dl);
-    let record = FutureRecord::to(topics::DLQ.name).key(&key).payload(&bytes);
-    if let Err((err, _)) = producer.send(record, Duration::from_secs(30)).await {
-        tracing::error!(error = %err,
-            "dead-lettering a bad usage record failed; not committing it");
-        return false;
+    let mut backoff = aifab_core::backoff::Backoff::for_dependencies();
+    loop {
+        let record = FutureRecord::to(topics::DLQ.name).key(&key).payload(&bytes);
+        match producer.send(record, Duration::from_secs(30)).await {
+            Ok(_) => break,
+            Err((err, _)) => {
+                heartbeat.trouble(format_args!("dead-lettering failed: {err}"));
+                let delay = backoff.next_delay_jittered();
+                tracing::error!(error = %err, retry_in = ?delay,
+                    "dead-lettering a bad usage record failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return false,
+                }
+            }
+        }
     }
     tracing::warn!(reason = %e, offset = m.offset(), "bad usage record dead-lettered");
     true
