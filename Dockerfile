@@ -12,7 +12,7 @@
 # 2.12 sources include <curl/curl.h> even with curl disabled, hence libcurl4-openssl-dev.
 
 # Binaries copied into the runtime images. A missing one fails the build, so a renamed
-# crate cannot silently ship an image without its service (tests/tests/compose.rs checks
+# crate cannot silently ship an image without its service (tests/tests/compose/ checks
 # that every binary docker-compose.yml runs is in this list).
 ARG AIFAB_BINS="aifab aifab-ingest aifab-feature aifab-trainer aifab-inference-worker aifab-monitor aifab-cost-accountant aifab-autoscaler"
 ARG CUDA_VERSION=12.4.1

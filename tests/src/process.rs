@@ -7,8 +7,8 @@ use crate::http::http_get;
 use crate::stack::free_port;
 use crate::wait::eventually;
 
-/// Path of a workspace binary (built by `cargo build --workspace --bins`, which
-/// `scripts/test` runs before the tests), next to the running executable: a test runs
+/// Path of a workspace binary (built by `scripts/build`, which `scripts/test` runs before
+/// the tests, in the same `local` profile), next to the running executable: a test runs
 /// from `target/<profile>/deps/`, a binary (load-tests' `chaos`) from `target/<profile>/`.
 pub fn bin_path(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -19,7 +19,8 @@ pub fn bin_path(name: &str) -> std::path::PathBuf {
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
-        "{} not found: build the binaries first (cargo build --workspace --bins)",
+        "{} not found: build the binaries first (scripts/build; run the tests with scripts/test, \
+         or cargo test --profile local)",
         path.display()
     );
     path

@@ -12,7 +12,7 @@
 //! - `grafana`: provisioning and the dashboard's metric names.
 //! - `broken`: the broken stack every check must catch.
 //!
-//! Run: `cargo test -p aifab-tests --test compose`
+//! Run: `scripts/test -p aifab-tests --test compose`
 
 mod addresses;
 mod binaries;
