@@ -307,10 +307,12 @@ async fn workers_scale_up_under_load_down_after_the_window_and_stop_at_the_budge
             env("AIFAB_TASK", &task),
             env("AIFAB_INPUT_TOPIC", &topic),
             env("AIFAB_WORKER_GROUP", &group),
-            // One request per batch (and so per Kafka transaction): a worker is slow enough
-            // for a step of load to build lag on any machine.
+            // One request per batch and per Kafka transaction (batches may otherwise share
+            // one for up to 250 ms): a worker is slow enough for a step of load to build
+            // lag on any machine.
             env("AIFAB_MAX_BATCH_SIZE", "1"),
             env("AIFAB_MAX_WAIT_MS", "1"),
+            env("AIFAB_MAX_TXN_MS", "0"),
             env("AIFAB_LOG", "warn"),
         ],
     };
