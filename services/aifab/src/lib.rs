@@ -5,6 +5,7 @@ pub mod costs;
 pub mod demo;
 pub mod local;
 pub mod models;
+mod progress;
 pub mod simulate;
 pub mod status;
 pub mod stream;

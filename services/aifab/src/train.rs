@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::progress::bar;
 use aifab_core::config::ModelArgs;
 use aifab_core::messages::{decode, encode, tag, TrainProgress, TrainRequest, TrainStage};
 use aifab_core::topics::subjects;
@@ -11,7 +12,6 @@ use aifab_trainer::dataset::read_jsonl;
 use aifab_trainer::job::{Progress, Trainer};
 use aifab_trainer::train::TrainConfig;
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Debug, clap::Args)]
 #[command(mut_arg("model_dir", |a| a.help("Encoder directory")))]
@@ -58,17 +58,6 @@ pub struct TrainArgs {
     pub embedding_cache: Option<String>,
     #[arg(long, env = "AIFAB_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-}
-
-fn bar(len: u64, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} {msg}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    pb.set_prefix(what.to_string());
-    pb
 }
 
 pub async fn run(args: TrainArgs) -> anyhow::Result<()> {

@@ -16,6 +16,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use indicatif::ProgressBar;
+
+use crate::progress::bar;
 use aifab_core::config::BrokerArgs;
 use aifab_core::messages::{decode, Arm, Prediction};
 use aifab_core::registry::Registry;
@@ -23,7 +26,6 @@ use aifab_core::tail::{Start, Tail};
 use aifab_core::topics::{INGEST_RAW, PREDICTIONS};
 use aifab_trainer::dataset::{parse_jsonl, read_jsonl, Example};
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 
@@ -76,17 +78,6 @@ fn service(name: &str) -> LocalService {
         .iter()
         .find(|s| s.name == name)
         .expect("a local service")
-}
-
-fn bar(len: u64, prefix: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{prefix:>12} [{bar:40}] {pos}/{len} {msg}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    pb.set_prefix(prefix.to_string());
-    pb
 }
 
 fn load(
@@ -276,18 +267,7 @@ async fn train_model(
     let records = train
         .iter()
         .enumerate()
-        .map(|(i, e)| {
-            let id = format!("{run_id}-train-{i}");
-            let v = json!({
-                "schema": INGEST_RAW.schema,
-                "id": id,
-                "tenant": args.tenant,
-                "task": args.task,
-                "text": e.text,
-                "label": e.label,
-            });
-            (id, v.to_string().into_bytes())
-        })
+        .map(|(i, e)| raw_record(args, format!("{run_id}-train-{i}"), &e.text, Some(&e.label)))
         .collect();
     let pb = bar(train.len() as u64, "sending");
     produce_all(producer, records, &pb).await?;
@@ -318,6 +298,22 @@ async fn train_model(
     crate::train::request_and_follow(&args.brokers.nats_url, &args.task).await
 }
 
+/// One `ingest.raw/v1` record of the demo's tenant and task, keyed by its id: labelled
+/// (an example for the trainer) or not (a request to serve).
+fn raw_record(args: &DemoArgs, id: String, text: &str, label: Option<&str>) -> (String, Vec<u8>) {
+    let mut v = json!({
+        "schema": INGEST_RAW.schema,
+        "id": id,
+        "tenant": args.tenant,
+        "task": args.task,
+        "text": text,
+    });
+    if let Some(label) = label {
+        v["label"] = json!(label);
+    }
+    (id, v.to_string().into_bytes())
+}
+
 async fn serve(
     args: &DemoArgs,
     producer: &FutureProducer,
@@ -334,17 +330,7 @@ async fn serve(
     let records = test
         .iter()
         .enumerate()
-        .map(|(i, e)| {
-            let id = format!("{run_id}-{i}");
-            let v = json!({
-                "schema": INGEST_RAW.schema,
-                "id": id,
-                "tenant": args.tenant,
-                "task": args.task,
-                "text": e.text,
-            });
-            (id, v.to_string().into_bytes())
-        })
+        .map(|(i, e)| raw_record(args, format!("{run_id}-{i}"), &e.text, None))
         .collect();
     let sending = bar(test.len() as u64, "sending");
     let sent_ms = produce_all(producer, records, &sending).await?;
