@@ -118,7 +118,7 @@ impl LoopConsumer {
                 );
                 Polled::Redelivered
             }
-            Some(Ok(m)) => Polled::Message(Consumed::from_message_of(&m, &self.topic)),
+            Some(Ok(m)) => Polled::Message(Consumed::from_message(&m, &self.topic)),
         }
     }
 

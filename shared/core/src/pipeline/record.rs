@@ -42,12 +42,9 @@ impl Consumed {
         }
     }
 
-    pub fn from_message<M: Message>(m: &M) -> Self {
-        Consumed::from_message_of(m, &Arc::from(m.topic()))
-    }
-
-    /// [`Consumed::from_message`] for a message of `topic`, which the caller holds.
-    pub fn from_message_of<M: Message>(m: &M, topic: &Arc<str>) -> Self {
+    /// Own message `m` of `topic` (the loop's one topic, held by the caller so that
+    /// messages share it).
+    pub fn from_message<M: Message>(m: &M, topic: &Arc<str>) -> Self {
         Consumed {
             topic: topic.clone(),
             partition: m.partition(),
