@@ -120,9 +120,7 @@ pub async fn run(args: CostsArgs) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            let nats = async_nats::connect(&nats_url)
-                .await
-                .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+            let nats = aifab_core::nats::connect_now(&nats_url, "cli").await?;
             nats.publish(subjects::BUDGET_SET, encode(&set).into())
                 .await?;
             nats.flush().await?;

@@ -40,6 +40,10 @@ enum Cmd {
         /// Seconds to wait for every service to become ready.
         #[arg(long, default_value_t = 120)]
         ready_timeout_s: u64,
+        /// Give each service the settings in `<DIR>/<service>.env` (its own credentials:
+        /// `scripts/stack-up --secure` writes them to $AIFAB_DATA_DIR/secrets/env).
+        #[arg(long, env = "AIFAB_SERVICE_ENV_DIR")]
+        env_dir: Option<std::path::PathBuf>,
         /// Once ready, redraw the status table (services, lag, throughput, models,
         /// spend) every N seconds.
         #[arg(long, default_value_t = 2)]
@@ -74,6 +78,8 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     aifab_core::artifacts::install_tls_provider();
+    // A bad AIFAB_KAFKA_PROP_* / properties file stops the CLI with its message first.
+    aifab_core::kafka::process_props()?;
     let env = |k: &str| std::env::var(k).ok();
     let default_filter = match cli.command {
         // The supervisor's own log file (`up --detach` sends it to supervisor.log): its
@@ -93,7 +99,17 @@ async fn main() -> anyhow::Result<()> {
             detach,
             ready_timeout_s,
             live_every_s,
-        } => up(no_stack, detach, ready_timeout_s, live_every_s.max(1)).await,
+            env_dir,
+        } => {
+            up(
+                no_stack,
+                detach,
+                ready_timeout_s,
+                live_every_s.max(1),
+                env_dir,
+            )
+            .await
+        }
         Cmd::Down { stack } => down(stack).await,
         Cmd::Train(args) => aifab::train::run(args).await,
         Cmd::Simulate(args) => aifab::simulate::run(args),
@@ -118,6 +134,7 @@ async fn up(
     detach: bool,
     ready_timeout_s: u64,
     live_every_s: u64,
+    env_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     if let Some(pid) = running_supervisor() {
         println!("aifab is already up (supervisor pid {pid})");
@@ -143,6 +160,11 @@ async fn up(
         std::process::Command::new("setsid")
             .arg(exe)
             .args(["up", "--no-stack"])
+            .args(
+                env_dir
+                    .iter()
+                    .flat_map(|d| [std::ffi::OsStr::new("--env-dir"), d.as_os_str()]),
+            )
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -155,8 +177,11 @@ async fn up(
         return print_status_until_ready(Duration::from_secs(ready_timeout_s)).await;
     }
 
-    let supervisor =
+    let mut supervisor =
         aifab::supervisor::Supervisor::new(&local::bin_dir()?, &local::log_dir(), SERVICES)?;
+    if let Some(dir) = &env_dir {
+        supervisor = supervisor.with_env_dir(dir)?;
+    }
     std::fs::create_dir_all(local::run_dir())?;
     std::fs::write(pid_file(), std::process::id().to_string())?;
     let shutdown = aifab_core::shutdown::on_signal();

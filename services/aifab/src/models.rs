@@ -77,11 +77,11 @@ pub enum ModelsCmd {
 }
 
 pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
-    let client = redis::Client::open(args.redis_url.as_str())?;
+    let client = aifab_core::redis_store::client(&args.redis_url)?;
     let conn = client.get_connection_manager().await.with_context(|| {
         format!(
             "connecting to Redis at {} (is the stack up?)",
-            args.redis_url
+            aifab_core::secret::redact_url(&args.redis_url)
         )
     })?;
     let mut registry = Registry::new(conn);
@@ -213,8 +213,6 @@ async fn publish(
     kind: ModelEventKind,
     record: &aifab_core::registry::ModelRecord,
 ) -> anyhow::Result<()> {
-    let nats = async_nats::connect(nats_url)
-        .await
-        .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+    let nats = aifab_core::nats::connect_now(nats_url, "cli").await?;
     publish_event(&nats, kind, record, Some(PRODUCTION)).await
 }

@@ -127,6 +127,8 @@ pub struct Supervisor {
     /// Replica slots, index = replica number.
     slots: Vec<Managed>,
     env: Vec<(String, String)>,
+    /// Per service (`ingest`, `inference-worker`, ...): the settings of its env file.
+    service_env: std::collections::HashMap<String, Vec<(String, String)>>,
     nats_url: String,
 }
 
@@ -167,6 +169,7 @@ impl Supervisor {
             replicas,
             slots: Vec::new(),
             env: Vec::new(),
+            service_env: Default::default(),
             nats_url: std::env::var("AIFAB_NATS_URL")
                 .unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
         })
@@ -190,6 +193,28 @@ impl Supervisor {
         self
     }
 
+    /// Give each service the settings of `<dir>/<service>.env` (KEY=value lines, as
+    /// `scripts/stack-up --secure` writes them: its own credentials and secret files).
+    /// Every supervised service must have one: a service started with another's
+    /// credentials would be refused by the brokers or, worse, allowed too much.
+    pub fn with_env_dir(mut self, dir: &Path) -> anyhow::Result<Self> {
+        let services = self
+            .procs
+            .iter()
+            .map(|m| m.binary.clone())
+            .chain(self.replicas.iter().map(|r| format!("aifab-{}", r.service)));
+        for binary in services {
+            let service = binary.trim_start_matches("aifab-").to_string();
+            let path = dir.join(format!("{service}.env"));
+            let vars = dotenvy::from_path_iter(&path)
+                .with_context(|| format!("no env file for {service}: {}", path.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("reading {}", path.display()))?;
+            self.service_env.insert(binary, vars);
+        }
+        Ok(self)
+    }
+
     pub fn with_nats_url(mut self, url: &str) -> Self {
         self.nats_url = url.into();
         self
@@ -208,6 +233,13 @@ impl Supervisor {
             .with_context(|| format!("opening {}", log_path.display()))?;
         let mut cmd = Command::new(self.bin_dir.join(&m.binary));
         cmd.envs(self.env.iter().cloned())
+            .envs(
+                self.service_env
+                    .get(&m.binary)
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            )
             .envs(m.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

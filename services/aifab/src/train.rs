@@ -167,7 +167,7 @@ async fn offline(args: &TrainArgs, train: PathBuf) -> anyhow::Result<()> {
 /// Ask the trainer (NATS `aifab.train.request`) to train `task` now and follow its
 /// progress events with a bar until the job is done.
 pub async fn request_and_follow(nats_url: &str, task: &str) -> anyhow::Result<()> {
-    let nats = async_nats::connect(nats_url).await?;
+    let nats = aifab_core::nats::connect_now(nats_url, "cli").await?;
     let mut progress = nats.subscribe(subjects::TRAIN_PROGRESS).await?;
     let req = TrainRequest {
         schema: tag(),

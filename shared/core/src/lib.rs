@@ -6,6 +6,7 @@
 //!   [`dead_letter`]: the one catalogue of refusal kinds.
 //! - [`config`]: command-line/env configuration pieces services flatten into their own.
 //! - [`kafka`], [`nats`], [`redis_store`]: broker clients with retry, backoff and probes.
+//! - [`secret`]: secrets read from files; URLs redacted before they are logged.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` on every service's port.
 //! - [`service`]: the start-up/shutdown skeleton each `main.rs` calls; [`supervise`]: its
 //!   loops never die unseen (exit to be restarted, readiness names a stopped or stale loop).
@@ -26,6 +27,7 @@ pub mod pipeline;
 pub mod redis_store;
 pub mod registry;
 pub mod schema;
+pub mod secret;
 pub mod service;
 pub mod shutdown;
 pub mod supervise;

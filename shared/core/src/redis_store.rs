@@ -1,6 +1,9 @@
 //! Redis connection: a `ConnectionManager` (reconnects by itself once it exists), created
 //! by a background task that retries with backoff until Redis first answers; and the
 //! prefix every service's keys start with.
+//!
+//! Credentials and TLS come from the environment ([`RedisAuth::from_env`]): an ACL user and
+//! a password file, and for `rediss://` URLs a CA file and an optional client certificate.
 
 use std::time::Duration;
 
@@ -8,7 +11,87 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use anyhow::Context;
+
 use crate::backoff::Backoff;
+use crate::secret::{env_nonempty, redact_url, secret_from_env_file};
+
+/// How this process authenticates to Redis and checks its certificate.
+#[derive(Debug, Clone, Default)]
+pub struct RedisAuth {
+    /// `AIFAB_REDIS_USERNAME`: the ACL user (else `default`, or the URL's).
+    pub username: Option<String>,
+    /// `AIFAB_REDIS_PASSWORD_FILE`.
+    pub password: Option<String>,
+    /// `AIFAB_REDIS_CA_FILE`: PEM roots for `rediss://` (else the system's).
+    pub ca_pem: Option<Vec<u8>>,
+    /// `AIFAB_REDIS_CERT_FILE` + `AIFAB_REDIS_KEY_FILE`: a client certificate (mTLS).
+    pub client_cert_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RedisAuth {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let read = |var: &str| -> anyhow::Result<Option<Vec<u8>>> {
+            env_nonempty(var)
+                .map(|p| std::fs::read(&p).with_context(|| format!("{var}: cannot read {p}")))
+                .transpose()
+        };
+        let client_cert_pem = match (
+            read("AIFAB_REDIS_CERT_FILE")?,
+            read("AIFAB_REDIS_KEY_FILE")?,
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => anyhow::bail!("AIFAB_REDIS_CERT_FILE and AIFAB_REDIS_KEY_FILE go together"),
+        };
+        Ok(RedisAuth {
+            username: env_nonempty("AIFAB_REDIS_USERNAME"),
+            password: secret_from_env_file("AIFAB_REDIS_PASSWORD_FILE")?,
+            ca_pem: read("AIFAB_REDIS_CA_FILE")?,
+            client_cert_pem,
+        })
+    }
+
+    /// A client for `url` with these credentials; TLS settings apply to `rediss://` URLs.
+    pub fn client(&self, url: &str) -> anyhow::Result<redis::Client> {
+        use redis::IntoConnectionInfo;
+        crate::artifacts::install_tls_provider();
+        let info = url
+            .into_connection_info()
+            .with_context(|| format!("bad Redis url {}", redact_url(url)))?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &self.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
+        }
+        let info = info.set_redis_settings(settings);
+        let tls = url.starts_with("rediss://");
+        if !tls && (self.ca_pem.is_some() || self.client_cert_pem.is_some()) {
+            anyhow::bail!("AIFAB_REDIS_CA_FILE/CERT_FILE are set but the URL is not rediss://");
+        }
+        if tls && (self.ca_pem.is_some() || self.client_cert_pem.is_some()) {
+            let certs = redis::TlsCertificates {
+                client_tls: self
+                    .client_cert_pem
+                    .clone()
+                    .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                        client_cert,
+                        client_key,
+                    }),
+                root_cert: self.ca_pem.clone(),
+            };
+            return Ok(redis::Client::build_with_tls(info, certs)?);
+        }
+        Ok(redis::Client::open(info)?)
+    }
+}
+
+/// A Redis client for `url` with this process's credentials (see [`RedisAuth::from_env`]).
+pub fn client(url: &str) -> anyhow::Result<redis::Client> {
+    RedisAuth::from_env()?.client(url)
+}
 
 /// A Redis connection that may not exist yet; cheap to clone.
 #[derive(Clone)]
@@ -42,9 +125,9 @@ pub fn connect_in_background(
     url: &str,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RedisHandle> {
-    let client = redis::Client::open(url)?;
+    let client = client(url)?;
     let (tx, rx) = watch::channel(None);
-    let url = url.to_string();
+    let url = redact_url(url);
     tokio::spawn(async move {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))

@@ -30,6 +30,7 @@ use crate::backoff::Backoff;
 use crate::config::{BrokerArgs, ServeArgs};
 use crate::health::{ops_router, Readiness};
 use crate::redis_store::RedisHandle;
+use crate::secret::redact_url;
 use crate::supervise::{failpoint_set, loop_end_failure, panic_message, Heartbeat, FAILPOINT_ENV};
 use crate::telemetry::metric_name;
 
@@ -138,6 +139,10 @@ impl Service {
             "starting"
         );
         if spec.needs.kafka {
+            let props = crate::kafka::process_props()?;
+            if !props.is_empty() {
+                tracing::info!(properties = ?props.names(), "kafka client properties from the deployment");
+            }
             svc.readiness.register("kafka", "not probed yet");
             svc.spawn_kafka_probe()?;
         }
@@ -145,7 +150,7 @@ impl Service {
             svc.readiness.register("nats", "not connected yet");
             let client = crate::nats::connect(&brokers.nats_url, spec.name)
                 .await
-                .with_context(|| format!("bad NATS url {:?}", brokers.nats_url))?;
+                .with_context(|| format!("NATS url {}", redact_url(&brokers.nats_url)))?;
             svc.spawn_nats_probe(client.clone());
             svc.nats = Some(client);
         }
@@ -153,7 +158,7 @@ impl Service {
             svc.readiness.register("redis", "not connected yet");
             let handle =
                 crate::redis_store::connect_in_background(&brokers.redis_url, svc.shutdown.clone())
-                    .with_context(|| format!("bad Redis url {:?}", brokers.redis_url))?;
+                    .with_context(|| format!("Redis url {}", redact_url(&brokers.redis_url)))?;
             svc.spawn_redis_probe(handle.clone());
             svc.redis = Some(handle);
         }
@@ -420,7 +425,7 @@ impl Service {
     fn spawn_nats_probe(&mut self, client: async_nats::Client) {
         let readiness = self.readiness.clone();
         let token = self.shutdown.clone();
-        let url = self.brokers.nats_url.clone();
+        let url = redact_url(&self.brokers.nats_url);
         self.tasks.push(tokio::spawn(async move {
             let mut backoff = Backoff::for_dependencies();
             loop {
@@ -457,7 +462,7 @@ impl Service {
     fn spawn_redis_probe(&mut self, handle: RedisHandle) {
         let readiness = self.readiness.clone();
         let token = self.shutdown.clone();
-        let url = self.brokers.redis_url.clone();
+        let url = redact_url(&self.brokers.redis_url);
         self.tasks.push(tokio::spawn(async move {
             let mut backoff = Backoff::for_dependencies();
             loop {

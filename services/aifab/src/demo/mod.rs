@@ -129,7 +129,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let redis = redis::Client::open(args.brokers.redis_url.as_str())?;
+    let redis = aifab_core::redis_store::client(&args.brokers.redis_url)?;
     let mut conn = redis::aio::ConnectionManager::new(redis)
         .await
         .context("connecting to Redis")?;

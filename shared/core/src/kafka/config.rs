@@ -18,6 +18,12 @@ pub fn base_config(brokers: &str, client_id: &str) -> ClientConfig {
         // request of the client fails or waits: consumers stop fetching and coordinator
         // calls time out, however long the broker has been back.
         .set("metadata.recovery.rebootstrap.trigger.ms", "10000");
+    // The deployment's security settings (TLS, SASL, ...): see `props`. A service checks
+    // them at start and stops on an error, so here an error can only be logged.
+    match super::props::process_props() {
+        Ok(props) => props.apply(&mut c),
+        Err(e) => tracing::error!(error = %e, "kafka client properties not applied"),
+    }
     // librdkafka's own debug contexts (`cgrp,eos,fetch`, `all`, ...) for diagnosing a
     // client: they log through the service's log at debug level.
     if let Ok(contexts) = std::env::var("AIFAB_KAFKA_DEBUG") {

@@ -6,6 +6,7 @@
 //!
 //! - config: the client settings ([`base_config`], [`producer_config`],
 //!   [`transactional_producer_config`], [`consumer_config`]);
+//! - props: the deployment's librdkafka properties (TLS, SASL) applied to every client;
 //! - admin: the liveness [`probe`], [`metadata_client`] and [`ensure_topics`];
 //! - lag: a group's [`group_offsets`] and lag, settled by the [`LagProbe`];
 //! - txn: transactional producer calls ([`retry_transactional`], [`send_offsets_bounded`],
@@ -16,6 +17,7 @@ mod admin;
 mod config;
 mod lag;
 mod lag_probe;
+mod props;
 mod rewind;
 mod txn;
 
@@ -23,6 +25,7 @@ pub use admin::{ensure_topics, metadata_client, probe};
 pub use config::{base_config, consumer_config, producer_config, transactional_producer_config};
 pub use lag::{group_offsets, partition_lag, settled_lag, PartitionOffsets, TopicMissing};
 pub use lag_probe::{LagProbe, ProbeSeen, PROBE_LAG_AT_MOST};
+pub use props::{process_props, KafkaProps, PROPERTIES_FILE_ENV, PROP_ENV_PREFIX};
 pub use rewind::{committed_positions, committed_positions_retrying, serve_consumer};
 pub use txn::{
     abort_transaction, commit_transaction, init_transactions_retrying, needs_new_producer,
