@@ -82,7 +82,12 @@ nats_permissions() {
         ;;
     *) pub='[]' sub='[]' ;;
     esac
-    printf '{ publish: { allow: %s }, subscribe: { allow: %s } }' "$pub" "$sub"
+    printf '{ publish: %s, subscribe: %s }' "$(nats_allow "$pub")" "$(nats_allow "$sub")"
+}
+
+# An empty allow list means "no restriction" to nats-server: nothing allowed is a deny-all.
+nats_allow() {
+    if [[ $1 == '[]' ]]; then echo '{ deny: [">"] }'; else echo "{ allow: $1 }"; fi
 }
 
 # Redis: the ACL rules of a service's user (after `on #<password hash>`). Key patterns

@@ -9,6 +9,8 @@
 //! - `fixtures`: unique names, inference requests, tiny models, the SMS data split.
 //! - `kafka`: topics, producing, dead letters; `readers`: read_committed topic readers.
 //! - `http`: requests to the services' HTTP APIs and their metrics.
+//! - `secure`: a stack of the test's own from `scripts/stack-up --secure`, and each
+//!   service's credentials on it.
 //! - `process`: service binaries: start, stop, wait ready, logs.
 //! - `worker`: inference-worker deployments ([`WorkerRun`]).
 //! - `chaos`: worker-kill scenarios and delivery counting.
@@ -20,6 +22,7 @@ mod http;
 mod kafka;
 mod process;
 mod readers;
+mod secure;
 mod stack;
 mod wait;
 mod worker;
@@ -30,6 +33,7 @@ pub use http::*;
 pub use kafka::*;
 pub use process::*;
 pub use readers::*;
+pub use secure::*;
 pub use stack::*;
 pub use wait::*;
 pub use worker::*;

@@ -14,7 +14,11 @@ use crate::stack::kafka_brokers;
 const STUCK_AFTER: Duration = Duration::from_secs(10);
 
 fn open(brokers: &str, topic: &str, start: Start) -> Tail {
-    Tail::open(brokers, "aifab-tests", topic, start)
+    open_as(brokers, "aifab-tests", topic, start)
+}
+
+fn open_as(brokers: &str, client_id: &str, topic: &str, start: Start) -> Tail {
+    Tail::open(brokers, client_id, topic, start)
         .unwrap_or_else(|e| panic!("reading {topic}: {e} (is scripts/stack-up running?)"))
 }
 
@@ -41,8 +45,14 @@ impl PredictionReader {
 
     /// A reader of `topic` on the broker at `brokers`, from its current end.
     pub fn on_brokers(brokers: &str, topic: &str) -> Self {
+        Self::as_client(brokers, "aifab-tests", topic)
+    }
+
+    /// [`PredictionReader::on_brokers`] as `client_id` (its group is `<client_id>-tail-*`:
+    /// what a broker's group ACLs see).
+    pub fn as_client(brokers: &str, client_id: &str, topic: &str) -> Self {
         PredictionReader {
-            tail: open(brokers, topic, Start::Latest),
+            tail: open_as(brokers, client_id, topic, Start::Latest),
             seen: Vec::new(),
             received: Vec::new(),
             positions: Vec::new(),
