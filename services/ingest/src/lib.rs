@@ -184,6 +184,17 @@ pub struct Config {
     #[arg(long, env = "AIFAB_CONSUME_WAIT_MS", default_value_t = 20)]
     pub consume_wait_ms: u64,
 
+    /// Dead-letter at most one unauthenticated (401) request per kind per this many
+    /// milliseconds (0: none); every one is counted in
+    /// `aifab_ingest_http_unauthenticated_total`. A flood of strangers then costs no
+    /// Kafka writes.
+    #[arg(
+        long,
+        env = "AIFAB_UNAUTHENTICATED_DEAD_LETTER_EVERY_MS",
+        default_value_t = 1000
+    )]
+    pub unauthenticated_dead_letter_every_ms: u64,
+
     /// Longest an HTTP POST waits for Kafka to acknowledge its records, milliseconds.
     #[arg(long, env = "AIFAB_PRODUCE_TIMEOUT_MS", default_value_t = 10_000)]
     pub produce_timeout_ms: u64,
@@ -244,6 +255,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         limiters: ratelimit::Limiters::default(),
         redis: redis.clone(),
         producer,
+        dlq_producer: aifab_core::kafka::producer_config(
+            &config.brokers.kafka_brokers,
+            &format!("aifab-ingest-dlq-{instance}"),
+        )
+        .create()
+        .context("the dead-letter producer")?,
+        unauthenticated_sample: http::refuse::DeadLetterSample::new(Duration::from_millis(
+            config.unauthenticated_dead_letter_every_ms,
+        )),
         keys: keys.clone(),
         tasks: http_tasks.clone(),
     });

@@ -17,6 +17,9 @@ pub const IDEMPOTENT_REPLAYS_TOTAL: &str = "aifab_ingest_idempotent_replays_tota
 pub const RECORDS_TOTAL: &str = "aifab_ingest_records_total";
 /// Inputs refused and dead-lettered, by `source` and `kind`.
 pub const DEAD_LETTERS_TOTAL: &str = "aifab_ingest_dead_letters_total";
+/// HTTP requests refused for a missing or unknown API key (401), by `kind`; only a sample
+/// of them is dead-lettered.
+pub const HTTP_UNAUTHENTICATED_TOTAL: &str = "aifab_ingest_http_unauthenticated_total";
 /// Dead letters of refused HTTP requests that could not be written.
 pub const DEAD_LETTER_FAILURES_TOTAL: &str = "aifab_ingest_dead_letter_failures_total";
 /// HTTP requests refused by a tenant's rate limit (429).
@@ -44,6 +47,7 @@ pub const ALL: &[&str] = &[
     RECORDS_TOTAL,
     DEAD_LETTERS_TOTAL,
     DEAD_LETTER_FAILURES_TOTAL,
+    HTTP_UNAUTHENTICATED_TOTAL,
     RATE_LIMITED_TOTAL,
     BUDGET_REJECTED_TOTAL,
     BUDGET_EVENTS_TOTAL,

@@ -160,6 +160,11 @@ async fn a_thousand_valid_and_a_thousand_invalid_messages_over_kafka_and_http() 
             dir.path().join("tiny").display().to_string(),
         ),
         ("AIFAB_MAX_TOKENS", "32".into()),
+        // One dead letter per kind of unauthenticated request for the whole test.
+        (
+            "AIFAB_UNAUTHENTICATED_DEAD_LETTER_EVERY_MS",
+            "3600000".into(),
+        ),
     ];
     let (mut ingest, ingest_addr) = spawn_service("ingest", &env);
     let (mut feature, feature_addr) = spawn_service("feature", &env);
@@ -210,6 +215,15 @@ async fn a_thousand_valid_and_a_thousand_invalid_messages_over_kafka_and_http() 
         metrics.contains("aifab_ingest_dead_letters_total"),
         "{metrics}"
     );
+    // Every stranger counted, though only a sample was dead-lettered.
+    for kind in ["bad_api_key", "missing_api_key"] {
+        let sent_kind = sent.http_bad.iter().filter(|b| b.kind == kind).count();
+        let counted = metric(
+            &metrics,
+            &format!("aifab_ingest_http_unauthenticated_total{{kind=\"{kind}\"}}"),
+        );
+        assert_eq!(counted, Some(sent_kind as f64), "{kind}");
+    }
     for name in t.all() {
         delete_topic(name).await;
     }

@@ -1,6 +1,7 @@
 //! The HTTP API (axum): `POST /v1/infer`, `POST /v1/examples`, `GET /v1/predictions/{id}`.
 //!
-//! A POST goes: body (at most `--max-body-bytes`, else 413) → API key (401) → tenant
+//! A POST goes: API key, from the headers alone (401; the body is not read) → body (at
+//! most `--max-body-bytes`, else 413) → tenant
 //! enabled (403) → Idempotency-Key (replay / 409 in progress / 422 reused with another
 //! body) → validation (400 naming the field, 403 other tenant, 409 repeated id, 413 too
 //! many items) → rate limit (429 + Retry-After) → budget (429 + Retry-After, or
@@ -9,8 +10,10 @@
 //! may or may not have committed) → records written to `aifab.features.in` in one Kafka
 //! transaction → 202 with the ids.
 //!
-//! Every refused POST except 429, 409 in_progress, 409 outcome_unknown and an over-limit
-//! body is also written to `aifab.dlq` (stage `ingest`, no source, the body as sent, cut
+//! A 401 is counted (`aifab_ingest_http_unauthenticated_total`) and dead-lettered only as
+//! a sample (`--unauthenticated-dead-letter-every-ms`). Every other refused POST except
+//! 429, 409 in_progress, 409 outcome_unknown and an over-limit body is written to
+//! `aifab.dlq` (stage `ingest`, no source, the body as sent, cut
 //! at 256 KiB) before the 4xx is answered; 429s and in_progress are back-pressure and
 //! outcome_unknown an answer about an earlier request, not bad input, and an over-limit
 //! body was never read.
@@ -43,7 +46,7 @@ use futures::StreamExt as _;
 
 use self::accept::{accept, Accepted, Post};
 use self::answer::Answer;
-use self::refuse::refuse;
+use self::refuse::{refuse, refuse_unauthenticated, DeadLetterSample};
 use self::settle::{in_flight_ms, settle};
 pub use auth::api_key;
 
@@ -78,6 +81,10 @@ pub struct Api {
     pub limiters: Limiters,
     pub redis: RedisHandle,
     pub producer: AtomicProducer,
+    /// Dead letters of refused requests: a queue apart from accepted records.
+    pub dlq_producer: rdkafka::producer::FutureProducer,
+    /// Which unauthenticated requests are dead-lettered.
+    pub unauthenticated_sample: DeadLetterSample,
     pub keys: Keys,
     /// Every POST and every settling of an undecided write: shutdown waits for them, so a
     /// request is not cut off halfway (ids claimed, an Idempotency-Key left pending).
@@ -172,17 +179,18 @@ async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8
 }
 
 async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -> Answer {
-    let bytes = match read_body(headers, body, api.settings.max_body_bytes).await {
-        Ok(b) => b,
-        Err(answer) => return answer,
-    };
     let Some(mut conn) = api.redis.try_get() else {
         return Answer::unavailable("redis is not connected");
     };
+    // Who is asking, before reading a byte of the body: a stranger costs a header lookup.
     let tenant = match auth::authenticate(api, &mut conn, headers).await {
         Ok(Ok(t)) => t,
-        Ok(Err(r)) => return refuse(api, route, &bytes, &r).await,
+        Ok(Err(r)) => return refuse_unauthenticated(api, route, &r).await,
         Err(e) => return Answer::unavailable(&format!("redis: {e}")),
+    };
+    let bytes = match read_body(headers, body, api.settings.max_body_bytes).await {
+        Ok(b) => b,
+        Err(answer) => return answer,
     };
     let settings = match api.registry.tenant(&mut conn, &tenant).await {
         Ok(s) => s.unwrap_or(api.settings.default_tenant),
