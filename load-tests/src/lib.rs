@@ -2,4 +2,5 @@
 //! line and hands over to its module here.
 
 pub mod bench_ingest;
+pub mod flood;
 pub mod loadgen;

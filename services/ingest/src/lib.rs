@@ -195,6 +195,12 @@ pub struct Config {
     )]
     pub unauthenticated_dead_letter_every_ms: u64,
 
+    /// Most Redis lookups a second of API keys ingest has not seen in the last minute
+    /// (keys added in Redis; made-up keys). Beyond it such a request gets 429 with
+    /// Retry-After, so a flood of made-up keys is not a flood of Redis lookups. 0: no limit.
+    #[arg(long, env = "AIFAB_UNSEEN_KEY_LOOKUPS_PER_S", default_value_t = 200.0)]
+    pub unseen_key_lookups_per_s: f64,
+
     /// Longest an HTTP POST waits for Kafka to acknowledge its records, milliseconds.
     #[arg(long, env = "AIFAB_PRODUCE_TIMEOUT_MS", default_value_t = 10_000)]
     pub produce_timeout_ms: u64,
@@ -215,7 +221,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         budget_mode: config.default_budget_mode,
         enabled: true,
     };
-    let registry = Arc::new(Registry::new(statics, defaults, keys.clone()));
+    let registry = Arc::new(Registry::new(
+        statics,
+        defaults,
+        keys.clone(),
+        config.unseen_key_lookups_per_s,
+    ));
     let budget = Arc::new(budget::BudgetBoard::new(keys.clone()));
     let redis = svc.redis()?;
     let rules = validate::Rules {

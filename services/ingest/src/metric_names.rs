@@ -20,6 +20,9 @@ pub const DEAD_LETTERS_TOTAL: &str = "aifab_ingest_dead_letters_total";
 /// HTTP requests refused for a missing or unknown API key (401), by `kind`; only a sample
 /// of them is dead-lettered.
 pub const HTTP_UNAUTHENTICATED_TOTAL: &str = "aifab_ingest_http_unauthenticated_total";
+/// Requests answered 429 because too many not-yet-seen API keys arrived at once (their
+/// Redis lookups are limited by `--unseen-key-lookups-per-s`).
+pub const HTTP_KEY_LOOKUPS_THROTTLED_TOTAL: &str = "aifab_ingest_http_key_lookups_throttled_total";
 /// Dead letters of refused HTTP requests that could not be written.
 pub const DEAD_LETTER_FAILURES_TOTAL: &str = "aifab_ingest_dead_letter_failures_total";
 /// HTTP requests refused by a tenant's rate limit (429).
@@ -48,6 +51,7 @@ pub const ALL: &[&str] = &[
     DEAD_LETTERS_TOTAL,
     DEAD_LETTER_FAILURES_TOTAL,
     HTTP_UNAUTHENTICATED_TOTAL,
+    HTTP_KEY_LOOKUPS_THROTTLED_TOTAL,
     RATE_LIMITED_TOTAL,
     BUDGET_REJECTED_TOTAL,
     BUDGET_EVENTS_TOTAL,

@@ -205,24 +205,49 @@ impl StaticTenants {
     }
 }
 
+/// What an API key turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyLookup {
+    Tenant(String),
+    Unknown,
+    /// Not looked up: too many keys ingest has not seen lately asked this second (a
+    /// flood of made-up keys must not become a flood of Redis lookups). Retry after this.
+    Throttled(std::time::Duration),
+}
+
 /// Keys and tenants, from the file and Redis.
 pub struct Registry {
     statics: StaticTenants,
     defaults: TenantSettings,
     keys: Keys,
     /// sha256 hex of a key added in Redis → its tenant.
-    key_cache: TtlCache<Option<String>>,
+    key_cache: TtlCache<String>,
+    /// sha256 hex of keys Redis does not know: apart from the known ones, so a flood of
+    /// made-up keys (which fills and clears this one) never evicts a paying tenant's key.
+    unknown_key_cache: TtlCache<()>,
+    /// Redis lookups of keys in neither cache: at most `lookups_per_s` a second.
+    lookups: crate::ratelimit::Limiters,
+    lookups_per_s: f64,
     /// A tenant's settings added in Redis.
     tenant_cache: TtlCache<Option<TenantOverrides>>,
 }
 
 impl Registry {
-    pub fn new(statics: StaticTenants, defaults: TenantSettings, keys: Keys) -> Self {
+    /// `lookups_per_s`: most Redis lookups of not-yet-seen keys a second (0: unlimited).
+    pub fn new(
+        statics: StaticTenants,
+        defaults: TenantSettings,
+        keys: Keys,
+        lookups_per_s: f64,
+    ) -> Self {
         Registry {
+            lookups: crate::ratelimit::Limiters::default(),
+            lookups_per_s,
             statics,
             defaults,
             keys,
             key_cache: TtlCache::new(CACHE_TTL),
+            unknown_key_cache: TtlCache::new(CACHE_TTL),
             tenant_cache: TtlCache::new(CACHE_TTL),
         }
     }
@@ -232,21 +257,35 @@ impl Registry {
         &self,
         conn: &mut ConnectionManager,
         key: &str,
-    ) -> redis::RedisResult<Option<String>> {
+    ) -> redis::RedisResult<KeyLookup> {
         let sha = sha256_hex(key.as_bytes());
         if let Some(t) = self.statics.keys.get(&sha) {
-            return Ok(Some(t.clone()));
+            return Ok(KeyLookup::Tenant(t.clone()));
         }
-        if let Some(hit) = self.key_cache.fresh(&sha) {
-            return Ok(hit);
+        if let Some(tenant) = self.key_cache.fresh(&sha) {
+            return Ok(KeyLookup::Tenant(tenant));
+        }
+        if self.unknown_key_cache.fresh(&sha).is_some() {
+            return Ok(KeyLookup::Unknown);
+        }
+        let (rate, burst) = (self.lookups_per_s, self.lookups_per_s);
+        if let Err(wait) = self.lookups.check("unseen-keys", rate, burst, 1.0) {
+            return Ok(KeyLookup::Throttled(wait));
         }
         let found: Option<String> = redis::cmd("GET")
             .arg(self.keys.api_key(&sha))
             .query_async(conn)
             .await?;
-        let found = found.filter(|t| valid_tenant(t));
-        self.key_cache.insert(sha, found.clone());
-        Ok(found)
+        match found.filter(|t| valid_tenant(t)) {
+            Some(tenant) => {
+                self.key_cache.insert(sha, tenant.clone());
+                Ok(KeyLookup::Tenant(tenant))
+            }
+            None => {
+                self.unknown_key_cache.insert(sha, ());
+                Ok(KeyLookup::Unknown)
+            }
+        }
     }
 
     /// A tenant's settings, or `None` when the tenant is unknown.

@@ -64,6 +64,19 @@ pub struct ServeArgs {
     #[arg(long, env = "AIFAB_LOG", default_value = "info")]
     pub log: String,
 
+    /// Address of the ops routes (/healthz, /readyz, /metrics) when they must not share the
+    /// API's port (a public ingest): e.g. 0.0.0.0:9080. Default: the API's port.
+    #[arg(long, env = "AIFAB_OPS_ADDR")]
+    pub ops_addr: Option<std::net::SocketAddr>,
+
+    /// Most API requests in flight at once; more are answered 503 with Retry-After at once.
+    #[arg(long, env = "AIFAB_HTTP_MAX_CONCURRENT", default_value_t = 512)]
+    pub http_max_concurrent: usize,
+
+    /// Longest an API request may take, in seconds (408 after it).
+    #[arg(long, env = "AIFAB_HTTP_REQUEST_TIMEOUT_S", default_value_t = 60)]
+    pub http_request_timeout_s: u64,
+
     /// Seconds to wait for in-flight work to drain after SIGTERM before exiting anyway.
     #[arg(long, env = "AIFAB_SHUTDOWN_GRACE_S", default_value_t = 30)]
     pub shutdown_grace_s: u64,

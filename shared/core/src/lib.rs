@@ -7,7 +7,8 @@
 //! - [`config`]: command-line/env configuration pieces services flatten into their own.
 //! - [`kafka`], [`nats`], [`redis_store`]: broker clients with retry, backoff and probes.
 //! - [`secret`]: secrets read from files; URLs redacted before they are logged.
-//! - [`health`]: `/healthz`, `/readyz` and `/metrics` on every service's port.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics` on every service's port;
+//!   [`http_limits`]: the concurrency limit and timeout of every service's API.
 //! - [`service`]: the start-up/shutdown skeleton each `main.rs` calls; [`supervise`]: its
 //!   loops never die unseen (exit to be restarted, readiness names a stopped or stale loop).
 //! - [`pipeline`]: Kafka consume-transform-produce loops (transactional, at-least-once).
@@ -19,6 +20,7 @@ pub mod config;
 pub mod dashboard;
 pub mod dead_letter;
 pub mod health;
+pub mod http_limits;
 pub mod kafka;
 pub mod messages;
 pub mod nats;

@@ -179,23 +179,65 @@ impl Service {
             .context("this service was not configured to use Redis")
     }
 
-    /// Bind the HTTP port and serve the ops routes plus `api`. Fails if the port is taken.
+    /// Bind the HTTP port and serve `api` (under [`http_limits`](crate::http_limits)) with
+    /// the ops routes, or the ops routes on `--ops-addr` when it is another address. Fails
+    /// if a port is taken.
     pub async fn serve(&mut self, api: Router) -> anyhow::Result<std::net::SocketAddr> {
         let addr = self.serve_args.http_addr_or(self.spec.default_port);
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-            format!("binding HTTP address {addr} (set --http-addr / AIFAB_HTTP_ADDR)")
-        })?;
+        let limits = crate::http_limits::HttpLimits {
+            max_concurrent: self.serve_args.http_max_concurrent,
+            timeout: Duration::from_secs(self.serve_args.http_request_timeout_s.max(1)),
+        };
+        let api = crate::http_limits::limited(api, limits, self.spec.name);
+        let ops = ops_router(self.readiness.clone(), self.metrics.clone());
+        let local = match self.serve_args.ops_addr.filter(|o| *o != addr) {
+            Some(ops_addr) => {
+                let local = self
+                    .listen("http", addr, api, "--http-addr / AIFAB_HTTP_ADDR")
+                    .await?;
+                let ops_local = self
+                    .listen("ops", ops_addr, ops, "--ops-addr / AIFAB_OPS_ADDR")
+                    .await?;
+                tracing::info!(service = self.spec.name, %local, ops = %ops_local,
+                    "serving the API; /healthz /readyz /metrics on the ops address");
+                local
+            }
+            None => {
+                let local = self
+                    .listen(
+                        "http",
+                        addr,
+                        ops.merge(api),
+                        "--http-addr / AIFAB_HTTP_ADDR",
+                    )
+                    .await?;
+                tracing::info!(service = self.spec.name, %local, "serving /healthz /readyz /metrics");
+                local
+            }
+        };
+        self.http_addr = Some(local);
+        Ok(local)
+    }
+
+    /// Serve `app` on `addr` until shutdown, as the supervised task `name`.
+    async fn listen(
+        &mut self,
+        name: &'static str,
+        addr: std::net::SocketAddr,
+        app: Router,
+        flag: &str,
+    ) -> anyhow::Result<std::net::SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {name} address {addr} (set {flag})"))?;
         let local = listener.local_addr()?;
-        let app = ops_router(self.readiness.clone(), self.metrics.clone()).merge(api);
         let token = self.shutdown.clone();
-        self.supervise("http", async move {
+        self.supervise(name, async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { token.cancelled().await })
                 .await
-                .context("HTTP server")
+                .with_context(|| format!("{name} server"))
         });
-        tracing::info!(service = self.spec.name, %local, "serving /healthz /readyz /metrics");
-        self.http_addr = Some(local);
         Ok(local)
     }
 
@@ -511,6 +553,9 @@ mod tests {
     async fn service() -> Service {
         let serve = ServeArgs {
             http_addr: None,
+            ops_addr: None,
+            http_max_concurrent: 8,
+            http_request_timeout_s: 5,
             log_format: crate::config::LogFormat::Text,
             log: "info".into(),
             shutdown_grace_s: 5,

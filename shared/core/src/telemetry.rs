@@ -122,8 +122,10 @@ pub const UP: &str = "up";
 pub const CHECK_UP: &str = "check_up";
 /// Loops the service needs that stopped (`loop` label).
 pub const LOOP_FAILURES: &str = "loop_failures_total";
+/// API requests the HTTP limits stopped (`reason`: `overloaded`, `timeout`).
+pub const HTTP_LIMITED: &str = "http_limited_total";
 /// Every suffix above.
-pub const SERVICE_METRICS: &[&str] = &[UP, CHECK_UP, LOOP_FAILURES];
+pub const SERVICE_METRICS: &[&str] = &[UP, CHECK_UP, LOOP_FAILURES, HTTP_LIMITED];
 
 /// `aifab_<service>_<what>`, with the service's dashes made underscores.
 pub fn metric_name(service: &str, what: &str) -> String {

@@ -1,10 +1,14 @@
 //! Who is asking: the API key from the request's headers, and the tenant it belongs to.
 
-use axum::http::HeaderMap;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
 use redis::aio::ConnectionManager;
 
+use super::answer::Answer;
 use super::Api;
-use crate::validate::{ErrorKind, Rejection};
+use crate::tenants::KeyLookup;
+use crate::validate::{Code, ErrorKind, Rejection};
 
 /// The API key: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 pub fn api_key(headers: &HeaderMap) -> Option<String> {
@@ -25,23 +29,47 @@ pub fn api_key(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Who is asking, as far as the headers say.
+pub(super) enum Caller {
+    Tenant(String),
+    Refused(Rejection),
+    /// A key ingest has not seen lately, while too many such keys arrive: retry later.
+    Throttled(Duration),
+}
+
+/// The 429 of a key not looked up (see [`Caller::Throttled`]).
+pub(super) fn throttled(wait: Duration) -> Answer {
+    metrics::counter!(crate::metric_names::HTTP_KEY_LOOKUPS_THROTTLED_TOTAL).increment(1);
+    Answer::error(
+        StatusCode::TOO_MANY_REQUESTS,
+        Code::KeyLookupsThrottled,
+        "too many requests with API keys this ingest has not seen lately; retry shortly",
+    )
+    .with_header(
+        "retry-after",
+        crate::ratelimit::retry_after_secs(wait).to_string(),
+    )
+}
+
 /// The tenant of a request's API key, or why it has none.
 pub(super) async fn authenticate(
     api: &Api,
     conn: &mut ConnectionManager,
     headers: &HeaderMap,
-) -> redis::RedisResult<Result<String, Rejection>> {
+) -> redis::RedisResult<Caller> {
     let Some(key) = api_key(headers) else {
-        return Ok(Err(Rejection::new(
+        return Ok(Caller::Refused(Rejection::new(
             ErrorKind::MissingApiKey,
             "missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
         )));
     };
-    Ok(api
-        .registry
-        .tenant_for_key(conn, &key)
-        .await?
-        .ok_or_else(|| Rejection::new(ErrorKind::BadApiKey, "unknown API key")))
+    Ok(match api.registry.tenant_for_key(conn, &key).await? {
+        KeyLookup::Tenant(t) => Caller::Tenant(t),
+        KeyLookup::Unknown => {
+            Caller::Refused(Rejection::new(ErrorKind::BadApiKey, "unknown API key"))
+        }
+        KeyLookup::Throttled(wait) => Caller::Throttled(wait),
+    })
 }
 
 #[cfg(test)]

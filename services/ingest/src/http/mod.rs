@@ -184,8 +184,9 @@ async fn handle_post(api: &Api, route: Route, headers: &HeaderMap, body: Body) -
     };
     // Who is asking, before reading a byte of the body: a stranger costs a header lookup.
     let tenant = match auth::authenticate(api, &mut conn, headers).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(r)) => return refuse_unauthenticated(api, route, &r).await,
+        Ok(auth::Caller::Tenant(t)) => t,
+        Ok(auth::Caller::Refused(r)) => return refuse_unauthenticated(api, route, &r).await,
+        Ok(auth::Caller::Throttled(wait)) => return auth::throttled(wait),
         Err(e) => return Answer::unavailable(&format!("redis: {e}")),
     };
     let bytes = match read_body(headers, body, api.settings.max_body_bytes).await {

@@ -29,11 +29,14 @@ async fn get_prediction(api: &Api, id: &str, headers: &HeaderMap) -> Response {
         return Answer::unavailable("redis is not connected").into_response();
     };
     let tenant = match auth::authenticate(api, &mut conn, headers).await {
-        Ok(Ok(t)) => t,
+        Ok(auth::Caller::Tenant(t)) => t,
         // Not dead-lettered: a GET carries no input.
-        Ok(Err(r)) => {
-            return Answer::error(StatusCode::UNAUTHORIZED, r.kind, &r.reason).into_response()
+        Ok(auth::Caller::Refused(r)) => {
+            metrics::counter!(crate::metric_names::HTTP_UNAUTHENTICATED_TOTAL, "kind" => r.kind.as_str())
+                .increment(1);
+            return Answer::error(StatusCode::UNAUTHORIZED, r.kind, &r.reason).into_response();
         }
+        Ok(auth::Caller::Throttled(wait)) => return auth::throttled(wait).into_response(),
         Err(e) => return Answer::unavailable(&format!("redis: {e}")).into_response(),
     };
     // Keys are per tenant, so another tenant's id is simply not found: same 404 as an id

@@ -34,6 +34,8 @@ pub enum Code {
     BadBody,
     /// No such request for this tenant (404).
     NotFound,
+    /// Too many not-yet-seen API keys at once; this one was not looked up (429).
+    KeyLookupsThrottled,
 }
 
 impl Code {
@@ -45,6 +47,7 @@ impl Code {
             Code::IdempotencyKeyReused => "idempotency_key_reused",
             Code::BadBody => "bad_body",
             Code::NotFound => "not_found",
+            Code::KeyLookupsThrottled => "key_lookups_throttled",
         }
     }
 }
