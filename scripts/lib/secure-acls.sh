@@ -57,7 +57,7 @@ nats_permissions() {
     case $1 in
     ingest) pub='[]' sub='["aifab.budget.exceeded"]' ;;
     feature) pub='[]' sub='[]' ;;
-    inference-worker) pub='[]' sub='["aifab.model.*"]' ;;
+    inference-worker) pub='["aifab.alerts.model_verification"]' sub='["aifab.model.*"]' ;;
     trainer)
         pub='["aifab.train.progress", "aifab.model.published", "aifab.model.promoted"]'
         sub='["aifab.train.request"]'

@@ -16,6 +16,9 @@ fn record(task: &str, version: &str, dir: &std::path::Path, labels: &[&str]) -> 
         artifact_uri: format!("file://{}", dir.display()),
         encoder: "tiny".into(),
         encoder_sha256: "0".into(),
+        artifact_sha256: Some(
+            aifab_core::artifacts::dir_sha256(dir, &["head.safetensors", "labels.json"]).unwrap(),
+        ),
         labels: labels.iter().map(|s| s.to_string()).collect(),
         metrics: [("macro_f1".to_string(), 0.9)].into(),
         train_examples: 0,

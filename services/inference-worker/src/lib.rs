@@ -12,6 +12,7 @@ pub mod metric_names;
 pub mod model_slot;
 pub mod outputs;
 mod queue;
+pub mod verify;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -69,6 +70,11 @@ pub struct Config {
     /// The task (model name) this worker serves; requests for other tasks are dead-lettered.
     #[arg(long, env = "AIFAB_TASK", default_value = "default")]
     pub task: String,
+
+    /// Serve registry versions whose record has no artifact SHA-256 (written by an older
+    /// trainer). Off by default: a version is served only if its files match the digest.
+    #[arg(long, env = "AIFAB_ALLOW_UNVERIFIED_MODELS")]
+    pub allow_unverified_models: bool,
 
     /// Which model events switch the served version.
     #[arg(long, env = "AIFAB_FOLLOW", value_enum, default_value = "production")]
@@ -137,11 +143,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cache_dir: PathBuf::from(&config.artifact_cache_dir),
         s3: config.s3.config(),
     };
-    let slot = Arc::new(ModelSlot::with_fetch(
-        Arc::new(encoder),
-        svc.readiness.clone(),
-        fetch,
-    ));
+    let slot = Arc::new(
+        ModelSlot::with_fetch(Arc::new(encoder), svc.readiness.clone(), fetch)
+            .allow_unverified(config.allow_unverified_models)
+            .with_alerts(svc.nats()?),
+    );
     if let Some(dir) = config.head_dir.clone() {
         let version = config.model_version.clone().unwrap_or_else(|| {
             dir.file_name()
@@ -185,6 +191,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let events = model_slot::follow_events(
         svc.nats()?,
+        svc.redis()?,
         slot.clone(),
         config.task.clone(),
         config.follow,

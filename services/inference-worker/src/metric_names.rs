@@ -19,6 +19,9 @@ pub const DEAD_LETTERS: &str = "aifab_inference_worker_dead_letters_total";
 pub const MODEL_SWAPS: &str = "aifab_inference_worker_model_swaps_total";
 /// Models that failed to load.
 pub const MODEL_LOAD_FAILURES: &str = "aifab_inference_worker_model_load_failures_total";
+/// Model versions refused: not in the registry, or files that do not match its digest.
+pub const MODEL_VERIFICATION_FAILURES: &str =
+    "aifab_inference_worker_model_verification_failures_total";
 
 /// Every name above.
 pub const ALL: &[&str] = &[
@@ -31,6 +34,7 @@ pub const ALL: &[&str] = &[
     DEAD_LETTERS,
     MODEL_SWAPS,
     MODEL_LOAD_FAILURES,
+    MODEL_VERIFICATION_FAILURES,
 ];
 
 #[cfg(test)]

@@ -10,12 +10,14 @@ use std::sync::{Arc, RwLock};
 use aifab_core::artifacts::{fetch_version, S3Config};
 use aifab_core::health::Readiness;
 use aifab_core::messages::{decode, ModelEvent, ModelEventKind};
-use aifab_core::registry::{Registry, Rollout, CANDIDATE};
+use aifab_core::registry::{ModelRecord, Registry, Rollout, CANDIDATE};
 use aifab_model::head::{HEAD_FILE, LABELS_FILE};
 use aifab_model::{ClassificationHead, Classifier, Encoder};
 use anyhow::Context;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+
+use crate::verify;
 
 /// Which model events move the worker to a new version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -74,6 +76,10 @@ pub struct ModelSlot {
     candidate: RwLock<Option<(Arc<Classifier>, Rollout)>>,
     readiness: Readiness,
     fetch: ArtifactFetch,
+    /// Serve registry records that carry no artifact digest (written before digests).
+    allow_unverified: bool,
+    /// Where refused models are alerted (`aifab.alerts.model_verification`).
+    alerts: Option<async_nats::Client>,
 }
 
 impl ModelSlot {
@@ -90,7 +96,65 @@ impl ModelSlot {
             candidate: RwLock::new(None),
             readiness,
             fetch,
+            allow_unverified: false,
+            alerts: None,
         }
+    }
+
+    /// Serve records without an artifact digest (see [`crate::verify`]).
+    pub fn allow_unverified(mut self, allow: bool) -> Self {
+        self.allow_unverified = allow;
+        self
+    }
+
+    /// Alert refused models on this NATS client.
+    pub fn with_alerts(mut self, nats: async_nats::Client) -> Self {
+        self.alerts = Some(nats);
+        self
+    }
+
+    /// Fetch the version `record` names, verify its digest, then make it current.
+    pub async fn load_record(self: &Arc<Self>, record: &ModelRecord) -> anyhow::Result<()> {
+        let dir = self.verified_dir(record).await?;
+        let (s, v) = (self.clone(), record.version.clone());
+        tokio::task::spawn_blocking(move || s.load(&dir, &v))
+            .await
+            .context("model load task")?
+    }
+
+    /// Fetch the version `record` names, verify it, and make it the candidate under `rollout`.
+    pub async fn set_candidate_record(
+        self: &Arc<Self>,
+        record: &ModelRecord,
+        rollout: Rollout,
+    ) -> anyhow::Result<()> {
+        let dir = self.verified_dir(record).await?;
+        let (s, v) = (self.clone(), record.version.clone());
+        tokio::task::spawn_blocking(move || s.set_candidate(Some((&dir, &v)), rollout))
+            .await
+            .context("model load task")?
+    }
+
+    /// The local directory of `record`'s head, once its files match the record's digest.
+    async fn verified_dir(&self, record: &ModelRecord) -> anyhow::Result<PathBuf> {
+        let dir = self.fetch.head_dir(&record.artifact_uri).await?;
+        let digest = {
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || verify::head_sha256(&d))
+                .await
+                .context("digest task")?
+                .with_context(|| format!("reading {} to verify it", dir.display()))?
+        };
+        if let Err(refusal) = verify::check(record, &digest, self.allow_unverified) {
+            self.refuse(&refusal).await;
+            return Err(refusal.into());
+        }
+        Ok(dir)
+    }
+
+    /// Log, count and alert a refused model.
+    pub async fn refuse(&self, refusal: &verify::Refusal) {
+        verify::report(refusal, self.alerts.as_ref()).await;
     }
 
     /// Fetch the head of the version at `uri` (download if remote), then make it current.
@@ -204,8 +268,7 @@ pub async fn follow_rollout(
                 if have != want {
                     let result = match record {
                         Some(r) if rollout != Rollout::Off => {
-                            slot.set_candidate_uri(&r.artifact_uri, &r.version, rollout)
-                                .await
+                            slot.set_candidate_record(&r, rollout).await
                         }
                         _ => slot.set_candidate(None, Rollout::Off),
                     };
@@ -239,7 +302,7 @@ pub async fn load_production(
             .resolve(&task, aifab_core::registry::PRODUCTION)
             .await
         {
-            Ok(Some(record)) => match slot.load_uri(&record.artifact_uri, &record.version).await {
+            Ok(Some(record)) => match slot.load_record(&record).await {
                 Ok(()) => return,
                 Err(e) => {
                     slot.readiness.set(
@@ -270,9 +333,12 @@ pub async fn load_production(
     }
 }
 
-/// Follow model events on NATS until shutdown, loading each followed version.
+/// Follow model events on NATS until shutdown, loading each followed version as the
+/// registry records it: an event says *which* version, never *where* it is, so a forged
+/// event can at most ask for a version the registry already vouches for.
 pub async fn follow_events(
     nats: async_nats::Client,
+    redis: aifab_core::redis_store::RedisHandle,
     slot: Arc<ModelSlot>,
     task: String,
     policy: FollowPolicy,
@@ -296,7 +362,33 @@ pub async fn follow_events(
         if !should_follow(&event, &task, policy) {
             continue;
         }
-        if let Err(e) = slot.load_uri(&event.artifact_uri, &event.version).await {
+        let record = match redis.get().await {
+            Ok(conn) => Registry::new(conn).get(&event.task, &event.version).await,
+            Err(e) => return Err(e.into()),
+        };
+        let record = match record {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                let refusal = verify::Refusal::NotInRegistry {
+                    task: event.task.clone(),
+                    version: event.version.clone(),
+                };
+                slot.refuse(&refusal).await;
+                continue;
+            }
+            Err(e) => {
+                metrics::counter!(crate::metric_names::MODEL_LOAD_FAILURES).increment(1);
+                tracing::error!(version = %event.version, error = %e,
+                    "reading the registry for a model event failed; keeping the current model");
+                continue;
+            }
+        };
+        if record.artifact_uri != event.artifact_uri {
+            tracing::warn!(version = %event.version, event_uri = %event.artifact_uri,
+                registry_uri = %record.artifact_uri,
+                "a model event names another artifact than the registry; loading the registry's");
+        }
+        if let Err(e) = slot.load_record(&record).await {
             metrics::counter!(crate::metric_names::MODEL_LOAD_FAILURES).increment(1);
             tracing::error!(
                 version = %event.version,

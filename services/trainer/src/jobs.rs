@@ -172,6 +172,14 @@ impl Jobs {
             artifact_files(task, &version, &t, &out)?
         };
         let location = write_artifact(store, task, &version, &files).await?;
+        // The digest of what workers serve (the head and its labels), for them to check.
+        let served = [aifab_model::head::HEAD_FILE, aifab_model::head::LABELS_FILE];
+        let artifact_sha256 = aifab_core::artifacts::files_sha256(
+            files
+                .iter()
+                .filter(|(name, _)| served.contains(&name.as_str()))
+                .map(|(name, bytes)| (name.as_str(), bytes.as_slice())),
+        );
         let mut metrics_map = std::collections::BTreeMap::new();
         metrics_map.insert("accuracy".to_string(), out.evaluation.accuracy);
         metrics_map.insert("macro_f1".to_string(), out.evaluation.macro_f1);
@@ -181,6 +189,7 @@ impl Jobs {
             artifact_uri: location.uri(),
             encoder,
             encoder_sha256,
+            artifact_sha256: Some(artifact_sha256),
             labels: out.head.labels().to_vec(),
             metrics: metrics_map.clone(),
             train_examples: out.report.train_examples + out.report.validation_examples,

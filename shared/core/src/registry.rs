@@ -34,6 +34,11 @@ pub struct ModelRecord {
     /// The encoder it was trained on (model dir name) and its weights' SHA-256.
     pub encoder: String,
     pub encoder_sha256: String,
+    /// SHA-256 of the served files ([`crate::artifacts::files_sha256`]): a worker serves
+    /// the version only if the files it fetched have this digest. Absent on records
+    /// written before digests were kept (workers refuse those unless told otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_sha256: Option<String>,
     pub labels: Vec<String>,
     /// Headline metrics: accuracy, macro_f1, ...
     pub metrics: BTreeMap<String, f64>,

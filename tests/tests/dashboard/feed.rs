@@ -58,6 +58,7 @@ fn model(task: &str, version: &str, accuracy: f64, macro_f1: f64, at: i64) -> Mo
         artifact_uri: format!("file:///nowhere/{task}/{version}"),
         encoder: "all-MiniLM-L6-v2".into(),
         encoder_sha256: "0".repeat(64),
+        artifact_sha256: None,
         labels: vec!["ham".into(), "spam".into()],
         metrics: [
             ("accuracy".to_string(), accuracy),

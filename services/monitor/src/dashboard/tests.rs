@@ -33,6 +33,7 @@ fn record(task: &str, v: &str, f1: f64, at: i64) -> ModelRecord {
         artifact_uri: format!("file:///a/{task}/{v}"),
         encoder: "all-MiniLM-L6-v2".into(),
         encoder_sha256: "00".into(),
+        artifact_sha256: None,
         labels: vec!["ham".into(), "spam".into()],
         metrics: [
             ("accuracy".to_string(), f1 + 0.01),

@@ -15,12 +15,14 @@
 //! Workers read local artifacts in place and download others into a cache directory
 //! ([`fetch_version`]).
 
+mod digest;
 mod error;
 mod fetch;
 mod location;
 mod s3;
 mod store;
 
+pub use digest::{dir_sha256, files_sha256};
 pub use error::ArtifactError;
 pub use fetch::{default_cache_dir, fetch_version};
 pub use location::ArtifactLocation;
