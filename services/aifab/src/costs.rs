@@ -68,9 +68,12 @@ fn period_kind(s: &str) -> anyhow::Result<BudgetPeriod> {
 }
 
 pub async fn run(args: CostsArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    // Setting a budget is an admin act; reading costs needs the read (or admin) token.
+    let role = match &args.command {
+        Some(CostsCmd::Budget { .. }) => aifab_core::access::Role::Admin,
+        _ => aifab_core::access::Role::Read,
+    };
+    let client = aifab_core::access::http_client(role, Duration::from_secs(10))?;
     let base = args.url.trim_end_matches('/').to_string();
     match args.command.clone() {
         Some(CostsCmd::Budget {

@@ -144,12 +144,13 @@ pub async fn report(services: &[LocalService], monitor_url: &str) -> (String, St
 
 pub async fn fetch_dashboard(monitor_url: &str) -> anyhow::Result<Dashboard> {
     let url = format!("{}/v1/dashboard", monitor_url.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .get(&url)
-        .timeout(Duration::from_secs(3))
-        .send()
-        .await?
-        .error_for_status()?;
+    let resp =
+        aifab_core::access::http_client(aifab_core::access::Role::Read, Duration::from_secs(3))?
+            .get(&url)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await?
+            .error_for_status()?;
     Ok(resp.json().await?)
 }
 

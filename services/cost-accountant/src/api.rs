@@ -4,7 +4,7 @@
 use aifab_core::messages::{tag, BudgetPeriod, BudgetSet};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
@@ -27,8 +27,14 @@ struct BudgetBody {
     at_ms: Option<i64>,
 }
 
-/// `GET /v1/costs`, `GET /v1/budgets` and `POST /v1/budgets`.
-pub(crate) fn router(app: App) -> Router {
+/// `GET /v1/costs` and `GET /v1/budgets` (read), `POST /v1/budgets` (admin).
+pub(crate) fn router(svc: &aifab_core::service::Service, app: App) -> Router {
+    use aifab_core::access::Role;
+    svc.require(Role::Read, reads(app.clone()))
+        .merge(svc.require(Role::Admin, writes(app)))
+}
+
+fn reads(app: App) -> Router {
     Router::new()
         .route(
             "/v1/costs",
@@ -43,8 +49,16 @@ pub(crate) fn router(app: App) -> Router {
             get(|State(app): State<App>| async move {
                 let mut conn = app.conn().await?;
                 Ok::<_, ApiError>(Json(app.store.budgets(&mut conn).await?))
-            })
-            .post(
+            }),
+        )
+        .with_state(app)
+}
+
+fn writes(app: App) -> Router {
+    Router::new()
+        .route(
+            "/v1/budgets",
+            post(
                 |State(app): State<App>, body: axum::body::Bytes| async move {
                     let b: BudgetBody = serde_json::from_slice(&body).map_err(|e| {
                         ApiError(StatusCode::BAD_REQUEST, format!("budget body: {e}"))

@@ -69,7 +69,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         prices: Arc::new(prices),
         check_now: Arc::new(Notify::new()),
     };
-    svc.serve(api::router(app.clone())).await?;
+    let api = api::router(&svc, app.clone());
+    svc.serve(api).await?;
     let nats = svc.nats()?;
 
     let heartbeat = svc.heartbeat("usage-consumer", STALE_AFTER);

@@ -152,10 +152,17 @@ pub(crate) async fn refresh_sources(
 ) {
     let costs_url =
         (!config.costs_url.trim().is_empty()).then(|| costs_endpoint(&config.costs_url));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .expect("an HTTP client with a timeout builds");
+    // The cost-accountant's read route: the deployment's read (or admin) token, if any.
+    let http = match aifab_core::access::http_client(
+        aifab_core::access::Role::Read,
+        Duration::from_secs(3),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "no HTTP client for the costs; dashboard without them");
+            reqwest::Client::new()
+        }
+    };
     let limits = config.dashboard_limits();
     let mut exported = BTreeSet::new();
     let mut tick =

@@ -66,10 +66,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         window: window.clone(),
         triggers: tx.clone(),
     };
-    let api = axum::Router::new()
+    use aifab_core::access::Role;
+    let admin = axum::Router::new()
         .route("/v1/train/{task}", post(train_now))
+        .with_state(state.clone());
+    let read = axum::Router::new()
         .route("/v1/window", get(window_sizes))
         .with_state(state);
+    let api = svc
+        .require(Role::Admin, admin)
+        .merge(svc.require(Role::Read, read));
     svc.serve(api).await?;
 
     let nats = svc.nats()?;

@@ -69,6 +69,16 @@ pub struct ServeArgs {
     #[arg(long, env = "AIFAB_OPS_ADDR")]
     pub ops_addr: Option<std::net::SocketAddr>,
 
+    /// File holding the admin token: routes that change state (budgets, training) need
+    /// `Authorization: Bearer <it>`. Unset: those routes answer loopback peers only.
+    #[arg(long, env = "AIFAB_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
+    /// File holding the read token: routes that show tenants' spend or traffic (costs,
+    /// the dashboard) need it or the admin token. Unset (and no admin token): loopback only.
+    #[arg(long, env = "AIFAB_READ_TOKEN_FILE")]
+    pub read_token_file: Option<std::path::PathBuf>,
+
     /// Most API requests in flight at once; more are answered 503 with Retry-After at once.
     #[arg(long, env = "AIFAB_HTTP_MAX_CONCURRENT", default_value_t = 512)]
     pub http_max_concurrent: usize,

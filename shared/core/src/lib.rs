@@ -1,5 +1,6 @@
 //! aifab-core: what every aifab service shares.
 //!
+//! - [`access`]: who may use a control API (admin and read tokens, else loopback only).
 //! - [`artifacts`]: the model artifact store (local directory or S3-compatible).
 //! - [`topics`]: the one list of Kafka topics and NATS subjects.
 //! - [`messages`]: typed messages, the one source in code of the contract in `schemas/`;
@@ -14,6 +15,7 @@
 //! - [`pipeline`]: Kafka consume-transform-produce loops (transactional, at-least-once).
 //! - [`telemetry`], [`shutdown`], [`backoff`]: logs, metrics, signals, retry pacing.
 
+pub mod access;
 pub mod artifacts;
 pub mod backoff;
 pub mod config;

@@ -88,6 +88,8 @@ pub struct Service {
     /// The first loop failure, which makes [`Service::finish`] return an error.
     failure: Arc<Mutex<Option<String>>>,
     http_addr: Option<std::net::SocketAddr>,
+    /// Who may use the control API ([`crate::access`]).
+    access: Arc<crate::access::Access>,
 }
 
 /// How often a healthy dependency is re-checked.
@@ -117,6 +119,11 @@ impl Service {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         crate::artifacts::install_tls_provider();
+        let access = crate::access::Access::from_files(
+            serve.admin_token_file.as_deref(),
+            serve.read_token_file.as_deref(),
+        )
+        .context("the control API's tokens (--admin-token-file, --read-token-file)")?;
         let readiness = Readiness::new(spec.name);
         let mut svc = Service {
             spec,
@@ -131,6 +138,7 @@ impl Service {
             loops: Vec::new(),
             failure: Arc::default(),
             http_addr: None,
+            access: Arc::new(access),
         };
         metrics::gauge!(metric_name(spec.name, crate::telemetry::UP)).set(1.0);
         tracing::info!(
@@ -163,6 +171,11 @@ impl Service {
             svc.redis = Some(handle);
         }
         Ok(svc)
+    }
+
+    /// `api`'s routes, each requiring `role` ([`crate::access`]).
+    pub fn require(&self, role: crate::access::Role, api: Router) -> Router {
+        crate::access::require(api, self.access.clone(), role)
     }
 
     /// The NATS client (present when the service needs NATS). It may be reconnecting.
@@ -233,6 +246,8 @@ impl Service {
         let local = listener.local_addr()?;
         let token = self.shutdown.clone();
         self.supervise(name, async move {
+            // The peer address reaches handlers: loopback-only routes need it (access).
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { token.cancelled().await })
                 .await
@@ -554,6 +569,8 @@ mod tests {
         let serve = ServeArgs {
             http_addr: None,
             ops_addr: None,
+            admin_token_file: None,
+            read_token_file: None,
             http_max_concurrent: 8,
             http_request_timeout_s: 5,
             log_format: crate::config::LogFormat::Text,

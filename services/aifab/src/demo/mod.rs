@@ -126,9 +126,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if !args.no_up {
         bring_up().await?;
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    // The demo trains and reads costs: an operator's (admin) token when one is set.
+    let http =
+        aifab_core::access::http_client(aifab_core::access::Role::Admin, Duration::from_secs(10))?;
     let redis = aifab_core::redis_store::client(&args.brokers.redis_url)?;
     let mut conn = redis::aio::ConnectionManager::new(redis)
         .await
