@@ -94,6 +94,14 @@ fn checker_reports_a_broken_stack() {
     expect("image/build", &p, &["`feature`", "neither"]);
     assert_eq!(p.len(), 1, "only `feature` lacks image/build: {p:?}");
 
+    let p = check_metrics_scraped(&doc, &prom);
+    expect(
+        "a worker published beyond loopback",
+        &p,
+        &["`inference-worker-gpu`", "only ingest's API"],
+    );
+    expect("ops routes on a public port", &p, &["`ingest`", "AIFAB_OPS_ADDR"]);
+
     let p = check_addresses(&doc, &prom);
     expect(
         "dangling broker",

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::addresses::{addresses, host_port, scrape_targets, Kind, ScrapeTarget};
 use crate::model::{argv, words, Compose, Condition, Prometheus, Service, Volume};
-use crate::ports::container_ports;
+use crate::ports::{container_ports, published_ports};
 
 /// (1) Every service has an image or something to build it from.
 pub fn check_image_or_build(doc: &Compose) -> Vec<String> {
@@ -186,8 +186,10 @@ pub fn check_gpu_worker(doc: &Compose) -> Vec<String> {
 }
 
 /// (7) Every aifab service listens on 0.0.0.0:<port> (AIFAB_HTTP_ADDR), its healthcheck
-/// probes that port, any published port maps to it, and Prometheus scrapes
-/// `<service>:<port>` (through DNS discovery for scalable workers, so every replica is).
+/// probes its ops port (AIFAB_OPS_ADDR, else that one), any published port maps to the
+/// HTTP port, and Prometheus scrapes `<service>:<ops port>` (through DNS discovery for
+/// scalable workers, so every replica is). A service published beyond loopback (ingest's
+/// public API) keeps its ops routes on a port of their own.
 pub fn check_metrics_scraped(doc: &Compose, prom: &Prometheus) -> Vec<String> {
     let targets = scrape_targets(prom);
     let mut problems = Vec::new();
@@ -214,6 +216,33 @@ pub fn check_metrics_scraped(doc: &Compose, prom: &Prometheus) -> Vec<String> {
                  be 0.0.0.0:{port} to be scraped"
             ));
         }
+        let http_port = port;
+        let public = published_ports(name, svc)
+            .0
+            .iter()
+            .any(|p| !["127.0.0.1", "::1", "[::1]"].contains(&p.ip.as_str()));
+        if public && prog != "aifab-ingest" {
+            problems.push(format!(
+                "service `{name}` publishes a port beyond loopback: only ingest's API may be"
+            ));
+        }
+        let port = match svc.env_var("AIFAB_OPS_ADDR").as_deref().map(host_port) {
+            Some(Some((_, Some(ops)))) if ops != http_port => ops,
+            Some(_) => {
+                problems.push(format!(
+                    "service `{name}`: AIFAB_OPS_ADDR is not host:port apart from the API's"
+                ));
+                continue;
+            }
+            None if public => {
+                problems.push(format!(
+                    "service `{name}` publishes its API beyond loopback with /metrics and \
+                     /readyz on it: set AIFAB_OPS_ADDR to a port of their own"
+                ));
+                http_port
+            }
+            None => http_port,
+        };
         match svc.healthcheck_text() {
             None => problems.push(format!("service `{name}` ({prog}) has no healthcheck")),
             Some(hc) if !hc.contains(&format!(":{port}")) && !hc.contains(&format!("/{port}")) => {
@@ -224,10 +253,10 @@ pub fn check_metrics_scraped(doc: &Compose, prom: &Prometheus) -> Vec<String> {
             Some(_) => {}
         }
         let containers = container_ports(svc);
-        if !svc.ports.is_empty() && !containers.contains(&port.to_string()) {
+        if !svc.ports.is_empty() && !containers.contains(&http_port.to_string()) {
             problems.push(format!(
                 "service `{name}` publishes container port(s) {containers:?}, none of which is \
-                 its HTTP port {port}"
+                 its HTTP port {http_port}"
             ));
         }
         let scraped: Vec<&ScrapeTarget> = targets
