@@ -443,6 +443,30 @@ fn kube_err(what: &str, e: kube::Error) -> anyhow::Error {
     }
 }
 
+/// Whether a bearer token may go to `url`: over https, to a loopback `http://` address
+/// (`kubectl proxy`), or over plain http elsewhere only when explicitly allowed — a token
+/// sent in the clear to the cluster is a token anyone on the path can scale with.
+pub fn token_transport_ok(
+    url: &axum::http::Uri,
+    has_token: bool,
+    allow_plain_http: bool,
+) -> anyhow::Result<()> {
+    if !has_token || allow_plain_http || url.scheme_str() != Some("http") {
+        return Ok(());
+    }
+    let host = url.host().unwrap_or("").trim_matches(['[', ']']);
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    anyhow::ensure!(
+        loopback,
+        "kubernetes: refusing to send a service-account token over plain {url} (use https://, \
+         or set --kube-allow-plain-http-token if the network is trusted)"
+    );
+    Ok(())
+}
+
 impl KubeActuator {
     /// `api`: the API server's base URL (`http://127.0.0.1:8001` with `kubectl proxy`, or
     /// `https://...`), with an optional bearer token.
@@ -455,15 +479,19 @@ impl KubeActuator {
         let mut config =
             kube::Config::new(api.parse().with_context(|| format!("--kube-api {api:?}"))?);
         config.auth_info.token = token.map(Into::into);
-        Self::from_config(config, namespace, deployment)
+        Self::from_config(config, namespace, deployment, false)
     }
 
-    /// From a complete client configuration (see [`KubeActuator::config`]).
+    /// From a complete client configuration (see [`KubeActuator::config`]). A token is
+    /// never sent over plain `http://` beyond loopback unless `allow_plain_http_token`.
     pub fn from_config(
         mut config: kube::Config,
         namespace: &str,
         deployment: &str,
+        allow_plain_http_token: bool,
     ) -> anyhow::Result<Self> {
+        let has_token = config.auth_info.token.is_some() || config.auth_info.token_file.is_some();
+        token_transport_ok(&config.cluster_url, has_token, allow_plain_http_token)?;
         config.read_timeout.get_or_insert(KUBE_READ_TIMEOUT);
         let client = kube::Client::try_from(config).context("kubernetes client")?;
         Ok(KubeActuator {

@@ -154,6 +154,10 @@ pub struct Config {
     /// ($KUBECONFIG or ~/.kube/config, else the pod's service account).
     #[arg(long, env = "AIFAB_KUBE_API")]
     pub kube_api: Option<String>,
+    /// Send the service-account token even over a plain `http://` --kube-api beyond
+    /// loopback (refused by default: anyone on the path could reuse it).
+    #[arg(long, env = "AIFAB_KUBE_ALLOW_PLAIN_HTTP_TOKEN")]
+    pub kube_allow_plain_http_token: bool,
     /// Kubernetes namespace (default: the kubeconfig context's or the pod's own, else `default`).
     #[arg(long, env = "AIFAB_KUBE_NAMESPACE")]
     pub kube_namespace: Option<String>,
@@ -216,6 +220,7 @@ impl Config {
                     config,
                     &ns,
                     &self.kube_deployment,
+                    self.kube_allow_plain_http_token,
                 )?))
             }
         })

@@ -100,7 +100,11 @@ fn checker_reports_a_broken_stack() {
         &p,
         &["`inference-worker-gpu`", "only ingest's API"],
     );
-    expect("ops routes on a public port", &p, &["`ingest`", "AIFAB_OPS_ADDR"]);
+    expect(
+        "ops routes on a public port",
+        &p,
+        &["`ingest`", "AIFAB_OPS_ADDR"],
+    );
 
     let p = check_addresses(&doc, &prom);
     expect(

@@ -70,6 +70,20 @@ async fn kubernetes_patches_the_deployment_scale_subresource() {
         .to_string();
     assert!(err.contains("--kube-api"), "{err}");
     assert!(KubeActuator::new("https://10.0.0.1:443", "ml", "d", None).is_ok());
+    // A token goes over https or to loopback (kubectl proxy), not in the clear elsewhere.
+    let err = KubeActuator::new("http://10.0.0.1:8080", "ml", "d", Some("sa".into()))
+        .err()
+        .expect("a token over plain http to another host is refused")
+        .to_string();
+    assert!(err.contains("refusing to send"), "{err}");
+    assert!(KubeActuator::new("http://10.0.0.1:8080", "ml", "d", None).is_ok());
+    assert!(KubeActuator::new("https://10.0.0.1:443", "ml", "d", Some("sa".into())).is_ok());
+    let allowed = aifab_autoscaler::actuators::token_transport_ok(
+        &"http://10.0.0.1:8080".parse().unwrap(),
+        true,
+        true,
+    );
+    assert!(allowed.is_ok(), "explicitly allowed");
     // Nothing listening: the error names the call and the cause.
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -115,7 +129,7 @@ async fn kubernetes_finds_the_cluster_in_the_kubeconfig() {
     std::env::set_var("KUBECONFIG", &path);
     let config = KubeActuator::config(None).await.unwrap();
     assert_eq!(config.default_namespace, "ml", "the context's namespace");
-    let k = KubeActuator::from_config(config, "ml", "aifab-inference-worker").unwrap();
+    let k = KubeActuator::from_config(config, "ml", "aifab-inference-worker", false).unwrap();
     assert_eq!(k.replicas().await.unwrap(), 2);
     assert_eq!(k.scale(3).await.unwrap(), 3);
     {
