@@ -87,7 +87,13 @@ fn client() -> anyhow::Result<reqwest::Client> {
 }
 
 /// The valid tenant: `rate` POSTs a second for `seconds`, each timed send to answer.
-async fn tenant(addr: &str, rate: u32, seconds: u64, tag: &str) -> anyhow::Result<TenantRun> {
+async fn tenant(
+    addr: &str,
+    key: &str,
+    rate: u32,
+    seconds: u64,
+    tag: &str,
+) -> anyhow::Result<TenantRun> {
     let client = client()?;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -95,14 +101,18 @@ async fn tenant(addr: &str, rate: u32, seconds: u64, tag: &str) -> anyhow::Resul
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..total {
         tick.tick().await;
-        let (client, url) = (client.clone(), format!("http://{addr}/v1/infer"));
+        let (client, url, key) = (
+            client.clone(),
+            format!("http://{addr}/v1/infer"),
+            key.to_string(),
+        );
         let body =
             serde_json::json!({"id": format!("{tag}-{i}"), "text": format!("steady request {i}")});
         tasks.spawn(async move {
             let start = Instant::now();
             let ok = client
                 .post(url)
-                .header("x-api-key", "key-steady")
+                .header("x-api-key", key)
                 .json(&body)
                 .send()
                 .await
@@ -195,8 +205,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         create_topic(t, p).await;
     }
     let dir = tempfile::tempdir()?;
+    // The tenant's key as production keeps it: a salted hash (`aifab keys create`).
+    let (key, entry) = aifab_core::api_keys::create("steady");
     let keys = serde_json::json!({
-        "keys": [{"key": "key-steady", "tenant": "steady"}],
+        "keys": [entry],
         "tenants": {"steady": {"rate_per_s": 100000.0, "burst": 100000}},
     });
     std::fs::write(dir.path().join("keys.json"), keys.to_string())?;
@@ -219,7 +231,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     wait_ready(&addr, "ingest").await;
 
     // Warm up (connections, caches, the producer's transaction), then the rounds.
-    tenant(&addr, args.rate, 3, &format!("{id}-warm")).await?;
+    let key = key.as_str();
+    tenant(&addr, key, args.rate, 3, &format!("{id}-warm")).await?;
     let (mut alone, mut flooded, mut strangers) = (
         TenantRun::default(),
         TenantRun::default(),
@@ -227,7 +240,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     for round in 0..args.rounds.max(1) {
         let tag = format!("{id}-alone-{round}");
-        alone.add(tenant(&addr, args.rate, args.seconds, &tag).await?)?;
+        alone.add(tenant(&addr, key, args.rate, args.seconds, &tag).await?)?;
         let stop = Instant::now() + Duration::from_secs(args.seconds);
         let tag = format!("{id}-flood-{round}");
         // The strangers on a runtime (threads) of their own: queued behind them in one
@@ -242,7 +255,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     .block_on(flood(&addr, rate, in_flight, stop))
             })
         };
-        let tenant_run = tenant(&addr, args.rate, args.seconds, &tag).await;
+        let tenant_run = tenant(&addr, key, args.rate, args.seconds, &tag).await;
         let flood_run = tokio::task::spawn_blocking(move || strangers_thread.join())
             .await?
             .map_err(|_| anyhow::anyhow!("the flood thread panicked"))?;

@@ -72,8 +72,9 @@ async fn a_flood_of_strangers_does_not_starve_a_paying_tenant() {
         num("dead_letters") >= 2.0,
         "the strangers were sampled into the DLQ: {f}"
     );
+    // Starved requests would wait for seconds (or time out): well under that.
     assert!(
-        num("flooded_p99_ms") < 10.0 * num("alone_p99_ms").max(20.0),
+        num("flooded_p99_ms") < 2000.0,
         "the tenant's p99 under the flood: {f}"
     );
 }

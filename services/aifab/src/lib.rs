@@ -3,6 +3,7 @@
 
 pub mod costs;
 pub mod demo;
+pub mod keys;
 pub mod local;
 pub mod models;
 mod progress;

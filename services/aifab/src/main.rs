@@ -66,6 +66,8 @@ enum Cmd {
     Simulate(aifab::simulate::SimulateArgs),
     /// Spend, budgets, burn rate and cost per 1,000 predictions; `costs budget` sets a budget.
     Costs(aifab::costs::CostsArgs),
+    /// Tenants' API keys: `keys create` makes one and stores only its salted hash.
+    Keys(aifab::keys::KeysArgs),
     /// The model registry: list, show, promote, roll back.
     Models(aifab::models::ModelsArgs),
     /// Write JSON lines (a file or stdin) to a topic, each checked against its schema.
@@ -112,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Down { stack } => down(stack).await,
         Cmd::Train(args) => aifab::train::run(args).await,
+        Cmd::Keys(args) => aifab::keys::run(args),
         Cmd::Simulate(args) => aifab::simulate::run(args),
         Cmd::Costs(args) => aifab::costs::run(args).await,
         Cmd::Models(args) => aifab::models::run(args).await,

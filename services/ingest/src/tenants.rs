@@ -5,7 +5,8 @@
 //! {
 //!   "keys": [
 //!     {"key": "acme-secret-1", "tenant": "acme"},
-//!     {"key_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "tenant": "beta"}
+//!     {"key_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "tenant": "beta"},
+//!     {"key_id": "ak1f2e3d4c5b6a", "salt": "…", "key_sha256_salted": "…", "tenant": "acme"}
 //!   ],
 //!   "tenants": {
 //!     "acme": {"rate_per_s": 200, "burst": 400, "budget_mode": "reject"},
@@ -14,6 +15,10 @@
 //!   }
 //! }
 //! ```
+//!
+//! The last form is what `aifab keys create` writes: a salted hash of a generated key
+//! (`aifab_core::api_keys`), the one to use in production; plain `key` entries are for
+//! tests and local runs (ingest warns about them when short).
 //!
 //! A tenant is *known* when the file names it (under `tenants` or as a key's tenant) or
 //! Redis has its settings hash. Settings come from the defaults, overridden by the file,
@@ -128,6 +133,12 @@ struct KeyEntry {
     key: Option<String>,
     #[serde(default)]
     key_sha256: Option<String>,
+    #[serde(default)]
+    key_id: Option<String>,
+    #[serde(default)]
+    salt: Option<String>,
+    #[serde(default)]
+    key_sha256_salted: Option<String>,
     tenant: String,
 }
 
@@ -145,6 +156,8 @@ struct KeysFile {
 pub struct StaticTenants {
     /// sha256 hex of a key → tenant.
     keys: HashMap<String, String>,
+    /// Salted entries by key id.
+    salted: HashMap<String, aifab_core::api_keys::SaltedKey>,
     tenants: HashMap<String, TenantOverrides>,
 }
 
@@ -169,8 +182,38 @@ impl StaticTenants {
                 "API keys file: keys[{i}].tenant {:?} is not a valid tenant name",
                 k.tenant
             );
+            if let (Some(key_id), Some(salt), Some(hash)) =
+                (&k.key_id, &k.salt, &k.key_sha256_salted)
+            {
+                anyhow::ensure!(
+                    k.key.is_none()
+                        && k.key_sha256.is_none()
+                        && hex::decode(salt).is_ok_and(|s| s.len() >= 8)
+                        && hash.len() == 64
+                        && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "API keys file: keys[{i}]: a salted entry has key_id, salt (hex, 8+ bytes) and \
+                     key_sha256_salted (64 hex digits) only"
+                );
+                out.salted.insert(
+                    key_id.clone(),
+                    aifab_core::api_keys::SaltedKey {
+                        key_id: key_id.clone(),
+                        salt: salt.clone(),
+                        key_sha256_salted: hash.clone(),
+                        tenant: k.tenant.clone(),
+                    },
+                );
+                out.tenants.entry(k.tenant.clone()).or_default();
+                continue;
+            }
             let sha = match (&k.key, &k.key_sha256) {
-                (Some(key), None) if !key.is_empty() => sha256_hex(key.as_bytes()),
+                (Some(key), None) if !key.is_empty() => {
+                    if key.len() < aifab_core::access::MIN_TOKEN_LEN {
+                        tracing::warn!(index = i, tenant = %k.tenant,
+                            "API keys file: a plain key shorter than 24 characters; use `aifab keys create`");
+                    }
+                    sha256_hex(key.as_bytes())
+                }
                 (None, Some(sha))
                     if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) =>
                 {
@@ -201,7 +244,14 @@ impl StaticTenants {
     }
 
     pub fn key_count(&self) -> usize {
-        self.keys.len()
+        self.keys.len() + self.salted.len()
+    }
+
+    /// The tenant of a `<key_id>.<secret>` key with a salted entry.
+    fn salted_tenant(&self, key: &str) -> Option<&str> {
+        let (id, secret) = aifab_core::api_keys::split(key)?;
+        let entry = self.salted.get(id)?;
+        entry.matches(secret).then_some(entry.tenant.as_str())
     }
 }
 
@@ -258,6 +308,9 @@ impl Registry {
         conn: &mut ConnectionManager,
         key: &str,
     ) -> redis::RedisResult<KeyLookup> {
+        if let Some(t) = self.statics.salted_tenant(key) {
+            return Ok(KeyLookup::Tenant(t.to_string()));
+        }
         let sha = sha256_hex(key.as_bytes());
         if let Some(t) = self.statics.keys.get(&sha) {
             return Ok(KeyLookup::Tenant(t.clone()));
@@ -387,6 +440,16 @@ mod tests {
         );
         let e =
             StaticTenants::parse(r#"{"keys":[{"key":"x","tenant":"bad tenant"}]}"#).unwrap_err();
+        // A salted entry from `aifab keys create` finds its tenant by the key, only.
+        let (key, entry) = aifab_core::api_keys::create("acme");
+        let file = serde_json::json!({"keys": [entry]}).to_string();
+        let s = StaticTenants::parse(&file).unwrap();
+        assert_eq!(s.salted_tenant(&key), Some("acme"));
+        assert_eq!(s.salted_tenant(&format!("{key}x")), None);
+        assert!(
+            !file.contains(key.split_once('.').unwrap().1),
+            "the file has no secret"
+        );
         assert!(
             format!("{e:#}").contains("not a valid tenant name"),
             "{e:#}"

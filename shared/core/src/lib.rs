@@ -1,6 +1,7 @@
 //! aifab-core: what every aifab service shares.
 //!
 //! - [`access`]: who may use a control API (admin and read tokens, else loopback only).
+//! - [`api_keys`]: tenants' API keys stored as salted hashes.
 //! - [`artifacts`]: the model artifact store (local directory or S3-compatible).
 //! - [`topics`]: the one list of Kafka topics and NATS subjects.
 //! - [`messages`]: typed messages, the one source in code of the contract in `schemas/`;
@@ -16,6 +17,7 @@
 //! - [`telemetry`], [`shutdown`], [`backoff`]: logs, metrics, signals, retry pacing.
 
 pub mod access;
+pub mod api_keys;
 pub mod artifacts;
 pub mod backoff;
 pub mod config;
