@@ -1,9 +1,10 @@
 //! Does a flood of strangers starve paying tenants? One ingest of its own (fresh topics
 //! and Redis prefix on the local stack); a valid tenant POSTs `/v1/infer` at a steady
 //! rate, alone and while strangers (no API key, or a made-up one) POST at `--flood-rate`,
-//! in alternating rounds (alone first) so both conditions share the machine's moods. Prints `key value` lines: the valid tenant's success rate and latency
-//! percentiles in both runs, their ratios, what the flood achieved, and how many dead
-//! letters the strangers cost.
+//! in alternating rounds (alone first) so both conditions share the machine's moods.
+//! Prints `key value` lines: the valid tenant's success rate and latency percentiles in
+//! both conditions, their ratios, what the flood achieved, and how many dead letters the
+//! strangers cost.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +45,16 @@ struct TenantRun {
     latency_us: Option<Histogram<u64>>,
 }
 
+impl FloodRun {
+    fn count(&mut self, status: u16) {
+        match status {
+            401 => self.unauthorized += 1,
+            429 => self.throttled += 1,
+            _ => self.other += 1,
+        }
+    }
+}
+
 impl TenantRun {
     /// Both runs as one.
     fn add(&mut self, other: TenantRun) -> anyhow::Result<()> {
@@ -74,6 +85,9 @@ impl TenantRun {
 struct FloodRun {
     sent: u64,
     unauthorized: u64,
+    /// 429: a made-up key not even looked up.
+    throttled: u64,
+    /// Anything else (a 2xx would be a stranger let in).
     other: u64,
     elapsed: Duration,
 }
@@ -171,24 +185,16 @@ async fn flood(addr: &str, rate: u32, in_flight: usize, stop: Instant) -> anyhow
                 }
                 let status = req.body(body.to_string()).send().await.map(|r| r.status());
                 drop(permit);
-                status.is_ok_and(|s| s == reqwest::StatusCode::UNAUTHORIZED)
+                status.map(|s| s.as_u16()).unwrap_or(0)
             });
             run.sent += 1;
         }
         while let Some(done) = tasks.try_join_next() {
-            if done? {
-                run.unauthorized += 1
-            } else {
-                run.other += 1
-            }
+            run.count(done?);
         }
     }
     while let Some(done) = tasks.join_next().await {
-        if done? {
-            run.unauthorized += 1
-        } else {
-            run.other += 1
-        }
+        run.count(done?);
     }
     run.elapsed = started.elapsed();
     Ok(run)
@@ -263,6 +269,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let f = flood_run?;
         strangers.sent += f.sent;
         strangers.unauthorized += f.unauthorized;
+        strangers.throttled += f.throttled;
         strangers.other += f.other;
         strangers.elapsed += f.elapsed;
     }
@@ -290,6 +297,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "flood_sent": strangers.sent,
         "flood_per_s": strangers.sent as f64 / strangers.elapsed.as_secs_f64(),
         "flood_401": strangers.unauthorized,
+        "flood_429": strangers.throttled,
         "flood_other": strangers.other,
         "dead_letters": dead_letters.records.len(),
     });

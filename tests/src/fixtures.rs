@@ -90,6 +90,32 @@ pub fn tiny_models() -> TinyModels {
     }
 }
 
+/// A registry record of the head in `dir` (a tiny model's), with its files' digest as the
+/// trainer records it, so a worker verifies and serves it.
+pub fn registry_record(
+    task: &str,
+    version: &str,
+    dir: &std::path::Path,
+    labels: &[&str],
+) -> aifab_core::registry::ModelRecord {
+    aifab_core::registry::ModelRecord {
+        task: task.into(),
+        version: version.into(),
+        artifact_uri: format!("file://{}", dir.display()),
+        encoder: "tiny".into(),
+        encoder_sha256: "0".into(),
+        artifact_sha256: Some(
+            aifab_core::artifacts::dir_sha256(dir, &["head.safetensors", "labels.json"])
+                .expect("the head's files"),
+        ),
+        labels: labels.iter().map(|s| s.to_string()).collect(),
+        metrics: [("macro_f1".to_string(), 0.9)].into(),
+        train_examples: 0,
+        eval_examples: 0,
+        created_at_ms: aifab_core::now_ms(),
+    }
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;

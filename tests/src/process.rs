@@ -141,3 +141,36 @@ impl Drop for LogOnFailure {
         );
     }
 }
+
+/// Run `cmd` to completion within `limit`; panics with its output unless it succeeded.
+/// Returns its standard output.
+pub async fn run_ok(mut cmd: tokio::process::Command, what: &str, limit: Duration) -> String {
+    let out = tokio::time::timeout(limit, cmd.kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs `aifab down` for the supervisor of `AIFAB_HOME=home` when dropped, whatever the
+/// test did: it stops the supervisor a test started and its services.
+pub struct SupervisorGuard {
+    pub home: std::path::PathBuf,
+}
+
+impl Drop for SupervisorGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(bin_path("aifab"))
+            .arg("down")
+            .env("AIFAB_HOME", &self.home)
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}

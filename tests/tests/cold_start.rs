@@ -13,7 +13,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use aifab_tests::{bin_path, free_port, unique};
+use aifab_tests::{bin_path, free_port, run_ok, unique};
 use tokio::process::Command;
 
 /// The environment that points `aifab` (and the stack and services it starts) at a stack
@@ -71,22 +71,6 @@ impl FreshStack {
         }
         cmd
     }
-}
-
-/// Run to completion within `limit`; panics with its output unless it succeeded.
-async fn run_ok(mut cmd: Command, what: &str, limit: Duration) -> String {
-    let out = tokio::time::timeout(limit, cmd.kill_on_drop(true).output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 impl Drop for FreshStack {

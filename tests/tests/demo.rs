@@ -3,26 +3,10 @@
 //! worker, and reports figures that match what happened; a second run reuses the model.
 //! The task and tenant are fresh, so earlier runs' models are not reused by accident.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use aifab_tests::*;
 use tokio::process::Command;
-
-/// Stops the supervisor this test started, whatever happens.
-struct Supervisor {
-    home: std::path::PathBuf,
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(bin_path("aifab"))
-            .arg("down")
-            .env("AIFAB_HOME", &self.home)
-            .stdout(Stdio::null())
-            .status();
-    }
-}
 
 fn figure<'a>(out: &'a str, line: &str) -> &'a str {
     out.lines()
@@ -67,7 +51,7 @@ async fn demo(home: &std::path::Path, task: &str, tenant: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_demo_trains_serves_and_reports_then_reuses_its_model() {
     let home = tempfile::tempdir().unwrap();
-    let _guard = Supervisor {
+    let _guard = SupervisorGuard {
         home: home.path().to_path_buf(),
     };
     let task = unique("demo").replace('.', "_");

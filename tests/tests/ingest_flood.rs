@@ -4,7 +4,7 @@
 //!
 //! What this asserts holds on any machine: every valid request is accepted under the
 //! flood as without it, every stranger is refused (401, or 429 when its made-up key was
-//! not even looked up), strangers cost at most one dead letter per kind per second, and
+//! not even looked up; never let in), strangers cost at most one dead letter per kind per second, and
 //! the tenant's p99 stays within a bound that starvation (answers waiting on the flood)
 //! would break. The p99 figures themselves, measured on a quiet machine with longer
 //! rounds, are in docs/security.md.
@@ -53,11 +53,16 @@ async fn a_flood_of_strangers_does_not_starve_a_paying_tenant() {
         "every valid request accepted under the flood"
     );
     assert!(
-        num("flood_per_s") > 3000.0,
-        "the flood ran at several thousand/s: {f}"
+        num("flood_per_s") > 1000.0,
+        "the flood ran at thousands/s: {f}"
     );
     assert_eq!(
-        num("flood_401") + num("flood_other"),
+        num("flood_other"),
+        0.0,
+        "every stranger got 401 or 429: {f}"
+    );
+    assert_eq!(
+        num("flood_401") + num("flood_429"),
         num("flood_sent"),
         "{f}"
     );

@@ -8,28 +8,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use aifab_core::messages::{decode, encode, tag, Alert, ModelEvent, ModelEventKind};
-use aifab_core::registry::{ModelRecord, Registry};
+use aifab_core::registry::Registry;
 use aifab_tests::*;
 use futures::StreamExt;
 use tokio::process::Command;
 
 const SERVED: &[&str] = &["head.safetensors", "labels.json"];
-
-fn record(task: &str, version: &str, dir: &std::path::Path, labels: &[&str]) -> ModelRecord {
-    ModelRecord {
-        task: task.into(),
-        version: version.into(),
-        artifact_uri: format!("file://{}", dir.display()),
-        encoder: "tiny".into(),
-        encoder_sha256: "0".into(),
-        artifact_sha256: Some(aifab_core::artifacts::dir_sha256(dir, SERVED).unwrap()),
-        labels: labels.iter().map(|s| s.to_string()).collect(),
-        metrics: [("macro_f1".to_string(), 0.9)].into(),
-        train_examples: 0,
-        eval_examples: 0,
-        created_at_ms: aifab_core::now_ms(),
-    }
-}
 
 fn promoted(task: &str, version: &str, dir: &std::path::Path) -> Vec<u8> {
     encode(&ModelEvent {
@@ -82,7 +66,7 @@ async fn forged_events_and_tampered_artifacts_are_refused_and_alerted() {
         .unwrap();
     let mut registry = Registry::new(conn);
     registry
-        .put(&record(&task, "v1", &models.head_v1, V1_LABELS))
+        .put(&registry_record(&task, "v1", &models.head_v1, V1_LABELS))
         .await
         .unwrap();
     registry.set_production(&task, "v1").await.unwrap();
@@ -92,7 +76,7 @@ async fn forged_events_and_tampered_artifacts_are_refused_and_alerted() {
         std::fs::copy(models.head_v2.join(f), v2.path().join(f)).unwrap();
     }
     registry
-        .put(&record(&task, "v2", v2.path(), V2_LABELS))
+        .put(&registry_record(&task, "v2", v2.path(), V2_LABELS))
         .await
         .unwrap();
 

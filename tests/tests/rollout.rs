@@ -5,27 +5,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use aifab_core::messages::Arm;
-use aifab_core::registry::{ModelRecord, Registry, Rollout};
+use aifab_core::registry::{Registry, Rollout};
 use aifab_tests::*;
 use tokio::process::Command;
-
-fn record(task: &str, version: &str, dir: &std::path::Path, labels: &[&str]) -> ModelRecord {
-    ModelRecord {
-        task: task.into(),
-        version: version.into(),
-        artifact_uri: format!("file://{}", dir.display()),
-        encoder: "tiny".into(),
-        encoder_sha256: "0".into(),
-        artifact_sha256: Some(
-            aifab_core::artifacts::dir_sha256(dir, &["head.safetensors", "labels.json"]).unwrap(),
-        ),
-        labels: labels.iter().map(|s| s.to_string()).collect(),
-        metrics: [("macro_f1".to_string(), 0.9)].into(),
-        train_examples: 0,
-        eval_examples: 0,
-        created_at_ms: aifab_core::now_ms(),
-    }
-}
 
 /// Produce `n` requests and read until each has a served prediction (and, when
 /// `shadow`, a shadow one); returns the predictions by arm.
@@ -68,11 +50,11 @@ async fn canary_share_and_shadow_are_served_as_configured() {
         .unwrap();
     let mut registry = Registry::new(conn);
     registry
-        .put(&record(&task, "v1", &models.head_v1, V1_LABELS))
+        .put(&registry_record(&task, "v1", &models.head_v1, V1_LABELS))
         .await
         .unwrap();
     registry
-        .put(&record(&task, "v2", &models.head_v2, V2_LABELS))
+        .put(&registry_record(&task, "v2", &models.head_v2, V2_LABELS))
         .await
         .unwrap();
     registry.set_production(&task, "v1").await.unwrap();

@@ -217,36 +217,6 @@ async fn redis_refuses_strangers(stack: &SecureStack) {
     );
 }
 
-/// Stops the supervisor this test started, whatever happens.
-struct Supervisor {
-    home: std::path::PathBuf,
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(bin_path("aifab"))
-            .arg("down")
-            .env("AIFAB_HOME", &self.home)
-            .stdout(Stdio::null())
-            .status();
-    }
-}
-
-async fn run_ok(mut cmd: Command, what: &str, limit: Duration) -> String {
-    let out = tokio::time::timeout(limit, cmd.kill_on_drop(true).output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 async fn the_loop_runs_exactly_once(stack: &SecureStack) {
     let home = tempfile::Builder::new()
         .prefix("aifab-secure-home-")
@@ -260,7 +230,7 @@ async fn the_loop_runs_exactly_once(stack: &SecureStack) {
         cmd
     };
     let env_dir = stack.env_dir().display().to_string();
-    let _supervisor = Supervisor {
+    let _supervisor = SupervisorGuard {
         home: home.path().to_path_buf(),
     };
     run_ok(

@@ -28,6 +28,10 @@ pub enum KeysCmd {
 pub fn run(args: KeysArgs) -> anyhow::Result<()> {
     match args.command {
         KeysCmd::Create { tenant, file } => {
+            anyhow::ensure!(
+                aifab_core::api_keys::valid_tenant(&tenant),
+                "tenant {tenant:?}: 1-64 of A-Z a-z 0-9 _ . -, starting with a letter or digit"
+            );
             let (key, entry) = aifab_core::api_keys::create(&tenant);
             let entry_json = serde_json::to_value(&entry)?;
             match &file {
@@ -65,10 +69,20 @@ fn add_entry(path: &std::path::Path, entry: serde_json::Value) -> anyhow::Result
         .as_array_mut()
         .context("\"keys\" in the keys file is not an array")?;
     keys.push(entry);
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&doc)? + "\n")
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    // A private temporary file beside it (0600: the file may hold plain keys), then an
+    // atomic rename over it.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("a temporary file in {}", dir.display()))?;
+    std::io::Write::write_all(
+        &mut tmp,
+        (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
+    )?;
+    tmp.persist(path)
+        .with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
 }
 

@@ -119,6 +119,16 @@ impl Managed {
     }
 }
 
+/// Variables that carry brokers and credentials: with `--env-dir`, a service gets them
+/// from its own file only.
+const INHERITED_CREDENTIALS: &[&str] = &[
+    "AIFAB_KAFKA_",
+    "AIFAB_NATS_",
+    "AIFAB_REDIS_",
+    "AIFAB_ADMIN_TOKEN_FILE",
+    "AIFAB_READ_TOKEN_FILE",
+];
+
 pub struct Supervisor {
     bin_dir: PathBuf,
     log_dir: PathBuf,
@@ -232,6 +242,15 @@ impl Supervisor {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let mut cmd = Command::new(self.bin_dir.join(&m.binary));
+        if self.service_env.contains_key(&m.binary) {
+            // The service's own file decides its brokers and credentials: none of the
+            // operator's may leak into it.
+            for (k, _) in std::env::vars() {
+                if INHERITED_CREDENTIALS.iter().any(|p| k.starts_with(p)) {
+                    cmd.env_remove(k);
+                }
+            }
+        }
         cmd.envs(self.env.iter().cloned())
             .envs(
                 self.service_env
@@ -367,7 +386,12 @@ impl Supervisor {
             Some(cfg) => {
                 let client = aifab_core::nats::connect(&self.nats_url, "supervisor")
                     .await
-                    .with_context(|| format!("NATS url {:?}", self.nats_url))?;
+                    .with_context(|| {
+                        format!(
+                            "NATS url {}",
+                            aifab_core::secret::redact_url(&self.nats_url)
+                        )
+                    })?;
                 let follower = tokio::spawn(follow_decisions(
                     client.clone(),
                     cfg.scale_name.clone(),

@@ -490,7 +490,12 @@ impl KubeActuator {
         deployment: &str,
         allow_plain_http_token: bool,
     ) -> anyhow::Result<Self> {
-        let has_token = config.auth_info.token.is_some() || config.auth_info.token_file.is_some();
+        let a = &config.auth_info;
+        let has_token = a.token.is_some()
+            || a.token_file.is_some()
+            || a.password.is_some()
+            || a.exec.is_some()
+            || a.auth_provider.is_some();
         token_transport_ok(&config.cluster_url, has_token, allow_plain_http_token)?;
         config.read_timeout.get_or_insert(KUBE_READ_TIMEOUT);
         let client = kube::Client::try_from(config).context("kubernetes client")?;

@@ -117,7 +117,7 @@ impl ModelSlot {
     pub async fn load_record(self: &Arc<Self>, record: &ModelRecord) -> anyhow::Result<()> {
         let dir = self.verified_dir(record).await?;
         let (s, v) = (self.clone(), record.version.clone());
-        tokio::task::spawn_blocking(move || s.load(&dir, &v))
+        tokio::task::spawn_blocking(move || s.load(dir.path(), &v))
             .await
             .context("model load task")?
     }
@@ -130,26 +130,31 @@ impl ModelSlot {
     ) -> anyhow::Result<()> {
         let dir = self.verified_dir(record).await?;
         let (s, v) = (self.clone(), record.version.clone());
-        tokio::task::spawn_blocking(move || s.set_candidate(Some((&dir, &v)), rollout))
+        tokio::task::spawn_blocking(move || s.set_candidate(Some((dir.path(), &v)), rollout))
             .await
             .context("model load task")?
     }
 
-    /// The local directory of `record`'s head, once its files match the record's digest.
-    async fn verified_dir(&self, record: &ModelRecord) -> anyhow::Result<PathBuf> {
+    /// A private copy of `record`'s head, once the copy matches the record's digest: what
+    /// is checked is what is loaded, whatever happens to the fetched files meanwhile.
+    async fn verified_dir(&self, record: &ModelRecord) -> anyhow::Result<tempfile::TempDir> {
         let dir = self.fetch.head_dir(&record.artifact_uri).await?;
-        let digest = {
-            let d = dir.clone();
-            tokio::task::spawn_blocking(move || verify::head_sha256(&d))
-                .await
-                .context("digest task")?
-                .with_context(|| format!("reading {} to verify it", dir.display()))?
-        };
+        let (copy, digest) = tokio::task::spawn_blocking(move || {
+            let copy = tempfile::Builder::new().prefix("aifab-head-").tempdir()?;
+            for name in [HEAD_FILE, LABELS_FILE] {
+                std::fs::copy(dir.join(name), copy.path().join(name))
+                    .with_context(|| format!("copying {}", dir.join(name).display()))?;
+            }
+            let digest = verify::head_sha256(copy.path())?;
+            Ok::<_, anyhow::Error>((copy, digest))
+        })
+        .await
+        .context("digest task")??;
         if let Err(refusal) = verify::check(record, &digest, self.allow_unverified) {
             self.refuse(&refusal).await;
             return Err(refusal.into());
         }
-        Ok(dir)
+        Ok(copy)
     }
 
     /// Log, count and alert a refused model.
@@ -362,10 +367,13 @@ pub async fn follow_events(
         if !should_follow(&event, &task, policy) {
             continue;
         }
-        let record = match redis.get().await {
-            Ok(conn) => Registry::new(conn).get(&event.task, &event.version).await,
-            Err(e) => return Err(e.into()),
+        let Some(conn) = redis.try_get() else {
+            metrics::counter!(crate::metric_names::MODEL_LOAD_FAILURES).increment(1);
+            tracing::error!(version = %event.version,
+                "a model event while Redis is not connected: the registry cannot vouch for it; ignored");
+            continue;
         };
+        let record = Registry::new(conn).get(&event.task, &event.version).await;
         let record = match record {
             Ok(Some(r)) => r,
             Ok(None) => {

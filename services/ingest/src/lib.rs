@@ -195,8 +195,8 @@ pub struct Config {
     )]
     pub unauthenticated_dead_letter_every_ms: u64,
 
-    /// Most Redis lookups a second of API keys ingest has not seen in the last minute
-    /// (keys added in Redis; made-up keys). Beyond it such a request gets 429 with
+    /// Most Redis lookups a second of API keys ingest has not found valid in the last 10
+    /// minutes (new keys added in Redis; made-up keys). Beyond it such a request gets 429 with
     /// Retry-After, so a flood of made-up keys is not a flood of Redis lookups. 0: no limit.
     #[arg(long, env = "AIFAB_UNSEEN_KEY_LOOKUPS_PER_S", default_value_t = 200.0)]
     pub unseen_key_lookups_per_s: f64,

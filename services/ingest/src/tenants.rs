@@ -38,6 +38,8 @@ use crate::store::{sha256_hex, Keys};
 
 /// How long a Redis answer about a key or tenant is reused.
 pub const CACHE_TTL: Duration = Duration::from_secs(2);
+/// How long a key Redis found valid is exempt from the limit on lookups of unseen keys.
+pub const SEEN_TTL: Duration = Duration::from_secs(600);
 
 /// What happens to a tenant's requests once its budget is exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -161,14 +163,7 @@ pub struct StaticTenants {
     tenants: HashMap<String, TenantOverrides>,
 }
 
-fn valid_tenant(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
+use aifab_core::api_keys::valid_tenant;
 
 impl StaticTenants {
     /// Parse the file's text; errors name the problem.
@@ -275,7 +270,10 @@ pub struct Registry {
     /// sha256 hex of keys Redis does not know: apart from the known ones, so a flood of
     /// made-up keys (which fills and clears this one) never evicts a paying tenant's key.
     unknown_key_cache: TtlCache<()>,
-    /// Redis lookups of keys in neither cache: at most `lookups_per_s` a second.
+    /// Keys Redis said were valid in the last [`SEEN_TTL`]: looked up again without the
+    /// limit below, so a flood of made-up keys never locks out a tenant added in Redis.
+    seen_keys: TtlCache<()>,
+    /// Redis lookups of other keys: at most `lookups_per_s` a second.
     lookups: crate::ratelimit::Limiters,
     lookups_per_s: f64,
     /// A tenant's settings added in Redis.
@@ -292,6 +290,7 @@ impl Registry {
     ) -> Self {
         Registry {
             lookups: crate::ratelimit::Limiters::default(),
+            seen_keys: TtlCache::new(SEEN_TTL),
             lookups_per_s,
             statics,
             defaults,
@@ -322,8 +321,10 @@ impl Registry {
             return Ok(KeyLookup::Unknown);
         }
         let (rate, burst) = (self.lookups_per_s, self.lookups_per_s);
-        if let Err(wait) = self.lookups.check("unseen-keys", rate, burst, 1.0) {
-            return Ok(KeyLookup::Throttled(wait));
+        if self.seen_keys.fresh(&sha).is_none() {
+            if let Err(wait) = self.lookups.check("unseen-keys", rate, burst, 1.0) {
+                return Ok(KeyLookup::Throttled(wait));
+            }
         }
         let found: Option<String> = redis::cmd("GET")
             .arg(self.keys.api_key(&sha))
@@ -331,6 +332,7 @@ impl Registry {
             .await?;
         match found.filter(|t| valid_tenant(t)) {
             Some(tenant) => {
+                self.seen_keys.insert(sha.clone(), ());
                 self.key_cache.insert(sha, tenant.clone());
                 Ok(KeyLookup::Tenant(tenant))
             }

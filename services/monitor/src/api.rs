@@ -6,9 +6,14 @@ use axum::{extract::State, response::Html, routing::get, Json, Router};
 use crate::dashboard;
 use crate::state::SharedState;
 
+/// The page (static, open: a browser cannot send a bearer header to load it).
+pub(crate) fn page() -> Router {
+    Router::new().route("/", get(|| async { Html(dashboard::PAGE) }))
+}
+
+/// What tenants' traffic and spend is read from (the read role).
 pub(crate) fn router(shared: SharedState, limits: dashboard::Limits) -> Router {
     Router::new()
-        .route("/", get(|| async { Html(dashboard::PAGE) }))
         .route(
             "/v1/stats",
             get(|State(s): State<SharedState>| async move {

@@ -159,8 +159,11 @@ pub(crate) async fn refresh_sources(
     ) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "no HTTP client for the costs; dashboard without them");
-            reqwest::Client::new()
+            tracing::error!(error = %format!("{e:#}"), "the read token could not be read; costs fetched without it");
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .expect("an HTTP client with a timeout builds")
         }
     };
     let limits = config.dashboard_limits();

@@ -64,10 +64,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
     let shared = Arc::new(Mutex::new(Shared::new(fetch::costs_from(&config))));
     let windows = Arc::new(Mutex::new(Windows::new(config.window_s as i64 * 1000, 12)));
-    let api = svc.require(
-        aifab_core::access::Role::Read,
-        api::router(shared.clone(), config.dashboard_limits()),
-    );
+    let api = svc
+        .require(
+            aifab_core::access::Role::Read,
+            api::router(shared.clone(), config.dashboard_limits()),
+        )
+        .merge(api::page());
     svc.serve(api).await?;
     let nats = svc.nats()?;
     let redis = svc.redis()?;

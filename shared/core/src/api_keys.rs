@@ -41,6 +41,16 @@ pub fn create(tenant: &str) -> (String, SaltedKey) {
     (format!("{key_id}.{secret}"), entry)
 }
 
+/// A tenant name ingest accepts: 1-64 of `A-Z a-z 0-9 _ . -`, starting alphanumeric.
+pub fn valid_tenant(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
 /// SHA-256(salt ‖ secret), hex.
 pub fn salted_sha256(salt: &[u8], secret: &str) -> String {
     let mut h = Sha256::new();

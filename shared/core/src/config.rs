@@ -83,7 +83,7 @@ pub struct ServeArgs {
     #[arg(long, env = "AIFAB_HTTP_MAX_CONCURRENT", default_value_t = 512)]
     pub http_max_concurrent: usize,
 
-    /// Longest an API request may take, in seconds (408 after it).
+    /// Longest an API request may take to be answered, in seconds (then 503 `timeout`).
     #[arg(long, env = "AIFAB_HTTP_REQUEST_TIMEOUT_S", default_value_t = 60)]
     pub http_request_timeout_s: u64,
 

@@ -1,6 +1,7 @@
 //! Limits every service's API routes run under: at most `max_concurrent` requests at once
-//! (more are shed at once with 503 and `Retry-After`, not queued), and none longer than
-//! `timeout` (408). The ops routes (`/healthz`, `/readyz`, `/metrics`) are outside the
+//! across all routes (more are shed at once with 503 and `Retry-After`, not queued), and
+//! none answered later than `timeout` (503 `timeout`: the outcome is unknown, so a client
+//! retries with the same Idempotency-Key). The ops routes (`/healthz`, `/readyz`, `/metrics`) are outside the
 //! limits, so a flood never makes a service look dead to its orchestrator.
 
 use std::time::Duration;
@@ -25,7 +26,10 @@ pub fn limited(api: Router, limits: HttpLimits, service: &'static str) -> Router
                 refusal(&e, limits, service)
             }))
             .load_shed()
-            .concurrency_limit(limits.max_concurrent.max(1))
+            // One semaphore for every route: `Router::layer` makes a service per route.
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                limits.max_concurrent.max(1),
+            ))
             .timeout(limits.timeout),
     )
 }
@@ -34,9 +38,13 @@ pub fn limited(api: Router, limits: HttpLimits, service: &'static str) -> Router
 fn refusal(e: &BoxError, limits: HttpLimits, service: &str) -> Response {
     let (status, code, error) = if e.is::<tower::timeout::error::Elapsed>() {
         (
-            StatusCode::REQUEST_TIMEOUT,
+            StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
-            format!("the request took longer than {:?}", limits.timeout),
+            format!(
+                "no answer within {:?}; the request may still complete: retry with the same \
+                 Idempotency-Key",
+                limits.timeout
+            ),
         )
     } else if e.is::<tower::load_shed::error::Overloaded>() {
         (
@@ -97,6 +105,41 @@ mod tests {
         )
     }
 
+    #[tokio::test]
+    async fn the_limit_holds_across_routes() {
+        let started = Arc::new(Notify::new());
+        let s = started.clone();
+        let app = limited(
+            Router::new()
+                .route(
+                    "/slow",
+                    get(move || async move {
+                        s.notify_one();
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        "done"
+                    }),
+                )
+                .route("/other", get(|| async { "other" })),
+            HttpLimits {
+                max_concurrent: 1,
+                timeout: Duration::from_secs(5),
+            },
+            "test",
+        );
+        let first = tokio::spawn(app.clone().oneshot(get_slow()));
+        started.notified().await;
+        let other = axum::http::Request::get("/other")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let r = app.clone().oneshot(other).await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "one limit for all routes"
+        );
+        assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+
     fn get_slow() -> axum::http::Request<axum::body::Body> {
         axum::http::Request::get("/slow")
             .body(axum::body::Body::empty())
@@ -104,9 +147,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_over_the_timeout_is_answered_408() {
+    async fn a_request_over_the_timeout_is_answered_503_timeout() {
         let r = app(20, Arc::default()).oneshot(get_slow()).await.unwrap();
-        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("\"timeout\""));
     }
 
     #[tokio::test]

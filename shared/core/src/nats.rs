@@ -12,8 +12,9 @@ use async_nats::{connection::State, Client, ConnectOptions, Event};
 
 use crate::secret::{env_nonempty, redact_url, secret_from_env_file};
 
-/// How this process authenticates to NATS and checks its certificate.
-#[derive(Debug, Clone, Default)]
+/// How this process authenticates to NATS and checks its certificate. Its `Debug` shows
+/// which methods are set, never a secret.
+#[derive(Clone, Default)]
 pub struct NatsAuth {
     /// `AIFAB_NATS_CREDS_FILE`: a `.creds` file (user JWT and NKey seed).
     pub creds_file: Option<PathBuf>,
@@ -27,6 +28,19 @@ pub struct NatsAuth {
     pub ca_file: Option<PathBuf>,
     /// `AIFAB_NATS_CERT_FILE` + `AIFAB_NATS_KEY_FILE`: a client certificate (mTLS).
     pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsAuth")
+            .field("creds_file", &self.creds_file)
+            .field("nkey_seed", &self.nkey_seed.as_ref().map(|_| "<set>"))
+            .field("user", &self.user_password.as_ref().map(|(u, _)| u))
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .finish()
+    }
 }
 
 impl NatsAuth {

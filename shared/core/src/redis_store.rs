@@ -16,8 +16,9 @@ use anyhow::Context;
 use crate::backoff::Backoff;
 use crate::secret::{env_nonempty, redact_url, secret_from_env_file};
 
-/// How this process authenticates to Redis and checks its certificate.
-#[derive(Debug, Clone, Default)]
+/// How this process authenticates to Redis and checks its certificate. Its `Debug` never
+/// shows the password or the client key.
+#[derive(Clone, Default)]
 pub struct RedisAuth {
     /// `AIFAB_REDIS_USERNAME`: the ACL user (else `default`, or the URL's).
     pub username: Option<String>,
@@ -27,6 +28,20 @@ pub struct RedisAuth {
     pub ca_pem: Option<Vec<u8>>,
     /// `AIFAB_REDIS_CERT_FILE` + `AIFAB_REDIS_KEY_FILE`: a client certificate (mTLS).
     pub client_cert_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAuth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("ca", &self.ca_pem.as_ref().map(|_| "<set>"))
+            .field(
+                "client_cert",
+                &self.client_cert_pem.as_ref().map(|_| "<set>"),
+            )
+            .finish()
+    }
 }
 
 impl RedisAuth {

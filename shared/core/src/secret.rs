@@ -22,7 +22,7 @@ pub fn read_secret_file(path: impl AsRef<Path>) -> anyhow::Result<String> {
 pub fn secret_from_env_file(name: &str) -> anyhow::Result<Option<String>> {
     match std::env::var(name) {
         Ok(path) if !path.trim().is_empty() => read_secret_file(path.trim())
-            .with_context(|| format!("{name}"))
+            .with_context(|| name.to_string())
             .map(Some),
         _ => Ok(None),
     }
@@ -37,19 +37,23 @@ pub fn env_nonempty(name: &str) -> Option<String> {
 }
 
 /// `url` with any user-info (`user:password@`) replaced by `***@`, for logs and `/readyz`.
-/// Works on strings that are not URLs too (a comma-separated list, a bare host:port): only
-/// the part between `://` and the first `@` before the next `/` is touched.
+/// Each part of a comma-separated list is redacted on its own; everything up to the last
+/// `@` of a part counts as user-info (a password may hold `/`, `?` or `#`), so an `@`
+/// further on only redacts more, never less. Strings without `://` pass unchanged.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest_start = scheme_end + 3;
-    let rest = &url[rest_start..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}***{}", &url[..rest_start], &rest[at..]),
-        None => url.to_string(),
-    }
+    url.split(',')
+        .map(|part| {
+            let Some(scheme_end) = part.find("://") else {
+                return part.to_string();
+            };
+            let rest = &part[scheme_end + 3..];
+            match rest.rfind('@') {
+                Some(at) => format!("{}***{}", &part[..scheme_end + 3], &rest[at..]),
+                None => part.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -65,7 +69,13 @@ mod tests {
         assert_eq!(redact_url("rediss://:s3cret@r:6380"), "rediss://***@r:6380");
         assert_eq!(redact_url("nats://tok@n:4222"), "nats://***@n:4222");
         assert_eq!(redact_url("nats://n:4222"), "nats://n:4222");
-        assert_eq!(redact_url("redis://r/0?x=a@b"), "redis://r/0?x=a@b");
+        // An '@' after the host only redacts more; a '/' in a password redacts all of it.
+        assert_eq!(redact_url("redis://r/0?x=a@b"), "redis://***@b");
+        assert_eq!(redact_url("redis://u:p/w?d@r:1"), "redis://***@r:1");
+        assert_eq!(
+            redact_url("nats://a:4222,nats://u:q@b:4222"),
+            "nats://a:4222,nats://***@b:4222"
+        );
         assert_eq!(redact_url("127.0.0.1:9092"), "127.0.0.1:9092");
         // An '@' inside the password itself.
         assert_eq!(redact_url("redis://u:p@ss@r:1"), "redis://***@r:1");

@@ -40,10 +40,18 @@ const OWNED: &[&str] = &[
     "acks",
 ];
 
-/// librdkafka properties from the deployment, by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// librdkafka properties from the deployment, by name. Its `Debug` shows names only.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct KafkaProps {
     props: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaProps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProps")
+            .field("names", &self.names())
+            .finish()
+    }
 }
 
 impl KafkaProps {
