@@ -202,12 +202,15 @@ async fn flood(addr: &str, rate: u32, in_flight: usize, stop: Instant) -> anyhow
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let id = unique("flood");
-    let (raw, features, dlq) = (
+    // Topics of its own, predictions too: on the shared one, ingest's predictions store
+    // would copy the whole topic's history into Redis.
+    let (raw, features, dlq, predictions) = (
         format!("{id}.raw"),
         format!("{id}.features"),
         format!("{id}.dlq"),
+        format!("{id}.predictions"),
     );
-    for (t, p) in [(&raw, 2), (&features, 2), (&dlq, 1)] {
+    for (t, p) in [(&raw, 2), (&features, 2), (&dlq, 1), (&predictions, 1)] {
         create_topic(t, p).await;
     }
     let dir = tempfile::tempdir()?;
@@ -222,6 +225,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ("AIFAB_RAW_TOPIC", raw.clone()),
         ("AIFAB_FEATURES_TOPIC", features.clone()),
         ("AIFAB_DLQ_TOPIC", dlq.clone()),
+        ("AIFAB_PREDICTIONS_TOPIC", predictions.clone()),
         ("AIFAB_REDIS_PREFIX", id.clone()),
         ("AIFAB_INGEST_GROUP", format!("{id}.ingest")),
         (
@@ -278,7 +282,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     dead_letters.read_to_end(Duration::from_secs(30)).await;
     let _ = ingest.start_kill();
     let _ = ingest.wait().await;
-    for t in [&raw, &features, &dlq] {
+    for t in [&raw, &features, &dlq, &predictions] {
         delete_topic(t).await;
     }
 
