@@ -18,12 +18,15 @@ use tokio::process::Command;
 async fn every_request_gets_exactly_one_prediction_through_sigkills() {
     let run = WorkerRun::new(4).await;
     let n = 20_000;
+    // Instance ids (so transactional ids) of this run's own: runs back to back on one
+    // broker must not meet each other's.
+    let (a, b) = (unique("eos-a"), unique("eos-b"));
     let plan = KillPlan {
         requests: n,
         kills: 5,
         batch: 16,
-        instance: "eos-a".into(),
-        finisher: Some(("eos-b".into(), 32)),
+        instance: a.clone(),
+        finisher: Some((b.clone(), 32)),
         timeout: Duration::from_secs(180),
     };
     let report = kill_chaos(&run, &plan).await;
@@ -53,7 +56,7 @@ async fn every_request_gets_exactly_one_prediction_through_sigkills() {
         .iter()
         .map(|p| p.worker.as_str())
         .collect();
-    assert_eq!(workers, BTreeSet::from(["eos-a", "eos-b"]));
+    assert_eq!(workers, BTreeSet::from([a.as_str(), b.as_str()]));
 
     // Graceful stop: SIGTERM exits 0.
     let mut second = report.last;
