@@ -171,20 +171,6 @@ impl ModelSlot {
             .context("model load task")?
     }
 
-    /// Fetch the head at `uri` and make it the candidate under `rollout`.
-    pub async fn set_candidate_uri(
-        self: &Arc<Self>,
-        uri: &str,
-        version: &str,
-        rollout: Rollout,
-    ) -> anyhow::Result<()> {
-        let dir = self.fetch.head_dir(uri).await?;
-        let (s, v) = (self.clone(), version.to_string());
-        tokio::task::spawn_blocking(move || s.set_candidate(Some((&dir, &v)), rollout))
-            .await
-            .context("model load task")?
-    }
-
     pub fn current(&self) -> Option<Arc<Classifier>> {
         self.current.read().expect("model slot lock").clone()
     }

@@ -73,12 +73,7 @@ impl SaltedKey {
         };
         let got = salted_sha256(&salt, secret);
         let want = self.key_sha256_salted.to_ascii_lowercase();
-        got.len() == want.len()
-            && got
-                .bytes()
-                .zip(want.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        crate::access::constant_time_eq(got.as_bytes(), want.as_bytes())
     }
 }
 
