@@ -23,17 +23,18 @@ kafka_acls() {
         aifab-feature aifab-feature
     kafka_grant inference-worker aifab.inference.requests "aifab.predictions aifab.usage aifab.dlq" \
         aifab-inference-worker aifab-inference-worker
-    kafka_grant trainer aifab.training.examples "" aifab-trainer ""
-    kafka_grant cost-accountant aifab.usage aifab.dlq aifab-cost-accountant ""
+    kafka_grant trainer aifab.training.examples aifab.audit aifab-trainer ""
+    kafka_grant cost-accountant aifab.usage "aifab.dlq aifab.audit" aifab-cost-accountant ""
     # The monitor reads predictions and dead letters, probes every topic's lag, and reads
     # the committed offsets of every aifab-* group (DESCRIBE on a group allows that, not
     # joining it).
-    kafka_grant monitor "aifab.predictions aifab.dlq" "" aifab-monitor ""
+    kafka_grant monitor "aifab.predictions aifab.dlq aifab.audit" "" aifab-monitor ""
     echo "acl User:monitor TOPIC PREFIXED aifab. READ"
     echo "acl User:monitor GROUP PREFIXED aifab- DESCRIBE"
     # The CLI: `aifab demo` / `aifab produce` write raw records; `demo` and `consume` read
-    # predictions and dead letters from groups of their own that never commit.
-    kafka_grant cli "aifab.predictions aifab.dlq" aifab.ingest.raw aifab-demo-tail- ""
+    # predictions and dead letters from groups of their own that never commit;
+    # `aifab models promote|rollback` record what they change on the audit topic.
+    kafka_grant cli "aifab.predictions aifab.dlq" "aifab.ingest.raw aifab.audit" aifab-demo-tail- ""
     echo "acl User:cli GROUP PREFIXED aifab-cli-tail- READ"
 }
 

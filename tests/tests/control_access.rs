@@ -1,10 +1,12 @@
 //! A closed control plane: with tokens configured, the cost-accountant's read routes need
 //! the read (or admin) token and setting a budget needs the admin token; wrong or missing
 //! tokens get 401 and change nothing, and no token appears in the service's answers. The
-//! ops routes stay open (probes carry no tokens), and can live on their own port.
+//! ops routes stay open (probes carry no tokens), and can live on their own port. A budget
+//! is set only once the audit log has its record, which names the credential and caller.
 
 use std::process::Stdio;
 
+use aifab_core::messages::{decode, AuditAction, AuditEvent, Credential};
 use aifab_tests::*;
 use tokio::process::Command;
 
@@ -23,6 +25,8 @@ async fn admin_and_read_routes_need_their_tokens() {
     let id = unique("access");
     let topic = unique("usage");
     create_topic(&topic, 1).await;
+    // Not created yet: the first budget set must be refused for want of an audit record.
+    let audit = unique("audit");
     let _accountant = Command::new(bin_path("aifab-cost-accountant"))
         .env("AIFAB_HTTP_ADDR", &addr)
         .env("AIFAB_OPS_ADDR", &ops)
@@ -31,6 +35,7 @@ async fn admin_and_read_routes_need_their_tokens() {
         .env("AIFAB_COST_REDIS_PREFIX", &id)
         .env("AIFAB_ADMIN_TOKEN_FILE", dir.path().join("admin"))
         .env("AIFAB_READ_TOKEN_FILE", dir.path().join("read"))
+        .env("AIFAB_AUDIT_TOPIC", &audit)
         .env("AIFAB_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -69,8 +74,30 @@ async fn admin_and_read_routes_need_their_tokens() {
         "a refused POST set nothing: {}",
         budgets.body
     );
+    let unrecorded = call("POST", "/v1/budgets", Some(ADMIN)).await;
+    assert_eq!(unrecorded.status, 503, "{}", unrecorded.body);
+    assert!(unrecorded.body.contains("audit log"), "{}", unrecorded.body);
+    let budgets = call("GET", "/v1/budgets", Some(READ)).await;
+    assert!(!budgets.body.contains("acme"), "{}", budgets.body);
+
+    create_topic(&audit, 1).await;
     let set = call("POST", "/v1/budgets", Some(ADMIN)).await;
     assert_eq!(set.status, 200, "{}", set.body);
+    let mut reader = TopicReader::new(&audit);
+    reader.read_to_end(std::time::Duration::from_secs(30)).await;
+    let records = &reader.records;
+    assert_eq!(records.len(), 1, "one change, one record: {records:?}");
+    let change: AuditEvent = decode(&records[0].payload).unwrap();
+    assert_eq!(change.action, AuditAction::BudgetSet);
+    assert_eq!(change.service, "cost-accountant");
+    assert_eq!(change.tenant.as_deref(), Some("acme"));
+    assert_eq!(change.actor.credential, Credential::AdminToken);
+    let address = change.actor.address.as_deref().unwrap_or_default();
+    assert!(address.starts_with("127.0.0.1:"), "{change:?}");
+    assert!(!records[0]
+        .payload
+        .windows(ADMIN.len())
+        .any(|w| w == ADMIN.as_bytes()));
     let budgets = call("GET", "/v1/budgets", Some(READ)).await;
     assert!(budgets.body.contains("acme"), "{}", budgets.body);
     for r in [&set, &budgets] {
@@ -82,4 +109,5 @@ async fn admin_and_read_routes_need_their_tokens() {
         "{readyz}"
     );
     delete_topic(&topic).await;
+    delete_topic(&audit).await;
 }

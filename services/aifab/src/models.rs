@@ -1,7 +1,9 @@
 //! `aifab models`: list, show, promote and roll back registry versions. Promotions and
-//! rollbacks are announced on NATS, so workers following `production` switch at once.
+//! rollbacks are announced on NATS, so workers following `production` switch at once;
+//! every change is first recorded on the audit topic with the operator's name.
 
-use aifab_core::messages::ModelEventKind;
+use aifab_core::audit::{AuditLog, Change};
+use aifab_core::messages::{Actor, AuditAction, Credential, ModelEventKind};
 use aifab_core::registry::{
     promotion_gate, GateDecision, Registry, Rollout, CANDIDATE, PRODUCTION,
 };
@@ -26,6 +28,17 @@ pub struct ModelsArgs {
         global = true
     )]
     pub nats_url: String,
+    /// Kafka, for the audit record of a promotion, rollout or rollback.
+    #[arg(
+        long,
+        env = "AIFAB_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    pub kafka_brokers: String,
+    #[arg(long, env = "AIFAB_AUDIT_TOPIC", default_value = aifab_core::topics::AUDIT.name,
+        global = true)]
+    pub audit_topic: String,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -85,6 +98,22 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
         )
     })?;
     let mut registry = Registry::new(conn);
+    // Written before the change; a change the audit log cannot take is not made.
+    let record_change = |action: AuditAction, task: &str, version: Option<&str>, detail: String| {
+        let log = AuditLog::with_topic(&args.kafka_brokers, "aifab", &args.audit_topic);
+        let actor = Actor {
+            credential: Credential::Operator,
+            address: None,
+            name: aifab_core::audit::operator_name(),
+        };
+        let mut change = Change::new(action, actor, detail).task(task);
+        change.version = version.map(String::from);
+        async move {
+            log?.record(change)
+                .await
+                .context("nothing changed: every change is recorded on the audit log first")
+        }
+    };
     match args.command {
         ModelsCmd::List { task } => {
             let tasks = match task {
@@ -156,6 +185,9 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                     anyhow::bail!("not promoted: {reason} (use --force to override)");
                 }
             }
+            let how = if force { "forced" } else { "gate passed" };
+            let detail = format!("promoted by an operator ({how})");
+            record_change(AuditAction::ModelPromoted, &task, Some(&version), detail).await?;
             registry.set_production(&task, &version).await?;
             publish(&args.nats_url, ModelEventKind::Promoted, &record).await?;
             println!("{task}: production is now {version}");
@@ -184,6 +216,8 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                     .await?
                     .with_context(|| format!("{task} has no candidate to roll out"))?;
             }
+            let detail = format!("candidate rollout {}", serde_json::to_string(&rollout)?);
+            record_change(AuditAction::RolloutSet, &task, None, detail).await?;
             registry.set_rollout(&task, rollout).await?;
             println!(
                 "{task}: candidate rollout is now {}",
@@ -191,16 +225,32 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             );
         }
         ModelsCmd::Rollback { task, to } => {
+            let target = match &to {
+                Some(v) => v.clone(),
+                None => registry
+                    .previous_production(&task)
+                    .await?
+                    .with_context(|| {
+                        format!("{task} has no earlier production version to roll back to")
+                    })?,
+            };
+            let record = registry
+                .get(&task, &target)
+                .await?
+                .with_context(|| format!("{task} has no version {target}"))?;
+            let detail = format!("production back to {target}");
+            record_change(AuditAction::ModelRolledBack, &task, Some(&target), detail).await?;
             let version = registry
                 .rollback(&task, to.as_deref())
                 .await?
                 .with_context(|| {
                     format!("{task} has no earlier production version to roll back to")
                 })?;
-            let record = registry
-                .get(&task, &version)
-                .await?
-                .with_context(|| format!("{task} has no version {version}"))?;
+            anyhow::ensure!(
+                version == target,
+                "{task}: production went back to {version}, not {target} (another rollback \
+                 at the same time?)"
+            );
             publish(&args.nats_url, ModelEventKind::RolledBack, &record).await?;
             println!("{task}: production rolled back to {version}");
         }

@@ -1,11 +1,13 @@
 //! `aifab status`: every service's readiness (its `/readyz`), then what the monitor's
 //! dashboard knows (`GET /v1/dashboard`): throughput and latency, consumer lag per group,
-//! worker replicas, model versions, and spend against budget per tenant.
+//! worker replicas, model versions, spend against budget per tenant, and the latest state
+//! changes from the audit log with who made them.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
 
 use aifab_core::dashboard::Dashboard;
+use aifab_core::messages::AuditEvent;
 use serde::Deserialize;
 
 use crate::local::LocalService;
@@ -367,6 +369,8 @@ pub fn render_dashboard(d: &Dashboard) -> String {
         ));
     }
 
+    out.push_str(&render_changes(&d.changes, d.at_ms));
+
     for a in &d.alerts_firing {
         out.push_str(&format!("\nALERT {}: {}\n", a.rule, a.message));
     }
@@ -385,6 +389,57 @@ pub fn render_dashboard(d: &Dashboard) -> String {
     out
 }
 
+/// Changes shown by `aifab status`, newest first.
+const CHANGES_SHOWN: usize = 10;
+
+/// The audit log's latest changes, newest first: how long ago, what, on what, by whom.
+fn render_changes(changes: &[AuditEvent], now_ms: i64) -> String {
+    if changes.is_empty() {
+        return "\nrecent changes: none recorded on the audit log\n".into();
+    }
+    let rows: Vec<Vec<String>> = changes
+        .iter()
+        .rev()
+        .take(CHANGES_SHOWN)
+        .map(|c| {
+            let subject = [&c.tenant, &c.task, &c.version]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ");
+            vec![
+                ago(now_ms - c.at_ms),
+                c.action.as_str().to_string(),
+                if subject.is_empty() {
+                    "-".into()
+                } else {
+                    subject
+                },
+                format!("{} via {}", c.actor.describe(), c.service),
+                c.detail.clone(),
+            ]
+        })
+        .collect();
+    let mut out = String::from("\n");
+    out.push_str(&columns(
+        &["CHANGED", "ACTION", "ON", "BY", "DETAIL"],
+        &rows,
+    ));
+    out
+}
+
+/// `12s ago`, `5m ago`, `3h ago`, `2d ago`.
+fn ago(ms: i64) -> String {
+    let s = (ms / 1000).max(0);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86_399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,6 +455,58 @@ mod tests {
             t,
             "GROUP         LAG    NOTE\na-long-group  7      x\ng             12345\n"
         );
+    }
+
+    #[test]
+    fn changes_print_newest_first_with_who_made_them() {
+        use aifab_core::messages::{tag, Actor, AuditAction, Credential};
+        let change = |action, at_ms, credential, detail: &str| AuditEvent {
+            schema: tag(),
+            action,
+            service: "cost-accountant".into(),
+            actor: Actor {
+                credential,
+                address: Some("10.0.0.7:4000".into()),
+                name: None,
+            },
+            tenant: Some("acme".into()),
+            task: None,
+            version: None,
+            detail: detail.into(),
+            at_ms,
+        };
+        let now = 10_000_000;
+        let changes = vec![
+            change(
+                AuditAction::BudgetSet,
+                now - 7_200_000,
+                Credential::Loopback,
+                "old",
+            ),
+            change(
+                AuditAction::BudgetSet,
+                now - 42_000,
+                Credential::AdminToken,
+                "new",
+            ),
+        ];
+        let out = render_changes(&changes, now);
+        let lines: Vec<&str> = out.trim().lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("CHANGED"), "{out}");
+        assert!(
+            lines[1].starts_with("42s ago") && lines[1].ends_with("new"),
+            "{out}"
+        );
+        assert!(
+            lines[1].contains("admin_token from 10.0.0.7:4000 via cost-accountant"),
+            "{out}"
+        );
+        assert!(
+            lines[2].starts_with("2h ago") && lines[2].contains("loopback"),
+            "{out}"
+        );
+        assert!(render_changes(&[], now).contains("none recorded"));
     }
 
     #[test]

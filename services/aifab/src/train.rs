@@ -172,7 +172,8 @@ pub async fn request_and_follow(nats_url: &str, task: &str) -> anyhow::Result<()
     let req = TrainRequest {
         schema: tag(),
         task: task.to_string(),
-        requested_by: Some("aifab-cli".into()),
+        // The audit log's claimed name for this request.
+        requested_by: aifab_core::audit::operator_name().or_else(|| Some("aifab-cli".into())),
         at_ms: aifab_core::now_ms(),
     };
     nats.publish(subjects::TRAIN_REQUEST, encode(&req).into())

@@ -1,11 +1,11 @@
 //! The cost accountant's HTTP API: `GET /v1/costs`, `GET /v1/budgets` and
 //! `POST /v1/budgets`.
 
-use aifab_core::messages::{tag, BudgetPeriod, BudgetSet};
+use aifab_core::messages::{tag, Actor, BudgetPeriod, BudgetSet};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
 use crate::app::{ApiError, App};
@@ -59,7 +59,9 @@ fn writes(app: App) -> Router {
         .route(
             "/v1/budgets",
             post(
-                |State(app): State<App>, body: axum::body::Bytes| async move {
+                |State(app): State<App>,
+                 Extension(actor): Extension<Actor>,
+                 body: axum::body::Bytes| async move {
                     let b: BudgetBody = serde_json::from_slice(&body).map_err(|e| {
                         ApiError(StatusCode::BAD_REQUEST, format!("budget body: {e}"))
                     })?;
@@ -79,7 +81,7 @@ fn writes(app: App) -> Router {
                         currency: b.currency.unwrap_or_else(|| app.prices.currency.clone()),
                         at_ms: b.at_ms.unwrap_or_else(aifab_core::now_ms),
                     };
-                    app.set_budget(set).await.map(Json)
+                    app.set_budget(set, actor).await.map(Json)
                 },
             ),
         )

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use aifab_core::messages::{BudgetPeriod, BudgetSet};
+use aifab_core::audit::{AuditLog, Change};
+use aifab_core::messages::{Actor, AuditAction, BudgetPeriod, BudgetSet};
 use aifab_core::redis_store::RedisHandle;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -23,6 +24,8 @@ pub(crate) struct App {
     pub prices: Arc<PriceTable>,
     /// Wakes the budget loop (after a budget is set).
     pub check_now: Arc<Notify>,
+    /// Where every budget set is recorded before it takes effect.
+    pub audit: AuditLog,
 }
 
 impl App {
@@ -79,7 +82,8 @@ impl App {
     }
 
     /// Validate and store a budget.
-    pub async fn set_budget(&self, b: BudgetSet) -> Result<StoredBudget, ApiError> {
+    /// Set a budget for `actor`: validated, recorded on the audit log, then stored.
+    pub async fn set_budget(&self, b: BudgetSet, actor: Actor) -> Result<StoredBudget, ApiError> {
         let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
         if let Err(v) = aifab_core::schema::validate(
             "budget.set/v1",
@@ -111,6 +115,19 @@ impl App {
             set_at_ms: aifab_core::now_ms(),
         };
         let mut conn = self.conn().await?;
+        let detail = format!(
+            "{} budget {} {}",
+            ledger::period_kind_name(stored.period),
+            stored.amount,
+            stored.currency
+        );
+        let change = Change::new(AuditAction::BudgetSet, actor, detail).tenant(&stored.tenant);
+        self.audit.record(change).await.map_err(|e| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("budget not set: {e:#}"),
+            )
+        })?;
         self.store.set_budget(&mut conn, &stored).await?;
         tracing::info!(tenant = %stored.tenant, period = ledger::period_kind_name(stored.period),
             amount = stored.amount, "budget set");

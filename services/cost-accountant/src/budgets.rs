@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use aifab_core::messages::{decode, encode, tag, BudgetEvent, BudgetEventKind, BudgetSet};
+use aifab_core::messages::{
+    decode, encode, tag, Actor, BudgetEvent, BudgetEventKind, BudgetSet, Credential,
+};
 use aifab_core::topics::subjects;
 use anyhow::Context;
 use futures::StreamExt;
@@ -139,7 +141,12 @@ pub(crate) async fn listen_budget_sets(
         };
         match decode::<BudgetSet>(&msg.payload) {
             Ok(b) => {
-                if let Err(ApiError(_, e)) = app.set_budget(b).await {
+                let actor = Actor {
+                    credential: Credential::Nats,
+                    address: None,
+                    name: None,
+                };
+                if let Err(ApiError(_, e)) = app.set_budget(b, actor).await {
                     tracing::warn!(error = %e, "budget from NATS refused");
                 }
             }

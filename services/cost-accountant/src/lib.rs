@@ -68,6 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         redis: svc.redis()?,
         prices: Arc::new(prices),
         check_now: Arc::new(Notify::new()),
+        audit: config.brokers.audit_log(SPEC.name)?,
     };
     let api = api::router(&svc, app.clone());
     svc.serve(api).await?;

@@ -26,5 +26,7 @@ pub const HISTORY_POINTS: usize = 120;
 pub const LAG_POINTS: usize = 60;
 /// Scale decisions kept per service.
 pub const DECISIONS_KEPT: usize = 20;
+/// Audit records (state changes) kept for the dashboard and `aifab status`.
+pub const CHANGES_KEPT: usize = 20;
 /// Budget use at which a tenant shows as `warning` (the cost accountant warns at 80%).
 pub const WARNING_RATIO: f64 = 0.8;

@@ -8,8 +8,8 @@
 //! It also serves the dashboard: `GET /` (one self-contained page) polls
 //! `GET /v1/dashboard`, which adds to the window and lag readings the autoscaler's
 //! decisions and replica reports (NATS `aifab.scale.*`, `aifab.replicas.*`), budget
-//! reports (`aifab.budget.*`), the cost accountant's `GET /v1/costs` (`--costs-url`) and
-//! the model registry (Redis).
+//! reports (`aifab.budget.*`), the cost accountant's `GET /v1/costs` (`--costs-url`),
+//! the model registry (Redis) and the latest state changes (the audit topic).
 //!
 //! Pure parts:
 //! - [`dashboard`]: what is collected for the dashboard and its JSON.
@@ -20,9 +20,11 @@
 //!
 //! Edges: [`config`] (the command line), `api` (HTTP), `lag_poller` (Kafka offsets),
 //! `predictions` (the predictions consumer), `control` (NATS control-plane events),
+//! `audit` (the audit topic's recent changes),
 //! `fetch` (the cost report and the registry), `evaluation` (reports and SLO alerts).
 
 mod api;
+mod audit;
 pub mod config;
 mod control;
 pub mod dashboard;
@@ -92,6 +94,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         svc.supervise_thread("lag-poller", move || {
             lag_poller::lag_poller(config, static_watch, tx, token);
             Ok(())
+        })?;
+    }
+    {
+        let (config, shared, token) = (config.clone(), shared.clone(), svc.shutdown.clone());
+        svc.supervise_thread("audit-follower", move || {
+            audit::follow_audit(&config, shared, token)
         })?;
     }
     svc.supervise(

@@ -5,7 +5,10 @@
 use std::sync::{Arc, Mutex};
 
 use aifab_core::artifacts::ArtifactStore;
-use aifab_core::messages::{encode, tag, ModelEvent, ModelEventKind, TrainProgress, TrainStage};
+use aifab_core::audit::{AuditLog, Change};
+use aifab_core::messages::{
+    encode, tag, Actor, AuditAction, ModelEvent, ModelEventKind, TrainProgress, TrainStage,
+};
 use aifab_core::registry::{
     promotion_gate, GateDecision, ModelRecord, Registry, CANDIDATE, PRODUCTION,
 };
@@ -35,6 +38,8 @@ pub(crate) struct Jobs {
     pub nats: async_nats::Client,
     pub consumer: Arc<StreamConsumer>,
     pub config: Config,
+    /// Where each registration and promotion is recorded before it is made.
+    pub audit: AuditLog,
 }
 
 /// How a training job ended (the `result` label of its counter).
@@ -112,6 +117,7 @@ impl Jobs {
             store,
             nats,
             config,
+            audit,
             ..
         } = self;
         let (train, eval) = split(&examples, config.eval_fraction, config.seed);
@@ -196,6 +202,13 @@ impl Jobs {
             eval_examples: out.evaluation.examples,
             created_at_ms: aifab_core::now_ms(),
         };
+        let me = Actor::service(crate::SPEC.name);
+        let published = format!(
+            "candidate, macro-F1 {:.4} on {} held-out examples",
+            out.evaluation.macro_f1, out.evaluation.examples
+        );
+        let change = Change::new(AuditAction::ModelPublished, me.clone(), published);
+        audit.record(change.task(task).version(&version)).await?;
         registry.put(&record).await?;
         registry.set_candidate(task, &version).await?;
         publish_event(nats, ModelEventKind::Published, &record, Some(CANDIDATE)).await?;
@@ -211,6 +224,8 @@ impl Jobs {
             config.promotion_floor,
         ) {
             GateDecision::Promote { reason } => {
+                let change = Change::new(AuditAction::ModelPromoted, me, reason.clone());
+                audit.record(change.task(task).version(&version)).await?;
                 registry.set_production(task, &version).await?;
                 publish_event(nats, ModelEventKind::Promoted, &record, Some(PRODUCTION)).await?;
                 tracing::info!(%task, %version, %reason, "promoted to production");

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use aifab_core::artifacts::ArtifactStore;
-use aifab_core::messages::{decode, TrainRequest};
+use aifab_core::audit::{AuditLog, Change};
+use aifab_core::messages::{decode, Actor, AuditAction, Credential, TrainRequest};
 use aifab_core::registry::Registry;
 use aifab_core::service::Service;
 use aifab_core::supervise::STALE_AFTER;
@@ -17,7 +18,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Json;
+use axum::{Extension, Json};
 use futures::StreamExt;
 use rdkafka::consumer::StreamConsumer;
 use serde::Serialize;
@@ -36,6 +37,7 @@ pub use crate::jobs::publish_event;
 struct AppState {
     window: Arc<Mutex<TrainingWindow>>,
     triggers: mpsc::UnboundedSender<String>,
+    audit: AuditLog,
 }
 
 /// Start the service and run until SIGTERM/SIGINT.
@@ -62,9 +64,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let window = Arc::new(Mutex::new(TrainingWindow::new(config.window)));
     let (tx, rx) = mpsc::unbounded_channel::<String>();
+    let audit = config.brokers.audit_log(SPEC.name)?;
+    let jobs_audit = audit.clone();
     let state = AppState {
         window: window.clone(),
         triggers: tx.clone(),
+        audit: audit.clone(),
     };
     use aifab_core::access::Role;
     let admin = axum::Router::new()
@@ -103,7 +108,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     svc.supervise("examples-consumer", examples);
     svc.supervise(
         "train-requests",
-        listen_for_requests(nats.clone(), tx.clone(), shutdown.clone()),
+        listen_for_requests(nats.clone(), tx.clone(), audit, shutdown.clone()),
     );
     let jobs_shutdown = shutdown.clone();
     svc.supervise("train-jobs", async move {
@@ -119,6 +124,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             nats,
             consumer,
             config,
+            audit: jobs_audit,
         };
         tokio::select! {
             r = jobs.run(rx) => r,
@@ -152,12 +158,23 @@ struct WindowSizes {
     examples: BTreeMap<String, usize>,
 }
 
-/// Train `task` now (`404` while the window holds none of its examples).
-async fn train_now(State(s): State<AppState>, Path(task): Path<String>) -> Response {
+/// Train `task` now (`404` while the window holds none of its examples; `503` when the
+/// audit log cannot record the request).
+async fn train_now(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(task): Path<String>,
+) -> Response {
     let examples = s.window.lock().expect("window lock").len(&task);
     if examples == 0 {
         let error = format!("no examples for task {task:?}");
         return (StatusCode::NOT_FOUND, Json(ErrorBody { error })).into_response();
+    }
+    let detail = format!("{examples} examples in the window");
+    let change = Change::new(AuditAction::TrainRequested, actor, detail).task(&task);
+    if let Err(e) = s.audit.record(change).await {
+        let error = format!("training not requested: {e:#}");
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error })).into_response();
     }
     let _ = s.triggers.send(task.clone());
     (StatusCode::ACCEPTED, Json(TrainAccepted { examples, task })).into_response()
@@ -168,10 +185,11 @@ async fn window_sizes(State(s): State<AppState>) -> Json<WindowSizes> {
     Json(WindowSizes { examples })
 }
 
-/// Train requests on NATS `aifab.train.request`.
+/// Train requests on NATS `aifab.train.request`, each recorded on the audit log first.
 async fn listen_for_requests(
     nats: async_nats::Client,
     triggers: mpsc::UnboundedSender<String>,
+    audit: AuditLog,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     let mut sub = nats
@@ -193,7 +211,19 @@ async fn listen_for_requests(
             Ok(r) => {
                 let by = r.requested_by.as_deref().unwrap_or("?");
                 tracing::info!(task = %r.task, by, "train request");
-                let _ = triggers.send(r.task);
+                let actor = Actor {
+                    credential: Credential::Nats,
+                    address: None,
+                    name: r.requested_by.clone(),
+                };
+                let change = Change::new(AuditAction::TrainRequested, actor, "over NATS");
+                match audit.record(change.task(&r.task)).await {
+                    Ok(_) => {
+                        let _ = triggers.send(r.task);
+                    }
+                    Err(e) => tracing::warn!(task = %r.task, error = %e,
+                        "train request dropped: the audit log did not take it"),
+                }
             }
             Err(e) => tracing::warn!(error = %e, "ignoring malformed train request"),
         }

@@ -17,6 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 
+use crate::messages::{Actor, Credential};
 use crate::secret::read_secret_file;
 
 /// What a route needs.
@@ -77,38 +78,31 @@ impl Access {
         Self::new(load(admin)?, load(read)?)
     }
 
-    /// Whether a request with bearer `token` from `peer` may act as `role`.
+    /// Whether a request with bearer `token` from `peer` may act as `role`, and by
+    /// which credential.
     pub fn check(
         &self,
         role: Role,
         token: Option<&str>,
         peer: Option<SocketAddr>,
-    ) -> Result<(), Denied> {
-        let accepted: Vec<&str> = match role {
-            Role::Admin => self.admin.iter().map(String::as_str).collect(),
-            Role::Read => self
-                .read
-                .iter()
-                .chain(&self.admin)
-                .map(String::as_str)
-                .collect(),
-        };
+    ) -> Result<Credential, Denied> {
+        let mut accepted: Vec<(&str, Credential)> = Vec::new();
+        accepted.extend(self.admin.as_deref().map(|t| (t, Credential::AdminToken)));
+        if role == Role::Read {
+            accepted.extend(self.read.as_deref().map(|t| (t, Credential::ReadToken)));
+        }
         if accepted.is_empty() {
             return match peer {
-                Some(p) if p.ip().is_loopback() => Ok(()),
+                Some(p) if p.ip().is_loopback() => Ok(Credential::Loopback),
                 _ => Err(Denied::NotLoopback),
             };
         }
-        match token {
-            Some(t)
-                if accepted
-                    .iter()
-                    .any(|a| constant_time_eq(a.as_bytes(), t.as_bytes())) =>
-            {
-                Ok(())
-            }
-            _ => Err(Denied::BadToken),
-        }
+        let token = token.ok_or(Denied::BadToken)?;
+        accepted
+            .into_iter()
+            .find(|(a, _)| constant_time_eq(a.as_bytes(), token.as_bytes()))
+            .map(|(_, credential)| credential)
+            .ok_or(Denied::BadToken)
     }
 }
 
@@ -142,7 +136,17 @@ async fn guard(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     match access.check(role, token, peer) {
-        Ok(()) => next.run(request).await,
+        Ok(credential) => {
+            // Handlers that change state record who did it (`audit`).
+            let actor = Actor {
+                credential,
+                address: peer.map(|p| p.to_string()),
+                name: None,
+            };
+            let mut request = request;
+            request.extensions_mut().insert(actor);
+            next.run(request).await
+        }
         Err(denied) => {
             let what = match role {
                 Role::Admin => "admin",
@@ -206,7 +210,10 @@ mod tests {
     #[test]
     fn without_tokens_only_loopback_peers_pass() {
         let open = Access::default();
-        assert_eq!(open.check(Role::Admin, None, peer([127, 0, 0, 1])), Ok(()));
+        assert_eq!(
+            open.check(Role::Admin, None, peer([127, 0, 0, 1])),
+            Ok(Credential::Loopback)
+        );
         assert_eq!(
             open.check(Role::Read, None, peer([10, 0, 0, 7])),
             Err(Denied::NotLoopback)
@@ -221,10 +228,14 @@ mod tests {
     fn with_tokens_the_role_s_token_passes_from_anywhere_and_admin_also_reads() {
         let a = Access::new(Some(ADMIN.into()), Some(READ.into())).unwrap();
         let far = peer([10, 0, 0, 7]);
-        assert_eq!(a.check(Role::Admin, Some(ADMIN), far), Ok(()));
+        let admin = Ok(Credential::AdminToken);
+        assert_eq!(a.check(Role::Admin, Some(ADMIN), far), admin);
         assert_eq!(a.check(Role::Admin, Some(READ), far), Err(Denied::BadToken));
-        assert_eq!(a.check(Role::Read, Some(READ), far), Ok(()));
-        assert_eq!(a.check(Role::Read, Some(ADMIN), far), Ok(()));
+        assert_eq!(
+            a.check(Role::Read, Some(READ), far),
+            Ok(Credential::ReadToken)
+        );
+        assert_eq!(a.check(Role::Read, Some(ADMIN), far), admin);
         // A configured token is needed from loopback too.
         assert_eq!(
             a.check(Role::Read, None, peer([127, 0, 0, 1])),

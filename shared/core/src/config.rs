@@ -23,6 +23,17 @@ pub struct BrokerArgs {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+
+    /// Kafka topic where every state change is recorded with who made it.
+    #[arg(long, env = "AIFAB_AUDIT_TOPIC", default_value = crate::topics::AUDIT.name)]
+    pub audit_topic: String,
+}
+
+impl BrokerArgs {
+    /// The writer of this service's records to the audit topic.
+    pub fn audit_log(&self, service: &str) -> anyhow::Result<crate::audit::AuditLog> {
+        crate::audit::AuditLog::with_topic(&self.kafka_brokers, service, &self.audit_topic)
+    }
 }
 
 /// Where the encoder is (the inference worker, the trainer, the feature service's

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::messages::Alert;
+use crate::messages::{Alert, AuditEvent};
 
 /// `GET /v1/dashboard`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +22,9 @@ pub struct Dashboard {
     pub models: Vec<ModelRow>,
     pub alerts_firing: Vec<Alert>,
     pub sources: Sources,
+    /// The latest state changes from the audit log, oldest first.
+    #[serde(default)]
+    pub changes: Vec<AuditEvent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

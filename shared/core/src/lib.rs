@@ -2,6 +2,7 @@
 //!
 //! - [`access`]: who may use a control API (admin and read tokens, else loopback only).
 //! - [`api_keys`]: tenants' API keys stored as salted hashes.
+//! - [`audit`]: every state change recorded, with who made it, on `aifab.audit`.
 //! - [`artifacts`]: the model artifact store (local directory or S3-compatible).
 //! - [`topics`]: the one list of Kafka topics and NATS subjects.
 //! - [`messages`]: typed messages, the one source in code of the contract in `schemas/`;
@@ -19,6 +20,7 @@
 pub mod access;
 pub mod api_keys;
 pub mod artifacts;
+pub mod audit;
 pub mod backoff;
 pub mod config;
 pub mod dashboard;

@@ -45,6 +45,7 @@ const SCHEMAS: &[(&str, &str)] = embed![
     "train.request/v1" => "train.request.v1.json",
     "train.progress/v1" => "train.progress.v1.json",
     "replicas.report/v1" => "replicas.report.v1.json",
+    "audit.event/v1" => "audit.event.v1.json",
 ];
 
 /// The JSON Schema text of a message (`name/version`, e.g. `inference.request/v1`).

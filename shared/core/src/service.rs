@@ -581,6 +581,7 @@ mod tests {
             kafka_brokers: String::new(),
             nats_url: String::new(),
             redis_url: String::new(),
+            audit_topic: String::new(),
         };
         let spec = ServiceSpec {
             name: "test",

@@ -40,6 +40,8 @@ pub enum Start {
     Beginning,
     /// These partitions only, each from its offset.
     Offsets(BTreeMap<i32, i64>),
+    /// The last `n` offsets of every partition (fewer where fewer are retained).
+    Last(i64),
 }
 
 /// A partition's low and high watermarks.
@@ -57,6 +59,7 @@ impl Start {
             Start::Latest => marks.high,
             Start::Beginning => marks.low,
             Start::Offsets(at) => at.get(&partition).copied().unwrap_or(marks.low),
+            Start::Last(n) => (marks.high - n).max(marks.low),
         }
     }
 }
@@ -463,6 +466,12 @@ mod tests {
         let marks = Watermarks { low: 5, high: 9 };
         assert_eq!(Start::Latest.offset_in(0, marks), 9);
         assert_eq!(Start::Beginning.offset_in(0, marks), 5);
+        assert_eq!(Start::Last(3).offset_in(0, marks), 6);
+        assert_eq!(
+            Start::Last(50).offset_in(0, marks),
+            5,
+            "no further back than retained"
+        );
         let at = Start::Offsets([(1, 7)].into_iter().collect());
         assert_eq!(at.offset_in(1, marks), 7);
         assert_eq!(at.offset_in(2, marks), 5);

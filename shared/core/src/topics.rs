@@ -56,7 +56,15 @@ pub const DLQ: Topic = Topic {
     schema: "dead_letter/v1",
 };
 
-pub const TOPICS: [Topic; 7] = [
+/// Every state change and who made it (budgets, training, model promotions). One
+/// partition: one order for the whole history.
+pub const AUDIT: Topic = Topic {
+    name: "aifab.audit",
+    partitions: 1,
+    schema: "audit.event/v1",
+};
+
+pub const TOPICS: [Topic; 8] = [
     INGEST_RAW,
     FEATURES_IN,
     INFERENCE_REQUESTS,
@@ -64,6 +72,7 @@ pub const TOPICS: [Topic; 7] = [
     PREDICTIONS,
     USAGE,
     DLQ,
+    AUDIT,
 ];
 
 /// NATS subjects (control plane: small, fan-out, latest wins).

@@ -136,6 +136,7 @@ pub fn build(c: &Collected, now_ms: i64, limits: Limits) -> Dashboard {
             costs: c.costs.status(),
             registry: c.registry.status(),
         },
+        changes: c.changes.iter().cloned().collect(),
     }
 }
 

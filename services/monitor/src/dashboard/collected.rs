@@ -4,11 +4,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use aifab_core::messages::{BudgetEvent, LagReading, ReplicaReport, ScaleDecision};
+use aifab_core::messages::{AuditEvent, BudgetEvent, LagReading, ReplicaReport, ScaleDecision};
 use serde::{Deserialize, Serialize};
 
 use super::Point;
-use super::{SourceStatus, DECISIONS_KEPT, HISTORY_POINTS, LAG_POINTS};
+use super::{SourceStatus, CHANGES_KEPT, DECISIONS_KEPT, HISTORY_POINTS, LAG_POINTS};
 use crate::stats::StatsReport;
 
 /// A source the monitor fetches (the cost accountant, the registry): the last good value
@@ -110,6 +110,8 @@ pub struct Collected {
     pub budgets: BTreeMap<(String, String), BudgetEvent>,
     pub costs: Source<CostsSnapshot>,
     pub registry: Source<Vec<TaskModels>>,
+    /// The latest records of the audit log, in the log's order.
+    pub changes: VecDeque<AuditEvent>,
 }
 
 impl Collected {
@@ -123,6 +125,7 @@ impl Collected {
             budgets: BTreeMap::new(),
             costs: Source::new(costs_from),
             registry: Source::new("redis"),
+            changes: VecDeque::new(),
         }
     }
 
@@ -166,6 +169,11 @@ impl Collected {
         if newer {
             self.replicas.insert(r.service.clone(), r);
         }
+    }
+
+    /// A record read from the audit log.
+    pub fn on_change(&mut self, e: AuditEvent) {
+        push_capped(&mut self.changes, e, CHANGES_KEPT);
     }
 
     /// Any budget report (status, warning, exceeded): the latest per tenant and period wins.

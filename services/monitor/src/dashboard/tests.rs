@@ -338,3 +338,32 @@ fn budget_standings() {
     assert_eq!(s(8.0, Some(10.0)), (Some(0.8), "warning"));
     assert_eq!(s(10.0, Some(10.0)), (Some(1.0), "exceeded"));
 }
+
+#[test]
+fn the_latest_changes_are_kept_in_the_log_s_order() {
+    use aifab_core::messages::{Actor, AuditAction, AuditEvent};
+    let mut c = Collected::new("http://costs");
+    for i in 0..(CHANGES_KEPT as i64 + 5) {
+        c.on_change(AuditEvent {
+            schema: tag(),
+            action: AuditAction::TrainRequested,
+            service: "trainer".into(),
+            actor: Actor::service("trainer"),
+            tenant: None,
+            task: Some("sms_spam".into()),
+            version: None,
+            detail: format!("change {i}"),
+            at_ms: 1_000 + i,
+        });
+    }
+    let d = build(&c, 10_000, LIMITS);
+    assert_eq!(d.changes.len(), CHANGES_KEPT);
+    assert_eq!(
+        d.changes[0].detail, "change 5",
+        "the oldest beyond the cap are dropped"
+    );
+    assert_eq!(
+        d.changes.last().unwrap().detail,
+        format!("change {}", CHANGES_KEPT + 4)
+    );
+}

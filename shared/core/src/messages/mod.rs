@@ -10,6 +10,7 @@
 //! - codec: the [`Message`] trait, its [`SchemaTag`], [`encode`] and [`decode`];
 //! - data plane: the Kafka records ([`IngestRecord`], [`InferenceRequest`],
 //!   [`Prediction`], [`UsageRecord`], [`DeadLetter`], ...);
+//! - audit: [`AuditEvent`], one per state change, on the Kafka topic `aifab.audit`;
 //! - control plane: the NATS events ([`ModelEvent`], [`LagReading`], [`Alert`],
 //!   [`BudgetEvent`], [`ScaleDecision`], [`TrainProgress`], ...).
 
@@ -23,12 +24,14 @@ macro_rules! message {
     };
 }
 
+mod audit;
 mod codec;
 mod control_plane;
 mod data_plane;
 #[cfg(test)]
 mod tests;
 
+pub use audit::*;
 pub use codec::{decode, encode, schema_file_for, tag, DecodeError, Message, SchemaTag};
 // Every item of the two planes is a message or a part of one: all of them are the API.
 pub use control_plane::*;
@@ -51,4 +54,5 @@ pub const ALL_SCHEMAS: &[&str] = &[
     TrainRequest::SCHEMA,
     TrainProgress::SCHEMA,
     ReplicaReport::SCHEMA,
+    AuditEvent::SCHEMA,
 ];

@@ -54,5 +54,5 @@ fn decode_errors_say_what_is_wrong() {
 #[test]
 fn schema_file_names() {
     assert_eq!(InferenceRequest::schema_file(), "inference.request.v1.json");
-    assert_eq!(ALL_SCHEMAS.len(), 15);
+    assert_eq!(ALL_SCHEMAS.len(), 16);
 }

@@ -209,3 +209,35 @@ fn replica_report() {
     };
     check_type(full, minimal);
 }
+
+#[test]
+fn audit_event() {
+    let full = AuditEvent {
+        schema: tag(),
+        action: AuditAction::ModelRolledBack,
+        service: "aifab".into(),
+        actor: Actor {
+            credential: Credential::Operator,
+            address: Some("10.0.4.17:51234".into()),
+            name: Some("ops@host-1".into()),
+        },
+        tenant: Some("acme".into()),
+        task: Some("sms_spam".into()),
+        version: Some("sms_spam-20251129-150000".into()),
+        detail: "production back to sms_spam-20251129-150000".into(),
+        at_ms: T0,
+    };
+    let minimal = AuditEvent {
+        action: AuditAction::BudgetSet,
+        actor: Actor {
+            credential: Credential::Service,
+            address: None,
+            name: None,
+        },
+        tenant: None,
+        task: None,
+        version: None,
+        ..full.clone()
+    };
+    check_type(full, minimal);
+}

@@ -36,6 +36,7 @@ pub(crate) fn decode_as(name: &str, bytes: &[u8]) -> Result<Value, String> {
         TrainRequest,
         TrainProgress,
         ReplicaReport,
+        AuditEvent,
     );
     panic!("no Rust type for schema {name}: add it to decode_as in tests/contract/examples.rs");
 }
