@@ -6,13 +6,15 @@
 #
 # Kafka: `acl PRINCIPAL RESOURCE PATTERN NAME OPERATION` lines (AclBinding fields).
 # Every service may DESCRIBE (see metadata of) the aifab.* topics: readiness probes fetch
-# metadata for all of them. Reading or writing a topic, joining a group, or owning a
+# metadata for all of them; and DESCRIBE_CONFIGS, to check their min.insync.replicas at
+# start (kafka::layout). Reading or writing a topic, joining a group, or owning a
 # transactional id needs its own line.
 
 kafka_acls() {
     local s
     for s in ingest feature inference-worker trainer monitor cost-accountant cli; do
         echo "acl User:$s TOPIC PREFIXED aifab. DESCRIBE"
+        echo "acl User:$s TOPIC PREFIXED aifab. DESCRIBE_CONFIGS"
     done
     # read TOPIC..., write TOPIC..., group/txn PREFIX
     kafka_grant ingest "aifab.ingest.raw aifab.predictions" "aifab.features.in aifab.dlq" \

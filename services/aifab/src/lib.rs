@@ -11,4 +11,5 @@ pub mod simulate;
 pub mod status;
 pub mod stream;
 pub mod supervisor;
+pub mod topics;
 pub mod train;

@@ -74,6 +74,9 @@ enum Cmd {
     Produce(aifab::stream::ProduceArgs),
     /// Print a topic's messages as JSON lines (read_committed, no consumer group).
     Consume(aifab::stream::ConsumeArgs),
+    /// Create aifab's topics with the replication you set (`topics ensure`) or check
+    /// partitions, replicas and min.insync.replicas of those that exist (`topics check`).
+    Topics(aifab::topics::TopicsArgs),
 }
 
 #[tokio::main]
@@ -121,6 +124,10 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Demo(args) => aifab::demo::run(args).await,
         Cmd::Produce(args) => aifab::stream::produce(args).await,
         Cmd::Consume(args) => aifab::stream::consume(args).await,
+        Cmd::Topics(args) => {
+            let ok = aifab::topics::run(args).await?;
+            std::process::exit(if ok { 0 } else { 1 });
+        }
         Cmd::Status(args) => {
             let ready = aifab::status::run(SERVICES, args).await?;
             std::process::exit(if ready { 0 } else { 1 });

@@ -57,6 +57,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("--prices: {e}"))?;
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
+    svc.check_topics(&[
+        &config.usage_topic,
+        aifab_core::topics::DLQ.name,
+        &config.brokers.audit_topic,
+    ]);
     let store = Store::new(
         &config.redis_prefix,
         config.dedupe_days * 86_400,

@@ -137,6 +137,13 @@ pub struct Config {
 /// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
+    svc.check_topics(&[
+        &config.features_topic,
+        &config.inference_topic,
+        &config.training_topic,
+        &config.predictions_topic,
+        &config.dlq_topic,
+    ]);
     let path = PathBuf::from(&config.model.model_dir);
     let tokenizer = FeatureTokenizer::load(&path, config.max_tokens, config.truncation)
         .with_context(|| {

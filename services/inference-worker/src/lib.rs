@@ -123,6 +123,12 @@ pub struct Config {
 /// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
+    svc.check_topics(&[
+        &config.input_topic,
+        aifab_core::topics::PREDICTIONS.name,
+        aifab_core::topics::USAGE.name,
+        aifab_core::topics::DLQ.name,
+    ]);
     // A device that is not there is a start-up error, not a fallback.
     let spec: aifab_model::DeviceSpec = config.device.parse()?;
     let device =

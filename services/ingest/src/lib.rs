@@ -209,6 +209,12 @@ pub struct Config {
 /// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
+    svc.check_topics(&[
+        &config.raw_topic,
+        &config.features_topic,
+        &config.dlq_topic,
+        &config.predictions_topic,
+    ]);
     let statics = match &config.api_keys_file {
         Some(path) => StaticTenants::load(path)?,
         None => StaticTenants::default(),

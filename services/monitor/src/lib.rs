@@ -64,6 +64,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let static_watch =
         lag::parse_watch(&config.watch).map_err(|e| anyhow::anyhow!("--watch: {e}"))?;
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
+    svc.check_topics(&[
+        &config.predictions_topic,
+        &config.dlq_topic,
+        &config.brokers.audit_topic,
+    ]);
     let shared = Arc::new(Mutex::new(Shared::new(fetch::costs_from(&config))));
     let windows = Arc::new(Mutex::new(Windows::new(config.window_s as i64 * 1000, 12)));
     let api = svc

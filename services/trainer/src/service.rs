@@ -43,6 +43,7 @@ struct AppState {
 /// Start the service and run until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut svc = Service::init(SPEC, &config.serve, &config.brokers).await?;
+    svc.check_topics(&[&config.input_topic, &config.brokers.audit_topic]);
     let train_config = TrainConfig {
         seed: config.seed,
         ..TrainConfig::default()

@@ -27,9 +27,26 @@ pub struct BrokerArgs {
     /// Kafka topic where every state change is recorded with who made it.
     #[arg(long, env = "AIFAB_AUDIT_TOPIC", default_value = crate::topics::AUDIT.name)]
     pub audit_topic: String,
+
+    /// Replicas every topic this service uses must have (it refuses to start otherwise).
+    /// Unset: whatever the cluster has (the brokers' default when topics are created).
+    #[arg(long, env = "AIFAB_TOPIC_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..))]
+    pub topic_replication_factor: Option<i32>,
+
+    /// `min.insync.replicas` every topic this service uses must have. Unset: the brokers'.
+    #[arg(long, env = "AIFAB_TOPIC_MIN_INSYNC_REPLICAS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub topic_min_insync_replicas: Option<i32>,
 }
 
 impl BrokerArgs {
+    /// The replication the deployment expects of its topics.
+    pub fn replication(&self) -> crate::kafka::Replication {
+        crate::kafka::Replication {
+            factor: self.topic_replication_factor,
+            min_insync: self.topic_min_insync_replicas,
+        }
+    }
+
     /// The writer of this service's records to the audit topic.
     pub fn audit_log(&self, service: &str) -> anyhow::Result<crate::audit::AuditLog> {
         crate::audit::AuditLog::with_topic(&self.kafka_brokers, service, &self.audit_topic)

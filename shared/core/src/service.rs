@@ -286,6 +286,52 @@ impl Service {
         Ok(())
     }
 
+    /// Check the topics this service uses against the deployment's replication (see
+    /// `kafka::layout`) as each comes to exist: one that would lose data on a broker loss
+    /// or refuse `acks=all` writes stops the service with the reason; another partition
+    /// count than `topics.rs`'s is a warning.
+    pub fn check_topics(&mut self, topics: &[&str]) {
+        let brokers = self.brokers.kafka_brokers.clone();
+        let expected = self.brokers.replication();
+        let topics: Vec<String> = topics.iter().map(|s| s.to_string()).collect();
+        let shutdown = self.shutdown.clone();
+        self.supervise_until_done("topic-layout", async move {
+            for topic in topics {
+                let partitions = crate::topics::TOPICS
+                    .iter()
+                    .find(|t| t.name == topic)
+                    .map(|t| t.partitions);
+                let layout = loop {
+                    match crate::kafka::describe(&brokers, &topic).await {
+                        Ok(Some(layout)) => break layout,
+                        Ok(None) => tracing::debug!(%topic, "topic not there yet"),
+                        Err(e) => tracing::warn!(%topic, error = format!("{e:#}"),
+                            "cannot check the topic's replication yet"),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                };
+                let (refused, warnings): (Vec<_>, Vec<_>) =
+                    crate::kafka::assess(&layout, expected, partitions)
+                        .into_iter()
+                        .partition(crate::kafka::Finding::refuses);
+                for w in warnings {
+                    tracing::warn!(%topic, "{w}");
+                }
+                if !refused.is_empty() {
+                    let why: Vec<String> = refused.iter().map(|f| f.to_string()).collect();
+                    anyhow::bail!(
+                        "topic {topic}: {}; recreate or reassign the topic, or change the setting",
+                        why.join("; ")
+                    );
+                }
+            }
+            Ok(())
+        });
+    }
+
     /// As [`Service::supervise`], for a task that is done when it returns `Ok` (loading
     /// the first model, say): only its error or panic stops the service.
     pub fn supervise_until_done<F>(&mut self, name: &'static str, task: F)
@@ -582,6 +628,8 @@ mod tests {
             nats_url: String::new(),
             redis_url: String::new(),
             audit_topic: String::new(),
+            topic_replication_factor: None,
+            topic_min_insync_replicas: None,
         };
         let spec = ServiceSpec {
             name: "test",
