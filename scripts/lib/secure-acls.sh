@@ -36,7 +36,8 @@ kafka_acls() {
     # The CLI: `aifab demo` / `aifab produce` write raw records; `demo` and `consume` read
     # predictions and dead letters from groups of their own that never commit;
     # `aifab models promote|rollback` record what they change on the audit topic.
-    kafka_grant cli "aifab.predictions aifab.dlq" "aifab.ingest.raw aifab.audit" aifab-demo-tail- ""
+    kafka_grant cli "aifab.predictions aifab.dlq aifab.audit" "aifab.ingest.raw aifab.audit" \
+        aifab-demo-tail- ""
     echo "acl User:cli GROUP PREFIXED aifab-cli-tail- READ"
 }
 

@@ -156,7 +156,7 @@ mod tests {
         let refused = TopicReport {
             name: "aifab.dlq".into(),
             replicas: Some(1),
-            findings: vec![Finding::ReplicationDiffers {
+            findings: vec![Finding::ReplicationBelow {
                 expected: 3,
                 found: 1,
             }],

@@ -208,7 +208,21 @@ async fn listen_for_requests(
             },
             _ = shutdown.cancelled() => return Ok(()),
         };
-        match decode::<TrainRequest>(&msg.payload) {
+        // The schema too (task names, a non-empty requested_by): the audit record repeats them.
+        let checked = decode::<TrainRequest>(&msg.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                let json = serde_json::to_value(&r).expect("a request serializes");
+                match aifab_core::schema::validate("train.request/v1", &json) {
+                    Ok(()) => Ok(r),
+                    Err(v) => Err(v
+                        .iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")),
+                }
+            });
+        match checked {
             Ok(r) => {
                 let by = r.requested_by.as_deref().unwrap_or("?");
                 tracing::info!(task = %r.task, by, "train request");

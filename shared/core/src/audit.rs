@@ -71,7 +71,11 @@ impl AuditLog {
 
     pub fn with_topic(brokers: &str, service: &str, topic: &str) -> anyhow::Result<Self> {
         let mut config = crate::kafka::producer_config(brokers, &format!("aifab-{service}-audit"));
-        config.set("message.timeout.ms", RECORD_TIMEOUT.as_millis().to_string());
+        config
+            .set("message.timeout.ms", RECORD_TIMEOUT.as_millis().to_string())
+            // A topic created after the client looked for it is seen within seconds, not
+            // at librdkafka's 5-minute refresh.
+            .set("topic.metadata.refresh.interval.ms", "10000");
         let producer = config.create().context("creating the audit producer")?;
         Ok(AuditLog {
             producer,

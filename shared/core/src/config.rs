@@ -28,8 +28,9 @@ pub struct BrokerArgs {
     #[arg(long, env = "AIFAB_AUDIT_TOPIC", default_value = crate::topics::AUDIT.name)]
     pub audit_topic: String,
 
-    /// Replicas every topic this service uses must have (it refuses to start otherwise).
-    /// Unset: whatever the cluster has (the brokers' default when topics are created).
+    /// Replicas every topic this service uses must have: it stops, naming the topic, when
+    /// it finds one with fewer. Unset: whatever the cluster has (the brokers' default when
+    /// topics are created).
     #[arg(long, env = "AIFAB_TOPIC_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..))]
     pub topic_replication_factor: Option<i32>,
 

@@ -222,13 +222,13 @@ impl Registry {
             .await
     }
 
-    /// Move production back: to `to` if given, else to the previous production version.
-    /// Returns the version production now points to.
     /// The version a rollback without `--to` would go back to (nothing changes).
     pub async fn previous_production(&mut self, task: &str) -> redis::RedisResult<Option<String>> {
         self.conn.lindex(key(task, "history:production"), 0).await
     }
 
+    /// Move production back: to `to` if given, else to the previous production version.
+    /// Returns the version production now points to.
     pub async fn rollback(
         &mut self,
         task: &str,

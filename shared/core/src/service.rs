@@ -92,6 +92,33 @@ pub struct Service {
     access: Arc<crate::access::Access>,
 }
 
+/// A topic's layout against the deployment's replication: warnings logged, refusals an
+/// error naming the topic.
+fn check_layout(
+    topic: &str,
+    layout: &crate::kafka::TopicLayout,
+    expected: crate::kafka::Replication,
+) -> anyhow::Result<()> {
+    let partitions = crate::topics::TOPICS
+        .iter()
+        .find(|t| t.name == topic)
+        .map(|t| t.partitions);
+    let (refused, warnings): (Vec<_>, Vec<_>) = crate::kafka::assess(layout, expected, partitions)
+        .into_iter()
+        .partition(crate::kafka::Finding::refuses);
+    for w in warnings {
+        tracing::warn!(%topic, "{w}");
+    }
+    if !refused.is_empty() {
+        let why: Vec<String> = refused.iter().map(|f| f.to_string()).collect();
+        anyhow::bail!(
+            "topic {topic}: {}; recreate or reassign the topic, or change the setting",
+            why.join("; ")
+        );
+    }
+    Ok(())
+}
+
 /// How often a healthy dependency is re-checked.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Failed Kafka probes in a row after which each further probe uses a new client.
@@ -296,39 +323,36 @@ impl Service {
         let topics: Vec<String> = topics.iter().map(|s| s.to_string()).collect();
         let shutdown = self.shutdown.clone();
         self.supervise_until_done("topic-layout", async move {
-            for topic in topics {
-                let partitions = crate::topics::TOPICS
-                    .iter()
-                    .find(|t| t.name == topic)
-                    .map(|t| t.partitions);
-                let layout = loop {
+            // Every round checks each topic not checked yet, so a missing one holds back
+            // nothing but itself; missing ones are named every minute.
+            let mut pending = topics;
+            let mut last_named = Instant::now();
+            loop {
+                let mut missing = Vec::new();
+                for topic in pending {
                     match crate::kafka::describe(&brokers, &topic).await {
-                        Ok(Some(layout)) => break layout,
-                        Ok(None) => tracing::debug!(%topic, "topic not there yet"),
-                        Err(e) => tracing::warn!(%topic, error = format!("{e:#}"),
-                            "cannot check the topic's replication yet"),
+                        Ok(Some(layout)) => check_layout(&topic, &layout, expected)?,
+                        Ok(None) => missing.push(topic),
+                        Err(e) => {
+                            tracing::warn!(%topic, error = format!("{e:#}"),
+                                "cannot check the topic's replication yet");
+                            missing.push(topic);
+                        }
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-                        _ = shutdown.cancelled() => return Ok(()),
-                    }
-                };
-                let (refused, warnings): (Vec<_>, Vec<_>) =
-                    crate::kafka::assess(&layout, expected, partitions)
-                        .into_iter()
-                        .partition(crate::kafka::Finding::refuses);
-                for w in warnings {
-                    tracing::warn!(%topic, "{w}");
                 }
-                if !refused.is_empty() {
-                    let why: Vec<String> = refused.iter().map(|f| f.to_string()).collect();
-                    anyhow::bail!(
-                        "topic {topic}: {}; recreate or reassign the topic, or change the setting",
-                        why.join("; ")
-                    );
+                if missing.is_empty() {
+                    return Ok(());
+                }
+                if last_named.elapsed() >= Duration::from_secs(60) {
+                    tracing::warn!(topics = ?missing, "topics not there yet: their replication is unchecked");
+                    last_named = Instant::now();
+                }
+                pending = missing;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
                 }
             }
-            Ok(())
         });
     }
 

@@ -38,8 +38,10 @@ pub struct TopicLayout {
 /// One way a topic differs from what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
-    /// Fewer (or more) replicas than configured on some partition.
-    ReplicationDiffers { expected: i32, found: usize },
+    /// Fewer replicas than configured on some partition: a broker loss loses data.
+    ReplicationBelow { expected: i32, found: usize },
+    /// More replicas than configured (a reassignment in progress lists old and new).
+    ReplicationAbove { expected: i32, found: usize },
     /// `min.insync.replicas` other than configured.
     MinInsyncDiffers { expected: i32, found: Option<i32> },
     /// `min.insync.replicas` above the replicas: every `acks=all` write fails.
@@ -51,14 +53,18 @@ pub enum Finding {
 impl Finding {
     /// Whether the service must not start with it (the others are warnings).
     pub fn refuses(&self) -> bool {
-        !matches!(self, Finding::PartitionsDiffer { .. })
+        !matches!(
+            self,
+            Finding::PartitionsDiffer { .. } | Finding::ReplicationAbove { .. }
+        )
     }
 }
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Finding::ReplicationDiffers { expected, found } => write!(
+            Finding::ReplicationBelow { expected, found }
+            | Finding::ReplicationAbove { expected, found } => write!(
                 f,
                 "replication factor {found}, expected {expected} \
                  (AIFAB_TOPIC_REPLICATION_FACTOR)"
@@ -94,10 +100,16 @@ pub fn assess(
     let mut out = Vec::new();
     let fewest = layout.replicas.iter().copied().min().unwrap_or(0);
     if let Some(factor) = expected.factor {
-        if let Some(&found) = layout.replicas.iter().find(|&&r| r as i32 != factor) {
-            out.push(Finding::ReplicationDiffers {
+        let most = layout.replicas.iter().copied().max().unwrap_or(0);
+        if !layout.replicas.is_empty() && (fewest as i32) < factor {
+            out.push(Finding::ReplicationBelow {
                 expected: factor,
-                found,
+                found: fewest,
+            });
+        } else if most as i32 > factor {
+            out.push(Finding::ReplicationAbove {
+                expected: factor,
+                found: most,
             });
         }
     }
@@ -134,7 +146,8 @@ fn admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
         .context("creating the Kafka admin client")
 }
 
-/// The layout of `topic`, or `None` when the cluster does not have it.
+/// The layout of `topic`, or `None` when the cluster does not have it (any other error,
+/// e.g. no DESCRIBE permission, is an error).
 pub async fn describe(brokers: &str, topic: &str) -> anyhow::Result<Option<TopicLayout>> {
     let (b, t) = (brokers.to_string(), topic.to_string());
     let replicas = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Vec<usize>>> {
@@ -145,8 +158,11 @@ pub async fn describe(brokers: &str, topic: &str) -> anyhow::Result<Option<Topic
         let Some(mt) = md.topics().iter().find(|x| x.name() == t) else {
             return Ok(None);
         };
-        if mt.error().is_some() || mt.partitions().is_empty() {
-            return Ok(None);
+        match mt.error().map(RDKafkaErrorCode::from) {
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok(None),
+            Some(code) => anyhow::bail!("metadata of {t}: {code}"),
+            None if mt.partitions().is_empty() => return Ok(None),
+            None => {}
         }
         let mut parts: Vec<_> = mt.partitions().iter().collect();
         parts.sort_by_key(|p| p.id());
@@ -162,7 +178,9 @@ pub async fn describe(brokers: &str, topic: &str) -> anyhow::Result<Option<Topic
     let configs = admin
         .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
         .await
-        .with_context(|| format!("the configuration of {topic}"))?;
+        .with_context(|| format!("the configuration of {topic}"));
+    drop_off_runtime(admin);
+    let configs = configs?;
     let min_insync = match configs.into_iter().next() {
         Some(Ok(c)) => c
             .entries
@@ -206,14 +224,20 @@ pub async fn ensure_topics(
             &new,
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
-        .await?;
-    for r in results {
+        .await;
+    drop_off_runtime(admin);
+    for r in results? {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
         }
     }
     Ok(())
+}
+
+/// Dropping an admin client joins its polling thread: not on an async worker thread.
+fn drop_off_runtime(admin: AdminClient<DefaultClientContext>) {
+    tokio::task::spawn_blocking(move || drop(admin));
 }
 
 #[cfg(test)]
@@ -254,7 +278,7 @@ mod tests {
         assert_eq!(
             f,
             vec![
-                Finding::ReplicationDiffers {
+                Finding::ReplicationBelow {
                     expected: 3,
                     found: 1
                 },
@@ -268,6 +292,24 @@ mod tests {
         assert!(f[0]
             .to_string()
             .contains("replication factor 1, expected 3"));
+    }
+
+    #[test]
+    fn more_replicas_than_configured_is_only_a_warning() {
+        // A reassignment lists the old and the new replicas until it completes.
+        let want = Replication {
+            factor: Some(3),
+            min_insync: None,
+        };
+        let f = assess(&layout(vec![3, 4, 3], Some(2)), want, None);
+        assert_eq!(
+            f,
+            vec![Finding::ReplicationAbove {
+                expected: 3,
+                found: 4
+            }]
+        );
+        assert!(!f[0].refuses());
     }
 
     #[test]
