@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # stack-env.sh: where the local stack lives, shared by stack-up and stack-down.
-# Set SECURE=1 before sourcing for the secure stack's defaults (its own data dir and
-# ports, so it runs beside the plain one). Every value can be set by its AIFAB_* variable.
+# Set SECURE=1 (or BROKERS=3) before sourcing for the secure (or three-broker) stack's
+# defaults: its own data dir and ports, so it runs beside the plain one. Every value can
+# be set by its AIFAB_* variable.
 HOST=127.0.0.1
 if ((${SECURE:-0})); then
     DATA_DIR=${AIFAB_DATA_DIR:-$HOME/.aifab/stack-secure}
@@ -11,6 +12,16 @@ if ((${SECURE:-0})); then
     NATS_PORT=${AIFAB_NATS_PORT:-4322}
     NATS_MONITOR_PORT=${AIFAB_NATS_MONITOR_PORT:-8322}
     REDIS_PORT=${AIFAB_REDIS_PORT:-6479}
+elif ((${BROKERS:-1} > 1)); then
+    DATA_DIR=${AIFAB_DATA_DIR:-$HOME/.aifab/stack-cluster}
+    KAFKA_PORTS=${AIFAB_KAFKA_PORTS:-9292,9294,9296}
+    KAFKA_CONTROLLER_PORTS=${AIFAB_KAFKA_CONTROLLER_PORTS:-9293,9295,9297}
+    KAFKA_PORT=${KAFKA_PORTS%%,*}
+    KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORTS%%,*}
+    KAFKA_INTERNAL_PORT=
+    NATS_PORT=${AIFAB_NATS_PORT:-4422}
+    NATS_MONITOR_PORT=${AIFAB_NATS_MONITOR_PORT:-8422}
+    REDIS_PORT=${AIFAB_REDIS_PORT:-6579}
 else
     DATA_DIR=${AIFAB_DATA_DIR:-$HOME/.aifab/stack}
     KAFKA_PORT=${AIFAB_KAFKA_PORT:-9092}
