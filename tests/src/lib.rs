@@ -9,6 +9,8 @@
 //! - `fixtures`: unique names, inference requests, tiny models, the SMS data split.
 //! - `kafka`: topics, producing, dead letters; `readers`: read_committed topic readers.
 //! - `http`: requests to the services' HTTP APIs and their metrics.
+//! - `cluster`: a three-broker stack of the test's own (`scripts/stack-up --brokers 3`)
+//!   whose nodes a test kills; `timeline`: rates and stalls from when predictions arrived.
 //! - `secure`: a stack of the test's own from `scripts/stack-up --secure`, and each
 //!   service's credentials on it.
 //! - `process`: service binaries: start, stop, wait ready, logs.
@@ -17,6 +19,7 @@
 //! - `wait`: polling for a condition with a deadline.
 
 mod chaos;
+mod cluster;
 mod fixtures;
 mod http;
 mod kafka;
@@ -24,10 +27,12 @@ mod process;
 mod readers;
 mod secure;
 mod stack;
+mod timeline;
 mod wait;
 mod worker;
 
 pub use chaos::*;
+pub use cluster::*;
 pub use fixtures::*;
 pub use http::*;
 pub use kafka::*;
@@ -35,5 +40,6 @@ pub use process::*;
 pub use readers::*;
 pub use secure::*;
 pub use stack::*;
+pub use timeline::*;
 pub use wait::*;
 pub use worker::*;

@@ -98,6 +98,20 @@ impl PredictionReader {
         }
     }
 
+    /// [`PredictionReader::read`] for a reader that follows a stream for long: when it has
+    /// made no progress since `last_progress` for a while, its client is replaced as
+    /// [`PredictionReader::read_until`] does.
+    pub fn follow(&mut self, prefix: &str, budget: Duration, last_progress: &mut Instant) {
+        let before = self.seen.len();
+        self.read(prefix, budget);
+        if self.seen.len() > before {
+            *last_progress = Instant::now();
+        } else if last_progress.elapsed() > STUCK_AFTER {
+            self.unstick();
+            *last_progress = Instant::now();
+        }
+    }
+
     /// Read until predictions for `distinct` different ids (with `prefix`) have arrived;
     /// false if `timeout` passed first.
     pub fn read_until(&mut self, prefix: &str, distinct: usize, timeout: Duration) -> bool {
