@@ -22,8 +22,11 @@ cluster_ports() {
     ((${#ports[@]} == BROKERS)) || die "$what needs $BROKERS ports, got '$list'"
     echo "${ports[*]}"
 }
-read -r -a NODE_PORTS <<<"$(cluster_ports "$KAFKA_PORTS" AIFAB_KAFKA_PORTS)"
-read -r -a NODE_CONTROLLER_PORTS <<<"$(cluster_ports "$KAFKA_CONTROLLER_PORTS" AIFAB_KAFKA_CONTROLLER_PORTS)"
+# (die inside $(...) only leaves the subshell: exit here too)
+ports=$(cluster_ports "$KAFKA_PORTS" AIFAB_KAFKA_PORTS) || exit 1
+read -r -a NODE_PORTS <<<"$ports"
+ports=$(cluster_ports "$KAFKA_CONTROLLER_PORTS" AIFAB_KAFKA_CONTROLLER_PORTS) || exit 1
+read -r -a NODE_CONTROLLER_PORTS <<<"$ports"
 
 QUORUM_VOTERS=
 BOOTSTRAP_LIST=

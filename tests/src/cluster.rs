@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::stack::{free_port, Endpoints};
+use crate::stack::{free_port, is_zombie, Endpoints};
 use crate::wait::eventually;
 
 pub const NODES: usize = 3;
@@ -122,7 +122,9 @@ impl ClusterStack {
             .status()
             .unwrap();
         assert!(status.success(), "kill -KILL {pid}");
-        let gone = move || !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists();
+        // Its parent (stack-up) is gone, so an unreaped zombie counts as gone too.
+        let gone =
+            move || !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid);
         eventually(
             Duration::from_secs(30),
             &format!("node {node} (pid {pid}) gone"),
@@ -144,30 +146,28 @@ impl ClusterStack {
             .filter(|id| *id >= 1)
     }
 
-    /// Who leads which partition, as the cluster's metadata says now.
-    pub async fn leadership(&self) -> Leadership {
+    /// Who leads which partition, as the cluster's metadata says now (None when the
+    /// metadata cannot be read: callers retry).
+    pub async fn leadership(&self) -> Option<Leadership> {
         let brokers = self.endpoints().kafka;
         tokio::task::spawn_blocking(move || {
             let c: BaseConsumer = aifab_core::kafka::consumer_config(&brokers, "aifab-tests", "x")
                 .create()
-                .expect("metadata client");
-            let md = c
-                .fetch_metadata(None, Duration::from_secs(10))
-                .expect("cluster metadata");
-            Leadership {
-                partitions: md
-                    .topics()
-                    .iter()
-                    .flat_map(|t| {
-                        t.partitions()
-                            .iter()
-                            .map(|p| (t.name().to_string(), p.id(), p.leader()))
-                    })
-                    .collect(),
+                .ok()?;
+            let md = c.fetch_metadata(None, Duration::from_secs(10)).ok()?;
+            let mut l = Leadership::default();
+            for t in md.topics() {
+                for p in t.partitions() {
+                    l.partitions
+                        .push((t.name().to_string(), p.id(), p.leader()));
+                    l.in_sync.push(p.isr().len());
+                }
             }
+            Some(l)
         })
         .await
-        .unwrap()
+        .ok()
+        .flatten()
     }
 }
 
@@ -195,10 +195,12 @@ impl Drop for ClusterStack {
     }
 }
 
-/// Partition leaders: (topic, partition, leader node id).
+/// Partition leaders: (topic, partition, leader node id), and each one's in-sync replicas.
 #[derive(Debug, Clone, Default)]
 pub struct Leadership {
     pub partitions: Vec<(String, i32, i32)>,
+    /// In-sync replicas of each of `partitions` (same index).
+    pub in_sync: Vec<usize>,
 }
 
 /// `__transaction_state`'s partition count (the broker default, which stack-up keeps).
@@ -222,6 +224,12 @@ impl Leadership {
         let led = self.led_by(prefix);
         let most = *led.values().max()?;
         led.into_iter().find(|(_, n)| *n == most).map(|(id, _)| id)
+    }
+
+    /// True when every partition has all `replicas` in sync (a restarted node has caught
+    /// up: losing another one now takes no partition offline).
+    pub fn fully_replicated(&self, replicas: usize) -> bool {
+        !self.in_sync.is_empty() && self.in_sync.iter().all(|n| *n >= replicas)
     }
 
     /// The transaction coordinator of `transactional_id`: the leader of its
@@ -275,7 +283,11 @@ mod unit {
                 ("other".into(), 2, 3),
                 ("__transaction_state".into(), 4, 3),
             ],
+            in_sync: vec![3, 3, 3, 3, 3, 2, 3],
         };
+        assert!(!l.fully_replicated(3));
+        assert!(l.fully_replicated(2));
+        assert!(!Leadership::default().fully_replicated(1));
         assert_eq!(l.busiest("aifab."), Some(2));
         assert_eq!(l.busiest(""), Some(3));
         assert_eq!(l.busiest("none"), None);

@@ -69,7 +69,7 @@ pub async fn terminate_pid(pid: u32, timeout: Duration) {
     .await;
 }
 
-fn is_zombie(pid: u32) -> bool {
+pub(crate) fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {

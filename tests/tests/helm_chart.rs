@@ -222,8 +222,10 @@ fn problems(docs: &[Value]) -> Vec<String> {
             }
         }
         for c in containers {
-            let Some(bin) = seq(c, &["command"]).first().and_then(|v| v.as_str()) else {
-                p.push(format!("Deployment {name}: a container without a command"));
+            let Some(bin) = seq(c, &["args"]).first().and_then(|v| v.as_str()) else {
+                p.push(format!(
+                    "Deployment {name}: a container without args (the binary tini runs)"
+                ));
                 continue;
             };
             if !shipped.contains(bin) {
@@ -375,7 +377,7 @@ fn autoscaler_problems(docs: &[Value]) -> Vec<String> {
             && seq(d, &["spec", "template", "spec", "containers"])
                 .iter()
                 .any(|c| {
-                    seq(c, &["command"]).first().and_then(|v| v.as_str())
+                    seq(c, &["args"]).first().and_then(|v| v.as_str())
                         == Some("aifab-inference-worker")
                 })
     });
@@ -418,9 +420,7 @@ fn autoscaler_problems(docs: &[Value]) -> Vec<String> {
             if strs("apiGroups") != ["apps"]
                 || strs("resources") != ["deployments/scale"]
                 || strs("resourceNames") != [target]
-                || strs("verbs")
-                    .iter()
-                    .any(|v| !["get", "patch", "update"].contains(v))
+                || strs("verbs").iter().any(|v| !["get", "patch"].contains(v))
             {
                 p.push(format!(
                     "Role {}: a rule beyond {target}'s scale subresource: {rule:?}",
@@ -531,7 +531,7 @@ fn the_gpu_rendering_puts_workers_on_gpu_nodes() {
         container_env(autoscaler, "AIFAB_KUBE_DEPLOYMENT"),
         Some("rel-aifab-worker-gpu")
     );
-    // Model versions from S3: no volume, the store named; credentials from files.
+    // Model versions from S3: no volume, the store named; connection secrets as files.
     assert!(of_kind(&docs, "PersistentVolumeClaim").is_empty());
     let trainer = deployments
         .iter()
@@ -564,6 +564,38 @@ fn the_gpu_rendering_puts_workers_on_gpu_nodes() {
         std::fs::read_to_string(chart().join("files/aifab-overview.json")).unwrap(),
         shipped,
         "the chart's dashboard is a copy of deploy/grafana's: copy it again"
+    );
+}
+
+#[test]
+fn worker_kinds_keep_their_own_settings_and_the_autoscaler_owns_its_replicas() {
+    let docs = render(&[
+        "--set",
+        "workers.gpu.enabled=true",
+        "--set",
+        "workers.cpu.env.AIFAB_MAX_WAIT_MS=7",
+        "--set",
+        "workers.gpu.env.AIFAB_MAX_BATCH_TOKENS=9000",
+    ]);
+    let p = problems(&docs);
+    assert!(p.is_empty(), "{}", p.join("\n"));
+    let dep = |n: &str| {
+        of_kind(&docs, "Deployment")
+            .into_iter()
+            .find(|d| name_of(d) == n)
+            .unwrap()
+    };
+    let (cpu, gpu) = (dep("rel-aifab-worker-cpu"), dep("rel-aifab-worker-gpu"));
+    assert_eq!(container_env(cpu, "AIFAB_MAX_WAIT_MS"), Some("7"));
+    assert_eq!(container_env(gpu, "AIFAB_MAX_WAIT_MS"), None);
+    assert_eq!(container_env(gpu, "AIFAB_MAX_BATCH_TOKENS"), Some("9000"));
+    assert_eq!(container_env(cpu, "AIFAB_MAX_BATCH_TOKENS"), None);
+    // The autoscaler targets the CPU workers: their count is not rendered (an upgrade
+    // would reset it); the GPU workers' is.
+    assert!(at(cpu, &["spec", "replicas"]).is_none());
+    assert_eq!(
+        at(gpu, &["spec", "replicas"]).and_then(Value::as_u64),
+        Some(1)
     );
 }
 

@@ -22,6 +22,10 @@
 //!   start-up), so a ramp costs one start-up and rebalance rather than one per step.
 //!   It scales down only as far as keeps utilisation under a lower mark (a dead band:
 //!   every change costs a rebalance pause).
+//!   With `max_scale_events_per_hour` set it makes at most that many changes in any
+//!   hour: a scale-down is
+//!   held (reason `scale_event_limit`) unless the last hour leaves room for it and for a
+//!   scale-up after it, so scale-ups, which protect the SLO, are never held back.
 //!   Then it is budget-aware: replicas are capped at the most useful count the remaining
 //!   budget sustains to the period's end, or above it for a burst when the budget pays
 //!   for an hour of the burst (`budget_burst_s`) and still for the sustained count for the
@@ -107,6 +111,9 @@ pub struct PolicyConfig {
     /// aifab, budget: a burst above the count the budget sustains to the period's end is
     /// allowed when this long of it is affordable on top of that count (0: no bursts).
     pub budget_burst_s: f64,
+    /// aifab: the most replica changes in any hour (each one is a consumer-group
+    /// rebalance, and a scale-up a start-up); scale-downs wait for room (0: no limit).
+    pub max_scale_events_per_hour: u32,
 }
 
 impl PolicyConfig {
@@ -138,6 +145,9 @@ impl PolicyConfig {
             replica_cost_per_hour: 0.0,
             min_replicas_over_budget: 0,
             budget_burst_s: 3600.0,
+            // Off by default: on the traces a limit of 12 costs worker-hours (see
+            // docs/scaling.md); a deployment whose rebalances hurt sets one.
+            max_scale_events_per_hour: 0,
         }
     }
 }
@@ -193,6 +203,8 @@ pub enum Reason {
     Partitions,
     /// Raised to the configured minimum.
     MinReplicas,
+    /// A scale-down held: the last hour's scale events leave no room for it.
+    ScaleEventLimit,
 }
 
 impl Reason {
@@ -208,6 +220,7 @@ impl Reason {
             Reason::MaxReplicas => "max_replicas",
             Reason::Partitions => "partitions",
             Reason::MinReplicas => "min_replicas",
+            Reason::ScaleEventLimit => "scale_event_limit",
         }
     }
 }
@@ -259,6 +272,8 @@ pub struct PolicyState {
     last_up_ms: Option<i64>,
     /// When the observed replica count last changed.
     replicas_changed_ms: Option<i64>,
+    /// When this policy changed the replicas within the last hour, oldest first.
+    changes: VecDeque<i64>,
 }
 
 impl PolicyState {
@@ -285,8 +300,9 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
     // 2. Bounds: partitions, max, min.
     bound(cfg, obs.partitions, &mut r);
     let recommended = r.replicas;
-    // 3. Stabilization and cooldowns.
+    // 3. Stabilization and cooldowns, then the hour's scale events.
     stabilize(cfg, state, obs, &mut r);
+    limit_scale_events(cfg, state, obs, &mut r);
     // 4. The budget (aifab only): never plan to spend more than is left.
     let budget_cap = match (cfg.kind, obs.budget) {
         (PolicyKind::Aifab, Some(b)) => cap_to_budget(cfg, &b, obs, &mut r),
@@ -295,6 +311,7 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
 
     let desired = r.replicas;
     if desired != current {
+        state.changes.push_back(obs.at_ms);
         state.last_change_ms = Some(obs.at_ms);
         if desired > current {
             state.last_up_ms = Some(obs.at_ms);
@@ -402,6 +419,31 @@ fn stabilize(
                 _ => r.replicas = stabilized,
             }
         }
+    }
+}
+
+/// Hold a scale-down while the last hour's changes leave no room for it and a scale-up
+/// after it: a down can wait, an up protects the SLO.
+fn limit_scale_events(
+    cfg: &PolicyConfig,
+    state: &mut PolicyState,
+    obs: &Observation,
+    r: &mut Recommendation,
+) {
+    let hour_ago = obs.at_ms - 3_600_000;
+    while state.changes.front().is_some_and(|t| *t <= hour_ago) {
+        state.changes.pop_front();
+    }
+    let current = obs.current_replicas;
+    let limit = cfg.max_scale_events_per_hour;
+    let recent = state.changes.len() as u32;
+    if limit > 0 && r.replicas < current && recent + 2 > limit {
+        r.replicas = current;
+        r.reason = Reason::ScaleEventLimit;
+        r.detail = format!(
+            "{}; holding {current}: {recent} scale events in the last hour (limit {limit})",
+            r.detail
+        );
     }
 }
 

@@ -46,6 +46,8 @@ One aifab service: a Deployment. Called with a dict:
   admin      true: mounts the admin token
   gpu        true: the CUDA image, the GPU device
   instance   true: AIFAB_INSTANCE_ID is the pod's name (services with transactional ids)
+  scaled     true: the autoscaler owns the replica count (none rendered, so an upgrade
+             does not reset it; `replicas` is the count at install)
   env        extra name/value pairs (a dict)
 */}}
 {{- define "aifab.deployment" -}}
@@ -63,7 +65,9 @@ metadata:
     {{- include "aifab.labels" $root | nindent 4 }}
     app.kubernetes.io/component: {{ .component }}
 spec:
+  {{- if not .scaled }}
   replicas: {{ $v.replicas }}
+  {{- end }}
   selector:
     matchLabels:
       {{- include "aifab.selector" (dict "root" $root "component" .component) | nindent 6 }}
@@ -128,7 +132,8 @@ spec:
         - name: {{ .component }}
           image: {{ include "aifab.image" (dict "repository" $image.repository "tag" $image.tag "appVersion" $root.Chart.AppVersion) }}
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
-          command: [{{ .bin | quote }}]
+          # The image's entrypoint (tini) stays PID 1 and runs the binary.
+          args: [{{ .bin | quote }}]
           envFrom:
             - configMapRef:
                 name: {{ include "aifab.fullname" $root }}-env

@@ -69,9 +69,18 @@ pub struct SimResult {
     pub requests: u64,
     pub completed: u64,
     pub scale_events: u32,
+    /// Seconds simulated.
+    pub duration_s: f64,
     /// The per-replica service rate the policy learned, if it learned one.
     pub learned_rate: Option<f64>,
     pub samples: Vec<Sample>,
+}
+
+impl SimResult {
+    /// Replica changes per hour simulated (each one a consumer-group rebalance).
+    pub fn scale_events_per_hour(&self) -> f64 {
+        self.scale_events as f64 * 3600.0 / self.duration_s.max(1.0)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -507,6 +516,7 @@ pub fn simulate(name: &str, arrivals: &[u32], cfg: &SimConfig, run: &Run) -> Sim
         requests: sim.produced,
         completed: sim.consumed,
         scale_events: sim.scale_events,
+        duration_s: d as f64,
         learned_rate: policy
             .as_ref()
             .filter(|(p, _)| p.kind == PolicyKind::Aifab)

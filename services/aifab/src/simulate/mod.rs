@@ -100,6 +100,10 @@ pub struct SimulateArgs {
     /// this many seconds of it are affordable on top of them (0: no bursts).
     #[arg(long, default_value_t = 3600.0)]
     pub budget_burst_s: f64,
+    /// aifab: the most scale events (replica changes) in any hour; scale-downs wait for
+    /// room, scale-ups never do (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_scale_events_per_hour: u32,
     /// KEDA/HPA: scale-down stabilization window, seconds.
     #[arg(long, default_value_t = 300.0)]
     pub keda_stabilization_s: f64,
@@ -154,6 +158,7 @@ impl SimulateArgs {
         aifab.scale_down_stabilization_s = self.stabilization_s;
         aifab.replica_cost_per_hour = self.price_per_worker_hour;
         aifab.budget_burst_s = self.budget_burst_s;
+        aifab.max_scale_events_per_hour = self.max_scale_events_per_hour;
         vec![
             ("fixed".into(), Run::Fixed(fixed)),
             ("keda".into(), Run::Policy(keda)),
@@ -193,8 +198,12 @@ pub fn run_all(args: &SimulateArgs) -> anyhow::Result<(trace::Trace, SimConfig, 
 /// The policy lines the command ends with.
 pub fn policy_line(r: &SimResult) -> String {
     format!(
-        "policy {} slo_violation_s {} worker_hours {:.2} cost {:.2}",
-        r.name, r.slo_violation_s, r.worker_hours, r.cost
+        "policy {} slo_violation_s {} worker_hours {:.2} cost {:.2} scale_events_per_h {:.1}",
+        r.name,
+        r.slo_violation_s,
+        r.worker_hours,
+        r.cost,
+        r.scale_events_per_hour()
     )
 }
 
@@ -248,7 +257,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<10} {:>11} {:>12} {:>9} {:>8} {:>8} {:>9} {:>10} {:>7} {:>7} {:>9}",
+        "{:<10} {:>11} {:>12} {:>9} {:>8} {:>8} {:>9} {:>10} {:>7} {:>8} {:>7} {:>9}",
         "POLICY",
         "SLO_VIOL_S",
         "WORKER_H",
@@ -258,6 +267,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         "MAX_REPL",
         "MEAN_REPL",
         "SCALES",
+        "SCALES/H",
         "BUDGET",
         "RATE/REPL"
     );
@@ -272,7 +282,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             .map(|x| format!("{x:.1}/s"))
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<10} {:>11} {:>12.2} {:>9.2} {:>8.0} {:>8.0} {:>9} {:>10.2} {:>7} {:>7} {:>9}",
+            "{:<10} {:>11} {:>12.2} {:>9.2} {:>8.0} {:>8.0} {:>9} {:>10.2} {:>7} {:>8.1} {:>7} {:>9}",
             r.name,
             r.slo_violation_s,
             r.worker_hours,
@@ -282,6 +292,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             r.max_replicas,
             r.mean_replicas,
             r.scale_events,
+            r.scale_events_per_hour(),
             budget,
             learned
         );

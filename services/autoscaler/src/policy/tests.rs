@@ -442,3 +442,35 @@ fn aifab_bursts_over_the_sustainable_count_when_the_budget_has_room() {
     );
     assert!(d.detail.contains("capped at 4"), "{}", d.detail);
 }
+
+#[test]
+fn scale_downs_wait_for_room_in_the_hours_scale_events_and_ups_never_do() {
+    let mut cfg = PolicyConfig::new(PolicyKind::Keda);
+    cfg.scale_down_stabilization_s = 0.0;
+    cfg.max_scale_events_per_hour = 4;
+    let out = script(
+        &cfg,
+        &[
+            (0, 0),
+            (10, 450), // up: 1 event
+            (20, 0),   // down: 2 events, room for an up after it
+            (30, 450), // up: 3 events (ups are never held)
+            (40, 0),   // down held: 3 + 2 > 4
+            (50, 450),
+            (60, 0),
+            (3611, 0), // the first event (t=10) is an hour old: room again
+        ],
+    );
+    let desired: Vec<u32> = out.iter().map(|(d, _)| *d).collect();
+    assert_eq!(desired, vec![1, 5, 1, 5, 5, 5, 5, 1]);
+    assert_eq!(out[4].1, Reason::ScaleEventLimit);
+    assert_eq!(out[6].1, Reason::ScaleEventLimit);
+    assert_eq!(out[7].1, Reason::Inactive);
+    // Without a limit every change goes through.
+    cfg.max_scale_events_per_hour = 0;
+    let free: Vec<u32> = script(&cfg, &[(0, 0), (10, 450), (20, 0), (30, 450), (40, 0)])
+        .iter()
+        .map(|(d, _)| *d)
+        .collect();
+    assert_eq!(free, vec![1, 5, 1, 5, 1]);
+}

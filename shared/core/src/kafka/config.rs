@@ -74,12 +74,16 @@ pub fn consumer_config(brokers: &str, client_id: &str, group: &str) -> ClientCon
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
-        // A subscribed topic that does not exist yet (a service started before its topics
-        // were created) is noticed at the next metadata refresh: 10 s, not librdkafka's 5 min.
-        .set("topic.metadata.refresh.interval.ms", "10000");
+        .set("isolation.level", "read_committed");
+    // Kafka 4's consumer-group protocol (`AIFAB_KAFKA_PROP_GROUP_PROTOCOL=consumer`) takes
+    // session and heartbeat timing from the broker and refuses them here.
+    if c.get("group.protocol") != Some("consumer") {
+        c.set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+    }
+    // A subscribed topic that does not exist yet (a service started before its topics
+    // were created) is noticed at the next metadata refresh: 10 s, not librdkafka's 5 min.
+    c.set("topic.metadata.refresh.interval.ms", "10000");
     c
 }
 
