@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::stack::{free_port, is_zombie, Endpoints};
+use crate::stack::{free_port, is_zombie, run_stack_down, run_stack_up, stack_script, Endpoints};
 use crate::wait::eventually;
 
 pub const NODES: usize = 3;
@@ -60,30 +60,19 @@ impl ClusterStack {
     }
 
     fn script(&self, name: &str) -> std::process::Command {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap();
-        let mut cmd = std::process::Command::new(root.join("scripts").join(name));
+        let mut cmd = stack_script(name);
         cmd.args(["--brokers", &NODES.to_string()])
-            .envs(self.placement.iter().map(|(k, v)| (k, v)))
-            .stdin(std::process::Stdio::null());
+            .envs(self.placement.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
     /// `scripts/stack-up --brokers 3`: starts every node that is not running and waits
     /// until all are registered.
     pub async fn start(&self) {
-        let mut cmd = self.script("stack-up");
-        let out = tokio::task::spawn_blocking(move || cmd.output())
+        let cmd = self.script("stack-up");
+        tokio::task::spawn_blocking(move || run_stack_up(cmd, "stack-up --brokers 3"))
             .await
-            .unwrap()
-            .expect("run scripts/stack-up --brokers 3");
-        assert!(
-            out.status.success(),
-            "stack-up --brokers 3 failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .unwrap();
     }
 
     pub fn endpoints(&self) -> Endpoints {
@@ -173,11 +162,7 @@ impl ClusterStack {
 
 impl Drop for ClusterStack {
     fn drop(&mut self) {
-        let _ = self
-            .script("stack-down")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        run_stack_down(self.script("stack-down"));
         if std::thread::panicking() {
             let kept = std::env::temp_dir()
                 .join(format!("aifab-cluster-stack-logs-{}", self.kafka_ports[0]));

@@ -48,6 +48,15 @@ pub fn sigkill(child: &mut tokio::process::Child) {
     assert!(status.success(), "kill -KILL {pid}");
 }
 
+/// Panic unless `child` is still running (`what` names it).
+pub fn still_running(child: &mut tokio::process::Child, what: &str) {
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "{what} exited: {:?}",
+        child.try_wait()
+    );
+}
+
 /// Start a service binary with `envs` (plus its HTTP address and `AIFAB_LOG=warn`); its
 /// logs go to the test's stderr. Returns the child and its address.
 pub fn spawn_service(service: &str, envs: &[(&str, String)]) -> (tokio::process::Child, String) {

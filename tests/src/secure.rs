@@ -9,7 +9,7 @@ use aifab_core::nats::NatsAuth;
 use aifab_core::redis_store::RedisAuth;
 use aifab_core::secret::read_secret_file;
 
-use crate::stack::free_port;
+use crate::stack::{free_port, run_stack_down, run_stack_up, stack_script};
 
 pub struct SecureStack {
     pub dir: tempfile::TempDir,
@@ -35,27 +35,14 @@ impl SecureStack {
             ("AIFAB_KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m".to_string()),
         ];
         let stack = SecureStack { dir, placement };
-        let out = stack
-            .script("stack-up")
-            .output()
-            .expect("run scripts/stack-up --secure");
-        assert!(
-            out.status.success(),
-            "stack-up --secure failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_stack_up(stack.script("stack-up"), "stack-up --secure");
         stack
     }
 
     fn script(&self, name: &str) -> std::process::Command {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap();
-        let mut cmd = std::process::Command::new(root.join("scripts").join(name));
+        let mut cmd = stack_script(name);
         cmd.arg("--secure")
-            .envs(self.placement.iter().map(|(k, v)| (k, v)))
-            .stdin(std::process::Stdio::null());
+            .envs(self.placement.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
@@ -152,11 +139,7 @@ impl SecureStack {
 
 impl Drop for SecureStack {
     fn drop(&mut self) {
-        let _ = self
-            .script("stack-down")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        run_stack_down(self.script("stack-down"));
         if std::thread::panicking() {
             let kept = std::env::temp_dir()
                 .join(format!("aifab-secure-stack-logs-{}", std::process::id()));

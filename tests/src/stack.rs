@@ -52,6 +52,36 @@ pub fn port_open(port: u16) -> bool {
         .is_ok()
 }
 
+/// `scripts/<name>` (stack-up or stack-down) with stdin closed; the caller adds the
+/// arguments and the variables that place its stack.
+pub(crate) fn stack_script(name: &str) -> std::process::Command {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let mut cmd = std::process::Command::new(root.join("scripts").join(name));
+    cmd.stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// Run a stack-up command; panic with its output (`what` names it) unless it succeeds.
+pub(crate) fn run_stack_up(mut cmd: std::process::Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run a stack-down command for a Drop: quietly, whatever it answers.
+pub(crate) fn run_stack_down(mut cmd: std::process::Command) {
+    let _ = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 /// SIGTERM process `pid` and wait (up to `timeout`) until it is gone; panics if it is not.
 pub async fn terminate_pid(pid: u32, timeout: Duration) {
     let status = std::process::Command::new("kill")
@@ -127,10 +157,7 @@ impl PrivateStack {
     }
 
     fn script(&self, name: &str) -> std::process::Command {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap();
-        let mut cmd = std::process::Command::new(root.join("scripts").join(name));
+        let mut cmd = stack_script(name);
         cmd.env("AIFAB_DATA_DIR", self.dir.path())
             .env("AIFAB_KAFKA_PORT", self.kafka_port.to_string())
             .env(
@@ -143,25 +170,17 @@ impl PrivateStack {
                 self.nats_monitor_port.to_string(),
             )
             .env("AIFAB_REDIS_PORT", self.redis_port.to_string())
-            .env("AIFAB_KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m")
-            .stdin(std::process::Stdio::null());
+            .env("AIFAB_KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m");
         cmd
     }
 
     /// `scripts/stack-up` for this stack: starts whatever part is not running (on the
     /// same data dir) and waits until it answers.
     pub async fn start(&self) {
-        let mut cmd = self.script("stack-up");
-        let out = tokio::task::spawn_blocking(move || cmd.output())
+        let cmd = self.script("stack-up");
+        tokio::task::spawn_blocking(move || run_stack_up(cmd, "private stack-up"))
             .await
-            .unwrap()
-            .expect("run scripts/stack-up");
-        assert!(
-            out.status.success(),
-            "private stack-up failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .unwrap();
     }
 
     /// The pid of a running part, from stack-up's pid file.
@@ -187,11 +206,7 @@ impl PrivateStack {
 
 impl Drop for PrivateStack {
     fn drop(&mut self) {
-        let _ = self
-            .script("stack-down")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        run_stack_down(self.script("stack-down"));
         // A failing test keeps the broker's logs, which the temp dir would take with it.
         if std::thread::panicking() {
             let kept =

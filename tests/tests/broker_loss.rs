@@ -15,7 +15,6 @@ use aifab_core::topics;
 use aifab_tests::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
-use tokio::process::Child;
 
 /// Offered load, requests per second.
 const RATE: f64 = 100.0;
@@ -81,14 +80,6 @@ impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
     }
-}
-
-fn still_running(child: &mut Child, what: &str) {
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "{what} exited: {:?}",
-        child.try_wait()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,14 +26,6 @@ async fn wait_readyz(addr: &str, code: u16, needle: &str, what: &str) {
     .await;
 }
 
-fn still_running(child: &mut tokio::process::Child, what: &str) {
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "{what} exited: {:?}",
-        child.try_wait()
-    );
-}
-
 /// The broker (a private one) stopped with SIGTERM while the worker works through a
 /// backlog, kept down until the worker has had to retry a transactional call (or abort a
 /// transaction), and started again on the same data dir, with
