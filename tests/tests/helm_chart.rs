@@ -568,7 +568,7 @@ fn the_gpu_rendering_puts_workers_on_gpu_nodes() {
 }
 
 #[test]
-fn worker_kinds_keep_their_own_settings_and_the_autoscaler_owns_its_replicas() {
+fn worker_kinds_keep_their_own_settings() {
     let docs = render(&[
         "--set",
         "workers.gpu.enabled=true",
@@ -590,9 +590,11 @@ fn worker_kinds_keep_their_own_settings_and_the_autoscaler_owns_its_replicas() {
     assert_eq!(container_env(gpu, "AIFAB_MAX_WAIT_MS"), None);
     assert_eq!(container_env(gpu, "AIFAB_MAX_BATCH_TOKENS"), Some("9000"));
     assert_eq!(container_env(cpu, "AIFAB_MAX_BATCH_TOKENS"), None);
-    // The autoscaler targets the CPU workers: their count is not rendered (an upgrade
-    // would reset it); the GPU workers' is.
-    assert!(at(cpu, &["spec", "replicas"]).is_none());
+    // With no cluster to look the live count up in, both start at their values.
+    assert_eq!(
+        at(cpu, &["spec", "replicas"]).and_then(Value::as_u64),
+        Some(2)
+    );
     assert_eq!(
         at(gpu, &["spec", "replicas"]).and_then(Value::as_u64),
         Some(1)

@@ -22,10 +22,11 @@
 //!   start-up), so a ramp costs one start-up and rebalance rather than one per step.
 //!   It scales down only as far as keeps utilisation under a lower mark (a dead band:
 //!   every change costs a rebalance pause).
-//!   With `max_scale_events_per_hour` set it makes at most that many changes in any
-//!   hour: a scale-down is
-//!   held (reason `scale_event_limit`) unless the last hour leaves room for it and for a
-//!   scale-up after it, so scale-ups, which protect the SLO, are never held back.
+//!   With `max_scale_events_per_hour` (N) set, a scale-down is held (reason
+//!   `scale_event_limit`) while the last hour's changes leave fewer than 2 of N free (room
+//!   for it and a scale-up after it); scale-ups, which protect the SLO, and budget caps are
+//!   never held, so an hour can still see a few more than N. Use N >= 4: with 1 replicas
+//!   never come down.
 //!   Then it is budget-aware: replicas are capped at the most useful count the remaining
 //!   budget sustains to the period's end, or above it for a burst when the budget pays
 //!   for an hour of the burst (`budget_burst_s`) and still for the sustained count for the
@@ -274,6 +275,9 @@ pub struct PolicyState {
     replicas_changed_ms: Option<i64>,
     /// When this policy changed the replicas within the last hour, oldest first.
     changes: VecDeque<i64>,
+    /// The count last decided while the observed count differs: an actuator still
+    /// applying it (or failing to) is one change, not one per reading.
+    target: Option<u32>,
 }
 
 impl PolicyState {
@@ -310,8 +314,13 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
     };
 
     let desired = r.replicas;
-    if desired != current {
+    if desired == current {
+        state.target = None;
+    } else if state.target != Some(desired) {
+        state.target = Some(desired);
         state.changes.push_back(obs.at_ms);
+    }
+    if desired != current {
         state.last_change_ms = Some(obs.at_ms);
         if desired > current {
             state.last_up_ms = Some(obs.at_ms);

@@ -46,8 +46,8 @@ One aifab service: a Deployment. Called with a dict:
   admin      true: mounts the admin token
   gpu        true: the CUDA image, the GPU device
   instance   true: AIFAB_INSTANCE_ID is the pod's name (services with transactional ids)
-  scaled     true: the autoscaler owns the replica count (none rendered, so an upgrade
-             does not reset it; `replicas` is the count at install)
+  scaled     true: the autoscaler owns the replica count: an upgrade keeps the live
+             Deployment's count (`replicas` only at install)
   env        extra name/value pairs (a dict)
 */}}
 {{- define "aifab.deployment" -}}
@@ -65,7 +65,11 @@ metadata:
     {{- include "aifab.labels" $root | nindent 4 }}
     app.kubernetes.io/component: {{ .component }}
 spec:
-  {{- if not .scaled }}
+  {{- $live := dict }}
+  {{- if .scaled }}{{ $live = lookup "apps/v1" "Deployment" $root.Release.Namespace $name }}{{ end }}
+  {{- if and $live $live.spec }}
+  replicas: {{ $live.spec.replicas }}
+  {{- else }}
   replicas: {{ $v.replicas }}
   {{- end }}
   selector:

@@ -4,7 +4,7 @@
 //! finally one line per policy:
 //!
 //! ```text
-//! policy <name> slo_violation_s <x> worker_hours <x> cost <x>
+//! policy <name> slo_violation_s <x> worker_hours <x> cost <x> scale_events_per_h <x>
 //! ```
 //!
 //! The KEDA and aifab policies are `aifab_autoscaler::policy`, the code the live

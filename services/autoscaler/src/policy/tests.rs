@@ -474,3 +474,18 @@ fn scale_downs_wait_for_room_in_the_hours_scale_events_and_ups_never_do() {
         .collect();
     assert_eq!(free, vec![1, 5, 1, 5, 1]);
 }
+
+#[test]
+fn a_change_the_actuator_is_still_applying_counts_once() {
+    let mut cfg = PolicyConfig::new(PolicyKind::Keda);
+    cfg.scale_down_stabilization_s = 0.0;
+    cfg.max_scale_events_per_hour = 4;
+    let mut state = PolicyState::default();
+    // Up to 5 decided at t=10; the actuator reports 1, 3, 4 before it gets there.
+    for (t, current) in [(10, 1), (15, 1), (20, 3), (25, 4), (30, 5)] {
+        assert_eq!(decide(&cfg, &mut state, &obs(t, 450, current)).desired, 5);
+    }
+    // One change so far: a scale-down still has room (1 + 2 <= 4).
+    let d = decide(&cfg, &mut state, &obs(35, 0, 5));
+    assert_eq!((d.desired, d.reason), (1, Reason::Inactive));
+}

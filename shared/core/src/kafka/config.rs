@@ -77,7 +77,11 @@ pub fn consumer_config(brokers: &str, client_id: &str, group: &str) -> ClientCon
         .set("isolation.level", "read_committed");
     // Kafka 4's consumer-group protocol (`AIFAB_KAFKA_PROP_GROUP_PROTOCOL=consumer`) takes
     // session and heartbeat timing from the broker and refuses them here.
-    if c.get("group.protocol") != Some("consumer") {
+    // (librdkafka reads the value case-insensitively)
+    let consumer_protocol = c
+        .get("group.protocol")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("consumer"));
+    if !consumer_protocol {
         c.set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000");
     }
