@@ -56,7 +56,17 @@ async fn every_request_gets_exactly_one_prediction_through_sigkills() {
         .iter()
         .map(|p| p.worker.as_str())
         .collect();
-    assert_eq!(workers, BTreeSet::from([a.as_str(), b.as_str()]));
+    // Only the two identities served. The finisher serves what is left at the last kill,
+    // which can be nothing: the reader that times the kills trails the worker, and on a
+    // busy machine `a` may commit the whole backlog before its last SIGKILL.
+    assert!(workers.contains(a.as_str()), "{workers:?}");
+    assert!(
+        workers.is_subset(&BTreeSet::from([a.as_str(), b.as_str()])),
+        "{workers:?}"
+    );
+    eprintln!("the finisher served {} predictions", {
+        report.predictions.iter().filter(|p| p.worker == b).count()
+    });
 
     // Graceful stop: SIGTERM exits 0.
     let mut second = report.last;
