@@ -117,14 +117,19 @@ pub struct Config {
         default_value_t = 3600.0
     )]
     pub budget_burst_s: f64,
-    /// aifab: the most scale events (replica changes, each a consumer-group rebalance) in
-    /// any hour; scale-downs wait for room, scale-ups never do (0: no limit).
+    /// aifab: pace replica changes (each a consumer-group rebalance) to this many an hour;
+    /// scale-downs wait for room, scale-ups never do (0: no limit). See docs/scaling.md for
+    /// the settings that go with it.
     #[arg(
         long,
         env = "AIFAB_AUTOSCALER_MAX_SCALE_EVENTS_PER_HOUR",
         default_value_t = 0
     )]
     pub max_scale_events_per_hour: u32,
+    /// aifab: time constant, in seconds, over which a rise in the arrival rate is believed
+    /// (about a start-up: spikes shorter than that do not start replicas).
+    #[arg(long, env = "AIFAB_AUTOSCALER_ARRIVAL_RISE_S", default_value_t = 4.0)]
+    pub arrival_rise_s: f64,
     /// Ignore budget reports older than this many seconds.
     #[arg(long, env = "AIFAB_AUTOSCALER_BUDGET_MAX_AGE_S", default_value_t = 300)]
     pub budget_max_age_s: u64,
@@ -204,6 +209,7 @@ impl Config {
         p.replica_cost_per_hour = self.replica_cost_per_hour;
         p.min_replicas_over_budget = self.min_replicas_over_budget;
         p.budget_burst_s = self.budget_burst_s;
+        p.arrival_rise_s = self.arrival_rise_s;
         if self.policy == PolicyKind::Aifab {
             p.max_scale_events_per_hour = self.max_scale_events_per_hour;
         }

@@ -22,11 +22,13 @@
 //!   start-up), so a ramp costs one start-up and rebalance rather than one per step.
 //!   It scales down only as far as keeps utilisation under a lower mark (a dead band:
 //!   every change costs a rebalance pause).
-//!   With `max_scale_events_per_hour` (N) set, a scale-down is held (reason
-//!   `scale_event_limit`) while the last hour's changes leave fewer than 2 of N free (room
-//!   for it and a scale-up after it); scale-ups, which protect the SLO, and budget caps are
-//!   never held, so an hour can still see a few more than N. Use N >= 4: with 1 replicas
-//!   never come down.
+//!   With `max_scale_events_per_hour` (N) set, changes are paced by a bucket of scale
+//!   events that refills at N per hour and holds 2: every change takes one, and a
+//!   scale-down waits (reason `scale_event_limit`) until the bucket is full, so there is
+//!   room for it and a scale-up after it. Scale-ups, which protect the SLO, wait only when
+//!   the last hour already saw N changes (the bucket may go below zero); a budget cap never
+//!   waits. Pacing by a bucket rather than by the count alone: a burst of changes holds the
+//!   next scale-down for a refill or two, not for the rest of the hour.
 //!   Then it is budget-aware: replicas are capped at the most useful count the remaining
 //!   budget sustains to the period's end, or above it for a burst when the budget pays
 //!   for an hour of the burst (`budget_burst_s`) and still for the sustained count for the
@@ -112,9 +114,13 @@ pub struct PolicyConfig {
     /// aifab, budget: a burst above the count the budget sustains to the period's end is
     /// allowed when this long of it is affordable on top of that count (0: no bursts).
     pub budget_burst_s: f64,
-    /// aifab: the most replica changes in any hour (each one is a consumer-group
-    /// rebalance, and a scale-up a start-up); scale-downs wait for room (0: no limit).
+    /// aifab: replica changes per hour to pace to (each one is a consumer-group rebalance,
+    /// and a scale-up a start-up); scale-downs wait for room (0: no limit).
     pub max_scale_events_per_hour: u32,
+    /// aifab: time constant of the arrival-rate estimate's rise, seconds. Short: every
+    /// spike is met with replicas; about a start-up: a spike that is over before a new
+    /// replica serves does not cost a scale event (falls are smoothed over ~14 s).
+    pub arrival_rise_s: f64,
 }
 
 impl PolicyConfig {
@@ -149,6 +155,8 @@ impl PolicyConfig {
             // Off by default: on the traces a limit of 12 costs worker-hours (see
             // docs/scaling.md); a deployment whose rebalances hurt sets one.
             max_scale_events_per_hour: 0,
+            // 0.7 of a new reading at the usual 5 s interval.
+            arrival_rise_s: 4.0,
         }
     }
 }
@@ -273,7 +281,11 @@ pub struct PolicyState {
     last_up_ms: Option<i64>,
     /// When the observed replica count last changed.
     replicas_changed_ms: Option<i64>,
-    /// When this policy changed the replicas within the last hour, oldest first.
+    /// Scale events the pacing allows (`max_scale_events_per_hour`), as of
+    /// `event_tokens_ms`; `None` until the first decision (a full bucket).
+    event_tokens: Option<f64>,
+    event_tokens_ms: i64,
+    /// When this policy decided a change within the last hour, oldest first.
     changes: VecDeque<i64>,
     /// The count last decided while the observed count differs: an actuator still
     /// applying it (or failing to) is one change, not one per reading.
@@ -318,7 +330,10 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
         state.target = None;
     } else if state.target != Some(desired) {
         state.target = Some(desired);
-        state.changes.push_back(obs.at_ms);
+        if let Some(t) = state.event_tokens.as_mut() {
+            *t -= 1.0;
+            state.changes.push_back(obs.at_ms);
+        }
     }
     if desired != current {
         state.last_change_ms = Some(obs.at_ms);
@@ -431,26 +446,51 @@ fn stabilize(
     }
 }
 
-/// Hold a scale-down while the last hour's changes leave no room for it and a scale-up
-/// after it: a down can wait, an up protects the SLO.
+/// The most scale events the pacing bucket holds: a scale-down and the scale-up after it.
+const EVENT_BUCKET: f64 = 2.0;
+
+/// Refill the bucket of scale events, then hold a scale-down until the bucket is full:
+/// a down can wait, an up protects the SLO.
 fn limit_scale_events(
     cfg: &PolicyConfig,
     state: &mut PolicyState,
     obs: &Observation,
     r: &mut Recommendation,
 ) {
+    let limit = cfg.max_scale_events_per_hour;
+    if limit == 0 {
+        state.event_tokens = None;
+        state.changes.clear();
+        return;
+    }
     let hour_ago = obs.at_ms - 3_600_000;
     while state.changes.front().is_some_and(|t| *t <= hour_ago) {
         state.changes.pop_front();
     }
+    let elapsed_h = (obs.at_ms - state.event_tokens_ms).max(0) as f64 / 3_600_000.0;
+    let tokens = match state.event_tokens {
+        None => EVENT_BUCKET,
+        Some(t) => (t + elapsed_h * limit as f64).min(EVENT_BUCKET),
+    };
+    state.event_tokens = Some(tokens);
+    state.event_tokens_ms = obs.at_ms;
     let current = obs.current_replicas;
-    let limit = cfg.max_scale_events_per_hour;
-    let recent = state.changes.len() as u32;
-    if limit > 0 && r.replicas < current && recent + 2 > limit {
+    // A change the actuator is still applying was paid for when it was decided.
+    let new_change = r.replicas != current && state.target != Some(r.replicas);
+    if r.replicas < current && new_change && tokens < EVENT_BUCKET - 1e-9 {
+        let wait_s = (EVENT_BUCKET - tokens) / limit as f64 * 3600.0;
         r.replicas = current;
         r.reason = Reason::ScaleEventLimit;
         r.detail = format!(
-            "{}; holding {current}: {recent} scale events in the last hour (limit {limit})",
+            "{}; holding {current}: paced to {limit} scale events an hour, room in {wait_s:.0} s",
+            r.detail
+        );
+    } else if new_change && state.changes.len() as u32 >= limit {
+        // The hard limit, scale-ups included: N changes in the last hour already.
+        r.replicas = current;
+        r.reason = Reason::ScaleEventLimit;
+        r.detail = format!(
+            "{}; holding {current}: {limit} scale events in the last hour",
             r.detail
         );
     }

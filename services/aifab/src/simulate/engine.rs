@@ -69,11 +69,26 @@ pub struct SimResult {
     pub requests: u64,
     pub completed: u64,
     pub scale_events: u32,
+    /// The most scale events in any hour (a sliding window).
+    pub max_scale_events_in_an_hour: u32,
     /// Seconds simulated.
     pub duration_s: f64,
     /// The per-replica service rate the policy learned, if it learned one.
     pub learned_rate: Option<f64>,
     pub samples: Vec<Sample>,
+}
+
+/// The most of `times` (seconds, ascending) within any hour.
+pub fn most_in_any_hour(times: &[f64]) -> u32 {
+    let mut most = 0;
+    let mut first = 0;
+    for (i, &t) in times.iter().enumerate() {
+        while times[first] <= t - 3600.0 {
+            first += 1;
+        }
+        most = most.max(i + 1 - first);
+    }
+    most as u32
 }
 
 impl SimResult {
@@ -156,6 +171,8 @@ struct Sim<'a> {
     count_since: f64,
     max_replicas: u32,
     scale_events: u32,
+    /// When each scale event happened (seconds).
+    scale_event_times: Vec<f64>,
     samples: Vec<Sample>,
     minute_arrivals: u64,
 }
@@ -338,6 +355,7 @@ impl<'a> Sim<'a> {
         }
         self.account();
         self.scale_events += 1;
+        self.scale_event_times.push(self.t);
         if desired > current {
             for _ in current..desired {
                 let id = self.next_worker;
@@ -398,6 +416,7 @@ pub fn simulate(name: &str, arrivals: &[u32], cfg: &SimConfig, run: &Run) -> Sim
         count_since: 0.0,
         max_replicas: 0,
         scale_events: 0,
+        scale_event_times: Vec::new(),
         samples: Vec::new(),
         minute_arrivals: 0,
     };
@@ -427,6 +446,7 @@ pub fn simulate(name: &str, arrivals: &[u32], cfg: &SimConfig, run: &Run) -> Sim
             sim.rebalance();
             sim.paused_until = 0.0;
             sim.scale_events = 0;
+            sim.scale_event_times.clear();
             sim.push(cfg.interval_s, Kind::Decide);
             Some((p.clone(), PolicyState::default()))
         }
@@ -516,6 +536,7 @@ pub fn simulate(name: &str, arrivals: &[u32], cfg: &SimConfig, run: &Run) -> Sim
         requests: sim.produced,
         completed: sim.consumed,
         scale_events: sim.scale_events,
+        max_scale_events_in_an_hour: most_in_any_hour(&sim.scale_event_times),
         duration_s: d as f64,
         learned_rate: policy
             .as_ref()
@@ -528,6 +549,14 @@ pub fn simulate(name: &str, arrivals: &[u32], cfg: &SimConfig, run: &Run) -> Sim
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_busiest_hour_is_counted_over_a_sliding_window() {
+        assert_eq!(most_in_any_hour(&[]), 0);
+        // 3 within [100, 3699]; the one at 3700 is exactly an hour after the one at 100.
+        assert_eq!(most_in_any_hour(&[100.0, 200.0, 3699.0, 3700.0]), 3);
+        assert_eq!(most_in_any_hour(&[0.0, 5000.0, 5001.0, 5002.0, 8500.0]), 4);
+    }
 
     fn cfg() -> SimConfig {
         SimConfig {

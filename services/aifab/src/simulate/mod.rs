@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! policy <name> slo_violation_s <x> worker_hours <x> cost <x> scale_events_per_h <x>
+//!   max_scale_events_in_an_hour <n>
 //! ```
 //!
 //! The KEDA and aifab policies are `aifab_autoscaler::policy`, the code the live
@@ -100,10 +101,13 @@ pub struct SimulateArgs {
     /// this many seconds of it are affordable on top of them (0: no bursts).
     #[arg(long, default_value_t = 3600.0)]
     pub budget_burst_s: f64,
-    /// aifab: the most scale events (replica changes) in any hour; scale-downs wait for
-    /// room, scale-ups never do (0: no limit).
+    /// aifab: pace scale events (replica changes) to this many an hour; scale-downs wait
+    /// for room, scale-ups never do (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub max_scale_events_per_hour: u32,
+    /// aifab: time constant of the arrival-rate estimate's rise, seconds.
+    #[arg(long, default_value_t = 4.0)]
+    pub arrival_rise_s: f64,
     /// KEDA/HPA: scale-down stabilization window, seconds.
     #[arg(long, default_value_t = 300.0)]
     pub keda_stabilization_s: f64,
@@ -159,6 +163,7 @@ impl SimulateArgs {
         aifab.replica_cost_per_hour = self.price_per_worker_hour;
         aifab.budget_burst_s = self.budget_burst_s;
         aifab.max_scale_events_per_hour = self.max_scale_events_per_hour;
+        aifab.arrival_rise_s = self.arrival_rise_s;
         vec![
             ("fixed".into(), Run::Fixed(fixed)),
             ("keda".into(), Run::Policy(keda)),
@@ -198,12 +203,14 @@ pub fn run_all(args: &SimulateArgs) -> anyhow::Result<(trace::Trace, SimConfig, 
 /// The policy lines the command ends with.
 pub fn policy_line(r: &SimResult) -> String {
     format!(
-        "policy {} slo_violation_s {} worker_hours {:.2} cost {:.2} scale_events_per_h {:.1}",
+        "policy {} slo_violation_s {} worker_hours {:.2} cost {:.2} scale_events_per_h {:.1} \
+         max_scale_events_in_an_hour {}",
         r.name,
         r.slo_violation_s,
         r.worker_hours,
         r.cost,
-        r.scale_events_per_hour()
+        r.scale_events_per_hour(),
+        r.max_scale_events_in_an_hour
     )
 }
 
@@ -257,7 +264,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<10} {:>11} {:>12} {:>9} {:>8} {:>8} {:>9} {:>10} {:>7} {:>8} {:>7} {:>9}",
+        "{:<10} {:>11} {:>12} {:>9} {:>8} {:>8} {:>9} {:>10} {:>7} {:>8} {:>5} {:>7} {:>9}",
         "POLICY",
         "SLO_VIOL_S",
         "WORKER_H",
@@ -268,6 +275,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         "MEAN_REPL",
         "SCALES",
         "SCALES/H",
+        "MAX/H",
         "BUDGET",
         "RATE/REPL"
     );
@@ -282,7 +290,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             .map(|x| format!("{x:.1}/s"))
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<10} {:>11} {:>12.2} {:>9.2} {:>8.0} {:>8.0} {:>9} {:>10.2} {:>7} {:>8.1} {:>7} {:>9}",
+            "{:<10} {:>11} {:>12.2} {:>9.2} {:>8.0} {:>8.0} {:>9} {:>10.2} {:>7} {:>8.1} {:>5} {:>7} {:>9}",
             r.name,
             r.slo_violation_s,
             r.worker_hours,
@@ -293,6 +301,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             r.mean_replicas,
             r.scale_events,
             r.scale_events_per_hour(),
+            r.max_scale_events_in_an_hour,
             budget,
             learned
         );

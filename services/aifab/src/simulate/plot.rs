@@ -90,6 +90,7 @@ mod tests {
             requests: 100,
             completed: 100,
             scale_events: 0,
+            max_scale_events_in_an_hour: 0,
             duration_s: 600.0,
             learned_rate: None,
             samples: (0..=10)

@@ -4,8 +4,7 @@
 use super::capacity::effective_replicas;
 use super::{Observation, PolicyConfig, PolicyState, Prev};
 
-/// Smoothing of the arrival-rate estimate: quick to rise, slower to fall.
-const ARRIVAL_ALPHA_UP: f64 = 0.7;
+/// Smoothing of the arrival-rate estimate's fall (its rise: `arrival_rise_s`).
 const ARRIVAL_ALPHA_DOWN: f64 = 0.3;
 const SERVICE_ALPHA: f64 = 0.3;
 /// Smoothing of the arrival rate's trend.
@@ -39,7 +38,7 @@ pub(super) fn learn(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observati
                     None => s,
                     Some(old) => {
                         let a = if s > old {
-                            ARRIVAL_ALPHA_UP
+                            rise_alpha(cfg.arrival_rise_s, dt)
                         } else {
                             ARRIVAL_ALPHA_DOWN
                         };
@@ -87,4 +86,14 @@ pub(super) fn learn(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observati
         consumed: obs.consumed_total,
         replicas: obs.current_replicas,
     });
+}
+
+/// The weight of a new, higher arrival reading `dt` seconds after the last: an exponential
+/// moving average with time constant `rise_s` (0: take the reading as it is).
+fn rise_alpha(rise_s: f64, dt: f64) -> f64 {
+    if rise_s <= 0.0 {
+        1.0
+    } else {
+        1.0 - (-dt / rise_s).exp()
+    }
 }

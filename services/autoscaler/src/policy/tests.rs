@@ -444,28 +444,33 @@ fn aifab_bursts_over_the_sustainable_count_when_the_budget_has_room() {
 }
 
 #[test]
-fn scale_downs_wait_for_room_in_the_hours_scale_events_and_ups_never_do() {
+fn scale_downs_wait_for_a_full_bucket_of_scale_events_and_ups_never_do() {
     let mut cfg = PolicyConfig::new(PolicyKind::Keda);
     cfg.scale_down_stabilization_s = 0.0;
-    cfg.max_scale_events_per_hour = 4;
+    // One scale event every 600 s; the bucket holds 2.
+    cfg.max_scale_events_per_hour = 6;
     let out = script(
         &cfg,
         &[
             (0, 0),
-            (10, 450), // up: 1 event
-            (20, 0),   // down: 2 events, room for an up after it
-            (30, 450), // up: 3 events (ups are never held)
-            (40, 0),   // down held: 3 + 2 > 4
-            (50, 450),
-            (60, 0),
-            (3611, 0), // the first event (t=10) is an hour old: room again
+            (10, 450), // up: 2 -> 1
+            (20, 0),   // down held: the bucket is not full
+            (30, 450),
+            (610, 0),    // refilled to 2: down, 2 -> 1
+            (620, 450),  // up: never held, 1 -> 0
+            (630, 0),    // held
+            (1210, 0),   // 1: still held
+            (1830, 0),   // 2: down
+            (1840, 450), // up, 2 -> 1 (paid for once below)
         ],
     );
     let desired: Vec<u32> = out.iter().map(|(d, _)| *d).collect();
-    assert_eq!(desired, vec![1, 5, 1, 5, 5, 5, 5, 1]);
-    assert_eq!(out[4].1, Reason::ScaleEventLimit);
-    assert_eq!(out[6].1, Reason::ScaleEventLimit);
-    assert_eq!(out[7].1, Reason::Inactive);
+    assert_eq!(desired, vec![1, 5, 5, 5, 1, 5, 5, 5, 1, 5]);
+    for i in [2, 6, 7] {
+        assert_eq!(out[i].1, Reason::ScaleEventLimit, "step {i}");
+    }
+    assert_eq!(out[4].1, Reason::Inactive);
+    assert_eq!(out[8].1, Reason::Inactive);
     // Without a limit every change goes through.
     cfg.max_scale_events_per_hour = 0;
     let free: Vec<u32> = script(&cfg, &[(0, 0), (10, 450), (20, 0), (30, 450), (40, 0)])
@@ -473,6 +478,51 @@ fn scale_downs_wait_for_room_in_the_hours_scale_events_and_ups_never_do() {
         .map(|(d, _)| *d)
         .collect();
     assert_eq!(free, vec![1, 5, 1, 5, 1]);
+}
+
+#[test]
+fn no_hour_has_more_scale_events_than_the_limit_ups_included() {
+    let mut cfg = PolicyConfig::new(PolicyKind::Keda);
+    cfg.scale_down_stabilization_s = 0.0;
+    // One refill every 900 s.
+    cfg.max_scale_events_per_hour = 4;
+    let out = script(
+        &cfg,
+        &[
+            (0, 0),
+            (10, 450),   // up (1 in the hour)
+            (920, 0),    // down (2)
+            (930, 450),  // up (3)
+            (2760, 0),   // down (4)
+            (2770, 450), // up held: 4 in the last hour
+            (3611, 450), // the change at t=10 is an hour old: up
+        ],
+    );
+    let desired: Vec<u32> = out.iter().map(|(d, _)| *d).collect();
+    assert_eq!(desired, vec![1, 5, 1, 5, 1, 1, 5]);
+    assert_eq!(out[5].1, Reason::ScaleEventLimit);
+}
+
+#[test]
+fn a_spike_shorter_than_the_arrival_rise_moves_the_estimate_less() {
+    let estimate = |rise_s: f64| {
+        let mut cfg = PolicyConfig::new(PolicyKind::Aifab);
+        cfg.arrival_rise_s = rise_s;
+        let mut state = PolicyState::default();
+        for (t, produced) in [(0, 0), (5, 500), (10, 1000), (15, 3000)] {
+            let mut o = obs(t, 0, 1);
+            o.produced_total = Some(produced);
+            decide(&cfg, &mut state, &o);
+        }
+        state.arrival_rate().unwrap()
+    };
+    // 100/s, then one 5 s interval at 400/s.
+    let quick = estimate(0.0);
+    let default = estimate(4.0);
+    let slow = estimate(15.0);
+    assert_eq!(quick, 400.0);
+    assert!((default - (100.0 + 300.0 * (1.0 - (-5.0f64 / 4.0).exp()))).abs() < 1e-9);
+    assert!(slow < default && slow > 150.0 && slow < 200.0, "{slow}");
 }
 
 #[test]
@@ -485,7 +535,10 @@ fn a_change_the_actuator_is_still_applying_counts_once() {
     for (t, current) in [(10, 1), (15, 1), (20, 3), (25, 4), (30, 5)] {
         assert_eq!(decide(&cfg, &mut state, &obs(t, 450, current)).desired, 5);
     }
-    // One change so far: a scale-down still has room (1 + 2 <= 4).
+    // One change so far (the bucket is at 1): a scale-down waits for one refill (900 s at
+    // 4 an hour), not one per reading the actuator took to get there.
     let d = decide(&cfg, &mut state, &obs(35, 0, 5));
+    assert_eq!((d.desired, d.reason), (5, Reason::ScaleEventLimit));
+    let d = decide(&cfg, &mut state, &obs(920, 0, 5));
     assert_eq!((d.desired, d.reason), (1, Reason::Inactive));
 }
