@@ -29,12 +29,40 @@ pub struct Args {
     /// Unauthenticated requests per second offered during the flood.
     #[arg(long, default_value_t = 4000)]
     pub flood_rate: u32,
+    /// Which strangers: without a key, with a made-up key (each new, so each costs ingest
+    /// a key lookup), or half and half.
+    #[arg(long, value_enum, default_value_t = Strangers::Both)]
+    pub strangers: Strangers,
+    /// The strangers' thread's nice value (0-19; 0: the same priority as everything else).
+    /// At 19 the generator takes only CPU that ingest, Kafka and Redis leave, as if it ran
+    /// on another host; ingest's own work answering the strangers keeps its priority.
+    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub flood_nice: i32,
     /// Most unauthenticated requests in flight at once (the flood is bounded).
     #[arg(long, default_value_t = 128)]
     pub flood_in_flight: usize,
     /// Write the figures as JSON here too.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+}
+
+/// Which strangers flood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Strangers {
+    NoKey,
+    MadeUpKey,
+    Both,
+}
+
+impl Strangers {
+    /// Whether the `n`th stranger sends a made-up key.
+    fn made_up_key(self, n: u64) -> bool {
+        match self {
+            Strangers::NoKey => false,
+            Strangers::MadeUpKey => true,
+            Strangers::Both => n % 2 == 0,
+        }
+    }
 }
 
 /// What one tenant saw in one run.
@@ -151,10 +179,16 @@ async fn tenant(
     Ok(run)
 }
 
-/// Strangers: `rate` POSTs a second (half without a key, half with a made-up key, a new
+/// Strangers: `rate` POSTs a second (without a key, with a made-up key, a new
 /// one each time, so each costs ingest a Redis lookup), at most `in_flight` at once,
 /// until `stop`.
-async fn flood(addr: &str, rate: u32, in_flight: usize, stop: Instant) -> anyhow::Result<FloodRun> {
+async fn flood(
+    addr: &str,
+    rate: u32,
+    in_flight: usize,
+    strangers: Strangers,
+    stop: Instant,
+) -> anyhow::Result<FloodRun> {
     let client = client()?;
     let slots = Arc::new(Semaphore::new(in_flight));
     let body = Arc::new(serde_json::json!({"text": "x".repeat(1000)}).to_string());
@@ -177,7 +211,9 @@ async fn flood(addr: &str, rate: u32, in_flight: usize, stop: Instant) -> anyhow
                 format!("http://{addr}/v1/infer"),
                 body.clone(),
             );
-            let made_up = (run.sent % 2 == 0).then(|| format!("stranger-{}", run.sent));
+            let made_up = strangers
+                .made_up_key(run.sent)
+                .then(|| format!("stranger-{}", run.sent));
             tasks.spawn(async move {
                 let mut req = client.post(url).header("content-type", "application/json");
                 if let Some(key) = made_up {
@@ -256,13 +292,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // The strangers on a runtime (threads) of their own: queued behind them in one
         // scheduler, the tenant's answers would wait here, not in ingest.
         let strangers_thread = {
-            let (addr, rate, in_flight) = (addr.clone(), args.flood_rate, args.flood_in_flight);
+            let nice = args.flood_nice;
+            let (addr, rate, in_flight, kind) = (
+                addr.clone(),
+                args.flood_rate,
+                args.flood_in_flight,
+                args.strangers,
+            );
             std::thread::spawn(move || {
+                if nice > 0 {
+                    lower_priority(nice);
+                }
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(1)
                     .enable_all()
                     .build()?
-                    .block_on(flood(&addr, rate, in_flight, stop))
+                    .block_on(flood(&addr, rate, in_flight, kind, stop))
             })
         };
         let tenant_run = tenant(&addr, key, args.rate, args.seconds, &tag).await;
@@ -312,4 +357,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&figures)?)?;
     }
     Ok(())
+}
+
+/// Lower the calling thread's CPU priority to `nice` (Linux: per thread).
+fn lower_priority(nice: i32) {
+    // SAFETY: gettid and setpriority take no pointers; a failure only leaves the priority.
+    let failed = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0
+    };
+    if failed {
+        eprintln!("flood: could not lower the strangers' priority; they run at normal priority");
+    }
 }
