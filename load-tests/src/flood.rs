@@ -60,7 +60,7 @@ impl Strangers {
         match self {
             Strangers::NoKey => false,
             Strangers::MadeUpKey => true,
-            Strangers::Both => n % 2 == 0,
+            Strangers::Both => n.is_multiple_of(2),
         }
     }
 }
