@@ -158,3 +158,58 @@ async fn run_round_with_timeout(
     }
     Some(by_arm)
 }
+
+/// Two rollbacks that both read the same history entry: only the first moves production
+/// (each one is announced to the workers; an unannounced move would strand them).
+#[tokio::test]
+async fn a_rollback_moves_production_only_from_the_history_it_read() {
+    let task = unique("task").replace('.', "-");
+    let conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
+    let mut registry = Registry::new(conn);
+    for v in ["v1", "v2", "v3"] {
+        registry.set_production(&task, v).await.unwrap();
+    }
+    let seen = registry.previous_production(&task).await.unwrap();
+    assert_eq!(seen.as_deref(), Some("v2"));
+    assert!(registry.rollback_to(&task, "v2", true).await.unwrap());
+    // The second saw v2 at the head too, but the first took it: nothing changes.
+    assert!(!registry.rollback_to(&task, "v2", true).await.unwrap());
+    assert_eq!(
+        registry
+            .alias(&task, "production")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v2")
+    );
+    assert_eq!(
+        registry
+            .previous_production(&task)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v1")
+    );
+    // An explicit target does not need (or touch) the history.
+    assert!(registry.rollback_to(&task, "v3", false).await.unwrap());
+    assert_eq!(
+        registry
+            .alias(&task, "production")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v3")
+    );
+    assert_eq!(
+        registry
+            .previous_production(&task)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v1")
+    );
+}

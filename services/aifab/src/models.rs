@@ -240,19 +240,14 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("{task} has no version {target}"))?;
             let detail = format!("production back to {target}");
             record_change(AuditAction::ModelRolledBack, &task, Some(&target), detail).await?;
-            let version = registry
-                .rollback(&task, to.as_deref())
-                .await?
-                .with_context(|| {
-                    format!("{task} has no earlier production version to roll back to")
-                })?;
+            let moved = registry.rollback_to(&task, &target, to.is_none()).await?;
             anyhow::ensure!(
-                version == target,
-                "{task}: production went back to {version}, not {target} (another rollback \
-                 at the same time?)"
+                moved,
+                "{task}: production was not moved: another change took {target} off the \
+                 rollback history first (see `aifab status`); run the rollback again"
             );
             publish(&args.nats_url, ModelEventKind::RolledBack, &record).await?;
-            println!("{task}: production rolled back to {version}");
+            println!("{task}: production rolled back to {target}");
         }
     }
     Ok(())

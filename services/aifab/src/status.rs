@@ -6,7 +6,7 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
 
-use aifab_core::dashboard::Dashboard;
+use aifab_core::dashboard::{Dashboard, SourceStatus};
 use aifab_core::messages::AuditEvent;
 use serde::Deserialize;
 
@@ -369,7 +369,11 @@ pub fn render_dashboard(d: &Dashboard) -> String {
         ));
     }
 
-    out.push_str(&render_changes(&d.changes, d.at_ms));
+    out.push_str(&render_changes(
+        &d.changes,
+        d.sources.audit.as_ref(),
+        d.at_ms,
+    ));
 
     for a in &d.alerts_firing {
         out.push_str(&format!("\nALERT {}: {}\n", a.rule, a.message));
@@ -393,9 +397,19 @@ pub fn render_dashboard(d: &Dashboard) -> String {
 const CHANGES_SHOWN: usize = 10;
 
 /// The audit log's latest changes, newest first: how long ago, what, on what, by whom.
-fn render_changes(changes: &[AuditEvent], now_ms: i64) -> String {
+fn render_changes(changes: &[AuditEvent], audit: Option<&SourceStatus>, now_ms: i64) -> String {
+    let unreadable = audit.filter(|s| !s.ok).map(|s| {
+        format!(
+            "the monitor cannot read the audit log ({}): {}",
+            s.from,
+            s.error.as_deref().unwrap_or("not read yet")
+        )
+    });
     if changes.is_empty() {
-        return "\nrecent changes: none recorded on the audit log\n".into();
+        return match unreadable {
+            Some(why) => format!("\nrecent changes: unknown, {why}\n"),
+            None => "\nrecent changes: none recorded on the audit log\n".into(),
+        };
     }
     let rows: Vec<Vec<String>> = changes
         .iter()
@@ -426,6 +440,9 @@ fn render_changes(changes: &[AuditEvent], now_ms: i64) -> String {
         &["CHANGED", "ACTION", "ON", "BY", "DETAIL"],
         &rows,
     ));
+    if let Some(why) = unreadable {
+        out.push_str(&format!("(there may be later changes: {why})\n"));
+    }
     out
 }
 
@@ -490,7 +507,7 @@ mod tests {
                 "new",
             ),
         ];
-        let out = render_changes(&changes, now);
+        let out = render_changes(&changes, None, now);
         let lines: Vec<&str> = out.trim().lines().collect();
         assert_eq!(lines.len(), 3, "{out}");
         assert!(lines[0].starts_with("CHANGED"), "{out}");
@@ -506,7 +523,27 @@ mod tests {
             lines[2].starts_with("2h ago") && lines[2].contains("loopback"),
             "{out}"
         );
-        assert!(render_changes(&[], now).contains("none recorded"));
+        assert!(render_changes(&[], None, now).contains("none recorded"));
+        let unreadable = SourceStatus {
+            ok: false,
+            error: Some("cannot read the audit log: topic not found".into()),
+            fetched_at_ms: None,
+            from: "kafka topic aifab.audit".into(),
+        };
+        let out = render_changes(&[], Some(&unreadable), now);
+        assert!(!out.contains("none recorded"), "{out}");
+        assert!(
+            out.contains("unknown") && out.contains("topic not found"),
+            "{out}"
+        );
+        let out = render_changes(&changes, Some(&unreadable), now);
+        assert!(out.contains("there may be later changes"), "{out}");
+        let readable = SourceStatus {
+            ok: true,
+            error: None,
+            ..unreadable
+        };
+        assert!(render_changes(&[], Some(&readable), now).contains("none recorded"));
     }
 
     #[test]

@@ -143,6 +143,9 @@ pub struct SourceStatus {
 pub struct Sources {
     pub costs: SourceStatus,
     pub registry: SourceStatus,
+    /// The audit topic the recent changes come from (absent from older monitors).
+    #[serde(default)]
+    pub audit: Option<SourceStatus>,
 }
 
 /// A window's numbers for one key.

@@ -227,28 +227,34 @@ impl Registry {
         self.conn.lindex(key(task, "history:production"), 0).await
     }
 
-    /// Move production back: to `to` if given, else to the previous production version.
-    /// Returns the version production now points to.
-    pub async fn rollback(
+    /// Point `production` back at `version`, atomically. With `from_history`, only while
+    /// `version` is the last production version remembered, and it is taken off the
+    /// history (the next rollback goes one further back). `false`: another change got
+    /// there first and nothing was changed.
+    pub async fn rollback_to(
         &mut self,
         task: &str,
-        to: Option<&str>,
-    ) -> redis::RedisResult<Option<String>> {
-        let target = match to {
-            Some(v) => Some(v.to_string()),
-            None => {
-                self.conn
-                    .lpop(key(task, "history:production"), None)
-                    .await?
-            }
-        };
-        if let Some(v) = &target {
-            let _: () = self
-                .conn
-                .set(key(task, &format!("alias:{PRODUCTION}")), v)
-                .await?;
-        }
-        Ok(target)
+        version: &str,
+        from_history: bool,
+    ) -> redis::RedisResult<bool> {
+        // One script: between reading the history and moving the alias, another rollback
+        // must not pop the same entry (production would move without being announced).
+        let script = redis::Script::new(
+            r"if ARGV[2] == '1' then
+                if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[1] then return 0 end
+                redis.call('LPOP', KEYS[2])
+              end
+              redis.call('SET', KEYS[1], ARGV[1])
+              return 1",
+        );
+        let done: i32 = script
+            .key(key(task, &format!("alias:{PRODUCTION}")))
+            .key(key(task, "history:production"))
+            .arg(version)
+            .arg(if from_history { "1" } else { "0" })
+            .invoke_async(&mut self.conn)
+            .await?;
+        Ok(done == 1)
     }
 
     pub async fn rollout(&mut self, task: &str) -> redis::RedisResult<Rollout> {

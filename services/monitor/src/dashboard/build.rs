@@ -135,6 +135,7 @@ pub fn build(c: &Collected, now_ms: i64, limits: Limits) -> Dashboard {
         sources: Sources {
             costs: c.costs.status(),
             registry: c.registry.status(),
+            audit: Some(c.audit.status()),
         },
         changes: c.changes.iter().cloned().collect(),
     }

@@ -112,6 +112,8 @@ pub struct Collected {
     pub registry: Source<Vec<TaskModels>>,
     /// The latest records of the audit log, in the log's order.
     pub changes: VecDeque<AuditEvent>,
+    /// Whether the audit log can be read (no changes and an unreadable log differ).
+    pub audit: Source<()>,
 }
 
 impl Collected {
@@ -126,6 +128,7 @@ impl Collected {
             costs: Source::new(costs_from),
             registry: Source::new("redis"),
             changes: VecDeque::new(),
+            audit: Source::new("kafka"),
         }
     }
 
