@@ -66,12 +66,12 @@ pub struct Args {
     /// Model directory holding tokenizer.json (default: AIFAB_MODEL_DIR or the fetch-model cache).
     #[arg(long, env = "AIFAB_MODEL_DIR")]
     pub(crate) model_dir: Option<PathBuf>,
-    #[arg(long, env = "AIFAB_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "AIFAB_KAFKA_BROKERS", default_value = aifab_core::config::DEFAULT_KAFKA_BROKERS)]
     pub(crate) brokers: String,
     #[arg(
         long,
         env = "AIFAB_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = aifab_core::config::DEFAULT_REDIS_URL
     )]
     pub(crate) redis_url: String,
     /// Directory of the aifab-ingest / aifab-feature binaries (default: next to this one).

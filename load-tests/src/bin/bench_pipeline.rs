@@ -43,7 +43,7 @@ struct Args {
     /// Model directory (default: AIFAB_MODEL_DIR or the fetch-model cache).
     #[arg(long, env = "AIFAB_MODEL_DIR")]
     model_dir: Option<PathBuf>,
-    #[arg(long, env = "AIFAB_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "AIFAB_KAFKA_BROKERS", default_value = aifab_core::config::DEFAULT_KAFKA_BROKERS)]
     brokers: String,
 }
 

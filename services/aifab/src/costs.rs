@@ -51,7 +51,7 @@ pub enum CostsCmd {
         #[arg(long, default_value = "USD")]
         currency: String,
         /// NATS URL (the budget is published on `aifab.budget.set`).
-        #[arg(long, env = "AIFAB_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        #[arg(long, env = "AIFAB_NATS_URL", default_value = aifab_core::config::DEFAULT_NATS_URL)]
         nats_url: String,
         /// POST it to the cost accountant instead of publishing it on NATS.
         #[arg(long)]

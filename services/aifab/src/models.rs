@@ -14,17 +14,19 @@ use anyhow::Context;
 pub struct ModelsArgs {
     #[command(subcommand)]
     pub command: ModelsCmd,
+    // The connection flags of `BrokerArgs`, global here so they may follow the verb
+    // (`aifab models list --redis-url ...`); clap cannot make flattened flags global.
     #[arg(
         long,
         env = "AIFAB_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
+        default_value = aifab_core::config::DEFAULT_REDIS_URL,
         global = true
     )]
     pub redis_url: String,
     #[arg(
         long,
         env = "AIFAB_NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
+        default_value = aifab_core::config::DEFAULT_NATS_URL,
         global = true
     )]
     pub nats_url: String,
@@ -32,7 +34,7 @@ pub struct ModelsArgs {
     #[arg(
         long,
         env = "AIFAB_KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092",
+        default_value = aifab_core::config::DEFAULT_KAFKA_BROKERS,
         global = true
     )]
     pub kafka_brokers: String,

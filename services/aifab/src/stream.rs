@@ -31,7 +31,7 @@ pub struct ProduceArgs {
     /// Use this field of each line as the message key (when present and a string).
     #[arg(long, default_value = "id")]
     pub key_field: String,
-    #[arg(long, env = "AIFAB_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "AIFAB_KAFKA_BROKERS", default_value = aifab_core::config::DEFAULT_KAFKA_BROKERS)]
     pub kafka_brokers: String,
 }
 
@@ -52,7 +52,7 @@ pub struct ConsumeArgs {
     /// Print each message as {"partition","offset","key","value"} instead of the value alone.
     #[arg(long)]
     pub with_meta: bool,
-    #[arg(long, env = "AIFAB_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "AIFAB_KAFKA_BROKERS", default_value = aifab_core::config::DEFAULT_KAFKA_BROKERS)]
     pub kafka_brokers: String,
 }
 

@@ -56,7 +56,7 @@ pub struct TrainArgs {
     /// ~/.cache/aifab/embeddings/<encoder checksum>.bin. `none` disables it.
     #[arg(long, env = "AIFAB_EMBEDDING_CACHE")]
     pub embedding_cache: Option<String>,
-    #[arg(long, env = "AIFAB_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, env = "AIFAB_NATS_URL", default_value = aifab_core::config::DEFAULT_NATS_URL)]
     pub nats_url: String,
 }
 

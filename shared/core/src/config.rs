@@ -6,21 +6,26 @@
 use clap::{Args, ValueEnum};
 
 /// Where the brokers are.
+/// The local stack's addresses: the defaults of every service's and CLI verb's flags.
+pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
     /// Kafka bootstrap servers, comma-separated host:port.
-    #[arg(long, env = "AIFAB_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "AIFAB_KAFKA_BROKERS", default_value = DEFAULT_KAFKA_BROKERS)]
     pub kafka_brokers: String,
 
     /// NATS server URL (control-plane events).
-    #[arg(long, env = "AIFAB_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, env = "AIFAB_NATS_URL", default_value = DEFAULT_NATS_URL)]
     pub nats_url: String,
 
     /// Redis URL (state: registry, ledger, caches).
     #[arg(
         long,
         env = "AIFAB_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = DEFAULT_REDIS_URL
     )]
     pub redis_url: String,
 
