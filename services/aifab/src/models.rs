@@ -16,6 +16,7 @@ pub struct ModelsArgs {
     pub command: ModelsCmd,
     // The connection flags of `BrokerArgs`, global here so they may follow the verb
     // (`aifab models list --redis-url ...`); clap cannot make flattened flags global.
+    /// Redis, where the model registry lives.
     #[arg(
         long,
         env = "AIFAB_REDIS_URL",
@@ -23,6 +24,7 @@ pub struct ModelsArgs {
         global = true
     )]
     pub redis_url: String,
+    /// NATS, where promotions and rollbacks are announced to the workers.
     #[arg(
         long,
         env = "AIFAB_NATS_URL",
@@ -38,6 +40,7 @@ pub struct ModelsArgs {
         global = true
     )]
     pub kafka_brokers: String,
+    /// The audit topic.
     #[arg(long, env = "AIFAB_AUDIT_TOPIC", default_value = aifab_core::topics::AUDIT.name,
         global = true)]
     pub audit_topic: String,
