@@ -181,3 +181,23 @@ impl WorkerRun {
         );
     }
 }
+
+/// Probe `topic` with requests for `task` until one is served by `version` (5 requests a
+/// round, up to 60 rounds of 1.5 s), or panic with the versions seen.
+pub async fn served_by(topic: &str, task: &str, version: &str) {
+    let mut reader = crate::readers::PredictionReader::new();
+    for round in 0..60 {
+        let prefix = unique(&format!("probe{round}"));
+        crate::kafka::produce_requests(topic, task, &prefix, 0..5).await;
+        reader.read(&prefix, Duration::from_millis(1500));
+        if reader.seen.iter().any(|p| p.model_version == version) {
+            return;
+        }
+    }
+    let seen: Vec<_> = reader
+        .seen
+        .iter()
+        .map(|p| p.model_version.clone())
+        .collect();
+    panic!("the worker never served {version}; saw {seen:?}");
+}

@@ -213,3 +213,62 @@ async fn a_rollback_moves_production_only_from_the_history_it_read() {
         Some("v1")
     );
 }
+
+/// A promotion and a rollback the worker never hears of on NATS (as when it was cut off
+/// while they were announced: core NATS does not replay) are followed from the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_changes_missed_on_nats_are_followed_from_the_registry() {
+    let models = tiny_models();
+    let task = unique("task").replace('.', "-");
+    let topic = unique("requests");
+    create_topic(&topic, 1).await;
+    let conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
+    let mut registry = Registry::new(conn);
+    for (v, head, labels) in [
+        ("v1", &models.head_v1, V1_LABELS),
+        ("v2", &models.head_v2, V2_LABELS),
+    ] {
+        registry
+            .put(&registry_record(&task, v, head, labels))
+            .await
+            .unwrap();
+    }
+    registry.set_production(&task, "v1").await.unwrap();
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _worker = Command::new(bin_path("aifab-inference-worker"))
+        .env("AIFAB_HTTP_ADDR", &addr)
+        .env("AIFAB_MODEL_DIR", &models.model_dir)
+        .env("AIFAB_TASK", &task)
+        .env("AIFAB_INPUT_TOPIC", &topic)
+        .env("AIFAB_WORKER_GROUP", unique("workers"))
+        .env("AIFAB_INSTANCE_ID", unique("w"))
+        .env("AIFAB_MODEL_RECONCILE_S", "1")
+        .env("AIFAB_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(60), "the worker to be ready", || {
+        let addr = addr.clone();
+        async move { matches!(http_get(&addr, "/readyz").await, Ok((200, _))).then_some(()) }
+    })
+    .await;
+    served_by(&topic, &task, "v1").await;
+
+    // Moved in Redis only: no event on NATS.
+    registry.set_production(&task, "v2").await.unwrap();
+    served_by(&topic, &task, "v2").await;
+    assert!(registry.rollback_to(&task, "v1", true).await.unwrap());
+    served_by(&topic, &task, "v1").await;
+    let (_, metrics) = http_get(&addr, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("aifab_inference_worker_model_reconciled_total 2"),
+        "both changes followed from the registry: {metrics}"
+    );
+    delete_topic(&topic).await;
+}

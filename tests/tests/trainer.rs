@@ -83,25 +83,6 @@ async fn next_event(
     }
 }
 
-/// Produce requests until one is predicted by `version`.
-async fn served_by(topic: &str, task: &str, version: &str) {
-    let mut reader = PredictionReader::new();
-    for round in 0..60 {
-        let prefix = unique(&format!("probe{round}"));
-        produce_requests(topic, task, &prefix, 0..5).await;
-        reader.read(&prefix, Duration::from_millis(1500));
-        if reader.seen.iter().any(|p| p.model_version == version) {
-            return;
-        }
-    }
-    let seen: Vec<_> = reader
-        .seen
-        .iter()
-        .map(|p| p.model_version.clone())
-        .collect();
-    panic!("the worker never served {version}; saw {seen:?}");
-}
-
 fn aifab_cli(args: &[&str]) -> std::process::Output {
     std::process::Command::new(bin_path("aifab"))
         .args(args)

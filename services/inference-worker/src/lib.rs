@@ -76,6 +76,12 @@ pub struct Config {
     #[arg(long, env = "AIFAB_ALLOW_UNVERIFIED_MODELS")]
     pub allow_unverified_models: bool,
 
+    /// Seconds between checks of the registry's production version, so a promotion or
+    /// rollback whose NATS event was missed is followed anyway (0: no checks once a model
+    /// is served; `--follow latest` and `--head-dir` never check).
+    #[arg(long, env = "AIFAB_MODEL_RECONCILE_S", default_value_t = 5.0)]
+    pub model_reconcile_s: f64,
+
     /// Which model events switch the served version.
     #[arg(long, env = "AIFAB_FOLLOW", value_enum, default_value = "production")]
     pub follow: FollowPolicy,
@@ -171,12 +177,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     svc.serve(axum::Router::new()).await?;
 
-    // No head given: serve the registry's production version, as soon as there is one.
+    // No head given: serve the registry's production version, as soon as there is one,
+    // and (following production) keep checking it.
     if config.head_dir.is_none() {
-        let load = model_slot::load_production(
+        let every = match config.follow {
+            FollowPolicy::Production => Duration::from_secs_f64(config.model_reconcile_s.max(0.0)),
+            FollowPolicy::Latest => Duration::ZERO,
+        };
+        let load = model_slot::follow_production(
             svc.redis()?,
             slot.clone(),
             config.task.clone(),
+            model_slot::Reconcile::every(every),
             svc.shutdown.clone(),
         );
         svc.supervise_until_done("production-model", async move {

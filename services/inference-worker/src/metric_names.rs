@@ -17,6 +17,8 @@ pub const BATCHES_PER_TRANSACTION: &str = "aifab_inference_worker_batches_per_tr
 pub const DEAD_LETTERS: &str = "aifab_inference_worker_dead_letters_total";
 /// Models swapped in.
 pub const MODEL_SWAPS: &str = "aifab_inference_worker_model_swaps_total";
+/// Production changes followed by checking the registry, their NATS event missed.
+pub const MODEL_RECONCILED: &str = "aifab_inference_worker_model_reconciled_total";
 /// Models that failed to load.
 pub const MODEL_LOAD_FAILURES: &str = "aifab_inference_worker_model_load_failures_total";
 /// Model versions refused: not in the registry, or files that do not match its digest.
@@ -33,6 +35,7 @@ pub const ALL: &[&str] = &[
     BATCHES_PER_TRANSACTION,
     DEAD_LETTERS,
     MODEL_SWAPS,
+    MODEL_RECONCILED,
     MODEL_LOAD_FAILURES,
     MODEL_VERIFICATION_FAILURES,
 ];

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use aifab_core::artifacts::{fetch_version, S3Config};
 use aifab_core::health::Readiness;
 use aifab_core::messages::{decode, ModelEvent, ModelEventKind};
-use aifab_core::registry::{ModelRecord, Registry, Rollout, CANDIDATE};
+use aifab_core::registry::{ModelRecord, Registry, Rollout, CANDIDATE, PRODUCTION};
 use aifab_model::head::{HEAD_FILE, LABELS_FILE};
 use aifab_model::{ClassificationHead, Classifier, Encoder};
 use anyhow::Context;
@@ -277,35 +277,115 @@ pub async fn follow_rollout(
     }
 }
 
-/// Load the registry's production version of `task` once it exists (polling Redis),
-/// unless a model event got there first.
-pub async fn load_production(
+/// How `follow_production` polls the registry.
+#[derive(Debug, Clone, Copy)]
+pub struct Reconcile {
+    /// Between checks once a version is served (0: load once, then leave it to NATS).
+    pub every: std::time::Duration,
+    /// Between checks while nothing is served yet.
+    pub waiting: std::time::Duration,
+    /// Before a version that failed to load or verify is tried again.
+    pub retry_failed: std::time::Duration,
+}
+
+impl Reconcile {
+    pub fn every(every: std::time::Duration) -> Self {
+        Reconcile {
+            every,
+            waiting: std::time::Duration::from_secs(2),
+            retry_failed: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a check of the registry should do, given what is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProductionStep {
+    /// Served already: nothing.
+    Keep,
+    /// Load this version (first load, or a change this worker has not followed).
+    Load,
+    /// It failed recently: wait before trying it again.
+    Backoff,
+}
+
+/// Decide one check: `serving` is the slot's version, `production` the registry's, and
+/// `failed` a version that failed `failed_ago` ago.
+pub fn production_step(
+    serving: Option<&str>,
+    production: &str,
+    failed: Option<(&str, std::time::Duration)>,
+    retry_failed: std::time::Duration,
+) -> ProductionStep {
+    if serving == Some(production) {
+        return ProductionStep::Keep;
+    }
+    match failed {
+        Some((v, ago)) if v == production && ago < retry_failed => ProductionStep::Backoff,
+        _ => ProductionStep::Load,
+    }
+}
+
+/// Serve the registry's production version of `task`: load it once it exists, then check
+/// again every `reconcile.every`, so a promotion or rollback whose NATS event this worker
+/// missed (core NATS does not replay: a worker cut off while it was published never hears
+/// of it) is followed anyway, within one interval of the worker reaching Redis again.
+pub async fn follow_production(
     redis: aifab_core::redis_store::RedisHandle,
     slot: Arc<ModelSlot>,
     task: String,
+    reconcile: Reconcile,
     shutdown: CancellationToken,
 ) {
     let Ok(conn) = redis.get().await else { return };
-    let mut registry = aifab_core::registry::Registry::new(conn);
+    let mut registry = Registry::new(conn);
     let mut said_waiting = false;
-    while slot.current().is_none() && !shutdown.is_cancelled() {
-        match registry
-            .resolve(&task, aifab_core::registry::PRODUCTION)
-            .await
-        {
-            Ok(Some(record)) => match slot.load_record(&record).await {
-                Ok(()) => return,
-                Err(e) => {
-                    slot.readiness.set(
-                        "model",
-                        false,
-                        format!("production model of {task}: {e:#}"),
-                    );
-                    tracing::error!(%task, error = %format!("{e:#}"), "production model failed to load");
+    let mut failed: Option<(String, std::time::Instant)> = None;
+    loop {
+        let serving = slot.current().map(|c| c.version.clone());
+        if serving.is_some() && reconcile.every.is_zero() {
+            return;
+        }
+        match registry.resolve(&task, PRODUCTION).await {
+            Ok(Some(record)) => {
+                let last_failure = failed.as_ref().map(|(v, at)| (v.as_str(), at.elapsed()));
+                let step = production_step(
+                    serving.as_deref(),
+                    &record.version,
+                    last_failure,
+                    reconcile.retry_failed,
+                );
+                if step == ProductionStep::Load {
+                    match slot.load_record(&record).await {
+                        Ok(()) => {
+                            failed = None;
+                            if let Some(was) = &serving {
+                                metrics::counter!(crate::metric_names::MODEL_RECONCILED)
+                                    .increment(1);
+                                tracing::warn!(%task, was, now = %record.version,
+                                    "production moved without this worker hearing of it on NATS; followed");
+                            }
+                        }
+                        Err(e) => {
+                            failed = Some((record.version.clone(), std::time::Instant::now()));
+                            metrics::counter!(crate::metric_names::MODEL_LOAD_FAILURES)
+                                .increment(1);
+                            if serving.is_none() {
+                                slot.readiness.set(
+                                    "model",
+                                    false,
+                                    format!("production model of {task}: {e:#}"),
+                                );
+                            }
+                            tracing::error!(%task, version = %record.version,
+                                error = %format!("{e:#}"),
+                                "production model failed to load; keeping what is served");
+                        }
+                    }
                 }
-            },
+            }
             Ok(None) => {
-                if !said_waiting {
+                if serving.is_none() && !said_waiting {
                     slot.readiness.set(
                         "model",
                         false,
@@ -317,8 +397,13 @@ pub async fn load_production(
             }
             Err(e) => tracing::warn!(error = %e, "reading the registry failed; retrying"),
         }
+        let pause = if slot.current().is_some() {
+            reconcile.every
+        } else {
+            reconcile.waiting
+        };
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = shutdown.cancelled() => return,
         }
     }
@@ -397,6 +482,26 @@ pub async fn follow_events(
 mod tests {
     use super::*;
     use aifab_core::messages::tag;
+    use std::time::Duration;
+
+    #[test]
+    fn production_is_loaded_when_it_differs_and_a_failure_waits_before_a_retry() {
+        let retry = Duration::from_secs(60);
+        let step = |serving, failed| production_step(serving, "v2", failed, retry);
+        assert_eq!(step(Some("v2"), None), ProductionStep::Keep);
+        assert_eq!(step(None, None), ProductionStep::Load);
+        // A rollback or promotion this worker never heard of.
+        assert_eq!(step(Some("v1"), None), ProductionStep::Load);
+        // v2 failed 10 s ago: not again yet; a minute later, yes.
+        let recent = Some(("v2", Duration::from_secs(10)));
+        assert_eq!(step(Some("v1"), recent), ProductionStep::Backoff);
+        assert_eq!(step(None, recent), ProductionStep::Backoff);
+        let old = Some(("v2", Duration::from_secs(61)));
+        assert_eq!(step(Some("v1"), old), ProductionStep::Load);
+        // Another version's failure does not hold this one back.
+        let other = Some(("v3", Duration::from_secs(1)));
+        assert_eq!(step(Some("v1"), other), ProductionStep::Load);
+    }
 
     fn event(kind: ModelEventKind, task: &str, alias: Option<&str>) -> ModelEvent {
         ModelEvent {
