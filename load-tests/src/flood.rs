@@ -33,9 +33,11 @@ pub struct Args {
     /// a key lookup), or half and half.
     #[arg(long, value_enum, default_value_t = Strangers::Both)]
     pub strangers: Strangers,
-    /// The strangers' thread's nice value (0-19; 0: the same priority as everything else).
-    /// At 19 the generator takes only CPU that ingest, Kafka and Redis leave, as if it ran
-    /// on another host; ingest's own work answering the strangers keeps its priority.
+    /// The strangers' thread's nice value (0-19; 0: the same priority as everything else;
+    /// Linux only). At 19 the generator yields the CPU to ingest, whose work answering the
+    /// strangers keeps its priority, and to Kafka and Redis where they run as processes
+    /// at normal priority on the same machine (`scripts/stack-up`): nearer a flood from
+    /// another host.
     #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub flood_nice: i32,
     /// Most unauthenticated requests in flight at once (the flood is bounded).
@@ -333,6 +335,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let figures = serde_json::json!({
         "tenant_rate_per_s": args.rate,
+        "strangers": clap::ValueEnum::to_possible_value(&args.strangers)
+            .map(|v| v.get_name().to_string()),
+        "flood_nice": args.flood_nice,
         "seconds": args.seconds,
         "rounds": args.rounds,
         "alone_success": alone.success(),
@@ -359,7 +364,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lower the calling thread's CPU priority to `nice` (Linux: per thread).
+/// Lower the calling thread's CPU priority to `nice` (on Linux a nice value is per thread).
+#[cfg(target_os = "linux")]
 fn lower_priority(nice: i32) {
     // SAFETY: gettid and setpriority take no pointers; a failure only leaves the priority.
     let failed = unsafe {
@@ -369,4 +375,9 @@ fn lower_priority(nice: i32) {
     if failed {
         eprintln!("flood: could not lower the strangers' priority; they run at normal priority");
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority(_nice: i32) {
+    eprintln!("flood: --flood-nice works on Linux only; the strangers run at normal priority");
 }

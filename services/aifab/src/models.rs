@@ -246,6 +246,12 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             let detail = format!("production back to {target}");
             record_change(AuditAction::ModelRolledBack, &task, Some(&target), detail).await?;
             let moved = registry.rollback_to(&task, &target, to.is_none()).await?;
+            if !moved {
+                // The log already says it was asked for; say that it did not happen.
+                let detail =
+                    format!("production back to {target}: not applied, another change first");
+                record_change(AuditAction::ModelRolledBack, &task, Some(&target), detail).await?;
+            }
             anyhow::ensure!(
                 moved,
                 "{task}: production was not moved: another change took {target} off the \

@@ -181,7 +181,7 @@ impl Supervisor {
             env: Vec::new(),
             service_env: Default::default(),
             nats_url: std::env::var("AIFAB_NATS_URL")
-                .unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
+                .unwrap_or_else(|_| aifab_core::config::DEFAULT_NATS_URL.into()),
         })
     }
 

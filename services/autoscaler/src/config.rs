@@ -117,9 +117,10 @@ pub struct Config {
         default_value_t = 3600.0
     )]
     pub budget_burst_s: f64,
-    /// aifab: pace replica changes (each a consumer-group rebalance) to this many an hour;
-    /// scale-downs wait for room, scale-ups never do (0: no limit). See docs/scaling.md for
-    /// the settings that go with it.
+    /// aifab: at most this many replica changes (each a consumer-group rebalance) in any
+    /// hour, paced: scale-downs wait for room for themselves and a scale-up, scale-ups wait
+    /// only at the limit, budget caps never (0: no limit; use 4 or more). See
+    /// docs/scaling.md for the settings that go with it.
     #[arg(
         long,
         env = "AIFAB_AUTOSCALER_MAX_SCALE_EVENTS_PER_HOUR",
@@ -127,7 +128,8 @@ pub struct Config {
     )]
     pub max_scale_events_per_hour: u32,
     /// aifab: time constant, in seconds, over which a rise in the arrival rate is believed
-    /// (about a start-up: spikes shorter than that do not start replicas).
+    /// (short: every spike starts replicas; about a start-up: spikes shorter than that
+    /// do not).
     #[arg(long, env = "AIFAB_AUTOSCALER_ARRIVAL_RISE_S", default_value_t = 4.0)]
     pub arrival_rise_s: f64,
     /// Ignore budget reports older than this many seconds.

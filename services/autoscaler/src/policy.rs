@@ -23,12 +23,14 @@
 //!   It scales down only as far as keeps utilisation under a lower mark (a dead band:
 //!   every change costs a rebalance pause).
 //!   With `max_scale_events_per_hour` (N) set, changes are paced by a bucket of scale
-//!   events that refills at N per hour and holds 2: every change takes one, and a
-//!   scale-down waits (reason `scale_event_limit`) until the bucket is full, so there is
-//!   room for it and a scale-up after it. Scale-ups, which protect the SLO, wait only when
-//!   the last hour already saw N changes (the bucket may go below zero); a budget cap never
-//!   waits. Pacing by a bucket rather than by the count alone: a burst of changes holds the
-//!   next scale-down for a refill or two, not for the rest of the hour.
+//!   events that refills at N per hour and holds 2 (never below empty): every change
+//!   takes one, and a scale-down waits (reason `scale_event_limit`) until the bucket is
+//!   full and the last hour has room for it and a scale-up after it. Scale-ups, which
+//!   protect the SLO, wait only when the last hour already saw N changes; a budget cap
+//!   never waits. Pacing by a bucket rather than by the count alone: a burst of changes
+//!   holds the next scale-down for a refill or two, not for the rest of the hour. Use
+//!   N >= 4 (with N < 2 replicas never come down). The count is kept in memory: a
+//!   restarted autoscaler starts a fresh hour.
 //!   Then it is budget-aware: replicas are capped at the most useful count the remaining
 //!   budget sustains to the period's end, or above it for a burst when the budget pays
 //!   for an hour of the burst (`budget_burst_s`) and still for the sustained count for the
@@ -117,9 +119,10 @@ pub struct PolicyConfig {
     /// aifab: replica changes per hour to pace to (each one is a consumer-group rebalance,
     /// and a scale-up a start-up); scale-downs wait for room (0: no limit).
     pub max_scale_events_per_hour: u32,
-    /// aifab: time constant of the arrival-rate estimate's rise, seconds. Short: every
-    /// spike is met with replicas; about a start-up: a spike that is over before a new
-    /// replica serves does not cost a scale event (falls are smoothed over ~14 s).
+    /// aifab: time constant of the arrival-rate estimate's rise, seconds. Short (the
+    /// default 4 s): every spike is met with replicas; about a start-up: a spike that is
+    /// over before a new replica serves does not cost a scale event. (Falls weigh each
+    /// reading 0.3: about 14 s at a 5 s interval.)
     pub arrival_rise_s: f64,
 }
 
@@ -317,8 +320,11 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
     bound(cfg, obs.partitions, &mut r);
     let recommended = r.replicas;
     // 3. Stabilization and cooldowns, then the hour's scale events.
-    stabilize(cfg, state, obs, &mut r);
-    limit_scale_events(cfg, state, obs, &mut r);
+    // Holds keep a change the actuator is still applying, not the count it has reached:
+    // holding at that count would reverse the change halfway and pay for it twice.
+    let base = state.target.unwrap_or(current);
+    stabilize(cfg, state, obs, base, &mut r);
+    limit_scale_events(cfg, state, obs, base, &mut r);
     // 4. The budget (aifab only): never plan to spend more than is left.
     let budget_cap = match (cfg.kind, obs.budget) {
         (PolicyKind::Aifab, Some(b)) => cap_to_budget(cfg, &b, obs, &mut r),
@@ -331,7 +337,9 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
     } else if state.target != Some(desired) {
         state.target = Some(desired);
         if let Some(t) = state.event_tokens.as_mut() {
-            *t -= 1.0;
+            // No debt below empty: ups and budget caps that never wait must not hold the
+            // next scale-down for longer than two refills (the hour's count is the ceiling).
+            *t = (*t - 1.0).max(0.0);
             state.changes.push_back(obs.at_ms);
         }
     }
@@ -387,9 +395,10 @@ fn stabilize(
     cfg: &PolicyConfig,
     state: &mut PolicyState,
     obs: &Observation,
+    base: u32,
     r: &mut Recommendation,
 ) {
-    let current = obs.current_replicas;
+    let current = base;
     let raw = r.replicas;
     let window_ms = (cfg.scale_down_stabilization_s * 1000.0) as i64;
     state.recommendations.push_back(PastRecommendation {
@@ -455,6 +464,7 @@ fn limit_scale_events(
     cfg: &PolicyConfig,
     state: &mut PolicyState,
     obs: &Observation,
+    base: u32,
     r: &mut Recommendation,
 ) {
     let limit = cfg.max_scale_events_per_hour;
@@ -474,9 +484,10 @@ fn limit_scale_events(
     };
     state.event_tokens = Some(tokens);
     state.event_tokens_ms = obs.at_ms;
-    let current = obs.current_replicas;
-    // A change the actuator is still applying was paid for when it was decided.
-    let new_change = r.replicas != current && state.target != Some(r.replicas);
+    // A change the actuator is still applying (`base`) was paid for when it was decided.
+    let current = base;
+    let new_change = r.replicas != current;
+    let in_hour = state.changes.len() as u32;
     if r.replicas < current && new_change && tokens < EVENT_BUCKET - 1e-9 {
         let wait_s = (EVENT_BUCKET - tokens) / limit as f64 * 3600.0;
         r.replicas = current;
@@ -485,7 +496,15 @@ fn limit_scale_events(
             "{}; holding {current}: paced to {limit} scale events an hour, room in {wait_s:.0} s",
             r.detail
         );
-    } else if new_change && state.changes.len() as u32 >= limit {
+    } else if r.replicas < current && new_change && in_hour + 2 > limit {
+        // Room for the scale-down and for a scale-up after it, within the hour.
+        r.replicas = current;
+        r.reason = Reason::ScaleEventLimit;
+        r.detail = format!(
+            "{}; holding {current}: {in_hour} scale events in the last hour, limit {limit}",
+            r.detail
+        );
+    } else if new_change && in_hour >= limit {
         // The hard limit, scale-ups included: N changes in the last hour already.
         r.replicas = current;
         r.reason = Reason::ScaleEventLimit;

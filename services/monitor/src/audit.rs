@@ -23,24 +23,21 @@ pub(crate) fn follow_audit(
 ) -> anyhow::Result<()> {
     let (brokers, topic) = (&config.brokers.kafka_brokers, &config.brokers.audit_topic);
     let start = Start::Last(CHANGES_KEPT as i64);
-    // What the dashboard says about the log, updated when it changes: `aifab status` must
-    // not show "no changes" for a log it cannot read.
-    let mut readable: Option<bool> = None;
-    let mut report = |result: Result<(), String>| {
-        if readable != Some(result.is_ok()) {
-            readable = Some(result.is_ok());
-            let now = aifab_core::now_ms();
-            let mut s = shared.lock().expect("stats lock");
-            s.dash.audit.from = format!("kafka topic {topic}");
-            s.dash.audit.update(result, now);
-        }
+    // What the dashboard says about the log: `aifab status` must not show "no changes"
+    // for a log it cannot read. (Errors `Tail` retries inside a read, such as brokers
+    // that are down, do not show here; a topic that cannot be opened or read does.)
+    let report = |result: Result<(), String>| {
+        let now = aifab_core::now_ms();
+        let mut s = shared.lock().expect("stats lock");
+        s.dash.audit.from = format!("kafka topic {topic}");
+        s.dash.audit.update(result, now);
     };
     let mut tail = loop {
         match Tail::open(brokers, "aifab-monitor", topic, start.clone()) {
             Ok(t) => break t,
             Err(e) => {
                 // The dashboard shows no changes meanwhile, and says why; everything else works.
-                report(Err(format!("cannot read the audit log: {e}")));
+                report(Err(e.to_string()));
                 tracing::warn!(%topic, error = %e, "the audit log cannot be read yet; retrying");
                 if wait(&shutdown, RETRY) {
                     return Ok(());
@@ -61,7 +58,7 @@ pub(crate) fn follow_audit(
                 }
             }
             Err(e) => {
-                report(Err(format!("reading the audit log: {e}")));
+                report(Err(e.to_string()));
                 tracing::warn!(%topic, error = %e, "reading the audit log; reconnecting");
                 if wait(&shutdown, Duration::from_secs(1)) {
                     return Ok(());

@@ -5,12 +5,12 @@
 
 use clap::{Args, ValueEnum};
 
-/// Where the brokers are.
 /// The local stack's addresses: the defaults of every service's and CLI verb's flags.
 pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
+/// Where the brokers are.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
     /// Kafka bootstrap servers, comma-separated host:port.

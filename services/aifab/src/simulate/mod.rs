@@ -101,8 +101,9 @@ pub struct SimulateArgs {
     /// this many seconds of it are affordable on top of them (0: no bursts).
     #[arg(long, default_value_t = 3600.0)]
     pub budget_burst_s: f64,
-    /// aifab: pace scale events (replica changes) to this many an hour; scale-downs wait
-    /// for room, scale-ups never do (0: no limit).
+    /// aifab: at most this many scale events (replica changes) in any hour, paced;
+    /// scale-downs wait for room for themselves and a scale-up, scale-ups only at the limit
+    /// (0: no limit; use 4 or more).
     #[arg(long, default_value_t = 0)]
     pub max_scale_events_per_hour: u32,
     /// aifab: time constant of the arrival-rate estimate's rise, seconds.

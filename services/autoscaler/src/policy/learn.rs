@@ -89,9 +89,10 @@ pub(super) fn learn(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observati
 }
 
 /// The weight of a new, higher arrival reading `dt` seconds after the last: an exponential
-/// moving average with time constant `rise_s` (0: take the reading as it is).
+/// moving average with time constant `rise_s` (0, or not a finite number: take the reading
+/// as it is).
 fn rise_alpha(rise_s: f64, dt: f64) -> f64 {
-    if rise_s <= 0.0 {
+    if !rise_s.is_finite() || rise_s <= 0.0 {
         1.0
     } else {
         1.0 - (-dt / rise_s).exp()

@@ -460,8 +460,8 @@ fn scale_downs_wait_for_a_full_bucket_of_scale_events_and_ups_never_do() {
             (620, 450),  // up: never held, 1 -> 0
             (630, 0),    // held
             (1210, 0),   // 1: still held
-            (1830, 0),   // 2: down
-            (1840, 450), // up, 2 -> 1 (paid for once below)
+            (1830, 0),   // 2: down, 2 -> 1
+            (1840, 450), // up, 1 -> 0
         ],
     );
     let desired: Vec<u32> = out.iter().map(|(d, _)| *d).collect();
@@ -481,7 +481,7 @@ fn scale_downs_wait_for_a_full_bucket_of_scale_events_and_ups_never_do() {
 }
 
 #[test]
-fn no_hour_has_more_scale_events_than_the_limit_ups_included() {
+fn a_scale_down_leaves_the_hour_room_for_a_scale_up_and_no_hour_has_more_than_n() {
     let mut cfg = PolicyConfig::new(PolicyKind::Keda);
     cfg.scale_down_stabilization_s = 0.0;
     // One refill every 900 s.
@@ -491,16 +491,61 @@ fn no_hour_has_more_scale_events_than_the_limit_ups_included() {
         &[
             (0, 0),
             (10, 450),   // up (1 in the hour)
-            (920, 0),    // down (2)
+            (920, 0),    // down (2): the bucket is full, and 1 + 2 <= 4
             (930, 450),  // up (3)
-            (2760, 0),   // down (4)
-            (2770, 450), // up held: 4 in the last hour
-            (3611, 450), // the change at t=10 is an hour old: up
+            (2760, 0),   // the bucket is full, but 3 + 2 > 4: held, so an up still fits
+            (3611, 0),   // t=10 is an hour old: 2 + 2 <= 4, down (3)
+            (3620, 450), // up (4)
         ],
     );
     let desired: Vec<u32> = out.iter().map(|(d, _)| *d).collect();
-    assert_eq!(desired, vec![1, 5, 1, 5, 1, 1, 5]);
-    assert_eq!(out[5].1, Reason::ScaleEventLimit);
+    assert_eq!(desired, vec![1, 5, 1, 5, 5, 1, 5]);
+    assert_eq!(out[4].1, Reason::ScaleEventLimit);
+    // Ups wait only at the limit: three steps up, the fourth held until the first is an
+    // hour old.
+    cfg.max_scale_events_per_hour = 3;
+    let out = script(
+        &cfg,
+        &[
+            (0, 0),
+            (10, 250),
+            (20, 450),
+            (30, 650),
+            (40, 800),
+            (3611, 800),
+        ],
+    );
+    let desired: Vec<u32> = out.iter().map(|(d, _)| *d).collect();
+    assert_eq!(desired, vec![1, 3, 5, 7, 7, 8]);
+    assert_eq!(out[4].1, Reason::ScaleEventLimit);
+}
+
+#[test]
+fn a_scale_down_the_actuator_is_still_applying_is_neither_reversed_nor_paid_twice() {
+    // aifab's defaults: a 30 s cooldown after any change before a scale-down.
+    let mut cfg = PolicyConfig::new(PolicyKind::Aifab);
+    cfg.max_scale_events_per_hour = 12;
+    let mut state = PolicyState::default();
+    let at = |t: i64, current: u32, produced: i64| {
+        let mut o = obs(t, 0, current);
+        o.produced_total = Some(produced);
+        o.consumed_total = Some(produced);
+        o
+    };
+    // 5 replicas and nothing to do: down to 1.
+    let t0 = 0;
+    let target = decide(&cfg, &mut state, &at(t0, 5, 0)).desired;
+    assert!(target < 5);
+    // The actuator stops one container at a time; every reading within the cooldown keeps
+    // the target rather than holding (and so reversing) at the count reached so far.
+    for (i, current) in [4, 3, 2].into_iter().enumerate() {
+        let d = decide(&cfg, &mut state, &at(t0 + 5 * (i as i64 + 1), current, 0));
+        assert_eq!(d.desired, target, "at {current}: {}", d.detail);
+    }
+    // One change paid for.
+    let d = decide(&cfg, &mut state, &at(t0 + 20, target, 0));
+    assert_eq!(d.desired, target);
+    assert_eq!(state.changes.len(), 1);
 }
 
 #[test]
