@@ -201,3 +201,40 @@ pub async fn served_by(topic: &str, task: &str, version: &str) {
         .collect();
     panic!("the worker never served {version}; saw {seen:?}");
 }
+
+/// The model registry on the local stack's Redis.
+pub async fn local_registry() -> aifab_core::registry::Registry {
+    let conn = redis::Client::open(crate::stack::redis_url())
+        .expect("redis url")
+        .get_connection_manager()
+        .await
+        .expect("redis on the local stack");
+    aifab_core::registry::Registry::new(conn)
+}
+
+/// An inference worker serving `task`'s registry versions (`models`' encoder) from
+/// `topic` on the local stack, with `env` on top, once it is ready; killed on drop.
+/// Returns it and its HTTP address.
+pub async fn registry_worker(
+    models: &TinyModels,
+    task: &str,
+    topic: &str,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let worker = tokio::process::Command::new(bin_path("aifab-inference-worker"))
+        .env("AIFAB_HTTP_ADDR", &addr)
+        .env("AIFAB_MODEL_DIR", &models.model_dir)
+        .env("AIFAB_TASK", task)
+        .env("AIFAB_INPUT_TOPIC", topic)
+        .env("AIFAB_WORKER_GROUP", unique("workers"))
+        .env("AIFAB_INSTANCE_ID", unique("w"))
+        .env("AIFAB_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn aifab-inference-worker");
+    crate::process::wait_ready(&addr, "inference-worker").await;
+    (worker, addr)
+}

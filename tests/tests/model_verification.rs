@@ -4,14 +4,11 @@
 //! refused, counted and alerted on `aifab.alerts.model_verification`, and the worker goes
 //! on serving the version it had; the same artifact, restored, is then served.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use aifab_core::messages::{decode, encode, tag, Alert, ModelEvent, ModelEventKind};
-use aifab_core::registry::Registry;
 use aifab_tests::*;
 use futures::StreamExt;
-use tokio::process::Command;
 
 const SERVED: &[&str] = &["head.safetensors", "labels.json"];
 
@@ -59,12 +56,7 @@ async fn forged_events_and_tampered_artifacts_are_refused_and_alerted() {
     let task = unique("task").replace('.', "-");
     let topic = unique("requests");
     create_topic(&topic, 1).await;
-    let conn = redis::Client::open(redis_url())
-        .unwrap()
-        .get_connection_manager()
-        .await
-        .unwrap();
-    let mut registry = Registry::new(conn);
+    let mut registry = local_registry().await;
     registry
         .put(&registry_record(&task, "v1", &models.head_v1, V1_LABELS))
         .await
@@ -85,20 +77,7 @@ async fn forged_events_and_tampered_artifacts_are_refused_and_alerted() {
         .subscribe(aifab_core::topics::subjects::alert("model_verification"))
         .await
         .unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _worker = Command::new(bin_path("aifab-inference-worker"))
-        .env("AIFAB_HTTP_ADDR", &addr)
-        .env("AIFAB_MODEL_DIR", &models.model_dir)
-        .env("AIFAB_TASK", &task)
-        .env("AIFAB_INPUT_TOPIC", &topic)
-        .env("AIFAB_WORKER_GROUP", unique("workers"))
-        .env("AIFAB_INSTANCE_ID", unique("w"))
-        .env("AIFAB_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_ready(&addr, "inference-worker").await;
+    let (_worker, addr) = registry_worker(&models, &task, &topic, &[]).await;
     assert!(served_versions(&topic, &task, 5)
         .await
         .iter()

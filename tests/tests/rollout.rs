@@ -1,13 +1,11 @@
 //! Canary and shadow rollout of the registry's candidate, as the worker serves it.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use aifab_core::messages::Arm;
-use aifab_core::registry::{Registry, Rollout};
+use aifab_core::registry::Rollout;
 use aifab_tests::*;
-use tokio::process::Command;
 
 /// Produce `n` requests and read until each has a served prediction (and, when
 /// `shadow`, a shadow one); returns the predictions by arm.
@@ -43,12 +41,7 @@ async fn canary_share_and_shadow_are_served_as_configured() {
     let task = unique("task").replace('.', "-");
     let topic = unique("requests");
     create_topic(&topic, 2).await;
-    let conn = redis::Client::open(redis_url())
-        .unwrap()
-        .get_connection_manager()
-        .await
-        .unwrap();
-    let mut registry = Registry::new(conn);
+    let mut registry = local_registry().await;
     registry
         .put(&registry_record(&task, "v1", &models.head_v1, V1_LABELS))
         .await
@@ -64,26 +57,8 @@ async fn canary_share_and_shadow_are_served_as_configured() {
         .await
         .unwrap();
 
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _worker = Command::new(bin_path("aifab-inference-worker"))
-        .env("AIFAB_HTTP_ADDR", &addr)
-        .env("AIFAB_MODEL_DIR", &models.model_dir)
-        .env("AIFAB_TASK", &task)
-        .env("AIFAB_INPUT_TOPIC", &topic)
-        .env("AIFAB_WORKER_GROUP", unique("workers"))
-        .env("AIFAB_INSTANCE_ID", unique("w"))
-        .env("AIFAB_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // The candidate is polled from Redis; wait for the worker to be ready, then a moment
-    // for the rollout poll (every 2 s) by checking served arms.
-    eventually(Duration::from_secs(60), "the worker to be ready", || {
-        let addr = addr.clone();
-        async move { matches!(http_get(&addr, "/readyz").await, Ok((200, _))).then_some(()) }
-    })
-    .await;
+    // The candidate is polled from Redis (every 2 s): the rounds below check served arms.
+    let (_worker, _) = registry_worker(&models, &task, &topic, &[]).await;
 
     let mut canary_seen = false;
     for _ in 0..10 {
@@ -164,12 +139,7 @@ async fn run_round_with_timeout(
 #[tokio::test]
 async fn a_rollback_moves_production_only_from_the_history_it_read() {
     let task = unique("task").replace('.', "-");
-    let conn = redis::Client::open(redis_url())
-        .unwrap()
-        .get_connection_manager()
-        .await
-        .unwrap();
-    let mut registry = Registry::new(conn);
+    let mut registry = local_registry().await;
     for v in ["v1", "v2", "v3"] {
         registry.set_production(&task, v).await.unwrap();
     }
@@ -222,12 +192,7 @@ async fn production_changes_missed_on_nats_are_followed_from_the_registry() {
     let task = unique("task").replace('.', "-");
     let topic = unique("requests");
     create_topic(&topic, 1).await;
-    let conn = redis::Client::open(redis_url())
-        .unwrap()
-        .get_connection_manager()
-        .await
-        .unwrap();
-    let mut registry = Registry::new(conn);
+    let mut registry = local_registry().await;
     for (v, head, labels) in [
         ("v1", &models.head_v1, V1_LABELS),
         ("v2", &models.head_v2, V2_LABELS),
@@ -239,25 +204,8 @@ async fn production_changes_missed_on_nats_are_followed_from_the_registry() {
     }
     registry.set_production(&task, "v1").await.unwrap();
 
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _worker = Command::new(bin_path("aifab-inference-worker"))
-        .env("AIFAB_HTTP_ADDR", &addr)
-        .env("AIFAB_MODEL_DIR", &models.model_dir)
-        .env("AIFAB_TASK", &task)
-        .env("AIFAB_INPUT_TOPIC", &topic)
-        .env("AIFAB_WORKER_GROUP", unique("workers"))
-        .env("AIFAB_INSTANCE_ID", unique("w"))
-        .env("AIFAB_MODEL_RECONCILE_S", "1")
-        .env("AIFAB_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    eventually(Duration::from_secs(60), "the worker to be ready", || {
-        let addr = addr.clone();
-        async move { matches!(http_get(&addr, "/readyz").await, Ok((200, _))).then_some(()) }
-    })
-    .await;
+    let (_worker, addr) =
+        registry_worker(&models, &task, &topic, &[("AIFAB_MODEL_RECONCILE_S", "1")]).await;
     served_by(&topic, &task, "v1").await;
 
     // Moved in Redis only: no event on NATS.
