@@ -122,12 +122,15 @@ async fn forged_events_and_tampered_artifacts_are_refused_and_alerted() {
         "{metrics}"
     );
 
-    // The same version with its files restored is served.
+    // The same version with its files restored is served, once promoted as a real
+    // promotion does it: in the registry, then announced. (The worker also checks the
+    // registry's production version, so an event alone would not keep v2 served.)
     std::fs::copy(
         models.head_v2.join("labels.json"),
         v2.path().join("labels.json"),
     )
     .unwrap();
+    registry.set_production(&task, "v2").await.unwrap();
     nats.publish(subject, promoted(&task, "v2", v2.path()).into())
         .await
         .unwrap();

@@ -213,10 +213,19 @@ async fn production_changes_missed_on_nats_are_followed_from_the_registry() {
     served_by(&topic, &task, "v2").await;
     assert!(registry.rollback_to(&task, "v1", true).await.unwrap());
     served_by(&topic, &task, "v1").await;
-    let (_, metrics) = http_get(&addr, "/metrics").await.unwrap();
-    assert!(
-        metrics.contains("aifab_inference_worker_model_reconciled_total 2"),
-        "both changes followed from the registry: {metrics}"
-    );
+    // Both changes followed from the registry (counted just after each swap).
+    eventually(
+        Duration::from_secs(10),
+        "2 reconciled model changes",
+        || {
+            let addr = addr.clone();
+            async move {
+                let (_, metrics) = http_get(&addr, "/metrics").await.ok()?;
+                (metric(&metrics, "aifab_inference_worker_model_reconciled_total") == Some(2.0))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     delete_topic(&topic).await;
 }

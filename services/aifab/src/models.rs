@@ -249,15 +249,23 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             if !moved {
                 // The log already says it was asked for; say that it did not happen.
                 let detail =
-                    format!("production back to {target}: not applied, another change first");
-                record_change(AuditAction::ModelRolledBack, &task, Some(&target), detail).await?;
+                    format!("NOT APPLIED: production back to {target} (the history changed)");
+                if let Err(e) =
+                    record_change(AuditAction::ModelRolledBack, &task, Some(&target), detail).await
+                {
+                    eprintln!("warning: could not record that the rollback was not applied: {e:#}");
+                }
+                anyhow::bail!(
+                    "{task}: production was not moved: the rollback history changed since it was \
+                     read (another rollback or a promotion); check `aifab models list` first"
+                );
             }
-            anyhow::ensure!(
-                moved,
-                "{task}: production was not moved: another change took {target} off the \
-                 rollback history first (see `aifab status`); run the rollback again"
-            );
-            publish(&args.nats_url, ModelEventKind::RolledBack, &record).await?;
+            publish(&args.nats_url, ModelEventKind::RolledBack, &record)
+                .await
+                .context(
+                    "production moved, but the announcement failed: workers follow it within \
+                          their registry check (AIFAB_MODEL_RECONCILE_S, 5 s by default)",
+                )?;
             println!("{task}: production rolled back to {target}");
         }
     }

@@ -343,9 +343,11 @@ pub fn decide(cfg: &PolicyConfig, state: &mut PolicyState, obs: &Observation) ->
             state.changes.push_back(obs.at_ms);
         }
     }
-    if desired != current {
+    // Cooldowns count from decisions, not from readings while an actuator is still (or
+    // never) getting there: a target it cannot reach must not hold every later change.
+    if desired != base {
         state.last_change_ms = Some(obs.at_ms);
-        if desired > current {
+        if desired > base {
             state.last_up_ms = Some(obs.at_ms);
         }
     }
@@ -486,7 +488,8 @@ fn limit_scale_events(
     state.event_tokens_ms = obs.at_ms;
     // A change the actuator is still applying (`base`) was paid for when it was decided.
     let current = base;
-    let new_change = r.replicas != current;
+    // Going back to the count the actuator is at cancels the change in flight: no new one.
+    let new_change = r.replicas != current && r.replicas != obs.current_replicas;
     let in_hour = state.changes.len() as u32;
     if r.replicas < current && new_change && tokens < EVENT_BUCKET - 1e-9 {
         let wait_s = (EVENT_BUCKET - tokens) / limit as f64 * 3600.0;

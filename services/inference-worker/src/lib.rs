@@ -181,7 +181,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // and (following production) keep checking it.
     if config.head_dir.is_none() {
         let every = match config.follow {
-            FollowPolicy::Production => Duration::from_secs_f64(config.model_reconcile_s.max(0.0)),
+            // At least every 0.5 s (a smaller value would poll Redis in a loop).
+            FollowPolicy::Production if config.model_reconcile_s > 0.0 => {
+                Duration::try_from_secs_f64(config.model_reconcile_s.max(0.5))
+                    .context("--model-reconcile-s: not a number of seconds")?
+            }
+            FollowPolicy::Production => Duration::ZERO,
             FollowPolicy::Latest => Duration::ZERO,
         };
         let load = model_slot::follow_production(

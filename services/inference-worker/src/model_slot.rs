@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use aifab_core::artifacts::{fetch_version, S3Config};
 use aifab_core::health::Readiness;
@@ -80,6 +81,9 @@ pub struct ModelSlot {
     allow_unverified: bool,
     /// Where refused models are alerted (`aifab.alerts.model_verification`).
     alerts: Option<async_nats::Client>,
+    /// Held while a registry version is read and loaded as production (NATS events and
+    /// the registry check), so the two never race each other to the slot.
+    loading: tokio::sync::Mutex<()>,
 }
 
 impl ModelSlot {
@@ -98,6 +102,7 @@ impl ModelSlot {
             fetch,
             allow_unverified: false,
             alerts: None,
+            loading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -281,21 +286,32 @@ pub async fn follow_rollout(
 #[derive(Debug, Clone, Copy)]
 pub struct Reconcile {
     /// Between checks once a version is served (0: load once, then leave it to NATS).
-    pub every: std::time::Duration,
+    pub every: Duration,
     /// Between checks while nothing is served yet.
-    pub waiting: std::time::Duration,
-    /// Before a version that failed to load or verify is tried again.
-    pub retry_failed: std::time::Duration,
+    pub waiting: Duration,
+    /// Before a version that failed to load or verify is tried again; doubled after each
+    /// failure of the same version, up to `retry_failed_max`.
+    pub retry_failed: Duration,
+    pub retry_failed_max: Duration,
 }
 
 impl Reconcile {
-    pub fn every(every: std::time::Duration) -> Self {
+    pub fn every(every: Duration) -> Self {
         Reconcile {
             every,
-            waiting: std::time::Duration::from_secs(2),
-            retry_failed: std::time::Duration::from_secs(60),
+            waiting: Duration::from_secs(2),
+            retry_failed: Duration::from_secs(60),
+            retry_failed_max: Duration::from_secs(30 * 60),
         }
     }
+}
+
+/// A production version that failed to load, and how long to leave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub version: String,
+    pub ago: Duration,
+    pub wait: Duration,
 }
 
 /// What a check of the registry should do, given what is served.
@@ -309,20 +325,32 @@ pub enum ProductionStep {
     Backoff,
 }
 
-/// Decide one check: `serving` is the slot's version, `production` the registry's, and
-/// `failed` a version that failed `failed_ago` ago.
+/// Decide one check: `serving` is the slot's version, `production` the registry's.
 pub fn production_step(
     serving: Option<&str>,
     production: &str,
-    failed: Option<(&str, std::time::Duration)>,
-    retry_failed: std::time::Duration,
+    failed: Option<&Failure>,
 ) -> ProductionStep {
     if serving == Some(production) {
         return ProductionStep::Keep;
     }
     match failed {
-        Some((v, ago)) if v == production && ago < retry_failed => ProductionStep::Backoff,
+        Some(f) if f.version == production && f.ago < f.wait => ProductionStep::Backoff,
         _ => ProductionStep::Load,
+    }
+}
+
+/// How long to leave `version` after it failed (again): the first wait, doubled for each
+/// failure in a row of the same version, at most `max`.
+pub fn next_wait(
+    previous: Option<&Failure>,
+    version: &str,
+    first: Duration,
+    max: Duration,
+) -> Duration {
+    match previous {
+        Some(f) if f.version == version => (f.wait * 2).min(max),
+        _ => first,
     }
 }
 
@@ -340,22 +368,25 @@ pub async fn follow_production(
     let Ok(conn) = redis.get().await else { return };
     let mut registry = Registry::new(conn);
     let mut said_waiting = false;
-    let mut failed: Option<(String, std::time::Instant)> = None;
+    // The last failure, and when it happened.
+    let mut failed: Option<(Failure, std::time::Instant)> = None;
     loop {
-        let serving = slot.current().map(|c| c.version.clone());
-        if serving.is_some() && reconcile.every.is_zero() {
+        if slot.current().is_some() && reconcile.every.is_zero() {
             return;
         }
+        // One load at a time (NATS events load too), and the registry read under it: a
+        // rollback loaded from NATS meanwhile is not replaced by what was read before it.
+        let guard = slot.loading.lock().await;
+        let serving = slot.current().map(|c| c.version.clone());
         match registry.resolve(&task, PRODUCTION).await {
             Ok(Some(record)) => {
-                let last_failure = failed.as_ref().map(|(v, at)| (v.as_str(), at.elapsed()));
-                let step = production_step(
-                    serving.as_deref(),
-                    &record.version,
-                    last_failure,
-                    reconcile.retry_failed,
-                );
-                if step == ProductionStep::Load {
+                let last = failed.as_ref().map(|(f, at)| Failure {
+                    ago: at.elapsed(),
+                    ..f.clone()
+                });
+                if production_step(serving.as_deref(), &record.version, last.as_ref())
+                    == ProductionStep::Load
+                {
                     match slot.load_record(&record).await {
                         Ok(()) => {
                             failed = None;
@@ -367,10 +398,22 @@ pub async fn follow_production(
                             }
                         }
                         Err(e) => {
-                            failed = Some((record.version.clone(), std::time::Instant::now()));
+                            let wait = next_wait(
+                                last.as_ref(),
+                                &record.version,
+                                reconcile.retry_failed,
+                                reconcile.retry_failed_max,
+                            );
+                            let failure = Failure {
+                                version: record.version.clone(),
+                                ago: Duration::ZERO,
+                                wait,
+                            };
+                            failed = Some((failure, std::time::Instant::now()));
                             metrics::counter!(crate::metric_names::MODEL_LOAD_FAILURES)
                                 .increment(1);
-                            if serving.is_none() {
+                            // Still nothing served (checked under the load lock): say why.
+                            if slot.current().is_none() {
                                 slot.readiness.set(
                                     "model",
                                     false,
@@ -378,14 +421,14 @@ pub async fn follow_production(
                                 );
                             }
                             tracing::error!(%task, version = %record.version,
-                                error = %format!("{e:#}"),
+                                error = %format!("{e:#}"), retry_in_s = wait.as_secs(),
                                 "production model failed to load; keeping what is served");
                         }
                     }
                 }
             }
             Ok(None) => {
-                if serving.is_none() && !said_waiting {
+                if slot.current().is_none() && !said_waiting {
                     slot.readiness.set(
                         "model",
                         false,
@@ -397,6 +440,7 @@ pub async fn follow_production(
             }
             Err(e) => tracing::warn!(error = %e, "reading the registry failed; retrying"),
         }
+        drop(guard);
         let pause = if slot.current().is_some() {
             reconcile.every
         } else {
@@ -467,6 +511,7 @@ pub async fn follow_events(
                 registry_uri = %record.artifact_uri,
                 "a model event names another artifact than the registry; loading the registry's");
         }
+        let _loading = slot.loading.lock().await;
         if let Err(e) = slot.load_record(&record).await {
             metrics::counter!(crate::metric_names::MODEL_LOAD_FAILURES).increment(1);
             tracing::error!(
@@ -482,25 +527,54 @@ pub async fn follow_events(
 mod tests {
     use super::*;
     use aifab_core::messages::tag;
-    use std::time::Duration;
 
     #[test]
     fn production_is_loaded_when_it_differs_and_a_failure_waits_before_a_retry() {
-        let retry = Duration::from_secs(60);
-        let step = |serving, failed| production_step(serving, "v2", failed, retry);
+        let failure = |version: &str, ago: u64| Failure {
+            version: version.into(),
+            ago: Duration::from_secs(ago),
+            wait: Duration::from_secs(60),
+        };
+        let step =
+            |serving, failed: Option<Failure>| production_step(serving, "v2", failed.as_ref());
         assert_eq!(step(Some("v2"), None), ProductionStep::Keep);
         assert_eq!(step(None, None), ProductionStep::Load);
         // A rollback or promotion this worker never heard of.
         assert_eq!(step(Some("v1"), None), ProductionStep::Load);
-        // v2 failed 10 s ago: not again yet; a minute later, yes.
-        let recent = Some(("v2", Duration::from_secs(10)));
-        assert_eq!(step(Some("v1"), recent), ProductionStep::Backoff);
-        assert_eq!(step(None, recent), ProductionStep::Backoff);
-        let old = Some(("v2", Duration::from_secs(61)));
-        assert_eq!(step(Some("v1"), old), ProductionStep::Load);
+        // v2 failed 10 s ago: not again yet; after its wait, yes.
+        assert_eq!(
+            step(Some("v1"), Some(failure("v2", 10))),
+            ProductionStep::Backoff
+        );
+        assert_eq!(step(None, Some(failure("v2", 10))), ProductionStep::Backoff);
+        assert_eq!(
+            step(Some("v1"), Some(failure("v2", 61))),
+            ProductionStep::Load
+        );
         // Another version's failure does not hold this one back.
-        let other = Some(("v3", Duration::from_secs(1)));
-        assert_eq!(step(Some("v1"), other), ProductionStep::Load);
+        assert_eq!(
+            step(Some("v1"), Some(failure("v3", 1))),
+            ProductionStep::Load
+        );
+    }
+
+    #[test]
+    fn a_version_that_keeps_failing_is_tried_less_and_less_often() {
+        let (first, max) = (Duration::from_secs(60), Duration::from_secs(1800));
+        let mut last: Option<Failure> = None;
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            let wait = next_wait(last.as_ref(), "v2", first, max);
+            waits.push(wait.as_secs());
+            last = Some(Failure {
+                version: "v2".into(),
+                ago: Duration::ZERO,
+                wait,
+            });
+        }
+        assert_eq!(waits, vec![60, 120, 240, 480, 960, 1800, 1800]);
+        // A new version starts again at the first wait.
+        assert_eq!(next_wait(last.as_ref(), "v3", first, max), first);
     }
 
     fn event(kind: ModelEventKind, task: &str, alias: Option<&str>) -> ModelEvent {

@@ -587,3 +587,46 @@ fn a_change_the_actuator_is_still_applying_counts_once() {
     let d = decide(&cfg, &mut state, &obs(920, 0, 5));
     assert_eq!((d.desired, d.reason), (1, Reason::Inactive));
 }
+
+#[test]
+fn a_target_the_actuator_never_reaches_does_not_hold_later_scale_downs() {
+    let cfg = PolicyConfig::new(PolicyKind::Aifab);
+    let mut state = PolicyState::default();
+    let at = |t: i64, lag: i64| {
+        let mut o = obs(t, lag, 2);
+        o.produced_total = Some(1000);
+        o.consumed_total = Some(1000 - lag);
+        o
+    };
+    // A backlog: up from 2 (no rate yet, so by lag as KEDA would).
+    let target = decide(&cfg, &mut state, &at(0, 450)).desired;
+    assert!(target > 2);
+    // The actuator stays at 2 (a failing scale call); the load goes away. After the
+    // stabilization window (120 s) and cooldown (30 s), the policy comes down anyway.
+    let mut came_down = None;
+    for t in (5..=300).step_by(5) {
+        let d = decide(&cfg, &mut state, &at(t, 0));
+        if d.desired < target {
+            came_down = Some((t, d.desired));
+            break;
+        }
+    }
+    let (t, desired) = came_down.expect("the target an actuator never reached held forever");
+    assert!(t <= 130 && desired <= 2, "at {t}: {desired}");
+}
+
+#[test]
+fn cancelling_a_change_in_flight_is_not_a_new_scale_event() {
+    let mut cfg = PolicyConfig::new(PolicyKind::Keda);
+    cfg.scale_down_stabilization_s = 0.0;
+    cfg.max_scale_events_per_hour = 4;
+    let mut state = PolicyState::default();
+    // Up from 1 to 5 decided (bucket 2 -> 1); the actuator has reached 2.
+    assert_eq!(decide(&cfg, &mut state, &obs(0, 450, 1)).desired, 5);
+    // The backlog is gone at 2 replicas' worth: back to 2, where the actuator is, is
+    // allowed although the bucket is not full, and costs nothing.
+    let d = decide(&cfg, &mut state, &obs(5, 200, 2));
+    assert_eq!(d.desired, 2, "{}", d.detail);
+    assert_ne!(d.reason, Reason::ScaleEventLimit);
+    assert_eq!(state.changes.len(), 1);
+}
