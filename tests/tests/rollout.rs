@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aifab_core::messages::Arm;
-use aifab_core::registry::Rollout;
+use aifab_core::registry::{Registry, Rollout};
 use aifab_tests::*;
 
 /// Produce `n` requests and read until each has a served prediction (and, when
@@ -143,45 +143,23 @@ async fn a_rollback_moves_production_only_from_the_history_it_read() {
     for v in ["v1", "v2", "v3"] {
         registry.set_production(&task, v).await.unwrap();
     }
-    let seen = registry.previous_production(&task).await.unwrap();
-    assert_eq!(seen.as_deref(), Some("v2"));
+    // (production, the rollback history's head)
+    async fn aliases(registry: &mut Registry, task: &str) -> (Option<String>, Option<String>) {
+        let production = registry.alias(task, "production").await.unwrap();
+        (
+            production,
+            registry.previous_production(task).await.unwrap(),
+        )
+    }
+    let at = |p: &str, previous: &str| (Some(p.to_string()), Some(previous.to_string()));
+    assert_eq!(aliases(&mut registry, &task).await, at("v3", "v2"));
     assert!(registry.rollback_to(&task, "v2", true).await.unwrap());
     // The second saw v2 at the head too, but the first took it: nothing changes.
     assert!(!registry.rollback_to(&task, "v2", true).await.unwrap());
-    assert_eq!(
-        registry
-            .alias(&task, "production")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("v2")
-    );
-    assert_eq!(
-        registry
-            .previous_production(&task)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("v1")
-    );
+    assert_eq!(aliases(&mut registry, &task).await, at("v2", "v1"));
     // An explicit target does not need (or touch) the history.
     assert!(registry.rollback_to(&task, "v3", false).await.unwrap());
-    assert_eq!(
-        registry
-            .alias(&task, "production")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("v3")
-    );
-    assert_eq!(
-        registry
-            .previous_production(&task)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("v1")
-    );
+    assert_eq!(aliases(&mut registry, &task).await, at("v3", "v1"));
 }
 
 /// A promotion and a rollback the worker never hears of on NATS (as when it was cut off
